@@ -1,0 +1,112 @@
+"""The array backend: NumPy by default, CuPy when asked.
+
+Compute code never imports numpy itself. It asks this module for the array module of its inputs
+(``xp = get_array_module(x)``, the Chainer/CuPy idiom) and calls ``xp.*``; special functions that
+NumPy lacks (the normal CDF) are reached through :func:`ndtr`, which picks ``scipy.special`` or
+``cupyx.scipy.special``. Arrays leave the device only at the edges (plots, scikit-learn outputs)
+through :func:`to_numpy`.
+
+Choose CuPy with ``set_backend("cupy")`` or by exporting ``NUMPY_MOE_BACKEND=cupy`` before import.
+Random draws always come from a ``numpy.random.Generator`` (seedable, identical on every backend) and
+are moved to the device with :func:`asarray`.
+"""
+import os
+
+import numpy
+import scipy.special
+
+_BACKENDS = ("numpy", "cupy")
+_state = {"name": "numpy", "xp": numpy}
+
+
+def _load_cupy():
+    """Import CuPy and check that a GPU is visible; raise an actionable error otherwise."""
+    try:
+        import cupy
+    except ImportError as err:
+        raise ImportError(
+            "backend 'cupy' was requested but CuPy is not installed: install the CuPy wheel that "
+            "matches your CUDA (for example `pip install cupy-cuda12x`, or `pip install numpy-moe[cupy]`) "
+            "or use set_backend('numpy')") from err
+    try:
+        n_gpus = cupy.cuda.runtime.getDeviceCount()
+    except Exception as err:  # CUDA driver missing or broken: CuPy raises its own runtime errors
+        raise RuntimeError(
+            f"backend 'cupy' was requested but no GPU is usable ({err}); check the NVIDIA driver "
+            "and CUDA_VISIBLE_DEVICES, or use set_backend('numpy')") from err
+    if n_gpus < 1:
+        raise RuntimeError("backend 'cupy' was requested but no GPU is visible (0 CUDA devices); "
+                           "check CUDA_VISIBLE_DEVICES, or use set_backend('numpy')")
+    return cupy
+
+
+def set_backend(name):
+    """Select the array library used for new arrays: ``"numpy"`` or ``"cupy"``."""
+    if name not in _BACKENDS:
+        raise ValueError(f"backend={name!r} must be one of {_BACKENDS}")
+    _state["xp"] = numpy if name == "numpy" else _load_cupy()
+    _state["name"] = name
+
+
+def get_backend():
+    """Name of the current backend, ``"numpy"`` or ``"cupy"``."""
+    return _state["name"]
+
+
+def get_array_module(*arrays):
+    """The array module (numpy or cupy) for ``arrays``; the current backend when none is given.
+
+    A CuPy array among ``arrays`` selects CuPy whatever the current backend is.
+    """
+    for a in arrays:
+        if type(a).__module__.split(".")[0] == "cupy":
+            import cupy
+            return cupy
+    return _state["xp"]
+
+
+def asarray(a, dtype=None):
+    """``a`` as an array of the current backend (a no-op for arrays already there)."""
+    return _state["xp"].asarray(a, dtype=dtype)
+
+
+def to_numpy(a):
+    """``a`` as a NumPy array (copies from the GPU when ``a`` is a CuPy array)."""
+    if type(a).__module__.split(".")[0] == "cupy":
+        return a.get()
+    return numpy.asarray(a)
+
+
+def ndtr(x):
+    """Standard normal CDF Φ(x), elementwise, on the backend of ``x``."""
+    xp = get_array_module(x)
+    if xp is numpy:
+        return scipy.special.ndtr(x)
+    import cupyx.scipy.special
+    return cupyx.scipy.special.ndtr(x)
+
+
+def default_rng(seed=None):
+    """A ``numpy.random.Generator``: ``seed`` may be None, an int or a Generator (returned as is)."""
+    return numpy.random.default_rng(seed)
+
+
+def is_floating_dtype(dtype):
+    """True for float16/32/64 dtypes (the backend-independent test of a float dtype)."""
+    return numpy.issubdtype(numpy.dtype(dtype), numpy.floating)
+
+
+def result_dtype(dtype):
+    """Validate a parameter dtype (float32 or float64) and return it as a NumPy dtype."""
+    try:
+        dt = numpy.dtype(dtype)
+    except TypeError as err:
+        raise TypeError(f"dtype={dtype!r} is not a dtype; expected float32 or float64") from err
+    if dt not in (numpy.float32, numpy.float64):
+        raise TypeError(f"dtype={dt} must be float32 or float64")
+    return dt
+
+
+_env = os.environ.get("NUMPY_MOE_BACKEND")
+if _env:
+    set_backend(_env)

@@ -1,0 +1,171 @@
+"""Stateless math as forward/backward pairs.
+
+Each ``f(x)`` has an ``f_backward(dy, ...)`` that returns dLoss/dx given dLoss/dy and whatever the
+forward produced (input or output, whichever makes the gradient cheapest). Every function is
+numerically safe for inputs of magnitude 1e4: softmax subtracts the row maximum, log-softmax and
+cross-entropy go through log-sum-exp, sigmoid and softplus never exponentiate a large positive number.
+MATH.md §0, §2, §3 state the formulas; tests/test_functional.py checks each gradient by finite
+differences.
+"""
+from .backend import get_array_module, ndtr
+
+_EPS = 1e-10
+
+
+def softmax(x, axis=-1):
+    """y = exp(x - max x) / sum exp(x - max x) along ``axis``; same shape as x."""
+    xp = get_array_module(x)
+    z = xp.exp(x - x.max(axis=axis, keepdims=True))
+    return z / z.sum(axis=axis, keepdims=True)
+
+
+def softmax_backward(dy, y, axis=-1):
+    """dx = y * (dy - sum(dy * y)), y the softmax output."""
+    return y * (dy - (dy * y).sum(axis=axis, keepdims=True))
+
+
+def logsumexp(x, axis=-1):
+    """log sum exp(x) along ``axis`` (that axis removed)."""
+    xp = get_array_module(x)
+    m = x.max(axis=axis, keepdims=True)
+    return (m + xp.log(xp.exp(x - m).sum(axis=axis, keepdims=True))).squeeze(axis)
+
+
+def logsumexp_backward(dy, x, axis=-1):
+    """dx = dy * softmax(x): the derivative of log-sum-exp is the softmax."""
+    xp = get_array_module(x)
+    return xp.expand_dims(dy, axis) * softmax(x, axis=axis)
+
+
+def log_softmax(x, axis=-1):
+    """y = x - logsumexp(x)."""
+    xp = get_array_module(x)
+    return x - xp.expand_dims(logsumexp(x, axis=axis), axis)
+
+
+def log_softmax_backward(dy, y, axis=-1):
+    """dx = dy - exp(y) * sum(dy), y the log-softmax output."""
+    xp = get_array_module(y)
+    return dy - xp.exp(y) * dy.sum(axis=axis, keepdims=True)
+
+
+def relu(x):
+    """y = max(x, 0)."""
+    xp = get_array_module(x)
+    return xp.maximum(x, 0)
+
+
+def relu_backward(dy, x):
+    """dx = dy where x > 0, else 0 (the subgradient 0 at x = 0)."""
+    return dy * (x > 0)
+
+
+def tanh(x):
+    """y = tanh(x)."""
+    xp = get_array_module(x)
+    return xp.tanh(x)
+
+
+def tanh_backward(dy, y):
+    """dx = dy * (1 - y²), y the tanh output."""
+    return dy * (1 - y * y)
+
+
+def sigmoid(x):
+    """y = 1 / (1 + exp(-x)), written as 0.5 (1 + tanh(x / 2)) so no exp overflows."""
+    xp = get_array_module(x)
+    return 0.5 * (1 + xp.tanh(0.5 * x))
+
+
+def sigmoid_backward(dy, y):
+    """dx = dy * y (1 - y), y the sigmoid output."""
+    return dy * y * (1 - y)
+
+
+def softplus(x):
+    """y = log(1 + exp(x)) = max(x, 0) + log1p(exp(-|x|))."""
+    xp = get_array_module(x)
+    return xp.maximum(x, 0) + xp.log1p(xp.exp(-xp.abs(x)))
+
+
+def softplus_backward(dy, x):
+    """dx = dy * sigmoid(x)."""
+    return dy * sigmoid(x)
+
+
+def normal_cdf(x):
+    """Φ(x), the standard normal CDF (scipy / cupyx ``ndtr`` through the backend)."""
+    return ndtr(x)
+
+
+def normal_pdf(x):
+    """φ(x) = exp(-x²/2) / sqrt(2π), the derivative of Φ."""
+    xp = get_array_module(x)
+    return xp.exp(-0.5 * x * x) / 2.5066282746310002
+
+
+def normal_cdf_backward(dy, x):
+    """dx = dy * φ(x)."""
+    return dy * normal_pdf(x)
+
+
+def cv_squared(v):
+    """CV²(v) = var(v) / (mean(v)² + eps), population variance; v of shape (E,), returns a scalar."""
+    m = v.mean()
+    return ((v - m) ** 2).mean() / (m * m + _EPS)
+
+
+def cv_squared_backward(dout, v):
+    """Gradient of :func:`cv_squared` w.r.t. v, scaled by the scalar ``dout``; shape (E,).
+
+    Notes
+    -----
+    With m = mean(v), s = var(v), d = m² + eps: dCV²/dv_e = (2 (v_e - m) / E) / d - s 2m / (E d²).
+    """
+    E = v.shape[0]
+    m = v.mean()
+    s = ((v - m) ** 2).mean()
+    d = m * m + _EPS
+    return dout * (2 * (v - m) / (E * d) - s * 2 * m / (E * d * d))
+
+
+def _target_probs(logits, target):
+    """Integer labels (N,) or one-hot / probability rows (N, C) as (N, C) probabilities."""
+    xp = get_array_module(logits)
+    if target.ndim == 1:
+        probs = xp.zeros_like(logits)
+        probs[xp.arange(logits.shape[0]), target] = 1
+        return probs
+    return xp.asarray(target, dtype=logits.dtype)
+
+
+def cross_entropy(logits, target):
+    """Mean cross-entropy of softmax(logits) against ``target``.
+
+    Parameters
+    ----------
+    logits : (N, C) scores.
+    target : (N,) integer labels in [0, C), or (N, C) one-hot / probability rows.
+
+    Returns
+    -------
+    float: -(1/N) sum_n sum_c t_{n,c} log softmax(logits)_{n,c}
+    """
+    N = logits.shape[0]
+    return float(-(_target_probs(logits, target) * log_softmax(logits)).sum() / N)
+
+
+def cross_entropy_backward(logits, target):
+    """dlogits = (softmax(logits) - t) / N; shape (N, C)."""
+    N = logits.shape[0]
+    return (softmax(logits) - _target_probs(logits, target)) / N
+
+
+def mse(pred, target):
+    """Mean squared error over every element: mean((pred - target)²)."""
+    return float(((pred - target) ** 2).mean())
+
+
+def mse_backward(pred, target):
+    """dpred = 2 (pred - target) / pred.size."""
+    return 2 * (pred - target) / pred.size

@@ -1,0 +1,204 @@
+"""The Module contract and the basic layers: Linear, ReLU, Tanh, MLP, Sequential.
+
+Contract (ARCHITECTURE.md): a Module keeps ``params`` and ``grads``, dicts with identical keys;
+``forward(x)`` caches what ``backward`` needs; ``backward(dy)`` returns dx (dLoss/dx, x's shape) and
+overwrites ``grads`` for that one forward, never accumulating across calls. Composite modules hold
+their children as attributes (or lists of them) and expose ``named_parameters()`` with dotted names
+(``experts.W1``), which optimisers use as state keys. A module with an auxiliary loss reports it in
+``aux_loss`` after forward and adds its gradient in backward.
+
+Initialisation is seeded: each layer takes ``seed`` (int or numpy Generator) and draws its weights
+in float64 from it, then casts to ``dtype``, so float32 and float64 models from the same seed start
+from the same weights up to rounding. He init (std sqrt(2 / fan_in)) for layers followed by ReLU,
+Glorot (std sqrt(2 / (fan_in + fan_out))) otherwise.
+"""
+from . import functional as F
+from .backend import asarray, default_rng, get_array_module, result_dtype
+from .validation import check_input, check_positive_int
+
+
+class Module:
+    """Base class: parameter bookkeeping, child traversal, train/eval mode."""
+
+    def __init__(self, dtype="float64"):
+        self.dtype = result_dtype(dtype)
+        self.params = {}
+        self.grads = {}
+        self.training = True
+
+    def forward(self, x):
+        raise NotImplementedError
+
+    def backward(self, dy):
+        raise NotImplementedError
+
+    def __call__(self, x):
+        return self.forward(x)
+
+    def children(self):
+        """Yield (name, child Module) for attributes that are Modules or lists/tuples of Modules."""
+        for name, value in vars(self).items():
+            if isinstance(value, Module):
+                yield name, value
+            elif isinstance(value, (list, tuple)):
+                for i, v in enumerate(value):
+                    if isinstance(v, Module):
+                        yield f"{name}.{i}", v
+
+    def modules(self):
+        """Yield this module and every descendant, depth first."""
+        yield self
+        for _, child in self.children():
+            yield from child.modules()
+
+    def named_parameters(self, prefix=""):
+        """Yield (dotted name, parameter array) for this module and all descendants."""
+        for key, p in self.params.items():
+            yield prefix + key, p
+        for name, child in self.children():
+            yield from child.named_parameters(prefix + name + ".")
+
+    def named_grads(self, prefix=""):
+        """Yield (dotted name, gradient array) in the order of :meth:`named_parameters`."""
+        for key in self.params:
+            yield prefix + key, self.grads[key]
+        for name, child in self.children():
+            yield from child.named_grads(prefix + name + ".")
+
+    @property
+    def aux_loss(self):
+        """Sum of the auxiliary losses of the last forward (0.0 for modules without one)."""
+        return sum(float(child.aux_loss) for _, child in self.children())
+
+    def zero_grad(self):
+        for m in self.modules():
+            for key, p in m.params.items():
+                m.grads[key] = p * 0
+
+    def train(self, mode=True):
+        for m in self.modules():
+            m.training = mode
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    def n_parameters(self):
+        return sum(int(p.size) for _, p in self.named_parameters())
+
+
+def init_weight(rng, fan_in, fan_out, shape, init, dtype):
+    """Draw a weight of ``shape`` in float64 from ``rng`` with He or Glorot scale, cast to ``dtype``."""
+    if init == "he":
+        std = (2.0 / fan_in) ** 0.5
+    elif init == "glorot":
+        std = (2.0 / (fan_in + fan_out)) ** 0.5
+    else:
+        raise ValueError(f"init={init!r} must be 'he' or 'glorot'")
+    return asarray(rng.standard_normal(shape) * std, dtype=dtype)
+
+
+class Linear(Module):
+    """y = x W + b.
+
+    Parameters
+    ----------
+    in_features, out_features : D and O.
+    init : "he" or "glorot". seed : int or numpy Generator. dtype : float32 or float64.
+
+    Shapes: x (N, D) -> y (N, O); W (D, O), b (O,).
+
+    Notes
+    -----
+    dW = xᵀ dy, db = sum_n dy, dx = dy Wᵀ.
+    """
+
+    def __init__(self, in_features, out_features, init="glorot", seed=None, dtype="float64"):
+        super().__init__(dtype)
+        self.in_features = check_positive_int(in_features, "in_features")
+        self.out_features = check_positive_int(out_features, "out_features")
+        rng = default_rng(seed)
+        self.params["W"] = init_weight(rng, in_features, out_features, (in_features, out_features),
+                                       init, self.dtype)
+        self.params["b"] = get_array_module().zeros(out_features, dtype=self.dtype)
+        self.zero_grad()
+
+    def forward(self, x):
+        x = check_input(x, self.in_features, self.dtype)
+        self.x = x
+        return x @ self.params["W"] + self.params["b"]  # (N, O)
+
+    def backward(self, dy):
+        self.grads["W"] = self.x.T @ dy  # (D, O)
+        self.grads["b"] = dy.sum(axis=0)  # (O,)
+        return dy @ self.params["W"].T  # (N, D)
+
+
+class ReLU(Module):
+    """y = max(x, 0), elementwise."""
+
+    def forward(self, x):
+        self.x = x
+        return F.relu(x)
+
+    def backward(self, dy):
+        return F.relu_backward(dy, self.x)
+
+
+class Tanh(Module):
+    """y = tanh(x), elementwise."""
+
+    def forward(self, x):
+        self.y = F.tanh(x)
+        return self.y
+
+    def backward(self, dy):
+        return F.tanh_backward(dy, self.y)
+
+
+class Sequential(Module):
+    """Layers applied in order; backward runs them in reverse."""
+
+    def __init__(self, *layers):
+        super().__init__(layers[0].dtype if layers else "float64")
+        self.layers = list(layers)
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = layer.forward(x)
+        return x
+
+    def backward(self, dy):
+        for layer in reversed(self.layers):
+            dy = layer.backward(dy)
+        return dy
+
+
+_ACTIVATIONS = {"relu": (ReLU, "he"), "tanh": (Tanh, "glorot")}
+
+
+class MLP(Sequential):
+    """Linear - activation - ... - Linear.
+
+    Parameters
+    ----------
+    in_features : D. hidden : int or tuple of ints, the hidden widths H. out_features : O.
+    activation : "relu" or "tanh". seed, dtype : as for Linear.
+
+    Shapes: x (N, D) -> y (N, O).
+    """
+
+    def __init__(self, in_features, hidden, out_features, activation="relu", seed=None, dtype="float64"):
+        if activation not in _ACTIVATIONS:
+            raise ValueError(f"activation={activation!r} must be one of {sorted(_ACTIVATIONS)}")
+        act, init = _ACTIVATIONS[activation]
+        widths = (hidden,) if isinstance(hidden, int) else tuple(hidden)
+        rng = default_rng(seed)
+        sizes = (in_features,) + widths + (out_features,)
+        layers = []
+        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+            last = i == len(sizes) - 2
+            layers.append(Linear(a, b, init="glorot" if last else init, seed=rng, dtype=dtype))
+            if not last:
+                layers.append(act(dtype))
+        super().__init__(*layers)
