@@ -102,7 +102,7 @@ ax1.scatter(x_train[:, 0], y_train[:, 0], s=4, color="0.7", label="training data
 ax1.plot(x_grid, predict(model, x_grid), color="C3", lw=2, label=f"MoE, 3 linear experts (MSE {mse_moe:.3f})")
 ax1.plot(x_grid, predict(single, x_grid), color="k", ls="--", label=f"one linear model (MSE {mse_one:.3f})")
 ax1.set_ylabel("y")
-ax1.legend(loc="upper right")
+ax1.legend(loc="lower left")
 ax1.set_title("A dense MoE fits three linear pieces: the gate hands each piece to one expert")
 for e in range(3):
     ax2.plot(x_grid, gates[:, e], label=f"gate g_{e}(x)")
