@@ -127,6 +127,6 @@ class ExpertBank(Module):
                 dinp = dbuf[i][lo:hi]
                 xp.matmul(d, self.params[w][e].T, out=dinp)
                 if i:
-                    dinp *= inp > 0  # relu backward through the stored relu(A)
+                    dinp *= inp > 0  # relu backward: inp = relu(A) > 0 exactly where A > 0
                 d = dinp
         return dbuf[0]

@@ -97,6 +97,24 @@ class Routing(NamedTuple):
     convention: str
 
 
+def topk_indices(logits, top_k):
+    """(N, K) column indices of the K largest entries of each row, largest first, lowest index on ties.
+
+    K passes of argmax over (N, E): for the small K of an MoE this is several times faster than sorting
+    every row, and it breaks ties like a stable sort.
+    """
+    xp = get_array_module(logits)
+    N = logits.shape[0]
+    rows = xp.arange(N)
+    idx = xp.empty((N, top_k), dtype=xp.intp)
+    h = logits.copy() if top_k > 1 else logits
+    for k in range(top_k):
+        idx[:, k] = h.argmax(axis=1)
+        if k < top_k - 1:
+            h[rows, idx[:, k]] = -xp.inf
+    return idx
+
+
 def route_topk(logits, top_k, convention, clean=None, sigma=None, eps=None):
     """Top-k routing of ``logits`` (N, E): each sample's K largest logits, best first.
 
@@ -106,7 +124,7 @@ def route_topk(logits, top_k, convention, clean=None, sigma=None, eps=None):
     """
     xp = get_array_module(logits)
     N, E = logits.shape
-    idx = xp.argsort(-logits, axis=1, kind="stable")[:, :top_k]  # (N, K), best first
+    idx = topk_indices(logits, top_k)  # (N, K), best first
     probs = F.softmax(logits)  # (N, E)
     rows = xp.arange(N)[:, None]
     if convention == "softmax_then_topk":

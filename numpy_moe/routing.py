@@ -83,7 +83,7 @@ def group_by_expert(routing, n_experts):
     """Sort the kept assignments of ``routing`` by expert (one stable argsort) -> :class:`Groups`."""
     xp = get_array_module(routing.expert)
     a = xp.flatnonzero(routing.kept)  # (G,)
-    a = a[xp.argsort(routing.expert[a], kind="stable")]
+    a = a[xp.argsort(routing.expert[a].astype(xp.int16), kind="stable")]  # 16-bit keys: a radix sort
     counts = xp.bincount(routing.expert[a], minlength=n_experts)  # (E,)
     offsets = [0] + to_numpy(xp.cumsum(counts)).tolist()
     return Groups(assignment=a, sample=routing.sample[a], offsets=offsets)
