@@ -98,13 +98,14 @@ class Routing(NamedTuple):
 
 
 def expert_major_logits(x, W):
-    """x W, (N, E), stored expert-major: the transpose of a C-ordered (E, N) product.
+    """x W, (N, E), stored expert-major: the transpose of a C-ordered (E, N) array.
 
     Every reduction over a sample's E experts (softmax, logsumexp, the balance losses, their
     backward) then sweeps E contiguous vectors of length N instead of N rows of length E, which NumPy
     does about 20 times faster for the small E of an MoE. The values are those of ``x @ W``.
     """
-    return (W.T @ x.T).T
+    xp = get_array_module(x)
+    return xp.ascontiguousarray((x @ W).T).T
 
 
 def topk_indices(logits, top_k):

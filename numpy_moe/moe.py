@@ -41,7 +41,7 @@ from .backend import default_rng, get_array_module, to_numpy
 from .experts import ExpertBank
 from .gating import CONVENTIONS, NOISES, ExpertChoiceGate, SoftmaxGate, TopKGate
 from .layers import Module
-from .routing import apply_capacity, expert_capacity, group_by_expert, scatter_add
+from .routing import apply_capacity, combine_topk, expert_capacity, group_by_expert, scatter_add
 from .validation import check_input, check_positive_int
 
 ROUTERS = ("topk", "expert_choice")
@@ -172,7 +172,9 @@ class MoE(Module):
         groups = self.groups = group_by_expert(r, E)
         self.w = r.weight[groups.assignment][:, None]  # (G, 1)
         self.out = self.experts.forward_grouped(xp.take(x, groups.sample, axis=0), groups.offsets)  # (G, O)
-        return scatter_add(xp.zeros((N, self.out_features), dtype=self.dtype), self.out, groups, self.w)
+        if r.top_k is None:  # expert choice: a sample has 0..E experts
+            return scatter_add(xp.zeros((N, self.out_features), dtype=self.dtype), self.out, groups, self.w)
+        return combine_topk(self.out, groups, (r.weight * r.kept).reshape(N, r.top_k))  # (N, O)
 
     def backward(self, dy):
         """dy (N, O) -> dx (N, D); fills the gate's and the experts' grads, balance losses included."""
@@ -200,7 +202,10 @@ class MoE(Module):
         dx = self.gate.backward(grad)  # (N, D)
         if self.dispatch == "dense":
             return dx + dx_experts
-        return scatter_add(dx, dx_experts, self.groups)
+        if r.top_k is None:
+            return scatter_add(dx, dx_experts, self.groups)
+        dx += combine_topk(dx_experts, self.groups, r.kept.reshape(dx.shape[0], r.top_k).astype(dx.dtype))
+        return dx
 
     @property
     def diagnostics(self):

@@ -8,8 +8,10 @@ top-k) rather than N E:
    into a :class:`Groups`: rows ``offsets[e]:offsets[e+1]`` of the grouped batch belong to expert e.
 2. ``x[groups.sample]`` gathers the rows in one take; ``ExpertBank.forward_grouped`` runs expert e on its
    block (one GEMM per expert layer).
-3. :func:`scatter_add` adds the weighted expert outputs back to their samples. Within one expert's block
-   every sample occurs at most once, so ``y[idx] += v`` per expert is exact (no ``np.add.at``).
+3. The weighted expert outputs go back to their samples: for top-k, :func:`combine_topk` takes the rows
+   back into (sample, rank) order and contracts over the K ranks; for expert choice (0..E experts per
+   sample), :func:`scatter_add` adds each expert's block with ``y[idx] += v``, exact without
+   ``np.add.at`` because a sample occurs at most once within one expert's block.
 
 The backward uses the same grouping: gather dy rows, run the experts' grouped backward, scatter-add dx.
 
@@ -73,10 +75,12 @@ class Groups(NamedTuple):
     assignment : (G,) indices into the routing's assignments, sorted by expert (stable).
     sample : (G,) the sample of each grouped row.
     offsets : list of E + 1 Python ints; expert e owns rows offsets[e]:offsets[e+1].
+    slot : (M,) the grouped row of each assignment (0 for a dropped one), the inverse of ``assignment``.
     """
     assignment: object
     sample: object
     offsets: list
+    slot: object
 
 
 def group_by_expert(routing, n_experts):
@@ -86,7 +90,23 @@ def group_by_expert(routing, n_experts):
     a = a[xp.argsort(routing.expert[a].astype(xp.int16), kind="stable")]  # 16-bit keys: a radix sort
     counts = xp.bincount(routing.expert[a], minlength=n_experts)  # (E,)
     offsets = [0] + to_numpy(xp.cumsum(counts)).tolist()
-    return Groups(assignment=a, sample=routing.sample[a], offsets=offsets)
+    slot = xp.zeros(routing.expert.shape, dtype=a.dtype)
+    slot[a] = xp.arange(a.shape[0])
+    return Groups(assignment=a, sample=routing.sample[a], offsets=offsets, slot=slot)
+
+
+def combine_topk(values, groups, weight):
+    """y_n = sum_k weight[n, k] values[slot of (n, k)], for a top-k routing: (N, F).
+
+    values : (G, F) in group order. weight : (N, K), zero where an assignment was dropped.
+    Top-k assignments are sample-major with exactly K per sample, so one take puts the rows back in
+    (sample, rank) order and one contraction over K adds them: NumPy's take is several times faster
+    than the row-wise fancy indexing a scatter needs.
+    """
+    xp = get_array_module(values)
+    N, K = weight.shape
+    vs = xp.take(values, groups.slot, axis=0).reshape(N, K, -1)  # (N, K, F)
+    return xp.einsum("nk,nkf->nf", weight, vs)
 
 
 def scatter_add(target, values, groups, weight=None):

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from numpy_moe.gating import route_topk
-from numpy_moe.routing import apply_capacity, expert_capacity, group_by_expert, scatter_add
+from numpy_moe.routing import apply_capacity, combine_topk, expert_capacity, group_by_expert, scatter_add
 
 # four samples, top-2 of three experts; choices (best first): n0 (0, 1), n1 (0, 2), n2 (0, 1), n3 (1, 0)
 LOGITS = np.array([[3.0, 2, 1], [3, 1, 2], [3, 2, 1], [2, 3, 1]])
@@ -73,3 +73,14 @@ def test_scatter_add_equals_add_at(rng):
     expected = target.copy()
     np.add.at(expected, g.sample, values)
     np.testing.assert_allclose(scatter_add(target, values, g), expected, rtol=1e-14)
+
+
+def test_combine_topk_equals_weighted_add_at(rng):
+    r = apply_capacity(route_topk(rng.standard_normal((30, 6)), 3, "softmax_then_topk"), 12)
+    assert not r.kept.all(), "the check needs dropped assignments"
+    g = group_by_expert(r, 6)
+    values = rng.standard_normal((len(g.sample), 4))
+    w = r.weight * r.kept
+    expected = np.zeros((30, 4))
+    np.add.at(expected, g.sample, w[g.assignment][:, None] * values)
+    np.testing.assert_allclose(combine_topk(values, g, w.reshape(30, 3)), expected, rtol=1e-13, atol=1e-15)
