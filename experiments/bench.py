@@ -12,7 +12,9 @@ For each configuration (N samples, D inputs, H hidden, O outputs, E MLP experts,
 Variants are interleaved within each repeat after a warm-up call; the table prints medians and the
 ratios sparse/floor (the overhead of routing and data movement) and dense/sparse (the saving of sparse
 dispatch, ideally E / K). ``--backend cupy`` runs on the GPU, synchronising the device around each
-timing. ``--quick`` uses tiny sizes and one repeat.
+timing. ``--quick`` uses tiny sizes and one repeat. ``--threads T`` limits BLAS to T threads: NumPy's
+elementwise work (gather, bias, ReLU, combine) runs on one core while BLAS uses all of them, so the
+ratio sparse/floor grows with the thread count, most where the GEMMs are smallest (D=64, H=128).
 """
 import time
 

@@ -25,6 +25,10 @@ How to build each variant (D inputs, O outputs, E experts, H hidden units of eac
     MoE(..., balance=[Importance(0.01, source="gates"), ZLoss(1e-3)])
                                                   # any list of numpy_moe.balance loss objects
 
+Pitfall: ``top_k=1, gate="topk_then_softmax"`` gives every sample the weight softmax(one logit) = 1, so
+the task loss sends the gate no gradient at all (only balance losses train it); use softmax_then_topk
+for top-1 routing, as Switch does.
+
 Balance names map to losses as follows: "importance" is Importance over the full clean softmax for the
 softmax_then_topk gate and expert choice (V-MoE) and over the top-k gates for topk_then_softmax
 (Shazeer); "load" is ShazeerLoad with noise="shazeer" and VMoELoad with noise="vmoe" (it needs noise);

@@ -3,6 +3,7 @@ gradient for idle experts, sparse and dense dispatch agreeing, a worked example,
 import numpy as np
 import pytest
 
+from numpy_moe import balance as B
 from numpy_moe.backend import default_rng
 from numpy_moe.gradcheck import check_module
 from numpy_moe.layers import Linear, Sequential
@@ -163,3 +164,23 @@ def test_float32_and_eval_mode(rng):
 def test_bad_arguments(kwargs, error, pattern):
     with pytest.raises(error, match=pattern):
         MoE(5, 3, 4, **kwargs)
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(),
+    dict(top_k=2),
+    dict(top_k=2, balance={"seed000": 0.01}),
+    dict(top_k=2, gate="topk_then_softmax", noise="shazeer", balance={"importance": 0.1, "load": 0.1}),
+    dict(top_k=2, noise="vmoe", capacity_factor=1.05, batch_priority=True,
+         balance={"importance": 0.005, "load": 0.005}),
+    dict(top_k=1, capacity_factor=1.25, balance={"switch": 0.01, "z_loss": 0.001}),
+    dict(router="expert_choice", capacity_factor=2),
+    dict(top_k=2, balance=[B.Importance(0.01, source="gates"), B.ZLoss(1e-3)]),
+], ids=str)
+def test_the_variants_of_the_module_docstring_build_and_run(kwargs, rng):
+    moe = MoE(6, 3, 4, hidden=5, seed=0, **kwargs)
+    x = rng.standard_normal((20, 6))
+    y = moe.forward(x)
+    dx = moe.backward(np.ones_like(y))
+    assert y.shape == (20, 3) and dx.shape == x.shape and np.isfinite(moe.aux_loss)
+    assert all(np.isfinite(g).all() for _, g in moe.named_grads())
