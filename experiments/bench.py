@@ -78,7 +78,8 @@ def bench_config(cfg, repeats, xp, sync):
             layer.backward(dy)
         return run
 
-    variants = {"sparse": step(sparse), "dense": step(dense), "floor": gemm_floor(sparse, sparse.groups.offsets, xp)}
+    variants = {"sparse": step(sparse), "dense": step(dense),
+                "floor": gemm_floor(sparse, sparse.groups.offsets, xp)}
     times = {name: [] for name in variants}
     for fn in variants.values():  # warm-up
         fn()

@@ -132,7 +132,8 @@ def test_diagnostics_count_kept_and_dropped(rng):
 
 def test_inside_sequential(rng):
     model = Sequential(build(rng, top_k=2, balance={"importance": 0.5}), Linear(3, 2, seed=1))
-    errors = check_module(model, rng.standard_normal((12, 5)), tol=TOL, forward=frozen_forward(model.layers[0], model))
+    x = rng.standard_normal((12, 5))
+    errors = check_module(model, x, tol=TOL, forward=frozen_forward(model.layers[0], model))
     assert max(errors.values()) < TOL and "layers.0.gate.W" in errors and model.aux_loss > 0
 
 
