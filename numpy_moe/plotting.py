@@ -9,7 +9,7 @@ moved to NumPy with ``to_numpy``.
 - :func:`plot_gate_regions`: which expert owns which part of the plane, each expert its own colour
   (colours blend where the gate shares a point between experts).
 - :func:`plot_loss_curves`: one line per run, per epoch.
-- :func:`plot_regression_fit`: a 1-D fit over the data, and the gate values along x below it.
+- :func:`plot_regression_fit`: a 1-D fit (and each expert's line) over the data, the gate values along x below.
 """
 import numpy as np
 from matplotlib.colors import ListedColormap, to_rgb
@@ -96,14 +96,21 @@ def plot_loss_curves(ax, histories, ylabel="test log-loss (bits)", title="loss p
     ax.set_title(title)
 
 
-def plot_regression_fit(ax_fit, ax_gate, predict, gate, X, y, title="fit", steps=400):
-    """Top: the data X (N, 1), y (N,) and the curve ``predict``; bottom: each gate value g_e(x) along x.
+def plot_regression_fit(ax_fit, ax_gate, predict, gate, X, y, experts=None, title="fit", steps=400):
+    """Top: the data X (N, 1), y (N,), the curve ``predict`` and each expert's line (dashed, in its gate's
+    colour); bottom: each gate value g_e(x) along x.
 
     predict : callable x (M, 1) -> (M,) or (M, 1). gate : callable x (M, 1) -> (M, E).
+    experts : optional callable x (M, 1) -> (M, E), each expert's own prediction.
     """
     X, y = np.asarray(X), np.asarray(y)
     xs = np.linspace(X.min(), X.max(), steps)[:, None]
     ax_fit.scatter(X[:, 0], y, s=4, color="0.6", label="data")
+    if experts is not None:
+        lo, hi = y.min() - 0.1 * np.ptp(y), y.max() + 0.1 * np.ptp(y)
+        for e, line in enumerate(to_numpy(experts(xs)).T):
+            ax_fit.plot(xs[:, 0], line, ls="--", color=EXPERT_COLORS[e % len(EXPERT_COLORS)], label=f"expert {e}")
+        ax_fit.set_ylim(lo, hi)  # an expert's line may leave the data's range where its gate is off
     ax_fit.plot(xs[:, 0], to_numpy(predict(xs)).reshape(-1), color="k", lw=2, label="prediction")
     ax_fit.set_ylabel("r")
     ax_fit.legend(loc="upper right", fontsize=7)

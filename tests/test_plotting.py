@@ -59,8 +59,11 @@ def test_regression_fit_draws_the_curve_and_every_gate():
     fig, (top, bottom) = plt.subplots(2, 1)
     x = np.linspace(0, 1, 20)[:, None]
     gate = lambda P: np.column_stack([P[:, 0], 1 - P[:, 0]])  # noqa: E731
-    plot_regression_fit(top, bottom, lambda P: 2 * P, gate, x, 2 * x[:, 0], steps=50)
-    np.testing.assert_allclose(top.get_lines()[0].get_ydata(), 2 * np.linspace(0, 1, 50))
+    experts = lambda P: np.column_stack([2 * P[:, 0], 3 - P[:, 0]])  # noqa: E731
+    plot_regression_fit(top, bottom, lambda P: 2 * P, gate, x, 2 * x[:, 0], experts=experts, steps=50)
+    assert [line.get_label() for line in top.get_lines()] == ["expert 0", "expert 1", "prediction"]
+    np.testing.assert_allclose(top.get_lines()[2].get_ydata(), 2 * np.linspace(0, 1, 50))
+    np.testing.assert_allclose(top.get_lines()[1].get_ydata(), 3 - np.linspace(0, 1, 50))
     assert [line.get_label() for line in bottom.get_lines()] == ["g_0(x)", "g_1(x)"]
     plt.close(fig)
 
