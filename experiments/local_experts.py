@@ -1,4 +1,4 @@
-"""Classic mixture of local experts (seed 003): bands and circles with SGD vs FTRL, k = 1..8, cooperative vs competitive.
+"""Classic mixture of local experts (seed 003): SGD vs FTRL, k = 1..8, cooperative vs competitive.
 
 Regenerates the study of seed 003 with the corrected model (MATH.md §5): linear experts and a softmax
 gate on standardised inputs, trained online (one sample per step, shuffled each epoch) by the closed-form
@@ -105,12 +105,12 @@ def regression(args, N, epochs):
         experts = lambda P, m=model: m.expert_outputs(scale(P))[:, :, 0] * sd + mu  # noqa: E731
         mse = float(((predict(X_test) - y_test) ** 2).mean())
         arms = gate(np.array([[0.25], [0.75]]))  # (2 arms, 2 experts)
-        owners = f"x=0.25: e{arms[0].argmax()} g={arms[0].max():.2f}; x=0.75: e{arms[1].argmax()} g={arms[1].max():.2f}"
+        owners = "; ".join(f"x={x}: e{a.argmax()} g={a.max():.2f}" for x, a in zip((0.25, 0.75), arms))
         plotting.plot_regression_fit(axes[0, col], axes[1, col], predict, gate, X_test, y_test, experts,
                                      title=f"{mode}: test MSE {mse:.4f} (noise variance 0.01)")
         rows.append(("V regression", (mode, 2, "SGD", f"{mse:.4f} MSE", "-", owners, seconds)))
-    fig.suptitle("V-shaped regression, 2 linear experts, one per arm: the competitive gate switches sharply at "
-                 "x = 0.5 and keeps the kink; the cooperative gate blends the lines and rounds it off")
+    fig.suptitle("V-shaped regression, 2 linear experts, one per arm: the competitive gate switches sharply "
+                 "at x = 0.5 and keeps the kink; the cooperative gate blends the lines and rounds it off")
     fig.tight_layout()
     savefig(fig, args, "local_experts_regression.png")
     return rows
@@ -127,9 +127,11 @@ def main(argv=None):
     pair = {}
     for name, data, title in [
         ("bands", make_bands(N, seed=0),
-         "Bands, 2 competitive linear experts: both optimisers separate the classes; FTRL's log-loss falls faster"),
+         "Bands, 2 competitive linear experts: both optimisers separate the classes; "
+         "FTRL's log-loss falls faster"),
         ("circles", circles,
-         "Circles, 2 competitive linear experts: two lines cannot enclose the inner ring, with either optimiser"),
+         "Circles, 2 competitive linear experts: two lines cannot enclose the inner ring, "
+         "with either optimiser"),
     ]:
         runs = pair[name] = {opt: Run(data, "competitive", 2, opt, epochs) for opt in ("SGD", "FTRL")}
         rows += [(f"{name} k=2", runs[opt].row) for opt in ("SGD", "FTRL")]
@@ -137,17 +139,19 @@ def main(argv=None):
 
     # 3. circles with k = 1, 2, 4, 8 competitive experts (FTRL)
     ks = (1, 2, 4, 8)
-    sweep = [pair["circles"]["FTRL"] if k == 2 else Run(circles, "competitive", k, "FTRL", epochs) for k in ks]
+    sweep = [Run(circles, "competitive", k, "FTRL", epochs) if k != 2 else pair["circles"]["FTRL"]
+             for k in ks]
     rows += [(f"circles k={k}", run.row) for k, run in zip(ks, sweep) if k != 2]  # k = 2 is listed above
     regions_figure(args, circles, sweep, [f"k={k}" for k in ks], "k",
-                   "Circles, competitive linear experts (FTRL): each expert draws one line in its own gate region; "
-                   "k = 4 enclose the inner ring")
+                   "Circles, competitive linear experts (FTRL): each expert draws one line in its own gate "
+                   "region; k = 4 enclose the inner ring")
 
-    # ... and k = 4 over several seeds: SGD sometimes loses an expert for good, FTRL's per-coordinate rates do not
+    # ... and k = 4 over several seeds: SGD sometimes loses an expert for good; FTRL's per-coordinate
+    # rates keep every expert learning
     for opt in ("SGD", "FTRL"):
         for seed in range(1, seeds + 1):
-            rows.append((f"circles seed {seed}", Run(make_circles(N, seed=seed), "competitive", 4, opt, epochs,
-                                                     seed=seed).row))
+            run = Run(make_circles(N, seed=seed), "competitive", 4, opt, epochs, seed=seed)
+            rows.append((f"circles seed {seed}", run.row))
 
     # 4. cooperative vs competitive: circles with k = 4, then the V-shaped regression
     cooperative = Run(circles, "cooperative", 4, "FTRL", epochs)

@@ -205,7 +205,8 @@ class LocalExperts(Module):
         Same arguments and returns as :meth:`update_directions`; needs mode="cooperative".
         """
         if self.mode != "cooperative":
-            raise ValueError(f"seed_cooperative_update needs mode='cooperative'; this model has mode={self.mode!r}")
+            raise ValueError(f"seed_cooperative_update needs mode='cooperative'; "
+                             f"this model has mode={self.mode!r}")
         xp = get_array_module(x)
         x1 = self._with_bias(x)
         N = x1.shape[0]

@@ -42,7 +42,7 @@ def make_circles(n_samples=1000, seed=None, test_size=0.3):
 
 
 def make_bands(n_samples=1000, seed=None, test_size=0.3):
-    """Two uniform 3 x 1 rectangles (x1 width 3, x2 height 1) centred at (5, 2) (class 0) and (5, 8) (class 1).
+    """Two uniform 3 x 1 rectangles (x1 width 3, x2 height 1) centred at (5, 2) (class 0), (5, 8) (class 1).
 
     Half the points in each (seed 003's linear set). Split 70/30. Shapes as for :func:`make_circles`.
     """

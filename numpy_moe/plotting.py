@@ -9,7 +9,7 @@ moved to NumPy with ``to_numpy``.
 - :func:`plot_gate_regions`: which expert owns which part of the plane, each expert its own colour
   (colours blend where the gate shares a point between experts).
 - :func:`plot_loss_curves`: one line per run, per epoch.
-- :func:`plot_regression_fit`: a 1-D fit (and each expert's line) over the data, the gate values along x below.
+- :func:`plot_regression_fit`: a 1-D fit (and each expert's line) over the data, the gates along x below.
 """
 import numpy as np
 from matplotlib.colors import ListedColormap, to_rgb
@@ -73,7 +73,8 @@ def plot_gate_regions(ax, gate, X, y=None, title="gate regions", steps=200):
     E = g.shape[1]
     colors = np.array([to_rgb(EXPERT_COLORS[e % len(EXPERT_COLORS)]) for e in range(E)])  # (E, 3)
     image = (g @ colors).reshape(xx.shape + (3,))
-    ax.imshow(image, origin="lower", extent=(xx.min(), xx.max(), yy.min(), yy.max()), aspect="auto", alpha=0.8)
+    extent = (xx.min(), xx.max(), yy.min(), yy.max())
+    ax.imshow(image, origin="lower", extent=extent, aspect="auto", alpha=0.8)
     if y is not None:
         y = np.asarray(y)
         for c, marker in zip(np.unique(y), "o^sDv<>p"):
@@ -87,7 +88,7 @@ def plot_gate_regions(ax, gate, X, y=None, title="gate regions", steps=200):
 
 
 def plot_loss_curves(ax, histories, ylabel="test log-loss (bits)", title="loss per epoch"):
-    """One line per entry of ``histories`` (label -> sequence of per-epoch values, entry 0 before training)."""
+    """One line per entry of ``histories``: label -> per-epoch values, entry 0 before training."""
     for label, values in histories.items():
         ax.plot(np.arange(len(values)), values, label=label)
     ax.set_xlabel("epoch")
@@ -109,7 +110,8 @@ def plot_regression_fit(ax_fit, ax_gate, predict, gate, X, y, experts=None, titl
     if experts is not None:
         lo, hi = y.min() - 0.1 * np.ptp(y), y.max() + 0.1 * np.ptp(y)
         for e, line in enumerate(to_numpy(experts(xs)).T):
-            ax_fit.plot(xs[:, 0], line, ls="--", color=EXPERT_COLORS[e % len(EXPERT_COLORS)], label=f"expert {e}")
+            color = EXPERT_COLORS[e % len(EXPERT_COLORS)]
+            ax_fit.plot(xs[:, 0], line, ls="--", color=color, label=f"expert {e}")
         ax_fit.set_ylim(lo, hi)  # an expert's line may leave the data's range where its gate is off
     ax_fit.plot(xs[:, 0], to_numpy(predict(xs)).reshape(-1), color="k", lw=2, label="prediction")
     ax_fit.set_ylabel("r")

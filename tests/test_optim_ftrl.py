@@ -37,11 +37,13 @@ def test_algorithm_1_by_hand():
     #   a: sigma = (sqrt(9) - 0) / 2 = 1.5, z = 0 + 3 - 1.5*0 = 3, n = 9 -> w = -(3 - 0.5) / (4/2 + 1) = -5/6
     #   b: sigma = (0.4 - 0) / 2 = 0.2, z = -0.4, n = 0.16 -> |z| <= 0.5, w = 0 exactly
     # step 2, g = (4, -0.3), at w = (-5/6, 0):
-    #   a: sigma = (5 - 3) / 2 = 1, z = 3 + 4 - 1*(-5/6) = 47/6, n = 25 -> w = -(47/6 - 1/2) / (6/2 + 1) = -11/6
+    #   a: sigma = (5 - 3) / 2 = 1, z = 3 + 4 - 1*(-5/6) = 47/6, n = 25
+    #      -> w = -(47/6 - 1/2) / (6/2 + 1) = -11/6
     #   b: sigma = (0.5 - 0.4) / 2 = 0.05, z = -0.4 - 0.3 - 0 = -0.7, n = 0.25
     #      -> w = -(-0.7 + 0.5) / (1.5/2 + 1) = 0.2 / 1.75 = 4/35
     # step 3, g = (-12, 1.2), at w = (-11/6, 4/35):
-    #   a: sigma = (13 - 5) / 2 = 4, z = 47/6 - 12 - 4*(-11/6) = 19/6, n = 169 -> w = -(19/6 - 1/2) / (14/2 + 1) = -1/3
+    #   a: sigma = (13 - 5) / 2 = 4, z = 47/6 - 12 - 4*(-11/6) = 19/6, n = 169
+    #      -> w = -(19/6 - 1/2) / (14/2 + 1) = -1/3
     #   b: sigma = (1.3 - 0.5) / 2 = 0.4, z = -0.7 + 1.2 - 0.4*4/35 = 159/350 <= 0.5 -> w = 0 exactly again
     opt = FTRL(alpha=2, beta=1, l1=0.5, l2=1)
     model = Weights([0.0, 0.0])
@@ -122,7 +124,8 @@ def test_state_is_keyed_by_dotted_names_for_any_module():
     before = {k: p.copy() for k, p in mlp.named_parameters()}
     opt = FTRL()
     opt.step(mlp)
-    assert sorted(opt.z) == sorted(opt.n) == sorted(before) == ["layers.0.W", "layers.0.b", "layers.2.W", "layers.2.b"]
+    names = ["layers.0.W", "layers.0.b", "layers.2.W", "layers.2.b"]
+    assert sorted(opt.z) == sorted(opt.n) == sorted(before) == names
     assert all(not np.array_equal(p, before[k]) for k, p in mlp.named_parameters())
 
 
