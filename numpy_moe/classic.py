@@ -41,7 +41,8 @@ class LocalExperts(Module):
     seed : int or numpy Generator (draws V, then M). dtype : float32 or float64.
 
     Parameters held: V (E, D+1, O) expert weights, last row the bias; M (D+1, E) gate weights, last row
-    the bias. Both drawn Glorot-normal (bias rows included, so the experts start different).
+    the bias. Both drawn N(0, INIT_STD²), bias rows included: the experts start different but close, so
+    none is shut out by the gate before it has learned anything (seed 003's code drew U[-0.1, -0.08)).
 
     Shapes: x (N, D) -> prediction (N, O): class probabilities (classification) or values (regression).
     Targets r: (N,) integer labels in [0, C) for classification; (N, O), or (N,) when O = 1, for regression.
@@ -229,7 +230,7 @@ def evaluate(model, X, y):
     out = model.forward(X)
     R = model._targets(y, out.shape[0])
     if model.task == "classification":
-        return float(-(R * xp.log2(xp.maximum(out, 1e-300))).sum(axis=1).mean())
+        return float(-(R * xp.log2(xp.maximum(out, xp.finfo(out.dtype).tiny))).sum(axis=1).mean())
     return float(((out - R) ** 2).mean())
 
 
