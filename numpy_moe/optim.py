@@ -88,3 +88,54 @@ class Adam(Optimizer):
         m_hat = m / (1 - self.beta1 ** self.t)
         v_hat = v / (1 - self.beta2 ** self.t)
         p -= self.lr * m_hat / (xp.sqrt(v_hat) + self.eps)
+
+
+class FTRL(Optimizer):
+    """FTRL-Proximal (McMahan et al. 2013, "Ad Click Prediction: a View from the Trenches", Algorithm 1).
+
+    Per coordinate, with state z and n keyed by parameter name (any Module can be trained):
+
+    - after the gradient g at the current weight w: σ = (sqrt(n + g²) - sqrt(n)) / α; z += g - σ w; n += g²
+    - then w = 0 if |z| <= λ1, else w = -(z - sign(z) λ1) / ((β + sqrt(n)) / α + λ2)
+
+    Parameters
+    ----------
+    alpha, beta : the per-coordinate learning rate is α / (β + sqrt(n)). l1, l2 : λ1, λ2 >= 0.
+    Seed-003 defaults: α = 1, β = 0.2, λ1 = λ2 = 0.
+
+    Notes
+    -----
+    Initial weights. The paper starts from z = n = 0, i.e. from w = 0, and its first proximal term
+    ½ (β/α) ‖w‖² is centred at 0. A model starts from nonzero weights w0 (experts whose weights are all
+    zero are identical and stay so), so FTRL takes w0 as its first point and centres that first proximal
+    term at it: the first step starts from n = 0 and z = -(β/α) w0, since ½ (β/α) ‖w - w0‖² = ½ (β/α) ‖w‖²
+    - (β/α) w0·w + const. With λ1 = λ2 = 0 the closed form gives back exactly w0; λ1 and λ2 keep
+    pulling towards 0 as in the paper (they are not re-centred). w0 = 0 is the paper's start.
+
+    With λ1 = λ2 = 0 the update is online gradient descent w <- w - η g with the per-coordinate rate
+    η = α / (β + sqrt(n)) (n after adding g²), as the paper notes; when β >> sqrt(n) the rate is the
+    constant α / β and FTRL is plain SGD. With λ1 > 0 coordinates with |z| <= λ1 are exactly zero.
+    Keras' Ftrl differs (n starts at 0.1, its l2 is λ2 / 2, extra shrinkage); this follows the paper.
+    """
+
+    def __init__(self, alpha=1.0, beta=0.2, l1=0.0, l2=0.0):
+        if not alpha > 0:
+            raise ValueError(f"alpha={alpha!r} must be > 0")
+        super().__init__(alpha)
+        for name, v in (("beta", beta), ("l1", l1), ("l2", l2)):
+            if not v >= 0:
+                raise ValueError(f"{name}={v!r} must be >= 0")
+        self.alpha, self.beta, self.l1, self.l2 = float(alpha), float(beta), float(l1), float(l2)
+        self.z, self.n = {}, {}
+
+    def update(self, name, p, g):
+        xp = get_array_module(p)
+        if name not in self.z:
+            self.z[name] = -(self.beta / self.alpha) * p  # the first proximal term, centred at w0
+            self.n[name] = xp.zeros_like(p)
+        z, n = self.z[name], self.n[name]
+        sigma = (xp.sqrt(n + g * g) - xp.sqrt(n)) / self.alpha
+        z += g - sigma * p
+        n += g * g
+        shrunk = -(z - xp.sign(z) * self.l1) / ((self.beta + xp.sqrt(n)) / self.alpha + self.l2)
+        p[...] = xp.where(xp.abs(z) <= self.l1, 0, shrunk)
