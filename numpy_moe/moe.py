@@ -94,7 +94,7 @@ class MoE(Module):
         capacity_factor and no top_k).
     capacity_factor : None (no limit) or cf > 0: top-k experts keep at most ceil(N K cf / E) assignments,
         expert choice takes ceil(N cf / E) samples per expert.
-    batch_priority : with a capacity, serve samples with larger top gate values first (V-MoE BPR)
+    batch_priority : with a capacity, serve samples with a larger max_e p[n, e] first (V-MoE BPR)
         instead of by position.
     balance : None, a dict name -> weight (names in BALANCE_NAMES, see the module docstring), or a list of
         numpy_moe.balance loss objects.

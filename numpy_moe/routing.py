@@ -17,7 +17,7 @@ The backward uses the same grouping: gather dy rows, run the experts' grouped ba
 
 :func:`apply_capacity` limits each expert to C = ceil(N K capacity_factor / E) assignments (GShard,
 Switch, V-MoE): all first choices are served before any second choice, and within one rank samples go
-by position or, with batch-prioritised routing (V-MoE), by descending top gate value. A dropped
+by position or, with batch-prioritised routing (V-MoE), by descending max_e p[n, e]. A dropped
 assignment contributes zero to its sample's output.
 """
 from math import ceil
@@ -39,7 +39,7 @@ def apply_capacity(routing, capacity, batch_priority=False):
     routing : a top-k Routing (assignments sample-major, M = N K).
     capacity : C, the most assignments an expert keeps.
     batch_priority : False: within a rank, earlier samples first; True: samples with a larger top
-        gate value first (V-MoE's batch-prioritised routing).
+        probability max_e p[n, e] first (V-MoE's batch-prioritised routing).
 
     Returns
     -------
@@ -57,7 +57,7 @@ def apply_capacity(routing, capacity, batch_priority=False):
     M = N * K
     position = xp.arange(N)
     if batch_priority:
-        top = routing.weight.reshape(N, K)[:, 0]  # (N,)
+        top = routing.probs[position, routing.expert.reshape(N, K)[:, 0]]  # max_e p[n, e], (N,)
         position = xp.empty(N, dtype=routing.expert.dtype)
         position[xp.argsort(-top, kind="stable")] = xp.arange(N)
     rank = xp.tile(xp.arange(K), N)  # (M,)

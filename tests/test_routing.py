@@ -31,21 +31,22 @@ def test_capacity_by_position_by_hand():
 
 
 def test_capacity_with_batch_priority_by_hand():
-    # top gate values 0.5, 0.6, 0.9, 0.7 -> priority n2, n3, n1, n0.
+    # top probabilities max_e p[n, e] = 0.5, 0.6, 0.9, 0.7 -> priority n2, n3, n1, n0.
     # Rank 0: expert 0 takes n2, n1 and drops n0; expert 1 takes n3.
     # Rank 1: n2 -> expert 1 (2nd slot), n3 -> expert 0 full, n1 -> expert 2, n0 -> expert 1 full.
     r = route_topk(LOGITS, 2, "softmax_then_topk")
-    r = r._replace(weight=np.array([0.5, 0.1, 0.6, 0.1, 0.9, 0.05, 0.7, 0.2]))
+    r = r._replace(probs=np.array([[0.5, 0.3, 0.2], [0.6, 0.1, 0.3], [0.9, 0.06, 0.04], [0.2, 0.7, 0.1]]))
     kept = apply_capacity(r, capacity=2, batch_priority=True).kept
     assert kept.tolist() == [False, False, True, True, True, True, True, False]
 
 
 @pytest.mark.parametrize("batch_priority", [False, True])
 @pytest.mark.parametrize("K,E,C", [(1, 4, 3), (2, 4, 5), (3, 5, 2), (2, 8, 1)])
-def test_capacity_matches_the_loop_reference(batch_priority, K, E, C, rng):
-    r = route_topk(rng.standard_normal((20, E)), K, "softmax_then_topk")
+@pytest.mark.parametrize("convention", ["softmax_then_topk", "topk_then_softmax"])
+def test_capacity_matches_the_loop_reference(convention, batch_priority, K, E, C, rng):
+    r = route_topk(rng.standard_normal((20, E)), K, convention)
     kept = apply_capacity(r, C, batch_priority).kept
-    expected = reference_kept(r.expert.reshape(20, K), r.weight.reshape(20, K)[:, 0], K, E, C, batch_priority)
+    expected = reference_kept(r.expert.reshape(20, K), r.probs.max(axis=1), K, E, C, batch_priority)
     np.testing.assert_array_equal(kept, expected)
     assert np.bincount(r.expert[kept], minlength=E).max() <= C
 
