@@ -38,9 +38,10 @@ def logsumexp_backward(dy, x, axis=-1):
 
 
 def log_softmax(x, axis=-1):
-    """y = x - logsumexp(x)."""
+    """y = x - logsumexp(x), computed as (x - max) - log sum exp(x - max) so large x lose no digits."""
     xp = get_array_module(x)
-    return x - xp.expand_dims(logsumexp(x, axis=axis), axis)
+    z = x - x.max(axis=axis, keepdims=True)
+    return z - xp.log(xp.exp(z).sum(axis=axis, keepdims=True))
 
 
 def log_softmax_backward(dy, y, axis=-1):
@@ -72,9 +73,10 @@ def tanh_backward(dy, y):
 
 
 def sigmoid(x):
-    """y = 1 / (1 + exp(-x)), written as 0.5 (1 + tanh(x / 2)) so no exp overflows."""
+    """y = 1 / (1 + exp(-x)); with z = exp(-|x|) <= 1: 1 / (1 + z) for x >= 0, z / (1 + z) otherwise."""
     xp = get_array_module(x)
-    return 0.5 * (1 + xp.tanh(0.5 * x))
+    z = xp.exp(-xp.abs(x))
+    return xp.where(x >= 0, 1 / (1 + z), z / (1 + z))
 
 
 def sigmoid_backward(dy, y):

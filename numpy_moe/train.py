@@ -1,0 +1,125 @@
+"""The mini-batch training loop.
+
+``fit(model, X, y, ...)`` shuffles with its own seeded Generator each epoch, runs forward, the data
+loss plus the model's auxiliary loss, backward and one optimiser step per batch, and returns a
+:class:`History`. A non-finite loss or gradient stops training with ``FloatingPointError`` *before*
+the step, so the weights are never overwritten with NaN.
+"""
+import math
+import time
+from dataclasses import dataclass, field
+
+from . import functional as F
+from .backend import asarray, default_rng, get_array_module
+from .optim import Adam
+from .validation import check_input, check_labels, check_positive_int
+
+LOSSES = {"cross_entropy": (F.cross_entropy, F.cross_entropy_backward), "mse": (F.mse, F.mse_backward)}
+
+
+@dataclass
+class History:
+    """Per-epoch record of a :func:`fit` run (lists of floats, one entry per epoch)."""
+    loss: list = field(default_factory=list)       # mean data loss + aux loss over the epoch's batches
+    aux_loss: list = field(default_factory=list)   # mean auxiliary (balance) loss
+    val_loss: list = field(default_factory=list)   # data loss on (X_val, y_val), when given
+    time: list = field(default_factory=list)       # seconds per epoch
+
+
+def _check_targets(y, loss, n_outputs, n_samples):
+    if loss == "cross_entropy":
+        return check_labels(y, n_outputs, n_samples)
+    y = y if hasattr(y, "dtype") else asarray(y)
+    xp = get_array_module(y)
+    if y.ndim == 1:
+        y = y[:, None]
+    if y.shape != (n_samples, n_outputs):
+        raise ValueError(f"y has shape {tuple(y.shape)}; expected ({n_samples}, {n_outputs}) targets")
+    if not bool(xp.isfinite(y).all()):
+        raise ValueError("y contains NaN or inf; expected finite targets")
+    return y
+
+
+def predict(model, X):
+    """Forward ``X`` in evaluation mode (no noise), restoring the model's mode afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        return model.forward(X)
+    finally:
+        model.train(was_training)
+
+
+def fit(model, X, y, loss="cross_entropy", optimizer=None, epochs=10, batch_size=32, seed=None,
+        X_val=None, y_val=None, callback=None, verbose=False):
+    """Train ``model`` in place by mini-batch gradient descent.
+
+    Parameters
+    ----------
+    model : a Module mapping (N, D) to (N, O); its ``aux_loss`` is added to the data loss.
+    X : (N, D) floats. y : (N,) integer labels in [0, O) for "cross_entropy", (N, O) or (N,) for "mse".
+    loss : "cross_entropy" or "mse". optimizer : an Optimizer (default Adam(lr=1e-3)).
+    epochs, batch_size : ints >= 1. seed : shuffling seed (int or numpy Generator).
+    X_val, y_val : optional held-out data, evaluated after each epoch.
+    callback : optional ``callback(epoch, model, history)`` called after each epoch.
+    verbose : print one line per epoch.
+
+    Returns
+    -------
+    History
+    """
+    if loss not in LOSSES:
+        raise ValueError(f"loss={loss!r} must be one of {sorted(LOSSES)}")
+    epochs = check_positive_int(epochs, "epochs")
+    batch_size = check_positive_int(batch_size, "batch_size")
+    X = check_input(X, None, model.dtype, "X")
+    N = X.shape[0]
+    loss_f, loss_b = LOSSES[loss]
+    n_out = predict(model, X[:1]).shape[1]
+    y = _check_targets(y, loss, n_out, N)
+    if X_val is not None:
+        X_val = check_input(X_val, X.shape[1], model.dtype, "X_val")
+        y_val = _check_targets(y_val, loss, n_out, X_val.shape[0])
+    optimizer = optimizer or Adam(1e-3)
+    rng = default_rng(seed)
+    history = History()
+    model.train()
+    for epoch in range(epochs):
+        t0 = time.perf_counter()
+        order = asarray(rng.permutation(N))
+        total = aux_total = 0.0
+        for b, start in enumerate(range(0, N, batch_size)):
+            idx = order[start:start + batch_size]
+            xb, yb = X[idx], y[idx]
+            out = model.forward(xb)
+            aux = float(model.aux_loss)
+            value = loss_f(out, yb) + aux
+            dout = loss_b(out, yb)
+            model.backward(dout)
+            _check_finite(model, value, epoch, b)
+            optimizer.step(model)
+            total += value * len(idx)
+            aux_total += aux * len(idx)
+        optimizer.end_epoch()
+        history.loss.append(total / N)
+        history.aux_loss.append(aux_total / N)
+        if X_val is not None:
+            history.val_loss.append(loss_f(predict(model, X_val), y_val))
+        history.time.append(time.perf_counter() - t0)
+        if verbose:
+            val = f", val loss {history.val_loss[-1]:.4f}" if X_val is not None else ""
+            print(f"epoch {epoch + 1:>4}/{epochs}: loss {history.loss[-1]:.4f}{val} "
+                  f"({history.time[-1]:.2f} s)")
+        if callback is not None:
+            callback(epoch, model, history)
+    return history
+
+
+def _check_finite(model, value, epoch, batch):
+    """Raise FloatingPointError if the loss or any gradient is NaN/inf (before the step applies it)."""
+    bad = [name for name, g in model.named_grads() if not bool(get_array_module(g).isfinite(g).all())]
+    if not math.isfinite(value) or bad:
+        where = f"epoch {epoch + 1}, batch {batch + 1}"
+        what = f"loss={value}" + (f", non-finite gradients in {bad[:3]}" if bad else "")
+        raise FloatingPointError(f"training diverged at {where} ({what}); the weights were left as they "
+                                 "were before this step: lower the learning rate or standardise the inputs")

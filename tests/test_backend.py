@@ -1,0 +1,95 @@
+"""The backend: module selection, conversion, special functions, and the no-direct-numpy rule."""
+import ast
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from numpy_moe import backend
+
+PACKAGE = Path(__file__).resolve().parent.parent / "numpy_moe"
+# Modules at the edges of the package talk to NumPy-only libraries (matplotlib, scikit-learn, .npz
+# files, data loading) and may import numpy; everything else must ask the backend.
+EDGE_MODULES = {"backend.py", "datasets.py", "data_images.py", "plotting.py", "io.py", "estimators.py"}
+
+
+def imported_roots(path):
+    tree = ast.parse(path.read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            yield from (a.name.split(".")[0] for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            yield node.module.split(".")[0]
+
+
+def test_compute_modules_do_not_import_numpy_or_scipy():
+    offenders = [
+        f"{p.relative_to(PACKAGE)} imports {root}"
+        for p in sorted(PACKAGE.rglob("*.py")) if p.name not in EDGE_MODULES
+        for root in imported_roots(p) if root in ("numpy", "scipy", "cupy", "cupyx")
+    ]
+    assert not offenders, "compute code must use backend.get_array_module(): " + "; ".join(offenders)
+
+
+def test_the_scan_catches_a_direct_import(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text("import numpy as np\nfrom scipy.special import ndtr\n")
+    assert list(imported_roots(bad)) == ["numpy", "scipy"]
+
+
+def test_default_backend_is_numpy():
+    assert backend.get_backend() == "numpy"
+    assert backend.get_array_module() is np
+    assert backend.get_array_module(np.zeros(3)) is np
+
+
+def test_unknown_backend_is_rejected():
+    with pytest.raises(ValueError, match="backend='torch' must be one of"):
+        backend.set_backend("torch")
+
+
+def test_cupy_request_fails_with_an_actionable_error_without_cupy_or_gpu():
+    try:
+        import cupy  # noqa: F401
+        has_cupy = True
+    except ImportError:
+        has_cupy = False
+    if has_cupy:
+        pytest.skip("CuPy is installed here; the missing-CuPy message cannot be provoked")
+    with pytest.raises(ImportError, match="CuPy is not installed.*cupy-cuda12x"):
+        backend.set_backend("cupy")
+    assert backend.get_backend() == "numpy", "a failed switch must leave the backend unchanged"
+
+
+def test_environment_variable_selects_the_backend():
+    env = dict(os.environ, NUMPY_MOE_BACKEND="cupy")
+    code = "import numpy_moe.backend"
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    try:
+        import cupy  # noqa: F401
+        pytest.skip("CuPy is installed; the environment switch would succeed")
+    except ImportError:
+        pass
+    assert proc.returncode != 0 and "CuPy is not installed" in proc.stderr
+
+
+def test_to_numpy_and_asarray_round_trip():
+    a = backend.asarray([1.0, 2.0], dtype="float32")
+    assert a.dtype == np.float32
+    assert isinstance(backend.to_numpy(a), np.ndarray)
+
+
+def test_ndtr_is_the_normal_cdf():
+    x = np.linspace(-6, 6, 25)
+    expected = np.array([0.5 * (1 + math.erf(v / math.sqrt(2))) for v in x])
+    np.testing.assert_allclose(backend.ndtr(x), expected, rtol=1e-12, atol=1e-15)
+
+
+def test_result_dtype_accepts_only_float32_and_float64():
+    assert backend.result_dtype("float32") == np.float32
+    with pytest.raises(TypeError, match="dtype=int64 must be float32 or float64"):
+        backend.result_dtype("int64")

@@ -1,0 +1,51 @@
+"""The gradient checker itself: it must agree with closed forms and must fail on a wrong backward."""
+import numpy as np
+import pytest
+
+from numpy_moe.gradcheck import check_module, numerical_gradient, rel_error
+from numpy_moe.layers import Linear
+
+
+def test_numerical_gradient_matches_a_closed_form(rng):
+    # f(x) = sum(sin(x) * x²) has df/dx = cos(x) x² + 2 x sin(x)
+    x = rng.standard_normal((3, 4))
+    numeric = numerical_gradient(lambda v: float((np.sin(v) * v ** 2).sum()), x)
+    exact = np.cos(x) * x ** 2 + 2 * x * np.sin(x)
+    assert rel_error(numeric, exact) < 1e-9
+
+
+def test_numerical_gradient_restores_its_input(rng):
+    x = rng.standard_normal(5)
+    before = x.copy()
+    numerical_gradient(lambda v: float((v ** 3).sum()), x)
+    assert np.array_equal(x, before)
+
+
+def test_rel_error_definition():
+    a, b = np.array([1.0, 2.0]), np.array([1.0, 2.5])
+    assert rel_error(a, b) == pytest.approx(0.5 / 2.5)
+    np.testing.assert_allclose(rel_error(a, b, elementwise=True), [0.0, 0.5 / 4.5])
+    assert rel_error(np.zeros(3), np.zeros(3)) == 0.0
+
+
+class BrokenLinear(Linear):
+    """Linear with the bias gradient off by a factor of 2: the checker must notice."""
+
+    def backward(self, dy):
+        dx = super().backward(dy)
+        self.grads["b"] = 2 * self.grads["b"]
+        return dx
+
+
+def test_check_module_passes_a_correct_layer(rng):
+    errors = check_module(Linear(4, 3, seed=0), rng.standard_normal((5, 4)))
+    assert set(errors) == {"input", "W", "b"} and max(errors.values()) < 1e-7
+
+
+def test_check_module_fails_with_a_table_on_a_wrong_gradient(rng):
+    with pytest.raises(AssertionError) as info:
+        check_module(BrokenLinear(4, 3, seed=0), rng.standard_normal((5, 4)))
+    message = str(info.value)
+    assert "gradient check failed" in message and "rel error" in message
+    failing = [line for line in message.splitlines() if line.endswith("FAIL")]
+    assert len(failing) == 1 and failing[0].startswith("b "), message

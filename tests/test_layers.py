@@ -1,0 +1,107 @@
+"""Linear, activations, MLP and Sequential: gradients, the Module contract, init, dtype, bad input."""
+import numpy as np
+import pytest
+
+from numpy_moe.gradcheck import check_module
+from numpy_moe.layers import MLP, Linear, ReLU, Sequential, Tanh
+
+TOL_LAYER, TOL_MODEL = 1e-7, 1e-6  # MATH.md §8: single layers, composed models
+
+
+def test_linear_gradients(rng):
+    assert max(check_module(Linear(5, 3, seed=0), rng.standard_normal((6, 5)), tol=TOL_LAYER).values()) < TOL_LAYER
+
+
+def test_linear_forward_is_x_w_plus_b(rng):
+    layer = Linear(5, 3, seed=0)
+    layer.params["b"][:] = rng.standard_normal(3)
+    x = rng.standard_normal((4, 5))
+    np.testing.assert_allclose(layer.forward(x), x @ layer.params["W"] + layer.params["b"], rtol=1e-14)
+
+
+@pytest.mark.parametrize("activation", ["relu", "tanh"])
+def test_mlp_gradients(activation, rng):
+    mlp = MLP(5, (8, 6), 3, activation=activation, seed=0)
+    # Zero biases can put a ReLU pre-activation exactly at the kink (a sample whose hidden units are all
+    # off feeds exactly 0 forward); random biases keep every pre-activation away from it (MATH.md §8).
+    for _, p in mlp.named_parameters():
+        p += 0.5 * rng.standard_normal(p.shape) * (p.ndim == 1)
+    errors = check_module(mlp, rng.standard_normal((7, 5)), tol=TOL_MODEL)
+    assert len(errors) == 1 + 6  # the input and W, b of three Linear layers
+
+
+def test_activation_modules_match_their_formulas(rng):
+    x = rng.standard_normal((3, 4))
+    np.testing.assert_array_equal(ReLU().forward(x), np.maximum(x, 0))
+    np.testing.assert_allclose(Tanh().forward(x), np.tanh(x), rtol=1e-15)
+    check_module(Tanh(), x, tol=TOL_LAYER)
+
+
+def test_named_parameters_are_dotted_and_match_grads():
+    model = Sequential(Linear(4, 5, seed=0), ReLU(), MLP(5, 3, 2, seed=1))
+    names = [n for n, _ in model.named_parameters()]
+    assert names == ["layers.0.W", "layers.0.b", "layers.2.layers.0.W", "layers.2.layers.0.b",
+                     "layers.2.layers.2.W", "layers.2.layers.2.b"]
+    assert names == [n for n, _ in model.named_grads()]
+    for m in model.modules():
+        assert m.params.keys() == m.grads.keys()
+    assert model.n_parameters() == 4 * 5 + 5 + 5 * 3 + 3 + 3 * 2 + 2
+
+
+def test_backward_overwrites_grads_instead_of_accumulating(rng):
+    layer = Linear(3, 2, seed=0)
+    x, dy = rng.standard_normal((4, 3)), rng.standard_normal((4, 2))
+    layer.forward(x)
+    layer.backward(dy)
+    first = layer.grads["W"].copy()
+    layer.forward(x)
+    layer.backward(dy)
+    np.testing.assert_array_equal(layer.grads["W"], first)
+
+
+def test_train_eval_reach_every_module():
+    model = Sequential(Linear(2, 2, seed=0), MLP(2, 3, 1, seed=0))
+    model.eval()
+    assert not any(m.training for m in model.modules())
+    model.train()
+    assert all(m.training for m in model.modules())
+
+
+def test_same_seed_same_weights_and_init_scale():
+    a, b = Linear(400, 300, init="he", seed=7), Linear(400, 300, init="he", seed=7)
+    np.testing.assert_array_equal(a.params["W"], b.params["W"])
+    # He: std sqrt(2/400) = 0.0707; Glorot: sqrt(2/700) = 0.0535. 120k draws: the sample std is
+    # within 1% of the target with overwhelming probability (its relative sd is 1/sqrt(2 n) = 0.2%).
+    assert a.params["W"].std() == pytest.approx(np.sqrt(2 / 400), rel=0.01)
+    assert Linear(400, 300, seed=7).params["W"].std() == pytest.approx(np.sqrt(2 / 700), rel=0.01)
+    with pytest.raises(ValueError, match="init='xavier' must be 'he' or 'glorot'"):
+        Linear(2, 2, init="xavier")
+
+
+def test_float32_layers_keep_float32_and_match_float64(rng):
+    x = rng.standard_normal((5, 4))
+    m32, m64 = MLP(4, 6, 2, seed=3, dtype="float32"), MLP(4, 6, 2, seed=3)
+    y32 = m32.forward(x)
+    assert y32.dtype == np.float32 and all(p.dtype == np.float32 for _, p in m32.named_parameters())
+    np.testing.assert_allclose(y32, m64.forward(x), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("bad,error,pattern", [
+    (np.zeros(4), ValueError, r"x has ndim=1 \(shape \(4,\)\); expected a 2-D array"),
+    (np.zeros((2, 5)), ValueError, r"x has 5 features \(shape \(2, 5\)\); expected 4"),
+    (np.array([[0.0, np.nan, 0.0, 0.0]]), ValueError, "x contains NaN or inf"),
+    (np.array([[0.0, np.inf, 0.0, 0.0]]), ValueError, "x contains NaN or inf"),
+    (np.zeros((2, 4), dtype=int), TypeError, "x has dtype int64; expected a floating dtype"),
+])
+def test_bad_input_is_rejected_with_a_clear_message(bad, error, pattern):
+    with pytest.raises(error, match=pattern):
+        Linear(4, 3, seed=0).forward(bad)
+
+
+def test_bad_constructor_arguments():
+    with pytest.raises(ValueError, match="in_features=0 must be an integer >= 1"):
+        Linear(0, 3)
+    with pytest.raises(TypeError, match="dtype=int32 must be float32 or float64"):
+        Linear(2, 3, dtype="int32")
+    with pytest.raises(ValueError, match="activation='gelu' must be one of"):
+        MLP(2, 3, 1, activation="gelu")

@@ -1,0 +1,68 @@
+"""The dense softmax-gated MoE of seeds 001/002 and its gate: forward formula, gradients, bad input."""
+import numpy as np
+import pytest
+
+from numpy_moe.gating import SoftmaxGate
+from numpy_moe.gradcheck import check_module
+from numpy_moe.moe import MoE
+
+TOL_LAYER = 1e-7  # the issue asks the whole dense MoE below 1e-7, as tight as a single layer
+
+
+def test_gate_gradients_and_rows_sum_to_one(rng):
+    gate = SoftmaxGate(4, 3, seed=0)
+    x = rng.standard_normal((6, 4))
+    np.testing.assert_allclose(gate.forward(x).sum(axis=1), 1.0, rtol=1e-14)
+    assert max(check_module(gate, x, tol=TOL_LAYER).values()) < TOL_LAYER
+
+
+def randomize(model, rng):
+    """Nonzero biases, as after training, keep ReLU pre-activations away from the kink at 0."""
+    for _, p in model.named_parameters():
+        p += 0.3 * rng.standard_normal(p.shape)
+    return model
+
+
+@pytest.mark.parametrize("hidden", [None, 7])
+def test_dense_moe_gradients_wrt_input_gate_and_every_expert_parameter(hidden, rng):
+    moe = randomize(MoE(5, 3, n_experts=4, hidden=hidden, seed=0), rng)
+    x = rng.standard_normal((8, 5))
+    errors = check_module(moe, x, tol=TOL_LAYER)
+    expected = {"input", "gate.W", "gate.b"} | {f"experts.{k}" for k in moe.experts.params}
+    assert set(errors) == expected and max(errors.values()) < TOL_LAYER
+
+
+def test_forward_is_the_gate_weighted_sum_of_experts(rng):
+    moe = randomize(MoE(5, 3, n_experts=4, hidden=6, seed=0), rng)
+    x = rng.standard_normal((8, 5))
+    y = moe.forward(x)
+    g = moe.gate.forward(x)
+    p = moe.experts.params
+    blend = sum(g[:, [e]] * (np.maximum(x @ p["W1"][e] + p["b1"][e], 0) @ p["W2"][e] + p["b2"][e])
+                for e in range(4))
+    np.testing.assert_allclose(y, blend, rtol=1e-12, atol=1e-14)
+
+
+def test_same_seed_gives_bit_identical_models_and_outputs(rng):
+    x = rng.standard_normal((4, 5))
+    a, b = MoE(5, 3, 4, hidden=6, seed=11), MoE(5, 3, 4, hidden=6, seed=11)
+    assert np.array_equal(a.forward(x), b.forward(x))
+    assert not np.array_equal(a.forward(x), MoE(5, 3, 4, hidden=6, seed=12).forward(x))
+
+
+@pytest.mark.parametrize("bad,error,pattern", [
+    (np.zeros((3, 5, 1)), ValueError, "x has ndim=3"),
+    (np.zeros((3, 4)), ValueError, "x has 4 features .* expected 5"),
+    (np.full((3, 5), np.nan), ValueError, "x contains NaN or inf"),
+    (np.zeros((3, 5), dtype=np.int32), TypeError, "x has dtype int32; expected a floating dtype"),
+])
+def test_bad_input(bad, error, pattern):
+    with pytest.raises(error, match=pattern):
+        MoE(5, 3, 4).forward(bad)
+
+
+def test_bad_n_experts():
+    with pytest.raises(ValueError, match="n_experts=0 must be an integer >= 1"):
+        MoE(5, 3, 0)
+    with pytest.raises(TypeError, match="n_experts=2.5 must be an integer"):
+        MoE(5, 3, 2.5)
