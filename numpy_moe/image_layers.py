@@ -17,9 +17,9 @@ from .validation import check_positive_int
 
 
 def check_images(x, channels, dtype, name="x"):
-    """Validate a float batch of images (N, channels, H, W) and return it as an array of ``dtype``."""
+    """Validate a float batch of images (N, channels, H, W); return it as ``dtype`` (None: its own)."""
+    x = asarray(x)  # onto the current backend, as validation.check_input does
     xp = get_array_module(x)
-    x = x if hasattr(x, "dtype") else asarray(x)
     if not is_floating_dtype(x.dtype):
         raise TypeError(f"{name} has dtype {x.dtype}; expected a floating dtype (float32 or float64)")
     if x.ndim != 4:
@@ -151,7 +151,7 @@ class MaxPool2d(Module):
         self.stride = self.kernel_size if stride is None else check_positive_int(stride, "stride")
 
     def forward(self, x):
-        x = check_images(x, None, x.dtype if hasattr(x, "dtype") else self.dtype)
+        x = check_images(x, None, None)  # pooling keeps the input dtype
         N, C, H, W = x.shape
         k = self.kernel_size
         if H < k or W < k:
@@ -241,3 +241,27 @@ class GELU(Module):
 
     def backward(self, dy):
         return dy * (F.normal_cdf(self.x) + self.x * F.normal_pdf(self.x))
+
+
+class Unflatten(Module):
+    """(N, prod(shape)) -> (N, *shape), the inverse of :class:`Flatten`.
+
+    Lets code written for 2-D batches (``numpy_moe.train.fit`` validates X as (N, D)) train an image model:
+    ``fit(Sequential(Unflatten((C, H, W)), model), X.reshape(N, -1), y)``.
+    """
+
+    def __init__(self, shape):
+        super().__init__()
+        self.shape = tuple(check_positive_int(s, "shape") for s in shape)
+        self.size = 1
+        for s in self.shape:
+            self.size *= s
+
+    def forward(self, x):
+        if x.ndim != 2 or x.shape[1] != self.size:
+            raise ValueError(f"x has shape {tuple(x.shape)}; expected (N, {self.size}) to unflatten to "
+                             f"(N, {', '.join(map(str, self.shape))})")
+        return x.reshape(x.shape[0], *self.shape)
+
+    def backward(self, dy):
+        return dy.reshape(dy.shape[0], -1)

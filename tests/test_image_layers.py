@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from numpy_moe.gradcheck import check_module
-from numpy_moe.image_layers import GELU, Conv2d, Flatten, LayerNorm, MaxPool2d, col2im, im2col
+from numpy_moe.image_layers import GELU, Conv2d, Flatten, LayerNorm, MaxPool2d, Unflatten, col2im, im2col
 
 TOL = 1e-7
 
@@ -154,6 +154,15 @@ def test_flatten_roundtrip_and_gradcheck():
     assert y.shape == (3, 8)
     np.testing.assert_array_equal(y[1], x[1].ravel())
     check_module(flat, x, tol=TOL)
+
+
+def test_unflatten_inverts_flatten_and_gradcheck():
+    x = np.random.default_rng(8).standard_normal((3, 2, 2, 2))
+    unflat = Unflatten((2, 2, 2))
+    np.testing.assert_array_equal(unflat.forward(Flatten().forward(x)), x)
+    check_module(unflat, x.reshape(3, -1), tol=TOL)
+    with pytest.raises(ValueError, match=r"expected \(N, 8\) to unflatten to \(N, 2, 2, 2\)"):
+        unflat.forward(np.zeros((3, 7)))
 
 
 def test_layernorm_normalises_and_gradcheck():
