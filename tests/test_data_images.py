@@ -135,3 +135,17 @@ def test_cifar_bad_label(cifar_folder):
     path.write_bytes(bytes(raw))
     with pytest.raises(ValueError, match="record 1 has label byte 10"):
         load_cifar10(folder)
+
+
+def test_images_experiment_runs_on_cifar_batches(tmp_path):
+    # The experiment's --cifar path end to end on small batch files in the real format (quick mode).
+    from experiments.__main__ import run
+
+    rng = np.random.default_rng(1)
+    folder = tmp_path / "cifar"
+    folder.mkdir()
+    for name in CIFAR_TRAIN_FILES + (CIFAR_TEST_FILE,):
+        write_batch(folder / name, rng.integers(0, 256, size=(16, 3, 32, 32), dtype=np.uint8),
+                    rng.integers(0, 10, size=16))
+    run("images", ["--quick", "--out", str(tmp_path), "--cifar", str(folder)])
+    assert (tmp_path / "images_cifar10.png").is_file() and (tmp_path / "images_digits.png").is_file()
