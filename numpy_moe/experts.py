@@ -113,11 +113,13 @@ class ExpertBank(Module):
         """dout (M, O) -> dx (M, D); experts with no rows get exactly zero gradient."""
         xp = get_array_module(dout)
         for key, p in self.params.items():
-            self.grads[key] = xp.zeros_like(p)
+            self.grads[key] = xp.empty_like(p)
         # dbuf[i]: gradient w.r.t. the input of layer i (dbuf[0] = dx)
         dbuf = [xp.empty_like(h) for h in self.hs[:-1]]
         for e, (lo, hi) in enumerate(zip(self.offsets[:-1], self.offsets[1:])):
             if hi == lo:
+                for g in self.grads.values():
+                    g[e] = 0
                 continue
             d = dout[lo:hi]
             for i, (w, b) in reversed(list(enumerate(self._layers))):
@@ -127,6 +129,6 @@ class ExpertBank(Module):
                 dinp = dbuf[i][lo:hi]
                 xp.matmul(d, self.params[w][e].T, out=dinp)
                 if i:
-                    dinp *= inp > 0  # relu backward through the stored relu(A)
+                    dinp *= inp > 0  # relu backward: inp = relu(A) > 0 exactly where A > 0
                 d = dinp
         return dbuf[0]

@@ -171,8 +171,8 @@ class MoE(Module):
             return xp.einsum("ne,eno->no", self.g, self.out)
         groups = self.groups = group_by_expert(r, E)
         self.w = r.weight[groups.assignment][:, None]  # (G, 1)
-        self.out = self.experts.forward_grouped(x[groups.sample], groups.offsets)  # (G, O)
-        return scatter_add(xp.zeros((N, self.out_features), dtype=self.dtype), self.out * self.w, groups)
+        self.out = self.experts.forward_grouped(xp.take(x, groups.sample, axis=0), groups.offsets)  # (G, O)
+        return scatter_add(xp.zeros((N, self.out_features), dtype=self.dtype), self.out, groups, self.w)
 
     def backward(self, dy):
         """dy (N, O) -> dx (N, D); fills the gate's and the experts' grads, balance losses included."""
@@ -188,7 +188,7 @@ class MoE(Module):
             dx_experts = self.experts.backward(self.g.T[:, :, None] * dy[None])  # (N, D)
         else:
             g = self.groups
-            dys = dy[g.sample]  # (G, O)
+            dys = xp.take(dy, g.sample, axis=0)  # (G, O)
             dweight = xp.zeros(r.weight.shape, dtype=self.dtype)
             dweight[g.assignment] = xp.einsum("go,go->g", dys, self.out)  # dropped assignments keep 0
             grad = {"weight": dweight}
