@@ -12,11 +12,10 @@ two threads made an epoch 10 times slower.
 """
 import matplotlib.pyplot as plt
 import numpy as np
-from matplotlib.ticker import MaxNLocator
 from threadpoolctl import threadpool_limits
 
 from experiments._common import parse_args, savefig
-from experiments.images import plot_usage, train_and_track
+from experiments.images import epoch_axis, plot_usage, train_and_track
 from numpy_moe.data_images import load_digits_images
 from numpy_moe.models import SparseMLP
 
@@ -52,8 +51,7 @@ def main(argv=None):
     ax = fig.add_subplot(grid[:, 0])
     for name, r in runs.items():
         ax.plot(np.arange(1, epochs + 1), r["accuracy"], marker="o", ms=3, label=name)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("epoch")
+    epoch_axis(ax, epochs)
     ax.set_ylabel("test accuracy")
     ax.set_title("test accuracy", fontsize=10)
     ax.legend(fontsize=8)
