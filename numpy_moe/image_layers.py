@@ -1,0 +1,267 @@
+"""Layers for the image models: Conv2d, MaxPool2d, Flatten, LayerNorm, GELU (seeds 000 and 004).
+
+Images are NCHW arrays: (N, C, H, W) with N samples, C channels, H and W the height and width (in this
+module C, H and W carry their image meaning, not "classes" and "hidden"); F is the number of output
+channels of a convolution and k its kernel size.
+
+Convolution and pooling go through im2col (Chellapilla, Puri & Simard 2006; the cs231n "fast layers"):
+:func:`im2col` copies every k x k window of the padded input into the columns of a matrix with one
+strided slice per kernel offset (a loop over the k² offsets, never over samples or pixels), so a
+convolution is one matrix product and a max-pool one reduction; :func:`col2im` is its adjoint and
+scatters column gradients back, summing where windows overlap.
+"""
+from . import functional as F
+from .backend import asarray, default_rng, get_array_module, is_floating_dtype
+from .layers import Module, init_weight
+from .validation import check_positive_int
+
+
+def check_images(x, channels, dtype, name="x"):
+    """Validate a float batch of images (N, channels, H, W); return it as ``dtype`` (None: its own)."""
+    x = asarray(x)  # onto the current backend, as validation.check_input does
+    xp = get_array_module(x)
+    if not is_floating_dtype(x.dtype):
+        raise TypeError(f"{name} has dtype {x.dtype}; expected a floating dtype (float32 or float64)")
+    if x.ndim != 4:
+        raise ValueError(f"{name} has ndim={x.ndim} (shape {tuple(x.shape)}); "
+                         "expected a 4-D array of images (N, C, H, W)")
+    if channels is not None and x.shape[1] != channels:
+        raise ValueError(f"{name} has {x.shape[1]} channels (shape {tuple(x.shape)}); expected {channels}")
+    if not bool(xp.isfinite(x).all()):
+        raise ValueError(f"{name} contains NaN or inf; expected finite values")
+    return xp.asarray(x, dtype=dtype)
+
+
+def output_size(size, k, stride, padding):
+    """Output length of a k-window sliding with ``stride`` over ``size`` + 2 ``padding`` (floor mode)."""
+    return (size + 2 * padding - k) // stride + 1
+
+
+def im2col(x, k, stride=1, padding=0):
+    """Every k x k window of the zero-padded images as a column.
+
+    Parameters
+    ----------
+    x : (N, C, H, W). k : kernel size. stride, padding : ints.
+
+    Returns
+    -------
+    cols : (C, k, k, N, Ho, Wo), cols[c, i, j, n, a, b] = xpad[n, c, a * stride + i, b * stride + j].
+    """
+    xp = get_array_module(x)
+    N, C, H, W = x.shape
+    Ho, Wo = output_size(H, k, stride, padding), output_size(W, k, stride, padding)
+    if padding:
+        x = xp.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
+    cols = xp.empty((C, k, k, N, Ho, Wo), dtype=x.dtype)
+    for i in range(k):
+        for j in range(k):
+            cols[:, i, j] = x[:, :, i:i + stride * Ho:stride, j:j + stride * Wo:stride].transpose(1, 0, 2, 3)
+    return cols
+
+
+def col2im(cols, x_shape, k, stride=1, padding=0):
+    """Adjoint of :func:`im2col`: sum each column entry back onto the pixel it was copied from.
+
+    cols : (C, k, k, N, Ho, Wo); x_shape : (N, C, H, W). Returns dx of shape x_shape.
+    """
+    xp = get_array_module(cols)
+    N, C, H, W = x_shape
+    Ho, Wo = cols.shape[-2:]
+    dx = xp.zeros((N, C, H + 2 * padding, W + 2 * padding), dtype=cols.dtype)
+    for i in range(k):
+        for j in range(k):
+            dx[:, :, i:i + stride * Ho:stride, j:j + stride * Wo:stride] += cols[:, i, j].transpose(1, 0, 2, 3)
+    return dx[:, :, padding:padding + H, padding:padding + W]
+
+
+class Conv2d(Module):
+    """2-D convolution (cross-correlation, as in PyTorch) with square kernels, stride and zero padding.
+
+    Parameters
+    ----------
+    in_channels : C. out_channels : F. kernel_size : k. stride : >= 1. padding : >= 0 zeros on each side.
+    seed : int or numpy Generator (He init, std sqrt(2 / (C k²))). dtype : float32 or float64.
+
+    Shapes: x (N, C, H, W) -> y (N, F, Ho, Wo), Ho = (H + 2 padding - k) // stride + 1;
+    W (F, C, k, k), b (F,).
+
+    Notes
+    -----
+    With X = im2col(x) reshaped to (C k², N Ho Wo) and Wm = W reshaped to (F, C k²):
+    Y = Wm X + b, y = Y reshaped to (F, N, Ho, Wo) and transposed to NCHW.
+    Backward: dWm = dY Xᵀ, db = sum of dY over its columns, dx = col2im(Wmᵀ dY).
+    """
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, seed=None,
+                 dtype="float64"):
+        super().__init__(dtype)
+        C = self.in_channels = check_positive_int(in_channels, "in_channels")
+        Fo = self.out_channels = check_positive_int(out_channels, "out_channels")
+        k = self.kernel_size = check_positive_int(kernel_size, "kernel_size")
+        self.stride = check_positive_int(stride, "stride")
+        self.padding = check_positive_int(padding, "padding", minimum=0)
+        self.params["W"] = init_weight(default_rng(seed), C * k * k, Fo, (Fo, C, k, k), "he", self.dtype)
+        self.params["b"] = get_array_module().zeros(Fo, dtype=self.dtype)
+        self.zero_grad()
+
+    def forward(self, x):
+        x = check_images(x, self.in_channels, self.dtype)
+        N, _, H, W = x.shape
+        k, s, p = self.kernel_size, self.stride, self.padding
+        if H + 2 * p < k or W + 2 * p < k:
+            raise ValueError(f"x has images of size {H}x{W}; kernel_size={k} with padding={p} "
+                             f"needs at least {k - 2 * p}x{k - 2 * p}")
+        self.x_shape = x.shape
+        cols = im2col(x, k, s, p)  # (C, k, k, N, Ho, Wo)
+        Ho, Wo = cols.shape[-2:]
+        self.cols = cols.reshape(-1, N * Ho * Wo)  # (C k², N Ho Wo)
+        Y = self.params["W"].reshape(self.out_channels, -1) @ self.cols + self.params["b"][:, None]
+        return Y.reshape(self.out_channels, N, Ho, Wo).transpose(1, 0, 2, 3)  # (N, F, Ho, Wo)
+
+    def backward(self, dy):
+        N, Fo, Ho, Wo = dy.shape
+        dY = dy.transpose(1, 0, 2, 3).reshape(Fo, -1)  # (F, N Ho Wo)
+        self.grads["W"] = (dY @ self.cols.T).reshape(self.params["W"].shape)  # (F, C, k, k)
+        self.grads["b"] = dY.sum(axis=1)  # (F,)
+        k = self.kernel_size
+        dcols = self.params["W"].reshape(Fo, -1).T @ dY  # (C k², N Ho Wo)
+        dcols = dcols.reshape(self.in_channels, k, k, N, Ho, Wo)
+        return col2im(dcols, self.x_shape, k, self.stride, self.padding)  # (N, C, H, W)
+
+
+class MaxPool2d(Module):
+    """Max over k x k windows moved by ``stride`` (default k), no padding, floor mode (as PyTorch).
+
+    Parameters
+    ----------
+    kernel_size : k. stride : >= 1, default k (non-overlapping windows).
+
+    Shapes: x (N, C, H, W) -> y (N, C, Ho, Wo), Ho = (H - k) // stride + 1.
+
+    Notes
+    -----
+    y[n, c, a, b] = max over the window; the gradient goes to the window's maximum (the first one in
+    row-major order on a tie) and is summed where overlapping windows share that pixel.
+    """
+
+    def __init__(self, kernel_size, stride=None):
+        super().__init__()
+        self.kernel_size = check_positive_int(kernel_size, "kernel_size")
+        self.stride = self.kernel_size if stride is None else check_positive_int(stride, "stride")
+
+    def forward(self, x):
+        x = check_images(x, None, None)  # pooling keeps the input dtype
+        N, C, H, W = x.shape
+        k = self.kernel_size
+        if H < k or W < k:
+            raise ValueError(f"x has images of size {H}x{W}; kernel_size={k} needs at least {k}x{k}")
+        self.x_shape = x.shape
+        cols = im2col(x, k, self.stride)  # (C, k, k, N, Ho, Wo)
+        cols = cols.reshape(C, k * k, *cols.shape[3:])  # (C, k², N, Ho, Wo)
+        self.arg = cols.argmax(axis=1)  # (C, N, Ho, Wo)
+        return cols.max(axis=1).transpose(1, 0, 2, 3)  # (N, C, Ho, Wo)
+
+    def backward(self, dy):
+        xp = get_array_module(dy)
+        N, C, Ho, Wo = dy.shape
+        k = self.kernel_size
+        hit = xp.arange(k * k).reshape(1, -1, 1, 1, 1) == self.arg[:, None]  # (C, k², N, Ho, Wo)
+        dcols = (hit * dy.transpose(1, 0, 2, 3)[:, None]).reshape(C, k, k, N, Ho, Wo)
+        return col2im(dcols, self.x_shape, k, self.stride)  # (N, C, H, W)
+
+
+class Flatten(Module):
+    """(N, ...) -> (N, prod(...)), C order, so an NCHW batch becomes (N, C H W)."""
+
+    def forward(self, x):
+        self.x_shape = x.shape
+        return x.reshape(x.shape[0], -1)
+
+    def backward(self, dy):
+        return dy.reshape(self.x_shape)
+
+
+class LayerNorm(Module):
+    """Layer normalisation over the last axis (Ba, Kiros & Hinton 2016), as in MLP-Mixer.
+
+    Parameters
+    ----------
+    n_features : D, the length of the last axis. eps : added to the variance. dtype : float32 or float64.
+
+    Shapes: x (..., D) -> y (..., D); gamma (D,), beta (D,).
+
+    Notes
+    -----
+    mu = mean(x), var = mean((x - mu)²), xhat = (x - mu) / sqrt(var + eps), y = gamma xhat + beta, per row.
+    Backward: dgamma = sum dy xhat, dbeta = sum dy (over every row); with g = dy gamma,
+    dx = (g - mean(g) - xhat mean(g xhat)) / sqrt(var + eps).
+    """
+
+    def __init__(self, n_features, eps=1e-5, dtype="float64"):
+        super().__init__(dtype)
+        self.n_features = check_positive_int(n_features, "n_features")
+        if not eps > 0:
+            raise ValueError(f"eps={eps!r} must be > 0")
+        self.eps = float(eps)
+        xp = get_array_module()
+        self.params["gamma"] = xp.ones(self.n_features, dtype=self.dtype)
+        self.params["beta"] = xp.zeros(self.n_features, dtype=self.dtype)
+        self.zero_grad()
+
+    def forward(self, x):
+        if x.ndim < 1 or x.shape[-1] != self.n_features:
+            raise ValueError(f"x has shape {tuple(x.shape)}; expected a last axis of length {self.n_features}")
+        mu = x.mean(axis=-1, keepdims=True)
+        var = ((x - mu) ** 2).mean(axis=-1, keepdims=True)
+        self.inv_std = 1 / (var + self.eps) ** 0.5  # (..., 1)
+        self.xhat = (x - mu) * self.inv_std  # (..., D)
+        return self.params["gamma"] * self.xhat + self.params["beta"]
+
+    def backward(self, dy):
+        D = self.n_features
+        self.grads["gamma"] = (dy * self.xhat).reshape(-1, D).sum(axis=0)
+        self.grads["beta"] = dy.reshape(-1, D).sum(axis=0)
+        g = dy * self.params["gamma"]
+        return (g - g.mean(axis=-1, keepdims=True)
+                - self.xhat * (g * self.xhat).mean(axis=-1, keepdims=True)) * self.inv_std
+
+
+class GELU(Module):
+    """Exact GELU (Hendrycks & Gimpel 2016), the MLP-Mixer activation: y = x Φ(x), elementwise.
+
+    Notes
+    -----
+    dy/dx = Φ(x) + x φ(x), Φ and φ the standard normal CDF and density.
+    """
+
+    def forward(self, x):
+        self.x = x
+        return x * F.normal_cdf(x)
+
+    def backward(self, dy):
+        return dy * (F.normal_cdf(self.x) + self.x * F.normal_pdf(self.x))
+
+
+class Unflatten(Module):
+    """(N, prod(shape)) -> (N, *shape), the inverse of :class:`Flatten`.
+
+    Lets code written for 2-D batches (``numpy_moe.train.fit`` validates X as (N, D)) train an image model:
+    ``fit(Sequential(Unflatten((C, H, W)), model), X.reshape(N, -1), y)``.
+    """
+
+    def __init__(self, shape):
+        super().__init__()
+        self.shape = tuple(check_positive_int(s, "shape") for s in shape)
+        self.size = 1
+        for s in self.shape:
+            self.size *= s
+
+    def forward(self, x):
+        if x.ndim != 2 or x.shape[1] != self.size:
+            raise ValueError(f"x has shape {tuple(x.shape)}; expected (N, {self.size}) to unflatten to "
+                             f"(N, {', '.join(map(str, self.shape))})")
+        return x.reshape(x.shape[0], *self.shape)
+
+    def backward(self, dy):
+        return dy.reshape(dy.shape[0], -1)
