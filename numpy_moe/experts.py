@@ -89,38 +89,44 @@ class ExpertBank(Module):
 
     # grouped: expert e runs on rows offsets[e]:offsets[e+1] --------------------------------------
     def forward_grouped(self, x, offsets):
-        """x (M, D) grouped by expert, offsets (E + 1,) ints -> out (M, O)."""
+        """x (M, D) grouped by expert, offsets: E + 1 ints -> out (M, O).
+
+        Each layer writes into one preallocated (M, ·) array, block by block (``matmul(out=)``), and the
+        hidden layer keeps only relu(A): A > 0 exactly where relu(A) > 0, so no separate mask is stored.
+        """
         xp = get_array_module(x)
-        self.xg, self.offsets = x, [int(o) for o in offsets]
-        out = xp.empty((x.shape[0], self.out_features), dtype=x.dtype)
-        self.acts_g = []
+        self.offsets = [int(o) for o in offsets]
+        M, n_layers = x.shape[0], len(self._layers)
+        self.hs = [x] + [xp.empty((M, self.params[w].shape[2]), dtype=x.dtype) for w, _ in self._layers]
         for e, (lo, hi) in enumerate(zip(self.offsets[:-1], self.offsets[1:])):
-            h = x[lo:hi]
-            acts = []
+            if hi == lo:
+                continue
             for i, (w, b) in enumerate(self._layers):
-                if i:
-                    acts.append(h)
-                    h = F.relu(h)
-                h = h @ self.params[w][e] + self.params[b][e]
-            self.acts_g.append(acts)
-            out[lo:hi] = h
-        return out
+                h = self.hs[i + 1][lo:hi]
+                xp.matmul(self.hs[i][lo:hi], self.params[w][e], out=h)
+                h += self.params[b][e]
+                if i < n_layers - 1:
+                    xp.maximum(h, 0, out=h)  # Z = relu(A), in place
+        return self.hs[-1]
 
     def backward_grouped(self, dout):
-        """dout (M, O) -> dx (M, D); experts with no rows get zero gradient."""
+        """dout (M, O) -> dx (M, D); experts with no rows get exactly zero gradient."""
         xp = get_array_module(dout)
         for key, p in self.params.items():
             self.grads[key] = xp.zeros_like(p)
-        dx = xp.empty_like(self.xg)
+        # dbuf[i]: gradient w.r.t. the input of layer i (dbuf[0] = dx)
+        dbuf = [xp.empty_like(h) for h in self.hs[:-1]]
         for e, (lo, hi) in enumerate(zip(self.offsets[:-1], self.offsets[1:])):
+            if hi == lo:
+                continue
             d = dout[lo:hi]
-            acts = self.acts_g[e]
             for i, (w, b) in reversed(list(enumerate(self._layers))):
-                inp = self.xg[lo:hi] if i == 0 else F.relu(acts[i - 1])
-                self.grads[w][e] = inp.T @ d
+                inp = self.hs[i][lo:hi]
+                xp.matmul(inp.T, d, out=self.grads[w][e])  # (·, ·)
                 self.grads[b][e] = d.sum(axis=0)
-                d = d @ self.params[w][e].T
+                dinp = dbuf[i][lo:hi]
+                xp.matmul(d, self.params[w][e].T, out=dinp)
                 if i:
-                    d = F.relu_backward(d, acts[i - 1])
-            dx[lo:hi] = d
-        return dx
+                    dinp *= inp > 0  # relu backward: inp = relu(A) > 0 exactly where A > 0
+                d = dinp
+        return dbuf[0]

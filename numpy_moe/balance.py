@@ -1,0 +1,230 @@
+"""Load-balancing (auxiliary) losses of a sparse gate's routing (MATH.md §3).
+
+Each loss is an object with a ``weight``; ``loss(routing)`` returns the weighted value (a float) and
+caches what ``loss.backward()`` needs; ``backward()`` returns the gradient with respect to the routing
+as a dict with any of the keys "weight" (M,), "logits", "clean", "sigma" (N, E) (see
+:class:`numpy_moe.gating.Routing`), which the gate turns into parameter and input gradients.
+
+| class        | value                                                         | source                  |
+|--------------|---------------------------------------------------------------|-------------------------|
+| Seed000Loss  | w std(c / sum c), c = hard counts of selections (ddof=1)      | seed 000                |
+| Importance   | w CV²(Imp), Imp_e = sum_n G_{n,e}                             | Shazeer 2017, V-MoE     |
+| ShazeerLoad  | w CV²(sum_n Φ((clean - kth_excluding(h, K, e)) / sigma))      | Shazeer 2017            |
+| VMoELoad     | w CV²(mean_n Φ((clean - T_n) / sigma)), T_n the K-th h of row | V-MoE (seed 004)        |
+| SwitchLoss   | w E sum_e f_e P_e                                             | Switch Transformer      |
+| ZLoss        | w mean_n logsumexp(h_n)²                                      | ST-MoE                  |
+
+The seed-000 loss counts hard selections, so it is piecewise constant in every parameter: its
+gradient is exactly zero and adding it to the training loss changes nothing (the seed's bug; its
+``backward`` returns an empty gradient, and tests/test_balance.py proves the zero by finite differences).
+"""
+from . import functional as F
+from .backend import get_array_module, ndtr
+
+
+class BalanceLoss:
+    """Base: stores the weight; subclasses implement ``__call__(routing) -> float`` and ``backward()``."""
+
+    name = "balance"
+
+    def __init__(self, weight=0.01):
+        if not weight >= 0:
+            raise ValueError(f"{self.name} weight={weight!r} must be >= 0")
+        self.weight = float(weight)
+
+    def __repr__(self):
+        return f"{type(self).__name__}(weight={self.weight})"
+
+
+class Seed000Loss(BalanceLoss):
+    """Seed 000's ``balance_loss``: w * std(c / sum c) over the hard top-k selection counts c (E,).
+
+    torch.std is the sample standard deviation (ddof=1), reproduced here. The value depends on the
+    routing only through integer counts, so its gradient is zero: ``backward`` returns {}.
+    """
+
+    name = "seed000"
+
+    def __call__(self, routing):
+        xp = get_array_module(routing.logits)
+        c = xp.bincount(routing.expert, minlength=routing.logits.shape[1])  # (E,)
+        return self.weight * float((c / c.sum()).std(ddof=1))
+
+    def backward(self):
+        return {}
+
+
+class Importance(BalanceLoss):
+    """Importance loss w * CV²(Imp) (Shazeer et al. 2017 eq. 6; V-MoE appendix A).
+
+    Parameters
+    ----------
+    weight : w. source : "gates" (Shazeer: Imp_e = sum of the combine weights routed to e, after top-k)
+    or "softmax" (V-MoE: Imp_e = sum_n softmax(clean)_{n,e}, the full noise-free softmax).
+
+    Notes
+    -----
+    gates: Imp = sum over assignments m with expert e of weight_m; dweight_m = dImp_{e_m}.
+    softmax: Imp = sum_n q_n, q = softmax(clean); dclean = q * (dImp - sum_e dImp_e q_e).
+    dImp = w dCV²/dImp (functional.cv_squared_backward).
+    """
+
+    name = "importance"
+
+    def __init__(self, weight=0.01, source="gates"):
+        super().__init__(weight)
+        if source not in ("gates", "softmax"):
+            raise ValueError(f"source={source!r} must be 'gates' or 'softmax'")
+        self.source = source
+
+    def __call__(self, routing):
+        xp = get_array_module(routing.logits)
+        self.routing = routing
+        if self.source == "gates":
+            self.imp = xp.bincount(routing.expert, weights=routing.weight, minlength=routing.logits.shape[1])
+        else:
+            self.q = F.softmax(routing.clean)  # (N, E)
+            self.imp = self.q.sum(axis=0)  # (E,)
+        return self.weight * float(F.cv_squared(self.imp))
+
+    def backward(self):
+        dimp = F.cv_squared_backward(self.weight, self.imp).astype(self.routing.logits.dtype)  # (E,)
+        if self.source == "gates":
+            return {"weight": dimp[self.routing.expert]}  # (M,)
+        return {"clean": F.softmax_backward(dimp, self.q)}  # (N, E), dimp broadcasts over rows
+
+
+def _noisy_load_check(routing, name):
+    if routing.sigma is None or routing.top_k is None:
+        raise ValueError(f"the {name} loss needs a top-k gate with noise (noise='shazeer' or 'vmoe'); "
+                         f"got top_k={routing.top_k}, sigma={'None' if routing.sigma is None else 'set'}")
+
+
+class ShazeerLoad(BalanceLoss):
+    """Shazeer's smooth load estimator, w * CV²(Load) (Shazeer et al. 2017 appendix A).
+
+    Notes
+    -----
+    For each (n, e) the threshold t_{n,e} is the K-th largest noisy logit among the other experts: the
+    (K+1)-th of the row if e is among the K kept, else the K-th. With z = (clean - t) / sigma,
+    Load_e = sum_n Φ(z_{n,e}), the expected number of samples routed to e under a fresh noise draw.
+    dz = dLoad_e φ(z); dclean = dz / sigma; dsigma = -dz z / sigma; dt = -dz / sigma, which lands on the
+    logit h_{n,j} that t_{n,e} copied (j the K-th or (K+1)-th ranked expert of row n). Needs K < E.
+    """
+
+    name = "load"
+
+    def __call__(self, routing):
+        _noisy_load_check(routing, "Shazeer load")
+        xp = get_array_module(routing.logits)
+        r, K = routing, routing.top_k
+        N, E = r.logits.shape
+        if K >= E:
+            raise ValueError(f"the Shazeer load loss needs top_k < n_experts; got top_k={K}, n_experts={E}")
+        rows = xp.arange(N)[:, None]
+        order = xp.argsort(-r.logits, axis=1, kind="stable")[:, :K + 1]  # (N, K+1)
+        self.in_top = xp.zeros((N, E), dtype=bool)
+        self.in_top[rows, order[:, :K]] = True
+        self.jk, self.jk1 = order[:, K - 1], order[:, K]  # K-th and (K+1)-th ranked expert, (N,)
+        n = xp.arange(N)
+        t = xp.where(self.in_top, r.logits[n, self.jk1][:, None], r.logits[n, self.jk][:, None])  # (N, E)
+        self.z = (r.clean - t) / r.sigma  # (N, E)
+        self.load = ndtr(self.z).sum(axis=0)  # (E,)
+        self.routing = r
+        return self.weight * float(F.cv_squared(self.load))
+
+    def backward(self):
+        xp = get_array_module(self.z)
+        r = self.routing
+        N = self.z.shape[0]
+        dload = F.cv_squared_backward(self.weight, self.load).astype(self.z.dtype)  # (E,)
+        dz = F.normal_cdf_backward(dload, self.z)  # (N, E)
+        dclean = dz / r.sigma
+        dt = -dclean
+        dlogits = xp.zeros_like(r.logits)
+        n = xp.arange(N)
+        dlogits[n, self.jk1] = (dt * self.in_top).sum(axis=1)
+        dlogits[n, self.jk] = (dt * ~self.in_top).sum(axis=1)
+        return {"clean": dclean, "sigma": -dz * self.z / r.sigma, "logits": dlogits}
+
+
+class VMoELoad(BalanceLoss):
+    """V-MoE's load loss, w * CV²(mean_n p_{n,e}) (Riquelme et al. 2021 appendix A; seed 004).
+
+    Notes
+    -----
+    T_n = the K-th largest noisy logit of row n; p_{n,e} = 1 - Φ((T_n - clean_{n,e}) / sigma)
+    = Φ(z), z = (clean - T_n) / sigma: the probability that e is still selected under a fresh draw of its
+    own noise. dz = dLoad_e φ(z) / N; dclean = dz / sigma; dsigma = -dz z / sigma;
+    dT_n = -sum_e dz_{n,e} / sigma_{n,e}, onto the logit of the K-th ranked expert of row n.
+    """
+
+    name = "load"
+
+    def __call__(self, routing):
+        _noisy_load_check(routing, "V-MoE load")
+        xp = get_array_module(routing.logits)
+        r = self.routing = routing
+        N = r.logits.shape[0]
+        self.jk = r.expert.reshape(N, r.top_k)[:, -1]  # K-th ranked expert, (N,)
+        T = r.logits[xp.arange(N), self.jk]  # (N,)
+        self.z = (r.clean - T[:, None]) / r.sigma  # (N, E)
+        self.load = ndtr(self.z).mean(axis=0)  # (E,)
+        return self.weight * float(F.cv_squared(self.load))
+
+    def backward(self):
+        xp = get_array_module(self.z)
+        r = self.routing
+        N = self.z.shape[0]
+        dload = F.cv_squared_backward(self.weight, self.load).astype(self.z.dtype) / N  # (E,)
+        dz = F.normal_cdf_backward(dload, self.z)  # (N, E)
+        dclean = dz / r.sigma
+        dlogits = xp.zeros_like(r.logits)
+        dlogits[xp.arange(N), self.jk] = -dclean.sum(axis=1)
+        return {"clean": dclean, "sigma": -dz * self.z / r.sigma, "logits": dlogits}
+
+
+class SwitchLoss(BalanceLoss):
+    """Switch Transformer loss w * E sum_e f_e P_e (Fedus et al. 2021 eq. 4).
+
+    Notes
+    -----
+    f_e = fraction of samples whose largest logit is e (hard, no gradient); P_e = mean_n p_{n,e},
+    p = softmax(logits). dp_{n,e} = w E f_e / N; dlogits = p * (dp - sum_e dp_e p_e).
+    Minimal (= w) when routing is uniform.
+    """
+
+    name = "switch"
+
+    def __call__(self, routing):
+        xp = get_array_module(routing.logits)
+        self.routing = routing
+        N, E = routing.logits.shape
+        self.f = xp.bincount(xp.argmax(routing.logits, axis=1), minlength=E) / N  # (E,)
+        return self.weight * E * float((self.f * routing.probs.mean(axis=0)).sum())
+
+    def backward(self):
+        r = self.routing
+        N, E = r.logits.shape
+        dp = (self.weight * E / N) * self.f.astype(r.probs.dtype)  # (E,), the same for every row
+        return {"logits": F.softmax_backward(dp, r.probs)}
+
+
+class ZLoss(BalanceLoss):
+    """Router z-loss w * mean_n (logsumexp_e h_{n,e})² (Zoph et al. 2022, ST-MoE eq. 5).
+
+    Notes
+    -----
+    d/dh_{n,e} = w 2 lse_n softmax(h_n)_e / N. Keeps the router logits small; not a balance term.
+    """
+
+    name = "z_loss"
+
+    def __call__(self, routing):
+        self.routing = routing
+        self.lse = F.logsumexp(routing.logits)  # (N,)
+        return self.weight * float((self.lse ** 2).mean())
+
+    def backward(self):
+        N = self.lse.shape[0]
+        return {"logits": F.logsumexp_backward(2 * self.weight * self.lse / N, self.routing.logits)}

@@ -1,0 +1,101 @@
+"""Sparse dispatch and combine, expert capacity with dropping (MATH.md §2, §4).
+
+A gate's :class:`~numpy_moe.gating.Routing` lists M (sample, expert) assignments. Sparse dispatch runs
+each expert only on its own samples, at a cost proportional to the number of kept assignments (N K for
+top-k) rather than N E:
+
+1. :func:`group_by_expert` sorts the kept assignments by expert once (a stable argsort of the expert ids)
+   into a :class:`Groups`: rows ``offsets[e]:offsets[e+1]`` of the grouped batch belong to expert e.
+2. ``x[groups.sample]`` gathers the rows in one take; ``ExpertBank.forward_grouped`` runs expert e on its
+   block (one GEMM per expert layer).
+3. :func:`scatter_add` adds the weighted expert outputs back to their samples. Within one expert's block
+   every sample occurs at most once, so ``y[idx] += v`` per expert is exact (no ``np.add.at``).
+
+The backward uses the same grouping: gather dy rows, run the experts' grouped backward, scatter-add dx.
+
+:func:`apply_capacity` limits each expert to C = ceil(N K capacity_factor / E) assignments (GShard,
+Switch, V-MoE): all first choices are served before any second choice, and within one rank samples go
+by position or, with batch-prioritised routing (V-MoE), by descending top gate value. A dropped
+assignment contributes zero to its sample's output.
+"""
+from math import ceil
+from typing import NamedTuple
+
+from .backend import get_array_module, to_numpy
+
+
+def expert_capacity(n_samples, top_k, n_experts, capacity_factor):
+    """C = ceil(N K capacity_factor / E), the most assignments one expert accepts."""
+    return ceil(n_samples * top_k * capacity_factor / n_experts)
+
+
+def apply_capacity(routing, capacity, batch_priority=False):
+    """Drop the top-k assignments beyond each expert's ``capacity``; returns a new Routing.
+
+    Parameters
+    ----------
+    routing : a top-k Routing (assignments sample-major, M = N K).
+    capacity : C, the most assignments an expert keeps.
+    batch_priority : False: within a rank, earlier samples first; True: samples with a larger top
+        gate value first (V-MoE's batch-prioritised routing).
+
+    Returns
+    -------
+    The routing with ``kept`` False for dropped assignments.
+
+    Notes
+    -----
+    Priority key of assignment (n, k): (k, position of n), so every first choice precedes every second
+    choice. One argsort of (expert, k, position) puts each expert's assignments in priority order; an
+    assignment is kept when its slot within its expert's block is < C.
+    """
+    xp = get_array_module(routing.expert)
+    N, E = routing.logits.shape
+    K = routing.top_k
+    M = N * K
+    position = xp.arange(N)
+    if batch_priority:
+        top = routing.weight.reshape(N, K)[:, 0]  # (N,)
+        position = xp.empty(N, dtype=routing.expert.dtype)
+        position[xp.argsort(-top, kind="stable")] = xp.arange(N)
+    rank = xp.tile(xp.arange(K), N)  # (M,)
+    order = xp.argsort((routing.expert * K + rank) * N + position[routing.sample])  # unique keys
+    e_sorted = routing.expert[order]
+    start = xp.searchsorted(e_sorted, xp.arange(E))  # (E,) first slot of each expert
+    kept = xp.empty(M, dtype=bool)
+    kept[order] = xp.arange(M) - start[e_sorted] < capacity
+    return routing._replace(kept=kept & routing.kept)
+
+
+class Groups(NamedTuple):
+    """Kept assignments grouped by expert.
+
+    assignment : (G,) indices into the routing's assignments, sorted by expert (stable).
+    sample : (G,) the sample of each grouped row.
+    offsets : list of E + 1 Python ints; expert e owns rows offsets[e]:offsets[e+1].
+    """
+    assignment: object
+    sample: object
+    offsets: list
+
+
+def group_by_expert(routing, n_experts):
+    """Sort the kept assignments of ``routing`` by expert (one stable argsort) -> :class:`Groups`."""
+    xp = get_array_module(routing.expert)
+    a = xp.flatnonzero(routing.kept)  # (G,)
+    a = a[xp.argsort(routing.expert[a].astype(xp.int16), kind="stable")]  # 16-bit keys: a radix sort
+    counts = xp.bincount(routing.expert[a], minlength=n_experts)  # (E,)
+    offsets = [0] + to_numpy(xp.cumsum(counts)).tolist()
+    return Groups(assignment=a, sample=routing.sample[a], offsets=offsets)
+
+
+def scatter_add(target, values, groups):
+    """target[groups.sample] += values, in place: values (G, F) in group order, target (N, F).
+
+    Exact without ``np.add.at`` because a sample occurs at most once within an expert's block.
+    """
+    o = groups.offsets
+    for lo, hi in zip(o[:-1], o[1:]):
+        if hi > lo:
+            target[groups.sample[lo:hi]] += values[lo:hi]
+    return target

@@ -1,0 +1,148 @@
+"""Top-k and expert-choice gates: the routing they return, both conventions, noise, the k=1 pitfall,
+and their gradients by finite differences (float64, MATH.md §8)."""
+import numpy as np
+import pytest
+from scipy.special import softmax
+
+from numpy_moe.backend import default_rng
+from numpy_moe.gating import ExpertChoiceGate, TopKGate, route_topk, routing_backward
+from numpy_moe.gradcheck import numerical_gradient, rel_error
+
+TOL = 1e-7  # single layer (MATH.md §8)
+
+
+def test_softmax_then_topk_by_hand():
+    # logits (1, 3, 2): softmax = (0.0900, 0.6652, 0.2447); top-2 = experts 1 then 2 with those
+    # probabilities as weights (no renormalisation: they sum to 0.91).
+    r = route_topk(np.array([[1.0, 3.0, 2.0]]), 2, "softmax_then_topk")
+    p = np.exp([1.0, 3.0, 2.0]) / np.exp([1.0, 3.0, 2.0]).sum()
+    assert r.expert.tolist() == [1, 2] and r.sample.tolist() == [0, 0] and r.kept.all()
+    np.testing.assert_allclose(r.weight, [p[1], p[2]], rtol=1e-15)
+
+
+def test_topk_then_softmax_by_hand():
+    # the same logits, softmax over the two kept logits only: (e^3, e^2) / (e^3 + e^2) = (0.7311, 0.2689)
+    r = route_topk(np.array([[1.0, 3.0, 2.0]]), 2, "topk_then_softmax")
+    np.testing.assert_allclose(r.weight, [1 / (1 + np.exp(-1)), 1 / (1 + np.exp(1))], rtol=1e-15)
+
+
+@pytest.mark.parametrize("convention", ["softmax_then_topk", "topk_then_softmax"])
+@pytest.mark.parametrize("noise", [None, "shazeer", "vmoe"])
+def test_topk_gate_gradients(convention, noise, rng):
+    gate = TopKGate(5, 4, top_k=2, convention=convention, noise=noise, noise_std=4.0, seed=0)
+    for p in gate.params.values():
+        p += 0.5 * rng.standard_normal(p.shape)
+    x = rng.standard_normal((7, 5))
+    R = rng.standard_normal(14)  # L = sum_m R_m weight_m
+
+    def loss(_):
+        gate.rng = default_rng(3)  # the same noise draw every evaluation
+        r = gate.forward(x)
+        np.testing.assert_array_equal(r.expert, expert0, err_msg="routing changed under perturbation")
+        return float((R * r.weight).sum())
+
+    gate.rng = default_rng(3)
+    expert0 = gate.forward(x).expert.copy()
+    dx = gate.backward({"weight": R})
+    assert rel_error(dx, numerical_gradient(loss, x)) < TOL
+    for key, p in gate.params.items():
+        assert rel_error(gate.grads[key], numerical_gradient(loss, p)) < TOL, key
+
+
+def test_k1_topk_then_softmax_gives_the_gate_zero_gradient(rng):
+    # With K = 1 the softmax over one kept logit is 1 whatever the logits: the task loss cannot train the
+    # gate (the pitfall MATH.md §2 names). softmax_then_topk keeps p_max, which does depend on the logits.
+    x = rng.standard_normal((6, 5))
+    R = rng.standard_normal(6)
+    pitfall = TopKGate(5, 4, top_k=1, convention="topk_then_softmax", seed=0)
+    assert np.array_equal(pitfall.forward(x).weight, np.ones(6))
+    pitfall.backward({"weight": R})
+    assert not pitfall.grads["W"].any() and not pitfall.grads["b"].any()
+    fine = TopKGate(5, 4, top_k=1, convention="softmax_then_topk", seed=0)
+    fine.forward(x)
+    fine.backward({"weight": R})
+    assert np.abs(fine.grads["W"]).max() > 1e-3
+
+
+@pytest.mark.parametrize("noise", ["shazeer", "vmoe"])
+def test_noise_only_in_training_and_seeded(noise, rng):
+    x = rng.standard_normal((50, 5))
+    gate = TopKGate(5, 4, top_k=2, noise=noise, noise_std=4.0, seed=1)
+    clean = x @ gate.params["W"] + gate.params["b"]
+    r = gate.forward(x)
+    assert r.eps is not None and not np.allclose(r.logits, clean)
+    np.testing.assert_allclose(r.logits, clean + r.eps * r.sigma, rtol=1e-14)
+    if noise == "vmoe":
+        np.testing.assert_array_equal(r.sigma, np.full((50, 4), 4.0 / 4))
+    else:  # W_noise starts at zero: softplus(0) = log 2
+        np.testing.assert_allclose(r.sigma, np.log(2), rtol=1e-15)
+    again = TopKGate(5, 4, top_k=2, noise=noise, noise_std=4.0, seed=1).forward(x)
+    np.testing.assert_array_equal(again.logits, r.logits)
+    gate.eval()
+    r_eval = gate.forward(x)
+    assert r_eval.eps is None and np.array_equal(r_eval.logits, clean)
+
+
+def test_expert_choice_gives_each_expert_its_top_c_samples(rng):
+    gate = ExpertChoiceGate(5, 4, capacity_factor=2.0, seed=0)
+    x = rng.standard_normal((10, 5))
+    r = gate.forward(x)
+    S = softmax(x @ gate.params["W"] + gate.params["b"], axis=1)
+    C = 5  # ceil(10 * 2 / 4)
+    assert np.array_equal(np.bincount(r.expert), [C] * 4)
+    for e in range(4):
+        assert set(r.sample[r.expert == e]) == set(np.argsort(-S[:, e])[:C])
+    np.testing.assert_allclose(r.weight, S[r.sample, r.expert], rtol=1e-15)
+
+
+def test_expert_choice_gradients(rng):
+    gate = ExpertChoiceGate(5, 4, capacity_factor=1.5, seed=0)
+    x = rng.standard_normal((8, 5))
+    r0 = gate.forward(x)
+    R = rng.standard_normal(r0.weight.shape)
+
+    def loss(_):
+        r = gate.forward(x)
+        np.testing.assert_array_equal(r.sample, r0.sample, err_msg="routing changed under perturbation")
+        return float((R * r.weight).sum())
+
+    gate.forward(x)
+    dx = gate.backward({"weight": R})
+    assert rel_error(dx, numerical_gradient(loss, x)) < TOL
+    for key, p in gate.params.items():
+        assert rel_error(gate.grads[key], numerical_gradient(loss, p)) < TOL, key
+
+
+@pytest.mark.parametrize("convention", ["softmax_then_topk", "topk_then_softmax"])
+def test_routing_backward_wrt_logits_clean_and_sigma(convention, rng):
+    # logits = clean + eps * sigma with eps fixed; grad with every key at once
+    clean, sigma, eps = rng.standard_normal((6, 5)), rng.uniform(0.5, 1.5, (6, 5)), rng.standard_normal((6, 5))
+    G = {"weight": rng.standard_normal(12), "logits": rng.standard_normal((6, 5)),
+         "clean": rng.standard_normal((6, 5)), "sigma": rng.standard_normal((6, 5))}
+
+    def loss(_):
+        r = route_topk(clean + eps * sigma, 2, convention, clean, sigma, eps)
+        return float((G["weight"] * r.weight).sum() + (G["logits"] * r.logits).sum()
+                     + (G["clean"] * r.clean).sum() + (G["sigma"] * r.sigma).sum())
+
+    dclean, dsigma = routing_backward(route_topk(clean + eps * sigma, 2, convention, clean, sigma, eps), G)
+    assert rel_error(dclean, numerical_gradient(loss, clean)) < TOL
+    assert rel_error(dsigma, numerical_gradient(loss, sigma)) < TOL
+
+
+@pytest.mark.parametrize("kwargs,error,pattern", [
+    (dict(top_k=5), ValueError, "top_k=5 must be between 1 and n_experts=4"),
+    (dict(top_k=0), ValueError, "top_k=0 must be an integer >= 1"),
+    (dict(top_k=1.5), TypeError, "top_k=1.5 must be an integer"),
+    (dict(convention="topk"), ValueError, "gate='topk' must be one of"),
+    (dict(noise="gauss"), ValueError, "noise='gauss' must be one of"),
+    (dict(noise="vmoe", noise_std=0.0), ValueError, "noise_std=0.0 must be > 0"),
+])
+def test_topk_gate_rejects_bad_arguments(kwargs, error, pattern):
+    with pytest.raises(error, match=pattern):
+        TopKGate(5, 4, **kwargs)
+
+
+def test_expert_choice_rejects_bad_capacity():
+    with pytest.raises(ValueError, match="capacity_factor=0 must be > 0"):
+        ExpertChoiceGate(5, 4, capacity_factor=0)

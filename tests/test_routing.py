@@ -1,0 +1,75 @@
+"""Capacity with dropping and priority, grouping by expert, and the scatter-add combine."""
+import numpy as np
+import pytest
+
+from numpy_moe.gating import route_topk
+from numpy_moe.routing import apply_capacity, expert_capacity, group_by_expert, scatter_add
+
+# four samples, top-2 of three experts; choices (best first): n0 (0, 1), n1 (0, 2), n2 (0, 1), n3 (1, 0)
+LOGITS = np.array([[3.0, 2, 1], [3, 1, 2], [3, 2, 1], [2, 3, 1]])
+
+
+def reference_kept(expert, top_weight, K, E, C, batch_priority):
+    """Loop reference: serve rank 0 of every sample, then rank 1, ...; samples in priority order."""
+    N = len(top_weight)
+    order = np.argsort(-top_weight, kind="stable") if batch_priority else np.arange(N)
+    load, kept = np.zeros(E, int), np.zeros((N, K), bool)
+    for k in range(K):
+        for n in order:
+            e = expert[n, k]
+            if load[e] < C:
+                load[e] += 1
+                kept[n, k] = True
+    return kept.reshape(-1)
+
+
+def test_capacity_by_position_by_hand():
+    # C = 2. Rank 0: expert 0 takes n0, n1 and drops n2; expert 1 takes n3.
+    # Rank 1: n0 -> expert 1 (its 2nd slot), n1 -> expert 2, n2 -> expert 1 full, n3 -> expert 0 full.
+    r = apply_capacity(route_topk(LOGITS, 2, "softmax_then_topk"), capacity=2)
+    assert r.kept.tolist() == [True, True, True, True, False, False, True, False]
+
+
+def test_capacity_with_batch_priority_by_hand():
+    # top gate values 0.5, 0.6, 0.9, 0.7 -> priority n2, n3, n1, n0.
+    # Rank 0: expert 0 takes n2, n1 and drops n0; expert 1 takes n3.
+    # Rank 1: n2 -> expert 1 (2nd slot), n3 -> expert 0 full, n1 -> expert 2, n0 -> expert 1 full.
+    r = route_topk(LOGITS, 2, "softmax_then_topk")
+    r = r._replace(weight=np.array([0.5, 0.1, 0.6, 0.1, 0.9, 0.05, 0.7, 0.2]))
+    kept = apply_capacity(r, capacity=2, batch_priority=True).kept
+    assert kept.tolist() == [False, False, True, True, True, True, True, False]
+
+
+@pytest.mark.parametrize("batch_priority", [False, True])
+@pytest.mark.parametrize("K,E,C", [(1, 4, 3), (2, 4, 5), (3, 5, 2), (2, 8, 1)])
+def test_capacity_matches_the_loop_reference(batch_priority, K, E, C, rng):
+    r = route_topk(rng.standard_normal((20, E)), K, "softmax_then_topk")
+    kept = apply_capacity(r, C, batch_priority).kept
+    expected = reference_kept(r.expert.reshape(20, K), r.weight.reshape(20, K)[:, 0], K, E, C, batch_priority)
+    np.testing.assert_array_equal(kept, expected)
+    assert np.bincount(r.expert[kept], minlength=E).max() <= C
+
+
+def test_expert_capacity_formula():
+    assert expert_capacity(100, 2, 8, 1.0) == 25  # 100 * 2 / 8
+    assert expert_capacity(10, 1, 4, 1.25) == 4  # ceil(3.125)
+
+
+def test_group_by_expert_skips_dropped_and_sorts_stably():
+    r = apply_capacity(route_topk(LOGITS, 2, "softmax_then_topk"), capacity=2)
+    g = group_by_expert(r, 3)
+    # kept assignments: m0 (n0,e0) m1 (n0,e1) m2 (n1,e0) m3 (n1,e2) m6 (n3,e1)
+    assert g.assignment.tolist() == [0, 2, 1, 6, 3]
+    assert g.sample.tolist() == [0, 1, 0, 3, 1]
+    assert g.offsets == [0, 2, 4, 5]
+
+
+def test_scatter_add_equals_add_at(rng):
+    r = route_topk(rng.standard_normal((30, 6)), 3, "softmax_then_topk")
+    r = apply_capacity(r, 12)
+    g = group_by_expert(r, 6)
+    values = rng.standard_normal((len(g.sample), 4))
+    target = rng.standard_normal((30, 4))
+    expected = target.copy()
+    np.add.at(expected, g.sample, values)
+    np.testing.assert_allclose(scatter_add(target, values, g), expected, rtol=1e-14)
