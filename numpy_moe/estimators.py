@@ -259,7 +259,11 @@ class _MoEModel(_Estimator):
         return Adam(lr) if self.optimizer == "adam" else SGD(lr, momentum=0.9)
 
     def _build(self, n_features, n_outputs, rng):
-        return MoE(n_features, n_outputs, self.n_experts, hidden=self.hidden, seed=rng)
+        names = [self.balance] if isinstance(self.balance, str) else list(self.balance or [])
+        if not self.balance_weight >= 0:
+            raise ValueError(f"balance_weight={self.balance_weight!r} must be >= 0")
+        return MoE(n_features, n_outputs, self.n_experts, hidden=self.hidden, seed=rng, top_k=self.top_k,
+                   gate=self.gate, noise=self.noise, balance={name: self.balance_weight for name in names})
 
     @property
     def _loss_name(self):

@@ -14,7 +14,8 @@ from numpy_moe.estimators import MoEClassifier, MoERegressor
 
 # No check is skipped here; scikit-learn itself skips the array-API checks (SCIPY_ARRAY_API unset) and
 # the pandas checks (pandas not installed).
-ESTIMATORS = [MoEClassifier(), MoERegressor()]
+ESTIMATORS = [MoEClassifier(), MoERegressor(),
+              MoEClassifier(top_k=2, gate="topk_then_softmax", noise="shazeer", balance=("importance", "load"))]
 
 
 @parametrize_with_checks(ESTIMATORS)
@@ -143,9 +144,16 @@ def test_regressor_fits_several_outputs(rng):
     ("random_state", "seed", "random_state='seed' must be None, an int"),
     ("n_experts", 0, "n_experts=0 must be an integer >= 1"),
     ("hidden", -3, "hidden=-3 must be an integer >= 1"),
+    ("top_k", 5, "top_k=5 must be between 1 and n_experts=4"),
+    ("gate", "argmax", "gate='argmax' must be one of"),
+    ("noise", "gaussian", "noise='gaussian' must be one of"),
+    ("noise", "vmoe", "noise='vmoe'.* need a sparse gate: pass top_k=K"),
+    ("balance", "entropy", "balance has unknown loss 'entropy'"),
+    ("balance_weight", -0.1, "balance_weight=-0.1 must be >= 0"),
 ])
 def test_bad_parameters_are_named_when_fitting(param, value, message):
     X, y = np.zeros((4, 2)), np.array([0, 1, 0, 1])
-    clf = MoEClassifier(**{param: value})  # __init__ only stores: no error yet
+    sparse = {"top_k": 2} if param.startswith("balance") else {}
+    clf = MoEClassifier(**{**sparse, param: value})  # __init__ only stores: no error yet
     with pytest.raises((ValueError, TypeError), match=message):
         clf.fit(X, y)

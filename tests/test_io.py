@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from numpy_moe import io
+from numpy_moe.balance import Importance
 from numpy_moe.estimators import MoEClassifier, MoERegressor
 from numpy_moe.layers import MLP, Linear, Module, ReLU, Sequential
 from numpy_moe.moe import MoE
@@ -35,6 +36,11 @@ MODELS = {
     "Sequential": lambda: Sequential(Linear(5, 8, seed=0), ReLU(), MLP(8, 4, 3, seed=1)),
     "MoE dense linear": lambda: MoE(5, 3, n_experts=4, seed=0),
     "MoE dense MLP float32": lambda: MoE(5, 3, n_experts=4, hidden=7, seed=0, dtype="float32"),
+    "MoE top-2 Shazeer noise + balance": lambda: MoE(5, 3, 4, hidden=7, seed=0, top_k=2, gate="topk_then_softmax",
+                                                     noise="shazeer", balance={"importance": 0.1, "load": 0.1}),
+    "MoE top-1 V-MoE capacity": lambda: MoE(5, 3, 4, seed=0, top_k=1, noise="vmoe", capacity_factor=1.25,
+                                            batch_priority=True, balance={"switch": 0.01, "z_loss": 0.001}),
+    "MoE expert choice": lambda: MoE(5, 3, 4, hidden=7, seed=0, router="expert_choice", capacity_factor=2),
     "user-defined Module": lambda: Residual(5, 6, seed=0),
 }
 
@@ -50,7 +56,7 @@ def test_module_round_trip_is_bit_exact(name, tmp_path, rng):
     for key, p in saved.items():
         assert again[key].dtype == p.dtype and np.array_equal(again[key], p), key
     x = rng.standard_normal((6, 5))
-    np.testing.assert_array_equal(loaded.forward(x), model.forward(x))
+    np.testing.assert_array_equal(loaded.eval().forward(x), model.eval().forward(x))  # eval: no gate noise
     with np.load(path, allow_pickle=False) as npz:  # plain numpy reads it without pickle
         meta = json.loads(str(npz["__meta__"]))
     assert meta["format"] == "numpy-moe" and meta["object"]["class"].endswith(type(model).__qualname__)
@@ -69,6 +75,7 @@ def test_load_into_copies_parameters_into_a_model_of_the_same_architecture(tmp_p
     (lambda: MoE(5, 3, n_experts=6, hidden=7), "another architecture: n_experts=4 in the file, 6 in the model"),
     (lambda: MoE(5, 3, n_experts=4, hidden=None), "hidden=7 in the file, None in the model"),
     (lambda: MoE(5, 3, n_experts=4, hidden=7, dtype="float32"), "dtype='float64' in the file, 'float32'"),
+    (lambda: MoE(5, 3, n_experts=4, hidden=7, top_k=4), "top_k=None in the file, 4 in the model"),
     (lambda: MLP(5, 7, 3), "holds a numpy_moe.moe:MoE; the model is a numpy_moe.layers:MLP"),
 ])
 def test_loading_into_another_architecture_raises_and_leaves_the_model_untouched(other, message, tmp_path):
@@ -120,9 +127,17 @@ def test_a_file_with_nan_weights_is_refused(tmp_path):
         io.load_into(MoE(5, 3, n_experts=4, hidden=7), tmp_path / "nan.npz")
 
 
+def test_same_parameters_but_another_gate_convention_is_another_architecture(tmp_path):
+    io.save(MoE(5, 3, 4, seed=0, top_k=2), tmp_path / "m.npz")
+    with pytest.raises(ValueError, match="gate='softmax_then_topk' in the file, 'topk_then_softmax' in the model"):
+        io.load_into(MoE(5, 3, 4, top_k=2, gate="topk_then_softmax"), tmp_path / "m.npz")
+
+
 def test_unknown_classes_and_unsavable_objects(tmp_path):
     with pytest.raises(TypeError, match="cannot save a dict: expected a numpy_moe Module or estimator"):
         io.save({"W": np.zeros(2)}, tmp_path / "x.npz")
+    with pytest.raises(TypeError, match=r"cannot save config\['balance'\]\[0\]=Importance"):
+        io.save(MoE(5, 3, 4, top_k=2, balance=[Importance(0.01)]), tmp_path / "x.npz")
     io.save(Linear(2, 2, seed=0), tmp_path / "lin.npz")
     with np.load(tmp_path / "lin.npz") as npz:
         entries = dict(npz)
@@ -137,6 +152,8 @@ def test_unknown_classes_and_unsavable_objects(tmp_path):
 @pytest.mark.parametrize("make, y", [
     (lambda: MoEClassifier(n_experts=3, hidden=5, random_state=0), np.array(["b", "a", "c"] * 20)),
     (lambda: MoERegressor(hidden=None, random_state=0), np.arange(60.0).reshape(30, 2) / 60),
+    (lambda: MoEClassifier(top_k=2, noise="vmoe", balance=["importance", "load"], random_state=0),
+     np.arange(60) % 3),
 ])
 def test_fitted_estimator_round_trip(make, y, tmp_path, rng):
     X = rng.standard_normal((60, 4))[: len(y)]
