@@ -33,6 +33,7 @@ QUICK = [(256, 16, 32, 16, 4, 2), (512, 8, 16, 8, 8, 2), (128, 32, 64, 32, 4, 1)
 def options(parser):
     parser.add_argument("--backend", choices=["numpy", "cupy"], default="numpy")
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats (default 15, quick 1)")
+    parser.add_argument("--threads", type=int, default=None, help="BLAS threads (default: the library's own)")
 
 
 def gemm_floor(layer, offsets, xp):
@@ -98,9 +99,13 @@ def main(argv=None):
     else:
         def sync():
             pass
+    if args.threads:
+        from threadpoolctl import threadpool_limits
+        threadpool_limits(args.threads, user_api="blas")
     repeats = args.repeats or (1 if args.quick else 15)
     configs = QUICK if args.quick else CONFIGS
-    print(f"MoE layer forward + backward, float32, backend {args.backend}, median of {repeats} interleaved repeats")
+    print(f"MoE layer forward + backward, float32, backend {args.backend}, BLAS threads "
+          f"{args.threads or 'default'}, median of {repeats} interleaved repeats")
     head = (f"{'N':>6} {'D':>4} {'H':>5} {'O':>4} {'E':>3} {'K':>2} | {'sparse ms':>9} {'dense ms':>9} "
             f"{'floor ms':>9} | {'sparse/floor':>12} {'dense/sparse':>12} | rows per expert")
     print(head)

@@ -20,6 +20,7 @@ gradient is exactly zero and adding it to the training loss changes nothing (the
 """
 from . import functional as F
 from .backend import get_array_module, ndtr
+from .gating import topk_indices
 
 
 class BalanceLoss:
@@ -122,7 +123,7 @@ class ShazeerLoad(BalanceLoss):
         if K >= E:
             raise ValueError(f"the Shazeer load loss needs top_k < n_experts; got top_k={K}, n_experts={E}")
         rows = xp.arange(N)[:, None]
-        order = xp.argsort(-r.logits, axis=1, kind="stable")[:, :K + 1]  # (N, K+1)
+        order = topk_indices(r.logits, K + 1)  # (N, K+1), the routing's top K and the next one
         self.in_top = xp.zeros((N, E), dtype=bool)
         self.in_top[rows, order[:, :K]] = True
         self.jk, self.jk1 = order[:, K - 1], order[:, K]  # K-th and (K+1)-th ranked expert, (N,)

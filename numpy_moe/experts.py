@@ -113,11 +113,13 @@ class ExpertBank(Module):
         """dout (M, O) -> dx (M, D); experts with no rows get exactly zero gradient."""
         xp = get_array_module(dout)
         for key, p in self.params.items():
-            self.grads[key] = xp.zeros_like(p)
+            self.grads[key] = xp.empty_like(p)
         # dbuf[i]: gradient w.r.t. the input of layer i (dbuf[0] = dx)
         dbuf = [xp.empty_like(h) for h in self.hs[:-1]]
         for e, (lo, hi) in enumerate(zip(self.offsets[:-1], self.offsets[1:])):
             if hi == lo:
+                for g in self.grads.values():
+                    g[e] = 0
                 continue
             d = dout[lo:hi]
             for i, (w, b) in reversed(list(enumerate(self._layers))):

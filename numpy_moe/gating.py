@@ -97,6 +97,16 @@ class Routing(NamedTuple):
     convention: str
 
 
+def expert_major_logits(x, W):
+    """x W, (N, E), stored expert-major: the transpose of a C-ordered (E, N) product.
+
+    Every reduction over a sample's E experts (softmax, logsumexp, the balance losses, their
+    backward) then sweeps E contiguous vectors of length N instead of N rows of length E, which NumPy
+    does about 20 times faster for the small E of an MoE. The values are those of ``x @ W``.
+    """
+    return (W.T @ x.T).T
+
+
 def topk_indices(logits, top_k):
     """(N, K) column indices of the K largest entries of each row, largest first, lowest index on ties.
 
@@ -107,7 +117,7 @@ def topk_indices(logits, top_k):
     N = logits.shape[0]
     rows = xp.arange(N)
     idx = xp.empty((N, top_k), dtype=xp.intp)
-    h = logits.copy() if top_k > 1 else logits
+    h = xp.array(logits, order="C")  # argmax is fastest along contiguous rows
     for k in range(top_k):
         idx[:, k] = h.argmax(axis=1)
         if k < top_k - 1:
@@ -229,16 +239,16 @@ class TopKGate(Module):
         """x (N, D) -> Routing."""
         xp = get_array_module(x)
         self.x = x
-        clean = x @ self.params["W"] + self.params["b"]  # (N, E)
+        clean = expert_major_logits(x, self.params["W"]) + self.params["b"]  # (N, E)
         sigma = eps = None
         if self.noise == "shazeer":
-            self.noise_in = x @ self.params["W_noise"]  # (N, E)
+            self.noise_in = expert_major_logits(x, self.params["W_noise"])  # (N, E)
             sigma = F.softplus(self.noise_in)
         elif self.noise == "vmoe":
-            sigma = xp.full(clean.shape, self.noise_std / self.n_experts, dtype=self.dtype)
+            sigma = xp.full_like(clean, self.noise_std / self.n_experts)
         logits = clean
         if sigma is not None and self.training:
-            eps = asarray(self.rng.standard_normal(clean.shape), dtype=self.dtype)
+            eps = asarray(self.rng.standard_normal(clean.shape[::-1]), dtype=self.dtype).T  # (N, E)
             logits = clean + eps * sigma
         self.routing = route_topk(logits, self.top_k, self.convention, clean, sigma, eps)
         return self.routing
@@ -294,7 +304,7 @@ class ExpertChoiceGate(Module):
         xp = get_array_module(x)
         N, E = x.shape[0], self.n_experts
         self.x = x
-        clean = x @ self.params["W"] + self.params["b"]  # (N, E)
+        clean = expert_major_logits(x, self.params["W"]) + self.params["b"]  # (N, E)
         probs = F.softmax(clean)
         C = expert_choice_capacity(N, E, self.capacity_factor)
         chosen = xp.argsort(-probs, axis=0, kind="stable")[:C]  # (C, E), best first

@@ -172,7 +172,7 @@ class MoE(Module):
         groups = self.groups = group_by_expert(r, E)
         self.w = r.weight[groups.assignment][:, None]  # (G, 1)
         self.out = self.experts.forward_grouped(xp.take(x, groups.sample, axis=0), groups.offsets)  # (G, O)
-        return scatter_add(xp.zeros((N, self.out_features), dtype=self.dtype), self.out * self.w, groups)
+        return scatter_add(xp.zeros((N, self.out_features), dtype=self.dtype), self.out, groups, self.w)
 
     def backward(self, dy):
         """dy (N, O) -> dx (N, D); fills the gate's and the experts' grads, balance losses included."""

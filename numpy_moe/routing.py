@@ -89,13 +89,15 @@ def group_by_expert(routing, n_experts):
     return Groups(assignment=a, sample=routing.sample[a], offsets=offsets)
 
 
-def scatter_add(target, values, groups):
-    """target[groups.sample] += values, in place: values (G, F) in group order, target (N, F).
+def scatter_add(target, values, groups, weight=None):
+    """target[groups.sample] += weight * values, in place; returns target.
 
-    Exact without ``np.add.at`` because a sample occurs at most once within an expert's block.
+    values : (G, F) in group order. weight : (G, 1) or None (1). target : (N, F).
+    Exact without ``np.add.at`` because a sample occurs at most once within an expert's block; the
+    weighting happens block by block, while the block is in cache.
     """
     o = groups.offsets
     for lo, hi in zip(o[:-1], o[1:]):
         if hi > lo:
-            target[groups.sample[lo:hi]] += values[lo:hi]
+            target[groups.sample[lo:hi]] += values[lo:hi] if weight is None else values[lo:hi] * weight[lo:hi]
     return target
