@@ -26,10 +26,10 @@ class History:
     time: list = field(default_factory=list)       # seconds per epoch
 
 
-def _check_targets(y, loss, n_outputs, n_samples):
+def _check_targets(y, loss, n_outputs, n_samples, dtype):
     if loss == "cross_entropy":
         return check_labels(y, n_outputs, n_samples)
-    y = y if hasattr(y, "dtype") else asarray(y)
+    y = asarray(y, dtype=dtype)
     xp = get_array_module(y)
     if y.ndim == 1:
         y = y[:, None]
@@ -76,10 +76,10 @@ def fit(model, X, y, loss="cross_entropy", optimizer=None, epochs=10, batch_size
     N = X.shape[0]
     loss_f, loss_b = LOSSES[loss]
     n_out = predict(model, X[:1]).shape[1]
-    y = _check_targets(y, loss, n_out, N)
+    y = _check_targets(y, loss, n_out, N, model.dtype)
     if X_val is not None:
         X_val = check_input(X_val, X.shape[1], model.dtype, "X_val")
-        y_val = _check_targets(y_val, loss, n_out, X_val.shape[0])
+        y_val = _check_targets(y_val, loss, n_out, X_val.shape[0], model.dtype)
     optimizer = optimizer or Adam(1e-3)
     rng = default_rng(seed)
     history = History()

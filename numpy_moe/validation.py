@@ -15,8 +15,8 @@ def check_input(x, n_features, dtype, name="x"):
     dtype : the dtype to convert to (the module's parameter dtype).
     name : the argument's name, for the error message.
     """
+    x = asarray(x)  # onto the current backend (a NumPy array is copied to the GPU under CuPy)
     xp = get_array_module(x)
-    x = x if hasattr(x, "dtype") else asarray(x)
     if not is_floating_dtype(x.dtype):
         raise TypeError(f"{name} has dtype {x.dtype}; expected a floating dtype (float32 or float64)")
     if x.ndim != 2:
@@ -40,8 +40,7 @@ def check_positive_int(value, name, minimum=1):
 
 def check_labels(y, n_classes, n_samples, name="y"):
     """Validate integer class labels in [0, n_classes) of length ``n_samples``."""
-    xp = get_array_module(y)
-    y = y if hasattr(y, "dtype") else asarray(y)
+    y = asarray(y)
     if y.ndim != 1 or y.shape[0] != n_samples:
         raise ValueError(f"{name} has shape {tuple(y.shape)}; expected ({n_samples},) integer labels")
     if y.dtype.kind not in "iu":
@@ -49,4 +48,4 @@ def check_labels(y, n_classes, n_samples, name="y"):
     if y.size and (int(y.min()) < 0 or int(y.max()) >= n_classes):
         raise ValueError(f"{name} has labels in [{int(y.min())}, {int(y.max())}]; "
                          f"expected labels in [0, {n_classes - 1}]")
-    return xp.asarray(y)
+    return y

@@ -1,0 +1,38 @@
+"""docs/MATH.md carries the numbered sections 0-9, in order, each with content."""
+import re
+from pathlib import Path
+
+MATH = Path(__file__).resolve().parent.parent / "docs" / "MATH.md"
+SECTIONS = ["Notation", "Experts", "Gating", "Load-balancing", "Capacity", "Classic local experts",
+            "Optimisers", "Datasets", "gradient-check protocol", "Errata"]
+
+
+def numbered_sections(text):
+    """{number: (title, body)} for every level-2 heading of the form '## <digit>. <title>'.
+
+    A body runs to the next level-2 heading; its sub-headings count as content.
+    """
+    parts = re.split(r"^## ", text, flags=re.M)[1:]
+    out = {}
+    for part in parts:
+        heading, _, body = part.partition("\n")
+        match = re.match(r"(\d)\. (.+)", heading)
+        if match:
+            out[int(match.group(1))] = (match.group(2), body)
+    return out
+
+
+def test_math_md_has_sections_0_to_9_in_order_and_none_is_empty():
+    text = MATH.read_text(encoding="utf-8")
+    sections = numbered_sections(text)
+    assert list(sections) == list(range(10)), f"numbered sections found: {list(sections)}"
+    for number, (title, body) in sections.items():
+        assert SECTIONS[number].lower() in title.lower(), f"section {number} is titled {title!r}"
+        words = re.sub(r"^#+ .*$", "", body, flags=re.M).split()
+        assert len(words) >= 50, f"section {number} ({title}) has only {len(words)} words of content"
+
+
+def test_an_empty_section_is_detected():
+    sections = numbered_sections("## 0. Notation\ntext\n## 1. Experts\n\n## 2. Gating\nmore\n")
+    assert sections[1] == ("Experts", "\n")
+    assert sorted(sections) == [0, 1, 2]
