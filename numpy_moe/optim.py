@@ -88,3 +88,51 @@ class Adam(Optimizer):
         m_hat = m / (1 - self.beta1 ** self.t)
         v_hat = v / (1 - self.beta2 ** self.t)
         p -= self.lr * m_hat / (xp.sqrt(v_hat) + self.eps)
+
+
+class FTRL(Optimizer):
+    """FTRL-Proximal (McMahan et al. 2013, "Ad Click Prediction: a View from the Trenches", Algorithm 1).
+
+    Per coordinate, with state z and n keyed by parameter name (any Module can be trained):
+
+    - after the gradient g at the current weight w: σ = (sqrt(n + g²) - sqrt(n)) / α; z += g - σ w; n += g²
+    - then w = 0 if |z| <= λ1, else w = -(z - sign(z) λ1) / ((β + sqrt(n)) / α + λ2)
+
+    Parameters
+    ----------
+    alpha, beta : the per-coordinate learning rate is α / (β + sqrt(n)). l1, l2 : λ1, λ2 >= 0.
+    Seed-003 defaults: α = 1, β = 0.2, λ1 = λ2 = 0.
+
+    Notes
+    -----
+    Initial weights. The paper starts from z = n = 0, i.e. w = 0. A model starts from nonzero weights
+    w0 (a gate whose weights are all zero cannot break the symmetry between experts), so the first step
+    starts from n = 0 and z = -(β/α + λ2) w0 - λ1 sign(w0): the z for which the formula above gives back
+    exactly w0, for every λ1 (a zero weight gives z = 0, the paper's start). This is the same as adding a
+    fictitious round-0 gradient; the rest is Algorithm 1 unchanged.
+
+    With λ1 = λ2 = 0 the update is online gradient descent w <- w - η g with the per-coordinate rate
+    η = α / (β + sqrt(n)) (n after adding g²), as the paper notes; when β >> sqrt(n) the rate is the
+    constant α / β and FTRL is plain SGD. With λ1 > 0 coordinates with |z| <= λ1 are exactly zero.
+    Keras' Ftrl differs (n starts at 0.1, its l2 is λ2 / 2, extra shrinkage); this follows the paper.
+    """
+
+    def __init__(self, alpha=1.0, beta=0.2, l1=0.0, l2=0.0):
+        super().__init__(alpha)
+        for name, v in (("beta", beta), ("l1", l1), ("l2", l2)):
+            if not v >= 0:
+                raise ValueError(f"{name}={v!r} must be >= 0")
+        self.alpha, self.beta, self.l1, self.l2 = float(alpha), float(beta), float(l1), float(l2)
+        self.z, self.n = {}, {}
+
+    def update(self, name, p, g):
+        xp = get_array_module(p)
+        if name not in self.z:
+            self.z[name] = -(self.beta / self.alpha + self.l2) * p - self.l1 * xp.sign(p)
+            self.n[name] = xp.zeros_like(p)
+        z, n = self.z[name], self.n[name]
+        sigma = (xp.sqrt(n + g * g) - xp.sqrt(n)) / self.alpha
+        z += g - sigma * p
+        n += g * g
+        shrunk = -(z - xp.sign(z) * self.l1) / ((self.beta + xp.sqrt(n)) / self.alpha + self.l2)
+        p[...] = xp.where(xp.abs(z) <= self.l1, 0, shrunk)

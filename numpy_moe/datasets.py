@@ -1,0 +1,78 @@
+"""Datasets as seeded train/test splits (MATH.md §7); an edge module, so it uses NumPy directly.
+
+Every ``make_*`` function draws from ``numpy.random.default_rng(seed)`` and returns NumPy arrays
+``X_train, X_test, y_train, y_test``: X float64 of shape (N, D), y int64 labels (N,) for classification
+or float64 targets (N,) for regression. :func:`standardizer` scales features by the training set's mean
+and standard deviation.
+
+- ``make_circles``: seed 003's nonlinear set, two noisy rings around (5, 5).
+- ``make_bands``: seed 003's linear set, two uniform 3 x 1 rectangles.
+- ``make_v_regression``: the V-shaped target of the classic competitive-experts demo.
+"""
+import numpy as np
+
+from .backend import default_rng
+from .validation import check_positive_int
+
+
+def _split(X, y, rng, test_size):
+    """Shuffle with ``rng`` and split: the first ``round((1 - test_size) N)`` rows train."""
+    if not 0 < test_size < 1:
+        raise ValueError(f"test_size={test_size!r} must be in (0, 1)")
+    order = rng.permutation(len(X))
+    n_train = int(round((1 - test_size) * len(X)))
+    train, test = order[:n_train], order[n_train:]
+    return X[train], X[test], y[train], y[test]
+
+
+def make_circles(n_samples=1000, seed=None, test_size=0.3):
+    """Two rings centred at (5, 5): radius 2 (N/3 points, class 0) and radius 4 (the rest, class 1).
+
+    Angles are uniform on [0, 2π); each coordinate then gets U[0, 1) noise (seed 003). Split 70/30.
+    Returns X_train (n, 2), X_test (N - n, 2), y_train (n,), y_test (N - n,).
+    """
+    N = check_positive_int(n_samples, "n_samples", 3)
+    rng = default_rng(seed)
+    n_inner = N // 3
+    radius = np.where(np.arange(N) < n_inner, 2.0, 4.0)
+    angle = rng.uniform(0, 2 * np.pi, N)
+    X = 5 + radius[:, None] * np.stack([np.cos(angle), np.sin(angle)], axis=1) + rng.uniform(0, 1, (N, 2))
+    y = (radius > 2).astype(np.int64)
+    return _split(X, y, rng, test_size)
+
+
+def make_bands(n_samples=1000, seed=None, test_size=0.3):
+    """Two uniform 3 x 1 rectangles (x1 width 3, x2 height 1) centred at (5, 2) (class 0) and (5, 8) (class 1).
+
+    Half the points in each (seed 003's linear set). Split 70/30. Shapes as for :func:`make_circles`.
+    """
+    N = check_positive_int(n_samples, "n_samples", 2)
+    rng = default_rng(seed)
+    y = (np.arange(N) >= N // 2).astype(np.int64)
+    centre = np.stack([np.full(N, 5.0), np.where(y == 0, 2.0, 8.0)], axis=1)
+    X = centre + rng.uniform(-0.5, 0.5, (N, 2)) * np.array([3.0, 1.0])
+    return _split(X, y, rng, test_size)
+
+
+def make_v_regression(n_samples=1000, seed=None, noise=0.1, test_size=0.3):
+    """x ~ U(0, 1); r = 2x + ε for x < 0.5, r = 2 - 2x + ε otherwise, ε ~ N(0, noise²).
+
+    The classic two-expert demo: one linear expert per arm of the V. Split 70/30.
+    Returns X_train (n, 1), X_test (N - n, 1), y_train (n,), y_test (N - n,) float targets.
+    """
+    N = check_positive_int(n_samples, "n_samples", 2)
+    if not noise >= 0:
+        raise ValueError(f"noise={noise!r} must be >= 0")
+    rng = default_rng(seed)
+    x = rng.uniform(0, 1, N)
+    r = np.where(x < 0.5, 2 * x, 2 - 2 * x) + noise * rng.standard_normal(N)
+    return _split(x[:, None], r, rng, test_size)
+
+
+def standardizer(X_train):
+    """A function mapping X (M, D) to (X - mean) / std with the mean and std of ``X_train`` (N, D)."""
+    X_train = np.asarray(X_train, dtype=np.float64)
+    mean, std = X_train.mean(axis=0), X_train.std(axis=0)
+    if not (std > 0).all():
+        raise ValueError(f"X_train has a constant column (std={std}); cannot standardise it")
+    return lambda X: (np.asarray(X, dtype=np.float64) - mean) / std
