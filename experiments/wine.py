@@ -8,7 +8,8 @@ fraction of a second. Prints test precision, recall and F1 (macro).
 Part 2 asks whether that single split was luck. Each model is a scikit-learn Pipeline (StandardScaler,
 then the classifier, so the scaler is fitted on the training folds only) scored by 5-fold stratified
 cross-validation (shuffled, random_state 0) on macro F1: the dense MoE and a top-2 sparse MoE (both
-MoEClassifier, 5 MLP experts of hidden 10), LogisticRegression and MLPClassifier. Prints mean ± std
+MoEClassifier, 5 MLP experts of hidden 10), the competitive mixture of 4 local linear experts
+(LocalExpertsClassifier, seed 003's method), LogisticRegression and MLPClassifier. Prints mean ± std
 and fit time, and saves the scores of every fold as plots/wine.png.
 """
 import time
@@ -26,7 +27,7 @@ from sklearn.preprocessing import StandardScaler
 
 from experiments._common import parse_args, savefig
 from numpy_moe.backend import to_numpy
-from numpy_moe.estimators import MoEClassifier
+from numpy_moe.estimators import LocalExpertsClassifier, MoEClassifier
 from numpy_moe.moe import MoE
 from numpy_moe.optim import Adam
 from numpy_moe.train import fit, predict
@@ -54,6 +55,7 @@ def cv_models(quick):
     return {
         "dense MoE": MoEClassifier(**moe),
         "top-2 sparse MoE": MoEClassifier(top_k=2, **moe),
+        "competitive local experts": LocalExpertsClassifier(mode="competitive", epochs=epochs, random_state=0),
         "LogisticRegression": LogisticRegression(max_iter=1000),
         "MLPClassifier": MLPClassifier(max_iter=20 if quick else 1000, random_state=0),
     }
@@ -87,7 +89,9 @@ def plot(results, args):
     ax.invert_yaxis()
     ax.set_xlabel("macro F1 on the held-out fold")
     ax.legend(loc="lower left")
-    ax.set_title("Wine, 5-fold CV: the MoEs score like the baselines; the folds differ more than the models")
+    means = [results[n][0].mean() for n in names]
+    ax.set_title(f"Wine, 5-fold CV: every model averages {min(means):.2f}-{max(means):.2f} macro F1;\n"
+                 "one misclassified wine costs a fold of 36 about 0.03, so the models are on a par")
     ax.grid(axis="x", alpha=0.3)
     savefig(fig, args, "wine.png")
 

@@ -23,9 +23,11 @@ a ``Pipeline``): the defaults are tuned for standardised features. Every fitted 
   (sums to 1; a collapsed gate shows as one entry near 1);
 - ``classes_`` (classifiers) or ``n_outputs_`` (regressors).
 
-Training stops early when the watched loss (the training loss, or with ``early_stopping=True`` the loss
-on a held-out ``validation_fraction`` of the data) has not improved by ``tol`` for ``n_iter_no_change``
-epochs, as in scikit-learn's MLP; with early stopping the weights of the best validation epoch are kept.
+Training stops when the watched loss has not improved by ``tol`` for ``n_iter_no_change`` epochs, as in
+scikit-learn's MLP. By default (``early_stopping=True``, unlike the MLP) the watched loss is the loss on
+a held-out ``validation_fraction`` of the training data (stratified for classifiers) and the weights of
+the best validation epoch are kept: on small noisy data this both prevents overfitting and stops sooner.
+With ``early_stopping=False`` the training loss is watched and the last weights are kept.
 Save a fitted estimator with :func:`numpy_moe.io.save`.
 """
 import math
@@ -39,10 +41,9 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from . import train
 from .backend import asarray, default_rng, to_numpy
+from .classic import LocalExperts, train_epoch
 from .moe import MoE
-from .optim import SGD, Adam
-
-OPTIMIZERS = ("adam", "sgd")
+from .optim import FTRL, SGD, Adam
 
 
 def _generator(random_state):
@@ -64,7 +65,8 @@ class _Estimator(BaseEstimator):
 
     Subclasses provide ``_build(n_features, n_outputs, rng)`` -> model, ``_new_optimizer()``,
     ``_epoch(X, y, rng)`` -> training loss, ``_loss(X, y)``, ``_output(X)`` -> (N, O) numpy (class
-    probabilities or values) and ``_gate_logits(X)`` -> (N, E) numpy; the task mixins below provide
+    probabilities or values) and ``_gate_scores(X)`` -> (N, E) numpy, largest at each row's top expert;
+    the task mixins below provide
     ``_targets(y, first, classes)`` -> (encoded targets, number of outputs).
     """
 
@@ -141,7 +143,7 @@ class _Estimator(BaseEstimator):
         if best_params is not None:
             for k, p in self.model_.named_parameters():
                 p[...] = best_params[k]
-        self.expert_usage_ = numpy.bincount(self._gate_logits(X).argmax(axis=1),
+        self.expert_usage_ = numpy.bincount(self._gate_scores(X).argmax(axis=1),
                                             minlength=self.n_experts) / X.shape[0]
         return self
 
@@ -229,8 +231,8 @@ class _Regressor(RegressorMixin):
 
 class _MoEModel(_Estimator):
     """Parameters and model of MoEClassifier / MoERegressor (see their docstrings)."""
-    _optimizers = OPTIMIZERS
-    _learning_rates = {"adam": 0.01, "sgd": 0.01}
+    _optimizers = ("adam", "sgd", "ftrl")
+    _learning_rates = {"adam": 0.01, "sgd": 0.01, "ftrl": 0.1}
 
     def __init__(self, n_experts=4, hidden=16, top_k=None, gate="softmax_then_topk", noise=None,
                  balance=None, balance_weight=0.01, optimizer="adam", learning_rate=None, batch_size=32,
@@ -256,7 +258,9 @@ class _MoEModel(_Estimator):
 
     def _new_optimizer(self):
         lr = self.learning_rate or self._learning_rates[self.optimizer]
-        return Adam(lr) if self.optimizer == "adam" else SGD(lr, momentum=0.9)
+        if self.optimizer == "adam":
+            return Adam(lr)
+        return SGD(lr, momentum=0.9) if self.optimizer == "sgd" else FTRL(lr)
 
     def _build(self, n_features, n_outputs, rng):
         names = [self.balance] if isinstance(self.balance, str) else list(self.balance or [])
@@ -283,7 +287,7 @@ class _MoEModel(_Estimator):
         out = numpy.exp(out - out.max(axis=1, keepdims=True))
         return out / out.sum(axis=1, keepdims=True)
 
-    def _gate_logits(self, X):
+    def _gate_scores(self, X):
         gate = self.model_.gate.params
         return X @ to_numpy(gate["W"]) + to_numpy(gate["b"])
 
@@ -305,7 +309,8 @@ class MoEClassifier(_Classifier, _MoEModel):
     optimizer : "adam" (default), "sgd" (momentum 0.9) or "ftrl" (FTRL-Proximal).
     learning_rate : None for the optimiser's default (Adam 0.01, SGD 0.01, FTRL alpha 0.1).
     batch_size : samples per step (default 32). epochs : the most epochs to run (default 200).
-    early_stopping : hold out validation_fraction of the data (stratified) and stop on its loss.
+    early_stopping : (default True) hold out validation_fraction (default 0.1) of the data, stratified, stop
+        on its loss and keep the weights of its best epoch; False: stop on the training loss.
     n_iter_no_change, tol : stop when the watched loss has not improved by tol for n_iter_no_change epochs.
     random_state : None, int, numpy Generator or RandomState: weights, shuffling and noise.
     verbose : print the epoch, the loss(es) and the time of each epoch.
@@ -327,4 +332,83 @@ class MoERegressor(_Regressor, _MoEModel):
     Parameters and attributes as :class:`MoEClassifier`, with ``n_outputs_`` instead of ``classes_``;
     y may have several columns (one output each). Scale y as well as X: the experts' outputs start
     near 0 and the bias moves by about one learning rate per step.
+    """
+
+
+class _LocalModel(_Estimator):
+    """Parameters and model of LocalExpertsClassifier / LocalExpertsRegressor (see their docstrings)."""
+    _optimizers = ("sgd", "ftrl")
+    _learning_rates = {"sgd": 0.5, "ftrl": 0.5}
+
+    def __init__(self, n_experts=4, mode="competitive", optimizer="sgd", learning_rate=None, batch_size=32,
+                 epochs=200, early_stopping=True, validation_fraction=0.1, n_iter_no_change=10, tol=1e-4,
+                 random_state=None, verbose=False):
+        self.n_experts = n_experts
+        self.mode = mode
+        self.optimizer = optimizer
+        self.learning_rate = learning_rate
+        self.batch_size = batch_size
+        self.epochs = epochs
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.n_iter_no_change = n_iter_no_change
+        self.tol = tol
+        self.random_state = random_state
+        self.verbose = verbose
+
+    def _new_optimizer(self):
+        lr = self.learning_rate or self._learning_rates[self.optimizer]
+        return SGD(lr) if self.optimizer == "sgd" else FTRL(lr)
+
+    def _build(self, n_features, n_outputs, rng):
+        return LocalExperts(n_features, n_outputs, self.n_experts, mode=self.mode, task=self._task, seed=rng)
+
+    def _epoch(self, X, y, rng):
+        train_epoch(self.model_, X, y, self._optimizer, self.batch_size, rng)
+        self._optimizer.end_epoch()
+        return self._loss(X, y)
+
+    def _loss(self, X, y):
+        return self.model_.loss(X, y)
+
+    def _output(self, X):
+        return to_numpy(self.model_.forward(X))
+
+    def _gate_scores(self, X):
+        return to_numpy(self.model_.gate(X))
+
+
+class LocalExpertsClassifier(_Classifier, _LocalModel):
+    """Mixture of local linear experts (Jacobs, Jordan, Nowlan & Hinton 1991) as a classifier.
+
+    E linear experts with bias and a softmax gate with bias, trained by the closed-form rules of
+    numpy_moe.classic: "competitive" ascends the mixture log-likelihood, so each expert takes over a
+    region of the input space and the gate learns to pick it; "cooperative" descends the cross-entropy of
+    the blended output.
+
+    Parameters
+    ----------
+    n_experts : E (default 4). mode : "competitive" (default) or "cooperative".
+    optimizer : "sgd" (the update rules as they are, learning rate η) or "ftrl" (FTRL-Proximal, alpha).
+    learning_rate : None for the default (SGD 0.5, FTRL alpha 0.5).
+    batch_size, epochs, early_stopping, validation_fraction, n_iter_no_change, tol, random_state, verbose :
+        as for :class:`MoEClassifier`.
+
+    Attributes
+    ----------
+    As :class:`MoEClassifier`; ``model_`` is a numpy_moe.classic.LocalExperts and ``loss_curve_`` holds
+    the mode's loss on the training data after each epoch (cross-entropy, or minus the log-likelihood).
+
+    Notes
+    -----
+    Competitive prediction p(y | x) = sum_e g_e(x) softmax(x̃ V_e); cooperative softmax(sum_e g_e(x) x̃ V_e).
+    """
+
+
+class LocalExpertsRegressor(_Regressor, _LocalModel):
+    """Mixture of local linear experts (Jacobs et al. 1991) as a regressor: y = sum_e g_e(x) (x̃ V_e).
+
+    Parameters and attributes as :class:`LocalExpertsClassifier`, with ``n_outputs_`` instead of
+    ``classes_``. Competitive training treats each expert as a Gaussian of unit variance around its
+    prediction, so scale y to unit variance as well as X.
     """

@@ -10,11 +10,11 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from numpy_moe.estimators import MoEClassifier, MoERegressor
+from numpy_moe.estimators import LocalExpertsClassifier, LocalExpertsRegressor, MoEClassifier, MoERegressor
 
 # No check is skipped here; scikit-learn itself skips the array-API checks (SCIPY_ARRAY_API unset) and
 # the pandas checks (pandas not installed).
-ESTIMATORS = [MoEClassifier(), MoERegressor(),
+ESTIMATORS = [MoEClassifier(), MoERegressor(), LocalExpertsClassifier(), LocalExpertsRegressor(),
               MoEClassifier(top_k=2, gate="topk_then_softmax", noise="shazeer", balance=("importance", "load"))]
 
 
@@ -157,3 +157,48 @@ def test_bad_parameters_are_named_when_fitting(param, value, message):
     clf = MoEClassifier(**{**sparse, param: value})  # __init__ only stores: no error yet
     with pytest.raises((ValueError, TypeError), match=message):
         clf.fit(X, y)
+
+
+def v_shape(rng, n=400):
+    """MATH.md §7: r = 2x (x < 0.5), 2 - 2x otherwise, plus N(0, 0.1²) noise; x ~ U(0, 1)."""
+    x = rng.uniform(0, 1, (n, 1))
+    return x, np.where(x[:, 0] < 0.5, 2 * x[:, 0], 2 - 2 * x[:, 0]) + 0.1 * rng.standard_normal(n)
+
+
+@pytest.mark.parametrize("mode", ["competitive", "cooperative"])
+@pytest.mark.parametrize("optimizer", ["sgd", "ftrl"])
+def test_local_experts_fit_the_v_shape_that_one_line_cannot(mode, optimizer, rng):
+    X, y = v_shape(rng)
+    X, y = StandardScaler().fit_transform(X), (y - y.mean()) / y.std()  # the competitive rule needs y scaled
+    reg = LocalExpertsRegressor(n_experts=2, mode=mode, optimizer=optimizer, random_state=0).fit(X, y)
+    # one line explains nothing of a symmetric V (R² ~ 0); two linear experts explain all but the noise
+    # (noise variance 0.01 against the V's variance 1/12 + 0.01: the best R² is about 0.89)
+    assert reg.score(X, y) > 0.8
+    assert reg.expert_usage_.min() > 0.3, "each expert should take one arm of the V"
+
+
+def test_local_experts_classifier_in_a_pipeline_and_grid_search(wine):
+    X_train, X_test, y_train, y_test = wine
+    grid = GridSearchCV(make_pipeline(StandardScaler(), LocalExpertsClassifier(random_state=0)),
+                        {"localexpertsclassifier__mode": ["competitive", "cooperative"]}, cv=3).fit(X_train, y_train)
+    assert f1_score(y_test, grid.predict(X_test), average="macro") >= 0.95
+    clf = grid.best_estimator_[-1]
+    assert clf.model_.mode == grid.best_params_["localexpertsclassifier__mode"]
+    assert clf.predict_proba(X_test[:3]).shape == (3, 3) and len(clf.loss_curve_) == clf.n_iter_
+
+
+@pytest.mark.parametrize("param, value, message", [
+    ("mode", "greedy", "mode='greedy' must be one of"),
+    ("optimizer", "adam", r"optimizer='adam' must be one of \('sgd', 'ftrl'\)"),
+    ("n_experts", 0, "n_experts=0 must be an integer >= 1"),
+])
+def test_local_experts_bad_parameters_are_named_when_fitting(param, value, message):
+    with pytest.raises((ValueError, TypeError), match=message):
+        LocalExpertsClassifier(**{param: value}).fit(np.zeros((4, 2)), [0, 1, 0, 1])
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd", "ftrl"])
+def test_every_optimizer_trains_the_moe_on_wine(optimizer, wine):
+    X_train, X_test, y_train, y_test = wine
+    pipe = make_pipeline(StandardScaler(), MoEClassifier(optimizer=optimizer, random_state=0)).fit(X_train, y_train)
+    assert f1_score(y_test, pipe.predict(X_test), average="macro") >= 0.95

@@ -7,7 +7,8 @@ import pytest
 
 from numpy_moe import io
 from numpy_moe.balance import Importance
-from numpy_moe.estimators import MoEClassifier, MoERegressor
+from numpy_moe.classic import LocalExperts
+from numpy_moe.estimators import LocalExpertsClassifier, LocalExpertsRegressor, MoEClassifier, MoERegressor
 from numpy_moe.layers import MLP, Linear, Module, ReLU, Sequential
 from numpy_moe.moe import MoE
 
@@ -41,6 +42,9 @@ MODELS = {
     "MoE top-1 V-MoE capacity": lambda: MoE(5, 3, 4, seed=0, top_k=1, noise="vmoe", capacity_factor=1.25,
                                             batch_priority=True, balance={"switch": 0.01, "z_loss": 0.001}),
     "MoE expert choice": lambda: MoE(5, 3, 4, hidden=7, seed=0, router="expert_choice", capacity_factor=2),
+    "LocalExperts competitive classification": lambda: LocalExperts(5, 3, 4, mode="competitive", seed=0),
+    "LocalExperts cooperative regression": lambda: LocalExperts(5, 2, 3, mode="cooperative", task="regression",
+                                                                seed=0),
     "user-defined Module": lambda: Residual(5, 6, seed=0),
 }
 
@@ -154,6 +158,8 @@ def test_unknown_classes_and_unsavable_objects(tmp_path):
     (lambda: MoERegressor(hidden=None, random_state=0), np.arange(60.0).reshape(30, 2) / 60),
     (lambda: MoEClassifier(top_k=2, noise="vmoe", balance=["importance", "load"], random_state=0),
      np.arange(60) % 3),
+    (lambda: LocalExpertsClassifier(optimizer="ftrl", random_state=0), np.arange(60) % 3),
+    (lambda: LocalExpertsRegressor(mode="cooperative", random_state=0), np.linspace(-1, 1, 60)),
 ])
 def test_fitted_estimator_round_trip(make, y, tmp_path, rng):
     X = rng.standard_normal((60, 4))[: len(y)]
