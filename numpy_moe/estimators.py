@@ -66,21 +66,20 @@ class _Estimator(BaseEstimator):
     Subclasses provide ``_build(n_features, n_outputs, rng)`` -> model, ``_new_optimizer()``,
     ``_epoch(X, y, rng)`` -> training loss, ``_loss(X, y)``, ``_output(X)`` -> (N, O) numpy (class
     probabilities or values) and ``_gate_scores(X)`` -> (N, E) numpy, largest at each row's top expert;
-    the task mixins below provide
-    ``_targets(y, first, classes)`` -> (encoded targets, number of outputs).
+    the task mixins below provide ``_targets(y, first, classes)`` -> (encoded targets, number of outputs).
     """
 
     def fit(self, X, y):
         """Train from scratch on X (N, D) and y; returns self."""
         self._check_params()
-        X, y = self._validate(X, y, reset=True)
+        X, y = validate_data(self, X, y, dtype=numpy.float64, **self._y_checks)
         return self._train(X, self._start(X, y, None), self.epochs, stop=True)
 
     def _partial_fit(self, X, y, classes):
         first = not hasattr(self, "model_")
         if first:
             self._check_params()
-        X, y = self._validate(X, y, reset=first)
+        X, y = validate_data(self, X, y, reset=first, dtype=numpy.float64, **self._y_checks)
         y = self._start(X, y, classes) if first else self._targets(y, False, classes)[0]
         if not hasattr(self, "_optimizer"):  # a loaded estimator: optimiser state is not saved
             self._rng, self._optimizer = _generator(self.random_state), self._new_optimizer()
@@ -94,10 +93,6 @@ class _Estimator(BaseEstimator):
         self._optimizer = self._new_optimizer()
         self.loss_curve_, self.validation_loss_curve_, self.n_iter_ = [], [], 0
         return y
-
-    def _validate(self, X, y, reset):
-        X, y = validate_data(self, X, y, reset=reset, dtype=numpy.float64, **self._y_checks)
-        return X, y
 
     def _check_params(self):
         _positive_int(self.epochs, "epochs")

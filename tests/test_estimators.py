@@ -2,7 +2,6 @@
 partial_fit, early stopping, parameter errors."""
 import numpy as np
 import pytest
-from sklearn.base import clone
 from sklearn.datasets import load_wine
 from sklearn.metrics import f1_score
 from sklearn.model_selection import GridSearchCV, train_test_split
@@ -34,6 +33,39 @@ def test_three_line_quick_start_fits_standardised_wine():
     X = StandardScaler().fit_transform(X)
     clf = MoEClassifier().fit(X, y)
     assert (clf.predict(X) == y).mean() > 0.95
+
+
+def softmax(h):
+    e = np.exp(h - h.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def test_moe_predict_proba_is_the_formula_on_the_fitted_weights(rng):
+    # p(y | x) = softmax(sum_e g_e(x) E_e(x)), g = softmax(x W_g + b_g), E_e(x) = relu(x W1_e + b1_e) W2_e + b2_e,
+    # written out with NumPy from model_'s parameters; columns follow classes_ (here sorted strings)
+    X = rng.standard_normal((40, 3))
+    y = np.array(["cat", "ant", "bee", "dog"])[(X[:, 0] > 0) + 2 * (X[:, 1] > 0)]
+    clf = MoEClassifier(n_experts=3, hidden=5, random_state=0).fit(X, y)
+    P = {k: np.asarray(p) for k, p in clf.model_.named_parameters()}
+    g = softmax(X @ P["gate.W"] + P["gate.b"])  # (N, E)
+    out = [np.maximum(X @ P["experts.W1"][e] + P["experts.b1"][e], 0) @ P["experts.W2"][e] + P["experts.b2"][e]
+           for e in range(3)]  # E arrays (N, C)
+    proba = softmax(sum(g[:, [e]] * out[e] for e in range(3)))
+    np.testing.assert_allclose(clf.predict_proba(X), proba, rtol=1e-12, atol=1e-15)
+    np.testing.assert_array_equal(clf.classes_, ["ant", "bee", "cat", "dog"])
+    np.testing.assert_array_equal(clf.predict(X), clf.classes_[proba.argmax(axis=1)])
+
+
+def test_local_experts_predict_proba_is_the_competitive_mixture(rng):
+    # competitive prediction: sum_e g_e softmax(x̃ V_e), g = softmax(x̃ M), x̃ = [x, 1]
+    X = rng.standard_normal((40, 3))
+    y = (X[:, 0] > 0).astype(int) + (X[:, 1] > 0)
+    clf = LocalExpertsClassifier(n_experts=2, random_state=0).fit(X, y)
+    V, M = (np.asarray(clf.model_.params[k]) for k in ("V", "M"))
+    X1 = np.hstack([X, np.ones((40, 1))])
+    g = softmax(X1 @ M)  # (N, E)
+    proba = sum(g[:, [e]] * softmax(X1 @ V[e]) for e in range(2))
+    np.testing.assert_allclose(clf.predict_proba(X), proba, rtol=1e-12, atol=1e-15)
 
 
 def test_pipeline_with_scaler_on_wine(wine):
