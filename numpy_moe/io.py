@@ -1,7 +1,8 @@
 """Save and load models as ``.npz``: configuration as JSON, parameters as arrays, never pickle.
 
 ``save(obj, path)`` writes any Module (an MoE in any configuration, Linear, MLP, Sequential, the classic
-local-experts model, an image model) or a numpy_moe estimator; ``load(path)`` rebuilds it;
+local-experts model, an image model) or a fitted numpy_moe estimator, alone or as a step of a
+scikit-learn Pipeline (``make_pipeline(StandardScaler(), MoEClassifier())``); ``load(path)`` rebuilds it;
 ``load_into(model, path)`` copies a file's parameters into an existing model of the same architecture.
 
 A file is an ordinary ``.npz`` archive, readable with ``numpy.load(path, allow_pickle=False)``:
@@ -10,14 +11,17 @@ A file is an ordinary ``.npz`` archive, readable with ``numpy.load(path, allow_p
   ``{"class": "numpy_moe.moe.MoE", "config": {...}, "params": "<prefix>"}``: its class, the arguments of
   its constructor (``Module.get_config()``; a nested module, such as the layers of a Sequential, appears as
   ``{"__module__": {"class": ..., "config": ...}}``), and where its parameters are. An estimator is
-  ``{"class": ..., "estimator": {get_params()}, "attributes": {fitted attributes ending in "_"}}``.
+  ``{"class": ..., "estimator": {get_params(deep=False)}, "attributes": {fitted attributes ending in "_"}}``;
+  an estimator among the parameters (a Pipeline's steps) is ``{"__estimator__": {...}}``, and a fitted
+  array attribute is ``{"__array__": "<its entry>"}``.
 - one array per parameter, named ``<prefix><dotted name>`` (``gate.W``, ``experts.W1``; inside an
   estimator ``model_/gate.W``), in the parameter's own dtype, so a round trip is bit-exact.
 
 Loading rebuilds a module with ``Cls.from_config(config)`` and overwrites every parameter, so no new
 Module subclass needs saving code. The ``seed`` argument is not stored: it only drew the initial weights,
-which the stored ones replace. A class is looked up by its dotted name among the ``numpy_moe`` modules
-(imported on demand) and the modules already imported (a model class defined in your own script).
+which the stored ones replace. A class is looked up by its dotted name among the ``numpy_moe`` and
+scikit-learn modules (imported on demand) and the modules already imported (a model class defined in
+your own script); nothing else is imported.
 Training state that is not a parameter (an optimiser's moments) is not saved: ``partial_fit`` after
 loading starts a fresh optimiser.
 """
@@ -40,7 +44,7 @@ def save(obj, path):
     if isinstance(obj, Module):
         record = _encode_module(obj, arrays, "")
     elif hasattr(obj, "get_params"):
-        record = _encode_estimator(obj, arrays)
+        record = _encode_estimator(obj, arrays, "")
     else:
         raise TypeError(f"cannot save a {type(obj).__name__}: expected a numpy_moe Module or estimator")
     meta = json.dumps({"format": FORMAT, "version": VERSION, "object": record})
@@ -93,12 +97,13 @@ def _encode_module(m, arrays, prefix):
     return record
 
 
-def _encode_estimator(est, arrays):
-    """JSON record of an estimator: its parameters and its fitted attributes (names ending in ``_``)."""
+def _encode_estimator(est, arrays, prefix):
+    """JSON record of an estimator: its parameters (fitted steps of a Pipeline included) and its fitted
+    attributes (names ending in ``_``), arrays stored under ``prefix``."""
     fitted = {k: v for k, v in vars(est).items() if k.endswith("_") and not k.startswith("_")}
     return {"class": _class_name(est),
-            "estimator": _encode(est.get_params(deep=False), "parameters", None, ""),
-            "attributes": {k: _encode(v, k, arrays, f"{k}/") for k, v in fitted.items()}}
+            "estimator": _encode(est.get_params(deep=False), "parameters", arrays, f"{prefix}params/"),
+            "attributes": {k: _encode(v, k, arrays, f"{prefix}{k}/") for k, v in fitted.items()}}
 
 
 def _encode(value, name, arrays, prefix):
@@ -116,6 +121,8 @@ def _encode(value, name, arrays, prefix):
         return {k: _encode(v, f"{name}[{k!r}]", arrays, f"{prefix}{k}/") for k, v in value.items()}
     if isinstance(value, Module):
         return {"__module__": _encode_module(value, arrays, prefix)}
+    if hasattr(value, "get_params") and not isinstance(value, type) and arrays is not None:
+        return {"__estimator__": _encode_estimator(value, arrays, prefix)}  # a step of a Pipeline
     if hasattr(value, "__array__") and arrays is not None:
         a = to_numpy(value)
         if a.dtype.kind == "O" and all(isinstance(v, str) for v in a.ravel()):
@@ -151,9 +158,9 @@ def _read(path):
 
 
 def _find_class(name, path):
-    """The class named ``module:qualname``, importing numpy_moe modules on demand."""
+    """The class named ``module:qualname``, importing numpy_moe and scikit-learn modules on demand."""
     module_name, _, qualname = name.partition(":")
-    if module_name.split(".")[0] == "numpy_moe":
+    if module_name.split(".")[0] in ("numpy_moe", "sklearn"):
         try:
             importlib.import_module(module_name)
         except ImportError:
@@ -171,8 +178,8 @@ def _decode(value, arrays, path):
     if isinstance(value, list):
         return [_decode(v, arrays, path) for v in value]
     if isinstance(value, dict):
-        if "__module__" in value:
-            return _decode_object(value["__module__"], arrays, path)
+        if "__module__" in value or "__estimator__" in value:
+            return _decode_object(value.get("__module__") or value["__estimator__"], arrays, path)
         if "__array__" in value:
             return arrays[value["__array__"]]
         if "__strings__" in value:

@@ -175,3 +175,20 @@ def test_fitted_estimator_round_trip(make, y, tmp_path, rng):
         np.testing.assert_array_equal(loaded.predict_proba(X), est.predict_proba(X))
     loaded.partial_fit(X, y)  # training continues (with a fresh optimiser)
     assert loaded.n_iter_ == est.n_iter_ + 1
+
+
+def test_a_fitted_pipeline_with_its_scaler_round_trips(tmp_path, rng):
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    X = 5 + 3 * rng.standard_normal((60, 4))
+    y = (X[:, 0] > 5).astype(int)
+    pipe = make_pipeline(StandardScaler(), MoEClassifier(random_state=0)).fit(X, y)
+    loaded = io.load(io.save(pipe, tmp_path / "pipe.npz"))
+    assert [name for name, _ in loaded.steps] == ["standardscaler", "moeclassifier"]
+    np.testing.assert_array_equal(loaded[0].scale_, pipe[0].scale_)
+    np.testing.assert_array_equal(loaded.predict_proba(X), pipe.predict_proba(X))
+    clf = pipe[-1]
+    clf.feature_names_in_ = np.array(["a", "b", "c", "d"], dtype=object)  # what fitting on a DataFrame leaves
+    names = io.load(io.save(clf, tmp_path / "clf.npz")).feature_names_in_
+    assert names.dtype == object and names.tolist() == ["a", "b", "c", "d"]
