@@ -105,11 +105,12 @@ class FTRL(Optimizer):
 
     Notes
     -----
-    Initial weights. The paper starts from z = n = 0, i.e. w = 0. A model starts from nonzero weights
-    w0 (a gate whose weights are all zero cannot break the symmetry between experts), so the first step
-    starts from n = 0 and z = -(β/α + λ2) w0 - λ1 sign(w0): the z for which the formula above gives back
-    exactly w0, for every λ1 (a zero weight gives z = 0, the paper's start). This is the same as adding a
-    fictitious round-0 gradient; the rest is Algorithm 1 unchanged.
+    Initial weights. The paper starts from z = n = 0, i.e. from w = 0, and its first proximal term
+    ½ (β/α) ‖w‖² is centred at 0. A model starts from nonzero weights w0 (experts whose weights are all
+    zero are identical and stay so), so FTRL takes w0 as its first point and centres that first proximal
+    term at it: the first step starts from n = 0 and z = -(β/α) w0, since ½ (β/α) ‖w - w0‖² = ½ (β/α) ‖w‖²
+    - (β/α) w0·w + const. With λ1 = λ2 = 0 the closed form gives back exactly w0; λ1 and λ2 keep
+    pulling towards 0 as in the paper (they are not re-centred). w0 = 0 is the paper's start.
 
     With λ1 = λ2 = 0 the update is online gradient descent w <- w - η g with the per-coordinate rate
     η = α / (β + sqrt(n)) (n after adding g²), as the paper notes; when β >> sqrt(n) the rate is the
@@ -118,6 +119,8 @@ class FTRL(Optimizer):
     """
 
     def __init__(self, alpha=1.0, beta=0.2, l1=0.0, l2=0.0):
+        if not alpha > 0:
+            raise ValueError(f"alpha={alpha!r} must be > 0")
         super().__init__(alpha)
         for name, v in (("beta", beta), ("l1", l1), ("l2", l2)):
             if not v >= 0:
@@ -128,7 +131,7 @@ class FTRL(Optimizer):
     def update(self, name, p, g):
         xp = get_array_module(p)
         if name not in self.z:
-            self.z[name] = -(self.beta / self.alpha + self.l2) * p - self.l1 * xp.sign(p)
+            self.z[name] = -(self.beta / self.alpha) * p  # the first proximal term, centred at w0
             self.n[name] = xp.zeros_like(p)
         z, n = self.z[name], self.n[name]
         sigma = (xp.sqrt(n + g * g) - xp.sqrt(n)) / self.alpha
