@@ -7,18 +7,60 @@ their children as attributes (or lists of them) and expose ``named_parameters()`
 (``experts.W1``), which optimisers use as state keys. A module with an auxiliary loss reports it in
 ``aux_loss`` after forward and adds its gradient in backward.
 
+Every module remembers the arguments it was constructed with: ``get_config()`` returns them by name and
+``Cls.from_config(config)`` builds the same architecture again (numpy_moe.io saves a model this way,
+as configuration plus parameters by dotted name, so a new Module subclass needs no extra code to be saved).
+
 Initialisation is seeded: each layer takes ``seed`` (int or numpy Generator) and draws its weights
 in float64 from it, then casts to ``dtype``, so float32 and float64 models from the same seed start
 from the same weights up to rounding. He init (std sqrt(2 / fan_in)) for layers followed by ReLU,
 Glorot (std sqrt(2 / (fan_in + fan_out))) otherwise.
 """
+import inspect
+
 from . import functional as F
 from .backend import asarray, default_rng, get_array_module, result_dtype
 from .validation import check_input, check_positive_int
 
 
 class Module:
-    """Base class: parameter bookkeeping, child traversal, train/eval mode."""
+    """Base class: parameter bookkeeping, child traversal, train/eval mode, construction config."""
+
+    def __new__(cls, *args, **kwargs):
+        self = super().__new__(cls)
+        self._init_args = (args, kwargs)  # what the caller passed to the constructor, for get_config()
+        return self
+
+    def get_config(self):
+        """The constructor's arguments by name, defaults filled in: ``type(m).from_config(m.get_config())``
+        builds a module of the same architecture (with freshly drawn parameters)."""
+        args, kwargs = self._init_args
+        bound = inspect.signature(type(self).__init__).bind(self, *args, **kwargs)
+        bound.apply_defaults()
+        return dict(list(bound.arguments.items())[1:])  # without self
+
+    @classmethod
+    def from_config(cls, config):
+        """A new module built from a :meth:`get_config` dict (``*layers`` style arguments included)."""
+        params = list(inspect.signature(cls.__init__).parameters.values())[1:]
+        unknown = set(config) - {p.name for p in params}
+        if unknown:
+            raise TypeError(f"config has arguments {sorted(unknown)} that {cls.__name__} does not take")
+        var_positional = any(p.kind == p.VAR_POSITIONAL for p in params)
+        args, kwargs = [], {}
+        for p in params:
+            if p.name not in config:
+                continue
+            value = config[p.name]
+            if p.kind == p.VAR_POSITIONAL:
+                args.extend(value)
+            elif p.kind == p.VAR_KEYWORD:
+                kwargs.update(value)
+            elif var_positional and p.kind != p.KEYWORD_ONLY:
+                args.append(value)  # before *args, so it must go by position
+            else:
+                kwargs[p.name] = value
+        return cls(*args, **kwargs)
 
     def __init__(self, dtype="float64"):
         self.dtype = result_dtype(dtype)
