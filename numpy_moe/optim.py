@@ -85,9 +85,11 @@ class Adam(Optimizer):
         m += (1 - self.beta1) * g
         v *= self.beta2
         v += (1 - self.beta2) * g * g
-        m_hat = m / (1 - self.beta1 ** self.t)
-        v_hat = v / (1 - self.beta2 ** self.t)
-        p -= self.lr * m_hat / (xp.sqrt(v_hat) + self.eps)
+        # m̂ / (sqrt(v̂) + eps) with the bias corrections folded into two scalars: fewer temporaries
+        c1, c2 = 1 - self.beta1 ** self.t, (1 - self.beta2 ** self.t) ** 0.5
+        denom = xp.sqrt(v)
+        denom += self.eps * c2
+        p -= (self.lr * c2 / c1) * m / denom
 
 
 class FTRL(Optimizer):
