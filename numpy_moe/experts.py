@@ -116,7 +116,7 @@ class ExpertBank(Module):
             self.grads[key] = xp.empty_like(p)
         # dbuf[i]: gradient w.r.t. the input of layer i (dbuf[0] = dx)
         dbuf = [xp.empty_like(h) for h in self.hs[:-1]]
-        ones = xp.ones(max(hi - lo for lo, hi in zip(self.offsets[:-1], self.offsets[1:])), dtype=dout.dtype)
+        ones = xp.ones(dout.shape[0], dtype=dout.dtype)
         for e, (lo, hi) in enumerate(zip(self.offsets[:-1], self.offsets[1:])):
             if hi == lo:
                 for g in self.grads.values():
