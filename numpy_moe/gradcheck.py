@@ -117,7 +117,7 @@ def check_module(module, x, h=1e-6, tol=1e-7, seed=0, forward=None, check_input=
         err = rel_error(a, n)
         errors[name] = err
         a, n = to_numpy(a), to_numpy(n)
-        idx = tuple(int(i) for i in divmod_index(abs(a - n).argmax(), a.shape)) if a.size else ()
+        idx = tuple(int(i) for i in _unravel_index(abs(a - n).argmax(), a.shape)) if a.size else ()
         rows.append((name, tuple(a.shape), err, idx, float(a[idx]) if a.size else 0.0,
                      float(n[idx]) if a.size else 0.0))
     table = _report(rows, tol)
@@ -128,7 +128,7 @@ def check_module(module, x, h=1e-6, tol=1e-7, seed=0, forward=None, check_input=
     return errors
 
 
-def divmod_index(flat_index, shape):
+def _unravel_index(flat_index, shape):
     """The multi-index of ``flat_index`` in an array of ``shape`` (C order)."""
     idx = []
     for dim in reversed(shape):
