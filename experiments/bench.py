@@ -15,8 +15,16 @@ dispatch, ideally E / K). ``--backend cupy`` runs on the GPU, synchronising the 
 timing. ``--quick`` uses tiny sizes and one repeat. ``--threads T`` limits BLAS to T threads: NumPy's
 elementwise work (gather, bias, ReLU, combine) runs on one core while BLAS uses all of them, so the
 ratio sparse/floor grows with the thread count, most where the GEMMs are smallest (D=64, H=128).
+
+A second table splits the sparse layer's time into stages, timed inside the sparse variant's own runs
+(medians over the same repeats): the gate (forward + backward: logits, softmax, top-k and their
+gradients), the experts' grouped passes (their matrix products, which the floor times alone, plus
+bias, ReLU, mask and bias gradients), and the rest: input check, grouping by expert, row gathers, the
+weighted combine and the combine weights' gradient. The experts' time minus the floor of the same
+repeat is their element-wise work. On CuPy the stage timers synchronise the device around each stage.
 """
 import time
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -62,6 +70,35 @@ def gemm_floor(layer, offsets, xp):
     return run
 
 
+@contextmanager
+def timed_stages(layer, sync):
+    """Within the block, ``spent["gate"]`` and ``spent["experts"]`` accumulate the seconds ``layer``
+    spends in its gate's and its experts' passes (the caller resets them)."""
+    parts = {"gate": (layer.gate, ("forward", "backward")),
+             "experts": (layer.experts, ("forward_grouped", "backward_grouped"))}
+    spent = {stage: 0.0 for stage in parts}
+
+    def timed(method, stage):
+        def run(*args, **kwargs):
+            sync()
+            t0 = time.perf_counter()
+            out = method(*args, **kwargs)
+            sync()
+            spent[stage] += time.perf_counter() - t0
+            return out
+        return run
+
+    for stage, (module, names) in parts.items():
+        for name in names:  # an instance attribute shadows the class's method until deleted below
+            setattr(module, name, timed(getattr(module, name), stage))
+    try:
+        yield spent
+    finally:
+        for module, names in parts.values():
+            for name in names:
+                delattr(module, name)
+
+
 def bench_config(cfg, repeats, xp, sync):
     N, D, H, O, E, K = cfg
     rng = np.random.default_rng(0)
@@ -80,16 +117,22 @@ def bench_config(cfg, repeats, xp, sync):
 
     variants = {"sparse": step(sparse), "dense": step(dense),
                 "floor": gemm_floor(sparse, sparse.groups.offsets, xp)}
-    times = {name: [] for name in variants}
-    for fn in variants.values():  # warm-up
-        fn()
-    for _ in range(repeats):
-        for name, fn in variants.items():
-            sync()
-            t0 = time.perf_counter()
+    times = {name: [] for name in [*variants, "gate", "experts", "element-wise", "rest"]}
+    with timed_stages(sparse, sync) as spent:
+        for fn in variants.values():  # warm-up
             fn()
-            sync()
-            times[name].append(time.perf_counter() - t0)
+        for _ in range(repeats):
+            spent.update(gate=0.0, experts=0.0)
+            for name, fn in variants.items():
+                sync()
+                t0 = time.perf_counter()
+                fn()
+                sync()
+                times[name].append(time.perf_counter() - t0)
+            times["gate"].append(spent["gate"])
+            times["experts"].append(spent["experts"])
+            times["element-wise"].append(spent["experts"] - times["floor"][-1])
+            times["rest"].append(times["sparse"][-1] - spent["gate"] - spent["experts"])
     return {name: 1e3 * float(np.median(t)) for name, t in times.items()}, counts
 
 
@@ -124,6 +167,14 @@ def main(argv=None):
                   f"{counts.min()}-{counts.max()}", flush=True)
     finally:
         backend.set_backend("numpy")
+    print("\nWhere the sparse layer's time goes (ms, medians over the same repeats): the gate's passes, the experts'"
+          "\ngrouped passes = the floor's GEMMs + element-wise work, and the rest (check, grouping, gathers, combine)")
+    head = f"{'N':>6} {'E':>3} {'K':>2} | {'sparse':>7} {'gate':>6} {'experts':>8} {'floor':>7} {'element-wise':>12} {'rest':>6}"
+    print(head)
+    print("-" * len(head))
+    for (N, D, H, O, E, K), t in rows:
+        print(f"{N:>6} {E:>3} {K:>2} | {t['sparse']:>7.2f} {t['gate']:>6.2f} {t['experts']:>8.2f} {t['floor']:>7.2f} "
+              f"{t['element-wise']:>12.2f} {t['rest']:>6.2f}")
     return rows
 
 

@@ -15,3 +15,25 @@ def test_runner_lists_and_rejects_unknown_names(capsys):
     listing = capsys.readouterr().out
     assert all(name in listing for name in discover())
     assert main(["no_such_experiment"]) == 2
+
+
+
+def test_bench_timed_stages_count_the_gate_and_experts_and_then_restore_the_layer():
+    import numpy as np
+
+    from experiments.bench import timed_stages
+    from numpy_moe.moe import MoE
+
+    rng = np.random.default_rng(0)
+    layer = MoE(8, 4, 4, hidden=16, seed=0, top_k=2)
+    x, dy = rng.standard_normal((64, 8)), rng.standard_normal((64, 4))
+    y0 = layer.forward(x)
+    with timed_stages(layer, sync=lambda: None) as spent:
+        assert spent == {"gate": 0.0, "experts": 0.0}
+        layer.forward(x)
+        after_forward = dict(spent)
+        layer.backward(dy)
+    assert 0 < after_forward["gate"] < spent["gate"] and 0 < after_forward["experts"] < spent["experts"]
+    for module in (layer.gate, layer.experts):  # the timing wrappers are gone, the layer is unchanged
+        assert not {"forward", "backward", "forward_grouped", "backward_grouped"} & set(vars(module))
+    np.testing.assert_array_equal(layer.forward(x), y0)
