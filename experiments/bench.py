@@ -169,7 +169,8 @@ def main(argv=None):
         backend.set_backend("numpy")
     print("\nWhere the sparse layer's time goes (ms, medians over the same repeats): the gate's passes, the experts'"
           "\ngrouped passes = the floor's GEMMs + element-wise work, and the rest (check, grouping, gathers, combine)")
-    head = f"{'N':>6} {'E':>3} {'K':>2} | {'sparse':>7} {'gate':>6} {'experts':>8} {'floor':>7} {'element-wise':>12} {'rest':>6}"
+    head = (f"{'N':>6} {'E':>3} {'K':>2} | {'sparse':>7} {'gate':>6} {'experts':>8} {'floor':>7} "
+            f"{'element-wise':>12} {'rest':>6}")
     print(head)
     print("-" * len(head))
     for (N, D, H, O, E, K), t in rows:

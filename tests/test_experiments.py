@@ -17,7 +17,6 @@ def test_runner_lists_and_rejects_unknown_names(capsys):
     assert main(["no_such_experiment"]) == 2
 
 
-
 def test_bench_timed_stages_count_the_gate_and_experts_and_then_restore_the_layer():
     import numpy as np
 
