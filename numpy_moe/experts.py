@@ -98,7 +98,10 @@ class ExpertBank(Module):
         self.offsets = [int(o) for o in offsets]
         M, n_layers = x.shape[0], len(self._layers)
         self.hs = [x] + [xp.empty((M, self.params[w].shape[2]), dtype=x.dtype) for w, _ in self._layers]
-        for e, (lo, hi) in enumerate(zip(self.offsets[:-1], self.offsets[1:])):
+        blocks = list(zip(self.offsets[:-1], self.offsets[1:]))
+        if n_layers > 1:  # NumPy's maximum is SIMD against an array of the same shape, scalar-slow against 0
+            zeros = xp.zeros((max(hi - lo for lo, hi in blocks), self.hidden), dtype=x.dtype)
+        for e, (lo, hi) in enumerate(blocks):
             if hi == lo:
                 continue
             for i, (w, b) in enumerate(self._layers):
@@ -106,7 +109,7 @@ class ExpertBank(Module):
                 xp.matmul(self.hs[i][lo:hi], self.params[w][e], out=h)
                 h += self.params[b][e]
                 if i < n_layers - 1:
-                    h *= h > 0  # Z = relu(A) in place (-0.0 for A < 0); faster than maximum(h, 0)
+                    xp.maximum(h, zeros[: hi - lo], out=h)  # Z = relu(A) in place
         return self.hs[-1]
 
     def backward_grouped(self, dout):
