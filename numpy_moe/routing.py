@@ -23,7 +23,7 @@ assignment contributes zero to its sample's output.
 from math import ceil
 from typing import NamedTuple
 
-from .backend import get_array_module, to_numpy
+from .backend import combine_rows, get_array_module, to_numpy
 
 
 def expert_capacity(n_samples, top_k, n_experts, capacity_factor):
@@ -99,14 +99,12 @@ def combine_topk(values, groups, weight):
     """y_n = sum_k weight[n, k] values[slot of (n, k)], for a top-k routing: (N, F).
 
     values : (G, F) in group order. weight : (N, K), zero where an assignment was dropped.
-    Top-k assignments are sample-major with exactly K per sample, so one take puts the rows back in
-    (sample, rank) order and one contraction over K adds them: NumPy's take is several times faster
-    than the row-wise fancy indexing a scatter needs.
+    Top-k assignments are sample-major with exactly K per sample, so sample n's rows are
+    ``groups.slot.reshape(N, K)[n]``: a gather of rows with a weighted sum over K
+    (:func:`~numpy_moe.backend.combine_rows`), where a scatter would need NumPy's much slower
+    row-wise fancy indexing.
     """
-    xp = get_array_module(values)
-    N, K = weight.shape
-    vs = xp.take(values, groups.slot, axis=0).reshape(N, K, -1)  # (N, K, F)
-    return xp.einsum("nk,nkf->nf", weight, vs)
+    return combine_rows(values, groups.slot.reshape(weight.shape), weight)
 
 
 def scatter_add(target, values, groups, weight=None):

@@ -93,3 +93,21 @@ def test_result_dtype_accepts_only_float32_and_float64():
     assert backend.result_dtype("float32") == np.float32
     with pytest.raises(TypeError, match="dtype=int64 must be float32 or float64"):
         backend.result_dtype("int64")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("K", [1, 3])
+def test_combine_rows_is_a_weighted_sum_of_gathered_rows(dtype, K):
+    rng = np.random.default_rng(0)
+    values = rng.standard_normal((7, 5)).astype(dtype)
+    index = rng.integers(0, 7, size=(4, K))
+    index[0] = 2  # one row gathered K times by the same sample
+    weight = rng.standard_normal((4, K))  # float64 weights: the result keeps the dtype of values
+    weight[1] = 0.0
+    expected = np.zeros((4, 5))
+    for n in range(4):
+        for k in range(K):
+            expected[n] += weight[n, k] * values[index[n, k]].astype(np.float64)
+    out = backend.combine_rows(values, index, weight)
+    assert isinstance(out, np.ndarray) and out.dtype == dtype and out.shape == (4, 5)
+    np.testing.assert_allclose(out, expected, rtol=1e-6 if dtype == np.float32 else 1e-14, atol=1e-6)
