@@ -5,9 +5,12 @@ For each configuration (N samples, D inputs, H hidden, O outputs, E MLP experts,
 - sparse: ``MoE(D, O, E, hidden=H, top_k=K)``, forward + backward (gate, grouping, gather, experts,
   weighted scatter-add, and the same in reverse);
 - dense: the same layer with ``dispatch="dense"``: every expert on every sample, as seed 000 does;
-- floor: only the matrix products the sparse layer cannot avoid, on the real per-expert row counts of
-  the sparse layer's routing: per expert X W1, Z W2 (forward) and Zᵀ dY, dY W2ᵀ, Xᵀ dA, dA W1ᵀ (backward;
-  the last is the input gradient the MoE needs), each into a preallocated output.
+- floor: only the matrix products the sparse layer cannot avoid, each into a preallocated output: the
+  gate's x W_g (forward), xᵀ dh and dh W_gᵀ (backward), and, on the real per-expert row counts of the sparse
+  layer's routing, per expert X W1, Z W2 (forward) and Zᵀ dY, dY W2ᵀ, Xᵀ dA, dA W1ᵀ (backward; the last is
+  the input gradient the MoE needs). They run in the order the layer must run them: the gate's and every
+  expert's forward products before any backward product, as no expert's output gradient exists until all
+  experts' outputs are combined.
 
 Variants are interleaved within each repeat after a warm-up call; the table prints medians and the
 ratios sparse/floor (the overhead of routing and data movement) and dense/sparse (the saving of sparse
@@ -18,10 +21,11 @@ ratio sparse/floor grows with the thread count, most where the GEMMs are smalles
 
 A second table splits the sparse layer's time into stages, timed inside the sparse variant's own runs
 (medians over the same repeats): the gate (forward + backward: logits, softmax, top-k and their
-gradients), the experts' grouped passes (their matrix products, which the floor times alone, plus
-bias, ReLU, mask and bias gradients), and the rest: input check, grouping by expert, row gathers, the
-weighted combine and the combine weights' gradient. The experts' time minus the floor of the same
-repeat is their element-wise work. On CuPy the stage timers synchronise the device around each stage.
+gradients; beside it its three GEMMs as the floor times them), the experts' grouped passes (their matrix
+products, which the floor times alone, plus bias, ReLU, mask and bias gradients), and the rest: input
+check, grouping by expert, row gathers, the weighted combine and the combine weights' gradient. The
+experts' time minus their floor GEMMs of the same repeat is their element-wise work. On CuPy the stage
+timers synchronise the device around each stage.
 """
 import time
 from contextlib import contextmanager
@@ -46,10 +50,15 @@ def options(parser):
     parser.add_argument("--threads", type=int, default=None, help="BLAS threads (default: the library's own)")
 
 
-def gemm_floor(layer, offsets, xp):
-    """A callable doing the 6 GEMMs per expert of ``layer``'s experts on the given row counts."""
+def gemm_floor(layer, n_samples, offsets, xp):
+    """The floor's matrix products as (stage, callable) pairs in the layer's order: the gate's forward
+    product on ``n_samples`` rows, every expert's forward products on the row counts given by ``offsets``,
+    every expert's backward products, then the gate's backward products."""
     p = layer.experts.params
     D, H, O = p["W1"].shape[1], p["W1"].shape[2], p["W2"].shape[2]
+    Wg = layer.gate.params["W"]  # (D, E)
+    x, dh = xp.ones((n_samples, D), dtype=xp.float32), xp.ones((n_samples, Wg.shape[1]), dtype=xp.float32)
+    logits, dWg, dx = (xp.empty(s, dtype=xp.float32) for s in (dh.shape, Wg.shape, x.shape))
     work = []
     for e, (lo, hi) in enumerate(zip(offsets[:-1], offsets[1:])):
         M = hi - lo
@@ -59,15 +68,24 @@ def gemm_floor(layer, offsets, xp):
         bufs = [xp.empty(s, dtype=xp.float32) for s in ((M, H), (M, O), (H, O), (M, H), (D, H), (M, D))]
         work.append((X, dY, p["W1"][e], p["W2"][e], bufs))
 
-    def run():
+    def experts_forward():
         for X, dY, W1, W2, (Z, Y, dW2, dZ, dW1, dX) in work:
-            xp.matmul(X, W1, out=Z)  # forward
+            xp.matmul(X, W1, out=Z)
             xp.matmul(Z, W2, out=Y)
-            xp.matmul(Z.T, dY, out=dW2)  # backward
+
+    def experts_backward():
+        for X, dY, W1, W2, (Z, Y, dW2, dZ, dW1, dX) in work:
+            xp.matmul(Z.T, dY, out=dW2)
             xp.matmul(dY, W2.T, out=dZ)
             xp.matmul(X.T, dZ, out=dW1)
             xp.matmul(dZ, W1.T, out=dX)
-    return run
+
+    def gate_backward():
+        xp.matmul(x.T, dh, out=dWg)
+        xp.matmul(dh, Wg.T, out=dx)
+
+    return [("gate", lambda: xp.matmul(x, Wg, out=logits)), ("experts", experts_forward),
+            ("experts", experts_backward), ("gate", gate_backward)]
 
 
 @contextmanager
@@ -115,9 +133,20 @@ def bench_config(cfg, repeats, xp, sync):
             layer.backward(dy)
         return run
 
-    variants = {"sparse": step(sparse), "dense": step(dense),
-                "floor": gemm_floor(sparse, sparse.groups.offsets, xp)}
-    times = {name: [] for name in [*variants, "gate", "experts", "element-wise", "rest"]}
+    floor_steps = gemm_floor(sparse, N, sparse.groups.offsets, xp)
+    floor_parts = {}
+
+    def floor():
+        floor_parts.update(gate=0.0, experts=0.0)
+        for stage, fn in floor_steps:
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            floor_parts[stage] += time.perf_counter() - t0
+
+    variants = {"sparse": step(sparse), "dense": step(dense), "floor": floor}
+    stages = ["gate", "gate GEMMs", "experts", "expert GEMMs", "element-wise", "rest"]
+    times = {name: [] for name in [*variants, *stages]}
     with timed_stages(sparse, sync) as spent:
         for fn in variants.values():  # warm-up
             fn()
@@ -130,8 +159,10 @@ def bench_config(cfg, repeats, xp, sync):
                 sync()
                 times[name].append(time.perf_counter() - t0)
             times["gate"].append(spent["gate"])
+            times["gate GEMMs"].append(floor_parts["gate"])
             times["experts"].append(spent["experts"])
-            times["element-wise"].append(spent["experts"] - times["floor"][-1])
+            times["expert GEMMs"].append(floor_parts["experts"])
+            times["element-wise"].append(spent["experts"] - floor_parts["experts"])
             times["rest"].append(times["sparse"][-1] - spent["gate"] - spent["experts"])
     return {name: 1e3 * float(np.median(t)) for name, t in times.items()}, counts
 
@@ -167,15 +198,16 @@ def main(argv=None):
                   f"{counts.min()}-{counts.max()}", flush=True)
     finally:
         backend.set_backend("numpy")
-    print("\nWhere the sparse layer's time goes (ms, medians over the same repeats): the gate's passes, the experts'"
-          "\ngrouped passes = the floor's GEMMs + element-wise work, and the rest (check, grouping, gathers, combine)")
-    head = (f"{'N':>6} {'E':>3} {'K':>2} | {'sparse':>7} {'gate':>6} {'experts':>8} {'floor':>7} "
-            f"{'element-wise':>12} {'rest':>6}")
+    print("\nWhere the sparse layer's time goes (ms, medians over the same repeats): the gate's passes (with its"
+          "\nthree GEMMs timed alone in the floor), the experts' grouped passes = their floor GEMMs + element-wise"
+          "\nwork, and the rest (check, grouping, gathers, combine)")
+    head = (f"{'N':>6} {'E':>3} {'K':>2} | {'sparse':>7} {'gate':>6} {'its GEMMs':>9} | {'experts':>8} "
+            f"{'their GEMMs':>11} {'element-wise':>12} | {'rest':>6}")
     print(head)
     print("-" * len(head))
     for (N, D, H, O, E, K), t in rows:
-        print(f"{N:>6} {E:>3} {K:>2} | {t['sparse']:>7.2f} {t['gate']:>6.2f} {t['experts']:>8.2f} {t['floor']:>7.2f} "
-              f"{t['element-wise']:>12.2f} {t['rest']:>6.2f}")
+        print(f"{N:>6} {E:>3} {K:>2} | {t['sparse']:>7.2f} {t['gate']:>6.2f} {t['gate GEMMs']:>9.2f} | "
+              f"{t['experts']:>8.2f} {t['expert GEMMs']:>11.2f} {t['element-wise']:>12.2f} | {t['rest']:>6.2f}")
     return rows
 
 
