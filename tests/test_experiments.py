@@ -59,6 +59,7 @@ def test_bench_floor_runs_every_required_product_once_in_the_layers_order():
     for stage, fn in steps:
         fn()
     forward = [(5, 16), (5, 4), (7, 16), (7, 4)]  # X W1, Z W2 per expert with rows
-    backward = [(16, 4), (5, 16), (8, 16), (5, 8), (16, 4), (7, 16), (8, 16), (7, 8)]  # Zᵀ dY, dY W2ᵀ, Xᵀ dA, dA W1ᵀ
+    # Zᵀ dY, dY W2ᵀ, Xᵀ dA, dA W1ᵀ per expert with rows
+    backward = [(16, 4), (5, 16), (8, 16), (5, 8), (16, 4), (7, 16), (8, 16), (7, 8)]
     assert calls == ([("gate", 6, 3)] + [("experts", *c) for c in forward + backward]
                      + [("gate", 8, 3), ("gate", 6, 8)])

@@ -5,7 +5,8 @@ import pytest
 from scipy.special import softmax
 
 from numpy_moe.backend import default_rng
-from numpy_moe.gating import ExpertChoiceGate, TopKGate, expert_major_logits, route_topk, routing_backward, topk_indices
+from numpy_moe.gating import (ExpertChoiceGate, TopKGate, expert_major_logits, route_topk, routing_backward,
+                               topk_indices)
 from numpy_moe.gradcheck import numerical_gradient, rel_error
 
 TOL = 1e-7  # single layer (MATH.md §8)
