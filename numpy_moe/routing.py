@@ -8,8 +8,9 @@ top-k) rather than N E:
    into a :class:`Groups`: rows ``offsets[e]:offsets[e+1]`` of the grouped batch belong to expert e.
 2. ``x[groups.sample]`` gathers the rows in one take; ``ExpertBank.forward_grouped`` runs expert e on its
    block (one GEMM per expert layer).
-3. The weighted expert outputs go back to their samples: for top-k, :func:`combine_topk` takes the rows
-   back into (sample, rank) order and contracts over the K ranks; for expert choice (0..E experts per
+3. The weighted expert outputs go back to their samples: for top-k, :func:`combine_topk` gathers each
+   sample's K rows and sums them with their weights in one pass (a sparse-matrix product with K entries
+   per row, :func:`~numpy_moe.backend.combine_rows`); for expert choice (0..E experts per
    sample), :func:`scatter_add` adds each expert's block with ``y[idx] += v``, exact without
    ``np.add.at`` because a sample occurs at most once within one expert's block.
 
