@@ -107,8 +107,10 @@ def combine_rows(values, index, weight):
     """
     xp = get_array_module(values)
     N, K = index.shape
+    if index.size and not (0 <= int(index.min()) and int(index.max()) < values.shape[0]):
+        raise IndexError(f"index has rows {int(index.min())}..{int(index.max())}; values has {values.shape[0]} rows")
     weight = weight.astype(values.dtype, copy=False)
-    if xp is numpy:
+    if xp is numpy:  # SciPy's CSR product does not check its column indices
         S = scipy.sparse.csr_array((weight.reshape(-1), index.reshape(-1), numpy.arange(0, N * K + 1, K)),
                                    shape=(N, values.shape[0]))
         return S @ values

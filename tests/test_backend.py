@@ -111,3 +111,10 @@ def test_combine_rows_is_a_weighted_sum_of_gathered_rows(dtype, K):
     out = backend.combine_rows(values, index, weight)
     assert isinstance(out, np.ndarray) and out.dtype == dtype and out.shape == (4, 5)
     np.testing.assert_allclose(out, expected, rtol=1e-6 if dtype == np.float32 else 1e-14, atol=1e-6)
+
+
+def test_combine_rows_rejects_rows_out_of_range():
+    values = np.ones((3, 2))
+    for bad in (3, -1):
+        with pytest.raises(IndexError, match="values has 3 rows"):
+            backend.combine_rows(values, np.array([[0, bad]]), np.ones((1, 2)))
