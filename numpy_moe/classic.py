@@ -22,7 +22,7 @@ epoch, and records per-epoch log-loss (base 2, as the seed plots) or MSE; ``trai
 """
 from . import functional as F
 from .backend import asarray, default_rng, get_array_module
-from .layers import Module
+from .layers import Module, normal_param
 from .optim import SGD
 from .validation import check_input, check_labels, check_positive_int
 
@@ -75,8 +75,8 @@ class LocalExperts(Module):
         O = self.n_outputs = check_positive_int(n_outputs, "n_outputs", 2 if task == "classification" else 1)
         E = self.n_experts = check_positive_int(n_experts, "n_experts")
         rng = default_rng(seed)
-        self.params["V"] = asarray(INIT_STD * rng.standard_normal((E, D + 1, O)), dtype=self.dtype)
-        self.params["M"] = asarray(INIT_STD * rng.standard_normal((D + 1, E)), dtype=self.dtype)
+        self.params["V"] = normal_param(rng, INIT_STD, (E, D + 1, O), self.dtype)
+        self.params["M"] = normal_param(rng, INIT_STD, (D + 1, E), self.dtype)
         self.zero_grad()
 
     # ----- the pieces of the model ---------------------------------------------------------------
@@ -251,6 +251,7 @@ def train_epoch(model, X, y, optimizer, batch_size=1, seed=None):
         idx = order[start:start + batch_size]
         model.compute_grads(X[idx], y[idx])
         optimizer.step(model)
+        model.end_step()
 
 
 def fit_local_experts(model, X, y, optimizer=None, epochs=50, batch_size=1, seed=None, X_test=None,

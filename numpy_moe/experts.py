@@ -14,7 +14,7 @@ Two forward/backward pairs serve the two ways an MoE layer uses its experts:
 """
 from . import functional as F
 from .backend import default_rng, get_array_module
-from .layers import Module, init_weight
+from .layers import Module, init_weight, zeros_param
 from .validation import check_positive_int
 
 
@@ -41,17 +41,16 @@ class ExpertBank(Module):
         D = self.in_features = check_positive_int(in_features, "in_features")
         O = self.out_features = check_positive_int(out_features, "out_features")
         self.hidden = None if hidden is None else check_positive_int(hidden, "hidden")
-        xp = get_array_module()
         rng = default_rng(seed)
         if self.hidden is None:
             self.params["W"] = init_weight(rng, D, O, (E, D, O), "glorot", self.dtype)
-            self.params["b"] = xp.zeros((E, O), dtype=self.dtype)
+            self.params["b"] = zeros_param((E, O), self.dtype)
         else:
             H = self.hidden
             self.params["W1"] = init_weight(rng, D, H, (E, D, H), "he", self.dtype)
-            self.params["b1"] = xp.zeros((E, H), dtype=self.dtype)
+            self.params["b1"] = zeros_param((E, H), self.dtype)
             self.params["W2"] = init_weight(rng, H, O, (E, H, O), "glorot", self.dtype)
-            self.params["b2"] = xp.zeros((E, O), dtype=self.dtype)
+            self.params["b2"] = zeros_param((E, O), self.dtype)
         self.zero_grad()
 
     @property

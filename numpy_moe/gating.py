@@ -18,7 +18,7 @@ from typing import NamedTuple
 
 from . import functional as F
 from .backend import asarray, default_rng, get_array_module
-from .layers import Module, init_weight
+from .layers import Module, init_weight, zeros_param
 from .validation import check_positive_int
 
 CONVENTIONS = ("softmax_then_topk", "topk_then_softmax")
@@ -45,7 +45,7 @@ class SoftmaxGate(Module):
         self.n_experts = check_positive_int(n_experts, "n_experts")
         self.params["W"] = init_weight(default_rng(seed), in_features, n_experts,
                                        (in_features, n_experts), "glorot", self.dtype)
-        self.params["b"] = get_array_module().zeros(n_experts, dtype=self.dtype)
+        self.params["b"] = zeros_param(n_experts, self.dtype)
         self.zero_grad()
 
     def forward(self, x):
@@ -243,9 +243,9 @@ class TopKGate(Module):
         self.convention, self.noise, self.noise_std = convention, noise, float(noise_std)
         self.rng = default_rng(seed)
         self.params["W"] = init_weight(self.rng, D, E, (D, E), "glorot", self.dtype)
-        self.params["b"] = get_array_module().zeros(E, dtype=self.dtype)
+        self.params["b"] = zeros_param(E, self.dtype)
         if noise == "shazeer":
-            self.params["W_noise"] = get_array_module().zeros((D, E), dtype=self.dtype)
+            self.params["W_noise"] = zeros_param((D, E), self.dtype)
         self.zero_grad()
 
     def forward(self, x):
@@ -309,7 +309,7 @@ class ExpertChoiceGate(Module):
             raise ValueError(f"capacity_factor={capacity_factor!r} must be > 0")
         self.capacity_factor = float(capacity_factor)
         self.params["W"] = init_weight(default_rng(seed), D, E, (D, E), "glorot", self.dtype)
-        self.params["b"] = get_array_module().zeros(E, dtype=self.dtype)
+        self.params["b"] = zeros_param(E, self.dtype)
         self.zero_grad()
 
     def forward(self, x):

@@ -12,7 +12,7 @@ scatters column gradients back, summing where windows overlap.
 """
 from . import functional as F
 from .backend import asarray, default_rng, get_array_module, is_floating_dtype
-from .layers import Module, init_weight
+from .layers import Module, init_weight, ones_param, zeros_param
 from .validation import check_positive_int
 
 
@@ -102,7 +102,7 @@ class Conv2d(Module):
         self.stride = check_positive_int(stride, "stride")
         self.padding = check_positive_int(padding, "padding", minimum=0)
         self.params["W"] = init_weight(default_rng(seed), C * k * k, Fo, (Fo, C, k, k), "he", self.dtype)
-        self.params["b"] = get_array_module().zeros(Fo, dtype=self.dtype)
+        self.params["b"] = zeros_param(Fo, self.dtype)
         self.zero_grad()
 
     def forward(self, x):
@@ -204,9 +204,8 @@ class LayerNorm(Module):
         if not eps > 0:
             raise ValueError(f"eps={eps!r} must be > 0")
         self.eps = float(eps)
-        xp = get_array_module()
-        self.params["gamma"] = xp.ones(self.n_features, dtype=self.dtype)
-        self.params["beta"] = xp.zeros(self.n_features, dtype=self.dtype)
+        self.params["gamma"] = ones_param(self.n_features, self.dtype)
+        self.params["beta"] = zeros_param(self.n_features, self.dtype)
         self.zero_grad()
 
     def forward(self, x):

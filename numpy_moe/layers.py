@@ -11,12 +11,25 @@ Every module remembers the arguments it was constructed with: ``get_config()`` r
 ``Cls.from_config(config)`` builds the same architecture again (numpy_moe.io saves a model this way,
 as configuration plus parameters by dotted name, so a new Module subclass needs no extra code to be saved).
 
+Non-trainable state that training updates (a selection bias, running statistics) lives in ``buffers``,
+a dict beside ``params`` with no gradient: ``named_buffers()`` lists it, numpy_moe.io saves it, and
+``end_step()``, which the training loops call after every optimiser step in training mode, is where a
+module updates it (the default passes the call on to the children).
+
+Every parameter is created through :func:`init_weight`, :func:`zeros_param`, :func:`ones_param` or
+:func:`normal_param`. Each checks its size against the budget of :func:`parameter_budget` *before* it
+allocates anything, so numpy_moe.io can build a model from an untrusted configuration without a huge
+``hidden`` exhausting memory first.
+
 Initialisation is seeded: each layer takes ``seed`` (int or numpy Generator) and draws its weights
 in float64 from it, then casts to ``dtype``, so float32 and float64 models from the same seed start
 from the same weights up to rounding. He init (std sqrt(2 / fan_in)) for layers followed by ReLU,
 Glorot (std sqrt(2 / (fan_in + fan_out))) otherwise.
 """
+import contextlib
+import contextvars
 import inspect
+import math
 
 from . import functional as F
 from .backend import asarray, default_rng, get_array_module, result_dtype
@@ -66,6 +79,7 @@ class Module:
         self.dtype = result_dtype(dtype)
         self.params = {}
         self.grads = {}
+        self.buffers = {}
         self.training = True
 
     def forward(self, x):
@@ -107,6 +121,22 @@ class Module:
         for name, child in self.children():
             yield from child.named_grads(prefix + name + ".")
 
+    def named_buffers(self, prefix=""):
+        """Yield (dotted name, buffer array) for this module and all descendants (state without gradient)."""
+        for key, b in self.buffers.items():
+            yield prefix + key, b
+        for name, child in self.children():
+            yield from child.named_buffers(prefix + name + ".")
+
+    def end_step(self):
+        """Called by the training loops after each optimiser step in training mode: update ``buffers``.
+
+        The default passes the call on to the children; a module with state overrides it and calls
+        ``super().end_step()``.
+        """
+        for _, child in self.children():
+            child.end_step()
+
     @property
     def aux_loss(self):
         """Sum of the auxiliary losses of the last forward (0.0 for modules without one)."""
@@ -129,6 +159,58 @@ class Module:
         return sum(int(p.size) for _, p in self.named_parameters())
 
 
+_budget = contextvars.ContextVar("numpy_moe_parameter_budget", default=None)
+
+
+class ParameterBudgetError(ValueError):
+    """A module's parameters would exceed the budget of :func:`parameter_budget`."""
+
+
+@contextlib.contextmanager
+def parameter_budget(n_bytes):
+    """Within this block, modules may allocate at most ``n_bytes`` of parameters in all.
+
+    The parameter constructors (:func:`init_weight`, :func:`zeros_param`, ...) check each request before
+    allocating and raise :class:`ParameterBudgetError` when it does not fit. numpy_moe.io builds models
+    from files this way, with the bytes of the parameters the file actually holds as the budget.
+    """
+    token = _budget.set([int(n_bytes)])
+    try:
+        yield
+    finally:
+        _budget.reset(token)
+
+
+def _claim(shape, dtype):
+    """Charge a parameter of ``shape`` and ``dtype`` to the current budget, if any, before allocating it."""
+    left = _budget.get()
+    if left is None:
+        return
+    n_bytes = math.prod(int(s) for s in shape) * result_dtype(dtype).itemsize
+    if n_bytes > left[0]:
+        raise ParameterBudgetError(f"a parameter of shape {tuple(int(s) for s in shape)} ({n_bytes} bytes) does "
+                                   f"not fit in the {left[0]} bytes of parameters left in the budget")
+    left[0] -= n_bytes
+
+
+def zeros_param(shape, dtype):
+    """A parameter of zeros on the current backend (charged to the :func:`parameter_budget`)."""
+    _claim(shape, dtype)
+    return get_array_module().zeros(shape, dtype=dtype)
+
+
+def ones_param(shape, dtype):
+    """A parameter of ones on the current backend (charged to the :func:`parameter_budget`)."""
+    _claim(shape, dtype)
+    return get_array_module().ones(shape, dtype=dtype)
+
+
+def normal_param(rng, std, shape, dtype):
+    """``std`` times a standard normal draw from ``rng`` in float64, cast to ``dtype`` (budget-checked)."""
+    _claim(shape, dtype)
+    return asarray(std * rng.standard_normal(shape), dtype=dtype)
+
+
 def init_weight(rng, fan_in, fan_out, shape, init, dtype):
     """Draw a weight of ``shape`` in float64 from ``rng`` with He or Glorot scale, cast to ``dtype``."""
     if init == "he":
@@ -137,7 +219,7 @@ def init_weight(rng, fan_in, fan_out, shape, init, dtype):
         std = (2.0 / (fan_in + fan_out)) ** 0.5
     else:
         raise ValueError(f"init={init!r} must be 'he' or 'glorot'")
-    return asarray(rng.standard_normal(shape) * std, dtype=dtype)
+    return normal_param(rng, std, shape, dtype)
 
 
 class Linear(Module):
@@ -162,7 +244,7 @@ class Linear(Module):
         rng = default_rng(seed)
         self.params["W"] = init_weight(rng, in_features, out_features, (in_features, out_features),
                                        init, self.dtype)
-        self.params["b"] = get_array_module().zeros(out_features, dtype=self.dtype)
+        self.params["b"] = zeros_param(out_features, self.dtype)
         self.zero_grad()
 
     def forward(self, x):

@@ -1,8 +1,8 @@
 """The mini-batch training loop.
 
 ``fit(model, X, y, ...)`` shuffles with its own seeded Generator each epoch, runs forward, the data
-loss plus the model's auxiliary loss, backward and one optimiser step per batch, and returns a
-:class:`History`. A non-finite loss or gradient stops training with ``FloatingPointError`` *before*
+loss plus the model's auxiliary loss, backward, one optimiser step and ``model.end_step()`` (buffer
+updates) per batch, and returns a :class:`History`. A non-finite loss or gradient stops training with ``FloatingPointError`` *before*
 the step, so the weights are never overwritten with NaN.
 """
 import math
@@ -98,6 +98,7 @@ def fit(model, X, y, loss="cross_entropy", optimizer=None, epochs=10, batch_size
             model.backward(dout)
             _check_finite(model, value, epoch, b)
             optimizer.step(model)
+            model.end_step()  # state that is not a gradient (a selection bias) updates after the step
             total += value * len(idx)
             aux_total += aux * len(idx)
         optimizer.end_epoch()
