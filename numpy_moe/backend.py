@@ -118,8 +118,23 @@ def combine_rows(values, index, weight):
 
 
 def default_rng(seed=None):
-    """A ``numpy.random.Generator``: ``seed`` may be None, an int or a Generator (returned as is)."""
+    """A ``numpy.random.Generator``: ``seed`` may be None, an int >= 0 or a Generator (returned as is).
+
+    A SeedSequence or BitGenerator is accepted as NumPy accepts it; anything else is a TypeError naming
+    ``seed``.
+    """
+    if isinstance(seed, (numpy.random.Generator, numpy.random.SeedSequence, numpy.random.BitGenerator)):
+        return numpy.random.default_rng(seed)
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, numpy.integer))):
+        raise TypeError(f"seed={seed!r} must be None, an int >= 0 or a numpy.random.Generator")
+    if seed is not None and seed < 0:
+        raise ValueError(f"seed={seed!r} must be None, an int >= 0 or a numpy.random.Generator")
     return numpy.random.default_rng(seed)
+
+
+def is_sparse(a):
+    """True for a SciPy sparse matrix or array (which the layers do not take)."""
+    return scipy.sparse.issparse(a)
 
 
 def is_floating_dtype(dtype):
@@ -140,4 +155,7 @@ def result_dtype(dtype):
 
 _env = os.environ.get("NUMPY_MOE_BACKEND")
 if _env:
+    if _env not in _BACKENDS:
+        raise ValueError(f"the environment variable NUMPY_MOE_BACKEND={_env!r} must be one of {_BACKENDS} "
+                         "(lower case), or unset for NumPy")
     set_backend(_env)

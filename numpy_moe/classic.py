@@ -20,6 +20,7 @@ comparison only.
 ``fit_local_experts`` trains by SGD or FTRL (or any optimiser of numpy_moe.optim), one shuffled pass per
 epoch, and records per-epoch log-loss (base 2, as the seed plots) or MSE; ``train_epoch`` is one pass.
 """
+from . import divergence
 from . import functional as F
 from .backend import asarray, default_rng, get_array_module
 from .layers import Module, normal_param
@@ -234,12 +235,15 @@ def evaluate(model, X, y):
     return float(((out - R) ** 2).mean())
 
 
-def train_epoch(model, X, y, optimizer, batch_size=1, seed=None):
+def train_epoch(model, X, y, optimizer, batch_size=1, seed=None, epoch=1):
     """One shuffled pass over (X, y): compute_grads and one optimiser step per batch (a partial fit).
 
     X : (N, D). y : targets as for LocalExperts. optimizer : any numpy_moe.optim optimiser.
     batch_size : 1 is the seed's online rule. seed : int or numpy Generator for the shuffle.
-    The optimiser's per-epoch schedule is left to the caller (``optimizer.end_epoch()``).
+    epoch : the epoch's number, for the divergence message.
+    The optimiser's per-epoch schedule is left to the caller (``optimizer.end_epoch()``). A non-finite
+    update direction or weight raises FloatingPointError (numpy_moe.divergence, rules 1 and 2), the
+    direction before it is applied.
     """
     batch_size = check_positive_int(batch_size, "batch_size")
     X = check_input(X, model.n_features, model.dtype, "X")
@@ -247,10 +251,12 @@ def train_epoch(model, X, y, optimizer, batch_size=1, seed=None):
     y = y if hasattr(y, "ndim") else asarray(y)
     model._targets(y, N)  # validate once, before any step
     order = asarray(default_rng(seed).permutation(N))
-    for start in range(0, N, batch_size):
+    for b, start in enumerate(range(0, N, batch_size)):
         idx = order[start:start + batch_size]
         model.compute_grads(X[idx], y[idx])
+        divergence.check_step(model, None, epoch, b + 1)
         optimizer.step(model)
+        divergence.check_weights(model, epoch, b + 1)
         model.end_step()
 
 
@@ -268,15 +274,28 @@ def fit_local_experts(model, X, y, optimizer=None, epochs=50, batch_size=1, seed
     -------
     history : dict "train" (and "test" when X_test is given) -> list of epochs + 1 floats, entry 0
     before training: log-loss in bits (classification) or MSE (regression), see :func:`evaluate`.
+
+    Raises FloatingPointError when training diverges (numpy_moe.divergence; the growth rule compares
+    each epoch's training value with the first epoch's), after putting back the weights and optimiser
+    state of the end of the last complete epoch.
     """
     epochs = check_positive_int(epochs, "epochs")
     optimizer = SGD(lr=0.1, decay=0.99) if optimizer is None else optimizer
     rng = default_rng(seed)
     sets = {"train": (X, y)} if X_test is None else {"train": (X, y), "test": (X_test, y_test)}
     history = {name: [evaluate(model, *data)] for name, data in sets.items()}
-    for _ in range(epochs):
-        train_epoch(model, X, y, optimizer, batch_size, rng)
+    for epoch in range(1, epochs + 1):
+        saved = divergence.snapshot(model, optimizer)
+        try:
+            train_epoch(model, X, y, optimizer, batch_size, rng, epoch)
+            train_value = evaluate(model, X, y)
+            divergence.check_epoch(train_value, history["train"][1] if epoch > 1 else None, epoch)
+        except FloatingPointError as err:
+            divergence.restore(model, optimizer, saved)
+            raise FloatingPointError(f"{err}; the weights and optimiser state were put back as they were at the "
+                                     f"{'end of epoch ' + str(epoch - 1) if epoch > 1 else 'start'}: lower the "
+                                     "learning rate") from None
         optimizer.end_epoch()
         for name, data in sets.items():
-            history[name].append(evaluate(model, *data))
+            history[name].append(train_value if name == "train" else evaluate(model, *data))
     return history

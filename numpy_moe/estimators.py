@@ -30,6 +30,7 @@ the best validation epoch are kept: on small noisy data this both prevents overf
 With ``early_stopping=False`` the training loss is watched and the last weights are kept.
 Save a fitted estimator with :func:`numpy_moe.io.save`.
 """
+import copy
 import math
 import time
 
@@ -39,11 +40,13 @@ from sklearn.model_selection import train_test_split
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from . import train
+from . import divergence, train
 from .backend import asarray, default_rng, to_numpy
 from .classic import LocalExperts, train_epoch
+from .gating import NOISES
 from .moe import MoE
 from .optim import FTRL, SGD, Adam
+from .validation import check_real
 
 
 def _generator(random_state):
@@ -56,8 +59,45 @@ def _generator(random_state):
 
 
 def _positive_int(value, name):
-    if isinstance(value, bool) or not isinstance(value, (int, numpy.integer)) or value < 1:
+    if isinstance(value, bool) or not isinstance(value, (int, numpy.integer)):
+        raise TypeError(f"{name}={value!r} must be an integer >= 1, not a {type(value).__name__}")
+    if value < 1:
         raise ValueError(f"{name}={value!r} must be an integer >= 1")
+
+
+def _is_state(name):
+    """Fitted attributes and the private training state that fit and partial_fit change."""
+    return name.endswith("_") and not name.startswith("_") or name in ("_rng", "_optimizer")
+
+
+class _Transaction:
+    """``with _Transaction(est):`` puts ``est`` back as it was when an exception leaves the block.
+
+    The fitted state (attributes ending in ``_``, the random generator and the optimiser) is deep-copied on
+    entry; on an exception every state attribute is removed and the copies are put back, so an estimator
+    that was unfitted is unfitted again.
+    """
+
+    def __init__(self, est):
+        self.est = est
+        self.saved = copy.deepcopy({k: v for k, v in vars(est).items() if _is_state(k)})
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is not None:
+            state = vars(self.est)
+            for k in [k for k in state if _is_state(k)]:
+                del state[k]
+            state.update(self.saved)
+        return False
+
+
+def _check_number_list(values, name, max_len):
+    if not isinstance(values, list) or len(values) > max_len or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values):
+        raise TypeError(f"{name} must be a list of at most {max_len} finite numbers, found {values!r:.80}")
 
 
 class _Estimator(BaseEstimator):
@@ -70,20 +110,29 @@ class _Estimator(BaseEstimator):
     """
 
     def fit(self, X, y):
-        """Train from scratch on X (N, D) and y; returns self."""
-        self._check_params()
-        X, y = validate_data(self, X, y, dtype=numpy.float64, **self._y_checks)
-        return self._train(X, self._start(X, y, None), self.epochs, stop=True)
+        """Train from scratch on X (N, D) and y; returns self.
+
+        Transactional: when fit raises (bad input, divergence, an interrupt), the estimator is exactly as
+        it was before the call: a fitted one predicts as before, an unfitted one stays unfitted.
+        """
+        with self._transaction():
+            self._check_params()
+            X, y = validate_data(self, X, y, dtype=numpy.float64, **self._y_checks)
+            return self._train(X, self._start(X, y, None), self.epochs, stop=True)
 
     def _partial_fit(self, X, y, classes):
-        first = not hasattr(self, "model_")
-        if first:
-            self._check_params()
-        X, y = validate_data(self, X, y, reset=first, dtype=numpy.float64, **self._y_checks)
-        y = self._start(X, y, classes) if first else self._targets(y, False, classes)[0]
-        if not hasattr(self, "_optimizer"):  # a loaded estimator: optimiser state is not saved
-            self._rng, self._optimizer = _generator(self.random_state), self._new_optimizer()
-        return self._train(X, y, 1, stop=False)
+        with self._transaction():
+            first = not hasattr(self, "model_")
+            if first:
+                self._check_params()
+            X, y = validate_data(self, X, y, reset=first, dtype=numpy.float64, **self._y_checks)
+            y = self._start(X, y, classes) if first else self._targets(y, False, classes)[0]
+            if not hasattr(self, "_optimizer"):  # a loaded estimator: optimiser state is not saved
+                self._rng, self._optimizer = _generator(self.random_state), self._new_optimizer()
+            return self._train(X, y, 1, stop=False)
+
+    def _transaction(self):
+        return _Transaction(self)
 
     def _start(self, X, y, classes):
         """Fresh random state, model and optimiser, empty curves; returns the encoded targets."""
@@ -95,17 +144,65 @@ class _Estimator(BaseEstimator):
         return y
 
     def _check_params(self):
+        _positive_int(self.n_experts, "n_experts")
         _positive_int(self.epochs, "epochs")
         _positive_int(self.batch_size, "batch_size")
         _positive_int(self.n_iter_no_change, "n_iter_no_change")
-        if not 0 < self.validation_fraction < 1:
-            raise ValueError(f"validation_fraction={self.validation_fraction!r} must be in (0, 1)")
-        if not self.tol >= 0:
-            raise ValueError(f"tol={self.tol!r} must be >= 0")
-        if self.optimizer not in self._optimizers:
+        check_real(self.validation_fraction, "validation_fraction", 0, 1, low_open=True, high_open=True)
+        check_real(self.tol, "tol", 0)
+        if not isinstance(self.optimizer, str) or self.optimizer not in self._optimizers:
             raise ValueError(f"optimizer={self.optimizer!r} must be one of {self._optimizers}")
-        if self.learning_rate is not None and not self.learning_rate > 0:
-            raise ValueError(f"learning_rate={self.learning_rate!r} must be None or > 0")
+        if self.learning_rate is not None:
+            check_real(self.learning_rate, "learning_rate", 0, low_open=True)
+        for name in ("early_stopping", "verbose"):
+            if not isinstance(getattr(self, name), (bool, numpy.bool_)):
+                raise TypeError(f"{name}={getattr(self, name)!r} must be True or False")
+
+    def _check_fitted_state(self):
+        """Check parameters and fitted attributes for consistency (numpy_moe.io calls this on loading).
+
+        Raises TypeError / ValueError naming the attribute; an estimator with no fitted attribute passes.
+        """
+        self._check_params()
+        attrs = {k for k in vars(self) if k.endswith("_") and not k.startswith("_")}
+        if not attrs:
+            return
+        task = {"classes_"} if self._task == "classification" else {"n_outputs_"}
+        required = {"model_", "loss_curve_", "validation_loss_curve_", "n_iter_", "n_features_in_",
+                    "expert_usage_"} | task
+        missing, unknown = required - attrs, attrs - required - {"feature_names_in_"}
+        if missing or unknown:
+            raise ValueError(f"fitted attributes missing {sorted(missing)}, unknown {sorted(unknown)}")
+        n, n_iter = self.n_features_in_, self.n_iter_
+        for name, value in (("n_features_in_", n), ("n_iter_", n_iter)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < (name == "n_features_in_"):
+                raise TypeError(f"{name}={value!r:.80} must be a non-negative int")
+        model = self.model_
+        if type(model) is not self._model_class:
+            raise TypeError(f"model_ is a {type(model).__name__}; expected a {self._model_class.__name__}")
+        if self._task == "classification":
+            c = self.classes_
+            if not isinstance(c, numpy.ndarray) or c.ndim != 1 or len(c) < 2 or \
+                    not numpy.array_equal(numpy.unique(c), c):
+                raise ValueError(f"classes_={c!r:.80} must be a 1-D array of at least 2 sorted, distinct labels")
+            n_out = len(c)
+        else:
+            n_out = self.n_outputs_
+            if isinstance(n_out, bool) or not isinstance(n_out, int) or n_out < 1:
+                raise TypeError(f"n_outputs_={n_out!r:.80} must be a positive int")
+        dims = self._model_dims(model)
+        if dims != (n, n_out, self.n_experts):
+            raise ValueError(f"model_ maps {dims[0]} features to {dims[1]} outputs with {dims[2]} experts; the "
+                             f"estimator has n_features_in_={n}, {n_out} outputs, n_experts={self.n_experts}")
+        _check_number_list(self.loss_curve_, "loss_curve_", n_iter)
+        _check_number_list(self.validation_loss_curve_, "validation_loss_curve_", n_iter)
+        usage = self.expert_usage_
+        if not isinstance(usage, numpy.ndarray) or usage.shape != (self.n_experts,) or usage.dtype.kind != "f":
+            raise TypeError(f"expert_usage_ must be a float array of shape ({self.n_experts},)")
+        names = getattr(self, "feature_names_in_", None)
+        if names is not None and (not isinstance(names, numpy.ndarray) or names.shape != (n,) or
+                                  not all(isinstance(v, str) for v in names)):
+            raise TypeError(f"feature_names_in_ must be an array of {n} strings")
 
     def _train(self, X, y, epochs, stop):
         """Run up to ``epochs`` epochs; with ``stop`` apply the tol / n_iter_no_change rule."""
@@ -115,7 +212,15 @@ class _Estimator(BaseEstimator):
         best, bad, best_params = numpy.inf, 0, None
         for _ in range(epochs):
             t0 = time.perf_counter()
-            self.loss_curve_.append(self._epoch(X_fit, y_fit, self._rng))
+            try:
+                loss = self._epoch(X_fit, y_fit, self._rng, self.n_iter_ + 1)
+                divergence.check_epoch(loss, self.loss_curve_[0] if self.loss_curve_ else None, self.n_iter_ + 1)
+            except FloatingPointError as err:
+                raise FloatingPointError(
+                    f"{type(self).__name__}: {str(err).split('; ')[0]}. The estimator was left as it was before "
+                    "this call; lower learning_rate, or standardise X (and y for regression) with a "
+                    "StandardScaler") from None
+            self.loss_curve_.append(loss)
             self.n_iter_ += 1
             watched = self.loss_curve_[-1]
             if X_val is not None:
@@ -251,6 +356,27 @@ class _MoEModel(_Estimator):
         self.random_state = random_state
         self.verbose = verbose
 
+    def _check_params(self):
+        super()._check_params()
+        if self.hidden is not None:
+            _positive_int(self.hidden, "hidden")
+        if self.noise not in NOISES:
+            raise ValueError(f"noise={self.noise!r} must be one of {NOISES}")
+        if self.top_k is not None:
+            _positive_int(self.top_k, "top_k")
+            if self.top_k > self.n_experts:
+                raise ValueError(f"top_k={self.top_k!r} must be between 1 and n_experts={self.n_experts}")
+        elif self.balance or self.noise is not None:
+            raise ValueError(f"balance={self.balance!r} and noise={self.noise!r} need a sparse gate: pass top_k=K "
+                             f"(1 <= K <= n_experts) to {type(self).__name__}, or leave them at None")
+        check_real(self.balance_weight, "balance_weight", 0)
+
+    _model_class = MoE
+
+    @staticmethod
+    def _model_dims(model):
+        return model.in_features, model.out_features, model.n_experts
+
     def _new_optimizer(self):
         lr = self.learning_rate or self._learning_rates[self.optimizer]
         if self.optimizer == "adam":
@@ -259,8 +385,6 @@ class _MoEModel(_Estimator):
 
     def _build(self, n_features, n_outputs, rng):
         names = [self.balance] if isinstance(self.balance, str) else list(self.balance or [])
-        if not self.balance_weight >= 0:
-            raise ValueError(f"balance_weight={self.balance_weight!r} must be >= 0")
         return MoE(n_features, n_outputs, self.n_experts, hidden=self.hidden, seed=rng, top_k=self.top_k,
                    gate=self.gate, noise=self.noise, balance={name: self.balance_weight for name in names})
 
@@ -268,9 +392,12 @@ class _MoEModel(_Estimator):
     def _loss_name(self):
         return "cross_entropy" if self._task == "classification" else "mse"
 
-    def _epoch(self, X, y, rng):
-        return train.fit(self.model_, X, y, loss=self._loss_name, optimizer=self._optimizer, epochs=1,
-                         batch_size=self.batch_size, seed=rng).loss[0]
+    def _epoch(self, X, y, rng, epoch):
+        try:
+            return train.fit(self.model_, X, y, loss=self._loss_name, optimizer=self._optimizer, epochs=1,
+                             batch_size=self.batch_size, seed=rng).loss[0]
+        except FloatingPointError as err:  # train.fit counts this one epoch as its epoch 1
+            raise FloatingPointError(str(err).replace("at epoch 1", f"at epoch {epoch}", 1)) from None
 
     def _loss(self, X, y):
         return float(train.LOSSES[self._loss_name][0](train.predict(self.model_, X), asarray(y)))
@@ -351,6 +478,12 @@ class _LocalModel(_Estimator):
         self.random_state = random_state
         self.verbose = verbose
 
+    _model_class = LocalExperts
+
+    @staticmethod
+    def _model_dims(model):
+        return model.n_features, model.n_outputs, model.n_experts
+
     def _new_optimizer(self):
         lr = self.learning_rate or self._learning_rates[self.optimizer]
         return SGD(lr) if self.optimizer == "sgd" else FTRL(lr)
@@ -358,8 +491,8 @@ class _LocalModel(_Estimator):
     def _build(self, n_features, n_outputs, rng):
         return LocalExperts(n_features, n_outputs, self.n_experts, mode=self.mode, task=self._task, seed=rng)
 
-    def _epoch(self, X, y, rng):
-        train_epoch(self.model_, X, y, self._optimizer, self.batch_size, rng)
+    def _epoch(self, X, y, rng, epoch):
+        train_epoch(self.model_, X, y, self._optimizer, self.batch_size, rng, epoch)
         self._optimizer.end_epoch()
         return self._loss(X, y)
 

@@ -186,9 +186,10 @@ def _claim(shape, dtype):
     left = _budget.get()
     if left is None:
         return
-    n_bytes = math.prod(int(s) for s in shape) * result_dtype(dtype).itemsize
+    shape = (int(shape),) if isinstance(shape, int) else tuple(int(s) for s in shape)
+    n_bytes = math.prod(shape) * result_dtype(dtype).itemsize
     if n_bytes > left[0]:
-        raise ParameterBudgetError(f"a parameter of shape {tuple(int(s) for s in shape)} ({n_bytes} bytes) does "
+        raise ParameterBudgetError(f"a parameter of shape {shape} ({n_bytes} bytes) does "
                                    f"not fit in the {left[0]} bytes of parameters left in the budget")
     left[0] -= n_bytes
 

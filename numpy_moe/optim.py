@@ -6,15 +6,14 @@ by the dotted parameter name, so any Module (or anything exposing those two gene
 ``opt.end_epoch()`` applies per-epoch schedules (SGD's decay). MATH.md §6.
 """
 from .backend import get_array_module
+from .validation import check_real
 
 
 class Optimizer:
     """Base: ``step(model)`` calls ``update(name, param, grad)`` for every parameter."""
 
-    def __init__(self, lr):
-        if not lr > 0:
-            raise ValueError(f"lr={lr!r} must be > 0")
-        self.lr = float(lr)
+    def __init__(self, lr, name="lr"):
+        self.lr = check_real(lr, name, 0, low_open=True)  # finite: lr=inf turns every weight into NaN
         self.t = 0
 
     def step(self, model):
@@ -40,11 +39,8 @@ class SGD(Optimizer):
 
     def __init__(self, lr=0.01, momentum=0.0, decay=1.0):
         super().__init__(lr)
-        if not 0 <= momentum < 1:
-            raise ValueError(f"momentum={momentum!r} must be in [0, 1)")
-        if not 0 < decay <= 1:
-            raise ValueError(f"decay={decay!r} must be in (0, 1]")
-        self.momentum, self.decay = float(momentum), float(decay)
+        self.momentum = check_real(momentum, "momentum", 0, 1, high_open=True)
+        self.decay = check_real(decay, "decay", 0, 1, low_open=True)
         self.velocity = {}
 
     def update(self, name, p, g):
@@ -70,10 +66,9 @@ class Adam(Optimizer):
 
     def __init__(self, lr=0.001, beta1=0.9, beta2=0.999, eps=1e-8):
         super().__init__(lr)
-        for name, b in (("beta1", beta1), ("beta2", beta2)):
-            if not 0 <= b < 1:
-                raise ValueError(f"{name}={b!r} must be in [0, 1)")
-        self.beta1, self.beta2, self.eps = float(beta1), float(beta2), float(eps)
+        self.beta1 = check_real(beta1, "beta1", 0, 1, high_open=True)
+        self.beta2 = check_real(beta2, "beta2", 0, 1, high_open=True)
+        self.eps = check_real(eps, "eps", 0, low_open=True)
         self.m, self.v = {}, {}
 
     def update(self, name, p, g):
@@ -121,13 +116,9 @@ class FTRL(Optimizer):
     """
 
     def __init__(self, alpha=1.0, beta=0.2, l1=0.0, l2=0.0):
-        if not alpha > 0:
-            raise ValueError(f"alpha={alpha!r} must be > 0")
-        super().__init__(alpha)
-        for name, v in (("beta", beta), ("l1", l1), ("l2", l2)):
-            if not v >= 0:
-                raise ValueError(f"{name}={v!r} must be >= 0")
-        self.alpha, self.beta, self.l1, self.l2 = float(alpha), float(beta), float(l1), float(l2)
+        super().__init__(alpha, "alpha")
+        self.alpha = self.lr
+        self.beta, self.l1, self.l2 = (check_real(v, name, 0) for name, v in (("beta", beta), ("l1", l1), ("l2", l2)))
         self.z, self.n = {}, {}
 
     def update(self, name, p, g):

@@ -2,13 +2,17 @@
 
 ``fit(model, X, y, ...)`` shuffles with its own seeded Generator each epoch, runs forward, the data
 loss plus the model's auxiliary loss, backward, one optimiser step and ``model.end_step()`` (buffer
-updates) per batch, and returns a :class:`History`. A non-finite loss or gradient stops training with ``FloatingPointError`` *before*
-the step, so the weights are never overwritten with NaN.
+updates) per batch, and returns a :class:`History`.
+
+Divergence (the rule of numpy_moe.divergence: a non-finite loss, gradient or weight, or an epoch loss
+1000 times the first epoch's) stops training with ``FloatingPointError`` naming the epoch and the cause,
+after putting back the parameters, buffers and optimiser state of the end of the last complete epoch (of
+the start of ``fit`` when the first epoch diverges): ``fit`` never leaves NaN or inf weights behind.
 """
-import math
 import time
 from dataclasses import dataclass, field
 
+from . import divergence
 from . import functional as F
 from .backend import asarray, default_rng, get_array_module
 from .optim import Adam
@@ -86,21 +90,15 @@ def fit(model, X, y, loss="cross_entropy", optimizer=None, epochs=10, batch_size
     model.train()
     for epoch in range(epochs):
         t0 = time.perf_counter()
-        order = asarray(rng.permutation(N))
-        total = aux_total = 0.0
-        for b, start in enumerate(range(0, N, batch_size)):
-            idx = order[start:start + batch_size]
-            xb, yb = X[idx], y[idx]
-            out = model.forward(xb)
-            aux = float(model.aux_loss)
-            value = loss_f(out, yb) + aux
-            dout = loss_b(out, yb)
-            model.backward(dout)
-            _check_finite(model, value, epoch, b)
-            optimizer.step(model)
-            model.end_step()  # state that is not a gradient (a selection bias) updates after the step
-            total += value * len(idx)
-            aux_total += aux * len(idx)
+        saved = divergence.snapshot(model, optimizer)
+        try:
+            total, aux_total = _epoch(model, X, y, loss_f, loss_b, optimizer, batch_size, rng, epoch + 1)
+            divergence.check_epoch(total / N, history.loss[0] if history.loss else None, epoch + 1)
+        except FloatingPointError as err:
+            divergence.restore(model, optimizer, saved)
+            kept = f"the end of epoch {epoch}" if epoch else "the start of fit"
+            raise FloatingPointError(f"{err}; the weights, buffers and optimiser state were put back as they were "
+                                     f"at {kept}: lower the learning rate or standardise the inputs") from None
         optimizer.end_epoch()
         history.loss.append(total / N)
         history.aux_loss.append(aux_total / N)
@@ -116,11 +114,23 @@ def fit(model, X, y, loss="cross_entropy", optimizer=None, epochs=10, batch_size
     return history
 
 
-def _check_finite(model, value, epoch, batch):
-    """Raise FloatingPointError if the loss or any gradient is NaN/inf (before the step applies it)."""
-    bad = [name for name, g in model.named_grads() if not bool(get_array_module(g).isfinite(g).all())]
-    if not math.isfinite(value) or bad:
-        where = f"epoch {epoch + 1}, batch {batch + 1}"
-        what = f"loss={value}" + (f", non-finite gradients in {bad[:3]}" if bad else "")
-        raise FloatingPointError(f"training diverged at {where} ({what}); the weights were left as they "
-                                 "were before this step: lower the learning rate or standardise the inputs")
+def _epoch(model, X, y, loss_f, loss_b, optimizer, batch_size, rng, epoch):
+    """One shuffled pass; returns the sums over samples of the batch loss and of the aux loss."""
+    N = X.shape[0]
+    order = asarray(rng.permutation(N))
+    total = aux_total = 0.0
+    for b, start in enumerate(range(0, N, batch_size)):
+        idx = order[start:start + batch_size]
+        xb, yb = X[idx], y[idx]
+        out = model.forward(xb)
+        aux = float(model.aux_loss)
+        value = float(loss_f(out, yb)) + aux
+        model.backward(loss_b(out, yb))
+        divergence.check_step(model, value, epoch, b + 1)
+        optimizer.step(model)
+        divergence.check_weights(model, epoch, b + 1)
+        model.end_step()  # state that is not a gradient (a selection bias) updates after the step
+        total += value * len(idx)
+        aux_total += aux * len(idx)
+    return total, aux_total
+

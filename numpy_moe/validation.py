@@ -2,7 +2,10 @@
 
 Layers call :func:`check_input` on what a user hands them; internal calls between modules skip it.
 """
-from .backend import asarray, get_array_module, is_floating_dtype
+import math
+import numbers
+
+from .backend import asarray, get_array_module, is_floating_dtype, is_sparse
 
 
 def check_input(x, n_features, dtype, name="x"):
@@ -15,8 +18,13 @@ def check_input(x, n_features, dtype, name="x"):
     dtype : the dtype to convert to (the module's parameter dtype).
     name : the argument's name, for the error message.
     """
+    if is_sparse(x):
+        raise TypeError(f"{name} is a sparse matrix ({type(x).__name__}); numpy_moe layers take dense arrays: "
+                        f"pass {name}.toarray()")
     x = asarray(x)  # onto the current backend (a NumPy array is copied to the GPU under CuPy)
     xp = get_array_module(x)
+    if x.dtype.kind == "O":
+        raise TypeError(f"{name} has dtype object; expected a floating dtype (float32 or float64)")
     if not is_floating_dtype(x.dtype):
         raise TypeError(f"{name} has dtype {x.dtype}; expected a floating dtype (float32 or float64)")
     if x.ndim != 2:
@@ -24,9 +32,13 @@ def check_input(x, n_features, dtype, name="x"):
     if n_features is not None and x.shape[1] != n_features:
         raise ValueError(f"{name} has {x.shape[1]} features (shape {tuple(x.shape)}); "
                          f"expected {n_features}")
-    if not bool(xp.isfinite(x).all()):
+    cast = xp.asarray(x, dtype=dtype)
+    if not bool(xp.isfinite(cast).all()):  # checked after the cast: 1e39 is finite in float64, inf in float32
+        if bool(xp.isfinite(x).all()):
+            raise ValueError(f"{name} has values up to {float(xp.abs(x).max()):.3g} that overflow the layer's "
+                             f"dtype {xp.dtype(dtype).name}; rescale the inputs or use float64")
         raise ValueError(f"{name} contains NaN or inf; expected finite values")
-    return xp.asarray(x, dtype=dtype)
+    return cast
 
 
 def check_positive_int(value, name, minimum=1):
@@ -36,6 +48,26 @@ def check_positive_int(value, name, minimum=1):
     if value < minimum:
         raise ValueError(f"{name}={value} must be an integer >= {minimum}")
     return int(value)
+
+
+def check_real(value, name, low=None, high=None, low_open=False, high_open=False):
+    """Return ``value`` as a finite float in the given range; TypeError / ValueError naming ``name`` otherwise.
+
+    low, high : bounds (None: unbounded); low_open, high_open : exclude the bound itself.
+    """
+    if low is not None and high is not None:
+        expected = f"a finite number in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+    elif low is not None:
+        expected = f"a finite number {'>' if low_open else '>='} {low}"
+    else:
+        expected = "a finite number"
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name}={value!r} must be {expected}, not a {type(value).__name__}")
+    x = float(value)
+    if not math.isfinite(x) or (low is not None and (x <= low if low_open else x < low)) or \
+            (high is not None and (x >= high if high_open else x > high)):
+        raise ValueError(f"{name}={value!r} must be {expected}")
+    return x
 
 
 def check_labels(y, n_classes, n_samples, name="y"):

@@ -17,7 +17,21 @@ ESTIMATORS = [MoEClassifier(), MoERegressor(), LocalExpertsClassifier(), LocalEx
               MoEClassifier(top_k=2, gate="topk_then_softmax", noise="shazeer", balance=("importance", "load"))]
 
 
-@parametrize_with_checks(ESTIMATORS)
+# The classic rule is LMS: SGD on a linear expert is stable only for lr |x|^2 < 2. These checks fit raw
+# inputs with |x|^2 up to 2e4 (X ~ N(100, 1), iris, 3 U(0, 1) in 10 dimensions), where the default lr = 0.5
+# diverges, and the divergence rule (numpy_moe.divergence) makes fit raise instead of returning garbage.
+_LMS_DIVERGES = ("LocalExpertsRegressor's SGD rule diverges on these unstandardised inputs (lr |x|^2 >> 2), so "
+                 "fit raises FloatingPointError by design; test_local_experts_regressor_diverges_on_raw_inputs")
+_EXPECTED_FAILURES = {name: _LMS_DIVERGES for name in (
+    "check_positive_only_tag_during_fit", "check_fit2d_1sample", "check_fit_idempotent",
+    "check_fit_check_is_fitted", "check_n_features_in")}
+
+
+def _expected_failures(estimator):
+    return _EXPECTED_FAILURES if isinstance(estimator, LocalExpertsRegressor) else {}
+
+
+@parametrize_with_checks(ESTIMATORS, expected_failed_checks=_expected_failures, xfail_strict=True)
 def test_sklearn_compatible(estimator, check):
     check(estimator)
 
@@ -169,10 +183,12 @@ def test_regressor_fits_several_outputs(rng):
     ("epochs", 0, "epochs=0 must be an integer >= 1"),
     ("batch_size", 2.5, "batch_size=2.5 must be an integer >= 1"),
     ("n_iter_no_change", True, "n_iter_no_change=True must be an integer >= 1"),
-    ("validation_fraction", 1.0, r"validation_fraction=1.0 must be in \(0, 1\)"),
-    ("tol", -1, "tol=-1 must be >= 0"),
+    ("validation_fraction", 1.0, r"validation_fraction=1.0 must be a finite number in \(0, 1\)"),
+    ("tol", -1, "tol=-1 must be a finite number >= 0"),
     ("optimizer", "rmsprop", "optimizer='rmsprop' must be one of"),
-    ("learning_rate", 0, "learning_rate=0 must be None or > 0"),
+    ("learning_rate", 0, "learning_rate=0 must be a finite number > 0"),
+    ("learning_rate", "0.1", "learning_rate='0.1' must be a finite number > 0, not a str"),
+    ("learning_rate", float("inf"), "learning_rate=inf must be a finite number > 0"),
     ("random_state", "seed", "random_state='seed' must be None, an int"),
     ("n_experts", 0, "n_experts=0 must be an integer >= 1"),
     ("hidden", -3, "hidden=-3 must be an integer >= 1"),
@@ -181,7 +197,7 @@ def test_regressor_fits_several_outputs(rng):
     ("noise", "gaussian", "noise='gaussian' must be one of"),
     ("noise", "vmoe", "noise='vmoe'.* need a sparse gate: pass top_k=K"),
     ("balance", "entropy", "balance has unknown loss 'entropy'"),
-    ("balance_weight", -0.1, "balance_weight=-0.1 must be >= 0"),
+    ("balance_weight", -0.1, "balance_weight=-0.1 must be a finite number >= 0"),
 ])
 def test_bad_parameters_are_named_when_fitting(param, value, message):
     X, y = np.zeros((4, 2)), np.array([0, 1, 0, 1])

@@ -20,6 +20,7 @@ def perturbed(model, rng):
     return model
 
 
+@io.register
 class Residual(Module):
     """A model class defined outside the package: y = x + mlp(x). io must save it with no extra code."""
 
@@ -91,30 +92,42 @@ def test_loading_into_another_architecture_raises_and_leaves_the_model_untouched
     assert all(np.array_equal(p, before[k]) for k, p in model.named_parameters())
 
 
-def test_parameters_that_do_not_match_the_stored_configuration_are_rejected(tmp_path):
-    io.save(MoE(5, 3, n_experts=4, seed=0), tmp_path / "m.npz")
-    with np.load(tmp_path / "m.npz") as npz:
+def rewrite(path, out, change):
+    """Copy the .npz ``path`` to ``out`` with ``change(entries, meta)`` applied to its entries and metadata."""
+    with np.load(path) as npz:
         entries = dict(npz)
-    entries["gate.W"] = entries["gate.W"][:, :3]  # a gate for 3 experts in a 4-expert file
-    del entries["experts.b"]
-    np.savez(tmp_path / "bad.npz", **entries)
-    with pytest.raises(ValueError, match=r"missing from the file \['experts.b'\]"):
-        io.load(tmp_path / "bad.npz")
-    entries["experts.b"] = np.zeros((4, 3))
-    np.savez(tmp_path / "bad.npz", **entries)
-    with pytest.raises(ValueError, match=r"'gate.W' is float64\[5, 3\] in the file; the model expects float64\[5, 4\]"):
-        io.load(tmp_path / "bad.npz")
+    meta = json.loads(str(entries["__meta__"]))
+    change(entries, meta)
+    entries["__meta__"] = np.array(json.dumps(meta))
+    np.savez(out, **entries)
+    return out
+
+
+def test_parameters_that_do_not_match_the_stored_configuration_are_rejected(tmp_path):
+    path = io.save(MoE(5, 3, n_experts=4, seed=0), tmp_path / "m.npz")
+    renamed = rewrite(path, tmp_path / "renamed.npz", lambda e, m: e.update({"experts.bias": e.pop("experts.b")}))
+    with pytest.raises(ValueError, match=r"missing from the file \['experts.b'\], parameters the model does not "
+                                         r"have \['experts.bias'\]"):
+        io.load(renamed)
+    transposed = rewrite(path, tmp_path / "t.npz", lambda e, m: e.update({"gate.W": e["gate.W"].T.copy()}))
+    with pytest.raises(ValueError, match=r"'gate.W' is float64\[4, 5\] in the file; the model expects float64\[5, 4\]"):
+        io.load(transposed)
+    smaller = rewrite(path, tmp_path / "s.npz", lambda e, m: e.update({"gate.W": e["gate.W"][:, :3].copy()}))
+    with pytest.raises(ValueError, match=r"configuration of numpy_moe.moe:MoE needs more parameters than the file "
+                                         r"holds"):
+        io.load(smaller)
 
 
 def test_truncated_and_corrupt_files_raise_a_clear_error(tmp_path):
     data = (io.save(MoE(5, 3, n_experts=4, hidden=7, seed=0), tmp_path / "m.npz")).read_bytes()
     (tmp_path / "cut.npz").write_bytes(data[: len(data) // 2])
-    with pytest.raises(ValueError, match="not a complete numpy-moe .npz file"):
+    with pytest.raises(ValueError, match="cut.npz is not a valid numpy-moe .npz file: not a zip archive"):
         io.load(tmp_path / "cut.npz")
     flipped = bytearray(data)
     flipped[len(data) // 3] ^= 0xFF  # one byte inside an array: the zip checksum no longer matches
     (tmp_path / "flip.npz").write_bytes(bytes(flipped))
-    with pytest.raises(ValueError, match="not a complete numpy-moe .npz file"):
+    with pytest.raises(ValueError, match=r"flip.npz is not a valid numpy-moe .npz file: entry '.*' (cannot be read|has no readable "
+                                         r"array header).*Bad CRC-32"):
         io.load(tmp_path / "flip.npz")
     np.savez(tmp_path / "plain.npz", W=np.zeros(3))
     with pytest.raises(ValueError, match="not a numpy-moe model: it has no __meta__ entry"):
@@ -123,12 +136,18 @@ def test_truncated_and_corrupt_files_raise_a_clear_error(tmp_path):
 
 def test_a_file_with_nan_weights_is_refused(tmp_path):
     model = MoE(5, 3, n_experts=4, hidden=7, seed=0)
-    model.experts.params["W2"][1, 2, 0] = np.nan
-    io.save(model, tmp_path / "nan.npz")
+    path = io.save(model, tmp_path / "m.npz")
+
+    def poison(entries, meta):
+        entries["experts.W2"][1, 2, 0] = np.nan
+    rewrite(path, tmp_path / "nan.npz", poison)
     with pytest.raises(ValueError, match=r"parameter 'experts.W2' contains NaN or inf \(1 of its values\)"):
         io.load(tmp_path / "nan.npz")
+    target = MoE(5, 3, n_experts=4, hidden=7, seed=1)
+    before = {k: p.copy() for k, p in target.named_parameters()}
     with pytest.raises(ValueError, match="experts.W2' contains NaN"):
-        io.load_into(MoE(5, 3, n_experts=4, hidden=7), tmp_path / "nan.npz")
+        io.load_into(target, tmp_path / "nan.npz")
+    assert all(np.array_equal(p, before[k]) for k, p in target.named_parameters())
 
 
 def test_same_parameters_but_another_gate_convention_is_another_architecture(tmp_path):
@@ -142,14 +161,9 @@ def test_unknown_classes_and_unsavable_objects(tmp_path):
         io.save({"W": np.zeros(2)}, tmp_path / "x.npz")
     with pytest.raises(TypeError, match=r"cannot save config\['balance'\]\[0\]=Importance"):
         io.save(MoE(5, 3, 4, top_k=2, balance=[Importance(0.01)]), tmp_path / "x.npz")
-    io.save(Linear(2, 2, seed=0), tmp_path / "lin.npz")
-    with np.load(tmp_path / "lin.npz") as npz:
-        entries = dict(npz)
-    meta = json.loads(str(entries["__meta__"]))
-    meta["object"]["class"] = "numpy_moe.layers:NoSuchLayer"
-    entries["__meta__"] = np.array(json.dumps(meta))
-    np.savez(tmp_path / "unknown.npz", **entries)
-    with pytest.raises(ValueError, match="holds a numpy_moe.layers:NoSuchLayer, which is not defined here"):
+    path = io.save(Linear(2, 2, seed=0), tmp_path / "lin.npz")
+    rewrite(path, tmp_path / "unknown.npz", lambda e, m: m["object"].update({"class": "numpy_moe.layers:NoSuch"}))
+    with pytest.raises(ValueError, match=r"unknown.npz: object: class 'numpy_moe.layers:NoSuch' is not registered"):
         io.load(tmp_path / "unknown.npz")
 
 

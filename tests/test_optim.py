@@ -61,10 +61,12 @@ def test_state_is_keyed_by_parameter_name():
 
 
 @pytest.mark.parametrize("make,pattern", [
-    (lambda: SGD(0), "lr=0 must be > 0"),
-    (lambda: SGD(0.1, momentum=1.0), r"momentum=1.0 must be in \[0, 1\)"),
-    (lambda: SGD(0.1, decay=0), r"decay=0 must be in \(0, 1\]"),
-    (lambda: Adam(0.1, beta1=1.2), r"beta1=1.2 must be in \[0, 1\)"),
+    (lambda: SGD(0), "lr=0 must be a finite number > 0"),
+    (lambda: SGD(0.1, momentum=1.0), r"momentum=1.0 must be a finite number in \[0, 1\)"),
+    (lambda: SGD(0.1, decay=0), r"decay=0 must be a finite number in \(0, 1\]"),
+    (lambda: Adam(0.1, beta1=1.2), r"beta1=1.2 must be a finite number in \[0, 1\)"),
+    (lambda: Adam(float("inf")), r"lr=inf must be a finite number > 0"),
+    (lambda: SGD(float("nan")), r"lr=nan must be a finite number > 0"),
 ])
 def test_bad_hyperparameters(make, pattern):
     with pytest.raises(ValueError, match=pattern):

@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 
+from numpy_moe.layers import Linear
 from numpy_moe.moe import MoE
 from numpy_moe.optim import SGD, Adam
 from numpy_moe.train import fit, predict
@@ -42,25 +43,69 @@ def test_same_seed_gives_bit_identical_training(rng):
     assert np.array_equal(outs[0], outs[1])
 
 
-class RecordingSGD(SGD):
-    """SGD that remembers the weights as they were after its last completed step."""
-
-    def step(self, model):
-        super().step(model)
-        self.last = {n: p.copy() for n, p in model.named_parameters()}
-
-
 @pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning", "ignore:invalid value:RuntimeWarning")
-def test_divergence_raises_and_leaves_the_last_finite_weights(rng):
+def test_divergence_in_the_first_epoch_puts_back_the_weights_fit_started_from(rng):
     X, y = blobs(rng)
     X = X * 1e300  # huge inputs: an SGD step at lr 10 sends the next batch's loss to NaN
     model = MoE(2, 3, n_experts=2, hidden=4, seed=0)
-    opt = RecordingSGD(10.0)
-    with pytest.raises(FloatingPointError, match=r"training diverged at epoch 1, batch \d+ \(loss=nan"):
+    start = {n: p.copy() for n, p in model.named_parameters()}
+    opt = SGD(10.0, momentum=0.5)
+    with pytest.raises(FloatingPointError, match=r"training diverged at epoch 1, batch \d+: loss=nan.*put back "
+                                                 r"as they were at the start of fit"):
         fit(model, X, y, optimizer=opt, epochs=5, batch_size=16, seed=0)
     for name, p in model.named_parameters():
-        assert np.isfinite(p).all(), name
-        assert np.array_equal(p, opt.last[name]), f"{name} was changed by the diverging step"
+        assert np.array_equal(p, start[name]), f"{name} was not put back"
+    assert opt.t == 0 and opt.velocity == {}, "the optimiser state was not put back"
+
+
+@pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning", "ignore:invalid value:RuntimeWarning")
+def test_divergence_in_a_later_epoch_puts_back_the_end_of_the_last_good_epoch(rng):
+    X, y = blobs(rng)
+    model = MoE(2, 3, n_experts=2, hidden=4, seed=0)
+    kept = {}
+
+    def blow_up(epoch, model, history):  # after epoch 2 is recorded, make every later gradient huge
+        kept.update({n: p.copy() for n, p in model.named_parameters()})
+        if epoch == 1:
+            X[:] *= 1e300
+    opt = SGD(10.0)
+    with pytest.raises(FloatingPointError, match=r"at epoch 3, batch \d+.*as they were at the end of epoch 2"):
+        fit(model, X, y, optimizer=opt, epochs=5, batch_size=16, seed=0, callback=blow_up)
+    for name, p in model.named_parameters():
+        assert np.array_equal(p, kept[name]), f"{name} is not the end-of-epoch-2 weight"
+
+
+class Exploding(Linear):
+    """A linear model whose gradients are multiplied by ``scale``: finite, but a step makes weights inf."""
+
+    def backward(self, dy):
+        dx = super().backward(dy)
+        for k in self.grads:
+            self.grads[k] = self.grads[k] * 1e300
+        return dx
+
+
+def test_a_step_that_makes_the_weights_non_finite_is_caught(rng):
+    X, y = blobs(rng)
+    model = Exploding(2, 3, seed=0)
+    start = {n: p.copy() for n, p in model.named_parameters()}
+    with pytest.raises(FloatingPointError, match=r"epoch 1, batch 1: the optimiser step made weights \['W'"):
+        with np.errstate(over="ignore"):
+            fit(model, X, y, optimizer=SGD(1e10), epochs=2, batch_size=16, seed=0)
+    assert all(np.array_equal(p, start[n]) for n, p in model.named_parameters())
+
+
+def test_a_growing_loss_is_divergence(rng):
+    """Rule 3: an epoch loss 1000 times the first epoch's (here MSE on targets that jump by 1e3)."""
+    X = rng.standard_normal((64, 2))
+    y = rng.standard_normal((64, 1))
+    model = Linear(2, 1, seed=0)
+
+    def jump(epoch, model, history):
+        if epoch == 0:
+            y[:] *= 1e3  # the targets the closure shares with fit: epoch 2's MSE is ~1e6 times epoch 1's
+    with pytest.raises(FloatingPointError, match=r"at epoch 2: the training loss .* is more than 1000 times"):
+        fit(model, X, y, loss="mse", optimizer=SGD(1e-3), epochs=3, batch_size=64, seed=0, callback=jump)
 
 
 @pytest.mark.parametrize("kwargs,error,pattern", [

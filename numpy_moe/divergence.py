@@ -1,0 +1,71 @@
+"""The divergence rule shared by every training loop: train.fit, the classic trainer and the estimators.
+
+Training has diverged, and stops with ``FloatingPointError`` naming the epoch and the cause, when
+
+1. the loss of a batch is NaN or inf, or a gradient holds NaN or inf (checked *before* the optimiser
+   step, so that step is never applied);
+2. a weight is NaN or inf after an optimiser step (a finite gradient times a huge learning rate);
+3. the training loss of an epoch exceeds ``GROWTH_FACTOR`` (1000) times the training loss of the first
+   epoch, or 1000 when the first epoch's loss is below 1 (a loss that was already near 0 may wander by
+   rounding without having diverged).
+
+Each loop then puts back a state from before the divergence (see its docstring): no loop returns, or
+leaves behind, a model with non-finite weights.
+"""
+import copy
+import math
+
+from .backend import get_array_module
+
+GROWTH_FACTOR = 1000.0
+
+
+def _non_finite(named_arrays):
+    return [name for name, a in named_arrays if not bool(get_array_module(a).isfinite(a).all())]
+
+
+def check_step(model, loss, epoch, batch):
+    """Rule 1: raise if the batch's ``loss`` or a gradient of ``model`` is not finite (before the step).
+
+    ``loss`` may be None for trainers that do not compute it per batch (the classic update rules).
+    """
+    bad = _non_finite(model.named_grads())
+    if bad or (loss is not None and not math.isfinite(loss)):
+        what = (f"loss={loss}" if loss is not None else "") + (", " if loss is not None and bad else "")
+        what += f"non-finite gradients in {bad[:3]}" if bad else ""
+        raise FloatingPointError(f"training diverged at epoch {epoch}, batch {batch}: {what}")
+
+
+def check_weights(model, epoch, batch):
+    """Rule 2: raise if a parameter of ``model`` is not finite after the optimiser step."""
+    bad = _non_finite(model.named_parameters())
+    if bad:
+        raise FloatingPointError(f"training diverged at epoch {epoch}, batch {batch}: the optimiser step made "
+                                 f"weights {bad[:3]} NaN or inf (learning rate too large?)")
+
+
+def check_epoch(loss, first, epoch):
+    """Rule 3 (and rule 1 for the epoch's loss): raise if ``loss`` is not finite or has grown more than
+    GROWTH_FACTOR times ``first``, the first epoch's training loss (None while there is none)."""
+    if not math.isfinite(loss):
+        raise FloatingPointError(f"training diverged at epoch {epoch}: the training loss is {loss}")
+    if first is not None and loss > GROWTH_FACTOR * max(first, 1.0):
+        raise FloatingPointError(f"training diverged at epoch {epoch}: the training loss {loss:.4g} is more than "
+                                 f"{GROWTH_FACTOR:g} times the first epoch's {first:.4g}")
+
+
+def snapshot(model, optimizer):
+    """Copies of ``model``'s parameters and buffers and of the optimiser's state, for :func:`restore`."""
+    return ([p.copy() for _, p in model.named_parameters()], [b.copy() for _, b in model.named_buffers()],
+            copy.deepcopy(vars(optimizer)))
+
+
+def restore(model, optimizer, saved):
+    """Put back a :func:`snapshot` (in place: the arrays the model holds keep their identity)."""
+    params, buffers, state = saved
+    for (_, p), old in zip(model.named_parameters(), params):
+        p[...] = old
+    for (_, b), old in zip(model.named_buffers(), buffers):
+        b[...] = old
+    vars(optimizer).clear()
+    vars(optimizer).update(state)

@@ -1,0 +1,182 @@
+"""The ``.npz`` container: an atomic writer, and a reader that checks every size before it decompresses.
+
+Writing goes to a temporary file in the target's directory, which is flushed, synced to disk and then
+renamed over the target (``os.replace``, atomic on POSIX and Windows): a save that fails for any reason
+(a full disk, a file-size limit, Ctrl-C) leaves the previous file byte-identical and no temporary file
+behind.
+
+Reading never trusts the archive. :class:`Archive` lists the entries from the zip directory, reads each
+entry's ``.npy`` header (a few hundred bytes) and refuses the file, before decompressing any data, when an
+entry is not a plain array (object arrays would need pickle), when the arrays' sizes add up to more than
+``max_bytes``, or when the directory is malformed. Array data are decompressed only by :meth:`Archive.read`,
+which reads exactly the bytes the header announced: a deflated entry that expands to gigabytes costs no
+more memory than its header's shape.
+"""
+import math
+import os
+import tempfile
+import zipfile
+
+import numpy
+from numpy.lib import format as npy_format
+
+MAX_ENTRIES = 100_000
+MAX_META_BYTES = 64 * 2 ** 20
+_ALLOWED_KINDS = "biufcUS"  # bool, integers, floats, complex, str, bytes: never object, void or datetime
+
+
+class FileError(ValueError):
+    """A numpy-moe file that cannot be read: the message names the file and what is wrong."""
+
+
+class Archive:
+    """The entries of an ``.npz`` file with their headers, opened for bounded reading.
+
+    Parameters
+    ----------
+    path : the file. max_bytes : the most bytes the arrays of the file may take in memory, all together.
+
+    Attributes
+    ----------
+    headers : {entry name without ``.npy``: (shape, dtype)} for every entry.
+    n_bytes : {entry name: bytes of the array in memory}.
+    """
+
+    def __init__(self, path, max_bytes):
+        self.path = path
+        if os.path.isdir(path):
+            raise FileError(f"{path} is a directory, not a numpy-moe file")
+        self._file = open(path, "rb")  # FileNotFoundError and PermissionError stay what they are
+        try:
+            self._open(max_bytes)
+        except BaseException:
+            self._file.close()
+            raise
+
+    def _error(self, what):
+        return FileError(f"{self.path} is not a valid numpy-moe .npz file: {what}")
+
+    def _open(self, max_bytes):
+        try:
+            self._zip = zipfile.ZipFile(self._file)
+            infos = self._zip.infolist()
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError) as err:
+            raise self._error(f"not a zip archive ({err}); truncated or corrupt?") from err
+        if len(infos) > MAX_ENTRIES:
+            raise self._error(f"{len(infos)} entries, more than the {MAX_ENTRIES} allowed")
+        self._infos, self.headers, self.n_bytes = {}, {}, {}
+        for info in infos:
+            name = info.filename
+            if not name.endswith(".npy") or name[:-4] in self._infos:
+                raise self._error(f"entry {name!r} is not a uniquely named .npy array")
+            self._infos[name[:-4]] = info
+        total = 0
+        for name, info in self._infos.items():
+            shape, dtype = self._header(name, info)
+            size = math.prod(shape) * dtype.itemsize
+            total += size
+            if total > max_bytes:
+                raise FileError(f"{self.path}: its arrays take more than max_bytes={max_bytes} bytes in memory "
+                                f"(entry {name!r} alone is {shape} {dtype}, {size} bytes); refusing to load it. "
+                                "Pass a larger max_bytes if you trust the file")
+            self.headers[name], self.n_bytes[name] = (shape, dtype), size
+
+    def _header(self, name, info):
+        """(shape, dtype) from the ``.npy`` header of one entry, without reading its data."""
+        try:
+            with self._zip.open(info) as fp:
+                version = npy_format.read_magic(fp)
+                if version == (1, 0):
+                    shape, _, dtype = npy_format.read_array_header_1_0(fp, max_header_size=10_000)
+                elif version == (2, 0):
+                    shape, _, dtype = npy_format.read_array_header_2_0(fp, max_header_size=10_000)
+                else:
+                    raise ValueError(f".npy format version {version} is not supported")
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError, RuntimeError,
+                SyntaxError, TypeError) as err:
+            raise self._error(f"entry {name!r} has no readable array header ({err})") from err
+        if dtype.kind not in _ALLOWED_KINDS or dtype.hasobject or dtype.fields is not None:
+            raise self._error(f"entry {name!r} has dtype {dtype}; only plain numeric and string arrays are "
+                              "allowed (never pickled objects)")
+        return tuple(int(s) for s in shape), dtype
+
+    def read(self, name):
+        """The array ``name`` (already checked against ``max_bytes``), decompressed and CRC-checked."""
+        try:
+            with self._zip.open(self._infos[name]) as fp:
+                array = npy_format.read_array(fp, allow_pickle=False, max_header_size=10_000)
+                if fp.read(1):
+                    raise ValueError("data beyond the array its header describes")
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError, RuntimeError) as err:
+            raise self._error(f"entry {name!r} cannot be read ({err}); truncated or corrupt?") from err
+        return array
+
+    def read_meta(self):
+        """The ``__meta__`` entry as a string (at most MAX_META_BYTES)."""
+        if "__meta__" not in self.headers:
+            raise FileError(f"{self.path} is an .npz file but not a numpy-moe model: it has no __meta__ entry")
+        shape, dtype = self.headers["__meta__"]
+        if shape != () or dtype.kind != "U" or self.n_bytes["__meta__"] > MAX_META_BYTES:
+            raise self._error(f"__meta__ is {shape} {dtype}; expected one string of at most {MAX_META_BYTES} bytes")
+        return str(self.read("__meta__"))
+
+    def close(self):
+        self._zip.close()
+        self._file.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def write_atomic(path, arrays):
+    """Write ``arrays`` ({entry name: NumPy array}) as an ``.npz`` at ``path``, atomically.
+
+    The new file gets the mode of the file it replaces, or the default mode for new files (0666 less the
+    umask). On any exception, KeyboardInterrupt included, the temporary file is removed and the exception
+    re-raised; ``path`` is then exactly what it was.
+    """
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{path} is a directory; pass a file name")
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            numpy.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, _mode_for(path))
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    _sync_directory(directory)
+
+
+def _mode_for(path):
+    try:
+        return os.stat(path).st_mode & 0o7777
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
+def _sync_directory(directory):
+    """Make the rename durable (POSIX); a no-op where directories cannot be opened (Windows)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

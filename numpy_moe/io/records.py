@@ -1,0 +1,310 @@
+"""JSON records of Modules and estimators: encoding, a strict check of untrusted records, and rebuilding.
+
+A module record is ``{"class": "module:qualname", "config": {...}, "params": "<prefix>"}`` (plus
+``"buffers": "<prefix>"`` when the module has buffers); an estimator record is ``{"class": ...,
+"estimator": {get_params(deep=False)}, "attributes": {fitted attributes}}``. Inside a record a value is
+JSON, or one of four tagged objects: ``{"__module__": module record}``, ``{"__estimator__": estimator
+record}``, ``{"__array__": "<entry>"}`` and ``{"__strings__": [str, ...]}``.
+
+Loading checks the whole record tree first (:func:`check_object`): its shape, its depth, every class
+against the registry and every array reference against the archive. Nothing is constructed before that
+check has passed, and nothing outside the registry is ever constructed.
+"""
+import re
+
+import numpy
+
+from ..backend import asarray, to_numpy
+from ..layers import Module, ParameterBudgetError, parameter_budget
+from .archive import FileError
+from .registry import class_name, lookup
+
+MAX_DEPTH = 64
+BUFFER_TAG = "buffer:"
+_ATTRIBUTE = re.compile(r"[A-Za-z][A-Za-z0-9_]*_\Z")  # fitted attributes: public names ending in "_"
+_TAGS = ("__module__", "__estimator__", "__array__", "__strings__")
+
+
+# ----- writing ------------------------------------------------------------------------------------
+def encode_module(m, arrays, prefix):
+    """Record of a Module; with an ``arrays`` dict, its parameters and buffers are stored there."""
+    config = {k: v for k, v in m.get_config().items() if k != "seed"}
+    record = {"class": class_name(type(m)), "config": encode(config, "config", None, prefix)}
+    if arrays is not None:
+        record["params"] = prefix
+        for name, p in m.named_parameters():
+            arrays[prefix + name] = to_numpy(p)
+        buffers = dict(m.named_buffers())
+        if buffers:
+            record["buffers"] = prefix + BUFFER_TAG
+            for name, b in buffers.items():
+                arrays[prefix + BUFFER_TAG + name] = to_numpy(b)
+    return record
+
+
+def encode_estimator(est, arrays, prefix):
+    """Record of an estimator: its parameters (fitted Pipeline steps included) and fitted attributes."""
+    fitted = {k: v for k, v in vars(est).items() if k.endswith("_") and not k.startswith("_")}
+    return {"class": class_name(type(est)),
+            "estimator": encode(est.get_params(deep=False), "parameters", arrays, f"{prefix}params/"),
+            "attributes": {k: encode(v, k, arrays, f"{prefix}{k}/") for k, v in fitted.items()}}
+
+
+def encode(value, name, arrays, prefix):
+    """``value`` as JSON. With an ``arrays`` dict (fitted attributes) arrays and Modules' parameters are
+    stored there under ``prefix``; without one (constructor arguments) a Module is its class and config."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, numpy.generic):
+        return value.item()
+    if isinstance(value, numpy.dtype) or isinstance(value, type) and issubclass(value, numpy.generic):
+        return numpy.dtype(value).name
+    if isinstance(value, (list, tuple)):
+        return [encode(v, f"{name}[{i}]", arrays, f"{prefix}{i}/") for i, v in enumerate(value)]
+    if isinstance(value, dict) and all(isinstance(k, str) and not k.startswith("__") for k in value):
+        return {k: encode(v, f"{name}[{k!r}]", arrays, f"{prefix}{k}/") for k, v in value.items()}
+    if isinstance(value, Module):
+        return {"__module__": encode_module(value, arrays, prefix)}
+    if hasattr(value, "get_params") and not isinstance(value, type) and arrays is not None:
+        return {"__estimator__": encode_estimator(value, arrays, prefix)}  # a step of a Pipeline
+    if hasattr(value, "__array__") and arrays is not None:
+        a = to_numpy(value)
+        if a.dtype.kind == "O" and all(isinstance(v, str) for v in a.ravel()):
+            return {"__strings__": a.tolist()}  # feature names, string labels from pandas
+        if a.dtype.kind not in "biufcUS":
+            raise TypeError(f"cannot save {name}: an array of dtype {a.dtype} needs pickle")
+        arrays[prefix[:-1]] = a
+        return {"__array__": prefix[:-1]}
+    raise TypeError(f"cannot save {name}={value!r}: expected numbers, strings, lists, dicts, Modules or "
+                    f"(for fitted attributes) arrays; a {type(value).__name__} has no JSON form")
+
+
+# ----- checking an untrusted record ---------------------------------------------------------------
+class _Checker:
+    """Walks a record tree and raises FileError at the first thing that is not allowed."""
+
+    def __init__(self, path, archive):
+        self.path, self.archive = path, archive
+
+    def fail(self, where, what):
+        return FileError(f"{self.path}: {where}: {what}")
+
+    def object(self, record, where, depth, kind=None, with_arrays=True):
+        """A module or estimator record; ``kind`` "module" or "estimator" restricts which."""
+        if depth > MAX_DEPTH:
+            raise self.fail(where, f"nested more than {MAX_DEPTH} levels deep")
+        if not isinstance(record, dict):
+            raise self.fail(where, f"expected an object record (a JSON object), found {type(record).__name__}")
+        name = record.get("class")
+        if not isinstance(name, str):
+            raise self.fail(where, f"the record has no class name (\"class\": {name!r})")
+        cls = lookup(name)
+        if cls is None:
+            raise self.fail(where, f"class {name!r} is not registered as loadable. Files may only name "
+                                   "numpy_moe's classes, the scikit-learn classes of "
+                                   "numpy_moe.io.registry.SKLEARN_CLASSES and classes your program passed to "
+                                   "numpy_moe.io.register(cls) before loading")
+        if issubclass(cls, Module):
+            if kind == "estimator":
+                raise self.fail(where, f"{name} is a Module where an estimator is expected")
+            # a module with its own arrays (the saved object, a fitted model_) names where its parameters are;
+            # a module inside a configuration has none: it is rebuilt under its container's parameter budget
+            if with_arrays:
+                self.keys(record, where, {"class", "config", "params"}, {"buffers"})
+            else:
+                self.keys(record, where, {"class", "config"}, set())
+            if not isinstance(record["config"], dict):
+                raise self.fail(where, f"config is a {type(record['config']).__name__}, not a JSON object")
+            for key in ("params", "buffers"):
+                if key in record and not isinstance(record[key], str):
+                    raise self.fail(where, f"{key} is {record[key]!r}, not an entry prefix")
+            self.value(record["config"], f"{where}.config", depth + 1, ("__module__",))
+        else:
+            if kind == "module":
+                raise self.fail(where, f"{name} is an estimator where a Module is expected")
+            self.keys(record, where, {"class", "estimator", "attributes"}, set())
+            params, attributes = record["estimator"], record["attributes"]
+            if not isinstance(params, dict) or not isinstance(attributes, dict):
+                raise self.fail(where, "estimator parameters and attributes must be JSON objects, found "
+                                       f"{type(params).__name__} and {type(attributes).__name__}")
+            allowed = set(cls._get_param_names()) if hasattr(cls, "_get_param_names") else None
+            if allowed is not None and not set(params) <= allowed:
+                raise self.fail(where, f"{name} takes no parameters {sorted(set(params) - allowed)}")
+            self.value(params, f"{where}.estimator", depth + 1, ("__estimator__",))
+            for attr, v in attributes.items():
+                if not _ATTRIBUTE.match(attr):
+                    raise self.fail(where, f"{attr!r} is not a fitted attribute name (a public name ending in _)")
+                self.value(v, f"{where}.{attr}", depth + 1, _TAGS if with_arrays else ())
+
+    def keys(self, record, where, required, optional):
+        missing, extra = required - set(record), set(record) - required - optional
+        if missing or extra:
+            raise self.fail(where, f"record keys missing {sorted(missing)}, unexpected {sorted(extra)}")
+
+    def value(self, v, where, depth, tags):
+        if depth > MAX_DEPTH:
+            raise self.fail(where, f"nested more than {MAX_DEPTH} levels deep")
+        if v is None or isinstance(v, (bool, int, float, str)):
+            return
+        if isinstance(v, list):
+            for i, item in enumerate(v):
+                self.value(item, f"{where}[{i}]", depth + 1, tags)
+            return
+        if not isinstance(v, dict):  # json.loads gives nothing else; a bug guard
+            raise self.fail(where, f"unexpected {type(v).__name__}")
+        special = [k for k in v if k.startswith("__")]
+        if not special:
+            for k, item in v.items():
+                self.value(item, f"{where}[{k!r}]", depth + 1, tags)
+            return
+        tag = special[0]
+        if len(v) != 1 or tag not in tags:
+            raise self.fail(where, f"keys {sorted(special)} are not allowed here (allowed tags: {list(tags)})")
+        content = v[tag]
+        if tag == "__module__":
+            self.object(content, where, depth + 1, "module", with_arrays="__array__" in tags)
+        elif tag == "__estimator__":
+            self.object(content, where, depth + 1, "estimator", with_arrays=True)
+        elif tag == "__array__":
+            if not isinstance(content, str) or content == "__meta__" or content not in self.archive.headers:
+                raise self.fail(where, f"refers to array {content!r}, which the file does not hold")
+        elif not isinstance(content, list) or not all(isinstance(s, str) for s in content):
+            raise self.fail(where, "__strings__ must be a list of strings")
+
+
+def check_object(record, path, archive):
+    """Raise FileError unless ``record`` is a well-formed tree of registered classes and held arrays."""
+    _Checker(path, archive).object(record, "object", 0)
+
+
+# ----- rebuilding ---------------------------------------------------------------------------------
+class Builder:
+    """Rebuilds checked records from an :class:`Archive`; parameters are read only after their shapes and
+    dtypes match the rebuilt model's."""
+
+    def __init__(self, path, archive):
+        self.path, self.archive = path, archive
+
+    def object(self, record):
+        cls = lookup(record["class"])
+        if issubclass(cls, Module):
+            return self.module(cls, record)
+        return self.estimator(cls, record)
+
+    def module(self, cls, record):
+        prefixes = [record[k] for k in ("params", "buffers") if k in record]
+        held = sum(n for name, n in self.archive.n_bytes.items()
+                   if name != "__meta__" and any(name.startswith(p) for p in prefixes))
+        try:
+            with parameter_budget(held) if "params" in record else _no_budget():
+                model = cls.from_config(self.value(record["config"]))
+        except FileError:
+            raise
+        except ParameterBudgetError as err:
+            raise FileError(f"{self.path}: the configuration of {record['class']} needs more parameters than "
+                            f"the file holds ({held} bytes): {err}") from err
+        except Exception as err:  # an untrusted configuration: any failure of the constructor is the file's
+            raise FileError(f"{self.path}: cannot rebuild {record['class']} from its stored configuration: "
+                            f"{type(err).__name__}: {err}") from err
+        if "params" in record:
+            assign(model, self.archive, record["params"], record.get("buffers"), self.path)
+        return model
+
+    def estimator(self, cls, record):
+        try:
+            est = cls(**self.value(record["estimator"]))
+            for k, v in record["attributes"].items():
+                setattr(est, k, self.value(v))
+            check_fitted_state(est)
+        except FileError:
+            raise
+        except Exception as err:
+            raise FileError(f"{self.path}: the stored {record['class']} is inconsistent: "
+                            f"{type(err).__name__}: {err}") from err
+        return est
+
+    def value(self, v):
+        if isinstance(v, list):
+            return [self.value(item) for item in v]
+        if isinstance(v, dict):
+            if "__module__" in v or "__estimator__" in v:
+                return self.object(v.get("__module__") or v["__estimator__"])
+            if "__array__" in v:
+                return self.archive.read(v["__array__"])
+            if "__strings__" in v:
+                return numpy.array(v["__strings__"], dtype=object)
+            return {k: self.value(item) for k, item in v.items()}
+        return v
+
+
+class _no_budget:
+    """A module nested in a configuration is built under the budget of the record that holds it."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def check_fitted_state(est):
+    """Validate a loaded estimator's parameters and fitted attributes (types, shapes, consistency).
+
+    numpy_moe's estimators check themselves (``_check_fitted_state``); scikit-learn ones validate their
+    parameters and, when fitted, transform one row of zeros, which fails on attributes of the wrong
+    type or shape.
+    """
+    own = getattr(est, "_check_fitted_state", None)
+    if callable(own):
+        own()
+        return
+    if hasattr(est, "_validate_params"):
+        est._validate_params()
+    if hasattr(est, "steps"):  # a Pipeline: each step was checked when it was built
+        if not all(isinstance(s, (list, tuple)) and len(s) == 2 and isinstance(s[0], str) for s in est.steps):
+            raise ValueError("Pipeline steps must be (name, estimator) pairs")
+        est.steps = [tuple(s) for s in est.steps]
+        return
+    n = getattr(est, "n_features_in_", None)
+    if n is not None:
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 2 ** 31:
+            raise TypeError(f"n_features_in_={n!r} must be a positive int")
+        if hasattr(est, "transform"):
+            est.transform(numpy.zeros((1, n)))
+
+
+def assign(model, archive, prefix, buffer_prefix, path):
+    """Overwrite every parameter (and buffer) of ``model`` from ``archive``, after checking them all."""
+    targets = {prefix + name: ("parameter", name, p) for name, p in model.named_parameters()}
+    if buffer_prefix is not None:
+        targets.update({buffer_prefix + name: ("buffer", name, b) for name, b in model.named_buffers()})
+    elif any(True for _ in model.named_buffers()):
+        raise FileError(f"{path} holds no buffers for {type(model).__name__}, which has "
+                        f"{[n for n, _ in model.named_buffers()]}: re-save the model with this version")
+    stored = {k for k in archive.headers if k != "__meta__" and k.startswith(prefix)}
+    if buffer_prefix is None or not buffer_prefix.startswith(prefix):
+        stored -= {k for k in stored if k.startswith(prefix + BUFFER_TAG)}
+    missing = sorted(targets[k][1] for k in set(targets) - stored)
+    extra = sorted(k[len(prefix):] for k in stored - set(targets))
+    if missing or extra:
+        raise FileError(f"{path} does not match the architecture of {type(model).__name__}: parameters "
+                        f"missing from the file {missing}, parameters the model does not have {extra}")
+    for key, (kind, name, p) in targets.items():
+        shape, dtype = archive.headers[key]
+        if shape != tuple(p.shape) or dtype != p.dtype:
+            raise FileError(f"{path}: {kind} {name!r} is {dtype}{list(shape)} in the file; the model "
+                            f"expects {p.dtype}{list(p.shape)}")
+    values = {}
+    for key, (kind, name, _) in targets.items():
+        a = archive.read(key)
+        if a.dtype.kind in "fc" and not numpy.isfinite(a).all():
+            raise FileError(f"{path}: {kind} {name!r} contains NaN or inf ({int((~numpy.isfinite(a)).sum())} "
+                            "of its values); refusing to load a diverged model")
+        values[key] = a
+    for key, (_, _, p) in targets.items():
+        p[...] = asarray(values[key])
+
+
+def non_finite_weights(arrays):
+    """Names of the float arrays in ``arrays`` holding NaN or inf."""
+    return [k for k, a in arrays.items() if a.dtype.kind in "fc" and a.size and not numpy.isfinite(a).all()]

@@ -1,0 +1,101 @@
+"""The classes a numpy-moe file may name: an explicit registry, never a lookup by the file's say-so.
+
+A file names each object's class as ``"module:qualname"``. :func:`lookup` finds that name in this
+registry or refuses it: it never imports a module and never walks an attribute path, so a file cannot
+reach ``subprocess:Popen``, ``io:FileIO``, ``numpy_moe.io:zipfile.ZipFile`` or anything else that is
+not listed here.
+
+The registry holds
+
+- every Module subclass defined in numpy_moe's own modules (:data:`BUILTIN_MODULES`, imported by this
+  module, not by a file) and the four numpy_moe estimators;
+- :data:`SKLEARN_CLASSES`, the scikit-learn classes a saved Pipeline may contain: the Pipeline itself and
+  the transformers people put before an MoE estimator;
+- what the program registers itself with :func:`register` (a Module defined in your own code).
+"""
+import importlib
+import inspect
+
+from ..layers import Module
+
+BUILTIN_MODULES = (
+    "numpy_moe.layers", "numpy_moe.gating", "numpy_moe.experts", "numpy_moe.moe", "numpy_moe.classic",
+    "numpy_moe.image_layers", "numpy_moe.models.image_moe", "numpy_moe.models.sparse_mlp",
+)
+BUILTIN_ESTIMATORS = ("MoEClassifier", "MoERegressor", "LocalExpertsClassifier", "LocalExpertsRegressor")
+SKLEARN_CLASSES = (
+    ("sklearn.pipeline", "Pipeline"),
+    ("sklearn.preprocessing", "StandardScaler"),
+    ("sklearn.preprocessing", "MinMaxScaler"),
+    ("sklearn.preprocessing", "MaxAbsScaler"),
+    ("sklearn.preprocessing", "RobustScaler"),
+    ("sklearn.preprocessing", "Normalizer"),
+    ("sklearn.preprocessing", "PolynomialFeatures"),
+    ("sklearn.decomposition", "PCA"),
+    ("sklearn.impute", "SimpleImputer"),
+)
+
+_registry = {}
+_builtins_loaded = []
+
+
+def class_name(cls):
+    """The name a file stores for ``cls``: ``"module:qualname"``."""
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def is_estimator_class(cls):
+    """A scikit-learn style estimator class (get_params / set_params), not a numpy_moe Module."""
+    return (isinstance(cls, type) and not issubclass(cls, Module) and callable(getattr(cls, "get_params", None))
+            and callable(getattr(cls, "set_params", None)))
+
+
+def register(cls):
+    """Make ``cls`` loadable by :func:`numpy_moe.io.load`; returns ``cls`` (so it works as a decorator).
+
+    ``cls`` must be a subclass of numpy_moe.layers.Module (a model you defined) or a scikit-learn style
+    estimator class. Registering a class again under the same name replaces the earlier one (a class
+    redefined in a notebook cell).
+
+    Only register classes whose constructors do nothing but build a model from their arguments: loading
+    a file calls the constructor with the file's arguments.
+    """
+    if not isinstance(cls, type):
+        raise TypeError(f"register({cls!r}): expected a class")
+    if not (issubclass(cls, Module) or is_estimator_class(cls)):
+        raise TypeError(f"register({cls.__qualname__}): only numpy_moe Modules and scikit-learn estimators "
+                        "can be registered")
+    _load_builtins()
+    _registry[class_name(cls)] = cls
+    return cls
+
+
+def registered():
+    """A copy of the registry: {"module:qualname": class}."""
+    _load_builtins()
+    return dict(_registry)
+
+
+def lookup(name):
+    """The registered class called ``name``, or None. Never imports anything named by the caller."""
+    _load_builtins()
+    return _registry.get(name) if isinstance(name, str) else None
+
+
+def _load_builtins():
+    """Fill the registry with numpy_moe's own classes and the allowed scikit-learn ones (once)."""
+    if _builtins_loaded:
+        return
+    for module_name in BUILTIN_MODULES:
+        module = importlib.import_module(module_name)
+        for _, cls in inspect.getmembers(module, inspect.isclass):
+            if issubclass(cls, Module) and cls.__module__ == module_name:
+                _registry[class_name(cls)] = cls
+    estimators = importlib.import_module("numpy_moe.estimators")
+    for name in BUILTIN_ESTIMATORS:
+        cls = getattr(estimators, name)
+        _registry[class_name(cls)] = cls
+    for module_name, name in SKLEARN_CLASSES:
+        cls = getattr(importlib.import_module(module_name), name)
+        _registry[class_name(cls)] = cls
+    _builtins_loaded.append(True)
