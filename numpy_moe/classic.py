@@ -276,7 +276,7 @@ def fit_local_experts(model, X, y, optimizer=None, epochs=50, batch_size=1, seed
     before training: log-loss in bits (classification) or MSE (regression), see :func:`evaluate`.
 
     Raises FloatingPointError when training diverges (numpy_moe.divergence; the growth rule compares
-    each epoch's training value with the first epoch's), after putting back the weights and optimiser
+    each epoch's training value with the first epoch's, and the first with the value before training), after putting back the weights and optimiser
     state of the end of the last complete epoch.
     """
     epochs = check_positive_int(epochs, "epochs")
@@ -289,7 +289,7 @@ def fit_local_experts(model, X, y, optimizer=None, epochs=50, batch_size=1, seed
         try:
             train_epoch(model, X, y, optimizer, batch_size, rng, epoch)
             train_value = evaluate(model, X, y)
-            divergence.check_epoch(train_value, history["train"][1] if epoch > 1 else None, epoch)
+            divergence.check_epoch(train_value, history["train"][1 if epoch > 1 else 0], epoch)
         except FloatingPointError as err:
             divergence.restore(model, optimizer, saved)
             raise FloatingPointError(f"{err}; the weights and optimiser state were put back as they were at the "

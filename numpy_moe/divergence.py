@@ -5,9 +5,10 @@ Training has diverged, and stops with ``FloatingPointError`` naming the epoch an
 1. the loss of a batch is NaN or inf, or a gradient holds NaN or inf (checked *before* the optimiser
    step, so that step is never applied);
 2. a weight is NaN or inf after an optimiser step (a finite gradient times a huge learning rate);
-3. the training loss of an epoch exceeds ``GROWTH_FACTOR`` (1000) times the training loss of the first
-   epoch, or 1000 when the first epoch's loss is below 1 (a loss that was already near 0 may wander by
-   rounding without having diverged).
+3. the training loss of an epoch exceeds ``GROWTH_FACTOR`` (1000) times a reference, or 1000 when the
+   reference is below 1 (a loss that was already near 0 may wander by rounding without having diverged).
+   The reference is the training loss of the first epoch; for the first epoch itself it is the loss of
+   the model before training, so that a run that explodes within its first epoch is caught too.
 
 Each loop then puts back a state from before the divergence (see its docstring): no loop returns, or
 leaves behind, a model with non-finite weights.
@@ -44,14 +45,16 @@ def check_weights(model, epoch, batch):
                                  f"weights {bad[:3]} NaN or inf (learning rate too large?)")
 
 
-def check_epoch(loss, first, epoch):
+def check_epoch(loss, reference, epoch):
     """Rule 3 (and rule 1 for the epoch's loss): raise if ``loss`` is not finite or has grown more than
-    GROWTH_FACTOR times ``first``, the first epoch's training loss (None while there is none)."""
+    GROWTH_FACTOR times ``reference`` (the first epoch's training loss; for epoch 1 the loss before
+    training; None: no reference)."""
     if not math.isfinite(loss):
         raise FloatingPointError(f"training diverged at epoch {epoch}: the training loss is {loss}")
-    if first is not None and loss > GROWTH_FACTOR * max(first, 1.0):
+    if reference is not None and loss > GROWTH_FACTOR * max(reference, 1.0):
+        what = "the loss before training" if epoch == 1 else "the first epoch's"
         raise FloatingPointError(f"training diverged at epoch {epoch}: the training loss {loss:.4g} is more than "
-                                 f"{GROWTH_FACTOR:g} times the first epoch's {first:.4g}")
+                                 f"{GROWTH_FACTOR:g} times {what} {reference:.4g}")
 
 
 def snapshot(model, optimizer):

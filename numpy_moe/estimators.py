@@ -210,11 +210,12 @@ class _Estimator(BaseEstimator):
         if stop and self.early_stopping and len(y) > 1:
             X_fit, X_val, y_fit, y_val = self._split(X, y)
         best, bad, best_params = numpy.inf, 0, None
+        initial = self._loss(X_fit, y_fit) if not self.loss_curve_ else None  # growth reference for epoch 1
         for _ in range(epochs):
             t0 = time.perf_counter()
             try:
                 loss = self._epoch(X_fit, y_fit, self._rng, self.n_iter_ + 1)
-                divergence.check_epoch(loss, self.loss_curve_[0] if self.loss_curve_ else None, self.n_iter_ + 1)
+                divergence.check_epoch(loss, self.loss_curve_[0] if self.loss_curve_ else initial, self.n_iter_ + 1)
             except FloatingPointError as err:
                 raise FloatingPointError(
                     f"{type(self).__name__}: {str(err).split('; ')[0]}. The estimator was left as it was before "

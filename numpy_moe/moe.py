@@ -46,7 +46,7 @@ from .experts import ExpertBank
 from .gating import CONVENTIONS, NOISES, ExpertChoiceGate, SoftmaxGate, TopKGate
 from .layers import Module
 from .routing import apply_capacity, combine_topk, expert_capacity, group_by_expert, scatter_add
-from .validation import check_input, check_positive_int
+from .validation import check_input, check_positive_int, check_real
 
 ROUTERS = ("topk", "expert_choice")
 BALANCE_NAMES = ("importance", "load", "switch", "z_loss", "seed000")
@@ -128,8 +128,9 @@ class MoE(Module):
             raise ValueError(f"noise={noise!r} must be one of {NOISES}")
         if dispatch not in ("sparse", "dense"):
             raise ValueError(f"dispatch={dispatch!r} must be 'sparse' or 'dense'")
-        if capacity_factor is not None and not capacity_factor > 0:
-            raise ValueError(f"capacity_factor={capacity_factor!r} must be None or > 0")
+        if capacity_factor is not None:
+            capacity_factor = check_real(capacity_factor, "capacity_factor", 0, low_open=True)
+        noise_std = check_real(noise_std, "noise_std", 0, low_open=True)
         self.dense = router == "topk" and top_k is None
         if self.dense and (noise is not None or capacity_factor is not None or balance):
             raise ValueError(f"noise={noise!r}, capacity_factor={capacity_factor!r} and balance={balance!r} "
@@ -159,6 +160,7 @@ class MoE(Module):
         xp = get_array_module(x)
         x = check_input(x, self.in_features, self.dtype)
         N, E = x.shape[0], self.n_experts
+        self.y_shape = (N, self.out_features)
         if self.dense:
             self.g = self.gate.forward(x)  # (N, E)
             self.out = self.experts.forward(x)  # (E, N, O)
@@ -180,8 +182,16 @@ class MoE(Module):
             return scatter_add(xp.zeros((N, self.out_features), dtype=self.dtype), self.out, groups, self.w)
         return combine_topk(self.out, groups, (r.weight * r.kept).reshape(N, r.top_k))  # (N, O)
 
+    def _check_forwarded(self, what):
+        if not hasattr(self, "y_shape"):
+            raise ValueError(f"{what} needs a forward pass first: call forward(x) before {what}")
+
     def backward(self, dy):
         """dy (N, O) -> dx (N, D); fills the gate's and the experts' grads, balance losses included."""
+        self._check_forwarded("backward(dy)")
+        if tuple(getattr(dy, "shape", ())) != self.y_shape:
+            raise ValueError(f"dy has shape {tuple(getattr(dy, 'shape', ()))}; expected {self.y_shape}, the shape of "
+                             "the last forward's output")
         xp = get_array_module(dy)
         if self.dense:
             dg = xp.einsum("no,eno->ne", dy, self.out)  # (N, E)
@@ -219,6 +229,7 @@ class MoE(Module):
         importance : (E,) sum over the batch of each expert's combine weights (before capacity).
         dropped : assignments dropped by the capacity limit.
         """
+        self._check_forwarded("diagnostics")
         xp = get_array_module(self.out)
         E = self.n_experts
         if self.dense:

@@ -5,7 +5,8 @@ loss plus the model's auxiliary loss, backward, one optimiser step and ``model.e
 updates) per batch, and returns a :class:`History`.
 
 Divergence (the rule of numpy_moe.divergence: a non-finite loss, gradient or weight, or an epoch loss
-1000 times the first epoch's) stops training with ``FloatingPointError`` naming the epoch and the cause,
+1000 times the first epoch's, or the first epoch's 1000 times the loss before training) stops training
+with ``FloatingPointError`` naming the epoch and the cause,
 after putting back the parameters, buffers and optimiser state of the end of the last complete epoch (of
 the start of ``fit`` when the first epoch diverges): ``fit`` never leaves NaN or inf weights behind.
 """
@@ -87,13 +88,14 @@ def fit(model, X, y, loss="cross_entropy", optimizer=None, epochs=10, batch_size
     optimizer = optimizer or Adam(1e-3)
     rng = default_rng(seed)
     history = History()
+    initial = float(loss_f(predict(model, X), y))  # the growth rule's reference for the first epoch
     model.train()
     for epoch in range(epochs):
         t0 = time.perf_counter()
         saved = divergence.snapshot(model, optimizer)
         try:
             total, aux_total = _epoch(model, X, y, loss_f, loss_b, optimizer, batch_size, rng, epoch + 1)
-            divergence.check_epoch(total / N, history.loss[0] if history.loss else None, epoch + 1)
+            divergence.check_epoch(total / N, history.loss[0] if history.loss else initial, epoch + 1)
         except FloatingPointError as err:
             divergence.restore(model, optimizer, saved)
             kept = f"the end of epoch {epoch}" if epoch else "the start of fit"

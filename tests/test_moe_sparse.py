@@ -154,7 +154,7 @@ def test_float32_and_eval_mode(rng):
     (dict(router="hash"), ValueError, "router='hash' must be one of"),
     (dict(noise="vmoe"), ValueError, "need a sparse gate"),
     (dict(balance={"importance": 0.1}), ValueError, "need a sparse gate"),
-    (dict(top_k=2, capacity_factor=0), ValueError, "capacity_factor=0 must be None or > 0"),
+    (dict(top_k=2, capacity_factor=0), ValueError, "capacity_factor=0 must be a finite number > 0"),
     (dict(router="expert_choice"), ValueError, "router='expert_choice' takes capacity_factor"),
     (dict(router="expert_choice", top_k=2, capacity_factor=1), ValueError, "no top_k or noise"),
     (dict(top_k=2, balance={"load": 0.1}), ValueError, "balance 'load' needs a noisy gate"),

@@ -68,7 +68,7 @@ def test_divergence_in_a_later_epoch_puts_back_the_end_of_the_last_good_epoch(rn
         kept.update({n: p.copy() for n, p in model.named_parameters()})
         if epoch == 1:
             X[:] *= 1e300
-    opt = SGD(10.0)
+    opt = SGD(0.1)
     with pytest.raises(FloatingPointError, match=r"at epoch 3, batch \d+.*as they were at the end of epoch 2"):
         fit(model, X, y, optimizer=opt, epochs=5, batch_size=16, seed=0, callback=blow_up)
     for name, p in model.named_parameters():
