@@ -206,3 +206,123 @@ def test_a_fitted_pipeline_with_its_scaler_round_trips(tmp_path, rng):
     clf.feature_names_in_ = np.array(["a", "b", "c", "d"], dtype=object)  # what fitting on a DataFrame leaves
     names = io.load(io.save(clf, tmp_path / "clf.npz")).feature_names_in_
     assert names.dtype == object and names.tolist() == ["a", "b", "c", "d"]
+
+
+# ----- the registry: every class of the package loads, and allocates through the parameter budget -----
+def _examples():
+    from numpy_moe.experts import ExpertBank
+    from numpy_moe.gating import ExpertChoiceGate, SoftmaxGate, TopKGate
+    from numpy_moe.image_layers import GELU, Conv2d, Flatten, LayerNorm, MaxPool2d, Unflatten
+    from numpy_moe.layers import Tanh
+    from numpy_moe.models import ImageMoEClassifier, SparseMLP
+    from numpy_moe.models.sparse_mlp import ChannelMixing, MixerBlock, ReRepresentedTokenMixing, TokenMixing
+    tiny_mlp = dict(image_size=4, in_channels=1, n_classes=3, patch_size=2, channels=4, depth=2, token_hidden=3,
+                    channel_hidden=5, n_experts=3, top_k=2, seed=0)
+    examples = [
+        MODELS["Linear"], MODELS["MLP tanh float32"], MODELS["Sequential"], MODELS["MoE top-1 V-MoE capacity"],
+        MODELS["LocalExperts competitive classification"], ReLU, Tanh, Flatten, GELU,
+        lambda: SoftmaxGate(4, 3, seed=0), lambda: TopKGate(4, 3, 2, noise="shazeer", seed=0),
+        lambda: ExpertChoiceGate(4, 3, 1.5, seed=0), lambda: ExpertBank(3, 4, 2, hidden=5, seed=0),
+        lambda: Conv2d(2, 3, 3, padding=1, seed=0), lambda: MaxPool2d(2), lambda: LayerNorm(4),
+        lambda: Unflatten((2, 3)), lambda: ImageMoEClassifier(in_channels=1, image_size=4, channels=(2, 3), hidden=4,
+                                                            n_classes=3, seed=0),
+        lambda: SparseMLP(**tiny_mlp), lambda: TokenMixing(Linear(4, 4, seed=0)),
+        lambda: ChannelMixing(Linear(4, 4, seed=0)),
+        lambda: ReRepresentedTokenMixing(MLP(2, 3, 2, seed=0), n_tokens=4, channels=4, tokens1=2, channels1=3, seed=0),
+        lambda: MixerBlock(TokenMixing(Linear(4, 4, seed=0)), ChannelMixing(Linear(4, 4, seed=1)), channels=4),
+    ]
+    return {f"{type(m).__module__}:{type(m).__qualname__}": m for m in (make() for make in examples)}
+
+
+def test_every_registered_module_class_round_trips_and_allocates_through_the_budget(tmp_path, rng):
+    """A new Module class must be registered (its module listed in io.registry.BUILTIN_MODULES) and create
+    its parameters through the budget-checked constructors of numpy_moe.layers."""
+    examples = _examples()
+    builtin = {name for name, cls in io.registered().items()
+               if name.startswith("numpy_moe.") and issubclass(cls, Module)}
+    assert builtin == set(examples), f"registered without an example here: {builtin - set(examples)}; " \
+                                     f"examples of unregistered classes: {set(examples) - builtin}"
+    for name, model in examples.items():
+        perturbed(model, rng)
+        loaded = io.load(io.save(model, tmp_path / "m.npz"))
+        assert type(loaded) is type(model), name
+        assert all(np.array_equal(p, q) for (_, p), (_, q) in zip(model.named_parameters(),
+                                                                   loaded.named_parameters())), name
+        if model.n_parameters():  # the same file without its arrays: rebuilding must stop at the first one
+            rewrite(tmp_path / "m.npz", tmp_path / "empty.npz",
+                    lambda e, m: [e.pop(k) for k in list(e) if k != "__meta__"])
+            with pytest.raises(ValueError, match="needs more parameters than the file holds"):
+                io.load(tmp_path / "empty.npz")
+
+
+def test_version_1_files_still_load(tmp_path, rng):
+    model = perturbed(MoE(5, 3, 4, hidden=7, seed=0, top_k=2), rng)
+    path = io.save(model, tmp_path / "v2.npz")
+    with np.load(path) as npz:
+        entries = dict(npz)
+    meta = json.loads(str(entries["__meta__"]))
+    meta["version"] = 1  # what the first format wrote: the same records, without buffers
+    entries["__meta__"] = np.array(json.dumps(meta))
+    np.savez(tmp_path / "v1.npz", **entries)
+    loaded = io.load(tmp_path / "v1.npz")
+    assert all(np.array_equal(p, q) for (_, p), (_, q) in zip(model.named_parameters(), loaded.named_parameters()))
+
+
+class Stateful(Linear):
+    """A module with a buffer that end_step counts up: buffers must round-trip and load_into must copy them."""
+
+    def __init__(self, in_features, out_features, seed=None):
+        super().__init__(in_features, out_features, seed=seed)
+        from numpy_moe.layers import zeros_param
+        self.buffers["steps"] = zeros_param((1,), self.dtype)
+
+    def end_step(self):
+        self.buffers["steps"] += 1
+        super().end_step()
+
+
+def test_buffers_round_trip_and_a_file_without_them_says_how_to_resave(tmp_path, rng):
+    io.register(Stateful)
+    model = Stateful(3, 2, seed=0)
+    model.end_step()
+    model.end_step()
+    loaded = io.load(io.save(model, tmp_path / "s.npz"))
+    assert loaded.buffers["steps"].tolist() == [2.0]
+    target = Stateful(3, 2, seed=1)
+    io.load_into(target, tmp_path / "s.npz")
+    assert target.buffers["steps"].tolist() == [2.0]
+    with np.load(tmp_path / "s.npz") as npz:
+        entries = {k: v for k, v in npz.items() if not k.startswith("buffer:")}
+    meta = json.loads(str(entries["__meta__"]))
+    del meta["object"]["buffers"]
+    entries["__meta__"] = np.array(json.dumps(meta))
+    np.savez(tmp_path / "old.npz", **entries)
+    with pytest.raises(ValueError, match=r"needs more parameters than the file holds.*no buffers.*re-save it"):
+        io.load(tmp_path / "old.npz")
+
+
+@pytest.mark.parametrize("make", [
+    lambda: __import__("sklearn.preprocessing", fromlist=["x"]).MinMaxScaler(),
+    lambda: __import__("sklearn.preprocessing", fromlist=["x"]).RobustScaler(),
+    lambda: __import__("sklearn.preprocessing", fromlist=["x"]).MaxAbsScaler(),
+    lambda: __import__("sklearn.preprocessing", fromlist=["x"]).Normalizer(),
+    lambda: __import__("sklearn.decomposition", fromlist=["x"]).PCA(3),
+])
+def test_each_allowed_scikit_learn_transformer_round_trips_in_a_pipeline(make, tmp_path, rng):
+    from sklearn.pipeline import make_pipeline
+    X = 3 + 2 * rng.standard_normal((60, 4))
+    y = (X[:, 0] > 3).astype(int)
+    pipe = make_pipeline(make(), MoEClassifier(epochs=3, random_state=0)).fit(X, y)
+    loaded = io.load(io.save(pipe, tmp_path / "p.npz"))
+    np.testing.assert_array_equal(loaded[0].transform(X), pipe[0].transform(X))
+    np.testing.assert_array_equal(loaded.predict_proba(X), pipe.predict_proba(X))
+
+
+def test_tuples_come_back_as_tuples_and_version_1_lists_still_match(tmp_path):
+    model = MLP(3, (4, 5), 2, seed=0)
+    path = io.save(model, tmp_path / "mlp.npz")
+    assert io.load(path).get_config()["hidden"] == (4, 5)
+    v1 = rewrite(path, tmp_path / "v1.npz",
+                 lambda e, m: m.update(version=1) or m["object"]["config"].update(hidden=[4, 5]))
+    assert io.load(v1).get_config()["hidden"] == [4, 5]
+    io.load_into(MLP(3, (4, 5), 2, seed=1), v1)  # the same architecture, whichever way the widths are written

@@ -110,10 +110,10 @@ def load_into(model, path, *, max_bytes=DEFAULT_MAX_BYTES):
         mine = encode_module(model, None, "")
         if mine["class"] != record["class"]:
             raise FileError(f"{path} holds a {record['class']}; the model is a {mine['class']}")
-        stored = record["config"]
-        keys = sorted(set(stored) | set(mine["config"]))
-        diff = [f"{k}={stored.get(k)!r} in the file, {mine['config'].get(k)!r} in the model"
-                for k in keys if stored.get(k) != mine["config"].get(k)]
+        stored, ours = _untuple(record["config"]), _untuple(mine["config"])  # version 1 wrote tuples as lists
+        keys = sorted(set(stored) | set(ours))
+        diff = [f"{k}={stored.get(k)!r} in the file, {ours.get(k)!r} in the model"
+                for k in keys if stored.get(k) != ours.get(k)]
         if diff:
             raise FileError(f"{path} holds a {record['class']} of another architecture: " + "; ".join(diff))
         assign(model, archive, record["params"], record.get("buffers"), path)
@@ -159,6 +159,14 @@ def _read_record(path, archive):
         raise FileError(f"{path}: its metadata has no \"object\" record")
     check_object(meta["object"], path, archive)
     return meta["object"]
+
+
+def _untuple(value):
+    if isinstance(value, list):
+        return [_untuple(v) for v in value]
+    if isinstance(value, dict):
+        return _untuple(value["__tuple__"]) if set(value) == {"__tuple__"} else {k: _untuple(v) for k, v in value.items()}
+    return value
 
 
 def _check_path(path):

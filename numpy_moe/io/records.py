@@ -3,8 +3,9 @@
 A module record is ``{"class": "module:qualname", "config": {...}, "params": "<prefix>"}`` (plus
 ``"buffers": "<prefix>"`` when the module has buffers); an estimator record is ``{"class": ...,
 "estimator": {get_params(deep=False)}, "attributes": {fitted attributes}}``. Inside a record a value is
-JSON, or one of four tagged objects: ``{"__module__": module record}``, ``{"__estimator__": estimator
-record}``, ``{"__array__": "<entry>"}`` and ``{"__strings__": [str, ...]}``.
+JSON, or one of five tagged objects: ``{"__module__": module record}``, ``{"__estimator__": estimator
+record}``, ``{"__array__": "<entry>"}``, ``{"__strings__": [str, ...]}`` and ``{"__tuple__": [...]}`` (a
+tuple, which scikit-learn's parameter checks tell from a list).
 
 Loading checks the whole record tree first (:func:`check_object`): its shape, its depth, every class
 against the registry and every array reference against the archive. Nothing is constructed before that
@@ -22,7 +23,7 @@ from .registry import class_name, lookup
 MAX_DEPTH = 64
 BUFFER_TAG = "buffer:"
 _ATTRIBUTE = re.compile(r"[A-Za-z][A-Za-z0-9_]*_\Z")  # fitted attributes: public names ending in "_"
-_TAGS = ("__module__", "__estimator__", "__array__", "__strings__")
+_TAGS = ("__module__", "__estimator__", "__array__", "__strings__", "__tuple__")
 
 
 # ----- writing ------------------------------------------------------------------------------------
@@ -60,7 +61,8 @@ def encode(value, name, arrays, prefix):
     if isinstance(value, numpy.dtype) or isinstance(value, type) and issubclass(value, numpy.generic):
         return numpy.dtype(value).name
     if isinstance(value, (list, tuple)):
-        return [encode(v, f"{name}[{i}]", arrays, f"{prefix}{i}/") for i, v in enumerate(value)]
+        items = [encode(v, f"{name}[{i}]", arrays, f"{prefix}{i}/") for i, v in enumerate(value)]
+        return {"__tuple__": items} if isinstance(value, tuple) else items
     if isinstance(value, dict) and all(isinstance(k, str) and not k.startswith("__") for k in value):
         return {k: encode(v, f"{name}[{k!r}]", arrays, f"{prefix}{k}/") for k, v in value.items()}
     if isinstance(value, Module):
@@ -118,7 +120,7 @@ class _Checker:
             for key in ("params", "buffers"):
                 if key in record and not isinstance(record[key], str):
                     raise self.fail(where, f"{key} is {record[key]!r}, not an entry prefix")
-            self.value(record["config"], f"{where}.config", depth + 1, ("__module__",))
+            self.value(record["config"], f"{where}.config", depth + 1, ("__module__", "__tuple__"))
         else:
             if kind == "module":
                 raise self.fail(where, f"{name} is an estimator where a Module is expected")
@@ -130,7 +132,7 @@ class _Checker:
             allowed = set(cls._get_param_names()) if hasattr(cls, "_get_param_names") else None
             if allowed is not None and not set(params) <= allowed:
                 raise self.fail(where, f"{name} takes no parameters {sorted(set(params) - allowed)}")
-            self.value(params, f"{where}.estimator", depth + 1, ("__estimator__",))
+            self.value(params, f"{where}.estimator", depth + 1, ("__estimator__", "__tuple__"))
             for attr, v in attributes.items():
                 if not _ATTRIBUTE.match(attr):
                     raise self.fail(where, f"{attr!r} is not a fitted attribute name (a public name ending in _)")
@@ -165,6 +167,10 @@ class _Checker:
             self.object(content, where, depth + 1, "module", with_arrays="__array__" in tags)
         elif tag == "__estimator__":
             self.object(content, where, depth + 1, "estimator", with_arrays=True)
+        elif tag == "__tuple__":
+            if not isinstance(content, list):
+                raise self.fail(where, "__tuple__ must hold a list")
+            self.value(content, where, depth + 1, tags)
         elif tag == "__array__":
             if not isinstance(content, str) or content == "__meta__" or content not in self.archive.headers:
                 raise self.fail(where, f"refers to array {content!r}, which the file does not hold")
@@ -201,8 +207,10 @@ class Builder:
         except FileError:
             raise
         except ParameterBudgetError as err:
+            hint = "" if "buffers" in record else ("; the file has no buffers: if it was written by an earlier "
+                                                   "version for a model that now has buffers, re-save it")
             raise FileError(f"{self.path}: the configuration of {record['class']} needs more parameters than "
-                            f"the file holds ({held} bytes): {err}") from err
+                            f"the file holds ({held} bytes): {err}{hint}") from err
         except Exception as err:  # an untrusted configuration: any failure of the constructor is the file's
             raise FileError(f"{self.path}: cannot rebuild {record['class']} from its stored configuration: "
                             f"{type(err).__name__}: {err}") from err
@@ -233,6 +241,8 @@ class Builder:
                 return self.archive.read(v["__array__"])
             if "__strings__" in v:
                 return numpy.array(v["__strings__"], dtype=object)
+            if "__tuple__" in v:
+                return tuple(self.value(item) for item in v["__tuple__"])
             return {k: self.value(item) for k, item in v.items()}
         return v
 

@@ -7,7 +7,7 @@ not listed here.
 
 The registry holds
 
-- every Module subclass defined in numpy_moe's own modules (:data:`BUILTIN_MODULES`, imported by this
+- every Module subclass (not Module itself) defined in numpy_moe's own modules (:data:`BUILTIN_MODULES`, imported by this
   module, not by a file) and the four numpy_moe estimators;
 - :data:`SKLEARN_CLASSES`, the scikit-learn classes a saved Pipeline may contain: the Pipeline itself and
   the transformers people put before an MoE estimator;
@@ -30,10 +30,9 @@ SKLEARN_CLASSES = (
     ("sklearn.preprocessing", "MaxAbsScaler"),
     ("sklearn.preprocessing", "RobustScaler"),
     ("sklearn.preprocessing", "Normalizer"),
-    ("sklearn.preprocessing", "PolynomialFeatures"),
     ("sklearn.decomposition", "PCA"),
-    ("sklearn.impute", "SimpleImputer"),
-)
+)  # transformers whose whole fitted state is public attributes (PolynomialFeatures, SimpleImputer keep
+#    private ones, which a file does not hold)
 
 _registry = {}
 _builtins_loaded = []
@@ -89,7 +88,7 @@ def _load_builtins():
     for module_name in BUILTIN_MODULES:
         module = importlib.import_module(module_name)
         for _, cls in inspect.getmembers(module, inspect.isclass):
-            if issubclass(cls, Module) and cls.__module__ == module_name:
+            if issubclass(cls, Module) and cls is not Module and cls.__module__ == module_name:
                 _registry[class_name(cls)] = cls
     estimators = importlib.import_module("numpy_moe.estimators")
     for name in BUILTIN_ESTIMATORS:
