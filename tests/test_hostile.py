@@ -488,3 +488,54 @@ def test_a_misspelt_backend_variable_is_named():
                          cwd=ROOT, env=env, timeout=120)
     assert out.returncode != 0
     assert "the environment variable NUMPY_MOE_BACKEND='CuPy' must be one of ('numpy', 'cupy')" in out.stderr
+
+
+# ----- fuzzing: any mutation of a valid record is a ValueError or a valid model, nothing else --------------
+_ODD_VALUES = [None, True, -1, 0, 2 ** 70, 1e308, float("nan"), "", "x", [], [1], {}, {"__class__": 1},
+               {"__array__": "model_/gate.W"}, {"__tuple__": [1]}, {"__module__": {"class": "numpy_moe.layers:ReLU",
+                                                                                   "config": {}}}]
+
+
+def _paths(value, path=()):
+    yield path
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield from _paths(v, path + (k,))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from _paths(v, path + (i,))
+
+
+def _mutated(record, path, new):
+    record = json.loads(json.dumps(record))
+    if not path:
+        return new
+    target = record
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = new
+    return record
+
+
+def test_random_mutations_of_a_fitted_pipeline_file_give_value_errors_only(tmp_path):
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    X, y = standard_data("classification")
+    pipe = make_pipeline(StandardScaler(), MoEClassifier(top_k=2, epochs=2, random_state=0)).fit(X, y)
+    path = io.save(pipe, tmp_path / "pipe.npz")
+    with np.load(path) as npz:
+        arrays = dict(npz)
+    record = json.loads(str(arrays.pop("__meta__")))["object"]
+    paths = list(_paths(record))
+    rng = np.random.default_rng(0)
+    outcomes = {"ValueError": 0, "loaded": 0}
+    for _ in range(300):
+        p = paths[rng.integers(len(paths))]
+        new = _ODD_VALUES[rng.integers(len(_ODD_VALUES))]
+        mutated = craft(tmp_path / "m.npz", _mutated(record, p, new), arrays)
+        try:
+            io.load(mutated)
+            outcomes["loaded"] += 1
+        except ValueError:
+            outcomes["ValueError"] += 1
+    assert outcomes["ValueError"] > 100, outcomes  # most mutations break the file; none escapes as another error
