@@ -131,6 +131,8 @@ def driver(args):
     runs = {}
     with tempfile.TemporaryDirectory() as tmp:
         for W in RANKS:
+            if W > (os.cpu_count() or 1):  # more ranks than cores: a waiting rank sleeps instead of spinning
+                env["MPIR_CVAR_ENABLE_HEAVY_YIELD"] = "1"
             path = Path(tmp) / f"ranks{W}.json"
             cmd = [mpiexec, "-n", str(W), sys.executable, "-m", "experiments", "expert_parallel",
                    "--worker", str(path)] + (["--quick"] if args.quick else [])

@@ -29,7 +29,9 @@ order of floating-point sums: the capacity is ``C = ceil(N K cf / E)`` with N th
 and the slots of each expert go by (choice k, position in the concatenated batch), computed from an
 exclusive scan of the per-rank counts; the balance losses sum their per-expert statistics over the ranks
 (:attr:`numpy_moe.balance.BalanceLoss.reduce`); the training noise is the single-process draw of the
-concatenated batch, of which each rank keeps its own rows.
+concatenated batch, of which each rank keeps its own rows. Batch-prioritised capacity and expert-choice
+routing need an order over the whole batch, so every rank gathers the few numbers per sample they sort
+on (top probability and choices; the router probabilities) and applies the single-process rule.
 
 Run it with ``mpiexec -n W python script.py``; wrap the script's body in
 :func:`numpy_moe.parallel.abort_on_error` so that an exception on one rank ends all of them.
@@ -37,8 +39,10 @@ Run it with ``mpiexec -n W python script.py``; wrap the script's body in
 from ..backend import get_array_module
 from ..experts import ExpertBank
 from ..layers import Module
+from ..gating import Routing, expert_choice_capacity
 from ..moe import MoE
-from ..routing import combine_topk, expert_capacity, group_by_expert
+from ..routing import (capacity_mask, combine_topk, expert_capacity, group_by_expert, priority_positions,
+                       scatter_add)
 from ..validation import check_input, check_positive_int
 from .comm import Comm
 
@@ -58,16 +62,18 @@ class _GlobalNoise:
 
 
 class ExpertParallelMoE(Module):
-    """A top-k MoE layer with its experts sharded over the MPI ranks (expert parallelism).
+    """A sparse MoE layer with its experts sharded over the MPI ranks (expert parallelism).
 
     Parameters
     ----------
-    in_features, out_features, n_experts, hidden, seed, dtype, top_k, gate, noise, noise_std, balance :
-        as for :class:`numpy_moe.moe.MoE` (a top-k gate: ``top_k`` is required). Every rank must pass
-        the same values; the parameters are then those of ``MoE`` with the same seed, the gate on every
-        rank and expert e on rank e // (E / W).
-    capacity_factor : cf, the capacity of the concatenated batch C = ceil(N_total K cf / E); required by
-        ``mode="padded"``, refused by ``mode="dropless"``.
+    in_features, out_features, n_experts, hidden, seed, dtype, top_k, gate, noise, noise_std, router,
+    batch_priority, balance :
+        as for :class:`numpy_moe.moe.MoE`, with a sparse gate (``top_k`` or ``router="expert_choice"``).
+        Every rank must pass the same values; the parameters are then those of ``MoE`` with the same
+        seed, the gate on every rank and expert e on rank e // (E / W).
+    capacity_factor : cf. Top-k: the capacity of the concatenated batch C = ceil(N_total K cf / E),
+        required by ``mode="padded"``, refused by ``mode="dropless"``. Expert choice (both modes): each
+        expert takes its C = min(N_total, ceil(N_total cf / E)) best samples of the concatenated batch.
     mode : "dropless" (counts, then Alltoallv) or "padded" (fixed (E/W, C, ·) blocks with Alltoall).
 
     Attributes
@@ -90,15 +96,18 @@ class ExpertParallelMoE(Module):
     """
 
     def __init__(self, in_features, out_features, n_experts, hidden=None, seed=None, dtype="float64", *,
-                 top_k, gate="softmax_then_topk", noise=None, noise_std=1.0, capacity_factor=None,
-                 balance=None, mode="dropless"):
+                 top_k=None, gate="softmax_then_topk", noise=None, noise_std=1.0, router="topk",
+                 capacity_factor=None, batch_priority=False, balance=None, mode="dropless"):
         super().__init__(dtype)
         if mode not in MODES:
             raise ValueError(f"mode={mode!r} must be one of {MODES}")
+        if router == "topk" and top_k is None:
+            raise ValueError("a dense gate sends every sample to every expert: pass top_k=K or "
+                             "router='expert_choice' (or use numpy_moe.moe.MoE)")
         if mode == "padded" and capacity_factor is None:
             raise ValueError("mode='padded' sends fixed blocks of C = ceil(N K capacity_factor / E) rows: "
                              "pass capacity_factor (got None)")
-        if mode == "dropless" and capacity_factor is not None:
+        if mode == "dropless" and router == "topk" and capacity_factor is not None:
             raise ValueError(f"mode='dropless' drops no token: pass capacity_factor=None "
                              f"(got {capacity_factor!r}) or use mode='padded'")
         self.comm = Comm()
@@ -110,15 +119,17 @@ class ExpertParallelMoE(Module):
             error = f"n_experts={E} must be divisible by the number of ranks ({W})"
         self.comm.check(error)
         config = (in_features, out_features, E, hidden, str(self.dtype), top_k, gate, noise, noise_std,
-                  capacity_factor, repr(balance), mode)
+                  router, capacity_factor, batch_priority, repr(balance), mode)
         configs = self.comm.allgather(config)
         if any(c != configs[0] for c in configs):
             raise ValueError("every rank must build the layer with the same arguments; got "
                              + "; ".join(f"rank {r}: {c}" for r, c in enumerate(configs)))
         ref = MoE(in_features, out_features, E, hidden, seed, dtype, top_k=top_k, gate=gate, noise=noise,
-                  noise_std=noise_std, capacity_factor=capacity_factor, balance=balance)
+                  noise_std=noise_std, router=router, capacity_factor=capacity_factor,
+                  batch_priority=batch_priority, balance=balance)
         self.in_features, self.out_features, self.n_experts = ref.in_features, ref.out_features, E
-        self.top_k, self.capacity_factor, self.mode = ref.gate.top_k, capacity_factor, mode
+        self.top_k, self.capacity_factor, self.mode = top_k, capacity_factor, mode
+        self.router, self.batch_priority = router, bool(batch_priority)
         self.n_local = E // W
         self.first_expert = self.rank * self.n_local
         self.gate = ref.gate  # replicated: the same parameters on every rank
@@ -156,17 +167,26 @@ class ExpertParallelMoE(Module):
         sizes = [n for _, n in info]
         return x, sum(sizes[:self.rank]), sum(sizes)
 
-    def _capacity(self, r, C):
+    def _capacity(self, r, C, start, n_total):
         """Keep each expert's first C assignments over the concatenated batch (MATH.md §2.6).
 
         The slot of this rank's assignment (n, k) to expert e is: assignments to e with an earlier choice
         on any rank, plus those with choice k on lower ranks (an exclusive scan of the per-rank counts),
         plus those with choice k from earlier samples of this rank: the single-process rule's order
-        (choice, position in the concatenated batch).
+        (choice, position in the concatenated batch). Batch priority orders samples by their top
+        probability over the whole batch, which interleaves the ranks: every rank then gathers every
+        sample's top probability and choices (N (K + 1) numbers) and applies the single-process rule.
         """
         xp = get_array_module(r.expert)
         E, K = self.n_experts, self.top_k
         M = r.expert.shape[0]
+        if self.batch_priority:
+            N = M // K
+            top = r.probs[xp.arange(N), r.expert.reshape(N, K)[:, 0]]  # (N,) max_e p[n, e]
+            top_all = xp.concatenate(self.comm.allgather(top))
+            expert_all = xp.concatenate(self.comm.allgather(r.expert))
+            kept = capacity_mask(expert_all, priority_positions(top_all), K, E, C)
+            return r._replace(kept=r.kept & kept[start * K:start * K + M])
         key = r.expert * K + xp.tile(xp.arange(K), M // K)  # (M,) the (expert, choice) of each assignment
         local = xp.bincount(key, minlength=E * K)  # (E K,)
         lower_ranks = self.comm.exscan(local)
@@ -184,17 +204,20 @@ class ExpertParallelMoE(Module):
         sent = self.comm.bytes_sent
         x, start, n_total = self._check(x)
         N, E, K = x.shape[0], self.n_experts, self.top_k
-        rng = self.gate.rng
-        if self.gate.noise is not None and self.training:
-            self.gate.rng = _GlobalNoise(rng, start, n_total)
-        try:
-            r = self.gate.forward(x)
-        finally:
-            self.gate.rng = rng
         self.capacity = None
-        if self.capacity_factor is not None:
-            self.capacity = expert_capacity(n_total, K, E, self.capacity_factor)
-            r = self._capacity(r, self.capacity)
+        if self.router == "expert_choice":
+            r = self._expert_choice(x, start, n_total)
+        else:
+            rng = self.gate.rng
+            if self.gate.noise is not None and self.training:
+                self.gate.rng = _GlobalNoise(rng, start, n_total)
+            try:
+                r = self.gate.forward(x)
+            finally:
+                self.gate.rng = rng
+            if self.capacity_factor is not None:
+                self.capacity = expert_capacity(n_total, K, E, self.capacity_factor)
+                r = self._capacity(r, self.capacity, start, n_total)
         self.routing = r
         self._aux = sum(loss(r) for loss in self.losses)
         g = self.groups = group_by_expert(r, E)
@@ -212,7 +235,31 @@ class ExpertParallelMoE(Module):
         out = self._from_experts(self.experts.forward_grouped(xe, offsets))  # (G, O), this rank's rows
         self.out = out
         self.traffic["forward"] = self.comm.bytes_sent - sent
+        if K is None:  # expert choice: a sample has 0..E experts
+            return scatter_add(xp.zeros((N, self.out_features), dtype=self.dtype), out, g, self.w)
         return combine_topk(out, g, (r.weight * r.kept).reshape(N, K))  # (N, O)
+
+    def _expert_choice(self, x, start, n_total):
+        """Expert choice over the concatenated batch: expert e takes its C best samples of all ranks.
+
+        Every rank gathers the router probabilities of every sample (N E numbers), makes the
+        single-process choice on the whole batch and keeps the assignments of its own samples, in the
+        single-process order (expert-major, best first).
+        """
+        xp = get_array_module(x)
+        N, E = x.shape[0], self.n_experts
+        local = self.gate.forward(x)  # this rank's logits and probabilities (its own choice is replaced)
+        probs = xp.concatenate(self.comm.allgather(local.probs))  # (N_total, E)
+        C = self.capacity = expert_choice_capacity(n_total, E, self.capacity_factor)
+        chosen = xp.argsort(-probs, axis=0, kind="stable")[:C]  # (C, E), as ExpertChoiceGate does
+        sample, expert = chosen.T.reshape(-1), xp.repeat(xp.arange(E), C)
+        mine = (sample >= start) & (sample < start + N)
+        sample, expert = sample[mine] - start, expert[mine]
+        r = Routing(sample=sample, expert=expert, weight=local.probs[sample, expert],
+                    kept=xp.ones(sample.shape[0], dtype=bool), logits=local.logits, clean=local.clean,
+                    sigma=None, eps=None, probs=local.probs, top_k=None, convention="expert_choice")
+        self.gate.routing = r  # the gate's backward reads it
+        return r
 
     def _plan_dropless(self):
         """Exchange the counts; plan the reordering of received rows to expert-major. Returns offsets."""
@@ -270,6 +317,9 @@ class ExpertParallelMoE(Module):
         dx = self.gate.backward(grad)  # (N, D)
         for key, value in self.gate.grads.items():
             self.gate.grads[key] = self.comm.allreduce(value)
-        dx += combine_topk(dx_rows, g, r.kept.reshape(N, K).astype(dx.dtype))
+        if K is None:
+            dx = scatter_add(dx, dx_rows, g)
+        else:
+            dx += combine_topk(dx_rows, g, r.kept.reshape(N, K).astype(dx.dtype))
         self.traffic["backward"] = self.comm.bytes_sent - sent
         return dx
