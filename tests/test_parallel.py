@@ -107,4 +107,4 @@ def test_bad_modes_are_refused_before_any_communication(kwargs, message):
     from numpy_moe.parallel import ExpertParallelMoE
 
     with pytest.raises(ValueError, match=message):
-        ExpertParallelMoE(4, 2, 4, top_k=1, **kwargs)
+        ExpertParallelMoE(4, 2, 4, **{"top_k": 1, **kwargs})
