@@ -19,14 +19,15 @@ the others waiting forever. :meth:`Comm.check` turns an error on some ranks into
 every rank; :func:`abort_on_error` ends all ranks (``MPI_Abort``) with the failing rank's message for any
 other exception.
 
-This is the edge between the package and MPI, so it works on NumPy arrays directly (MPI reads host
-memory; the CuPy backend would need a CUDA-aware MPI).
+MPI reads the arrays' memory directly: NumPy arrays work with any MPI; CuPy arrays would need a
+CUDA-aware MPI build (the MPICH wheel is not one).
 """
 import contextlib
+import math
 import sys
 import traceback
 
-import numpy as np
+from ..backend import get_array_module
 
 INSTALL = ("numpy_moe.parallel needs mpi4py and an MPI library: pip install 'numpy-moe[mpi]' "
            "(or pip install mpi4py mpich), then run with mpiexec -n N python script.py")
@@ -66,10 +67,11 @@ class Comm:
 
     def alltoall(self, send):
         """send (W, ...): block w goes to rank w -> recv (W, ...): block w came from rank w."""
-        send = np.ascontiguousarray(send)
+        xp = get_array_module(send)
+        send = xp.ascontiguousarray(send)
         if send.shape[0] != self.size:
             raise ValueError(f"send has {send.shape[0]} blocks; expected one per rank ({self.size})")
-        recv = np.empty_like(send)
+        recv = xp.empty_like(send)
         self.comm.Alltoall([send, self._type(send)], [recv, self._type(recv)])
         self.bytes_sent += (self.size - 1) * send[0].nbytes
         return recv
@@ -81,10 +83,11 @@ class Comm:
         rank w). recv_counts : (W,) rows from each rank (known in advance: the counts were exchanged
         first). The received rows are in the order of their source ranks.
         """
-        send = np.ascontiguousarray(send)
-        counts, recv_counts = np.asarray(counts, dtype=np.int64), np.asarray(recv_counts, dtype=np.int64)
-        width = int(np.prod(send.shape[1:], dtype=np.int64))
-        recv = np.empty((int(recv_counts.sum()), *send.shape[1:]), dtype=send.dtype)
+        xp = get_array_module(send)
+        send = xp.ascontiguousarray(send)
+        counts, recv_counts = xp.asarray(counts, dtype=xp.int64), xp.asarray(recv_counts, dtype=xp.int64)
+        width = math.prod(send.shape[1:])  # numbers per row
+        recv = xp.empty((int(recv_counts.sum()), *send.shape[1:]), dtype=send.dtype)
         t = self._type(send)
         self.comm.Alltoallv([send, (counts * width, _starts(counts) * width), t],
                             [recv, (recv_counts * width, _starts(recv_counts) * width), t])
@@ -102,15 +105,17 @@ class Comm:
 
     def allreduce(self, a):
         """Elementwise sum of ``a`` over the ranks (every rank gets the sum)."""
-        a = np.ascontiguousarray(a)
-        out = np.empty_like(a)
+        xp = get_array_module(a)
+        a = xp.ascontiguousarray(a)
+        out = xp.empty_like(a)
         self.comm.Allreduce([a, self._type(a)], [out, self._type(out)], op=self.MPI.SUM)
         return out
 
     def exscan(self, a):
         """Exclusive prefix sum over the ranks: rank r gets a_0 + ... + a_{r-1} (rank 0 gets zeros)."""
-        a = np.ascontiguousarray(a)
-        out = np.zeros_like(a)
+        xp = get_array_module(a)
+        a = xp.ascontiguousarray(a)
+        out = xp.zeros_like(a)
         self.comm.Exscan([a, self._type(a)], [out, self._type(out)], op=self.MPI.SUM)
         if self.rank == 0:  # MPI leaves rank 0's result undefined
             out[...] = 0
@@ -135,7 +140,7 @@ class Comm:
 
 def _starts(counts):
     """Exclusive cumulative sum of ``counts``: where each rank's rows start."""
-    return np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+    return get_array_module(counts).cumsum(counts) - counts
 
 
 @contextlib.contextmanager
