@@ -2,7 +2,9 @@
 
 The distributed checks run under ``mpiexec`` as subprocesses (tests/mpi_scripts/), 4 ranks oversubscribed
 on 2 cores (MPICH's mpiexec allows more ranks than cores without a flag), each with a timeout; a failure
-shows every rank's output. They need the ``[mpi]`` extra, which ``make test`` installs.
+shows every rank's output. They need the ``[mpi]`` extra, which ``make test`` installs. On the shared
+2-core development machine this file takes about 30 s (the 4-rank check with its finite differences
+11-15 s of it); the quick expert_parallel experiment in test_experiments adds about 10 s.
 """
 import json
 import os
