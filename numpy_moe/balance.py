@@ -5,6 +5,12 @@ caches what ``loss.backward()`` needs; ``backward()`` returns the gradient with 
 as a dict with any of the keys "weight" (M,), "logits", "clean", "sigma" (N, E) (see
 :class:`numpy_moe.gating.Routing`), which the gate turns into parameter and input gradients.
 
+Every statistic a loss takes over the batch is a sum over samples (divided by N for a mean), and
+goes through ``loss.total``: the identity in one process. An expert-parallel layer
+(:mod:`numpy_moe.parallel`) sets ``loss.reduce`` to a sum over the ranks, so the statistics, the
+value and the factor each sample's gradient is scaled by are those of the concatenated batch
+(MATH.md §2.6).
+
 | class        | value                                                         | source                  |
 |--------------|---------------------------------------------------------------|-------------------------|
 | Seed000Loss  | w std(c / sum c), c = hard counts of selections (ddof=1)      | seed 000                |
@@ -27,11 +33,23 @@ class BalanceLoss:
     """Base: stores the weight; subclasses implement ``__call__(routing) -> float`` and ``backward()``."""
 
     name = "balance"
+    reduce = None  # None, or a function summing an array over the ranks (set by numpy_moe.parallel)
 
     def __init__(self, weight=0.01):
         if not weight >= 0:
             raise ValueError(f"{self.name} weight={weight!r} must be >= 0")
         self.weight = float(weight)
+
+    def total(self, a):
+        """``a``, a per-expert (or scalar) sum over this batch, summed over the ranks if distributed."""
+        return a if self.reduce is None else self.reduce(a)
+
+    def n_total(self, routing):
+        """N, the routing's number of samples, over all ranks if distributed."""
+        N = routing.logits.shape[0]
+        if self.reduce is None:
+            return N
+        return int(self.reduce(get_array_module(routing.logits).asarray([N]))[0])
 
     def __repr__(self):
         return f"{type(self).__name__}(weight={self.weight})"
@@ -48,7 +66,7 @@ class Seed000Loss(BalanceLoss):
 
     def __call__(self, routing):
         xp = get_array_module(routing.logits)
-        c = xp.bincount(routing.expert, minlength=routing.logits.shape[1])  # (E,)
+        c = self.total(xp.bincount(routing.expert, minlength=routing.logits.shape[1]))  # (E,)
         return self.weight * float((c / c.sum()).std(ddof=1))
 
     def backward(self):
@@ -82,10 +100,11 @@ class Importance(BalanceLoss):
         xp = get_array_module(routing.logits)
         self.routing = routing
         if self.source == "gates":
-            self.imp = xp.bincount(routing.expert, weights=routing.weight, minlength=routing.logits.shape[1])
+            imp = xp.bincount(routing.expert, weights=routing.weight, minlength=routing.logits.shape[1])
+            self.imp = self.total(imp.astype(xp.float64, copy=False))  # int64 zeros for an empty batch
         else:
             self.q = F.softmax(routing.clean)  # (N, E)
-            self.imp = self.q.sum(axis=0)  # (E,)
+            self.imp = self.total(self.q.sum(axis=0))  # (E,)
         return self.weight * float(F.cv_squared(self.imp))
 
     def backward(self):
@@ -130,7 +149,7 @@ class ShazeerLoad(BalanceLoss):
         n = xp.arange(N)
         t = xp.where(self.in_top, r.logits[n, self.jk1][:, None], r.logits[n, self.jk][:, None])  # (N, E)
         self.z = (r.clean - t) / r.sigma  # (N, E)
-        self.load = ndtr(self.z).sum(axis=0)  # (E,)
+        self.load = self.total(ndtr(self.z).sum(axis=0))  # (E,)
         self.routing = r
         return self.weight * float(F.cv_squared(self.load))
 
@@ -167,17 +186,18 @@ class VMoELoad(BalanceLoss):
         xp = get_array_module(routing.logits)
         r = self.routing = routing
         N = r.logits.shape[0]
+        self.n = self.n_total(r)
         self.jk = r.expert.reshape(N, r.top_k)[:, -1]  # K-th ranked expert, (N,)
         T = r.logits[xp.arange(N), self.jk]  # (N,)
         self.z = (r.clean - T[:, None]) / r.sigma  # (N, E)
-        self.load = ndtr(self.z).mean(axis=0)  # (E,)
+        self.load = self.total(ndtr(self.z).sum(axis=0)) / self.n  # (E,)
         return self.weight * float(F.cv_squared(self.load))
 
     def backward(self):
         xp = get_array_module(self.z)
         r = self.routing
         N = self.z.shape[0]
-        dload = F.cv_squared_backward(self.weight, self.load).astype(self.z.dtype) / N  # (E,)
+        dload = F.cv_squared_backward(self.weight, self.load).astype(self.z.dtype) / self.n  # (E,)
         dz = F.normal_cdf_backward(dload, self.z)  # (N, E)
         dclean = dz / r.sigma
         dlogits = xp.zeros_like(r.logits)
@@ -200,14 +220,15 @@ class SwitchLoss(BalanceLoss):
     def __call__(self, routing):
         xp = get_array_module(routing.logits)
         self.routing = routing
-        N, E = routing.logits.shape
-        self.f = xp.bincount(xp.argmax(routing.logits, axis=1), minlength=E) / N  # (E,)
-        return self.weight * E * float((self.f * routing.probs.mean(axis=0)).sum())
+        E = routing.logits.shape[1]
+        N = self.n = self.n_total(routing)
+        self.f = self.total(xp.bincount(xp.argmax(routing.logits, axis=1), minlength=E)) / N  # (E,)
+        return self.weight * E * float((self.f * (self.total(routing.probs.sum(axis=0)) / N)).sum())
 
     def backward(self):
         r = self.routing
-        N, E = r.logits.shape
-        dp = (self.weight * E / N) * self.f.astype(r.probs.dtype)  # (E,), the same for every row
+        E = r.logits.shape[1]
+        dp = (self.weight * E / self.n) * self.f.astype(r.probs.dtype)  # (E,), the same for every row
         return {"logits": F.softmax_backward(dp, r.probs)}
 
 
@@ -224,8 +245,8 @@ class ZLoss(BalanceLoss):
     def __call__(self, routing):
         self.routing = routing
         self.lse = F.logsumexp(routing.logits)  # (N,)
-        return self.weight * float((self.lse ** 2).mean())
+        self.n = self.n_total(routing)
+        return self.weight * float(self.total((self.lse ** 2).sum(keepdims=True))[0] / self.n)
 
     def backward(self):
-        N = self.lse.shape[0]
-        return {"logits": F.logsumexp_backward(2 * self.weight * self.lse / N, self.routing.logits)}
+        return {"logits": F.logsumexp_backward(2 * self.weight * self.lse / self.n, self.routing.logits)}

@@ -48,26 +48,46 @@ def apply_capacity(routing, capacity, batch_priority=False):
 
     Notes
     -----
-    Priority key of assignment (n, k): (k, position of n), so every first choice precedes every second
-    choice. One argsort of (expert, k, position) puts each expert's assignments in priority order; an
-    assignment is kept when its slot within its expert's block is < C.
+    Priority key of assignment (n, k): (k, position of n) (see :func:`capacity_mask`).
     """
     xp = get_array_module(routing.expert)
     N, E = routing.logits.shape
     K = routing.top_k
-    M = N * K
     position = xp.arange(N)
     if batch_priority:
         top = routing.probs[position, routing.expert.reshape(N, K)[:, 0]]  # max_e p[n, e], (N,)
-        position = xp.empty(N, dtype=routing.expert.dtype)
-        position[xp.argsort(-top, kind="stable")] = xp.arange(N)
+        position = priority_positions(top)
+    return routing._replace(kept=capacity_mask(routing.expert, position, K, E, capacity) & routing.kept)
+
+
+def priority_positions(top):
+    """Batch-prioritised order: position[n] = rank of sample n by descending top probability (stable)."""
+    xp = get_array_module(top)
+    N = top.shape[0]
+    position = xp.empty(N, dtype=xp.intp)
+    position[xp.argsort(-top, kind="stable")] = xp.arange(N)
+    return position
+
+
+def capacity_mask(expert, position, top_k, n_experts, capacity):
+    """(M,) True for the assignments that get one of their expert's ``capacity`` slots.
+
+    expert : (M,) the experts of a top-k routing, sample-major (M = N K). position : (N,) each sample's
+    place in the priority order (a permutation of 0..N-1). Priority key of assignment (n, k):
+    (k, position[n]), so every first choice precedes every second choice. One argsort of
+    (expert, k, position) puts each expert's assignments in priority order; an assignment is kept when
+    its slot within its expert's block is < capacity.
+    """
+    xp = get_array_module(expert)
+    N, K, E = position.shape[0], top_k, n_experts
+    M = N * K
     rank = xp.tile(xp.arange(K), N)  # (M,)
-    order = xp.argsort((routing.expert * K + rank) * N + position[routing.sample])  # unique keys
-    e_sorted = routing.expert[order]
+    order = xp.argsort((expert * K + rank) * N + position[xp.repeat(xp.arange(N), K)])  # unique keys
+    e_sorted = expert[order]
     start = xp.searchsorted(e_sorted, xp.arange(E))  # (E,) first slot of each expert
     kept = xp.empty(M, dtype=bool)
     kept[order] = xp.arange(M) - start[e_sorted] < capacity
-    return routing._replace(kept=kept & routing.kept)
+    return kept
 
 
 class Groups(NamedTuple):
