@@ -13,6 +13,15 @@ as a dict with any of the keys "weight" (M,), "logits", "clean", "sigma" (N, E) 
 | VMoELoad     | w CV²(mean_n Φ((clean - T_n) / sigma)), T_n the K-th h of row | V-MoE (seed 004)        |
 | SwitchLoss   | w E sum_e f_e P_e                                             | Switch Transformer      |
 | ZLoss        | w mean_n logsumexp(h_n)²                                      | ST-MoE                  |
+| SequenceBalance | w mean_seq sum_e f_e P_e, f_e = E/(K T) count_e, P_e = mean_t s'_{t,e} | DeepSeek-V2/V3 |
+
+Frameworks feed these losses three ways the functions below reproduce (MATH.md §10.6):
+
+- a token mask: :func:`select_samples` keeps only the samples that count (padding excluded from every
+  statistic), :func:`expand_grad` puts the gradient back with zeros at the padding;
+- per sequence: :class:`SequenceBalance` reads ``routing.seq_lengths``;
+- over several layers: :class:`MultiLayer` averages the per-layer losses or concatenates the layers'
+  routings as if they were one layer (Mixtral's and Qwen2-MoE's ``load_balancing_loss_func``).
 
 The seed-000 loss counts hard selections, so it is piecewise constant in every parameter: its
 gradient is exactly zero and adding it to the training loss changes nothing (the seed's bug; its
@@ -20,15 +29,21 @@ gradient is exactly zero and adding it to the training loss changes nothing (the
 """
 from . import functional as F
 from .backend import get_array_module, ndtr
-from .gating import topk_indices
+from .gates.base import topk_indices
+from .layers import Module
 
 
-class BalanceLoss:
-    """Base: stores the weight; subclasses implement ``__call__(routing) -> float`` and ``backward()``."""
+class BalanceLoss(Module):
+    """Base: stores the weight; subclasses implement ``__call__(routing) -> float`` and ``backward()``.
+
+    A loss is a Module without parameters, so a layer's list of losses is part of its configuration and
+    numpy_moe.io saves it like any nested module.
+    """
 
     name = "balance"
 
     def __init__(self, weight=0.01):
+        super().__init__()
         if not weight >= 0:
             raise ValueError(f"{self.name} weight={weight!r} must be >= 0")
         self.weight = float(weight)
@@ -229,3 +244,172 @@ class ZLoss(BalanceLoss):
     def backward(self):
         N = self.lse.shape[0]
         return {"logits": F.logsumexp_backward(2 * self.weight * self.lse / N, self.routing.logits)}
+
+
+class SequenceBalance(BalanceLoss):
+    """DeepSeek's balance loss w * sum_e f_e P_e, per sequence then averaged (DeepSeek-V3 eq. 17-20).
+
+    Parameters
+    ----------
+    weight : w (the paper's alpha). per_sequence : True: statistics per sequence of
+        ``routing.seq_lengths`` (DeepSeek-V3's sequence-wise loss, DeepSeek-V2's ``seq_aux``), the whole
+        batch being one sequence when the routing has no lengths; False: over the batch (DeepSeek-V2's
+        batch loss, the Switch / GShard f·P loss for top-k routing).
+
+    Notes
+    -----
+    For a sequence of T samples: f_e = E / (K T) * #{t : e among t's K selected experts}
+    (hard, no gradient; 1 for every expert under perfect balance), s' = s / sum_e s (the scores
+    normalised per sample: softmax scores are unchanged, sigmoid scores are divided by their sum),
+    P_e = mean_t s'_{t,e}, L = w mean over sequences of sum_e f_e P_e. Backward:
+    ds'_{t,e} = w f_e / (S T) for t in a sequence (S sequences), ds = (ds' - sum_e ds'_e s'_e) / sum_e s.
+    HuggingFace's Mixtral / Qwen2-MoE loss is E sum_e (count_e / N) P_e = K times this with
+    per_sequence=False (modeling_mixtral.py, ``load_balancing_loss_func``).
+    """
+
+    name = "sequence"
+
+    def __init__(self, weight=1e-3, per_sequence=True):
+        super().__init__(weight)
+        self.per_sequence = bool(per_sequence)
+
+    def __call__(self, routing):
+        xp = get_array_module(routing.logits)
+        if routing.top_k is None:
+            raise ValueError("SequenceBalance needs a top-k routing (K experts per sample); expert choice "
+                             "is balanced by construction")
+        N, E = routing.logits.shape
+        K = routing.top_k
+        lengths = routing.seq_lengths if self.per_sequence and routing.seq_lengths is not None else [N]
+        self.routing, self.T = routing, xp.asarray(lengths, dtype=routing.logits.dtype)  # (S,)
+        self.seq = xp.repeat(xp.arange(len(lengths)), xp.asarray(lengths))  # (N,) sequence of each sample
+        s = routing.scores if routing.scores is not None else routing.probs
+        self.ssum = s.sum(axis=1, keepdims=True)  # (N, 1)
+        self.sn = s / self.ssum  # (N, E)
+        S = len(lengths)
+        counts = xp.bincount(self.seq[routing.sample] * E + routing.expert, minlength=S * E).reshape(S, E)
+        self.f = counts * (E / K) / self.T[:, None]  # (S, E)
+        starts = xp.concatenate([xp.zeros(1, dtype=xp.intp), xp.cumsum(xp.asarray(lengths))[:-1]])
+        P = xp.add.reduceat(self.sn, starts, axis=0) / self.T[:, None]  # (S, E)
+        return self.weight * float((self.f * P).sum(axis=1).mean())
+
+    def backward(self):
+        dP = self.weight * self.f / self.f.shape[0]  # (S, E)
+        dsn = (dP / self.T[:, None])[self.seq]  # (N, E)
+        ds = (dsn - (dsn * self.sn).sum(axis=1, keepdims=True)) / self.ssum
+        return {"scores": ds}
+
+
+def select_samples(routing, mask):
+    """The routing of the samples where ``mask`` is True, as if the others were not in the batch.
+
+    Parameters
+    ----------
+    routing : a Routing of N samples. mask : (N,) bool, True for the samples that count (not padding).
+
+    Returns
+    -------
+    sub : the Routing of the n = mask.sum() counted samples, numbered 0..n-1 in their order; its
+        ``seq_lengths`` count the counted samples of each sequence (sequences left empty are dropped).
+    index : (m,) the assignments of ``routing`` that ``sub`` keeps, for :func:`expand_grad`.
+    """
+    xp = get_array_module(routing.logits)
+    index = xp.flatnonzero(mask[routing.sample])
+    renumber = xp.cumsum(mask) - 1  # (N,) new number of each counted sample
+
+    def rows(a):
+        return None if a is None else a[mask]
+
+    lengths = routing.seq_lengths
+    if lengths is not None:
+        seq = xp.repeat(xp.arange(len(lengths)), xp.asarray(lengths))
+        counts = xp.bincount(seq[mask], minlength=len(lengths))
+        lengths = [int(c) for c in counts if c > 0]
+    sub = routing._replace(sample=renumber[routing.sample[index]], expert=routing.expert[index],
+                           weight=routing.weight[index], kept=routing.kept[index], logits=rows(routing.logits),
+                           clean=rows(routing.clean), sigma=rows(routing.sigma), eps=rows(routing.eps),
+                           probs=rows(routing.probs), scores=rows(routing.scores), seq_lengths=lengths)
+    return sub, index
+
+
+def expand_grad(grad, routing, mask, index):
+    """A gradient of ``select_samples(routing, mask)`` as a gradient of ``routing``: zeros at the padding."""
+    xp = get_array_module(routing.logits)
+    out = {}
+    for key, g in grad.items():
+        full = xp.zeros(routing.weight.shape if key == "weight" else routing.logits.shape, dtype=g.dtype)
+        if key == "weight":
+            full[index] = g
+        else:
+            full[mask] = g
+        out[key] = full
+    return out
+
+
+class MultiLayer:
+    """One balance loss over the routings of several MoE layers, in either convention frameworks use.
+
+    Parameters
+    ----------
+    loss : a BalanceLoss (its class and configuration are reused per layer).
+    mode : "mean": the average of the per-layer losses (each layer's own statistics);
+        "concat": one loss over all layers' routings concatenated as if they were one layer of
+        L N samples (HuggingFace Mixtral / Qwen2-MoE ``load_balancing_loss_func``, which concatenates
+        the layers' router logits).
+
+    ``value = agg(routings)`` (routings of layers with the same E and K), then ``agg.backward()`` is the
+    list of the layers' routing gradients, which ``MoE.backward(dy, routing_grad=...)`` takes.
+
+    Notes
+    -----
+    mean: L = (1/L) sum_l loss(r_l), d r_l = (1/L) dloss(r_l). concat: the samples of layer l are rows
+    l N .. (l + 1) N - 1 of the concatenation; its gradient is split back by rows and assignments.
+    """
+
+    MODES = ("mean", "concat")
+
+    def __init__(self, loss, mode="mean"):
+        if not isinstance(loss, BalanceLoss):
+            raise TypeError(f"loss={loss!r} must be a numpy_moe.balance loss object")
+        if mode not in self.MODES:
+            raise ValueError(f"mode={mode!r} must be one of {self.MODES}")
+        self.loss, self.mode = loss, mode
+
+    def __call__(self, routings):
+        xp = get_array_module(routings[0].logits)
+        self.routings = list(routings)
+        if self.mode == "mean":
+            self.losses = [type(self.loss).from_config(self.loss.get_config()) for _ in self.routings]
+            return sum(loss(r) for loss, r in zip(self.losses, self.routings)) / len(self.routings)
+        shapes = {(r.logits.shape[1], r.top_k) for r in self.routings}
+        if len(shapes) > 1:
+            raise ValueError(f"mode='concat' needs layers with the same n_experts and top_k; got {sorted(shapes)}")
+        offsets = [0]
+        for r in self.routings:
+            offsets.append(offsets[-1] + r.logits.shape[0])
+        self.offsets = offsets
+
+        def cat(field):
+            parts = [getattr(r, field) for r in self.routings]
+            return None if any(p is None for p in parts) else xp.concatenate(parts)
+
+        first = self.routings[0]
+        seq = [list(r.seq_lengths) if r.seq_lengths is not None else [r.logits.shape[0]] for r in self.routings]
+        joined = first._replace(
+            sample=xp.concatenate([r.sample + o for r, o in zip(self.routings, offsets)]),
+            **{f: cat(f) for f in ("expert", "weight", "kept", "logits", "clean", "sigma", "eps", "probs", "scores")},
+            seq_lengths=sum(seq, []))
+        return self.loss(joined)
+
+    def backward(self):
+        """The gradient of each layer's routing (a list of dicts, one per routing given to the call)."""
+        L = len(self.routings)
+        if self.mode == "mean":
+            return [{k: g / L for k, g in loss.backward().items()} for loss in self.losses]
+        grad = self.loss.backward()
+        out, a = [], 0
+        for r, lo, hi in zip(self.routings, self.offsets[:-1], self.offsets[1:]):
+            m = r.weight.shape[0]
+            out.append({k: g[a:a + m] if k == "weight" else g[lo:hi] for k, g in grad.items()})
+            a += m
+        return out

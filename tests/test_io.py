@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from numpy_moe import io
-from numpy_moe.balance import Importance
+from numpy_moe.balance import Importance, ZLoss
 from numpy_moe.classic import LocalExperts
 from numpy_moe.estimators import LocalExpertsClassifier, LocalExpertsRegressor, MoEClassifier, MoERegressor
 from numpy_moe.layers import MLP, Linear, Module, ReLU, Sequential
@@ -31,6 +31,14 @@ class Residual(Module):
         return x + self.mlp.forward(x)
 
 
+class Activation(Module):
+    """A module whose constructor takes a function: its configuration has no JSON form."""
+
+    def __init__(self, activation):
+        super().__init__()
+        self.activation = activation
+
+
 MODELS = {
     "Linear": lambda: Linear(5, 3, seed=0),
     "MLP tanh float32": lambda: MLP(5, (4, 6), 3, activation="tanh", seed=0, dtype="float32"),
@@ -42,6 +50,7 @@ MODELS = {
     "MoE top-1 V-MoE capacity": lambda: MoE(5, 3, 4, seed=0, top_k=1, noise="vmoe", capacity_factor=1.25,
                                             batch_priority=True, balance={"switch": 0.01, "z_loss": 0.001}),
     "MoE expert choice": lambda: MoE(5, 3, 4, hidden=7, seed=0, router="expert_choice", capacity_factor=2),
+    "MoE balance loss objects": lambda: MoE(5, 3, 4, seed=0, top_k=2, balance=[Importance(0.01), ZLoss(1e-3)]),
     "LocalExperts competitive classification": lambda: LocalExperts(5, 3, 4, mode="competitive", seed=0),
     "LocalExperts cooperative regression": lambda: LocalExperts(5, 2, 3, mode="cooperative", task="regression",
                                                                 seed=0),
@@ -140,8 +149,8 @@ def test_same_parameters_but_another_gate_convention_is_another_architecture(tmp
 def test_unknown_classes_and_unsavable_objects(tmp_path):
     with pytest.raises(TypeError, match="cannot save a dict: expected a numpy_moe Module or estimator"):
         io.save({"W": np.zeros(2)}, tmp_path / "x.npz")
-    with pytest.raises(TypeError, match=r"cannot save config\['balance'\]\[0\]=Importance"):
-        io.save(MoE(5, 3, 4, top_k=2, balance=[Importance(0.01)]), tmp_path / "x.npz")
+    with pytest.raises(TypeError, match=r"cannot save config\['activation'\]=<built-in function abs>"):
+        io.save(Activation(abs), tmp_path / "x.npz")
     io.save(Linear(2, 2, seed=0), tmp_path / "lin.npz")
     with np.load(tmp_path / "lin.npz") as npz:
         entries = dict(npz)
