@@ -222,55 +222,70 @@ class ExpertBank(Module):
             g["b_down"], g["b_gate"], g["b_up"] = dout.sum(axis=1), dG.sum(axis=1), dU.sum(axis=1)
         return (dG @ p["W_gate"].transpose(0, 2, 1) + dU @ p["W_up"].transpose(0, 2, 1)).sum(axis=0)
 
+    def _act_parts(self, g):
+        """(act(g), act'(g)) from one evaluation of the sigmoid (SiLU) or of Φ and φ (GELU)."""
+        if self.activation == "swiglu":
+            s = F.sigmoid(g)
+            act = g * s
+            return act, s + act * (1 - s)  # s (1 + g (1 - s))
+        cdf = F.normal_cdf(g)
+        return g * cdf, cdf + g * F.normal_pdf(g)
+
     def _glu_forward_grouped(self, x):
-        """Grouped: x (M, D) -> (M, O). Products per expert block, element-wise work once over all rows."""
+        """Grouped: x (M, D) -> (M, O).
+
+        One product per expert block computes G and U together, x_e [W_gate_e W_up_e] -> (rows, 2H), so x is
+        read once; the activation and its derivative run once over all M rows; then one product per block
+        for W_down.
+        """
         xp = get_array_module(x)
         p, M, H = self.params, x.shape[0], self.hidden
         self.x = x
-        self.G, self.U = xp.empty((M, H), dtype=x.dtype), xp.empty((M, H), dtype=x.dtype)
+        self.W_in = xp.concatenate([p["W_gate"], p["W_up"]], axis=2)  # (E, D, 2H), reused by the backward
+        GU = self.GU = xp.empty((M, 2 * H), dtype=x.dtype)
         out = xp.empty((M, self.out_features), dtype=x.dtype)
-        blocks = [(e, lo, hi) for e, (lo, hi) in enumerate(zip(self.offsets[:-1], self.offsets[1:])) if hi > lo]
-        for e, lo, hi in blocks:
-            xp.matmul(x[lo:hi], p["W_gate"][e], out=self.G[lo:hi])
-            xp.matmul(x[lo:hi], p["W_up"][e], out=self.U[lo:hi])
+        self.blocks = [(e, lo, hi) for e, (lo, hi) in enumerate(zip(self.offsets[:-1], self.offsets[1:])) if hi > lo]
+        for e, lo, hi in self.blocks:
+            xp.matmul(x[lo:hi], self.W_in[e], out=GU[lo:hi])
             if self.bias:
-                self.G[lo:hi] += p["b_gate"][e]
-                self.U[lo:hi] += p["b_up"][e]
-        self.A = self._act(self.G)
-        self.A *= self.U  # (M, H)
-        for e, lo, hi in blocks:
+                GU[lo:hi, :H] += p["b_gate"][e]
+                GU[lo:hi, H:] += p["b_up"][e]
+        self.act, self.dact = self._act_parts(GU[:, :H])  # (M, H) each
+        self.A = self.act * GU[:, H:]  # (M, H)
+        for e, lo, hi in self.blocks:
             xp.matmul(self.A[lo:hi], p["W_down"][e], out=out[lo:hi])
             if self.bias:
                 out[lo:hi] += p["b_down"][e]
         return out
 
     def _glu_backward_grouped(self, dout):
-        """Grouped: dout (M, O) -> dx (M, D); experts with no rows get exactly zero gradient."""
+        """Grouped: dout (M, O) -> dx (M, D); experts with no rows get exactly zero gradient.
+
+        dG and dU sit side by side in one (M, 2H) array, so each block's input gradient is one product
+        [dG dU] [W_gate W_up]ᵀ and its weight gradients one product x_eᵀ [dG dU].
+        """
         xp = get_array_module(dout)
-        p, g = self.params, self.grads
+        p, g, H = self.params, self.grads, self.hidden
         for key, v in p.items():
             g[key] = xp.zeros_like(v)
-        blocks = [(e, lo, hi) for e, (lo, hi) in enumerate(zip(self.offsets[:-1], self.offsets[1:])) if hi > lo]
         dA = xp.empty_like(self.A)
-        for e, lo, hi in blocks:
+        for e, lo, hi in self.blocks:
             xp.matmul(self.A[lo:hi].T, dout[lo:hi], out=g["W_down"][e])
             xp.matmul(dout[lo:hi], p["W_down"][e].T, out=dA[lo:hi])
-        dU = dA * self._act(self.G)  # (M, H)
-        dA *= self.U
-        dG = self._act_backward(dA, self.G)
-        dx, tmp = xp.empty_like(self.x), xp.empty_like(self.x)
-        for e, lo, hi in blocks:
-            x = self.x[lo:hi]
-            xp.matmul(x.T, dG[lo:hi], out=g["W_gate"][e])
-            xp.matmul(x.T, dU[lo:hi], out=g["W_up"][e])
-            xp.matmul(dG[lo:hi], p["W_gate"][e].T, out=dx[lo:hi])
-            xp.matmul(dU[lo:hi], p["W_up"][e].T, out=tmp[lo:hi])
-            dx[lo:hi] += tmp[lo:hi]
+        dGU = xp.empty_like(self.GU)
+        xp.multiply(dA, self.act, out=dGU[:, H:])  # dU = dA ⊙ act(G)
+        dA *= self.GU[:, H:]
+        xp.multiply(dA, self.dact, out=dGU[:, :H])  # dG = dA ⊙ U ⊙ act'(G)
+        dx = xp.empty_like(self.x)
+        dW_in = xp.empty((self.in_features, 2 * H), dtype=dout.dtype)
+        for e, lo, hi in self.blocks:
+            xp.matmul(self.x[lo:hi].T, dGU[lo:hi], out=dW_in)
+            g["W_gate"][e], g["W_up"][e] = dW_in[:, :H], dW_in[:, H:]
+            xp.matmul(dGU[lo:hi], self.W_in[e].transpose(1, 0), out=dx[lo:hi])
             if self.bias:
-                g["b_down"][e], g["b_gate"][e], g["b_up"][e] = (dout[lo:hi].sum(axis=0), dG[lo:hi].sum(axis=0),
-                                                               dU[lo:hi].sum(axis=0))
+                g["b_down"][e] = dout[lo:hi].sum(axis=0)
+                g["b_gate"][e], g["b_up"][e] = dGU[lo:hi, :H].sum(axis=0), dGU[lo:hi, H:].sum(axis=0)
         return dx
-
 
 class SharedExpert(Module):
     """An always-on expert added to the routed output: DeepSeek-MoE's shared experts, Qwen2-MoE's gated one.
