@@ -54,7 +54,7 @@ softmax_then_topk gate and expert choice (V-MoE) and over the top-k gates for to
 (Shazeer); "load" is ShazeerLoad with noise="shazeer" and VMoELoad with noise="vmoe" (it needs noise);
 "switch" SwitchLoss, "z_loss" ZLoss, "seed000" Seed000Loss.
 
-The routing of the last forward is ``moe.routing`` (a :class:`numpy_moe.gating.Routing`), so a model
+The routing of the last forward is ``moe.routing`` (a :class:`numpy_moe.gates.Routing`), so a model
 built on the layer (an image classifier, an MLP-Mixer) can read which experts each sample used.
 ``dispatch="dense"`` runs a sparse gate the way seed 000 does (every expert on every sample, then the
 sparse weights blend the outputs): the same function, E / K times the work, kept for the benchmark and

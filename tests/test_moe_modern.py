@@ -266,3 +266,21 @@ def test_keyword_forms_take_experts_and_shared_objects(rng):
     x = rng.standard_normal((9, D))
     assert moe.forward(x).shape == (9, O) and moe.backward(np.ones((9, O))).shape == x.shape
     assert {"gate.W", "experts.W_gate", "shared.w", "shared.mlp.W_down"} <= {n for n, _ in moe.named_parameters()}
+
+
+def test_the_composed_blocks_of_the_module_docstring_build_and_run(rng):
+    from numpy_moe import moe as moe_module
+    Dm, Om, H = 6, 3, 4
+    blocks = [line for line in moe_module.__doc__.split("Today's blocks are composed")[1].split("``forward(x")[0]
+              .split("\n\n")[1:] if line.strip()]
+    source = "\n".join(blocks[0].splitlines())
+    namespace = dict(MoE=MoE, ScoreGate=ScoreGate, ExpertBank=ExpertBank, SharedExpert=SharedExpert,
+                     SequenceBalance=B.SequenceBalance, D=Dm, O=Om, H=H)
+    layers = []
+    for statement in source.split("    MoE(")[1:]:
+        layers.append(eval("MoE(" + statement.split("#")[0].strip().rstrip(","), namespace))
+    assert len(layers) == 3
+    for layer in layers:
+        x = rng.standard_normal((20, Dm))
+        y = layer.forward(x)
+        assert y.shape == (20, Om) and layer.backward(np.ones_like(y)).shape == x.shape
