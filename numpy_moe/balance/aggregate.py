@@ -5,7 +5,7 @@
 - :class:`MultiLayer` averages the per-layer losses or concatenates the layers' routings as if they were
   one layer (Mixtral's and Qwen2-MoE's ``load_balancing_loss_func``).
 """
-from ..backend import get_array_module
+from ..backend import get_array_module, to_numpy
 from .losses import BalanceLoss
 
 
@@ -31,8 +31,8 @@ def select_samples(routing, mask):
 
     lengths = routing.seq_lengths
     if lengths is not None:
-        seq = xp.repeat(xp.arange(len(lengths)), xp.asarray(lengths))
-        counts = xp.bincount(seq[mask], minlength=len(lengths))
+        seq = xp.repeat(xp.arange(len(lengths)), [int(t) for t in lengths])
+        counts = to_numpy(xp.bincount(seq[mask], minlength=len(lengths)))
         lengths = [int(c) for c in counts if c > 0]
     sub = routing._replace(sample=renumber[routing.sample[index]], expert=routing.expert[index],
                            weight=routing.weight[index], kept=routing.kept[index], logits=rows(routing.logits),

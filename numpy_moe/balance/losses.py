@@ -273,16 +273,17 @@ class SequenceBalance(BalanceLoss):
         N, E = routing.logits.shape
         K = routing.top_k
         lengths = routing.seq_lengths if self.per_sequence and routing.seq_lengths is not None else [N]
+        lengths = [int(t) for t in lengths]
         self.routing, self.T = routing, xp.asarray(lengths, dtype=routing.logits.dtype)  # (S,)
-        self.seq = xp.repeat(xp.arange(len(lengths)), xp.asarray(lengths))  # (N,) sequence of each sample
+        S = len(lengths)
+        self.seq = xp.repeat(xp.arange(S), lengths)  # (N,) the sequence of each sample
         s = routing.scores if routing.scores is not None else routing.probs
         self.ssum = s.sum(axis=1, keepdims=True)  # (N, 1)
         self.sn = s / self.ssum  # (N, E)
-        S = len(lengths)
         counts = xp.bincount(self.seq[routing.sample] * E + routing.expert, minlength=S * E).reshape(S, E)
         self.f = counts * (E / K) / self.T[:, None]  # (S, E)
-        starts = xp.concatenate([xp.zeros(1, dtype=xp.intp), xp.cumsum(xp.asarray(lengths))[:-1]])
-        P = xp.add.reduceat(self.sn, starts, axis=0) / self.T[:, None]  # (S, E)
+        member = (self.seq[None, :] == xp.arange(S)[:, None]).astype(s.dtype)  # (S, N), one row per sequence
+        P = (member @ self.sn) / self.T[:, None]  # (S, E)
         return self.weight * float((self.f * P).sum(axis=1).mean())
 
     def backward(self):
