@@ -1,11 +1,11 @@
-"""The mixture-of-experts layer ``y = sum_e G_e(x) E_e(x)``, dense or sparse (MATH.md §2-4).
+"""The mixture-of-experts layer ``y = sum_e G_e(x) E_e(x)``, dense or sparse (MATH.md §2-4, §10).
 
 One class, :class:`MoE`, builds every variant: the classic ones from short keyword arguments, today's by
-composing a gate, an expert bank, a shared expert and balance losses, each configured on itself. ``x`` is (N, D), ``y`` is (N, O);
-the layer follows the Module contract, so it can sit inside ``Sequential``. After ``forward``,
-``moe.aux_loss`` is the weighted sum of its balance losses (add it to the task loss; ``backward`` already
-includes its gradient) and ``moe.diagnostics`` reports samples per expert, importance and dropped
-assignments.
+composing a gate, an expert bank, a shared expert and balance losses, each configured on itself.
+``x`` is (N, D), ``y`` is (N, O); the layer follows the Module contract, so it can sit inside
+``Sequential``. After ``forward``, ``moe.aux_loss`` is the weighted sum of its balance losses (add it to
+the task loss; ``backward`` already includes its gradient) and ``moe.diagnostics`` reports samples per
+expert, importance and dropped assignments.
 
 How to build each variant (D inputs, O outputs, E experts, H hidden units of each MLP expert)::
 
