@@ -304,7 +304,7 @@ class SharedExpert(Module):
     -----
     Gated: a = x w (N, 1), g = sigmoid(a), y_s = g ⊙ E_s(x). Backward: dg = sum_o dy_s ⊙ E_s(x),
     da = dg g (1 - g), dw = xᵀ da, dE_s = g dy_s, dx = mlp.backward(dE_s) + da wᵀ.
-    (modeling_qwen2_moe.py, ``Qwen2MoeSparseMoeBlock.forward``; DeepSeekMoE, Dai et al. 2024, eq. 9.)
+    (modeling_qwen2_moe.py, ``Qwen2MoeSparseMoeBlock.forward``; DeepSeekMoE, Dai et al. 2024, shared expert isolation.)
     """
 
     def __init__(self, in_features, out_features, hidden, activation="swiglu", gated=False, bias=None, seed=None,

@@ -16,7 +16,7 @@ Sources: DeepSeek-V3 technical report (2024) §2.1.1-2.1.2 and its reference cod
 (deepseek-ai/DeepSeek-V3, inference/model.py, ``Gate.forward``); HuggingFace transformers
 ``modeling_deepseek_v3.py`` (``DeepseekV3TopkRouter``, ``DeepseekV3MoE.route_tokens_to_experts``),
 ``modeling_mixtral.py`` (``MixtralSparseMoeBlock.forward``), ``modeling_qwen2_moe.py``
-(``Qwen2MoeSparseMoeBlock.forward``); DeepSeek-V2 (2024) §2.1.3 and its ``modeling_deepseek.py``
+(``Qwen2MoeSparseMoeBlock.forward``); DeepSeek-V2 (2024, device-limited routing) and its ``modeling_deepseek.py``
 (``MoEGate.forward``, ``topk_method="group_limited_greedy"``); Wang et al. 2024, "Auxiliary-loss-free
 load balancing strategy for mixture-of-experts", Algorithm 1; torchtitan ``_update_expert_bias`` for the
 mean-centred update.
