@@ -1,7 +1,10 @@
-"""ExpertBank: E experts of identical shape with stacked weights (MATH.md §1).
+"""ExpertBank: E experts of identical shape with stacked weights; SharedExpert (MATH.md §1, §10).
 
-Linear experts ``E_e(x) = x W_e + b_e`` or one-hidden-layer ReLU MLP experts
-``E_e(x) = relu(x W1_e + b1_e) W2_e + b2_e``. The weights of all experts are stored stacked,
+Linear experts ``E_e(x) = x W_e + b_e``, one-hidden-layer ReLU MLP experts
+``E_e(x) = relu(x W1_e + b1_e) W2_e + b2_e``, or gated-linear experts (Shazeer 2020, "GLU variants
+improve transformer"; the experts of Mixtral, Qwen2-MoE and DeepSeek)
+``E_e(x) = (act(x W_gate_e) ⊙ (x W_up_e)) W_down_e`` with act = SiLU (SwiGLU) or GELU (GeGLU), biases
+off by default as in those models. The weights of all experts are stored stacked,
 W1 of shape (E, D, H), so the dense case (every expert on every sample, as seeds 000-002 do) is one
 batched matmul per layer; there is no Python list of expert objects on the hot path.
 
@@ -10,7 +13,13 @@ Two forward/backward pairs serve the two ways an MoE layer uses its experts:
 - ``forward(x) -> (E, N, O)`` / ``backward(dout) -> dx``: every expert on every sample (dense MoE).
 - ``forward_grouped(x, offsets) -> (M, O)`` / ``backward_grouped(dout) -> dx``: rows of ``x`` are grouped
   by expert (rows ``offsets[e]:offsets[e+1]`` go to expert e), each expert runs only on its own rows;
-  this is what sparse dispatch calls. An expert with no rows gets exactly zero gradient.
+  this is what sparse dispatch calls. An expert with no rows gets exactly zero gradient. The grouped
+  pass loops over experts only for the matrix products; every element-wise step (activation, gating
+  product, their backward) runs once over all M rows, so many small experts (E = 64, K = 8) cost no more
+  per row than a few large ones.
+
+:class:`SharedExpert` is an always-on expert added to the routed output: DeepSeek-MoE's shared experts
+(several, fused into one MLP of their summed width) or Qwen2-MoE's shared expert scaled by sigmoid(x w).
 """
 from . import functional as F
 from .backend import default_rng, get_array_module
@@ -19,48 +28,95 @@ from .validation import check_positive_int
 
 
 class ExpertBank(Module):
-    """E linear (``hidden=None``) or ReLU-MLP experts with stacked weights.
+    """E linear (``hidden=None``), ReLU-MLP or gated-linear (SwiGLU, GeGLU) experts with stacked weights.
 
     Parameters
     ----------
     n_experts : E. in_features : D. out_features : O. hidden : H, or None for linear experts.
     seed : int or numpy Generator. dtype : float32 or float64.
+    activation : "relu" (one hidden ReLU layer), "swiglu" (act = SiLU) or "geglu" (act = exact GELU);
+        the gated-linear ones need ``hidden``.
+    bias : None (the default of the kind: True for linear and ReLU experts, False for gated-linear ones,
+        as in Mixtral, Qwen and DeepSeek), True or False.
 
-    Parameters held: linear W (E, D, O), b (E, O); MLP W1 (E, D, H), b1 (E, H), W2 (E, H, O), b2 (E, O).
+    Parameters held: linear W (E, D, O), b (E, O); ReLU MLP W1 (E, D, H), b1 (E, H), W2 (E, H, O),
+    b2 (E, O); gated-linear W_gate (E, D, H), W_up (E, D, H), W_down (E, H, O), and with bias b_gate,
+    b_up (E, H), b_down (E, O).
 
     Notes
     -----
     MLP expert e on rows X_e: A = X_e W1_e + b1_e, Z = relu(A), Y = Z W2_e + b2_e.
     Backward: dW2_e = Zᵀ dY, db2_e = sum dY, dZ = dY W2_eᵀ, dA = dZ * [A > 0],
     dW1_e = X_eᵀ dA, db1_e = sum dA, dX_e = dA W1_eᵀ.
+    Gated-linear expert: G = X W_gate, U = X W_up, A = act(G) ⊙ U, Y = A W_down (MATH.md §10.1).
+    Backward: dW_down = Aᵀ dY, dA = dY W_downᵀ, dU = dA ⊙ act(G), dG = dA ⊙ U ⊙ act'(G),
+    dW_gate = Xᵀ dG, dW_up = Xᵀ dU, dX = dG W_gateᵀ + dU W_upᵀ; act'(g) = s (1 + g (1 - s)) with
+    s = sigmoid(g) for SiLU, Φ(g) + g φ(g) for GELU.
     """
 
-    def __init__(self, n_experts, in_features, out_features, hidden=None, seed=None, dtype="float64"):
+    ACTIVATIONS = ("relu", "swiglu", "geglu")
+
+    def __init__(self, n_experts, in_features, out_features, hidden=None, seed=None, dtype="float64",
+                 activation="relu", bias=None):
         super().__init__(dtype)
         E = self.n_experts = check_positive_int(n_experts, "n_experts")
         D = self.in_features = check_positive_int(in_features, "in_features")
         O = self.out_features = check_positive_int(out_features, "out_features")
         self.hidden = None if hidden is None else check_positive_int(hidden, "hidden")
+        if activation not in self.ACTIVATIONS:
+            raise ValueError(f"activation={activation!r} must be one of {self.ACTIVATIONS}")
+        self.glu = activation != "relu"
+        if self.glu and self.hidden is None:
+            raise ValueError(f"activation={activation!r} needs hidden=H (a gated-linear expert has a hidden layer)")
+        if bias not in (None, True, False):
+            raise ValueError(f"bias={bias!r} must be None, True or False")
+        self.activation = activation
+        self.bias = (not self.glu) if bias is None else bias
         rng = default_rng(seed)
         if self.hidden is None:
             self.params["W"] = init_weight(rng, D, O, (E, D, O), "glorot", self.dtype)
-            self.params["b"] = zeros_param((E, O), self.dtype)
-        else:
+            if self.bias:
+                self.params["b"] = zeros_param((E, O), self.dtype)
+        elif not self.glu:
             H = self.hidden
             self.params["W1"] = init_weight(rng, D, H, (E, D, H), "he", self.dtype)
-            self.params["b1"] = zeros_param((E, H), self.dtype)
+            if self.bias:
+                self.params["b1"] = zeros_param((E, H), self.dtype)
             self.params["W2"] = init_weight(rng, H, O, (E, H, O), "glorot", self.dtype)
-            self.params["b2"] = zeros_param((E, O), self.dtype)
+            if self.bias:
+                self.params["b2"] = zeros_param((E, O), self.dtype)
+        else:
+            H = self.hidden
+            for name, fan_in, fan_out, shape in [("gate", D, H, (E, D, H)), ("up", D, H, (E, D, H)),
+                                                  ("down", H, O, (E, H, O))]:
+                self.params["W_" + name] = init_weight(rng, fan_in, fan_out, shape, "glorot", self.dtype)
+                if self.bias:
+                    self.params["b_" + name] = zeros_param((E, shape[2]), self.dtype)
         self.zero_grad()
 
     @property
     def _layers(self):
-        """(weight, bias) key pairs, first layer first."""
-        return [("W", "b")] if self.hidden is None else [("W1", "b1"), ("W2", "b2")]
+        """(weight, bias or None) key pairs of the linear / ReLU experts, first layer first."""
+        keys = [("W", "b")] if self.hidden is None else [("W1", "b1"), ("W2", "b2")]
+        return [(w, b if self.bias else None) for w, b in keys]
+
+    def _act(self, g):
+        return F.silu(g) if self.activation == "swiglu" else F.gelu(g)
+
+    def _act_backward(self, dy, g):
+        return F.silu_backward(dy, g) if self.activation == "swiglu" else F.gelu_backward(dy, g)
+
+    def _add_bias(self, h, key, e=None):
+        """h += the bias ``key`` (of expert e, or of every expert along h's first axis); no-op without bias."""
+        if key is not None and key in self.params:
+            h += self.params[key][e] if e is not None else self.params[key][:, None, :]
+        return h
 
     # dense: every expert on every sample ------------------------------------------------------
     def forward(self, x):
         """x (N, D) -> out (E, N, O), out[e] = E_e(x)."""
+        if self.glu:
+            return self._glu_forward(x)
         self.x = x
         h = x
         self.acts = []
@@ -68,16 +124,19 @@ class ExpertBank(Module):
             if i:
                 self.acts.append(h)  # pre-activation (E, N, H)
                 h = F.relu(h)
-            h = h @ self.params[w] + self.params[b][:, None, :]  # (E, N, ·)
+            h = self._add_bias(h @ self.params[w], b)  # (E, N, ·)
         return h
 
     def backward(self, dout):
         """dout (E, N, O) -> dx (N, D); writes every grad."""
+        if self.glu:
+            return self._glu_backward(dout)
         E, N, _ = dout.shape
         d = dout
         for i, (w, b) in reversed(list(enumerate(self._layers))):
             inp = self.x if i == 0 else F.relu(self.acts[i - 1])
-            self.grads[b] = d.sum(axis=1)  # (E, ·)
+            if b is not None:
+                self.grads[b] = d.sum(axis=1)  # (E, ·)
             if i == 0:
                 self.grads[w] = self.x.T @ d.transpose(1, 0, 2).reshape(N, -1)  # (D, E*·)
                 self.grads[w] = self.grads[w].reshape(self.in_features, E, -1).transpose(1, 0, 2)
@@ -95,6 +154,8 @@ class ExpertBank(Module):
         """
         xp = get_array_module(x)
         self.offsets = [int(o) for o in offsets]
+        if self.glu:
+            return self._glu_forward_grouped(x)
         M, n_layers = x.shape[0], len(self._layers)
         self.hs = [x] + [xp.empty((M, self.params[w].shape[2]), dtype=x.dtype) for w, _ in self._layers]
         blocks = list(zip(self.offsets[:-1], self.offsets[1:]))
@@ -106,7 +167,7 @@ class ExpertBank(Module):
             for i, (w, b) in enumerate(self._layers):
                 h = self.hs[i + 1][lo:hi]
                 xp.matmul(self.hs[i][lo:hi], self.params[w][e], out=h)
-                h += self.params[b][e]
+                self._add_bias(h, b, e)
                 if i < n_layers - 1:
                     xp.maximum(h, zeros[: hi - lo], out=h)  # Z = relu(A) in place
         return self.hs[-1]
@@ -114,6 +175,8 @@ class ExpertBank(Module):
     def backward_grouped(self, dout):
         """dout (M, O) -> dx (M, D); experts with no rows get exactly zero gradient."""
         xp = get_array_module(dout)
+        if self.glu:
+            return self._glu_backward_grouped(dout)
         for key, p in self.params.items():
             self.grads[key] = xp.empty_like(p)
         # dbuf[i]: gradient w.r.t. the input of layer i (dbuf[0] = dx)
@@ -128,10 +191,148 @@ class ExpertBank(Module):
             for i, (w, b) in reversed(list(enumerate(self._layers))):
                 inp = self.hs[i][lo:hi]
                 xp.matmul(inp.T, d, out=self.grads[w][e])  # (·, ·)
-                xp.matmul(ones[: hi - lo], d, out=self.grads[b][e])  # sum over rows as a GEMV (threaded)
+                if b is not None:
+                    xp.matmul(ones[: hi - lo], d, out=self.grads[b][e])  # sum over rows as a GEMV (threaded)
                 dinp = dbuf[i][lo:hi]
                 xp.matmul(d, self.params[w][e].T, out=dinp)
                 if i:
                     dinp *= inp > 0  # relu backward: inp = relu(A) > 0 exactly where A > 0
                 d = dinp
         return dbuf[0]
+
+    # gated-linear experts ------------------------------------------------------------------------
+    def _glu_forward(self, x):
+        """Dense: x (N, D) -> (E, N, O)."""
+        p = self.params
+        self.x = x
+        self.G = self._add_bias(x @ p["W_gate"], "b_gate")  # (E, N, H)
+        self.U = self._add_bias(x @ p["W_up"], "b_up")
+        self.A = self._act(self.G) * self.U
+        return self._add_bias(self.A @ p["W_down"], "b_down")  # (E, N, O)
+
+    def _glu_backward(self, dout):
+        """Dense: dout (E, N, O) -> dx (N, D)."""
+        p, g = self.params, self.grads
+        g["W_down"] = self.A.transpose(0, 2, 1) @ dout  # (E, H, O)
+        dA = dout @ p["W_down"].transpose(0, 2, 1)  # (E, N, H)
+        dU = dA * self._act(self.G)
+        dG = self._act_backward(dA * self.U, self.G)
+        g["W_gate"], g["W_up"] = self.x.T @ dG, self.x.T @ dU  # (E, D, H), the same x for every expert
+        if self.bias:
+            g["b_down"], g["b_gate"], g["b_up"] = dout.sum(axis=1), dG.sum(axis=1), dU.sum(axis=1)
+        return (dG @ p["W_gate"].transpose(0, 2, 1) + dU @ p["W_up"].transpose(0, 2, 1)).sum(axis=0)
+
+    def _act_parts(self, g):
+        """(act(g), act'(g)) from one evaluation of the sigmoid (SiLU) or of Φ and φ (GELU)."""
+        if self.activation == "swiglu":
+            s = F.sigmoid(g)
+            act = g * s
+            return act, s + act * (1 - s)  # s (1 + g (1 - s))
+        cdf = F.normal_cdf(g)
+        return g * cdf, cdf + g * F.normal_pdf(g)
+
+    def _glu_forward_grouped(self, x):
+        """Grouped: x (M, D) -> (M, O).
+
+        One product per expert block computes G and U together, x_e [W_gate_e W_up_e] -> (rows, 2H), so x is
+        read once; the activation and its derivative run once over all M rows; then one product per block
+        for W_down.
+        """
+        xp = get_array_module(x)
+        p, M, H = self.params, x.shape[0], self.hidden
+        self.x = x
+        self.W_in = xp.concatenate([p["W_gate"], p["W_up"]], axis=2)  # (E, D, 2H), reused by the backward
+        GU = self.GU = xp.empty((M, 2 * H), dtype=x.dtype)
+        out = xp.empty((M, self.out_features), dtype=x.dtype)
+        self.blocks = [(e, lo, hi) for e, (lo, hi) in enumerate(zip(self.offsets[:-1], self.offsets[1:])) if hi > lo]
+        for e, lo, hi in self.blocks:
+            xp.matmul(x[lo:hi], self.W_in[e], out=GU[lo:hi])
+            if self.bias:
+                GU[lo:hi, :H] += p["b_gate"][e]
+                GU[lo:hi, H:] += p["b_up"][e]
+        self.act, self.dact = self._act_parts(GU[:, :H])  # (M, H) each
+        self.A = self.act * GU[:, H:]  # (M, H)
+        for e, lo, hi in self.blocks:
+            xp.matmul(self.A[lo:hi], p["W_down"][e], out=out[lo:hi])
+            if self.bias:
+                out[lo:hi] += p["b_down"][e]
+        return out
+
+    def _glu_backward_grouped(self, dout):
+        """Grouped: dout (M, O) -> dx (M, D); experts with no rows get exactly zero gradient.
+
+        dG and dU sit side by side in one (M, 2H) array, so each block's input gradient is one product
+        [dG dU] [W_gate W_up]ᵀ and its weight gradients one product x_eᵀ [dG dU].
+        """
+        xp = get_array_module(dout)
+        p, g, H = self.params, self.grads, self.hidden
+        for key, v in p.items():
+            g[key] = xp.zeros_like(v)
+        dA = xp.empty_like(self.A)
+        for e, lo, hi in self.blocks:
+            xp.matmul(self.A[lo:hi].T, dout[lo:hi], out=g["W_down"][e])
+            xp.matmul(dout[lo:hi], p["W_down"][e].T, out=dA[lo:hi])
+        dGU = xp.empty_like(self.GU)
+        xp.multiply(dA, self.act, out=dGU[:, H:])  # dU = dA ⊙ act(G)
+        dA *= self.GU[:, H:]
+        xp.multiply(dA, self.dact, out=dGU[:, :H])  # dG = dA ⊙ U ⊙ act'(G)
+        dx = xp.empty_like(self.x)
+        dW_in = xp.empty((self.in_features, 2 * H), dtype=dout.dtype)
+        for e, lo, hi in self.blocks:
+            xp.matmul(self.x[lo:hi].T, dGU[lo:hi], out=dW_in)
+            g["W_gate"][e], g["W_up"][e] = dW_in[:, :H], dW_in[:, H:]
+            xp.matmul(dGU[lo:hi], self.W_in[e].transpose(1, 0), out=dx[lo:hi])
+            if self.bias:
+                g["b_down"][e] = dout[lo:hi].sum(axis=0)
+                g["b_gate"][e], g["b_up"][e] = dGU[lo:hi, :H].sum(axis=0), dGU[lo:hi, H:].sum(axis=0)
+        return dx
+
+class SharedExpert(Module):
+    """An always-on expert added to the routed output: DeepSeek-MoE's shared experts, Qwen2-MoE's gated one.
+
+    Parameters
+    ----------
+    in_features : D. out_features : O. hidden : H, the width of the shared MLP (DeepSeek's n_shared
+        shared experts of width H_e are one MLP of width n_shared H_e: the sum of their outputs is that
+        MLP's output). activation, bias : as for ExpertBank ("swiglu" and no bias by default).
+    gated : False (DeepSeek-MoE: y_s = E_s(x)) or True (Qwen2-MoE: y_s = sigmoid(x w) E_s(x), w (D, 1),
+        ``shared_expert_gate``). seed, dtype : as for ExpertBank.
+
+    Shapes: x (N, D) -> y_s (N, O); parameters mlp.* (an ExpertBank of one expert) and w (D, 1) if gated.
+
+    Notes
+    -----
+    Gated: a = x w (N, 1), g = sigmoid(a), y_s = g ⊙ E_s(x). Backward: dg = sum_o dy_s ⊙ E_s(x),
+    da = dg g (1 - g), dw = xᵀ da, dE_s = g dy_s, dx = mlp.backward(dE_s) + da wᵀ.
+    (modeling_qwen2_moe.py, ``Qwen2MoeSparseMoeBlock.forward``; DeepSeekMoE, Dai et al. 2024, shared expert isolation.)
+    """
+
+    def __init__(self, in_features, out_features, hidden, activation="swiglu", gated=False, bias=None, seed=None,
+                 dtype="float64"):
+        super().__init__(dtype)
+        self.in_features = check_positive_int(in_features, "in_features")
+        self.out_features = check_positive_int(out_features, "out_features")
+        rng = default_rng(seed)
+        self.mlp = ExpertBank(1, in_features, out_features, hidden, seed=rng, dtype=dtype, activation=activation,
+                              bias=bias)
+        self.gated = bool(gated)
+        if self.gated:
+            self.params["w"] = init_weight(rng, in_features, 1, (in_features, 1), "glorot", self.dtype)
+        self.zero_grad()
+
+    def forward(self, x):
+        """x (N, D) -> (N, O)."""
+        self.x = x
+        self.y = self.mlp.forward(x)[0]  # (N, O)
+        if not self.gated:
+            return self.y
+        self.g = F.sigmoid(x @ self.params["w"])  # (N, 1)
+        return self.g * self.y
+
+    def backward(self, dy):
+        """dy (N, O) -> dx (N, D)."""
+        if not self.gated:
+            return self.mlp.backward(dy[None])
+        da = F.sigmoid_backward((dy * self.y).sum(axis=1, keepdims=True), self.g)  # (N, 1)
+        self.grads["w"] = self.x.T @ da  # (D, 1)
+        return self.mlp.backward((self.g * dy)[None]) + da @ self.params["w"].T

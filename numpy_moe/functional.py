@@ -95,6 +95,27 @@ def softplus_backward(dy, x):
     return dy * sigmoid(x)
 
 
+def silu(x):
+    """y = x sigmoid(x) (SiLU, "swish"; the activation of SwiGLU)."""
+    return x * sigmoid(x)
+
+
+def silu_backward(dy, x):
+    """dx = dy * s (1 + x (1 - s)), s = sigmoid(x): the product rule on x s with s' = s (1 - s)."""
+    s = sigmoid(x)
+    return dy * s * (1 + x * (1 - s))
+
+
+def gelu(x):
+    """y = x Φ(x), the exact GELU (Hendrycks & Gimpel 2016; the activation of GeGLU)."""
+    return x * ndtr(x)
+
+
+def gelu_backward(dy, x):
+    """dx = dy * (Φ(x) + x φ(x))."""
+    return dy * (ndtr(x) + x * normal_pdf(x))
+
+
 def normal_cdf(x):
     """Φ(x), the standard normal CDF (scipy / cupyx ``ndtr`` through the backend)."""
     return ndtr(x)

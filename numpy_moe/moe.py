@@ -1,10 +1,11 @@
-"""The mixture-of-experts layer ``y = sum_e G_e(x) E_e(x)``, dense or sparse (MATH.md §2-4).
+"""The mixture-of-experts layer ``y = sum_e G_e(x) E_e(x)``, dense or sparse (MATH.md §2-4, §10).
 
-One class, :class:`MoE`, builds every variant from keyword arguments. ``x`` is (N, D), ``y`` is (N, O);
-the layer follows the Module contract, so it can sit inside ``Sequential``. After ``forward``,
-``moe.aux_loss`` is the weighted sum of its balance losses (add it to the task loss; ``backward`` already
-includes its gradient) and ``moe.diagnostics`` reports samples per expert, importance and dropped
-assignments.
+One class, :class:`MoE`, builds every variant: the classic ones from short keyword arguments, today's by
+composing a gate, an expert bank, a shared expert and balance losses, each configured on itself.
+``x`` is (N, D), ``y`` is (N, O); the layer follows the Module contract, so it can sit inside
+``Sequential``. After ``forward``, ``moe.aux_loss`` is the weighted sum of its balance losses (add it to
+the task loss; ``backward`` already includes its gradient) and ``moe.diagnostics`` reports samples per
+expert, importance and dropped assignments.
 
 How to build each variant (D inputs, O outputs, E experts, H hidden units of each MLP expert)::
 
@@ -25,31 +26,51 @@ How to build each variant (D inputs, O outputs, E experts, H hidden units of eac
     MoE(..., balance=[Importance(0.01, source="gates"), ZLoss(1e-3)])
                                                   # any list of numpy_moe.balance loss objects
 
+Today's blocks are composed (MATH.md §10; numpy_moe.gates, numpy_moe.experts, numpy_moe.balance)::
+
+    MoE(gate=ScoreGate(D, 8, top_k=2, score="softmax", normalize=True, jitter=0.01),
+        experts=ExpertBank(8, D, O, H, activation="swiglu"))          # Mixtral
+    MoE(gate=ScoreGate(D, 64, top_k=8, score="sigmoid", normalize=True, scale=2.5, n_groups=8,
+                       topk_groups=4, group_score="top2", bias_update=1e-3),
+        experts=ExpertBank(64, D, O, H, activation="swiglu"), shared=SharedExpert(D, O, H),
+        balance=[SequenceBalance(1e-4)])                              # DeepSeek-V3
+    MoE(gate=ScoreGate(D, 60, top_k=4, score="softmax", normalize=False),
+        experts=ExpertBank(60, D, O, H, activation="swiglu"), shared=SharedExpert(D, O, 4 * H, gated=True),
+        balance=[SequenceBalance(0.001 * 4, per_sequence=False)])     # Qwen2-MoE (HF's loss is K times it)
+
+``forward(x, mask=None, seq_lengths=None)``: ``mask`` (N,) bool marks the samples that count (False:
+padding), which every balance statistic, the diagnostics and the selection bias's load then ignore;
+``seq_lengths`` (ints summing to N) splits the batch into sequences for SequenceBalance.
+``backward(dy, routing_grad=None)`` adds a gradient of the routing from outside (a
+numpy_moe.balance.MultiLayer loss over several layers).
+
 Pitfall: ``top_k=1, gate="topk_then_softmax"`` gives every sample the weight softmax(one logit) = 1, so
 the task loss sends the gate no gradient at all (only balance losses train it); use softmax_then_topk
-for top-1 routing, as Switch does.
+for top-1 routing, as Switch does. The same holds for ``ScoreGate(top_k=1, normalize=True)`` (s / s = 1).
+The layer refuses either when no balance loss gives the router a gradient.
 
 Balance names map to losses as follows: "importance" is Importance over the full clean softmax for the
 softmax_then_topk gate and expert choice (V-MoE) and over the top-k gates for topk_then_softmax
 (Shazeer); "load" is ShazeerLoad with noise="shazeer" and VMoELoad with noise="vmoe" (it needs noise);
 "switch" SwitchLoss, "z_loss" ZLoss, "seed000" Seed000Loss.
 
-The routing of the last forward is ``moe.routing`` (a :class:`numpy_moe.gating.Routing`), so a model
+The routing of the last forward is ``moe.routing`` (a :class:`numpy_moe.gates.Routing`), so a model
 built on the layer (an image classifier, an MLP-Mixer) can read which experts each sample used.
 ``dispatch="dense"`` runs a sparse gate the way seed 000 does (every expert on every sample, then the
 sparse weights blend the outputs): the same function, E / K times the work, kept for the benchmark and
 for the test that the two dispatches agree.
 """
 from . import balance as B
-from .backend import default_rng, get_array_module, to_numpy
-from .experts import ExpertBank
-from .gating import CONVENTIONS, NOISES, ExpertChoiceGate, SoftmaxGate, TopKGate
+from .backend import asarray, default_rng, get_array_module, to_numpy
+from .experts import ExpertBank, SharedExpert
+from .gates import CONVENTIONS, NOISES, ExpertChoiceGate, ScoreGate, SoftmaxGate, TopKGate
 from .layers import Module
 from .routing import apply_capacity, combine_topk, expert_capacity, group_by_expert, scatter_add
 from .validation import check_input, check_positive_int, check_real
 
 ROUTERS = ("topk", "expert_choice")
 BALANCE_NAMES = ("importance", "load", "switch", "z_loss", "seed000")
+GATES = (SoftmaxGate, TopKGate, ExpertChoiceGate, ScoreGate)
 
 
 def _balance_losses(balance, convention, noise):
@@ -77,126 +98,251 @@ def _balance_losses(balance, convention, noise):
     return losses
 
 
+def _router_trains(gate, losses):
+    """False when the gate's weights are constant (top-1 renormalised) and no loss gives the router a gradient."""
+    constant = getattr(gate, "top_k", None) == 1 and (getattr(gate, "convention", None) == "topk_then_softmax"
+                                    or isinstance(gate, ScoreGate) and gate.normalize)
+    useful = [loss for loss in losses if loss.weight > 0 and not isinstance(loss, B.Seed000Loss)
+              and not (isinstance(loss, B.Importance) and loss.source == "gates")]
+    return not constant or bool(useful)
+
+
+def check_mask(mask, n_samples):
+    """Validate a token mask: (N,) bool, at least one True; returned on the current backend."""
+    mask = asarray(mask)
+    if mask.dtype != bool:
+        raise TypeError(f"mask has dtype {mask.dtype}; expected bool (True for the samples that count)")
+    if mask.shape != (n_samples,):
+        raise ValueError(f"mask has shape {tuple(mask.shape)}; expected ({n_samples},), one entry per sample")
+    if not bool(mask.any()):
+        raise ValueError("mask is False everywhere; at least one sample must count")
+    return mask
+
+
+def check_seq_lengths(seq_lengths, n_samples):
+    """Validate sequence lengths: positive ints summing to N; returned as a list."""
+    try:
+        lengths = [int(t) for t in seq_lengths]
+        bad = any(t != v or isinstance(v, bool) for t, v in zip(lengths, seq_lengths))
+    except (TypeError, ValueError):
+        lengths, bad = [], True
+    if bad or not lengths or min(lengths) < 1:
+        raise ValueError(f"seq_lengths={seq_lengths!r} must be a non-empty list of positive integers")
+    if sum(lengths) != n_samples:
+        raise ValueError(f"seq_lengths={seq_lengths!r} sum to {sum(lengths)}; expected the {n_samples} samples of x")
+    return lengths
+
+
 class MoE(Module):
     """Mixture of experts: a gate, an ExpertBank, and for sparse gates a dispatch and balance losses.
 
     Parameters
     ----------
-    in_features : D. out_features : O. n_experts : E.
-    hidden : H for ReLU-MLP experts, None for linear experts.
+    in_features : D. out_features : O. n_experts : E. (Optional with ``gate`` and ``experts`` objects,
+        which carry them; when given they must agree.)
+    hidden : H for ReLU-MLP experts, None for linear experts (set it on the ExpertBank when composing).
     seed : int or numpy Generator (the gate is drawn first, then the experts; a noisy gate then draws
-        its noise from the same generator). dtype : float32 or float64.
+        its noise from the same generator). dtype : float32 or float64 (composed parts must have it).
     top_k : None (default) for the dense softmax gate; K (1 <= K <= E) for a top-k gate.
-    gate : "softmax_then_topk" (seed 000, V-MoE) or "topk_then_softmax" (Shazeer). Top-k only.
+    gate : "softmax_then_topk" (seed 000, V-MoE) or "topk_then_softmax" (Shazeer), top-k only; or a gate
+        object (SoftmaxGate, TopKGate, ExpertChoiceGate, ScoreGate) configured on itself, in which case
+        top_k, noise, noise_std and router stay at their defaults.
     noise : None, "shazeer" (learned scale) or "vmoe" (std noise_std / E). Top-k only, training mode only.
     noise_std : V-MoE noise std before dividing by E.
     router : "topk" (default) or "expert_choice" (each expert picks its top C samples; needs
         capacity_factor and no top_k).
     capacity_factor : None (no limit) or cf > 0: top-k experts keep at most ceil(N K cf / E) assignments,
-        expert choice takes ceil(N cf / E) samples per expert.
+        expert choice takes ceil(N cf / E) samples per expert (with a gate object, top-k gates only).
     batch_priority : with a capacity, serve samples with a larger max_e p[n, e] first (V-MoE BPR)
         instead of by position.
     balance : None, a dict name -> weight (names in BALANCE_NAMES, see the module docstring), or a list of
         numpy_moe.balance loss objects.
     dispatch : "sparse" (default: each expert runs on its own samples) or "dense" (every expert on every
         sample, as seed 000 does). Sparse gates only.
+    experts : None (built from hidden) or an ExpertBank (linear, ReLU, SwiGLU or GeGLU experts).
+    shared : None or a SharedExpert, always on, added to the routed output.
 
     Shapes: x (N, D) -> y (N, O). Parameters gate.W (D, E), gate.b (E,), [gate.W_noise (D, E)],
-    experts.W1/b1/W2/b2 or experts.W/b (see ExpertBank).
+    experts.* (see ExpertBank), [shared.*].
 
     Notes
     -----
     Dense: g = softmax(x W_g + b_g) (N, E), y_n = sum_e g_{n,e} E_e(x_n); dg_{n,e} = <dy_n, E_e(x_n)>,
     dE_e(x_n) = g_{n,e} dy_n, dx = gate.backward(dg) + experts.backward(dout).
-    Sparse: y_n = sum over kept assignments m of n of w_m E_{e_m}(x_n); dw_m = <dy_n, E_{e_m}(x_n)>
-    (0 for dropped m), dE_{e_m}(x_n) = w_m dy_n; the gate gets dw plus the balance losses' gradients;
-    dx_n = (gate path) + sum_m dx_m from the experts. An expert without samples gets zero gradient.
+    Sparse: y_n = sum over kept assignments m of n of w_m E_{e_m}(x_n) [+ shared(x_n)];
+    dw_m = <dy_n, E_{e_m}(x_n)> (0 for dropped m), dE_{e_m}(x_n) = w_m dy_n; the gate gets dw plus the
+    balance losses' gradients (computed on the counted samples only when a mask is given, zero at the
+    padding); dx_n = (gate path) + sum_m dx_m from the experts [+ shared.backward(dy)]. An expert without
+    samples gets zero gradient.
     """
 
-    def __init__(self, in_features, out_features, n_experts, hidden=None, seed=None, dtype="float64", *,
-                 top_k=None, gate="softmax_then_topk", noise=None, noise_std=1.0, router="topk",
-                 capacity_factor=None, batch_priority=False, balance=None, dispatch="sparse"):
+    def __init__(self, in_features=None, out_features=None, n_experts=None, hidden=None, seed=None,
+                 dtype="float64", *, top_k=None, gate="softmax_then_topk", noise=None, noise_std=1.0,
+                 router="topk", capacity_factor=None, batch_priority=False, balance=None, dispatch="sparse",
+                 experts=None, shared=None):
         super().__init__(dtype)
-        D = self.in_features = check_positive_int(in_features, "in_features")
-        self.out_features = check_positive_int(out_features, "out_features")
-        E = self.n_experts = check_positive_int(n_experts, "n_experts")
+        if dispatch not in ("sparse", "dense"):
+            raise ValueError(f"dispatch={dispatch!r} must be 'sparse' or 'dense'")
+        if capacity_factor is not None:
+            capacity_factor = check_real(capacity_factor, "capacity_factor", 0, low_open=True)
+        noise_std = check_real(noise_std, "noise_std", 0, low_open=True)
+        if experts is not None and not isinstance(experts, ExpertBank):
+            raise TypeError(f"experts={experts!r} must be a numpy_moe.experts.ExpertBank")
+        if experts is not None and hidden is not None:
+            raise ValueError(f"hidden={hidden!r} is set on the ExpertBank when experts= is given: "
+                             "ExpertBank(E, D, O, hidden=H, ...)")
+        if shared is not None and not isinstance(shared, SharedExpert):
+            raise TypeError(f"shared={shared!r} must be a numpy_moe.experts.SharedExpert")
+        rng = default_rng(seed)
+        if isinstance(gate, Module):
+            self._compose_gate(gate, top_k, noise, noise_std, router, capacity_factor)
+            convention, noise = getattr(gate, "convention", "scored"), getattr(gate, "noise", None)
+        elif isinstance(gate, str):
+            convention = self._keyword_gate(gate, top_k, noise, noise_std, router, capacity_factor, balance,
+                                            in_features, n_experts, rng)
+        else:
+            raise TypeError(f"gate={gate!r} must be a convention name {CONVENTIONS} or a gate object {GATES}")
+        D, E = self.gate.in_features, self.gate.n_experts
+        for name, value, have in [("in_features", in_features, D), ("n_experts", n_experts, E)]:
+            if value is not None and check_positive_int(value, name) != have:
+                raise ValueError(f"{name}={value} but the gate has {have}")
+        if experts is None:
+            out_features = check_positive_int(out_features, "out_features")
+            experts = ExpertBank(E, D, out_features, hidden, seed=rng, dtype=dtype)
+        for name, have, want in [("n_experts", experts.n_experts, E), ("in_features", experts.in_features, D),
+                                 ("out_features", experts.out_features, out_features or experts.out_features)]:
+            if have != want:
+                raise ValueError(f"experts has {name}={have}; expected {want} (from the gate or the arguments)")
+        if shared is not None and (shared.in_features, shared.out_features) != (D, experts.out_features):
+            raise ValueError(f"shared maps {shared.in_features} -> {shared.out_features} features; expected "
+                             f"{D} -> {experts.out_features}")
+        for name, part in [("gate", self.gate), ("experts", experts), ("shared", shared)]:
+            if part is not None and part.dtype != self.dtype:
+                raise ValueError(f"{name} has dtype {part.dtype} but the layer has dtype={self.dtype}: pass "
+                                 f"dtype='{part.dtype}' to MoE as well")
+        self.in_features, self.out_features, self.n_experts = D, experts.out_features, E
+        self.experts, self.shared = experts, shared
+        self.capacity_factor, self.batch_priority, self.dispatch = capacity_factor, bool(batch_priority), dispatch
+        self.dense = isinstance(self.gate, SoftmaxGate)
+        if self.dense and balance:
+            raise ValueError(f"balance={balance!r} needs a sparse gate: pass top_k=K or router='expert_choice'")
+        self.losses = _balance_losses(balance, convention, noise)
+        if not self.dense and not _router_trains(self.gate, self.losses):
+            raise ValueError("gate: top_k=1 with renormalised weights (topk_then_softmax, or ScoreGate with "
+                             "normalize=True) gives every sample the weight 1, so the router gets no gradient "
+                             "from the task loss, and no balance loss here trains it; use softmax_then_topk / "
+                             "normalize=False, top_k >= 2, or add a balance loss such as SwitchLoss or "
+                             "SequenceBalance")
+        self._aux = 0.0
+
+    def _keyword_gate(self, gate, top_k, noise, noise_std, router, capacity_factor, balance, D, E, rng):
+        """Build the gate of the short keyword forms; returns the balance convention."""
+        D = check_positive_int(D, "in_features")
+        E = check_positive_int(E, "n_experts")
         if router not in ROUTERS:
             raise ValueError(f"router={router!r} must be one of {ROUTERS}")
         if gate not in CONVENTIONS:
             raise ValueError(f"gate={gate!r} must be one of {CONVENTIONS}")
         if noise not in NOISES:
             raise ValueError(f"noise={noise!r} must be one of {NOISES}")
-        if dispatch not in ("sparse", "dense"):
-            raise ValueError(f"dispatch={dispatch!r} must be 'sparse' or 'dense'")
-        if capacity_factor is not None:
-            capacity_factor = check_real(capacity_factor, "capacity_factor", 0, low_open=True)
-        noise_std = check_real(noise_std, "noise_std", 0, low_open=True)
-        self.dense = router == "topk" and top_k is None
-        if self.dense and (noise is not None or capacity_factor is not None or balance):
+        dense = router == "topk" and top_k is None
+        if dense and (noise is not None or capacity_factor is not None or balance):
             raise ValueError(f"noise={noise!r}, capacity_factor={capacity_factor!r} and balance={balance!r} "
                              "need a sparse gate: pass top_k=K or router='expert_choice'")
         if router == "expert_choice" and (top_k is not None or noise is not None or capacity_factor is None):
             raise ValueError(f"router='expert_choice' takes capacity_factor (got {capacity_factor!r}) and "
                              f"no top_k or noise (got top_k={top_k!r}, noise={noise!r})")
-        self.capacity_factor, self.batch_priority, self.dispatch = capacity_factor, bool(batch_priority), dispatch
-        rng = default_rng(seed)
-        if self.dense:
-            self.gate = SoftmaxGate(D, E, seed=rng, dtype=dtype)
+        if dense:
+            self.gate = SoftmaxGate(D, E, seed=rng, dtype=self.dtype)
         elif router == "expert_choice":
-            self.gate = ExpertChoiceGate(D, E, capacity_factor, seed=rng, dtype=dtype)
+            self.gate = ExpertChoiceGate(D, E, capacity_factor, seed=rng, dtype=self.dtype)
         else:
-            self.gate = TopKGate(D, E, top_k, gate, noise, noise_std, seed=rng, dtype=dtype)
-        self.experts = ExpertBank(E, D, out_features, hidden, seed=rng, dtype=dtype)
-        self.losses = _balance_losses(balance, gate if router == "topk" else "expert_choice", noise)
-        self._aux = 0.0
+            self.gate = TopKGate(D, E, top_k, gate, noise, noise_std, seed=rng, dtype=self.dtype)
+        return gate if router == "topk" else "expert_choice"
+
+    def _compose_gate(self, gate, top_k, noise, noise_std, router, capacity_factor):
+        """Take a gate object; refuse the keywords that belong on it, saying where they go."""
+        if not isinstance(gate, GATES):
+            raise TypeError(f"gate={gate!r} must be one of {[g.__name__ for g in GATES]}")
+        moved = {k: v for k, v, default in [("top_k", top_k, None), ("noise", noise, None),
+                                             ("noise_std", noise_std, 1.0), ("router", router, "topk")]
+                 if v != default}
+        if moved:
+            raise ValueError(f"{moved} configure the gate; with a gate object set them on it "
+                             f"(for example TopKGate(D, E, top_k=2, noise='vmoe') or ScoreGate(D, E, top_k=2))")
+        if isinstance(gate, SoftmaxGate) and capacity_factor is not None:
+            raise ValueError(f"capacity_factor={capacity_factor!r} needs a sparse gate, not a SoftmaxGate")
+        if isinstance(gate, ExpertChoiceGate) and capacity_factor is not None:
+            raise ValueError(f"capacity_factor={capacity_factor!r}: an ExpertChoiceGate carries its own "
+                             "capacity_factor; leave the layer's at None")
+        self.gate = gate
 
     @property
     def aux_loss(self):
         """Weighted sum of the balance losses of the last forward (0.0 without any)."""
         return self._aux
 
-    def forward(self, x):
-        """x (N, D) -> y (N, O)."""
+    def forward(self, x, mask=None, seq_lengths=None):
+        """x (N, D) -> y (N, O). mask: (N,) bool or None; seq_lengths: ints summing to N, or None."""
         xp = get_array_module(x)
         x = check_input(x, self.in_features, self.dtype)
         N, E = x.shape[0], self.n_experts
         self.y_shape = (N, self.out_features)
+        self.mask = None if mask is None else check_mask(mask, N)
+        seq_lengths = None if seq_lengths is None else check_seq_lengths(seq_lengths, N)
         if self.dense:
             self.g = self.gate.forward(x)  # (N, E)
             self.out = self.experts.forward(x)  # (E, N, O)
-            return xp.einsum("ne,eno->no", self.g, self.out)  # (N, O)
-        r = self.gate.forward(x)
+            return self._add_shared(x, xp.einsum("ne,eno->no", self.g, self.out))  # (N, O)
+        r = self.gate.forward(x, mask=self.mask) if isinstance(self.gate, ScoreGate) else self.gate.forward(x)
         if self.capacity_factor is not None and r.top_k is not None:
             r = apply_capacity(r, expert_capacity(N, r.top_k, E, self.capacity_factor), self.batch_priority)
-        self.routing = r
-        self._aux = sum(loss(r) for loss in self.losses)
+        r = self.routing = r._replace(seq_lengths=seq_lengths)
+        if self.mask is None:
+            self.counted = r
+        else:
+            self.counted, self.counted_index = B.select_samples(r, self.mask)
+        self._aux = sum(loss(self.counted) for loss in self.losses)
         if self.dispatch == "dense":
             self.g = xp.zeros((N, E), dtype=self.dtype)
             self.g[r.sample, r.expert] = r.weight * r.kept  # (N, E), zero off the kept assignments
             self.out = self.experts.forward(x)  # (E, N, O)
-            return xp.einsum("ne,eno->no", self.g, self.out)
+            return self._add_shared(x, xp.einsum("ne,eno->no", self.g, self.out))
         groups = self.groups = group_by_expert(r, E)
         self.w = r.weight[groups.assignment][:, None]  # (G, 1)
         self.out = self.experts.forward_grouped(xp.take(x, groups.sample, axis=0), groups.offsets)  # (G, O)
         if r.top_k is None:  # expert choice: a sample has 0..E experts
-            return scatter_add(xp.zeros((N, self.out_features), dtype=self.dtype), self.out, groups, self.w)
-        return combine_topk(self.out, groups, (r.weight * r.kept).reshape(N, r.top_k))  # (N, O)
+            y = scatter_add(xp.zeros((N, self.out_features), dtype=self.dtype), self.out, groups, self.w)
+        else:
+            y = combine_topk(self.out, groups, (r.weight * r.kept).reshape(N, r.top_k))  # (N, O)
+        return self._add_shared(x, y)
 
     def _check_forwarded(self, what):
         if not hasattr(self, "y_shape"):
             raise ValueError(f"{what} needs a forward pass first: call forward(x) before {what}")
 
-    def backward(self, dy):
-        """dy (N, O) -> dx (N, D); fills the gate's and the experts' grads, balance losses included."""
+    def _add_shared(self, x, y):
+        if self.shared is not None:
+            y += self.shared.forward(x)
+        return y
+
+    def backward(self, dy, routing_grad=None):
+        """dy (N, O) -> dx (N, D); fills the gate's and the experts' grads, balance losses included.
+
+        routing_grad : None or a dict, a gradient of ``self.routing`` from outside the layer (a
+        numpy_moe.balance.MultiLayer loss), added to the gate's.
+        """
         self._check_forwarded("backward(dy)")
         if tuple(getattr(dy, "shape", ())) != self.y_shape:
             raise ValueError(f"dy has shape {tuple(getattr(dy, 'shape', ()))}; expected {self.y_shape}, the shape of "
                              "the last forward's output")
         xp = get_array_module(dy)
+        dx_shared = None if self.shared is None else self.shared.backward(dy)
         if self.dense:
             dg = xp.einsum("no,eno->ne", dy, self.out)  # (N, E)
             dout = self.g.T[:, :, None] * dy[None]  # (E, N, O)
-            return self.gate.backward(dg) + self.experts.backward(dout)
+            dx = self.gate.backward(dg) + self.experts.backward(dout)
+            return dx if dx_shared is None else dx + dx_shared
         r = self.routing
         if self.dispatch == "dense":
             dg = xp.einsum("no,eno->ne", dy, self.out)  # (N, E)
@@ -210,10 +356,15 @@ class MoE(Module):
             grad = {"weight": dweight}
             dys *= self.w
             dx_experts = self.experts.backward_grouped(dys)  # (G, D)
-        for loss in self.losses:
-            for key, value in loss.backward().items():
+        extra = [loss.backward() for loss in self.losses]
+        if self.mask is not None:
+            extra = [B.expand_grad(e, r, self.mask, self.counted_index) for e in extra]
+        for part in extra + ([routing_grad] if routing_grad else []):
+            for key, value in part.items():
                 grad[key] = grad[key] + value if key in grad else value
         dx = self.gate.backward(grad)  # (N, D)
+        if dx_shared is not None:
+            dx += dx_shared
         if self.dispatch == "dense":
             return dx + dx_experts
         if r.top_k is None:
@@ -223,7 +374,7 @@ class MoE(Module):
 
     @property
     def diagnostics(self):
-        """Routing statistics of the last forward, as NumPy arrays / ints.
+        """Routing statistics of the last forward over the counted samples (mask), as NumPy arrays / ints.
 
         samples_per_expert : (E,) kept assignments per expert (N each for the dense gate).
         importance : (E,) sum over the batch of each expert's combine weights (before capacity).
@@ -236,7 +387,7 @@ class MoE(Module):
             N = self.g.shape[0]
             return {"samples_per_expert": to_numpy(xp.full(E, N)), "importance": to_numpy(self.g.sum(axis=0)),
                     "dropped": 0}
-        r = self.routing
+        r = self.counted
         return {"samples_per_expert": to_numpy(xp.bincount(r.expert[r.kept], minlength=E)),
                 "importance": to_numpy(xp.bincount(r.expert, weights=r.weight, minlength=E)),
                 "dropped": int(r.kept.size - int(r.kept.sum()))}

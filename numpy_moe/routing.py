@@ -1,6 +1,6 @@
 """Sparse dispatch and combine, expert capacity with dropping (MATH.md §2, §4).
 
-A gate's :class:`~numpy_moe.gating.Routing` lists M (sample, expert) assignments. Sparse dispatch runs
+A gate's :class:`~numpy_moe.gates.Routing` lists M (sample, expert) assignments. Sparse dispatch runs
 each expert only on its own samples, at a cost proportional to the number of kept assignments (N K for
 top-k) rather than N E:
 

@@ -160,7 +160,7 @@ def test_load_losses_need_noise_and_k_below_e(rng):
 
 
 def test_bad_weight_and_source():
-    with pytest.raises(ValueError, match="importance weight=-1 must be >= 0"):
+    with pytest.raises(ValueError, match="importance weight=-1 must be a finite number >= 0"):
         B.Importance(-1)
     with pytest.raises(ValueError, match="source='probs' must be 'gates' or 'softmax'"):
         B.Importance(0.1, source="probs")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from numpy_moe import io
-from numpy_moe.balance import Importance
+from numpy_moe.balance import Importance, ZLoss
 from numpy_moe.classic import LocalExperts
 from numpy_moe.estimators import LocalExpertsClassifier, LocalExpertsRegressor, MoEClassifier, MoERegressor
 from numpy_moe.layers import MLP, Linear, Module, ReLU, Sequential
@@ -32,6 +32,14 @@ class Residual(Module):
         return x + self.mlp.forward(x)
 
 
+class Activation(Module):
+    """A module whose constructor takes a function: its configuration has no JSON form."""
+
+    def __init__(self, activation):
+        super().__init__()
+        self.activation = activation
+
+
 MODELS = {
     "Linear": lambda: Linear(5, 3, seed=0),
     "MLP tanh float32": lambda: MLP(5, (4, 6), 3, activation="tanh", seed=0, dtype="float32"),
@@ -43,6 +51,7 @@ MODELS = {
     "MoE top-1 V-MoE capacity": lambda: MoE(5, 3, 4, seed=0, top_k=1, noise="vmoe", capacity_factor=1.25,
                                             batch_priority=True, balance={"switch": 0.01, "z_loss": 0.001}),
     "MoE expert choice": lambda: MoE(5, 3, 4, hidden=7, seed=0, router="expert_choice", capacity_factor=2),
+    "MoE balance loss objects": lambda: MoE(5, 3, 4, seed=0, top_k=2, balance=[Importance(0.01), ZLoss(1e-3)]),
     "LocalExperts competitive classification": lambda: LocalExperts(5, 3, 4, mode="competitive", seed=0),
     "LocalExperts cooperative regression": lambda: LocalExperts(5, 2, 3, mode="cooperative", task="regression",
                                                                 seed=0),
@@ -159,8 +168,8 @@ def test_same_parameters_but_another_gate_convention_is_another_architecture(tmp
 def test_unknown_classes_and_unsavable_objects(tmp_path):
     with pytest.raises(TypeError, match="cannot save a dict: expected a numpy_moe Module or estimator"):
         io.save({"W": np.zeros(2)}, tmp_path / "x.npz")
-    with pytest.raises(TypeError, match=r"cannot save config\['balance'\]\[0\]=Importance"):
-        io.save(MoE(5, 3, 4, top_k=2, balance=[Importance(0.01)]), tmp_path / "x.npz")
+    with pytest.raises(TypeError, match=r"cannot save config\['activation'\]=<built-in function abs>"):
+        io.save(Activation(abs), tmp_path / "x.npz")
     path = io.save(Linear(2, 2, seed=0), tmp_path / "lin.npz")
     rewrite(path, tmp_path / "unknown.npz", lambda e, m: m["object"].update({"class": "numpy_moe.layers:NoSuch"}))
     with pytest.raises(ValueError, match=r"unknown.npz: object: class 'numpy_moe.layers:NoSuch' is not registered"):
@@ -210,8 +219,9 @@ def test_a_fitted_pipeline_with_its_scaler_round_trips(tmp_path, rng):
 
 # ----- the registry: every class of the package loads, and allocates through the parameter budget -----
 def _examples():
-    from numpy_moe.experts import ExpertBank
-    from numpy_moe.gating import ExpertChoiceGate, SoftmaxGate, TopKGate
+    from numpy_moe import balance as B
+    from numpy_moe.experts import ExpertBank, SharedExpert
+    from numpy_moe.gates import ExpertChoiceGate, ScoreGate, SoftmaxGate, TopKGate
     from numpy_moe.image_layers import GELU, Conv2d, Flatten, LayerNorm, MaxPool2d, Unflatten
     from numpy_moe.layers import Tanh
     from numpy_moe.models import ImageMoEClassifier, SparseMLP
@@ -230,8 +240,13 @@ def _examples():
         lambda: ChannelMixing(Linear(4, 4, seed=0)),
         lambda: ReRepresentedTokenMixing(MLP(2, 3, 2, seed=0), n_tokens=4, channels=4, tokens1=2, channels1=3, seed=0),
         lambda: MixerBlock(TokenMixing(Linear(4, 4, seed=0)), ChannelMixing(Linear(4, 4, seed=1)), channels=4),
+        lambda: ScoreGate(8, 8, top_k=2, score="sigmoid", n_groups=4, topk_groups=2, seed=0),
+        lambda: SharedExpert(4, 3, 5, gated=True, seed=0), lambda: ExpertBank(4, 5, 3, 6, seed=0, activation="swiglu"),
+        lambda: B.BalanceLoss(0.1), lambda: B.Seed000Loss(0.1), lambda: B.Importance(0.1), lambda: B.ShazeerLoad(0.1),
+        lambda: B.VMoELoad(0.1), lambda: B.SwitchLoss(0.1), lambda: B.ZLoss(0.1), lambda: B.SequenceBalance(0.1),
     ]
-    return {f"{type(m).__module__}:{type(m).__qualname__}": m for m in (make() for make in examples)}
+    made = [make() for make in examples]
+    return {f"{type(m).__module__}:{type(m).__qualname__}": m for m in made}
 
 
 def test_every_registered_module_class_round_trips_and_allocates_through_the_budget(tmp_path, rng):
@@ -326,3 +341,11 @@ def test_tuples_come_back_as_tuples_and_version_1_lists_still_match(tmp_path):
                  lambda e, m: m.update(version=1) or m["object"]["config"].update(hidden=[4, 5]))
     assert io.load(v1).get_config()["hidden"] == [4, 5]
     io.load_into(MLP(3, (4, 5), 2, seed=1), v1)  # the same architecture, whichever way the widths are written
+
+
+def test_files_naming_the_gates_module_of_version_1_still_load(tmp_path):
+    from numpy_moe.gates import TopKGate
+    path = io.save(TopKGate(4, 3, 2, seed=0), tmp_path / "g.npz")
+    old = rewrite(path, tmp_path / "old.npz",
+                  lambda e, m: m.update(version=1) or m["object"].update({"class": "numpy_moe.gating:TopKGate"}))
+    assert type(io.load(old)) is TopKGate

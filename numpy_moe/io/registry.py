@@ -12,6 +12,9 @@ The registry holds
 - :data:`SKLEARN_CLASSES`, the scikit-learn classes a saved Pipeline may contain: the Pipeline itself and
   the transformers people put before an MoE estimator;
 - what the program registers itself with :func:`register` (a Module defined in your own code).
+
+numpy_moe.parallel's ExpertParallelMoE is not registered: each rank holds only its own experts, so a
+file written by one rank would be a partial model.
 """
 import importlib
 import inspect
@@ -19,9 +22,13 @@ import inspect
 from ..layers import Module
 
 BUILTIN_MODULES = (
-    "numpy_moe.layers", "numpy_moe.gating", "numpy_moe.experts", "numpy_moe.moe", "numpy_moe.classic",
+    "numpy_moe.layers", "numpy_moe.gates.softmax", "numpy_moe.gates.expert_choice", "numpy_moe.gates.scored",
+    "numpy_moe.experts", "numpy_moe.balance.losses", "numpy_moe.moe", "numpy_moe.classic",
     "numpy_moe.image_layers", "numpy_moe.models.image_moe", "numpy_moe.models.sparse_mlp",
 )
+# Classes that moved: the names version-1 files used for them (the gates lived in numpy_moe.gating).
+MOVED = {f"numpy_moe.gating:{name}": f"numpy_moe.gates.{module}:{name}" for module, name in (
+    ("softmax", "SoftmaxGate"), ("softmax", "TopKGate"), ("expert_choice", "ExpertChoiceGate"))}
 BUILTIN_ESTIMATORS = ("MoEClassifier", "MoERegressor", "LocalExpertsClassifier", "LocalExpertsRegressor")
 SKLEARN_CLASSES = (
     ("sklearn.pipeline", "Pipeline"),
@@ -78,7 +85,9 @@ def registered():
 def lookup(name):
     """The registered class called ``name``, or None. Never imports anything named by the caller."""
     _load_builtins()
-    return _registry.get(name) if isinstance(name, str) else None
+    if not isinstance(name, str):
+        return None
+    return _registry.get(MOVED.get(name, name))
 
 
 def _load_builtins():

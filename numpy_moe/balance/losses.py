@@ -1,9 +1,9 @@
-"""Load-balancing (auxiliary) losses of a sparse gate's routing (MATH.md §3).
+"""Load-balancing (auxiliary) losses of a sparse gate's routing (MATH.md §3, §10.6).
 
 Each loss is an object with a ``weight``; ``loss(routing)`` returns the weighted value (a float) and
 caches what ``loss.backward()`` needs; ``backward()`` returns the gradient with respect to the routing
-as a dict with any of the keys "weight" (M,), "logits", "clean", "sigma" (N, E) (see
-:class:`numpy_moe.gating.Routing`), which the gate turns into parameter and input gradients.
+as a dict with any of the keys "weight" (M,), "logits", "clean", "sigma", "scores" (N, E) (see
+:class:`numpy_moe.gates.Routing`), which the gate turns into parameter and input gradients.
 
 Every statistic a loss takes over the batch is a sum over samples (divided by N for a mean), and
 goes through ``loss.total``: the identity in one process. An expert-parallel layer
@@ -11,34 +11,40 @@ goes through ``loss.total``: the identity in one process. An expert-parallel lay
 value and the factor each sample's gradient is scaled by are those of the concatenated batch
 (MATH.md §2.6).
 
-| class        | value                                                         | source                  |
-|--------------|---------------------------------------------------------------|-------------------------|
-| Seed000Loss  | w std(c / sum c), c = hard counts of selections (ddof=1)      | seed 000                |
-| Importance   | w CV²(Imp), Imp_e = sum_n G_{n,e}                             | Shazeer 2017, V-MoE     |
-| ShazeerLoad  | w CV²(sum_n Φ((clean - kth_excluding(h, K, e)) / sigma))      | Shazeer 2017            |
-| VMoELoad     | w CV²(mean_n Φ((clean - T_n) / sigma)), T_n the K-th h of row | V-MoE (seed 004)        |
-| SwitchLoss   | w E sum_e f_e P_e                                             | Switch Transformer      |
-| ZLoss        | w mean_n logsumexp(h_n)²                                      | ST-MoE                  |
+| class           | value                                                         | source               |
+|-----------------|---------------------------------------------------------------|----------------------|
+| Seed000Loss     | w std(c / sum c), c = hard counts of selections (ddof=1)      | seed 000             |
+| Importance      | w CV²(Imp), Imp_e = sum_n G_{n,e}                             | Shazeer 2017, V-MoE  |
+| ShazeerLoad     | w CV²(sum_n Φ((clean - kth_excluding(h, K, e)) / sigma))      | Shazeer 2017         |
+| VMoELoad        | w CV²(mean_n Φ((clean - T_n) / sigma)), T_n the K-th h of row | V-MoE (seed 004)     |
+| SwitchLoss      | w E sum_e f_e P_e                                             | Switch Transformer   |
+| ZLoss           | w mean_n logsumexp(h_n)²                                      | ST-MoE               |
+| SequenceBalance | w mean_seq sum_e f_e P_e, f_e = E/(K T) count_e, P_e = mean s' | DeepSeek-V2/V3      |
 
 The seed-000 loss counts hard selections, so it is piecewise constant in every parameter: its
 gradient is exactly zero and adding it to the training loss changes nothing (the seed's bug; its
 ``backward`` returns an empty gradient, and tests/test_balance.py proves the zero by finite differences).
 """
-from . import functional as F
-from .backend import get_array_module, ndtr
-from .gating import topk_indices
+from .. import functional as F
+from ..backend import get_array_module, ndtr
+from ..gates.base import topk_indices
+from ..layers import Module
+from ..validation import check_real
 
 
-class BalanceLoss:
-    """Base: stores the weight; subclasses implement ``__call__(routing) -> float`` and ``backward()``."""
+class BalanceLoss(Module):
+    """Base: stores the weight; subclasses implement ``__call__(routing) -> float`` and ``backward()``.
+
+    A loss is a Module without parameters, so a layer's list of losses is part of its configuration and
+    numpy_moe.io saves it like any nested module.
+    """
 
     name = "balance"
     reduce = None  # None, or a function summing an array over the ranks (set by numpy_moe.parallel)
 
     def __init__(self, weight=0.01):
-        if not weight >= 0:
-            raise ValueError(f"{self.name} weight={weight!r} must be >= 0")
-        self.weight = float(weight)
+        super().__init__()
+        self.weight = check_real(weight, f"{self.name} weight", 0)
 
     def total(self, a):
         """``a``, a per-expert (or scalar) sum over this batch, summed over the ranks if distributed."""
@@ -250,3 +256,57 @@ class ZLoss(BalanceLoss):
 
     def backward(self):
         return {"logits": F.logsumexp_backward(2 * self.weight * self.lse / self.n, self.routing.logits)}
+
+class SequenceBalance(BalanceLoss):
+    """DeepSeek's balance loss w * sum_e f_e P_e, per sequence then averaged (DeepSeek-V3 eq. 17-20).
+
+    Parameters
+    ----------
+    weight : w (the paper's alpha). per_sequence : True: statistics per sequence of
+        ``routing.seq_lengths`` (DeepSeek-V3's sequence-wise loss, DeepSeek-V2's ``seq_aux``), the whole
+        batch being one sequence when the routing has no lengths; False: over the batch (DeepSeek-V2's
+        batch loss, the Switch / GShard f·P loss for top-k routing).
+
+    Notes
+    -----
+    For a sequence of T samples: f_e = E / (K T) * #{t : e among t's K selected experts}
+    (hard, no gradient; 1 for every expert under perfect balance), s' = s / sum_e s (the scores
+    normalised per sample: softmax scores are unchanged, sigmoid scores are divided by their sum),
+    P_e = mean_t s'_{t,e}, L = w mean over sequences of sum_e f_e P_e. Backward:
+    ds'_{t,e} = w f_e / (S T) for t in a sequence (S sequences), ds = (ds' - sum_e ds'_e s'_e) / sum_e s.
+    HuggingFace's Mixtral / Qwen2-MoE loss is E sum_e (count_e / N) P_e = K times this with
+    per_sequence=False (modeling_mixtral.py, ``load_balancing_loss_func``).
+    """
+
+    name = "sequence"
+
+    def __init__(self, weight=1e-3, per_sequence=True):
+        super().__init__(weight)
+        self.per_sequence = bool(per_sequence)
+
+    def __call__(self, routing):
+        xp = get_array_module(routing.logits)
+        if routing.top_k is None:
+            raise ValueError("SequenceBalance needs a top-k routing (K experts per sample); expert choice "
+                             "is balanced by construction")
+        N, E = routing.logits.shape
+        K = routing.top_k
+        lengths = routing.seq_lengths if self.per_sequence and routing.seq_lengths is not None else [N]
+        lengths = [int(t) for t in lengths]
+        self.routing, self.T = routing, xp.asarray(lengths, dtype=routing.logits.dtype)  # (S,)
+        S = len(lengths)
+        self.seq = xp.repeat(xp.arange(S), lengths)  # (N,) the sequence of each sample
+        s = routing.scores if routing.scores is not None else routing.probs
+        self.ssum = s.sum(axis=1, keepdims=True)  # (N, 1)
+        self.sn = s / self.ssum  # (N, E)
+        counts = xp.bincount(self.seq[routing.sample] * E + routing.expert, minlength=S * E).reshape(S, E)
+        self.f = counts * (E / K) / self.T[:, None]  # (S, E)
+        member = (self.seq[None, :] == xp.arange(S)[:, None]).astype(s.dtype)  # (S, N), one row per sequence
+        P = (member @ self.sn) / self.T[:, None]  # (S, E)
+        return self.weight * float((self.f * P).sum(axis=1).mean())
+
+    def backward(self):
+        dP = self.weight * self.f / self.f.shape[0]  # (S, E)
+        dsn = (dP / self.T[:, None])[self.seq]  # (N, E)
+        ds = (dsn - (dsn * self.sn).sum(axis=1, keepdims=True)) / self.ssum
+        return {"scores": ds}

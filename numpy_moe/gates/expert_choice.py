@@ -1,0 +1,66 @@
+"""Expert-choice routing: each expert picks its C best samples (Zhou et al. 2022, "Mixture-of-experts
+with expert choice routing"; MATH.md §4.3)."""
+from math import ceil
+
+from .. import functional as F
+from ..backend import default_rng, get_array_module
+from ..layers import Module, init_weight, zeros_param
+from ..validation import check_positive_int
+from .base import Routing, expert_major_logits, routing_backward
+
+
+def expert_choice_capacity(n_samples, n_experts, capacity_factor):
+    """Samples each expert takes in expert-choice routing: min(N, ceil(N * capacity_factor / E))."""
+    return min(n_samples, ceil(n_samples * capacity_factor / n_experts))
+
+
+class ExpertChoiceGate(Module):
+    """Expert-choice router: each expert takes its C highest-scoring samples (Zhou et al. 2022).
+
+    Parameters
+    ----------
+    in_features : D. n_experts : E. capacity_factor : cf > 0, C = min(N, ceil(N cf / E)) samples per
+    expert, so a sample is processed cf times on average. seed, dtype : as for TopKGate.
+
+    Shapes: x (N, D) -> Routing with M = E C assignments (expert-major); W (D, E), b (E,).
+
+    Notes
+    -----
+    S = softmax(x W + b) (N, E); expert e keeps the C samples with the largest S_{:,e} with combine
+    weights S_{n,e}. Every expert gets exactly C samples (balanced by construction); a sample may get
+    0..E experts. Backward: dS at the chosen pairs, dh = S * (dS - sum_e dS_e S_e), then as a linear layer.
+    """
+
+    def __init__(self, in_features, n_experts, capacity_factor=1.0, seed=None, dtype="float64"):
+        super().__init__(dtype)
+        D = self.in_features = check_positive_int(in_features, "in_features")
+        E = self.n_experts = check_positive_int(n_experts, "n_experts")
+        if not capacity_factor > 0:
+            raise ValueError(f"capacity_factor={capacity_factor!r} must be > 0")
+        self.capacity_factor = float(capacity_factor)
+        self.params["W"] = init_weight(default_rng(seed), D, E, (D, E), "glorot", self.dtype)
+        self.params["b"] = zeros_param(E, self.dtype)
+        self.zero_grad()
+
+    def forward(self, x):
+        """x (N, D) -> Routing."""
+        xp = get_array_module(x)
+        N, E = x.shape[0], self.n_experts
+        self.x = x
+        clean = expert_major_logits(x, self.params["W"]) + self.params["b"]  # (N, E)
+        probs = F.softmax(clean)
+        C = expert_choice_capacity(N, E, self.capacity_factor)
+        chosen = xp.argsort(-probs, axis=0, kind="stable")[:C]  # (C, E), best first
+        sample, expert = chosen.T.reshape(-1), xp.repeat(xp.arange(E), C)  # (E C,)
+        self.routing = Routing(sample=sample, expert=expert, weight=probs[sample, expert],
+                               kept=xp.ones(E * C, dtype=bool), logits=clean, clean=clean, sigma=None,
+                               eps=None, probs=probs, top_k=None, convention="expert_choice",
+                               scores=probs)
+        return self.routing
+
+    def backward(self, grad):
+        """grad: dict, a gradient of the routing -> dx (N, D)."""
+        dclean, _ = routing_backward(self.routing, grad)
+        self.grads["W"] = self.x.T @ dclean
+        self.grads["b"] = dclean.sum(axis=0)
+        return dclean @ self.params["W"].T

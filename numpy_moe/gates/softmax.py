@@ -1,0 +1,152 @@
+"""Softmax gates (MATH.md §2): the dense softmax gate and the top-k gate in both conventions.
+
+- ``SoftmaxGate`` is the dense gate of seeds 001-003: ``g = softmax(x W_g + b_g)``; every expert gets a
+  weight, rows sum to 1.
+- ``TopKGate`` keeps the K best experts per sample (seed 000; Shazeer et al. 2017, "Outrageously large
+  neural networks"; Riquelme et al. 2021, "Scaling vision with sparse mixture of experts" (V-MoE), which
+  seed 004 summarises), in either convention, with optional noise on the logits.
+"""
+from .. import functional as F
+from ..backend import asarray, default_rng, get_array_module
+from ..layers import Module, init_weight, zeros_param
+from ..validation import check_positive_int
+from .base import Routing, expert_major_logits, routing_backward, topk_indices
+
+CONVENTIONS = ("softmax_then_topk", "topk_then_softmax")
+NOISES = (None, "shazeer", "vmoe")
+
+
+class SoftmaxGate(Module):
+    """Dense softmax gate.
+
+    Parameters
+    ----------
+    in_features : D. n_experts : E. seed : int or numpy Generator. dtype : float32 or float64.
+
+    Shapes: x (N, D) -> g (N, E); W (D, E), b (E,).
+
+    Notes
+    -----
+    h = x W + b, g = softmax(h). dh = g * (dg - sum_e dg_e g_e); dW = xᵀ dh, db = sum_n dh, dx = dh Wᵀ.
+    """
+
+    def __init__(self, in_features, n_experts, seed=None, dtype="float64"):
+        super().__init__(dtype)
+        self.in_features = check_positive_int(in_features, "in_features")
+        self.n_experts = check_positive_int(n_experts, "n_experts")
+        self.params["W"] = init_weight(default_rng(seed), in_features, n_experts,
+                                       (in_features, n_experts), "glorot", self.dtype)
+        self.params["b"] = zeros_param(n_experts, self.dtype)
+        self.zero_grad()
+
+    def forward(self, x):
+        self.x = x
+        self.g = F.softmax(x @ self.params["W"] + self.params["b"])  # (N, E)
+        return self.g
+
+    def backward(self, dg):
+        dh = F.softmax_backward(dg, self.g)  # (N, E)
+        self.grads["W"] = self.x.T @ dh
+        self.grads["b"] = dh.sum(axis=0)
+        return dh @ self.params["W"].T  # (N, D)
+
+
+def route_topk(logits, top_k, convention, clean=None, sigma=None, eps=None):
+    """Top-k routing of ``logits`` (N, E): each sample's K largest logits, best first.
+
+    ``softmax_then_topk``: weight = softmax(logits) at the kept experts (no renormalisation).
+    ``topk_then_softmax``: weight = softmax over the K kept logits (the non-kept set to -inf).
+    ``clean``, ``sigma``, ``eps`` describe the noise that made ``logits`` (see :class:`Routing`).
+    """
+    xp = get_array_module(logits)
+    N, E = logits.shape
+    idx = topk_indices(logits, top_k)  # (N, K), best first
+    probs = F.softmax(logits)  # (N, E)
+    rows = xp.arange(N)[:, None]
+    if convention == "softmax_then_topk":
+        weight = probs[rows, idx]  # (N, K)
+    else:
+        weight = F.softmax(logits[rows, idx])  # (N, K)
+    return Routing(sample=xp.repeat(xp.arange(N), top_k), expert=idx.reshape(-1), weight=weight.reshape(-1),
+                   kept=xp.ones(N * top_k, dtype=bool), logits=logits,
+                   clean=logits if clean is None else clean, sigma=sigma, eps=eps, probs=probs,
+                   top_k=top_k, convention=convention, scores=probs)
+
+
+
+class TopKGate(Module):
+    """Top-k gate with optional noise on the logits (MATH.md §2).
+
+    Parameters
+    ----------
+    in_features : D. n_experts : E. top_k : K, 1 <= K <= E.
+    convention : "softmax_then_topk" (seed 000, V-MoE: the kept softmax probabilities, not renormalised)
+        or "topk_then_softmax" (Shazeer: a softmax over the K kept logits; with K = 1 the weight is always
+        1 and the gate gets no gradient from the task loss, only from balance losses).
+    noise : None, "shazeer" (learned scale softplus(x W_noise), W_noise starts at zero as in the paper)
+        or "vmoe" (fixed scale noise_std / E). Noise is added in training mode only.
+    noise_std : the V-MoE noise_std (sigma = noise_std / E).
+    seed : int or numpy Generator; the weights are drawn from it, then the noise, forward after forward.
+        The generator is ``self.rng``: reset it to replay a draw (gradient checks do).
+    dtype : float32 or float64.
+
+    Shapes: x (N, D) -> Routing with M = N K assignments; W (D, E), b (E,), W_noise (D, E).
+
+    Notes
+    -----
+    clean = x W + b; sigma = softplus(x W_noise) or noise_std / E; h = clean + eps * sigma, eps ~ N(0, 1).
+    Backward (see :func:`routing_backward` for dclean, dsigma): dW = xᵀ dclean, db = sum_n dclean,
+    dW_noise = xᵀ (dsigma * sigmoid(x W_noise)), dx = dclean Wᵀ + (dsigma * sigmoid(x W_noise)) W_noiseᵀ.
+    """
+
+    def __init__(self, in_features, n_experts, top_k=2, convention="softmax_then_topk", noise=None,
+                 noise_std=1.0, seed=None, dtype="float64"):
+        super().__init__(dtype)
+        D = self.in_features = check_positive_int(in_features, "in_features")
+        E = self.n_experts = check_positive_int(n_experts, "n_experts")
+        self.top_k = check_positive_int(top_k, "top_k")
+        if self.top_k > E:
+            raise ValueError(f"top_k={top_k} must be between 1 and n_experts={E}")
+        if convention not in CONVENTIONS:
+            raise ValueError(f"gate={convention!r} must be one of {CONVENTIONS}")
+        if noise not in NOISES:
+            raise ValueError(f"noise={noise!r} must be one of {NOISES}")
+        if not noise_std > 0:
+            raise ValueError(f"noise_std={noise_std!r} must be > 0")
+        self.convention, self.noise, self.noise_std = convention, noise, float(noise_std)
+        self.rng = default_rng(seed)
+        self.params["W"] = init_weight(self.rng, D, E, (D, E), "glorot", self.dtype)
+        self.params["b"] = zeros_param(E, self.dtype)
+        if noise == "shazeer":
+            self.params["W_noise"] = zeros_param((D, E), self.dtype)
+        self.zero_grad()
+
+    def forward(self, x):
+        """x (N, D) -> Routing."""
+        xp = get_array_module(x)
+        self.x = x
+        clean = expert_major_logits(x, self.params["W"]) + self.params["b"]  # (N, E)
+        sigma = eps = None
+        if self.noise == "shazeer":
+            self.noise_in = expert_major_logits(x, self.params["W_noise"])  # (N, E)
+            sigma = F.softplus(self.noise_in)
+        elif self.noise == "vmoe":
+            sigma = xp.full_like(clean, self.noise_std / self.n_experts)
+        logits = clean
+        if sigma is not None and self.training:
+            eps = asarray(self.rng.standard_normal(clean.shape[::-1]), dtype=self.dtype).T  # (N, E)
+            logits = clean + eps * sigma
+        self.routing = route_topk(logits, self.top_k, self.convention, clean, sigma, eps)
+        return self.routing
+
+    def backward(self, grad):
+        """grad: dict, a gradient of the routing (see :class:`Routing`) -> dx (N, D)."""
+        dclean, dsigma = routing_backward(self.routing, grad)
+        self.grads["W"] = self.x.T @ dclean  # (D, E)
+        self.grads["b"] = dclean.sum(axis=0)
+        dx = dclean @ self.params["W"].T  # (N, D)
+        if self.noise == "shazeer":
+            dn = F.softplus_backward(dsigma, self.noise_in)  # (N, E)
+            self.grads["W_noise"] = self.x.T @ dn
+            dx += dn @ self.params["W_noise"].T
+        return dx

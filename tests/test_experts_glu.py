@@ -1,0 +1,95 @@
+"""Gated-linear experts (SwiGLU, GeGLU) and the shared expert: closed forms, float64 gradient checks of the
+dense and grouped passes (MATH.md §8, §10.1), their agreement, and bad arguments."""
+import numpy as np
+import pytest
+from scipy.special import expit, ndtr
+
+from numpy_moe.experts import ExpertBank, SharedExpert
+from numpy_moe.gradcheck import check_module, numerical_gradient, rel_error
+
+TOL = 1e-7  # one layer (MATH.md §8); the gated-linear expert is smooth, no kink to avoid
+
+
+def perturbed(module, rng):
+    for _, p in module.named_parameters():
+        p += 0.3 * rng.standard_normal(p.shape)
+    return module
+
+
+@pytest.mark.parametrize("activation", ["swiglu", "geglu"])
+def test_forward_is_the_published_formula(activation, rng):
+    # E(x) = (act(x W_gate) ⊙ (x W_up)) W_down with act = x sigmoid(x) (SiLU) or x Φ(x) (exact GELU),
+    # written here with SciPy's expit / ndtr, independently of numpy_moe.functional
+    bank = ExpertBank(3, 4, 2, hidden=5, seed=0, activation=activation)
+    assert set(bank.params) == {"W_gate", "W_up", "W_down"}, "biases are off by default (Mixtral, Qwen, DeepSeek)"
+    x = rng.standard_normal((6, 4))
+    out = bank.forward(x)
+    p = bank.params
+    for e in range(3):
+        g = x @ p["W_gate"][e]
+        act = g * expit(g) if activation == "swiglu" else g * ndtr(g)
+        np.testing.assert_allclose(out[e], (act * (x @ p["W_up"][e])) @ p["W_down"][e], rtol=1e-13)
+
+
+@pytest.mark.parametrize("activation,bias", [("swiglu", False), ("geglu", False), ("swiglu", True)])
+def test_dense_gradients(activation, bias, rng):
+    bank = perturbed(ExpertBank(3, 4, 2, hidden=5, seed=0, activation=activation, bias=bias), rng)
+    errors = check_module(bank, rng.standard_normal((6, 4)), tol=TOL)
+    assert set(errors) == {"input"} | set(bank.params) and max(errors.values()) < TOL
+
+
+@pytest.mark.parametrize("activation,bias", [("swiglu", False), ("geglu", True)])
+def test_grouped_gradients_with_an_empty_expert(activation, bias, rng):
+    bank = perturbed(ExpertBank(3, 4, 2, hidden=5, seed=0, activation=activation, bias=bias), rng)
+    x = rng.standard_normal((7, 4))
+    offsets = [0, 3, 3, 7]  # expert 1 receives no rows
+    R = rng.standard_normal((7, 2))
+
+    def loss(_):
+        return float((R * bank.forward_grouped(x, offsets)).sum())
+
+    bank.forward_grouped(x, offsets)
+    dx = bank.backward_grouped(R)
+    assert rel_error(dx, numerical_gradient(loss, x)) < TOL
+    for key, p in bank.params.items():
+        assert rel_error(bank.grads[key], numerical_gradient(loss, p)) < TOL, key
+        assert not bank.grads[key][1].any(), f"expert 1 got no rows, its {key} gradient must be exactly 0"
+
+
+@pytest.mark.parametrize("activation", ["swiglu", "geglu"])
+def test_grouped_and_dense_agree(activation, rng):
+    bank = perturbed(ExpertBank(3, 4, 2, hidden=5, seed=1, activation=activation, bias=True), rng)
+    x = rng.standard_normal((6, 4))
+    dout = rng.standard_normal((3, 6, 2))
+    dense = bank.forward(x)
+    dx_dense = bank.backward(dout)
+    g_dense = {k: v.copy() for k, v in bank.grads.items()}
+    grouped = bank.forward_grouped(np.concatenate([x] * 3), [0, 6, 12, 18])
+    dx_grouped = bank.backward_grouped(dout.reshape(18, 2)).reshape(3, 6, 4).sum(axis=0)
+    np.testing.assert_allclose(grouped, dense.reshape(18, 2), rtol=1e-13, atol=1e-14)
+    np.testing.assert_allclose(dx_grouped, dx_dense, rtol=1e-12, atol=1e-14)
+    for k in g_dense:
+        np.testing.assert_allclose(bank.grads[k], g_dense[k], rtol=1e-12, atol=1e-14, err_msg=k)
+
+
+@pytest.mark.parametrize("gated", [False, True])
+def test_shared_expert_formula_and_gradients(gated, rng):
+    shared = perturbed(SharedExpert(4, 3, 6, gated=gated, seed=0), rng)
+    x = rng.standard_normal((5, 4))
+    y = shared.forward(x)
+    inner = shared.mlp.forward(x)[0]
+    # Qwen2-MoE: sigmoid(x w) * E_s(x); DeepSeek-MoE: E_s(x)
+    expected = expit(x @ shared.params["w"]) * inner if gated else inner
+    np.testing.assert_allclose(y, expected, rtol=1e-13)
+    errors = check_module(shared, x, tol=TOL)
+    assert max(errors.values()) < TOL and ("w" in errors) == gated
+
+
+@pytest.mark.parametrize("kwargs,error,pattern", [
+    (dict(activation="swiglu"), ValueError, "activation='swiglu' needs hidden=H"),
+    (dict(hidden=4, activation="tanh"), ValueError, "activation='tanh' must be one of"),
+    (dict(hidden=4, bias="yes"), ValueError, "bias='yes' must be None, True or False"),
+])
+def test_bad_arguments(kwargs, error, pattern):
+    with pytest.raises(error, match=pattern):
+        ExpertBank(3, 4, 2, **kwargs)
