@@ -24,9 +24,13 @@ def test_dense_forward_is_each_expert_on_every_sample(rng):
         np.testing.assert_allclose(out[e], expected, rtol=1e-13)
 
 
-@pytest.mark.parametrize("hidden", [None, 5])
-def test_grouped_pass_gradients_with_an_empty_expert(hidden, rng):
-    bank = ExpertBank(3, 4, 2, hidden=hidden, seed=0)
+@pytest.mark.parametrize("kwargs", [dict(hidden=None), dict(hidden=5), dict(hidden=5, activation="swiglu"),
+                                    dict(hidden=5, activation="geglu", bias=True)])
+def test_grouped_pass_gradients_with_an_empty_expert(kwargs, rng):
+    """Every expert type (the gated-linear ones perturbed off their initial weights)."""
+    bank = ExpertBank(3, 4, 2, seed=0, **kwargs)
+    for _, p in bank.named_parameters():
+        p += 0.3 * rng.standard_normal(p.shape)
     x = rng.standard_normal((7, 4))
     offsets = [0, 3, 3, 7]  # expert 1 receives no rows
     R = rng.standard_normal((7, 2))
