@@ -106,7 +106,8 @@ def detect_layout(preset, state_dict, prefix=""):
 def fused_gate_up(moe):
     """(E, 2H, D) [W_gate; W_up] in transformers' fused layout, from a numpy_moe ExpertBank."""
     p = moe.experts.params
-    return np.concatenate([to_numpy(p["W_gate"]).transpose(0, 2, 1), to_numpy(p["W_up"]).transpose(0, 2, 1)], axis=1)
+    both = np.concatenate([to_numpy(p["W_gate"]), to_numpy(p["W_up"])], axis=2)  # (E, D, 2H)
+    return np.ascontiguousarray(both.transpose(0, 2, 1))  # safetensors writes the buffer: C order
 
 
 def import_weights(preset, moe, state_dict, prefix=""):
