@@ -59,8 +59,10 @@ def test_conventions_are_one_formula_up_to_a_constant(rng):
     assert FrameworkBalance(1.0, "gshard")(r) == pytest.approx(SwitchLoss(1.0)(r), rel=1e-12)
 
 
-@pytest.mark.parametrize("loss", [FrameworkBalance(0.3, c) for c in CONVENTIONS] + [ProbsZLoss(0.2), ZLoss(0.2)],
-                         ids=lambda loss: getattr(loss, "convention", type(loss).__name__))
+@pytest.mark.parametrize("loss", [FrameworkBalance(0.3, c) for c in CONVENTIONS]
+                         + [FrameworkBalance(0.3, "hf", double_softmax=True), ProbsZLoss(0.2), ZLoss(0.2)],
+                         ids=lambda loss: getattr(loss, "convention", type(loss).__name__)
+                         + ("_double_softmax" if getattr(loss, "double_softmax", False) else ""))
 def test_gradient_with_respect_to_the_logits(loss, rng):
     """The hard counts are fixed (the chosen experts stay those of the unperturbed logits)."""
     logits = rng.standard_normal((9, 5))
@@ -84,3 +86,13 @@ def test_z_loss_on_probabilities_barely_moves_with_the_logits(rng):
 def test_bad_convention_is_named():
     with pytest.raises(ValueError, match="convention='fairseq'"):
         FrameworkBalance(0.1, "fairseq")
+
+
+def test_double_softmax_flattens_p_towards_uniform(rng):
+    """transformers #45120: the second softmax brings P close to 1/E, so the value sits near K whatever
+    the routing; the intended loss sees the imbalance."""
+    logits = 4 * rng.standard_normal((64, 8))
+    logits[:, 0] += 6  # most tokens prefer expert 0
+    r = routing(logits, topk_indices(logits, 2), 2)
+    right, bug = FrameworkBalance(1.0, "hf")(r), FrameworkBalance(1.0, "hf", double_softmax=True)(r)
+    assert right > 3 and abs(bug - 2) < 0.3, (right, bug)

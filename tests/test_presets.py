@@ -153,3 +153,21 @@ def test_safetensors_file_loads_through_the_numpy_api(tmp_path, rng):
     x = rng.standard_normal((5, 6))
     moe.eval(), back.eval()
     np.testing.assert_array_equal(back.forward(x), moe.forward(x))
+
+
+def test_bug_options_reproduce_the_reported_behaviour(rng):
+    """Switch "capacity_cumsum" (transformers #48293): nothing is ever dropped; "z_loss_on_probs" swaps in
+    the probability z-loss; "double_softmax" (#45120) changes only the balance loss, not the output."""
+    cfg = dict(CONFIGS["switch"], capacity_factor=0.5)
+    x = rng.standard_normal((16, 6))
+    right, bugged = P.build("switch", cfg, seed=0), P.build("switch", cfg, seed=0, bugs=["capacity_cumsum"])
+    right.eval(), bugged.eval()
+    right.forward(x), bugged.forward(x)
+    assert right.diagnostics["dropped"] > 0 and bugged.diagnostics["dropped"] == 0
+    assert type(P.build("switch", cfg, bugs=["z_loss_on_probs"]).losses[1]).__name__ == "ProbsZLoss"
+    a, b = (P.build("mixtral", CONFIGS["mixtral"], seed=0, bugs=bugs) for bugs in ((), ("double_softmax",)))
+    a.eval(), b.eval()
+    np.testing.assert_array_equal(a.forward(x), b.forward(x))
+    assert a.aux_loss != b.aux_loss and b.losses[0].double_softmax
+    with pytest.raises(ValueError, match="reproduces only"):
+        P.build("deepseek_v3", CONFIGS["deepseek_v3"], bugs=["double_softmax"])

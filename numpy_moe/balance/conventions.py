@@ -33,21 +33,25 @@ class FrameworkBalance(BalanceLoss):
     ----------
     weight : w (the framework's ``router_aux_loss_coef``, ``aux_loss_alpha``, ``moe_loss_weight``...).
     convention : a key of :data:`CONVENTIONS`.
+    double_softmax : False, or True to reproduce transformers #45120 (fixed by #45131): the router returned
+        probabilities as its "logits" and the loss took a second softmax, P = mean softmax(softmax(h)),
+        which flattens P towards 1/E (at random initialisation the value is still about K).
 
     Notes
     -----
     p = softmax(routing.logits) (N, E), P = mean_n p; count_e over the routing's chosen experts (all K, or
     the first of each sample), before any capacity limit, as every framework counts them. count is hard
     (no gradient): dp_{n,e} = w c count_e / N², dlogits = p ⊙ (dp - sum_e dp_e p_e).
+    With double_softmax, q = softmax(p) takes p's place and dp = q ⊙ (dq - sum_e dq_e q_e) comes first.
     """
 
     name = "framework_balance"
 
-    def __init__(self, weight=0.01, convention="hf"):
+    def __init__(self, weight=0.01, convention="hf", double_softmax=False):
         super().__init__(weight)
         if convention not in CONVENTIONS:
             raise ValueError(f"convention={convention!r} must be one of {tuple(CONVENTIONS)}")
-        self.convention = convention
+        self.convention, self.double_softmax = convention, bool(double_softmax)
 
     def __call__(self, routing):
         xp = get_array_module(routing.logits)
@@ -62,11 +66,13 @@ class FrameworkBalance(BalanceLoss):
         self.c = E / K if per_k else float(E)
         self.count = self.total(xp.bincount(chosen.reshape(-1), minlength=E)).astype(routing.logits.dtype)  # (E,)
         self.p, self.routing = F.softmax(routing.logits), routing  # (N, E)
-        P = self.total(self.p.sum(axis=0)) / self.N  # (E,)
+        self.q = F.softmax(self.p) if self.double_softmax else self.p  # the bug's second softmax
+        P = self.total(self.q.sum(axis=0)) / self.N  # (E,)
         return self.weight * self.c * float((self.count / self.N * P).sum())
 
     def backward(self):
-        dp = self.weight * self.c * self.count / self.N ** 2  # (E,), the same for every row
+        dq = self.weight * self.c * self.count / self.N ** 2  # (E,), the same for every row
+        dp = F.softmax_backward(dq, self.q) if self.double_softmax else dq
         return {"logits": F.softmax_backward(dp, self.p)}
 
 

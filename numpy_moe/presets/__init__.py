@@ -17,7 +17,7 @@ Example (a tiny random Mixtral block, its weights round-tripped through transfor
     same = from_state_dict("mixtral", sd, cfg)            # the same function
 """
 from ..backend import default_rng
-from .builders import BUILDERS
+from .builders import BUGS, BUILDERS
 from .weights import export_weights, import_weights
 
 PRESETS = tuple(BUILDERS)
@@ -29,12 +29,21 @@ def _check_preset(preset):
         raise ValueError(f"preset={preset!r} must be one of {PRESETS}")
 
 
-def build(preset, config, seed=None, dtype="float64"):
-    """The ``preset`` block (a :class:`numpy_moe.moe.MoE`) from the framework's configuration dict."""
+def build(preset, config, seed=None, dtype="float64", bugs=()):
+    """The ``preset`` block (a :class:`numpy_moe.moe.MoE`) from the framework's configuration dict.
+
+    ``bugs``: names from ``BUGS[preset]`` to reproduce a reference implementation's known bug (the
+    builders' docstrings and docs/FRAMEWORKS.md say which issue); empty (default) builds the intended block.
+    """
     _check_preset(preset)
     if not isinstance(config, dict):
         raise TypeError(f"config={config!r} must be a dict of the framework's configuration keys")
-    return BUILDERS[preset](config, seed=default_rng(seed), dtype=dtype)
+    bugs = tuple(bugs)
+    unknown = set(bugs) - set(BUGS.get(preset, ()))
+    if unknown:
+        raise ValueError(f"bugs={list(bugs)!r}: the {preset!r} preset reproduces only {BUGS.get(preset, ())}")
+    extra = {"bugs": bugs} if preset in BUGS else {}
+    return BUILDERS[preset](config, seed=default_rng(seed), dtype=dtype, **extra)
 
 
 def from_state_dict(preset, state_dict, config, dtype="float64", prefix=""):
@@ -70,4 +79,4 @@ def load_safetensors(path):
     return load_file(str(path))
 
 
-__all__ = ["LAYOUTS", "PRESETS", "build", "from_state_dict", "load_safetensors", "to_state_dict"]
+__all__ = ["BUGS", "LAYOUTS", "PRESETS", "build", "from_state_dict", "load_safetensors", "to_state_dict"]

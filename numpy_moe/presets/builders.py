@@ -2,8 +2,9 @@
 
 A builder takes the framework's configuration (a dict with the framework's key names; a missing key takes
 the framework's default) and returns a :class:`numpy_moe.moe.MoE` computing that block's function in
-evaluation mode. Each cites the reference file and function it follows. Options named ``bug_*`` reproduce
-a reference implementation's known bug; by default the intended formula is built.
+evaluation mode. Each cites the reference file and function it follows. A reference implementation's
+known bugs (:data:`BUGS`) are reproduced on request (``build(..., bugs=[name])``); by default the
+intended formula is built.
 """
 from .. import balance as B
 from ..experts import ExpertBank, SharedExpert
@@ -30,23 +31,24 @@ def _softmax_topk(config, D, E, K, normalize, key_jitter, seed, dtype):
                      jitter=float(_get(config, key_jitter, 0.0)), seed=seed, dtype=dtype)
 
 
-def mixtral(config, seed=None, dtype="float64"):
+def mixtral(config, seed=None, dtype="float64", bugs=()):
     """Mixtral-8x7B: softmax, top-2, renormalised; SwiGLU experts w1 (gate), w3 (up), w2 (down).
 
     transformers models/mixtral/modeling_mixtral.py, ``MixtralSparseMoeBlock.forward``: softmax over the
     router logits, top-k, divide by the sum of the kept; the balance loss is ``load_balancing_loss_func``
     (FrameworkBalance "hf", weight ``router_aux_loss_coef``). ``router_jitter_noise`` multiplies the
     router's input by U(1 - j, 1 + j) in training; HuggingFace also feeds that jittered input to the
-    experts, numpy_moe only to the router (equal in evaluation mode).
+    experts, numpy_moe only to the router (equal in evaluation mode). Bug "double_softmax": the loss on
+    softmax(softmax(logits)) (transformers #45120, fixed by #45131), for this and the Qwen / OLMoE presets.
     """
     D, H, E = _int(config, "hidden_size"), _int(config, "intermediate_size"), _int(config, "num_local_experts", 8)
     K = _int(config, "num_experts_per_tok", 2)
     gate = _softmax_topk(config, D, E, K, True, "router_jitter_noise", seed, dtype)
     return MoE(gate=gate, experts=ExpertBank(E, D, D, H, seed=seed, dtype=dtype, activation="swiglu"),
-               balance=[B.FrameworkBalance(_get(config, "router_aux_loss_coef", 0.02), "hf")], dtype=dtype)
+               balance=[B.FrameworkBalance(_get(config, "router_aux_loss_coef", 0.02), "hf", "double_softmax" in bugs)], dtype=dtype)
 
 
-def qwen2_moe(config, seed=None, dtype="float64"):
+def qwen2_moe(config, seed=None, dtype="float64", bugs=()):
     """Qwen2-MoE / Qwen1.5-MoE: softmax top-k, renormalised only with ``norm_topk_prob``, a shared expert
     scaled by sigmoid(x w).
 
@@ -59,10 +61,10 @@ def qwen2_moe(config, seed=None, dtype="float64"):
                          seed, dtype)
     return MoE(gate=gate, experts=ExpertBank(E, D, D, H, seed=seed, dtype=dtype, activation="swiglu"),
                shared=SharedExpert(D, D, Hs, gated=True, seed=seed, dtype=dtype),
-               balance=[B.FrameworkBalance(_get(config, "router_aux_loss_coef", 0.001), "hf")], dtype=dtype)
+               balance=[B.FrameworkBalance(_get(config, "router_aux_loss_coef", 0.001), "hf", "double_softmax" in bugs)], dtype=dtype)
 
 
-def qwen3_moe(config, seed=None, dtype="float64"):
+def qwen3_moe(config, seed=None, dtype="float64", bugs=()):
     """Qwen3-MoE: Qwen2-MoE without the shared expert, ``norm_topk_prob`` True by default.
 
     transformers models/qwen3_moe/modeling_qwen3_moe.py, ``Qwen3MoeSparseMoeBlock.forward``.
@@ -72,10 +74,10 @@ def qwen3_moe(config, seed=None, dtype="float64"):
     gate = _softmax_topk(config, D, E, K, bool(_get(config, "norm_topk_prob", True)), "router_jitter_noise",
                          seed, dtype)
     return MoE(gate=gate, experts=ExpertBank(E, D, D, H, seed=seed, dtype=dtype, activation="swiglu"),
-               balance=[B.FrameworkBalance(_get(config, "router_aux_loss_coef", 0.001), "hf")], dtype=dtype)
+               balance=[B.FrameworkBalance(_get(config, "router_aux_loss_coef", 0.001), "hf", "double_softmax" in bugs)], dtype=dtype)
 
 
-def olmoe(config, seed=None, dtype="float64"):
+def olmoe(config, seed=None, dtype="float64", bugs=()):
     """OLMoE: softmax top-8 of 64, not renormalised by default (``norm_topk_prob`` False).
 
     transformers models/olmoe/modeling_olmoe.py, ``OlmoeSparseMoeBlock.forward``; OLMoE also trains with
@@ -85,7 +87,7 @@ def olmoe(config, seed=None, dtype="float64"):
     H, K = _int(config, "intermediate_size"), _int(config, "num_experts_per_tok", 8)
     gate = _softmax_topk(config, D, E, K, bool(_get(config, "norm_topk_prob", False)), "router_jitter_noise",
                          seed, dtype)
-    losses = [B.FrameworkBalance(_get(config, "router_aux_loss_coef", 0.01), "hf")]
+    losses = [B.FrameworkBalance(_get(config, "router_aux_loss_coef", 0.01), "hf", "double_softmax" in bugs)]
     if _get(config, "router_z_loss_coef"):
         losses.append(B.ZLoss(config["router_z_loss_coef"]))
     return MoE(gate=gate, experts=ExpertBank(E, D, D, H, seed=seed, dtype=dtype, activation="swiglu"),
@@ -145,7 +147,7 @@ def deepseek_v3(config, seed=None, dtype="float64"):
     return _deepseek(config, seed, dtype, 3)
 
 
-def switch(config, seed=None, dtype="float64"):
+def switch(config, seed=None, dtype="float64", bugs=()):
     """Switch Transformer: softmax, top-1 (weight = its probability, not renormalised), ReLU experts
     wi / wo without bias, a capacity, the Switch loss and the router z-loss.
 
@@ -153,17 +155,21 @@ def switch(config, seed=None, dtype="float64"):
     ``SwitchTransformersTop1Router`` and ``SwitchTransformersSparseMLP``; Fedus et al. 2021 eq. 4 and the
     capacity ``expert_capacity = tokens * capacity_factor / E``. Pass ``capacity_factor`` (Switch's own
     key; numpy_moe keeps ceil(N cf / E) per expert, tokens in order) or leave it out for no limit.
-    HuggingFace passes a dropped token through as ``router_prob * x``; numpy_moe gives it 0 (the Switch
-    paper's residual carries it).
+    Earlier transformers passed a dropped token through as ``router_prob * x`` (#37017, fixed by
+    #37123); numpy_moe gives it 0, as transformers does now (the residual connection carries it).
+    Bugs: "capacity_cumsum" (transformers 5.0 until #48421: the capacity cumsum ran over a singleton axis,
+    so no token was ever dropped, #48293) and "z_loss_on_probs" (the same regression fed the max
+    probability to the z-loss as the router logits).
     """
     D, H, E = _int(config, "d_model"), _int(config, "d_ff"), _int(config, "num_experts")
     if _get(config, "router_bias", False):
         raise ValueError("config['router_bias']=True is not supported: the Switch preset's router has no bias")
     gate = _softmax_topk(config, D, E, 1, False, "router_jitter_noise", seed, dtype)
-    losses = [B.SwitchLoss(_get(config, "router_aux_loss_coef", 0.001)),
-              B.ZLoss(_get(config, "router_z_loss_coef", 0.001))]
+    z_loss = B.ProbsZLoss if "z_loss_on_probs" in bugs else B.ZLoss
+    losses = [B.SwitchLoss(_get(config, "router_aux_loss_coef", 0.001)), z_loss(_get(config, "router_z_loss_coef", 0.001))]
+    capacity = None if "capacity_cumsum" in bugs else _get(config, "capacity_factor")
     return MoE(gate=gate, experts=ExpertBank(E, D, D, H, seed=seed, dtype=dtype, activation="relu", bias=False),
-               capacity_factor=_get(config, "capacity_factor"), balance=losses, dtype=dtype)
+               capacity_factor=capacity, balance=losses, dtype=dtype)
 
 
 def _classic(config, seed, dtype, K, normalize, convention, relu_bias=True):
@@ -250,6 +256,8 @@ def vmoe(config, seed=None, dtype="float64"):
                capacity_factor=_get(config, "capacity_factor"), batch_priority=True, balance=losses, dtype=dtype)
 
 
+BUGS = {"mixtral": ("double_softmax",), "qwen2_moe": ("double_softmax",), "qwen3_moe": ("double_softmax",),
+        "olmoe": ("double_softmax",), "switch": ("capacity_cumsum", "z_loss_on_probs")}
 BUILDERS = {"mixtral": mixtral, "qwen2_moe": qwen2_moe, "qwen3_moe": qwen3_moe, "olmoe": olmoe,
             "deepseek_v2": deepseek_v2, "deepseek_v3": deepseek_v3, "switch": switch, "gshard": gshard,
             "deepspeed_top1": deepspeed_top1, "deepspeed_top2": deepspeed_top2, "deepspeed_topk": deepspeed_topk,
