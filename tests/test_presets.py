@@ -32,8 +32,11 @@ CONFIGS = {
 }
 
 
-def test_every_preset_has_a_config_here():
+def test_every_preset_has_a_config_here_and_cites_its_reference_code():
+    from numpy_moe.presets.builders import BUILDERS
     assert set(CONFIGS) == set(P.PRESETS)
+    for name, builder in BUILDERS.items():
+        assert ".py" in builder.__doc__, f"{name} must cite the reference file it follows"
 
 
 @pytest.mark.parametrize("preset", [p for p in P.PRESETS if p != "vmoe"])
@@ -112,7 +115,7 @@ def test_deepseek_v2_scales_only_what_it_does_not_renormalise():
     assert gate.scale == 1.5 and not gate.normalize and gate.group_score == "max"
 
 
-@pytest.mark.parametrize("preset", [p for p in P.PRESETS if p != "vmoe"])
+@pytest.mark.parametrize("preset", P.PRESETS)
 def test_every_preset_passes_the_gradient_check(preset, rng):
     """Every parameter and the input against central differences, aux losses included (tolerance 1e-6, a
     composed model; MATH.md §8); the routing must not change under the perturbation."""
