@@ -23,9 +23,9 @@ def routing(logits, expert, top_k):
 
 
 # convention -> (value at uniform routing, value at collapsed routing) as functions of E, K
+PER_K = (lambda E, K: 1, lambda E, K: E / K)
 CLOSED_FORMS = {"hf": (lambda E, K: K, lambda E, K: E), "gshard": (lambda E, K: 1, lambda E, K: E),
-                "deepspeed_topk": (lambda E, K: 1, lambda E, K: E / K), "megablocks": (lambda E, K: 1, lambda E, K: E / K),
-                "megatron": (lambda E, K: 1, lambda E, K: E / K)}
+                "deepspeed_topk": PER_K, "megablocks": PER_K, "megatron": PER_K}
 
 
 def test_every_convention_has_its_closed_forms_here():

@@ -63,7 +63,7 @@ def test_mixtral_matches_a_transcription_of_transformers(rng):
     """modeling_mixtral.py MixtralTopKRouter / MixtralExperts, written out with the framework's own arrays."""
     cfg = CONFIGS["mixtral"]
     sd = P.to_state_dict("mixtral", P.build("mixtral", cfg, seed=3), layout="fused")
-    W, gu, down = sd["gate.weight"], sd["experts.gate_up_proj"], sd["experts.down_proj"]  # (E, D), (E, 2H, D), (E, D, H)
+    W, gu, down = sd["gate.weight"], sd["experts.gate_up_proj"], sd["experts.down_proj"]  # (E,D) (E,2H,D) (E,D,H)
     x = rng.standard_normal((7, 6))
     logits = x @ W.T
     p = np.exp(logits - logits.max(1, keepdims=True))

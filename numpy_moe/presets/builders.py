@@ -26,6 +26,11 @@ def _int(config, key, default=None):
     return check_positive_int(value, f"config[{key!r}]")
 
 
+def _hf_loss(config, default, bugs):
+    """transformers' load_balancing_loss_func weighted by ``router_aux_loss_coef``."""
+    return B.FrameworkBalance(_get(config, "router_aux_loss_coef", default), "hf", "double_softmax" in bugs)
+
+
 def _softmax_topk(config, D, E, K, normalize, key_jitter, seed, dtype):
     return ScoreGate(D, E, top_k=K, score="softmax", normalize=normalize, norm_eps=0.0,
                      jitter=float(_get(config, key_jitter, 0.0)), seed=seed, dtype=dtype)
@@ -45,7 +50,7 @@ def mixtral(config, seed=None, dtype="float64", bugs=()):
     K = _int(config, "num_experts_per_tok", 2)
     gate = _softmax_topk(config, D, E, K, True, "router_jitter_noise", seed, dtype)
     return MoE(gate=gate, experts=ExpertBank(E, D, D, H, seed=seed, dtype=dtype, activation="swiglu"),
-               balance=[B.FrameworkBalance(_get(config, "router_aux_loss_coef", 0.02), "hf", "double_softmax" in bugs)], dtype=dtype)
+               balance=[_hf_loss(config, 0.02, bugs)], dtype=dtype)
 
 
 def qwen2_moe(config, seed=None, dtype="float64", bugs=()):
@@ -61,7 +66,7 @@ def qwen2_moe(config, seed=None, dtype="float64", bugs=()):
                          seed, dtype)
     return MoE(gate=gate, experts=ExpertBank(E, D, D, H, seed=seed, dtype=dtype, activation="swiglu"),
                shared=SharedExpert(D, D, Hs, gated=True, seed=seed, dtype=dtype),
-               balance=[B.FrameworkBalance(_get(config, "router_aux_loss_coef", 0.001), "hf", "double_softmax" in bugs)], dtype=dtype)
+               balance=[_hf_loss(config, 0.001, bugs)], dtype=dtype)
 
 
 def qwen3_moe(config, seed=None, dtype="float64", bugs=()):
@@ -74,7 +79,7 @@ def qwen3_moe(config, seed=None, dtype="float64", bugs=()):
     gate = _softmax_topk(config, D, E, K, bool(_get(config, "norm_topk_prob", True)), "router_jitter_noise",
                          seed, dtype)
     return MoE(gate=gate, experts=ExpertBank(E, D, D, H, seed=seed, dtype=dtype, activation="swiglu"),
-               balance=[B.FrameworkBalance(_get(config, "router_aux_loss_coef", 0.001), "hf", "double_softmax" in bugs)], dtype=dtype)
+               balance=[_hf_loss(config, 0.001, bugs)], dtype=dtype)
 
 
 def olmoe(config, seed=None, dtype="float64", bugs=()):
@@ -87,7 +92,7 @@ def olmoe(config, seed=None, dtype="float64", bugs=()):
     H, K = _int(config, "intermediate_size"), _int(config, "num_experts_per_tok", 8)
     gate = _softmax_topk(config, D, E, K, bool(_get(config, "norm_topk_prob", False)), "router_jitter_noise",
                          seed, dtype)
-    losses = [B.FrameworkBalance(_get(config, "router_aux_loss_coef", 0.01), "hf", "double_softmax" in bugs)]
+    losses = [_hf_loss(config, 0.01, bugs)]
     if _get(config, "router_z_loss_coef"):
         losses.append(B.ZLoss(config["router_z_loss_coef"]))
     return MoE(gate=gate, experts=ExpertBank(E, D, D, H, seed=seed, dtype=dtype, activation="swiglu"),
@@ -166,7 +171,8 @@ def switch(config, seed=None, dtype="float64", bugs=()):
         raise ValueError("config['router_bias']=True is not supported: the Switch preset's router has no bias")
     gate = _softmax_topk(config, D, E, 1, False, "router_jitter_noise", seed, dtype)
     z_loss = B.ProbsZLoss if "z_loss_on_probs" in bugs else B.ZLoss
-    losses = [B.SwitchLoss(_get(config, "router_aux_loss_coef", 0.001)), z_loss(_get(config, "router_z_loss_coef", 0.001))]
+    losses = [B.SwitchLoss(_get(config, "router_aux_loss_coef", 0.001)),
+              z_loss(_get(config, "router_z_loss_coef", 0.001))]
     capacity = None if "capacity_cumsum" in bugs else _get(config, "capacity_factor")
     return MoE(gate=gate, experts=ExpertBank(E, D, D, H, seed=seed, dtype=dtype, activation="relu", bias=False),
                capacity_factor=capacity, balance=losses, dtype=dtype)

@@ -4,17 +4,19 @@ numpy_moe stores x W (W is (D, E), expert weights (E, D, H)); PyTorch's ``nn.Lin
 (out, in). A framework block's parameters are found under these names (the block's own ``state_dict``
 keys; pass ``prefix`` for a whole model's, e.g. "model.layers.0.mlp."):
 
-| preset family                  | router              | experts                                                   |
-|--------------------------------|---------------------|-----------------------------------------------------------|
-| mixtral (transformers >= 5)    | gate.weight (E, D)  | experts.gate_up_proj (E, 2H, D) [gate; up], experts.down_proj (E, D, H) |
-| mixtral (checkpoints, < 5)     | gate.weight         | experts.{e}.w1 / w3 / w2 .weight (H, D), (H, D), (D, H)   |
-| qwen2/qwen3/olmoe/deepseek     | gate.weight         | fused as Mixtral, or experts.{e}.gate_proj / up_proj / down_proj .weight |
-| deepseek_v3                    | + gate.e_score_correction_bias (E,) -> the gate's ``bias`` buffer |   |
-| qwen2_moe shared               | shared_expert.gate_proj / up_proj / down_proj .weight, shared_expert_gate.weight (1, D) |
-| deepseek shared                | shared_experts.gate_proj / up_proj / down_proj .weight    |   |
-| switch                         | router.classifier.weight | experts.expert_{e}.wi.weight (H, D), wo.weight (D, H) |
-| gshard / deepspeed (fairseq)   | gate.wg.weight      | experts.{e}.fc1.weight / .bias, fc2.weight / .bias        |
-| megablocks                     | router.layer.weight | experts.mlp.w1 (E H, D), [v1 (E H, D) for glu], w2 (E H, D), not transposed |
+- mixtral, transformers >= 5: ``gate.weight`` (E, D); ``experts.gate_up_proj`` (E, 2H, D), gate rows
+  first, and ``experts.down_proj`` (E, D, H);
+- mixtral checkpoints (transformers < 5): ``experts.{e}.w1`` / ``w3`` / ``w2`` ``.weight``, (H, D), (H, D),
+  (D, H);
+- qwen2_moe, qwen3_moe, olmoe, deepseek_v2, deepseek_v3: ``gate.weight``; experts fused as Mixtral's or
+  ``experts.{e}.gate_proj`` / ``up_proj`` / ``down_proj`` ``.weight``; deepseek_v3 also
+  ``gate.e_score_correction_bias`` (E,), the gate's ``bias`` buffer;
+- shared experts: ``shared_expert.*_proj.weight`` and ``shared_expert_gate.weight`` (1, D) (Qwen2-MoE),
+  ``shared_experts.*_proj.weight`` (DeepSeek);
+- switch: ``router.classifier.weight``; ``experts.expert_{e}.wi.weight`` (H, D), ``wo.weight`` (D, H);
+- gshard, deepspeed_*: ``gate.wg.weight``; ``experts.{e}.fc1.weight`` / ``.bias``, ``fc2.weight`` / ``.bias``;
+- megablocks: ``router.layer.weight``; ``experts.mlp.w1`` (E H, D), [``v1`` (E H, D) for glu], ``w2``
+  (E H, D), not transposed.
 
 Sources: transformers models/*/modeling_*.py (``*Experts``, ``*TopKRouter``), fairseq
 modules/moe/top2gate.py (``Top2Gate.wg``), megablocks layers/mlp.py (``MLP``, ``GLU``).
