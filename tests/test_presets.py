@@ -174,3 +174,15 @@ def test_bug_options_reproduce_the_reported_behaviour(rng):
     assert a.aux_loss != b.aux_loss and b.losses[0].double_softmax
     with pytest.raises(ValueError, match="reproduces only"):
         P.build("deepseek_v3", CONFIGS["deepseek_v3"], bugs=["double_softmax"])
+
+
+@pytest.mark.parametrize("preset", ["deepseek_v3", "mixtral", "switch"])
+def test_preset_blocks_save_and_load_through_io(preset, tmp_path, rng):
+    from numpy_moe import io
+    moe = P.build(preset, CONFIGS[preset], seed=0, **({"bugs": ["double_softmax"]} if preset == "mixtral" else {}))
+    moe.gate.buffers["bias"][...] = rng.normal(0, 0.1, moe.n_experts)
+    loaded = io.load(io.save(moe, tmp_path / "block.npz"))
+    x = rng.standard_normal((7, 6))
+    moe.eval(), loaded.eval()
+    np.testing.assert_array_equal(loaded.forward(x), moe.forward(x))
+    assert loaded.aux_loss == moe.aux_loss
