@@ -208,14 +208,19 @@ def deepspeed_top1(config, seed=None, dtype="float64"):
 
 
 def deepspeed_top2(config, seed=None, dtype="float64"):
-    """DeepSpeed top-2: as :func:`gshard` (sharded_moe.py ``top2gating``, loss ``mean(me * ce) * E * E``)."""
+    """DeepSpeed top-2: as :func:`gshard` (sharded_moe.py ``top2gating``, loss ``mean(me * ce) * E * E``);
+    like fairseq it renormalises the kept weights after dropping, numpy_moe before: exact while nothing
+    is dropped."""
     return _classic(config, seed, dtype, 2, True, "gshard")
 
 
 def deepspeed_topk(config, seed=None, dtype="float64"):
     """DeepSpeed top-k: softmax, top-k renormalised, loss ``mean(me * ce) * E * E / k`` over all k choices.
 
-    DeepSpeed sharded_moe.py ``topkgating`` (``drop_policy='position'``); key ``k``.
+    DeepSpeed sharded_moe.py ``topkgating``; key ``k``. Exact while nothing is dropped. With a capacity,
+    DeepSpeed orders each expert's assignments by ``drop_policy`` (``presets.dropping.deepspeed_keep``,
+    not wired into the layer, which drops first choices last) and renormalises the kept weights after
+    dropping (numpy_moe renormalises before).
     """
     return _classic(config, seed, dtype, _int(config, "k", 2), True, "deepspeed_topk")
 
