@@ -244,6 +244,7 @@ def _examples():
         lambda: SharedExpert(4, 3, 5, gated=True, seed=0), lambda: ExpertBank(4, 5, 3, 6, seed=0, activation="swiglu"),
         lambda: B.BalanceLoss(0.1), lambda: B.Seed000Loss(0.1), lambda: B.Importance(0.1), lambda: B.ShazeerLoad(0.1),
         lambda: B.VMoELoad(0.1), lambda: B.SwitchLoss(0.1), lambda: B.ZLoss(0.1), lambda: B.SequenceBalance(0.1),
+        lambda: B.FrameworkBalance(0.1, "gshard"), lambda: B.ProbsZLoss(0.1),
     ]
     made = [make() for make in examples]
     return {f"{type(m).__module__}:{type(m).__qualname__}": m for m in made}

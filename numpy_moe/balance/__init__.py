@@ -2,11 +2,14 @@
 
 - :mod:`.losses`: the losses, each a parameterless Module: Seed000Loss, Importance, ShazeerLoad,
   VMoELoad, SwitchLoss, ZLoss, SequenceBalance (DeepSeek's per-sequence loss);
+- :mod:`.conventions`: the f·P loss in each framework's scaling (FrameworkBalance) and the z-loss on
+  probabilities (ProbsZLoss, a documented bug);
 - :mod:`.aggregate`: token masks (select_samples, expand_grad) and several layers (MultiLayer).
 """
 from .aggregate import MultiLayer, expand_grad, select_samples
+from .conventions import FrameworkBalance, ProbsZLoss
 from .losses import (BalanceLoss, Importance, Seed000Loss, SequenceBalance, ShazeerLoad, SwitchLoss, VMoELoad,
                      ZLoss)
 
-__all__ = ["BalanceLoss", "Importance", "MultiLayer", "Seed000Loss", "SequenceBalance", "ShazeerLoad",
+__all__ = ["BalanceLoss", "FrameworkBalance", "ProbsZLoss", "Importance", "MultiLayer", "Seed000Loss", "SequenceBalance", "ShazeerLoad",
            "SwitchLoss", "VMoELoad", "ZLoss", "expand_grad", "select_samples"]

@@ -1,0 +1,78 @@
+"""Conformance fixtures (issue 13): export, check, and the PyTorch walk-through when torch is installed.
+
+Measured time: about 2 s without torch (export takes about 0.1 s on the shared 2-core machine).
+"""
+import importlib.util
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from numpy_moe import conformance
+from numpy_moe import presets as P
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_export_writes_every_preset_quickly_and_check_accepts_the_fixtures_themselves(tmp_path):
+    start = time.perf_counter()
+    rc = subprocess.run([sys.executable, "-m", "numpy_moe.conformance", "export", str(tmp_path / "fx")], cwd=ROOT,
+                        capture_output=True, text=True)
+    assert rc.returncode == 0, rc.stderr
+    assert time.perf_counter() - start < 60
+    manifest = json.loads((tmp_path / "fx" / "manifest.json").read_text())
+    assert set(manifest["presets"]) == set(P.PRESETS) - {"vmoe"}
+    results = tmp_path / "results"
+    results.mkdir()
+    for preset, entry in manifest["presets"].items():
+        with np.load(tmp_path / "fx" / entry["file"]) as npz:
+            fx = dict(npz)
+        assert fx["output"].shape == tuple(entry["input_shape"])
+        assert any(k.startswith("grad/") and k != "grad/input" for k in fx)
+        assert not fx["mask"].all()
+        np.savez(results / entry["file"], **fx)
+    ok = subprocess.run([sys.executable, "-m", "numpy_moe.conformance", "check", str(tmp_path / "fx"), str(results)],
+                        cwd=ROOT, capture_output=True, text=True)
+    assert ok.returncode == 0 and "FAIL" not in ok.stdout and ok.stdout.count(" ok") > 100
+
+
+def test_check_fails_on_a_wrong_array_and_says_which(tmp_path):
+    conformance.export(tmp_path / "fx", ["qwen2_moe"])
+    manifest, data = conformance.load(tmp_path / "fx")
+    fx = data["qwen2_moe"]
+    results = tmp_path / "results"
+    results.mkdir()
+    wrong = {"output": fx["output"], "grad/shared_expert_gate.weight": fx["grad/shared_expert_gate.weight"] * 1.001,
+             "routing/experts": fx["routing/experts"][:, ::-1],  # another order of the same set: fine
+             "routing/weights": fx["routing/weights"][:, ::-1]}
+    np.savez(results / "qwen2_moe.npz", **wrong)
+    lines = []
+    assert not conformance.check(tmp_path / "fx", results, out=lines.append)
+    failed = [line for line in lines if line.endswith("FAIL")]
+    assert len(failed) == 1 and "grad/shared_expert_gate.weight" in failed[0]
+
+
+def test_routing_differences_are_counted_per_token():
+    fixture = {"routing/experts": np.array([[0, 1], [2, 3]])}
+    rows = conformance.compare(fixture, {"routing/experts": np.array([[1, 0], [2, 0]])})
+    assert rows == [("routing/experts", 1.0, 0.0, False)]
+
+
+def test_an_empty_results_directory_is_reported(tmp_path):
+    conformance.export(tmp_path / "fx", ["switch"])
+    lines = []
+    assert not conformance.check(tmp_path / "fx", tmp_path, out=lines.append)
+    assert "no <preset>.npz results" in lines[-1]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch") is None or importlib.util.find_spec("transformers") is None,
+                    reason="the walk-through compares transformers' blocks, and torch/transformers are not "
+                           "installed (never a numpy_moe dependency)")
+def test_pytorch_walkthrough_passes(tmp_path):
+    run = subprocess.run([sys.executable, str(ROOT / "tools" / "conformance_walkthrough.py"), str(tmp_path)],
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr
