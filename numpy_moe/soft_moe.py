@@ -1,5 +1,5 @@
 """Soft MoE: every slot takes a softmax-weighted mix of a group's tokens, every token a softmax-weighted mix
-of the slots' outputs (Puigcerver et al. 2023, "From sparse to soft mixtures of experts"; MATH.md §10.5).
+of the slots' outputs (Puigcerver et al. 2023, "From sparse to soft mixtures of experts"; MATH.md §10.8).
 
 Nothing is discrete, so nothing is dropped and every expert processes exactly its S slots per group:
 the layer has no :class:`~numpy_moe.gates.Routing`. Its dense analogue, :class:`SoftRouting`, holds the

@@ -1,4 +1,4 @@
-"""Routers that do not pick the top k (issue 14, MATH.md §10.5-10.8): Soft MoE, BASE (exact balanced
+"""Routers that do not pick the top k (issue 14, MATH.md §10.8-10.11): Soft MoE, BASE (exact balanced
 assignment), Sinkhorn (S-BASE) and hash routing. Gradients in float64 against finite differences with the
 discrete choice asserted unchanged, BASE against brute force, Sinkhorn's marginals and order
 independence, the hash's determinism across processes and the balanced hash's loads, and the bad input

@@ -1,5 +1,5 @@
 """BASE layers: the exact balanced assignment of tokens to experts (Lewis et al. 2021, "BASE layers:
-simplifying training of large, sparse models"; MATH.md §10.6).
+simplifying training of large, sparse models"; MATH.md §10.9).
 
 In training every expert gets the same number of tokens, the assignment that maximises the total
 token-expert affinity h_{n,e} = x_n · w_e, solved exactly by ``scipy.optimize.linear_sum_assignment``

@@ -1,5 +1,5 @@
 """Hash routing: a fixed expert per discrete key, no router parameters (Roller et al. 2021, "Hash layers
-for large sparse models"; MATH.md §10.8)."""
+for large sparse models"; MATH.md §10.11)."""
 from ..backend import asarray, default_rng, get_array_module, to_numpy
 from ..layers import Module, zeros_param
 from ..validation import check_positive_int

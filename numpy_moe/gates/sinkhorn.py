@@ -1,6 +1,6 @@
 """Sinkhorn routing: balance the token-expert scores with Sinkhorn iterations, route on the balanced plan,
 weight with the unbalanced scores (S-BASE, Clark et al. 2022, "Unified scaling laws for routed language
-models"; Megatron-core's ``sinkhorn`` and ``TopKRouter.sinkhorn_load_balancing``; MATH.md §10.7)."""
+models"; Megatron-core's ``sinkhorn`` and ``TopKRouter.sinkhorn_load_balancing``; MATH.md §10.10)."""
 import warnings
 from typing import NamedTuple
 
