@@ -43,8 +43,9 @@ Today's blocks are composed (MATH.md §10; numpy_moe.gates, numpy_moe.experts, n
         balance=[SequenceBalance(0.001 * 4, per_sequence=False)])     # Qwen2-MoE (HF's loss is K times it)
 
 ``forward(x, mask=None, seq_lengths=None)``: ``mask`` (N,) bool marks the samples that count (False:
-padding), which every balance statistic, the diagnostics and the selection bias's load then ignore;
-``seq_lengths`` (ints summing to N) splits the batch into sequences for SequenceBalance.
+padding), which every balance statistic, the diagnostics and the selection bias's load then ignore
+(BaseGate and SinkhornGate balance the counted samples alone; the padding takes its greedy choice);
+``keys`` (N,) ints are the token ids a HashGate routes on; ``seq_lengths`` (ints summing to N) splits the batch into sequences for SequenceBalance.
 ``backward(dy, routing_grad=None)`` adds a gradient of the routing from outside (a
 numpy_moe.balance.MultiLayer loss over several layers).
 
@@ -310,7 +311,7 @@ class MoE(Module):
             r = self.gate.forward(x, keys=keys)
         elif keys is not None:
             raise ValueError(f"keys are read by a HashGate only; this layer's gate is a {type(self.gate).__name__}")
-        elif isinstance(self.gate, ScoreGate):
+        elif isinstance(self.gate, (ScoreGate, BaseGate, SinkhornGate)):
             r = self.gate.forward(x, mask=self.mask)
         else:
             r = self.gate.forward(x)

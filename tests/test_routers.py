@@ -299,3 +299,21 @@ def test_hash_bad_input(rng):
         gate.balance([0, 1])
     with pytest.raises(ValueError, match="kind='md5'"):
         HashGate(3, 2, 5, kind="md5")
+
+
+@pytest.mark.parametrize("make", [lambda: BaseGate(5, 4, seed=0), lambda: SinkhornGate(5, 4, top_k=2, seed=0)])
+def test_balancing_gates_ignore_the_padding(make, rng):
+    """With a mask the balanced choice is made over the counted tokens alone: adding padding rows leaves
+    the counted tokens' experts as they were without them."""
+    gate = make()
+    x = rng.standard_normal((12, 5))
+    alone = gate.forward(x).expert.reshape(12, -1)
+    padded = np.concatenate([x[:5], 3 * rng.standard_normal((4, 5)), x[5:]])
+    mask = np.ones(16, dtype=bool)
+    mask[5:9] = False
+    with_padding = gate.forward(padded, mask=mask).expert.reshape(16, -1)
+    assert np.array_equal(with_padding[mask], alone)
+    layer = MoE(gate=make(), experts=ExpertBank(4, 5, 3, seed=1))
+    layer.forward(padded, mask=mask)
+    if isinstance(layer.gate, BaseGate):
+        assert layer.diagnostics["samples_per_expert"].tolist() == [3, 3, 3, 3]

@@ -68,7 +68,8 @@ class BaseGate(Module):
     Notes
     -----
     h = x W (N, E). Training: a = :func:`balanced_assignment` (h), each expert gets N / E tokens (floor
-    or ceil when E does not divide N: every token is routed, none dropped). Evaluation: a_n = argmax_e
+    or ceil when E does not divide N: every token is routed, none dropped); with a mask, over the
+    counted tokens only (padding goes greedy). Evaluation: a_n = argmax_e
     h_{n,e} (lowest index on ties). Weight w_n = sigmoid(h_{n, a_n}); with ``MoE(residual=True)`` the
     layer computes x_n + w_n E_{a_n}(x_n) as in the paper. Backward with the assignment fixed:
     dh_{n, a_n} = dw_n w_n (1 - w_n), dW = xᵀ dh, dx = dh Wᵀ. The routing's ``probs`` are softmax(h) (for
@@ -85,13 +86,20 @@ class BaseGate(Module):
         self.params["W"] = init_weight(default_rng(seed), D, E, (D, E), "glorot", self.dtype)
         self.zero_grad()
 
-    def forward(self, x):
-        """x (N, D) -> Routing (one expert per sample)."""
+    def forward(self, x, mask=None):
+        """x (N, D) -> Routing (one expert per sample). ``mask`` (N,) bool: the samples that count; the
+        balanced assignment is over those alone, the others (padding) take their greedy choice."""
         xp = get_array_module(x)
         N = x.shape[0]
         self.x = x
         h = expert_major_logits(x, self.params["W"])  # (N, E)
-        expert = balanced_assignment(h) if self.training else topk_indices(h, 1)[:, 0]
+        expert = topk_indices(h, 1)[:, 0]
+        if self.training:
+            if mask is None:
+                expert = balanced_assignment(h)
+            else:
+                counted = xp.flatnonzero(mask)
+                expert[counted] = balanced_assignment(h[counted])
         s = F.sigmoid(h)
         sample = xp.arange(N)
         self.routing = Routing(sample=sample, expert=expert, weight=s[sample, expert], kept=xp.ones(N, dtype=bool),

@@ -101,19 +101,20 @@ class SinkhornGate(Module):
         self.sinkhorn_iterations, self.sinkhorn_converged = 0, None
         self.zero_grad()
 
-    def forward(self, x):
-        """x (N, D) -> Routing."""
+    def forward(self, x, mask=None):
+        """x (N, D) -> Routing. ``mask`` (N,) bool: the samples that count; Sinkhorn balances those alone,
+        the others (padding) take their plain top-k."""
         xp = get_array_module(x)
         N, K = x.shape[0], self.top_k
         self.x = x
         h = expert_major_logits(x, self.params["W"])  # (N, E)
         s = F.sigmoid(h) if self.score == "sigmoid" else F.softmax(h)
+        idx = topk_indices(s, K)
         if self.training:
-            result = sinkhorn(h, self.tol, self.max_iter)
+            rows = slice(None) if mask is None else xp.flatnonzero(mask)
+            result = sinkhorn(h[rows], self.tol, self.max_iter)
             self.sinkhorn_iterations, self.sinkhorn_converged = result.iterations, result.converged
-            idx = topk_indices(result.plan, K)
-        else:
-            idx = topk_indices(s, K)
+            idx[rows] = topk_indices(result.plan, K)
         sample, expert = xp.repeat(xp.arange(N), K), idx.reshape(-1)
         self.routing = Routing(sample=sample, expert=expert, weight=s[sample, expert],
                                kept=xp.ones(N * K, dtype=bool), logits=h, clean=h, sigma=None, eps=None,
