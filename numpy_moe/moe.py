@@ -42,10 +42,11 @@ Today's blocks are composed (MATH.md §10; numpy_moe.gates, numpy_moe.experts, n
         experts=ExpertBank(60, D, O, H, activation="swiglu"), shared=SharedExpert(D, O, 4 * H, gated=True),
         balance=[SequenceBalance(0.001 * 4, per_sequence=False)])     # Qwen2-MoE (HF's loss is K times it)
 
-``forward(x, mask=None, seq_lengths=None)``: ``mask`` (N,) bool marks the samples that count (False:
-padding), which every balance statistic, the diagnostics and the selection bias's load then ignore
+``forward(x, mask=None, seq_lengths=None, keys=None)``: ``mask`` (N,) bool marks the samples that count
+(False: padding), which every balance statistic, the diagnostics and the selection bias's load then ignore
 (BaseGate and SinkhornGate balance the counted samples alone; the padding takes its greedy choice);
-``keys`` (N,) ints are the token ids a HashGate routes on; ``seq_lengths`` (ints summing to N) splits the batch into sequences for SequenceBalance.
+``keys`` (N,) ints are the token ids a HashGate routes on; ``seq_lengths`` (ints summing to N) splits
+the batch into sequences for SequenceBalance.
 ``backward(dy, routing_grad=None)`` adds a gradient of the routing from outside (a
 numpy_moe.balance.MultiLayer loss over several layers).
 
@@ -303,14 +304,14 @@ class MoE(Module):
         self.y_shape = (N, self.out_features)
         self.mask = None if mask is None else check_mask(mask, N)
         seq_lengths = None if seq_lengths is None else check_seq_lengths(seq_lengths, N)
+        if keys is not None and not isinstance(self.gate, HashGate):
+            raise ValueError(f"keys are read by a HashGate only; this layer's gate is a {type(self.gate).__name__}")
         if self.dense:
             self.g = self.gate.forward(x)  # (N, E)
             self.out = self.experts.forward(x)  # (E, N, O)
             return self._add_shared(x, xp.einsum("ne,eno->no", self.g, self.out))  # (N, O)
         if isinstance(self.gate, HashGate):
             r = self.gate.forward(x, keys=keys)
-        elif keys is not None:
-            raise ValueError(f"keys are read by a HashGate only; this layer's gate is a {type(self.gate).__name__}")
         elif isinstance(self.gate, (ScoreGate, BaseGate, SinkhornGate)):
             r = self.gate.forward(x, mask=self.mask)
         else:

@@ -295,6 +295,8 @@ def test_hash_bad_input(rng):
         MoE(gate=HashGate(3, 2, 5), experts=ExpertBank(2, 3, 2)).forward(x)
     with pytest.raises(ValueError, match="keys are read by a HashGate only"):
         MoE(gate=TopKGate(3, 2, 1), experts=ExpertBank(2, 3, 2)).forward(x, keys=[0, 1, 2])
+    with pytest.raises(ValueError, match="keys are read by a HashGate only"):
+        MoE(3, 2, 2, hidden=4).forward(x, keys=[0, 1, 2])  # a dense layer too
     with pytest.raises(ValueError, match="kind='random'"):
         gate.balance([0, 1])
     with pytest.raises(ValueError, match="kind='md5'"):
