@@ -7,10 +7,8 @@ on the host (a CuPy array is copied there and the answer copied back). In evalua
 its best expert (greedy top-1), as in the paper. The layer's output is x + sigmoid(x · w_e) E_e(x):
 the combine weight is sigmoid(h_{n,e}) (this gate) and the residual is ``MoE(..., residual=True)``.
 """
-from scipy.optimize import linear_sum_assignment
-
 from .. import functional as F
-from ..backend import asarray, default_rng, get_array_module, to_numpy
+from ..backend import asarray, default_rng, get_array_module, linear_sum_assignment, to_numpy
 from ..layers import Module, init_weight
 from ..validation import check_positive_int
 from .base import Routing, expert_major_logits, fixed_selection_backward, topk_indices
