@@ -1,5 +1,7 @@
 """Hash routing: a fixed expert per discrete key, no router parameters (Roller et al. 2021, "Hash layers
 for large sparse models"; MATH.md §10.11)."""
+import heapq
+
 from ..backend import asarray, default_rng, get_array_module, to_numpy
 from ..layers import Module, zeros_param
 from ..validation import check_positive_int
@@ -69,12 +71,11 @@ class HashGate(Module):
             raise ValueError(f"balance() builds the balanced hash; this gate has kind={self.kind!r}")
         keys = self.check_keys(keys)
         counts = to_numpy(get_array_module(keys).bincount(keys, minlength=self.n_keys)).tolist()
-        order = sorted(range(self.n_keys), key=lambda v: (-counts[v], v))
-        load, table = [0] * self.n_experts, [0] * self.n_keys
-        for v in order:
-            e = min(range(self.n_experts), key=lambda j: (load[j], j))
+        heap, table = [(0, e) for e in range(self.n_experts)], [0] * self.n_keys  # (load, expert), a valid heap
+        for v in sorted(range(self.n_keys), key=lambda v: (-counts[v], v)):
+            load, e = heapq.heappop(heap)  # the lightest expert, the smaller on ties
             table[v] = e
-            load[e] += counts[v]
+            heapq.heappush(heap, (load + counts[v], e))
         self.buffers["table"][...] = asarray(table, dtype=self.dtype)
         return self
 
