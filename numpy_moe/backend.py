@@ -87,6 +87,16 @@ def ndtr(x):
     return cupyx.scipy.special.ndtr(x)
 
 
+def linear_sum_assignment(value, maximize=False):
+    """``scipy.optimize.linear_sum_assignment`` of a 2-D array, on the host: (rows, cols) as NumPy ints.
+
+    There is no device solver, so a CuPy array is copied to the host first (BASE layers' balanced
+    assignment, numpy_moe.gates.balanced).
+    """
+    import scipy.optimize
+    return scipy.optimize.linear_sum_assignment(to_numpy(value), maximize=maximize)
+
+
 def combine_rows(values, index, weight):
     """``out[n] = sum_k weight[n, k] values[index[n, k]]``: K rows of ``values`` gathered, weighted, summed.
 

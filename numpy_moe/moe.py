@@ -23,6 +23,10 @@ How to build each variant (D inputs, O outputs, E experts, H hidden units of eac
                                                   # Switch Transformer: top-1 with capacity
     MoE(D, O, E, hidden=H, router="expert_choice", capacity_factor=2)
                                                   # expert choice: each expert takes N * 2 / E samples
+    MoE(gate=BaseGate(D, E), experts=ExpertBank(E, D, D, H), residual=True)
+                                                  # BASE layer: balanced assignment, x + sigmoid(x w_e) E_e(x)
+    MoE(gate=SinkhornGate(D, E, top_k=1), experts=...)   # S-BASE: Sinkhorn-balanced choice
+    MoE(gate=HashGate(D, E, n_keys=V), experts=...)      # hash layer; forward(x, keys=token_ids)
     MoE(..., balance=[Importance(0.01, source="gates"), ZLoss(1e-3)])
                                                   # any list of numpy_moe.balance loss objects
 
@@ -38,9 +42,11 @@ Today's blocks are composed (MATH.md §10; numpy_moe.gates, numpy_moe.experts, n
         experts=ExpertBank(60, D, O, H, activation="swiglu"), shared=SharedExpert(D, O, 4 * H, gated=True),
         balance=[SequenceBalance(0.001 * 4, per_sequence=False)])     # Qwen2-MoE (HF's loss is K times it)
 
-``forward(x, mask=None, seq_lengths=None)``: ``mask`` (N,) bool marks the samples that count (False:
-padding), which every balance statistic, the diagnostics and the selection bias's load then ignore;
-``seq_lengths`` (ints summing to N) splits the batch into sequences for SequenceBalance.
+``forward(x, mask=None, seq_lengths=None, keys=None)``: ``mask`` (N,) bool marks the samples that count
+(False: padding), which every balance statistic, the diagnostics and the selection bias's load then ignore
+(BaseGate and SinkhornGate balance the counted samples alone; the padding takes its greedy choice);
+``keys`` (N,) ints are the token ids a HashGate routes on; ``seq_lengths`` (ints summing to N) splits
+the batch into sequences for SequenceBalance.
 ``backward(dy, routing_grad=None)`` adds a gradient of the routing from outside (a
 numpy_moe.balance.MultiLayer loss over several layers).
 
@@ -63,14 +69,15 @@ for the test that the two dispatches agree.
 from . import balance as B
 from .backend import asarray, default_rng, get_array_module, to_numpy
 from .experts import ExpertBank, SharedExpert
-from .gates import CONVENTIONS, NOISES, ExpertChoiceGate, ScoreGate, SoftmaxGate, TopKGate
+from .gates import (CONVENTIONS, NOISES, BaseGate, ExpertChoiceGate, HashGate, ScoreGate, SinkhornGate, SoftmaxGate,
+                    TopKGate)
 from .layers import Module
 from .routing import apply_capacity, combine_topk, expert_capacity, group_by_expert, scatter_add
 from .validation import check_input, check_positive_int, check_real
 
 ROUTERS = ("topk", "expert_choice")
 BALANCE_NAMES = ("importance", "load", "switch", "z_loss", "seed000")
-GATES = (SoftmaxGate, TopKGate, ExpertChoiceGate, ScoreGate)
+GATES = (SoftmaxGate, TopKGate, ExpertChoiceGate, ScoreGate, BaseGate, SinkhornGate, HashGate)
 
 
 def _balance_losses(balance, convention, noise):
@@ -161,6 +168,8 @@ class MoE(Module):
         sample, as seed 000 does). Sparse gates only.
     experts : None (built from hidden) or an ExpertBank (linear, ReLU, SwiGLU or GeGLU experts).
     shared : None or a SharedExpert, always on, added to the routed output.
+    residual : add the input to the output, y = x + ... (needs out_features = in_features): the BASE
+        layer's x + sigmoid(x · w_e) E_e(x) with a BaseGate (Lewis et al. 2021).
 
     Shapes: x (N, D) -> y (N, O). Parameters gate.W (D, E), gate.b (E,), [gate.W_noise (D, E)],
     experts.* (see ExpertBank), [shared.*].
@@ -179,7 +188,7 @@ class MoE(Module):
     def __init__(self, in_features=None, out_features=None, n_experts=None, hidden=None, seed=None,
                  dtype="float64", *, top_k=None, gate="softmax_then_topk", noise=None, noise_std=1.0,
                  router="topk", capacity_factor=None, batch_priority=False, balance=None, dispatch="sparse",
-                 experts=None, shared=None):
+                 experts=None, shared=None, residual=False):
         super().__init__(dtype)
         if dispatch not in ("sparse", "dense"):
             raise ValueError(f"dispatch={dispatch!r} must be 'sparse' or 'dense'")
@@ -220,6 +229,10 @@ class MoE(Module):
             if part is not None and part.dtype != self.dtype:
                 raise ValueError(f"{name} has dtype {part.dtype} but the layer has dtype={self.dtype}: pass "
                                  f"dtype='{part.dtype}' to MoE as well")
+        if residual and experts.out_features != D:
+            raise ValueError(f"residual=True adds x to the output, so out_features ({experts.out_features}) must "
+                             f"equal in_features ({D})")
+        self.residual = bool(residual)
         self.in_features, self.out_features, self.n_experts = D, experts.out_features, E
         self.experts, self.shared = experts, shared
         self.capacity_factor, self.batch_priority, self.dispatch = capacity_factor, bool(batch_priority), dispatch
@@ -282,19 +295,27 @@ class MoE(Module):
         """Weighted sum of the balance losses of the last forward (0.0 without any)."""
         return self._aux
 
-    def forward(self, x, mask=None, seq_lengths=None):
-        """x (N, D) -> y (N, O). mask: (N,) bool or None; seq_lengths: ints summing to N, or None."""
+    def forward(self, x, mask=None, seq_lengths=None, keys=None):
+        """x (N, D) -> y (N, O). mask: (N,) bool or None; seq_lengths: ints summing to N, or None;
+        keys: (N,) ints, the samples' keys for a HashGate (refused for other gates)."""
         xp = get_array_module(x)
         x = check_input(x, self.in_features, self.dtype)
         N, E = x.shape[0], self.n_experts
         self.y_shape = (N, self.out_features)
         self.mask = None if mask is None else check_mask(mask, N)
         seq_lengths = None if seq_lengths is None else check_seq_lengths(seq_lengths, N)
+        if keys is not None and not isinstance(self.gate, HashGate):
+            raise ValueError(f"keys are read by a HashGate only; this layer's gate is a {type(self.gate).__name__}")
         if self.dense:
             self.g = self.gate.forward(x)  # (N, E)
             self.out = self.experts.forward(x)  # (E, N, O)
             return self._add_shared(x, xp.einsum("ne,eno->no", self.g, self.out))  # (N, O)
-        r = self.gate.forward(x, mask=self.mask) if isinstance(self.gate, ScoreGate) else self.gate.forward(x)
+        if isinstance(self.gate, HashGate):
+            r = self.gate.forward(x, keys=keys)
+        elif isinstance(self.gate, (ScoreGate, BaseGate, SinkhornGate)):
+            r = self.gate.forward(x, mask=self.mask)
+        else:
+            r = self.gate.forward(x)
         if self.capacity_factor is not None and r.top_k is not None:
             r = apply_capacity(r, expert_capacity(N, r.top_k, E, self.capacity_factor), self.batch_priority)
         r = self.routing = r._replace(seq_lengths=seq_lengths)
@@ -324,6 +345,8 @@ class MoE(Module):
     def _add_shared(self, x, y):
         if self.shared is not None:
             y += self.shared.forward(x)
+        if self.residual:
+            y += x
         return y
 
     def backward(self, dy, routing_grad=None):
@@ -338,6 +361,8 @@ class MoE(Module):
                              "the last forward's output")
         xp = get_array_module(dy)
         dx_shared = None if self.shared is None else self.shared.backward(dy)
+        if self.residual:  # y = x + ...: dx gets dy
+            dx_shared = dy.copy() if dx_shared is None else dx_shared + dy
         if self.dense:
             dg = xp.einsum("no,eno->ne", dy, self.out)  # (N, E)
             dout = self.g.T[:, :, None] * dy[None]  # (E, N, O)

@@ -221,11 +221,12 @@ def test_a_fitted_pipeline_with_its_scaler_round_trips(tmp_path, rng):
 def _examples():
     from numpy_moe import balance as B
     from numpy_moe.experts import ExpertBank, SharedExpert
-    from numpy_moe.gates import ExpertChoiceGate, ScoreGate, SoftmaxGate, TopKGate
+    from numpy_moe.gates import BaseGate, ExpertChoiceGate, HashGate, ScoreGate, SinkhornGate, SoftmaxGate, TopKGate
     from numpy_moe.image_layers import GELU, Conv2d, Flatten, LayerNorm, MaxPool2d, Unflatten
     from numpy_moe.layers import Tanh
     from numpy_moe.models import ImageMoEClassifier, SparseMLP
     from numpy_moe.models.sparse_mlp import ChannelMixing, MixerBlock, ReRepresentedTokenMixing, TokenMixing
+    from numpy_moe.soft_moe import SoftMoE
     tiny_mlp = dict(image_size=4, in_channels=1, n_classes=3, patch_size=2, channels=4, depth=2, token_hidden=3,
                     channel_hidden=5, n_experts=3, top_k=2, seed=0)
     examples = [
@@ -245,6 +246,9 @@ def _examples():
         lambda: B.BalanceLoss(0.1), lambda: B.Seed000Loss(0.1), lambda: B.Importance(0.1), lambda: B.ShazeerLoad(0.1),
         lambda: B.VMoELoad(0.1), lambda: B.SwitchLoss(0.1), lambda: B.ZLoss(0.1), lambda: B.SequenceBalance(0.1),
         lambda: B.FrameworkBalance(0.1, "gshard"), lambda: B.ProbsZLoss(0.1),
+        lambda: BaseGate(4, 3, seed=0), lambda: SinkhornGate(4, 3, top_k=2, tol=1e-5, max_iter=50, seed=0),
+        lambda: HashGate(4, 3, 7, kind="balanced", seed=0).balance([0, 0, 0, 1, 2, 3, 4, 5, 6, 6]),
+        lambda: SoftMoE(4, 3, 2, slots=3, group_size=5, hidden=6, seed=0),
     ]
     made = [make() for make in examples]
     return {f"{type(m).__module__}:{type(m).__qualname__}": m for m in made}

@@ -140,3 +140,25 @@ def routing_backward(routing, grad):
         return dclean, None
     dsigma = dh * r.eps if r.eps is not None else xp.zeros_like(dh)
     return dclean, dsigma + grad["sigma"] if "sigma" in grad else dsigma
+
+
+def fixed_selection_backward(routing, grad, score):
+    """dh (N, E) for a gate whose weight is a score of its chosen expert, the choice held fixed.
+
+    Used by the BASE, Sinkhorn and hash gates: weight_m = s_{n_m, e_m} with s = sigmoid(h) or
+    softmax(h) (``score``), and the selection (an assignment, a Sinkhorn plan's top-k, a hash) does not
+    move under a small change of h. ds = grad["scores"] + dweight at the assignments (pairs unique);
+    dh = ds s (1 - s) (sigmoid) or s (ds - sum_e ds_e s_e) (softmax); grad["logits"] and grad["clean"]
+    (the same logits: no noise) add to dh.
+    """
+    r = routing
+    xp = get_array_module(r.logits)
+    ds = grad["scores"].copy() if "scores" in grad else xp.zeros_like(r.logits)
+    if "weight" in grad:
+        ds[r.sample, r.expert] += grad["weight"]
+    s = r.scores
+    dh = ds * s * (1 - s) if score == "sigmoid" else F.softmax_backward(ds, s)
+    for key in ("logits", "clean"):
+        if key in grad:
+            dh = dh + grad[key]
+    return dh

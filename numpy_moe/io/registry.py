@@ -23,7 +23,9 @@ from ..layers import Module
 
 BUILTIN_MODULES = (
     "numpy_moe.layers", "numpy_moe.gates.softmax", "numpy_moe.gates.expert_choice", "numpy_moe.gates.scored",
-    "numpy_moe.experts", "numpy_moe.balance.losses", "numpy_moe.balance.conventions", "numpy_moe.moe", "numpy_moe.classic",
+    "numpy_moe.gates.balanced", "numpy_moe.gates.sinkhorn", "numpy_moe.gates.hash", "numpy_moe.soft_moe",
+    "numpy_moe.experts", "numpy_moe.balance.losses", "numpy_moe.balance.conventions", "numpy_moe.moe",
+    "numpy_moe.classic",
     "numpy_moe.image_layers", "numpy_moe.models.image_moe", "numpy_moe.models.sparse_mlp",
 )
 # Classes that moved: the names version-1 files used for them (the gates lived in numpy_moe.gating).
