@@ -19,7 +19,9 @@ The backward uses the same grouping: gather dy rows, run the experts' grouped ba
 :func:`apply_capacity` limits each expert to C = ceil(N K capacity_factor / E) assignments (GShard,
 Switch, V-MoE): all first choices are served before any second choice, and within one rank samples go
 by position or, with batch-prioritised routing (V-MoE), by descending max_e p[n, e]. A dropped
-assignment contributes zero to its sample's output.
+assignment contributes zero to its sample's output. :class:`Capacity` configures the layer's rule: that
+order or DeepSpeed's (by position only, or by the assignment's logit / probability), a minimum capacity,
+and renormalising the kept weights after dropping (fairseq, DeepSpeed; MATH.md §4.4).
 """
 from math import ceil
 from typing import NamedTuple
@@ -91,7 +93,7 @@ def capacity_mask(expert, position, top_k, n_experts, capacity):
     return kept
 
 
-POLICIES = ("gshard", "batch_priority", "position", "logits")
+POLICIES = ("gshard", "batch_priority", "position", "logits", "probs")
 
 
 class Capacity:
@@ -107,7 +109,9 @@ class Capacity:
         "position" (by token position only, first and later choices alike: DeepSpeed ``topkgating``
         ``drop_policy='position'``, and ``top1gating``); "logits" (by the router logit of the assignment,
         largest first, ties by position: DeepSpeed ``topkgating`` ``drop_policy='probs'``, which ranks by
-        ``topk(logits)`` values; tests/test_golden.py reproduces its hand-written masks).
+        ``topk(logits)`` values in the revision whose hand-written masks DeepSpeed's tests hold, commit
+        27d3016; tests/test_golden.py reproduces them); "probs" (by the assignment's softmax probability,
+        largest first: the later revision 0c691a5 of ``topkgating``, which takes ``topk(softmax(logits))``).
     min_capacity : C is at least this (DeepSpeed's ``min_capacity``; 0 = no floor).
     renormalize : False, or True to divide each sample's weights by the sum of its KEPT weights after
         dropping, the denominator clamped at the dtype's eps (fairseq ``top2gating`` with
@@ -156,9 +160,9 @@ class Capacity:
         if self.policy in ("gshard", "batch_priority"):
             r = apply_capacity(routing, C, self.policy == "batch_priority")
         else:
-            xp = get_array_module(routing.expert)
-            score = routing.logits[routing.sample, routing.expert]  # (M,)
-            kept = ordered_keep(routing.expert, score if self.policy == "logits" else None, N, K, E, C)
+            source = {"logits": routing.logits, "probs": routing.probs}.get(self.policy)
+            score = None if source is None else source[routing.sample, routing.expert]  # (M,)
+            kept = ordered_keep(routing.expert, score, N, K, E, C)
             r = routing._replace(kept=kept & routing.kept)
         if not self.renormalize:
             return r, None

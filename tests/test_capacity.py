@@ -157,3 +157,73 @@ def test_bad_capacity_arguments(kwargs, error, match):
 def test_capacity_needs_a_top_k_gate():
     with pytest.raises(ValueError, match="needs a top-k gate"):
         MoE(5, 3, 4, hidden=6, seed=0, capacity=Capacity(1.0))
+
+
+def dense_reference(moe, x, keep):
+    """y_n = sum_e c[n, e] E_e(x_n) with c = softmax(h) * keep / max(sum_e softmax(h) * keep, eps): the
+    combine weights of fairseq / DeepSpeed top2gating and topkgating written densely (keep: (N, E) 0/1)."""
+    h = x @ moe.gate.params["W"]
+    p = np.exp(h - h.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    c = p * keep
+    c /= np.maximum(c.sum(1, keepdims=True), np.finfo(float).eps)
+    return np.einsum("ne,eno->no", c, moe.experts.forward(x))
+
+
+def gshard_keep(h, C):
+    """fairseq top2gating's masks after capacity, as its one-hot cumsums: first choices, then second choices
+    offset by each expert's first-choice count; kept where the location < C."""
+    N, E = h.shape
+    order = np.argsort(-h, axis=1, kind="stable")
+    m1, m2 = np.eye(E)[order[:, 0]], np.eye(E)[order[:, 1]]
+    loc1 = np.cumsum(m1, 0) - 1
+    loc2 = np.cumsum(m2, 0) - 1 + m1.sum(0, keepdims=True)
+    return m1 * (loc1 < C) + m2 * (loc2 < C)
+
+
+@pytest.mark.parametrize("policy, K", [("probs", 2), ("position", 2), ("probs", 3), ("position", 3)])
+def test_deepspeed_topk_preset_reproduces_deepspeeds_masks_and_combine(policy, K, rng):
+    """The deepspeed_topk block on DeepSpeed's test logits (router = identity): the kept pairs are the test's
+    hand-written masks and the output is the dense topkgating combine (kept weights renormalised)."""
+    from numpy_moe.presets import build
+    logits = DS_LOGITS if K == 2 else DS_LOGITS2
+    E = logits.shape[1]
+    cfg = {"model_dim": E, "hidden": 5, "num_experts": E, "k": K, "capacity_factor": 1.0, "min_capacity": 1,
+           "drop_policy": policy}
+    moe = build("deepspeed_topk", cfg, seed=1)
+    moe.gate.params["W"][...] = np.eye(E)
+    y = moe.forward(logits)
+    r = moe.routing
+    keep = np.zeros((4, E))
+    keep[r.sample[r.kept], r.expert[r.kept]] = 1
+    name = "logits" if policy == "probs" else "position"
+    expected = {("logits", 2): {(0, 1), (1, 0), (1, 1), (2, 2), (2, 3), (3, 2), (3, 3)},
+                ("position", 2): {(0, 1), (0, 3), (1, 0), (1, 1), (2, 2), (2, 3), (3, 2)},
+                ("logits", 3): {(0, 2), (0, 4), (0, 5), (1, 3), (2, 1), (2, 2), (2, 3), (3, 0), (3, 1), (3, 5)},
+                ("position", 3): {(0, 2), (0, 4), (0, 5), (1, 1), (1, 3), (1, 5), (2, 1), (2, 2), (2, 3), (3, 0)}}
+    assert {tuple(map(int, t)) for t in zip(*np.nonzero(keep))} == expected[name, K]
+    np.testing.assert_allclose(y, dense_reference(moe, logits, keep), rtol=1e-13, atol=1e-15)
+
+
+@pytest.mark.parametrize("preset", ["gshard", "deepspeed_top2"])
+def test_top2_presets_match_top2gating_with_drops(preset, rng):
+    """gshard / deepspeed_top2 against fairseq's top2gating written densely (one-hot cumsum locations,
+    renormalised after dropping), over several random draws with drops."""
+    from numpy_moe.presets import build
+    N, E, D = 20, 4, 6
+    for trial in range(5):
+        cf = [0.5, 0.75, 1.0][trial % 3]
+        cfg = {"model_dim": D, "hidden": 5, "num_experts": E, "capacity_factor": cf, "min_capacity": 0}
+        moe = build(preset, cfg, seed=trial)
+        x = rng.standard_normal((N, D))
+        y = moe.forward(x)
+        keep = gshard_keep(x @ moe.gate.params["W"], int(np.ceil(N * 2 * cf / E)))
+        assert moe.diagnostics["dropped"] == 2 * N - keep.sum() > 0
+        np.testing.assert_allclose(y, dense_reference(moe, x, keep), rtol=1e-13, atol=1e-15)
+    # renormalising before dropping (fairseq's normalize_gate_prob_before_dropping=True) keeps p1 / (p1 + p2)
+    if preset == "gshard":
+        before = build(preset, dict(cfg, normalize_gate_prob_before_dropping=True), seed=4)
+        yb = before.forward(x)
+        one = (keep.sum(1) == 1)
+        assert one.any() and not np.allclose(yb[one], y[one])
+        np.testing.assert_allclose(yb[~one], y[~one], rtol=1e-13)

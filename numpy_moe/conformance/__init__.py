@@ -63,8 +63,8 @@ CONFIGS = {
 FUSED = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v2", "deepseek_v3")
 NOTES = {
     "switch": "capacity over all B S tokens in order (HF: per sequence; the input is one sequence here)",
-    "gshard": "capacity: every first choice before any second choice, tokens in order; weights renormalised "
-              "before dropping",
+    "gshard": "capacity: every first choice before any second choice, tokens in order; kept weights "
+              "renormalised after dropping (fairseq's normalize_gate_prob_before_dropping=False)",
     "deepseek_v3": "gate.e_score_correction_bias is set (selection only); aux is the paper's sequence-wise loss",
 }
 
