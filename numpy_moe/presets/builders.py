@@ -301,9 +301,32 @@ def vmoe(config, seed=None, dtype="float64"):
                capacity_factor=_get(config, "capacity_factor"), batch_priority=True, balance=losses, dtype=dtype)
 
 
+def gpt_oss(config, seed=None, dtype="float64"):
+    """gpt-oss: a router Linear with bias, top-k on the logits, softmax over the k kept logits; experts with
+    biases and gpt-oss's clamped SwiGLU (``ExpertBank(activation="gptoss_swiglu")``).
+
+    transformers models/gpt_oss/modeling_gpt_oss.py, ``GptOssTopKRouter.forward`` (``topk(logits)`` then
+    ``softmax`` of the k values) and ``GptOssExperts._apply_gate`` (gate and up interleaved in the fused
+    ``gate_up_proj``: gate = even columns, up = odd; gate clamped above at ``swiglu_limit``, up to
+    [-limit, limit], out = (up + 1) * gate * sigmoid(``swiglu_alpha`` * gate)); openai/gpt-oss
+    gpt_oss/torch/model.py ``swiglu`` and ``MLPBlock.forward`` (the same block). TopKGate's
+    "topk_then_softmax" convention with its bias is that router exactly. The balance loss is transformers'
+    ``load_balancing_loss_func`` (``router_aux_loss_coef``, default 0.001) on the softmax of the router
+    logits, bias included. Keys: ``hidden_size``, ``intermediate_size``, ``num_local_experts`` (128),
+    ``num_experts_per_tok`` (4), ``swiglu_alpha`` (1.702), ``swiglu_limit`` (7.0).
+    """
+    D, H = _int(config, "hidden_size"), _int(config, "intermediate_size")
+    E, K = _int(config, "num_local_experts", 128), _int(config, "num_experts_per_tok", 4)
+    gate = TopKGate(D, E, K, "topk_then_softmax", seed=seed, dtype=dtype)
+    experts = ExpertBank(E, D, D, H, seed=seed, dtype=dtype, activation="gptoss_swiglu", bias=True,
+                         alpha=float(_get(config, "swiglu_alpha", 1.702)),
+                         limit=float(_get(config, "swiglu_limit", 7.0)))
+    return MoE(gate=gate, experts=experts, balance=[_hf_loss(config, 0.001, ())], dtype=dtype)
+
+
 BUGS = {"mixtral": ("double_softmax",), "qwen2_moe": ("double_softmax",), "qwen3_moe": ("double_softmax",),
         "olmoe": ("double_softmax",), "switch": ("capacity_cumsum", "z_loss_on_probs")}
 BUILDERS = {"mixtral": mixtral, "qwen2_moe": qwen2_moe, "qwen3_moe": qwen3_moe, "olmoe": olmoe,
             "deepseek_v2": deepseek_v2, "deepseek_v3": deepseek_v3, "switch": switch, "gshard": gshard,
             "deepspeed_top1": deepspeed_top1, "deepspeed_top2": deepspeed_top2, "deepspeed_topk": deepspeed_topk,
-            "megablocks": megablocks, "vmoe": vmoe}
+            "megablocks": megablocks, "vmoe": vmoe, "gpt_oss": gpt_oss}
