@@ -65,7 +65,7 @@ from .backend import asarray, default_rng, get_array_module, to_numpy
 from .experts import ExpertBank, SharedExpert
 from .gates import CONVENTIONS, NOISES, ExpertChoiceGate, ScoreGate, SoftmaxGate, TopKGate
 from .layers import Module
-from .routing import Capacity, combine_topk, group_by_expert, renormalize_backward, scatter_add
+from .routing import Capacity, combine_topk, layer_capacity, group_by_expert, renormalize_backward, scatter_add
 from .validation import check_input, check_positive_int, check_real
 
 ROUTERS = ("topk", "expert_choice")
@@ -227,7 +227,7 @@ class MoE(Module):
         self.in_features, self.out_features, self.n_experts = D, experts.out_features, E
         self.experts, self.shared = experts, shared
         self.capacity_factor, self.batch_priority, self.dispatch = capacity_factor, bool(batch_priority), dispatch
-        self.capacity = self._capacity(capacity, capacity_factor, batch_priority)
+        self.capacity = layer_capacity(capacity, capacity_factor, batch_priority, getattr(self.gate, "top_k", None))
         self.dense = isinstance(self.gate, SoftmaxGate)
         if self.dense and balance:
             raise ValueError(f"balance={balance!r} needs a sparse gate: pass top_k=K or router='expert_choice'")
@@ -239,24 +239,6 @@ class MoE(Module):
                              "normalize=False, top_k >= 2, or add a balance loss such as SwitchLoss or "
                              "SequenceBalance")
         self._aux = 0.0
-
-    def _capacity(self, capacity, capacity_factor, batch_priority):
-        """The top-k layer's Capacity (None without a limit) from ``capacity`` or its short form."""
-        if capacity is None:
-            if capacity_factor is None or isinstance(self.gate, ExpertChoiceGate):
-                return None
-            return Capacity(capacity_factor, "batch_priority" if batch_priority else "gshard")
-        if capacity_factor is not None or batch_priority:
-            raise ValueError(f"capacity={capacity!r} and capacity_factor={capacity_factor!r} / "
-                             f"batch_priority={batch_priority!r}: give the Capacity or its short form, not both")
-        if isinstance(capacity, dict):
-            capacity = Capacity(**capacity)
-        if not isinstance(capacity, Capacity):
-            raise TypeError(f"capacity={capacity!r} must be None, a numpy_moe.routing.Capacity or its to_dict()")
-        if getattr(self.gate, "top_k", None) is None:
-            raise ValueError(f"capacity={capacity!r} needs a top-k gate; {type(self.gate).__name__} has none "
-                             "(an ExpertChoiceGate carries its own capacity_factor)")
-        return capacity
 
     def get_config(self):
         """As Module.get_config, with a Capacity as its dict (JSON-able)."""

@@ -169,6 +169,27 @@ class Capacity:
         return renormalize_kept(r)
 
 
+def layer_capacity(capacity, capacity_factor, batch_priority, top_k):
+    """The MoE layer's Capacity (None: no limit) from ``capacity`` (a Capacity, its dict or None) or its short
+    form ``capacity_factor`` / ``batch_priority``; ``top_k`` is the gate's (None: a capacity_factor belongs
+    to the expert-choice gate, and a Capacity is refused)."""
+    if capacity is None:
+        if capacity_factor is None or top_k is None:
+            return None
+        return Capacity(capacity_factor, "batch_priority" if batch_priority else "gshard")
+    if capacity_factor is not None or batch_priority:
+        raise ValueError(f"capacity={capacity!r} and capacity_factor={capacity_factor!r} / "
+                         f"batch_priority={batch_priority!r}: give the Capacity or its short form, not both")
+    if isinstance(capacity, dict):
+        capacity = Capacity(**capacity)
+    if not isinstance(capacity, Capacity):
+        raise TypeError(f"capacity={capacity!r} must be None, a numpy_moe.routing.Capacity or its to_dict()")
+    if top_k is None:
+        raise ValueError(f"capacity={capacity!r} needs a top-k gate (an ExpertChoiceGate carries its own "
+                         "capacity_factor)")
+    return capacity
+
+
 def ordered_keep(expert, score, n_samples, top_k, n_experts, capacity):
     """(M,) True for the top-k assignments kept when each expert serves its assignments by position
     (``score`` None) or by descending ``score`` (M,), ties by position (DeepSpeed ``topkgating``)."""
