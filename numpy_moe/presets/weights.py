@@ -167,8 +167,8 @@ def export_weights(preset, moe, layout="per_expert", prefix=""):
     for keys, path, _, to_theirs in _rules(preset, moe, layout):
         if to_theirs is None:  # the fused gate_up_proj (and gpt-oss's bias), written once from both halves
             if preset == "gpt_oss":
-                kind = "b_" if keys[0].endswith("_bias") else "W_"
-                out[prefix + keys[0]] = interleaved(values["experts." + kind + "gate"], values["experts." + kind + "up"])
+                kind = "experts.b_" if keys[0].endswith("_bias") else "experts.W_"
+                out[prefix + keys[0]] = interleaved(values[kind + "gate"], values[kind + "up"])
             else:
                 out[prefix + keys[0]] = fused_gate_up(moe)
             continue
