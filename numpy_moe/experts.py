@@ -4,7 +4,8 @@ Linear experts ``E_e(x) = x W_e + b_e``, one-hidden-layer ReLU MLP experts
 ``E_e(x) = relu(x W1_e + b1_e) W2_e + b2_e``, or gated-linear experts (Shazeer 2020, "GLU variants
 improve transformer"; the experts of Mixtral, Qwen2-MoE and DeepSeek)
 ``E_e(x) = (act(x W_gate_e) ⊙ (x W_up_e)) W_down_e`` with act = SiLU (SwiGLU) or GELU (GeGLU), biases
-off by default as in those models. The weights of all experts are stored stacked,
+off by default as in those models, or gpt-oss's clamped SwiGLU (with biases, MATH.md §10.1).
+The weights of all experts are stored stacked,
 W1 of shape (E, D, H), so the dense case (every expert on every sample, as seeds 000-002 do) is one
 batched matmul per layer; there is no Python list of expert objects on the hot path.
 
@@ -24,7 +25,7 @@ Two forward/backward pairs serve the two ways an MoE layer uses its experts:
 from . import functional as F
 from .backend import default_rng, get_array_module
 from .layers import Module, init_weight, zeros_param
-from .validation import check_positive_int
+from .validation import check_positive_int, check_real
 
 
 class ExpertBank(Module):
@@ -34,10 +35,12 @@ class ExpertBank(Module):
     ----------
     n_experts : E. in_features : D. out_features : O. hidden : H, or None for linear experts.
     seed : int or numpy Generator. dtype : float32 or float64.
-    activation : "relu" (one hidden ReLU layer), "swiglu" (act = SiLU) or "geglu" (act = exact GELU);
+    activation : "relu" (one hidden ReLU layer), "swiglu" (act = SiLU), "geglu" (act = exact GELU) or
+        "gptoss_swiglu" (gpt-oss: A = g σ(alpha g) ⊙ (u + 1), g = min(G, limit), u = clip(U, -limit, limit));
         the gated-linear ones need ``hidden``.
-    bias : None (the default of the kind: True for linear and ReLU experts, False for gated-linear ones,
-        as in Mixtral, Qwen and DeepSeek), True or False.
+    bias : None (the default of the kind: True for linear, ReLU and gpt-oss experts, False for the other
+        gated-linear ones, as in Mixtral, Qwen and DeepSeek), True or False.
+    alpha, limit : gptoss_swiglu only (None: gpt-oss's 1.702 and 7.0, ``swiglu_alpha``, ``swiglu_limit``).
 
     Parameters held: linear W (E, D, O), b (E, O); ReLU MLP W1 (E, D, H), b1 (E, H), W2 (E, H, O),
     b2 (E, O); gated-linear W_gate (E, D, H), W_up (E, D, H), W_down (E, H, O), and with bias b_gate,
@@ -51,13 +54,16 @@ class ExpertBank(Module):
     Gated-linear expert: G = X W_gate, U = X W_up, A = act(G) ⊙ U, Y = A W_down (MATH.md §10.1).
     Backward: dW_down = Aᵀ dY, dA = dY W_downᵀ, dU = dA ⊙ act(G), dG = dA ⊙ U ⊙ act'(G),
     dW_gate = Xᵀ dG, dW_up = Xᵀ dU, dX = dG W_gateᵀ + dU W_upᵀ; act'(g) = s (1 + g (1 - s)) with
-    s = sigmoid(g) for SiLU, Φ(g) + g φ(g) for GELU.
+    s = sigmoid(g) for SiLU, Φ(g) + g φ(g) for GELU. gpt-oss (transformers models/gpt_oss/modeling_gpt_oss.py
+    ``GptOssExperts._apply_gate``; openai/gpt-oss gpt_oss/torch/model.py ``swiglu``): act(G) = g σ(α g),
+    g = min(G, limit), act' = σ(α g) (1 + α g (1 - σ(α g))) [G <= limit]; U enters as clip(U, ±limit) + 1,
+    whose derivative is [|U| <= limit] (the clamps pass no gradient outside their range).
     """
 
-    ACTIVATIONS = ("relu", "swiglu", "geglu")
+    ACTIVATIONS = ("relu", "swiglu", "geglu", "gptoss_swiglu")
 
     def __init__(self, n_experts, in_features, out_features, hidden=None, seed=None, dtype="float64",
-                 activation="relu", bias=None):
+                 activation="relu", bias=None, alpha=None, limit=None):
         super().__init__(dtype)
         E = self.n_experts = check_positive_int(n_experts, "n_experts")
         D = self.in_features = check_positive_int(in_features, "in_features")
@@ -71,7 +77,13 @@ class ExpertBank(Module):
         if bias not in (None, True, False):
             raise ValueError(f"bias={bias!r} must be None, True or False")
         self.activation = activation
-        self.bias = (not self.glu) if bias is None else bias
+        self.bias = (not self.glu or activation == "gptoss_swiglu") if bias is None else bias
+        if activation == "gptoss_swiglu":
+            self.alpha = 1.702 if alpha is None else check_real(alpha, "alpha", 0, low_open=True)
+            self.limit = 7.0 if limit is None else check_real(limit, "limit", 0, low_open=True)
+        elif alpha is not None or limit is not None:
+            raise ValueError(f"alpha={alpha!r}, limit={limit!r} belong to activation='gptoss_swiglu', not "
+                             f"{activation!r}")
         rng = default_rng(seed)
         if self.hidden is None:
             self.params["W"] = init_weight(rng, D, O, (E, D, O), "glorot", self.dtype)
@@ -99,12 +111,6 @@ class ExpertBank(Module):
         """(weight, bias or None) key pairs of the linear / ReLU experts, first layer first."""
         keys = [("W", "b")] if self.hidden is None else [("W1", "b1"), ("W2", "b2")]
         return [(w, b if self.bias else None) for w, b in keys]
-
-    def _act(self, g):
-        return F.silu(g) if self.activation == "swiglu" else F.gelu(g)
-
-    def _act_backward(self, dy, g):
-        return F.silu_backward(dy, g) if self.activation == "swiglu" else F.gelu_backward(dy, g)
 
     def _add_bias(self, h, key, e=None):
         """h += the bias ``key`` (of expert e, or of every expert along h's first axis); no-op without bias."""
@@ -205,9 +211,10 @@ class ExpertBank(Module):
         """Dense: x (N, D) -> (E, N, O)."""
         p = self.params
         self.x = x
-        self.G = self._add_bias(x @ p["W_gate"], "b_gate")  # (E, N, H)
-        self.U = self._add_bias(x @ p["W_up"], "b_up")
-        self.A = self._act(self.G) * self.U
+        G = self._add_bias(x @ p["W_gate"], "b_gate")  # (E, N, H)
+        self.act, self.dact = self._act_parts(G)
+        self.up, self.dup = self._up_parts(self._add_bias(x @ p["W_up"], "b_up"))
+        self.A = self.act * self.up
         return self._add_bias(self.A @ p["W_down"], "b_down")  # (E, N, O)
 
     def _glu_backward(self, dout):
@@ -215,8 +222,8 @@ class ExpertBank(Module):
         p, g = self.params, self.grads
         g["W_down"] = self.A.transpose(0, 2, 1) @ dout  # (E, H, O)
         dA = dout @ p["W_down"].transpose(0, 2, 1)  # (E, N, H)
-        dU = dA * self._act(self.G)
-        dG = self._act_backward(dA * self.U, self.G)
+        dU = dA * self.act if self.dup is None else dA * self.act * self.dup
+        dG = dA * self.up * self.dact
         g["W_gate"], g["W_up"] = self.x.T @ dG, self.x.T @ dU  # (E, D, H), the same x for every expert
         if self.bias:
             g["b_down"], g["b_gate"], g["b_up"] = dout.sum(axis=1), dG.sum(axis=1), dU.sum(axis=1)
@@ -224,12 +231,25 @@ class ExpertBank(Module):
 
     def _act_parts(self, g):
         """(act(g), act'(g)) from one evaluation of the sigmoid (SiLU) or of Φ and φ (GELU)."""
+        if self.activation == "gptoss_swiglu":
+            xp = get_array_module(g)
+            c = xp.minimum(g, self.limit)
+            s = F.sigmoid(self.alpha * c)
+            act = c * s
+            return act, (s + self.alpha * act * (1 - s)) * (g <= self.limit)
         if self.activation == "swiglu":
             s = F.sigmoid(g)
             act = g * s
             return act, s + act * (1 - s)  # s (1 + g (1 - s))
         cdf = F.normal_cdf(g)
         return g * cdf, cdf + g * F.normal_pdf(g)
+
+    def _up_parts(self, u):
+        """(the up factor, its derivative or None for 1): u itself, or gpt-oss's clip(u, ±limit) + 1."""
+        if self.activation != "gptoss_swiglu":
+            return u, None
+        xp = get_array_module(u)
+        return xp.clip(u, -self.limit, self.limit) + 1, xp.abs(u) <= self.limit
 
     def _glu_forward_grouped(self, x):
         """Grouped: x (M, D) -> (M, O).
@@ -251,7 +271,8 @@ class ExpertBank(Module):
                 GU[lo:hi, :H] += p["b_gate"][e]
                 GU[lo:hi, H:] += p["b_up"][e]
         self.act, self.dact = self._act_parts(GU[:, :H])  # (M, H) each
-        self.A = self.act * GU[:, H:]  # (M, H)
+        self.up, self.dup = self._up_parts(GU[:, H:])
+        self.A = self.act * self.up  # (M, H)
         for e, lo, hi in self.blocks:
             xp.matmul(self.A[lo:hi], p["W_down"][e], out=out[lo:hi])
             if self.bias:
@@ -273,8 +294,10 @@ class ExpertBank(Module):
             xp.matmul(self.A[lo:hi].T, dout[lo:hi], out=g["W_down"][e])
             xp.matmul(dout[lo:hi], p["W_down"][e].T, out=dA[lo:hi])
         dGU = xp.empty_like(self.GU)
-        xp.multiply(dA, self.act, out=dGU[:, H:])  # dU = dA ⊙ act(G)
-        dA *= self.GU[:, H:]
+        xp.multiply(dA, self.act, out=dGU[:, H:])  # dU = dA ⊙ act(G) [⊙ up'(U)]
+        if self.dup is not None:
+            dGU[:, H:] *= self.dup
+        dA *= self.up
         xp.multiply(dA, self.dact, out=dGU[:, :H])  # dG = dA ⊙ U ⊙ act'(G)
         dx = xp.empty_like(self.x)
         dW_in = xp.empty((self.in_features, 2 * H), dtype=dout.dtype)

@@ -72,7 +72,7 @@ from .experts import ExpertBank, SharedExpert
 from .gates import (CONVENTIONS, NOISES, BaseGate, ExpertChoiceGate, HashGate, ScoreGate, SinkhornGate, SoftmaxGate,
                     TopKGate)
 from .layers import Module
-from .routing import apply_capacity, combine_topk, expert_capacity, group_by_expert, scatter_add
+from .routing import Capacity, combine_topk, layer_capacity, group_by_expert, renormalize_backward, scatter_add
 from .validation import check_input, check_positive_int, check_real
 
 ROUTERS = ("topk", "expert_choice")
@@ -162,6 +162,10 @@ class MoE(Module):
         expert choice takes ceil(N cf / E) samples per expert (with a gate object, top-k gates only).
     batch_priority : with a capacity, serve samples with a larger max_e p[n, e] first (V-MoE BPR)
         instead of by position.
+    capacity : None, or a :class:`numpy_moe.routing.Capacity` (or its ``to_dict()``) for top-k gates: the
+        factor, the drop policy ("gshard", "batch_priority", "position", "logits"), a minimum capacity and
+        renormalisation of the kept weights after dropping (fairseq, DeepSpeed). ``capacity_factor=cf,
+        batch_priority=b`` is its short form; give one or the other.
     balance : None, a dict name -> weight (names in BALANCE_NAMES, see the module docstring), or a list of
         numpy_moe.balance loss objects.
     dispatch : "sparse" (default: each expert runs on its own samples) or "dense" (every expert on every
@@ -188,7 +192,7 @@ class MoE(Module):
     def __init__(self, in_features=None, out_features=None, n_experts=None, hidden=None, seed=None,
                  dtype="float64", *, top_k=None, gate="softmax_then_topk", noise=None, noise_std=1.0,
                  router="topk", capacity_factor=None, batch_priority=False, balance=None, dispatch="sparse",
-                 experts=None, shared=None, residual=False):
+                 experts=None, shared=None, residual=False, capacity=None):
         super().__init__(dtype)
         if dispatch not in ("sparse", "dense"):
             raise ValueError(f"dispatch={dispatch!r} must be 'sparse' or 'dense'")
@@ -236,6 +240,7 @@ class MoE(Module):
         self.in_features, self.out_features, self.n_experts = D, experts.out_features, E
         self.experts, self.shared = experts, shared
         self.capacity_factor, self.batch_priority, self.dispatch = capacity_factor, bool(batch_priority), dispatch
+        self.capacity = layer_capacity(capacity, capacity_factor, batch_priority, getattr(self.gate, "top_k", None))
         self.dense = isinstance(self.gate, SoftmaxGate)
         if self.dense and balance:
             raise ValueError(f"balance={balance!r} needs a sparse gate: pass top_k=K or router='expert_choice'")
@@ -247,6 +252,13 @@ class MoE(Module):
                              "normalize=False, top_k >= 2, or add a balance loss such as SwitchLoss or "
                              "SequenceBalance")
         self._aux = 0.0
+
+    def get_config(self):
+        """As Module.get_config, with a Capacity as its dict (JSON-able)."""
+        config = super().get_config()
+        if isinstance(config.get("capacity"), Capacity):
+            config["capacity"] = config["capacity"].to_dict()
+        return config
 
     def _keyword_gate(self, gate, top_k, noise, noise_std, router, capacity_factor, balance, D, E, rng):
         """Build the gate of the short keyword forms; returns the balance convention."""
@@ -316,8 +328,9 @@ class MoE(Module):
             r = self.gate.forward(x, mask=self.mask)
         else:
             r = self.gate.forward(x)
-        if self.capacity_factor is not None and r.top_k is not None:
-            r = apply_capacity(r, expert_capacity(N, r.top_k, E, self.capacity_factor), self.batch_priority)
+        self.denominator = None
+        if self.capacity is not None and r.top_k is not None:
+            r, self.denominator = self.capacity.apply(r)
         r = self.routing = r._replace(seq_lengths=seq_lengths)
         if self.mask is None:
             self.counted = r
@@ -387,6 +400,8 @@ class MoE(Module):
         for part in extra + ([routing_grad] if routing_grad else []):
             for key, value in part.items():
                 grad[key] = grad[key] + value if key in grad else value
+        if self.denominator is not None:  # the weights were renormalised after dropping (MATH.md §4.4)
+            grad["weight"] = renormalize_backward(grad["weight"], r, self.denominator)
         dx = self.gate.backward(grad)  # (N, D)
         if dx_shared is not None:
             dx += dx_shared

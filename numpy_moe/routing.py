@@ -19,12 +19,15 @@ The backward uses the same grouping: gather dy rows, run the experts' grouped ba
 :func:`apply_capacity` limits each expert to C = ceil(N K capacity_factor / E) assignments (GShard,
 Switch, V-MoE): all first choices are served before any second choice, and within one rank samples go
 by position or, with batch-prioritised routing (V-MoE), by descending max_e p[n, e]. A dropped
-assignment contributes zero to its sample's output.
+assignment contributes zero to its sample's output. :class:`Capacity` configures the layer's rule: that
+order or DeepSpeed's (by position only, or by the assignment's logit / probability), a minimum capacity,
+and renormalising the kept weights after dropping (fairseq, DeepSpeed; MATH.md §4.4).
 """
 from math import ceil
 from typing import NamedTuple
 
 from .backend import combine_rows, get_array_module, to_numpy
+from .validation import check_real
 
 
 def expert_capacity(n_samples, top_k, n_experts, capacity_factor):
@@ -88,6 +91,139 @@ def capacity_mask(expert, position, top_k, n_experts, capacity):
     kept = xp.empty(M, dtype=bool)
     kept[order] = xp.arange(M) - start[e_sorted] < capacity
     return kept
+
+
+POLICIES = ("gshard", "batch_priority", "position", "logits", "probs")
+
+
+class Capacity:
+    """How a top-k layer limits each expert's assignments: the capacity, the drop order, renormalisation.
+
+    Parameters
+    ----------
+    factor : cf > 0; C = max(ceil(N K cf / E), min_capacity) assignments per expert.
+    policy : the order in which an expert serves its assignments (the first C are kept):
+        "gshard" (every first choice before any second choice, then by position: GShard, fairseq
+        ``top2gating``, Switch, DeepSpeed ``top2gating``); "batch_priority" (as gshard, but within a choice
+        rank samples with a larger max_e p[n, e] first: V-MoE, fairseq ``batch_prioritized_routing``);
+        "position" (by token position only, first and later choices alike: DeepSpeed ``topkgating``
+        ``drop_policy='position'``, and ``top1gating``); "logits" (by the router logit of the assignment,
+        largest first, ties by position: DeepSpeed ``topkgating`` ``drop_policy='probs'``, which ranks by
+        ``topk(logits)`` values in the revision whose hand-written masks DeepSpeed's tests hold, commit
+        27d3016; tests/test_golden.py reproduces them); "probs" (by the assignment's softmax probability,
+        largest first: the later revision 0c691a5 of ``topkgating``, which takes ``topk(softmax(logits))``).
+    min_capacity : C is at least this (DeepSpeed's ``min_capacity``; 0 = no floor).
+    renormalize : False, or True to divide each sample's weights by the sum of its KEPT weights after
+        dropping, the denominator clamped at the dtype's eps (fairseq ``top2gating`` with
+        ``normalize_gate_prob_before_dropping=False``, DeepSpeed ``top2gating`` / ``topkgating``); a sample
+        whose second choice was dropped then puts weight 1 on its first. Use it with an unnormalised gate
+        (MATH.md §4.4 has the backward).
+
+    ``MoE(capacity_factor=cf, batch_priority=b)`` is short for ``MoE(capacity=Capacity(cf, "batch_priority"
+    if b else "gshard"))``. ``to_dict()`` / ``Capacity(**d)`` round-trip it (io saves the dict).
+    """
+
+    def __init__(self, factor, policy="gshard", min_capacity=0, renormalize=False):
+        self.factor = check_real(factor, "factor", 0, low_open=True)
+        if policy not in POLICIES:
+            raise ValueError(f"policy={policy!r} must be one of {POLICIES}")
+        if isinstance(min_capacity, bool) or not isinstance(min_capacity, int) or min_capacity < 0:
+            raise ValueError(f"min_capacity={min_capacity!r} must be an integer >= 0")
+        if renormalize not in (True, False):
+            raise TypeError(f"renormalize={renormalize!r} must be True or False")
+        self.policy, self.min_capacity, self.renormalize = policy, min_capacity, bool(renormalize)
+
+    def to_dict(self):
+        return {"factor": self.factor, "policy": self.policy, "min_capacity": self.min_capacity,
+                "renormalize": self.renormalize}
+
+    def __repr__(self):
+        return "Capacity(" + ", ".join(f"{k}={v!r}" for k, v in self.to_dict().items()) + ")"
+
+    def __eq__(self, other):
+        return isinstance(other, Capacity) and self.to_dict() == other.to_dict()
+
+    def slots(self, n_samples, top_k, n_experts):
+        """C = max(ceil(N K factor / E), min_capacity)."""
+        return max(expert_capacity(n_samples, top_k, n_experts, self.factor), self.min_capacity)
+
+    def apply(self, routing):
+        """Drop the assignments beyond each expert's C in this policy's order; renormalise if asked.
+
+        Returns the new Routing (``kept`` False for a dropped assignment; with ``renormalize`` its
+        ``weight`` is w / max(sum of the sample's kept w, eps)) and the denominators (N, 1) or None, which
+        :meth:`renormalize_backward` needs.
+        """
+        N, E = routing.logits.shape
+        K = routing.top_k
+        C = self.slots(N, K, E)
+        if self.policy in ("gshard", "batch_priority"):
+            r = apply_capacity(routing, C, self.policy == "batch_priority")
+        else:
+            source = {"logits": routing.logits, "probs": routing.probs}.get(self.policy)
+            score = None if source is None else source[routing.sample, routing.expert]  # (M,)
+            kept = ordered_keep(routing.expert, score, N, K, E, C)
+            r = routing._replace(kept=kept & routing.kept)
+        if not self.renormalize:
+            return r, None
+        return renormalize_kept(r)
+
+
+def layer_capacity(capacity, capacity_factor, batch_priority, top_k):
+    """The MoE layer's Capacity (None: no limit) from ``capacity`` (a Capacity, its dict or None) or its short
+    form ``capacity_factor`` / ``batch_priority``; ``top_k`` is the gate's (None: a capacity_factor belongs
+    to the expert-choice gate, and a Capacity is refused)."""
+    if capacity is None:
+        if capacity_factor is None or top_k is None:
+            return None
+        return Capacity(capacity_factor, "batch_priority" if batch_priority else "gshard")
+    if capacity_factor is not None or batch_priority:
+        raise ValueError(f"capacity={capacity!r} and capacity_factor={capacity_factor!r} / "
+                         f"batch_priority={batch_priority!r}: give the Capacity or its short form, not both")
+    if isinstance(capacity, dict):
+        capacity = Capacity(**capacity)
+    if not isinstance(capacity, Capacity):
+        raise TypeError(f"capacity={capacity!r} must be None, a numpy_moe.routing.Capacity or its to_dict()")
+    if top_k is None:
+        raise ValueError(f"capacity={capacity!r} needs a top-k gate (an ExpertChoiceGate carries its own "
+                         "capacity_factor)")
+    return capacity
+
+
+def ordered_keep(expert, score, n_samples, top_k, n_experts, capacity):
+    """(M,) True for the top-k assignments kept when each expert serves its assignments by position
+    (``score`` None) or by descending ``score`` (M,), ties by position (DeepSpeed ``topkgating``)."""
+    xp = get_array_module(expert)
+    M = n_samples * top_k
+    token = xp.repeat(xp.arange(n_samples), top_k)  # (M,)
+    key = token if score is None else -score
+    order = xp.lexsort((token, key, expert))  # by expert, then key, then token
+    start = xp.searchsorted(expert[order], xp.arange(n_experts))  # (E,)
+    kept = xp.empty(M, dtype=bool)
+    kept[order] = xp.arange(M) - start[expert[order]] < capacity
+    return kept
+
+
+def renormalize_kept(routing):
+    """w'_m = w_m / d_n, d_n = max(sum of sample n's kept w, eps): (the routing with w', d (N, 1))."""
+    xp = get_array_module(routing.weight)
+    N, K = routing.logits.shape[0], routing.top_k
+    w = routing.weight.reshape(N, K)
+    s = (w * routing.kept.reshape(N, K)).sum(axis=1, keepdims=True)  # (N, 1)
+    d = xp.maximum(s, xp.finfo(w.dtype).eps)
+    return routing._replace(weight=(w / d).reshape(-1)), d
+
+
+def renormalize_backward(dweight, routing, d):
+    """dw from dw' for :func:`renormalize_kept` (MATH.md §4.4): dw_m = (dw'_m - kept_m [s_n > eps]
+    sum_j dw'_j w'_j) / d_n, where routing holds w' (the denominator is constant where it was clamped)."""
+    xp = get_array_module(dweight)
+    N, K = d.shape[0], routing.top_k
+    kept = routing.kept.reshape(N, K)
+    dw = dweight.reshape(N, K)
+    inner = (dw * routing.weight.reshape(N, K)).sum(axis=1, keepdims=True)  # (N, 1)
+    active = d > xp.finfo(d.dtype).eps  # the unclamped denominators; s = d there
+    return ((dw - kept * (active * inner)) / d).reshape(-1)
 
 
 class Groups(NamedTuple):

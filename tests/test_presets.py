@@ -29,6 +29,8 @@ CONFIGS = {
     "deepspeed_topk": {"model_dim": 6, "hidden": 4, "num_experts": 5, "k": 3},
     "megablocks": {"hidden_size": 6, "ffn_hidden_size": 4, "moe_num_experts": 4, "moe_top_k": 2, "mlp_type": "glu"},
     "vmoe": {"hidden_size": 6, "mlp_dim": 4, "num_experts": 4, "capacity_factor": 1.5},
+    "gpt_oss": {"hidden_size": 6, "intermediate_size": 4, "num_local_experts": 5, "num_experts_per_tok": 2,
+                "swiglu_limit": 1.5},
 }
 
 
@@ -176,13 +178,54 @@ def test_bug_options_reproduce_the_reported_behaviour(rng):
         P.build("deepseek_v3", CONFIGS["deepseek_v3"], bugs=["double_softmax"])
 
 
-@pytest.mark.parametrize("preset", ["deepseek_v3", "mixtral", "switch"])
+@pytest.mark.parametrize("preset", ["deepseek_v3", "mixtral", "switch", "gpt_oss", "deepspeed_topk"])
 def test_preset_blocks_save_and_load_through_io(preset, tmp_path, rng):
     from numpy_moe import io
-    moe = P.build(preset, CONFIGS[preset], seed=0, **({"bugs": ["double_softmax"]} if preset == "mixtral" else {}))
-    moe.gate.buffers["bias"][...] = rng.normal(0, 0.1, moe.n_experts)
+    cfg = dict(CONFIGS[preset], capacity_factor=0.5, min_capacity=2, drop_policy="position") \
+        if preset == "deepspeed_topk" else CONFIGS[preset]  # a Capacity with every field set
+    moe = P.build(preset, cfg, seed=0, **({"bugs": ["double_softmax"]} if preset == "mixtral" else {}))
+    if "bias" in moe.gate.buffers:
+        moe.gate.buffers["bias"][...] = rng.normal(0, 0.1, moe.n_experts)
     loaded = io.load(io.save(moe, tmp_path / "block.npz"))
     x = rng.standard_normal((7, 6))
     moe.eval(), loaded.eval()
     np.testing.assert_array_equal(loaded.forward(x), moe.forward(x))
     assert loaded.aux_loss == moe.aux_loss
+
+
+def test_gpt_oss_block_from_transformers_names_matches_the_published_forward(rng):
+    """GptOssMLP written in NumPy from its own parameter names and layouts (transformers
+    models/gpt_oss/modeling_gpt_oss.py: router Linear with bias, topk of the logits, softmax of the k values;
+    gate_up_proj (E, D, 2H) used as x @ W with gate = even columns, up = odd; clamps; (up + 1) * glu) against
+    the preset built by from_state_dict. The limit is small so that the clamps act."""
+    cfg = {"hidden_size": 6, "intermediate_size": 4, "num_local_experts": 5, "num_experts_per_tok": 2,
+           "swiglu_limit": 1.0}
+    E, D, H, K, limit, alpha = 5, 6, 4, 2, 1.0, 1.702
+    sd = {"router.weight": rng.standard_normal((E, D)), "router.bias": rng.standard_normal(E),
+          "experts.gate_up_proj": rng.standard_normal((E, D, 2 * H)), "experts.gate_up_proj_bias":
+          rng.standard_normal((E, 2 * H)), "experts.down_proj": rng.standard_normal((E, H, D)),
+          "experts.down_proj_bias": rng.standard_normal((E, D))}
+    x = rng.standard_normal((10, D))
+    logits = x @ sd["router.weight"].T + sd["router.bias"]
+    top = np.argsort(-logits, axis=1)[:, :K]
+    v = np.take_along_axis(logits, top, 1)
+    w = np.exp(v - v.max(1, keepdims=True))
+    w /= w.sum(1, keepdims=True)
+    y = np.zeros_like(x)
+    clamped = 0
+    for n in range(10):
+        for k in range(K):
+            e = top[n, k]
+            gu = x[n] @ sd["experts.gate_up_proj"][e] + sd["experts.gate_up_proj_bias"][e]
+            gate, up = gu[0::2], gu[1::2]
+            clamped += (gate > limit).sum() + (abs(up) > limit).sum()
+            gate, up = np.minimum(gate, limit), np.clip(up, -limit, limit)
+            h = (up + 1) * gate / (1 + np.exp(-alpha * gate))
+            y[n] += w[n, k] * (h @ sd["experts.down_proj"][e] + sd["experts.down_proj_bias"][e])
+    assert clamped > 0
+    moe = P.from_state_dict("gpt_oss", sd, cfg)
+    np.testing.assert_allclose(moe.forward(x), y, rtol=1e-12, atol=1e-13)
+    back = P.to_state_dict("gpt_oss", moe)
+    assert set(back) == set(sd)
+    for k in sd:
+        np.testing.assert_array_equal(back[k], sd[k], err_msg=k)

@@ -5,7 +5,7 @@ Needs torch and transformers, which are never numpy_moe dependencies; run it fro
     python3 -m venv /tmp/torchenv && /tmp/torchenv/bin/pip install torch transformers numpy scipy
     /tmp/torchenv/bin/python tools/verify_hf.py
 
-For each block (Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE, DeepSeek-V3, Switch) it builds a tiny random
+For each block (Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE, DeepSeek-V3, gpt-oss, Switch) it builds a tiny random
 configuration, converts the block to float64, draws every weight at random, imports them with
 ``numpy_moe.presets.from_state_dict`` and compares: the output, the auxiliary loss (HF's own loss
 function on the block's router logits), and the gradients of sum(y * R) + aux (R a fixed random
@@ -63,6 +63,14 @@ def hf_blocks():
     yield ("DeepSeek-V3", "deepseek_v3", DeepseekV3Config, dict(hidden_size=D, moe_intermediate_size=6,
            n_routed_experts=8, num_experts_per_tok=2, n_group=4, topk_group=2, n_shared_experts=1,
            routed_scaling_factor=2.5, norm_topk_prob=True), DeepseekV3MoE, None, None)
+    from transformers import GptOssConfig
+    from transformers.models.gpt_oss import modeling_gpt_oss as oss
+    # swiglu_limit 2 (gpt-oss: 7) so that both clamps act on these small random weights
+    yield ("gpt-oss", "gpt_oss", GptOssConfig, dict(hidden_size=D, intermediate_size=6, num_local_experts=6,
+           num_experts_per_tok=2, swiglu_limit=2.0, router_aux_loss_coef=0.001, num_attention_heads=2,
+           num_key_value_heads=1, head_dim=4), oss.GptOssMLP,
+           lambda lg, cfg: oss.load_balancing_loss_func((lg,), cfg.num_local_experts, cfg.num_experts_per_tok),
+           "router_aux_loss_coef")
     yield ("Switch", "switch", SwitchTransformersConfig, dict(d_model=D, d_ff=6, num_experts=4, expert_capacity=3,
            router_aux_loss_coef=0.001, router_z_loss_coef=0.001),
            sw.SwitchTransformersSparseMLP, None, None)
@@ -90,9 +98,11 @@ def run_one(name, preset, Config, kwargs, Block, aux_fn, coef_key, rng):
     x = torch.from_numpy(rng.standard_normal((batch, seq, D))).requires_grad_(True)
     R = rng.standard_normal((batch * seq, D))
     logits = {}
-    router = block.router if preset == "switch" else block.gate
+    router = block.router if preset in ("switch", "gpt_oss") else block.gate
     router.register_forward_hook(lambda m, i, o: logits.__setitem__("l", o[2] if preset == "switch" else o[0]))
     y = block(x)
+    if isinstance(y, tuple):  # GptOssMLP returns (hidden_states, router_scores)
+        y = y[0]
     lg = logits["l"].reshape(batch * seq, -1)
     if preset == "switch":
         probs = torch.softmax(lg, -1)[None]

@@ -59,12 +59,14 @@ CONFIGS = {
     "deepspeed_top2": {"model_dim": D, "hidden": 6, "num_experts": 4},
     "deepspeed_topk": {"model_dim": D, "hidden": 6, "num_experts": 6, "k": 3},
     "megablocks": {"hidden_size": D, "ffn_hidden_size": 6, "moe_num_experts": 4, "moe_top_k": 2, "mlp_type": "glu"},
+    "gpt_oss": {"hidden_size": D, "intermediate_size": 6, "num_local_experts": 6, "num_experts_per_tok": 2,
+                "router_aux_loss_coef": 0.001},
 }
 FUSED = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v2", "deepseek_v3")
 NOTES = {
     "switch": "capacity over all B S tokens in order (HF: per sequence; the input is one sequence here)",
-    "gshard": "capacity: every first choice before any second choice, tokens in order; weights renormalised "
-              "before dropping",
+    "gshard": "capacity: every first choice before any second choice, tokens in order; kept weights "
+              "renormalised after dropping (fairseq's normalize_gate_prob_before_dropping=False)",
     "deepseek_v3": "gate.e_score_correction_bias is set (selection only); aux is the paper's sequence-wise loss",
 }
 

@@ -6,7 +6,7 @@ NumPy arrays in the framework's names and layouts, or :func:`load_safetensors` o
 ``to_state_dict(preset, moe)`` writes them back in the framework's names. No torch anywhere.
 
 Presets (``PRESETS``): mixtral, qwen2_moe, qwen3_moe, olmoe, deepseek_v2, deepseek_v3, switch, gshard
-(fairseq top-2), deepspeed_top1, deepspeed_top2, deepspeed_topk, megablocks, vmoe. Each builder's docstring
+(fairseq top-2), deepspeed_top1, deepspeed_top2, deepspeed_topk, megablocks, vmoe, gpt_oss. Each builder's docstring
 cites the reference file and function it follows (:mod:`.builders`); :mod:`.weights` has the name map.
 
 Example (a tiny random Mixtral block, its weights round-tripped through transformers' names)::

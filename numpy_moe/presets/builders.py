@@ -10,6 +10,7 @@ from .. import balance as B
 from ..experts import ExpertBank, SharedExpert
 from ..gates import ScoreGate, TopKGate
 from ..moe import MoE
+from ..routing import Capacity
 from ..validation import check_positive_int
 
 
@@ -178,51 +179,84 @@ def switch(config, seed=None, dtype="float64", bugs=()):
                capacity_factor=capacity, balance=losses, dtype=dtype)
 
 
-def _classic(config, seed, dtype, K, normalize, convention, relu_bias=True):
+def _classic(config, seed, dtype, K, convention, policy, renormalize, min_capacity=0):
+    """Softmax top-K gate, ReLU experts with biases, a FrameworkBalance loss; with ``capacity_factor``, a
+    :class:`~numpy_moe.routing.Capacity` of ``policy``. ``renormalize``: "before" (the gate renormalises the
+    top-K, dropping then zeroes a weight), "after" (the kept weights are renormalised after dropping, MATH.md
+    §4.4) or False (top-1: weight = its probability)."""
     D, H, E = _int(config, "model_dim"), _int(config, "hidden"), _int(config, "num_experts")
-    gate = ScoreGate(D, E, top_k=K, score="softmax", normalize=normalize, norm_eps=0.0, seed=seed, dtype=dtype)
-    return MoE(gate=gate, experts=ExpertBank(E, D, D, H, seed=seed, dtype=dtype, bias=relu_bias),
-               capacity_factor=_get(config, "capacity_factor"),
+    cf = _get(config, "capacity_factor")
+    after = renormalize == "after" and cf is not None  # without a capacity nothing is dropped: before = after
+    gate = ScoreGate(D, E, top_k=K, score="softmax", normalize=bool(renormalize) and not after, norm_eps=0.0,
+                     seed=seed, dtype=dtype)
+    capacity = None if cf is None else Capacity(cf, policy, min_capacity=min_capacity, renormalize=after)
+    return MoE(gate=gate, experts=ExpertBank(E, D, D, H, seed=seed, dtype=dtype, bias=True), capacity=capacity,
                balance=[B.FrameworkBalance(_get(config, "aux_loss_weight", 0.01), convention)], dtype=dtype)
 
 
-def gshard(config, seed=None, dtype="float64"):
-    """GShard / fairseq top-2: softmax, top-2 renormalised, the first-choice loss ``mean(me * ce) * E^2``.
+def _min_capacity(config):
+    m = _get(config, "min_capacity", 4)
+    if isinstance(m, bool) or not isinstance(m, int) or m < 0:
+        raise ValueError(f"config['min_capacity']={m!r} must be an integer >= 0")
+    return m
 
-    fairseq moe/top2gate.py ``top2gating`` (also DeepSpeed sharded_moe.py ``top2gating``). Keys:
-    ``model_dim``, ``hidden``, ``num_experts``, ``capacity_factor``, ``aux_loss_weight``. The second expert
-    is the second largest logit (fairseq's ``second_expert_policy='all'`` in evaluation; 'sampling' adds
-    Gumbel noise in training, not modelled); the weights are renormalised before dropping
-    (``normalize_gate_prob_before_dropping=True``).
+
+def gshard(config, seed=None, dtype="float64"):
+    """GShard / fairseq top-2: softmax, top-2, the first-choice loss ``mean(me * ce) * E^2``.
+
+    fairseq moe/top2gate.py ``top2gating``. Keys: ``model_dim``, ``hidden``, ``num_experts``,
+    ``capacity_factor`` (None: no limit), ``aux_loss_weight``, ``normalize_gate_prob_before_dropping``
+    (fairseq's default False: the kept weights are renormalised AFTER dropping, the sum clamped at eps, so
+    a token whose second choice was dropped puts weight 1 on its first; True: renormalised before, the
+    survivor keeps p1 / (p1 + p2)). Capacity order: every first choice before any second choice, tokens
+    in order (fairseq's ``locations2 += sum(mask1)``). The second expert is the second largest logit
+    (``second_expert_policy='all'``; 'sampling' adds Gumbel noise in training, not modelled). fairseq's own
+    capacity is ``2 * ceil(S / E)`` in training and ``ceil(moe_eval_capacity_token_fraction * S)`` in
+    evaluation, with no capacity factor; numpy_moe keeps ``ceil(S * 2 * capacity_factor / E)``: pick the
+    factor that gives the same C.
     """
-    return _classic(config, seed, dtype, 2, True, "gshard")
+    before = bool(_get(config, "normalize_gate_prob_before_dropping", False))
+    return _classic(config, seed, dtype, 2, "gshard", "gshard", "before" if before else "after")
 
 
 def deepspeed_top1(config, seed=None, dtype="float64"):
-    """DeepSpeed top-1: softmax, argmax, weight = its probability; loss ``sum(me * ce) * E``.
+    """DeepSpeed top-1: softmax, argmax, weight = its probability (not renormalised); loss
+    ``sum(me * ce) * E``; capacity ``max(ceil(S cf / E), min_capacity)``, tokens kept in order.
 
     DeepSpeed deepspeed/moe/sharded_moe.py ``top1gating`` (``use_rts`` random token selection and noisy
-    gate policies not modelled; capacity in token order).
+    gate policies not modelled: ``use_rts=False``). Keys as :func:`gshard` plus ``min_capacity``
+    (DeepSpeed's MoE layer default 4; its TopKGate's own default is 8).
     """
-    return _classic(config, seed, dtype, 1, False, "gshard")
+    return _classic(config, seed, dtype, 1, "gshard", "position", False, _min_capacity(config))
 
 
 def deepspeed_top2(config, seed=None, dtype="float64"):
-    """DeepSpeed top-2: as :func:`gshard` (sharded_moe.py ``top2gating``, loss ``mean(me * ce) * E * E``);
-    like fairseq it renormalises the kept weights after dropping, numpy_moe before: exact while nothing
-    is dropped."""
-    return _classic(config, seed, dtype, 2, True, "gshard")
+    """DeepSpeed top-2: sharded_moe.py ``top2gating``: loss ``mean(me * ce) * E * E``, capacity
+    ``max(ceil(S 2 cf / E), min_capacity)`` with every first choice before any second choice, the kept
+    weights renormalised after dropping (sum clamped at eps). ``top2_2nd_expert_sampling`` (Gumbel noise on
+    the second choice, training only) is not modelled.
+    """
+    return _classic(config, seed, dtype, 2, "gshard", "gshard", "after", _min_capacity(config))
+
+
+DROP_POLICIES = {"probs": "logits", "position": "position"}
 
 
 def deepspeed_topk(config, seed=None, dtype="float64"):
-    """DeepSpeed top-k: softmax, top-k renormalised, loss ``mean(me * ce) * E * E / k`` over all k choices.
+    """DeepSpeed top-k: softmax, top-k, loss ``mean(me * ce) * E * E / k`` over all k choices, capacity
+    ``max(ceil(S k cf / E), min_capacity)``, the kept weights renormalised after dropping.
 
-    DeepSpeed sharded_moe.py ``topkgating``; key ``k``. Exact while nothing is dropped. With a capacity,
-    DeepSpeed orders each expert's assignments by ``drop_policy`` (``presets.dropping.deepspeed_keep``,
-    not wired into the layer, which drops first choices last) and renormalises the kept weights after
-    dropping (numpy_moe renormalises before).
+    DeepSpeed sharded_moe.py ``topkgating``; keys ``k``, ``min_capacity`` and ``drop_policy``: 'probs'
+    (DeepSpeed's default) keeps each expert's assignments of largest ``topk(logits)`` value, as in the
+    revision whose hand-written masks DeepSpeed's tests hold (Capacity policy "logits"); a later revision
+    ranks by the softmax probability instead (pass ``Capacity(..., policy="probs")`` to MoE for it);
+    'position' keeps them in token order, every choice alike.
     """
-    return _classic(config, seed, dtype, _int(config, "k", 2), True, "deepspeed_topk")
+    policy = _get(config, "drop_policy", "probs")
+    if policy not in DROP_POLICIES:
+        raise ValueError(f"config['drop_policy']={policy!r} must be one of {tuple(DROP_POLICIES)}")
+    return _classic(config, seed, dtype, _int(config, "k", 2), "deepspeed_topk", DROP_POLICIES[policy], "after",
+                    _min_capacity(config))
 
 
 def megablocks(config, seed=None, dtype="float64"):
@@ -267,9 +301,32 @@ def vmoe(config, seed=None, dtype="float64"):
                capacity_factor=_get(config, "capacity_factor"), batch_priority=True, balance=losses, dtype=dtype)
 
 
+def gpt_oss(config, seed=None, dtype="float64"):
+    """gpt-oss: a router Linear with bias, top-k on the logits, softmax over the k kept logits; experts with
+    biases and gpt-oss's clamped SwiGLU (``ExpertBank(activation="gptoss_swiglu")``).
+
+    transformers models/gpt_oss/modeling_gpt_oss.py, ``GptOssTopKRouter.forward`` (``topk(logits)`` then
+    ``softmax`` of the k values) and ``GptOssExperts._apply_gate`` (gate and up interleaved in the fused
+    ``gate_up_proj``: gate = even columns, up = odd; gate clamped above at ``swiglu_limit``, up to
+    [-limit, limit], out = (up + 1) * gate * sigmoid(``swiglu_alpha`` * gate)); openai/gpt-oss
+    gpt_oss/torch/model.py ``swiglu`` and ``MLPBlock.forward`` (the same block). TopKGate's
+    "topk_then_softmax" convention with its bias is that router exactly. The balance loss is transformers'
+    ``load_balancing_loss_func`` (``router_aux_loss_coef``, default 0.001) on the softmax of the router
+    logits, bias included. Keys: ``hidden_size``, ``intermediate_size``, ``num_local_experts`` (128),
+    ``num_experts_per_tok`` (4), ``swiglu_alpha`` (1.702), ``swiglu_limit`` (7.0).
+    """
+    D, H = _int(config, "hidden_size"), _int(config, "intermediate_size")
+    E, K = _int(config, "num_local_experts", 128), _int(config, "num_experts_per_tok", 4)
+    gate = TopKGate(D, E, K, "topk_then_softmax", seed=seed, dtype=dtype)
+    experts = ExpertBank(E, D, D, H, seed=seed, dtype=dtype, activation="gptoss_swiglu", bias=True,
+                         alpha=float(_get(config, "swiglu_alpha", 1.702)),
+                         limit=float(_get(config, "swiglu_limit", 7.0)))
+    return MoE(gate=gate, experts=experts, balance=[_hf_loss(config, 0.001, ())], dtype=dtype)
+
+
 BUGS = {"mixtral": ("double_softmax",), "qwen2_moe": ("double_softmax",), "qwen3_moe": ("double_softmax",),
         "olmoe": ("double_softmax",), "switch": ("capacity_cumsum", "z_loss_on_probs")}
 BUILDERS = {"mixtral": mixtral, "qwen2_moe": qwen2_moe, "qwen3_moe": qwen3_moe, "olmoe": olmoe,
             "deepseek_v2": deepseek_v2, "deepseek_v3": deepseek_v3, "switch": switch, "gshard": gshard,
             "deepspeed_top1": deepspeed_top1, "deepspeed_top2": deepspeed_top2, "deepspeed_topk": deepspeed_topk,
-            "megablocks": megablocks, "vmoe": vmoe}
+            "megablocks": megablocks, "vmoe": vmoe, "gpt_oss": gpt_oss}

@@ -1,8 +1,9 @@
 """DeepSpeed's capacity rule for top-k routing, with its two drop policies (sharded_moe.py ``topkgating``).
 
-numpy_moe's layer drops by (choice rank, position): every first choice is served before any second choice
-(:func:`numpy_moe.routing.capacity_mask`, GShard's order). DeepSpeed's ``topkgating`` orders each
-expert's assignments differently:
+GShard's order serves every first choice before any second choice (:func:`numpy_moe.routing.capacity_mask`).
+DeepSpeed's ``topkgating`` orders each expert's assignments differently (the layer does the same with
+``numpy_moe.routing.Capacity(policy="position" | "logits")``; this module is the standalone rule, with
+DeepSpeed's buffer slots, that tests/test_golden.py checks against DeepSpeed's own masks):
 
 - ``drop_policy='position'``: by token position only, first and later choices alike;
 - ``drop_policy='probs'``: by the assignment's score, largest first; the score DeepSpeed ranks by is the

@@ -16,9 +16,14 @@ keys; pass ``prefix`` for a whole model's, e.g. "model.layers.0.mlp."):
 - switch: ``router.classifier.weight``; ``experts.expert_{e}.wi.weight`` (H, D), ``wo.weight`` (D, H);
 - gshard, deepspeed_*: ``gate.wg.weight``; ``experts.{e}.fc1.weight`` / ``.bias``, ``fc2.weight`` / ``.bias``;
 - megablocks: ``router.layer.weight``; ``experts.mlp.w1`` (E H, D), [``v1`` (E H, D) for glu], ``w2``
-  (E H, D), not transposed.
+  (E H, D), not transposed;
+- gpt_oss (transformers ``GptOssMLP``): ``router.weight`` (E, D), ``router.bias`` (E,);
+  ``experts.gate_up_proj`` (E, D, 2H), NOT transposed (x @ gate_up_proj[e]), gate in the even columns and
+  up in the odd ones, ``experts.gate_up_proj_bias`` (E, 2H) interleaved the same way;
+  ``experts.down_proj`` (E, H, D), ``experts.down_proj_bias`` (E, D). One layout (``layout`` is ignored);
+  openai's own checkpoints (``mlp1_weight``, ...) are not mapped.
 
-Sources: transformers models/*/modeling_*.py (``*Experts``, ``*TopKRouter``), fairseq
+Sources: transformers models/*/modeling_*.py (``*Experts``, ``*TopKRouter``; ``GptOssExperts``), fairseq
 modules/moe/top2gate.py (``Top2Gate.wg``), megablocks layers/mlp.py (``MLP``, ``GLU``).
 """
 import numpy as np  # the edge: framework arrays arrive and leave as NumPy
@@ -55,6 +60,15 @@ def _rules(preset, moe, layout):
         return [([prefix + n + ".weight"], "shared.mlp.W_" + role, lambda a: a[0].T[None], lambda W: [W[0].T])
                 for n, role in zip(names, ("gate", "up", "down"))]
 
+    if preset == "gpt_oss":
+        return [(["router.weight"], "gate.W", lambda a: a[0].T, lambda W: [W.T]),
+                (["router.bias"], "gate.b", lambda a: a[0], lambda b: [b]),
+                (["experts.gate_up_proj"], "experts.W_gate", lambda a: a[0][:, :, 0::2], None),
+                (["experts.gate_up_proj"], "experts.W_up", lambda a: a[0][:, :, 1::2], None),
+                (["experts.gate_up_proj_bias"], "experts.b_gate", lambda a: a[0][:, 0::2], None),
+                (["experts.gate_up_proj_bias"], "experts.b_up", lambda a: a[0][:, 1::2], None),
+                (["experts.down_proj"], "experts.W_down", lambda a: a[0], lambda W: [W]),
+                (["experts.down_proj_bias"], "experts.b_down", lambda a: a[0], lambda b: [b])]
     router = {"switch": "router.classifier.weight", "gshard": "gate.wg.weight", "deepspeed_top1": "gate.wg.weight",
               "deepspeed_top2": "gate.wg.weight", "deepspeed_topk": "gate.wg.weight",
               "megablocks": "router.layer.weight"}.get(preset, "gate.weight")
@@ -112,6 +126,13 @@ def fused_gate_up(moe):
     return np.ascontiguousarray(both.transpose(0, 2, 1))  # safetensors writes the buffer: C order
 
 
+def interleaved(gate, up):
+    """gpt-oss's fused layout: gate in the even and up in the odd entries of the last axis."""
+    both = np.empty(gate.shape[:-1] + (2 * gate.shape[-1],), dtype=gate.dtype)
+    both[..., 0::2], both[..., 1::2] = gate, up
+    return both
+
+
 def import_weights(preset, moe, state_dict, prefix=""):
     """Copy a framework state dict (name -> NumPy array) into ``moe``; names and shapes are checked."""
     layout = detect_layout(preset, state_dict, prefix)
@@ -144,8 +165,12 @@ def export_weights(preset, moe, layout="per_expert", prefix=""):
     values.update({k: to_numpy(v) for k, v in moe.named_buffers()})
     out = {}
     for keys, path, _, to_theirs in _rules(preset, moe, layout):
-        if to_theirs is None:  # the fused gate_up_proj, written once from both halves
-            out[prefix + keys[0]] = fused_gate_up(moe)
+        if to_theirs is None:  # the fused gate_up_proj (and gpt-oss's bias), written once from both halves
+            if preset == "gpt_oss":
+                kind = "experts.b_" if keys[0].endswith("_bias") else "experts.W_"
+                out[prefix + keys[0]] = interleaved(values[kind + "gate"], values[kind + "up"])
+            else:
+                out[prefix + keys[0]] = fused_gate_up(moe)
             continue
         for k, a in zip(keys, to_theirs(values[path])):
             out[prefix + k] = a.copy()
