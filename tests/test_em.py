@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from scipy.optimize import minimize
 
+from experiments.em import em_on_mixtools_example
 from numpy_moe.em import irls_softmax, softmax_objective, weighted_least_squares
 from numpy_moe.gradcheck import check_module, numerical_gradient, rel_error
 from numpy_moe.hme import HierarchicalMoE, fit_em, init_responsibilities, parse_tree
@@ -205,19 +206,6 @@ def test_classification_forward_is_the_log_mixture_so_cross_entropy_is_the_mixtu
 
 
 # ----- the outside oracle: R's mixtools::hmeEM ------------------------------------------------------
-def em_on_mixtools_example(d):
-    """numpy_moe's EM from hmeEM's starting values (regmixEM's β and σ, gate weights 0), to convergence."""
-    x, y = np.array(d["x"])[:, None], np.array(d["y"])
-    model = HierarchicalMoE(1, 1, 2)
-    start = np.array(d["start_beta"])  # (k, 2): intercept, slope (mixtools' β column per expert)
-    model.params["V"][:, 0, 0], model.params["V"][:, 1, 0] = start[:, 1], start[:, 0]  # numpy_moe: bias last
-    model.params["log_var"][...] = 2 * np.log(d["start_sigma"])
-    model.params["G0"][...] = 0
-    start_ll = model.log_likelihood(x, y)
-    history = fit_em(model, x, y, max_iter=2000, tol=1e-13, ridge=0)
-    return model, x, y, start_ll, history
-
-
 def compare_to_mixtools(d):
     model, x, y, start_ll, history = em_on_mixtools_example(d)
     assert start_ll == pytest.approx(d["all_loglik"][0], abs=1e-9)  # same model, same start
