@@ -84,10 +84,8 @@ class _ConvMoE(Module):
         xp = get_array_module(a)
         if self.top_k is None or self.top_k == self.n_experts:
             return F.softmax(a, axis=0)
-        keep = xp.zeros(a.shape, dtype=bool)
-        top = xp.argsort(-a, axis=0, kind="stable")[:self.top_k]  # (K, P), ties to the lower index
-        xp.put_along_axis(keep, top, True, axis=0)
-        return F.softmax(xp.where(keep, a, -xp.inf), axis=0)
+        rank = xp.argsort(xp.argsort(-a, axis=0, kind="stable"), axis=0)  # 0 for the largest; ties to the lower index
+        return F.softmax(xp.where(rank < self.top_k, a, -xp.inf), axis=0)
 
     def gate(self, x):
         """Per-position expert weights g (N, E, *output spatial shape)."""
