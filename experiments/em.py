@@ -70,7 +70,7 @@ def em_vs_gradient(args, seeds):
     problems["V regression, 2 Gaussian experts"] = (Xv, yv, 2, "gaussian", 1e-6)
     flip = np.random.default_rng(1).random(len(yc)) < 0.05
     problems["circles (5% flipped), 4 softmax"] = (standardizer(Xc)(Xc), np.where(flip, 1 - yc, yc), 4, "softmax", 1e-6)
-    em_iters, adam_iters = (20, 150) if args.quick else (100, 2000)
+    em_iters, adam_iters = (15, 60) if args.quick else (100, 2000)
     fig, axes = plt.subplots(2, 2, figsize=(12, 8))
     rows = []
     for col, (name, (x, y, tree, expert, ridge)) in enumerate(problems.items()):
@@ -130,14 +130,14 @@ def best_of(x, y, tree, seed, restarts, iters):
 
 
 def tree_study(args, seeds):
-    n, iters = (400, 60) if args.quick else (1000, 300)
+    n, iters, restarts = (300, 30, 2) if args.quick else (1000, 300, 6)
     results = {"flat, 4 experts": [], "HME [2, 2]": []}
     shown = {}
     for s in seeds:
         x, y, _ = staggered(n, s)
-        xt, yt, region_t = staggered(2000, 1000 + s)
+        xt, yt, region_t = staggered(500 if args.quick else 2000, 1000 + s)
         for name, tree in (("flat, 4 experts", 4), ("HME [2, 2]", [2, 2])):
-            m = best_of(x, y, tree, s, 6, iters)
+            m = best_of(x, y, tree, s, restarts, iters)
             mse = float(((m.forward(xt)[:, 0] - yt) ** 2).mean())
             results[name].append((m.log_likelihood(xt, yt) / len(yt), mse))
             if s == seeds[0]:

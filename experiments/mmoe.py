@@ -51,7 +51,7 @@ def build(name, d, seed):
 def main(argv=None):
     args = parse_args(argv, __doc__)
     seeds = range(2 if args.quick else 5)
-    n_train, n_test, epochs = (1000, 500, 2) if args.quick else (10000, 2000, 12)
+    n_train, n_test, epochs = (500, 200, 1) if args.quick else (10000, 2000, 12)
     results = {(name, p): [] for name in MODELS for p in CORRELATIONS}
     curves = {name: [] for name in MODELS}
     counts = {}
