@@ -57,6 +57,11 @@ def run_adam(model, x, y, iters, lr=0.05):
     return np.array(lls), np.array(times)
 
 
+def fmt(v, digits):
+    """mean ± std of the finite entries of v, or "never" when there is none."""
+    return f"{np.nanmean(v):.{digits}f} ± {np.nanstd(v):.{digits}f}" if np.isfinite(v).any() else "never"
+
+
 def reach(curve, times, target):
     """Iterations and seconds until curve >= target (None if never)."""
     hit = np.nonzero(curve >= target)[0]
@@ -103,8 +108,10 @@ def em_vs_gradient(args, seeds):
           f"{'Adam iters':>11} {'Adam s':>7}   (to within 1e-3 of EM's final; mean ± std over seeds)")
     for name in problems:
         r = [row for row in rows if row[0] == name]
-        col = lambda i: np.array([row[i] if row[i] is not None else np.nan for row in r], dtype=float)  # noqa: E731
-        fmt = lambda v, p: f"{np.nanmean(v):.{p}f} ± {np.nanstd(v):.{p}f}" if np.isfinite(v).any() else "never"  # noqa: E731
+
+        def col(i):
+            return np.array([row[i] if row[i] is not None else np.nan for row in r], dtype=float)
+
         missed = int(np.isnan(col(6)).sum())
         print(f"{name:<34} {fmt(col(2), 3):>13} {fmt(col(3), 3):>13} {fmt(col(4), 0):>9} {fmt(col(5), 2):>7} "
               f"{fmt(col(6), 0):>11} {fmt(col(7), 2):>7}" + (f"  (Adam never within 1e-3 in {missed} runs)"
@@ -147,7 +154,8 @@ def tree_study(args, seeds):
           f"model: {floor:.3f}), test MSE (noise: 0.0100)")
     for name, r in results.items():
         r = np.array(r)
-        print(f"  {name:<16} {r[:, 0].mean():7.3f} ± {r[:, 0].std():.3f}   MSE {r[:, 1].mean():.4f} ± {r[:, 1].std():.4f}")
+        print(f"  {name:<16} {r[:, 0].mean():7.3f} ± {r[:, 0].std():.3f}   "
+              f"MSE {r[:, 1].mean():.4f} ± {r[:, 1].std():.4f}")
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.6))
     m, xt, region_t = shown["HME [2, 2]"]
     colors = np.array(["#e41a1c", "#377eb8", "#4daf4a", "#984ea3"])
@@ -158,7 +166,8 @@ def tree_study(args, seeds):
         owner = m.gate(xt).argmax(axis=1)
         ax.scatter(xt[:, 0], xt[:, 1], c=colors[owner % 4], s=6)
         r = np.array(results[name])
-        ax.set_title(f"{name}: expert of largest prior (colour = expert)\ntest log-lik {r[:, 0].mean():.2f} ± {r[:, 0].std():.2f} "
+        ax.set_title(f"{name}: expert of largest prior (colour = expert)\n"
+                     f"test log-lik {r[:, 0].mean():.2f} ± {r[:, 0].std():.2f} "
                      f"per sample ({len(seeds)} seeds)")
     for ax in axes:
         ax.set_xlabel("x1")
