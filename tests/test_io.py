@@ -247,6 +247,11 @@ def _examples():
         lambda: B.BalanceLoss(0.1), lambda: B.Seed000Loss(0.1), lambda: B.Importance(0.1), lambda: B.ShazeerLoad(0.1),
         lambda: B.VMoELoad(0.1), lambda: B.SwitchLoss(0.1), lambda: B.ZLoss(0.1), lambda: B.SequenceBalance(0.1),
         lambda: B.FrameworkBalance(0.1, "gshard"), lambda: B.ProbsZLoss(0.1),
+        lambda: __import__("numpy_moe.hme", fromlist=["x"]).HierarchicalMoE(3, 1, tree=[2, 2], seed=0),
+        lambda: __import__("numpy_moe.models.mmoe", fromlist=["x"]).MMoE(4, n_experts=3, expert_hidden=5, seed=0),
+        lambda: __import__("numpy_moe.models.mmoe", fromlist=["x"]).SharedBottom(4, bottom=6, seed=0),
+        lambda: __import__("numpy_moe.conv_moe", fromlist=["x"]).ConvMoE2d(2, 3, 3, n_experts=2, padding=1, seed=0),
+        lambda: __import__("numpy_moe.conv_moe", fromlist=["x"]).ConvMoE1d(2, 3, 3, n_experts=2, top_k=1, seed=0),
         lambda: BaseGate(4, 3, seed=0), lambda: SinkhornGate(4, 3, top_k=2, tol=1e-5, max_iter=50, seed=0),
         lambda: HashGate(4, 3, 7, kind="balanced", seed=0).balance([0, 0, 0, 1, 2, 3, 4, 5, 6, 6]),
         lambda: SoftMoE(4, 3, 2, slots=3, group_size=5, hidden=6, seed=0),
@@ -355,3 +360,13 @@ def test_files_naming_the_gates_module_of_version_1_still_load(tmp_path):
     old = rewrite(path, tmp_path / "old.npz",
                   lambda e, m: m.update(version=1) or m["object"].update({"class": "numpy_moe.gating:TopKGate"}))
     assert type(io.load(old)) is TopKGate
+
+
+@pytest.mark.parametrize("name", ["HMERegressor", "HMEClassifier"])
+def test_fitted_hme_estimators_round_trip(name, tmp_path, rng):
+    from numpy_moe import estimators_em
+    X = rng.standard_normal((60, 3))
+    y = X[:, 0] > 0 if name == "HMEClassifier" else X[:, 0] - X[:, 1]
+    est = getattr(estimators_em, name)(tree=[2, 2], max_iter=10, random_state=0).fit(X, y)
+    loaded = io.load(io.save(est, tmp_path / "hme.npz"))
+    np.testing.assert_array_equal(loaded.predict(X), est.predict(X))

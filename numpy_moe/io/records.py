@@ -260,15 +260,15 @@ class _no_budget:
 def check_fitted_state(est):
     """Validate a loaded estimator's parameters and fitted attributes (types, shapes, consistency).
 
-    numpy_moe's estimators check themselves (``_check_fitted_state``); scikit-learn ones validate their
-    parameters and, when fitted, transform one row of zeros, which fails on attributes of the wrong
-    type or shape.
+    numpy_moe's estimators check themselves (``_check_fitted_state``); the others validate their
+    parameters (scikit-learn's ``_validate_params``) and, when fitted, transform (or predict) one row of
+    zeros, which fails on attributes of the wrong type or shape.
     """
     own = getattr(est, "_check_fitted_state", None)
     if callable(own):
         own()
         return
-    if hasattr(est, "_validate_params"):
+    if getattr(est, "_parameter_constraints", None) is not None:  # scikit-learn's own classes
         est._validate_params()
     if hasattr(est, "steps"):  # a Pipeline: each step was checked when it was built
         if not all(isinstance(s, (list, tuple)) and len(s) == 2 and isinstance(s[0], str) for s in est.steps):
@@ -281,6 +281,8 @@ def check_fitted_state(est):
             raise TypeError(f"n_features_in_={n!r} must be a positive int")
         if hasattr(est, "transform"):
             est.transform(numpy.zeros((1, n)))
+        elif hasattr(est, "predict"):
+            est.predict(numpy.zeros((1, n)))
 
 
 def assign(model, archive, prefix, buffer_prefix, path):

@@ -26,12 +26,16 @@ BUILTIN_MODULES = (
     "numpy_moe.gates.balanced", "numpy_moe.gates.sinkhorn", "numpy_moe.gates.hash", "numpy_moe.soft_moe",
     "numpy_moe.experts", "numpy_moe.balance.losses", "numpy_moe.balance.conventions", "numpy_moe.moe",
     "numpy_moe.classic",
-    "numpy_moe.image_layers", "numpy_moe.models.image_moe", "numpy_moe.models.sparse_mlp",
+    "numpy_moe.image_layers", "numpy_moe.models.image_moe", "numpy_moe.models.sparse_mlp", "numpy_moe.hme",
+    "numpy_moe.models.mmoe", "numpy_moe.conv_moe",
 )
 # Classes that moved: the names version-1 files used for them (the gates lived in numpy_moe.gating).
 MOVED = {f"numpy_moe.gating:{name}": f"numpy_moe.gates.{module}:{name}" for module, name in (
     ("softmax", "SoftmaxGate"), ("softmax", "TopKGate"), ("expert_choice", "ExpertChoiceGate"))}
-BUILTIN_ESTIMATORS = ("MoEClassifier", "MoERegressor", "LocalExpertsClassifier", "LocalExpertsRegressor")
+BUILTIN_ESTIMATORS = (("numpy_moe.estimators", "MoEClassifier"), ("numpy_moe.estimators", "MoERegressor"),
+                      ("numpy_moe.estimators", "LocalExpertsClassifier"),
+                      ("numpy_moe.estimators", "LocalExpertsRegressor"),
+                      ("numpy_moe.estimators_em", "HMERegressor"), ("numpy_moe.estimators_em", "HMEClassifier"))
 SKLEARN_CLASSES = (
     ("sklearn.pipeline", "Pipeline"),
     ("sklearn.preprocessing", "StandardScaler"),
@@ -99,11 +103,11 @@ def _load_builtins():
     for module_name in BUILTIN_MODULES:
         module = importlib.import_module(module_name)
         for _, cls in inspect.getmembers(module, inspect.isclass):
-            if issubclass(cls, Module) and cls is not Module and cls.__module__ == module_name:
+            if issubclass(cls, Module) and cls is not Module and cls.__module__ == module_name \
+                    and not cls.__name__.startswith("_"):  # private bases are not models
                 _registry[class_name(cls)] = cls
-    estimators = importlib.import_module("numpy_moe.estimators")
-    for name in BUILTIN_ESTIMATORS:
-        cls = getattr(estimators, name)
+    for module_name, name in BUILTIN_ESTIMATORS:
+        cls = getattr(importlib.import_module(module_name), name)
         _registry[class_name(cls)] = cls
     for module_name, name in SKLEARN_CLASSES:
         cls = getattr(importlib.import_module(module_name), name)

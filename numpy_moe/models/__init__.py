@@ -1,5 +1,7 @@
-"""The image models of seeds 000 and 004: a conv net with a sparse MoE classifier, and Sparse-MLP."""
+"""The image models of seeds 000 and 004 (a conv net with a sparse MoE classifier, Sparse-MLP) and the
+multi-task models of Ma et al. 2018 (MMoE, OMoE, shared-bottom)."""
 from .image_moe import ImageMoEClassifier
+from .mmoe import MMoE, SharedBottom
 from .sparse_mlp import SparseMLP
 
-__all__ = ["ImageMoEClassifier", "SparseMLP"]
+__all__ = ["ImageMoEClassifier", "MMoE", "SharedBottom", "SparseMLP"]

@@ -1,0 +1,175 @@
+"""scikit-learn estimators for the (hierarchical) mixture of experts fitted by EM (numpy_moe.hme).
+
+    from numpy_moe.estimators_em import HMERegressor
+    reg = HMERegressor(tree=[2, 2]).fit(X, y)      # a two-level binary tree of 4 linear-Gaussian experts
+    reg.n_iter_, reg.log_likelihood_curve_[-1], reg.converged_
+
+- :class:`HMERegressor`: linear-Gaussian experts, each with its own variance; predicts the mixture mean.
+- :class:`HMEClassifier`: softmax (multinomial logit) experts; ``predict_proba`` is the mixture.
+
+``solver="em"`` (default) runs EM (Jordan & Jacobs 1994) until the mean log-likelihood per sample gains
+less than ``tol`` in one iteration or ``max_iter`` iterations have run; ``solver="adam"`` takes full-batch
+Adam steps on the mean negative log-likelihood of the same model with the same stopping rule (for
+comparison). Both start from the M-step of spatially coherent random responsibilities
+(:func:`numpy_moe.hme.init_responsibilities`) drawn from ``random_state``.
+
+Fitted attributes: ``model_`` (a HierarchicalMoE), ``n_iter_``, ``log_likelihood_curve_`` (mean
+log-likelihood per sample, entry 0 at the start, then one per iteration), ``converged_``,
+``expert_usage_`` (the share of the training samples whose largest prior π_e(x) is expert e),
+``n_features_in_``, and ``classes_`` or ``n_outputs_``.
+"""
+import numpy
+from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from . import divergence
+from .backend import default_rng, to_numpy
+from .estimators import _Transaction
+from .hme import HierarchicalMoE, fit_em, init_responsibilities, parse_tree
+from .optim import Adam
+
+SOLVERS = ("em", "adam")
+
+
+class _HMEEstimator(BaseEstimator):
+    """Parameters, fit and prediction shared by HMERegressor and HMEClassifier."""
+
+    def __init__(self, tree=2, solver="em", max_iter=200, tol=1e-6, ridge=1e-6, learning_rate=0.05,
+                 random_state=None):
+        self.tree = tree
+        self.solver = solver
+        self.max_iter = max_iter
+        self.tol = tol
+        self.ridge = ridge
+        self.learning_rate = learning_rate
+        self.random_state = random_state
+
+    def _check_params(self):
+        if self.solver not in SOLVERS:
+            raise ValueError(f"solver={self.solver!r} must be one of {SOLVERS}")
+        if isinstance(self.max_iter, bool) or not isinstance(self.max_iter, (int, numpy.integer)) \
+                or self.max_iter < 1:
+            raise ValueError(f"max_iter={self.max_iter!r} must be an integer >= 1")
+        for name in ("tol", "ridge"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name}={getattr(self, name)!r} must be >= 0")
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate={self.learning_rate!r} must be > 0")
+        parse_tree(self.tree)
+
+    def fit(self, X, y):
+        """Fit the mixture to X (N, D) and y by EM (or Adam); returns self.
+
+        Transactional, as numpy_moe.estimators' fit: when it raises, the estimator is as it was before.
+        """
+        with _Transaction(self):
+            return self._fit(X, y)
+
+    def _fit(self, X, y):
+        self._check_params()
+        X, y = validate_data(self, X, y, dtype=numpy.float64, **self._y_checks)
+        y, n_outputs = self._encode(y)
+        seed = self.random_state
+        if isinstance(seed, numpy.random.RandomState):
+            seed = int(seed.randint(numpy.iinfo(numpy.int32).max))
+        rng = default_rng(seed)
+        model = HierarchicalMoE(X.shape[1], n_outputs, self.tree, expert=self._expert, seed=rng)
+        h = init_responsibilities(X, y, model.n_experts, seed=rng, task=self._task)
+        model.m_step(X, y, h, self.ridge)
+        if self.solver == "em":
+            history = fit_em(model, X, y, self.max_iter, self.tol, self.ridge)
+            curve, n_iter, converged = history["log_likelihood"], history["n_iter"], history["converged"]
+        else:
+            curve, n_iter, converged = self._adam(model, X, y)
+        self.model_ = model
+        self.log_likelihood_curve_ = [ll / len(y) for ll in curve]
+        self.n_iter_, self.converged_ = n_iter, converged
+        self.expert_usage_ = numpy.bincount(to_numpy(model.gate(X)).argmax(axis=1),
+                                            minlength=model.n_experts) / len(y)
+        return self
+
+    def _adam(self, model, X, y):
+        """Full-batch Adam on the mean negative log-likelihood, stopped like EM; the divergence rule of
+        numpy_moe.divergence applies (an iteration is an epoch)."""
+        optimizer = Adam(self.learning_rate)
+        curve = [model.log_likelihood(X, y)]
+        for it in range(1, self.max_iter + 1):
+            model.nll_grads(X, y)
+            divergence.check_step(model, -curve[-1] / len(y), it, 1)
+            optimizer.step(model)
+            divergence.check_weights(model, it, 1)
+            curve.append(model.log_likelihood(X, y))
+            divergence.check_epoch(-curve[-1] / len(y), -curve[1 if it > 1 else 0] / len(y), it)
+            if abs(curve[-1] - curve[-2]) / len(y) < self.tol:
+                return curve, it, True
+        return curve, self.max_iter, False
+
+    def _checked(self, X):
+        check_is_fitted(self, "model_")
+        return validate_data(self, X, reset=False, dtype=numpy.float64)
+
+
+class HMERegressor(RegressorMixin, _HMEEstimator):
+    """A (hierarchical) mixture of linear-Gaussian experts fitted by EM: y ~ Σ_e π_e(x) N(x̃ β_e, σ_e² I).
+
+    Parameters
+    ----------
+    tree : int or nested lists of ints (numpy_moe.hme): 2 (default) is a flat mixture of 2 experts,
+        [2, 2] the two-level binary tree of Jordan & Jacobs.
+    solver : "em" (default) or "adam" (gradient ascent on the log-likelihood, learning_rate).
+    max_iter : most iterations (default 200). tol : stop when the mean log-likelihood per sample gains
+        less than tol in an iteration (default 1e-6).
+    ridge : the M-steps' L2 stabiliser (default 1e-6, numpy_moe.em). learning_rate : Adam's (default 0.05).
+    random_state : None, int, numpy Generator or RandomState: the starting responsibilities.
+
+    Attributes
+    ----------
+    model_, n_iter_, log_likelihood_curve_, converged_, expert_usage_, n_features_in_, n_outputs_:
+    see the module docstring. Scale y as well as X: σ_e is fitted, but the ridge is absolute.
+    """
+    _expert, _task = "gaussian", "regression"
+    _y_checks = {"multi_output": True, "y_numeric": True}
+
+    def _encode(self, y):
+        self.n_outputs_ = 1 if y.ndim == 1 else y.shape[1]
+        return numpy.asarray(y, dtype=numpy.float64).reshape(len(y), -1), self.n_outputs_
+
+    def predict(self, X):
+        """(N,) mixture means, or (N, O) for O > 1 outputs."""
+        X = self._checked(X)
+        out = to_numpy(self.model_.forward(X))
+        return out.ravel() if self.n_outputs_ == 1 else out
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.multi_output = True
+        return tags
+
+
+class HMEClassifier(ClassifierMixin, _HMEEstimator):
+    """A (hierarchical) mixture of softmax experts fitted by EM: p(y | x) = Σ_e π_e(x) softmax(x̃ V_e)_y.
+
+    Parameters and attributes as :class:`HMERegressor`, with ``classes_`` instead of ``n_outputs_``.
+    Each expert's M-step is an IRLS (Newton) fit of a multinomial logit to its posterior-weighted labels.
+    """
+    _expert, _task = "softmax", "classification"
+    _y_checks = {}
+
+    def _encode(self, y):
+        check_classification_targets(y)
+        self.classes_ = numpy.unique(y)
+        if len(self.classes_) < 2:
+            raise ValueError(f"y has {len(self.classes_)} class ({self.classes_.tolist()}); a classifier needs "
+                             "at least 2 classes")
+        return numpy.searchsorted(self.classes_, y), len(self.classes_)
+
+    def predict_proba(self, X):
+        """(N, C) the mixture's class probabilities, columns in the order of ``classes_``."""
+        X = self._checked(X)
+        return numpy.exp(to_numpy(self.model_.forward(X)))
+
+    def predict(self, X):
+        """(N,) the most probable class of each row."""
+        proba = self.predict_proba(X)  # checks that the estimator is fitted first
+        return self.classes_[proba.argmax(axis=1)]
