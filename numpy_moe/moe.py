@@ -67,42 +67,17 @@ sparse weights blend the outputs): the same function, E / K times the work, kept
 for the test that the two dispatches agree.
 """
 from . import balance as B
-from .backend import asarray, default_rng, get_array_module, to_numpy
+from .backend import default_rng, get_array_module, to_numpy
 from .experts import ExpertBank, SharedExpert
 from .gates import (CONVENTIONS, NOISES, BaseGate, ExpertChoiceGate, HashGate, ScoreGate, SinkhornGate, SoftmaxGate,
                     TopKGate)
 from .layers import Module
 from .routing import Capacity, combine_topk, layer_capacity, group_by_expert, renormalize_backward, scatter_add
-from .validation import check_input, check_positive_int, check_real
+from .validation import check_input, check_mask, check_positive_int, check_real, check_seq_lengths
 
 ROUTERS = ("topk", "expert_choice")
-BALANCE_NAMES = ("importance", "load", "switch", "z_loss", "seed000")
+BALANCE_NAMES = B.NAMES
 GATES = (SoftmaxGate, TopKGate, ExpertChoiceGate, ScoreGate, BaseGate, SinkhornGate, HashGate)
-
-
-def _balance_losses(balance, convention, noise):
-    """A list of BalanceLoss objects from None, a dict name -> weight, or a list of loss objects."""
-    if balance is None:
-        return []
-    if isinstance(balance, dict):
-        losses = []
-        for name, w in balance.items():
-            if name == "importance":
-                losses.append(B.Importance(w, "gates" if convention == "topk_then_softmax" else "softmax"))
-            elif name == "load":
-                if noise is None:
-                    raise ValueError("balance 'load' needs a noisy gate: pass noise='shazeer' or 'vmoe'")
-                losses.append(B.ShazeerLoad(w) if noise == "shazeer" else B.VMoELoad(w))
-            elif name in ("switch", "z_loss", "seed000"):
-                losses.append({"switch": B.SwitchLoss, "z_loss": B.ZLoss, "seed000": B.Seed000Loss}[name](w))
-            else:
-                raise ValueError(f"balance has unknown loss {name!r}; expected names from {BALANCE_NAMES}")
-        return losses
-    losses = list(balance)
-    for loss in losses:
-        if not isinstance(loss, B.BalanceLoss):
-            raise TypeError(f"balance contains {loss!r}; expected numpy_moe.balance loss objects")
-    return losses
 
 
 def _router_trains(gate, losses):
@@ -112,32 +87,6 @@ def _router_trains(gate, losses):
     useful = [loss for loss in losses if loss.weight > 0 and not isinstance(loss, B.Seed000Loss)
               and not (isinstance(loss, B.Importance) and loss.source == "gates")]
     return not constant or bool(useful)
-
-
-def check_mask(mask, n_samples):
-    """Validate a token mask: (N,) bool, at least one True; returned on the current backend."""
-    mask = asarray(mask)
-    if mask.dtype != bool:
-        raise TypeError(f"mask has dtype {mask.dtype}; expected bool (True for the samples that count)")
-    if mask.shape != (n_samples,):
-        raise ValueError(f"mask has shape {tuple(mask.shape)}; expected ({n_samples},), one entry per sample")
-    if not bool(mask.any()):
-        raise ValueError("mask is False everywhere; at least one sample must count")
-    return mask
-
-
-def check_seq_lengths(seq_lengths, n_samples):
-    """Validate sequence lengths: positive ints summing to N; returned as a list."""
-    try:
-        lengths = [int(t) for t in seq_lengths]
-        bad = any(t != v or isinstance(v, bool) for t, v in zip(lengths, seq_lengths))
-    except (TypeError, ValueError):
-        lengths, bad = [], True
-    if bad or not lengths or min(lengths) < 1:
-        raise ValueError(f"seq_lengths={seq_lengths!r} must be a non-empty list of positive integers")
-    if sum(lengths) != n_samples:
-        raise ValueError(f"seq_lengths={seq_lengths!r} sum to {sum(lengths)}; expected the {n_samples} samples of x")
-    return lengths
 
 
 class MoE(Module):
@@ -244,7 +193,7 @@ class MoE(Module):
         self.dense = isinstance(self.gate, SoftmaxGate)
         if self.dense and balance:
             raise ValueError(f"balance={balance!r} needs a sparse gate: pass top_k=K or router='expert_choice'")
-        self.losses = _balance_losses(balance, convention, noise)
+        self.losses = B.from_names(balance, convention, noise)
         if not self.dense and not _router_trains(self.gate, self.losses):
             raise ValueError("gate: top_k=1 with renormalised weights (topk_then_softmax, or ScoreGate with "
                              "normalize=True) gives every sample the weight 1, so the router gets no gradient "

@@ -84,3 +84,29 @@ def check_labels(y, n_classes, n_samples, name="y"):
         raise ValueError(f"{name} has labels in [{int(y.min())}, {int(y.max())}]; "
                          f"expected labels in [0, {n_classes - 1}]")
     return y
+
+
+def check_mask(mask, n_samples):
+    """Validate a token mask: (N,) bool, at least one True; returned on the current backend."""
+    mask = asarray(mask)
+    if mask.dtype != bool:
+        raise TypeError(f"mask has dtype {mask.dtype}; expected bool (True for the samples that count)")
+    if mask.shape != (n_samples,):
+        raise ValueError(f"mask has shape {tuple(mask.shape)}; expected ({n_samples},), one entry per sample")
+    if not bool(mask.any()):
+        raise ValueError("mask is False everywhere; at least one sample must count")
+    return mask
+
+
+def check_seq_lengths(seq_lengths, n_samples):
+    """Validate sequence lengths: positive ints summing to N; returned as a list."""
+    try:
+        lengths = [int(t) for t in seq_lengths]
+        bad = any(t != v or isinstance(v, bool) for t, v in zip(lengths, seq_lengths))
+    except (TypeError, ValueError):
+        lengths, bad = [], True
+    if bad or not lengths or min(lengths) < 1:
+        raise ValueError(f"seq_lengths={seq_lengths!r} must be a non-empty list of positive integers")
+    if sum(lengths) != n_samples:
+        raise ValueError(f"seq_lengths={seq_lengths!r} sum to {sum(lengths)}; expected the {n_samples} samples of x")
+    return lengths
