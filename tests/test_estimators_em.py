@@ -1,4 +1,4 @@
-"""scikit-learn estimators for the mixture of experts fitted by EM (numpy_moe/estimators_em.py)."""
+"""scikit-learn estimators for the mixture of experts fitted by EM (numpy_moe/estimators/hme.py)."""
 import numpy as np
 import pytest
 from sklearn.datasets import load_wine
@@ -8,7 +8,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from numpy_moe.datasets import make_v_regression
-from numpy_moe.estimators_em import HMEClassifier, HMERegressor
+from numpy_moe.estimators import HMEClassifier, HMERegressor
 
 
 # No check is skipped.

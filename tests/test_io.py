@@ -364,9 +364,18 @@ def test_files_naming_the_gates_module_of_version_1_still_load(tmp_path):
 
 @pytest.mark.parametrize("name", ["HMERegressor", "HMEClassifier"])
 def test_fitted_hme_estimators_round_trip(name, tmp_path, rng):
-    from numpy_moe import estimators_em
+    from numpy_moe import estimators
     X = rng.standard_normal((60, 3))
     y = X[:, 0] > 0 if name == "HMEClassifier" else X[:, 0] - X[:, 1]
-    est = getattr(estimators_em, name)(tree=[2, 2], max_iter=10, random_state=0).fit(X, y)
+    est = getattr(estimators, name)(tree=[2, 2], max_iter=10, random_state=0).fit(X, y)
     loaded = io.load(io.save(est, tmp_path / "hme.npz"))
     np.testing.assert_array_equal(loaded.predict(X), est.predict(X))
+
+
+def test_a_fitted_estimator_saved_under_its_version_1_name_still_loads(tmp_path, rng):
+    X = rng.standard_normal((40, 3))
+    est = MoEClassifier(epochs=2, random_state=0).fit(X, np.arange(40) % 2)
+    path = io.save(est, tmp_path / "est.npz")
+    old = rewrite(path, tmp_path / "old.npz", lambda e, m: m.update(version=1)
+                  or m["object"].update({"class": "numpy_moe.estimators:MoEClassifier"}))
+    np.testing.assert_array_equal(io.load(old).predict_proba(X), est.predict_proba(X))

@@ -30,12 +30,15 @@ BUILTIN_MODULES = (
     "numpy_moe.models.mmoe", "numpy_moe.conv_moe",
 )
 # Classes that moved: the names version-1 files used for them (the gates lived in numpy_moe.gating).
-MOVED = {f"numpy_moe.gating:{name}": f"numpy_moe.gates.{module}:{name}" for module, name in (
-    ("softmax", "SoftmaxGate"), ("softmax", "TopKGate"), ("expert_choice", "ExpertChoiceGate"))}
-BUILTIN_ESTIMATORS = (("numpy_moe.estimators", "MoEClassifier"), ("numpy_moe.estimators", "MoERegressor"),
-                      ("numpy_moe.estimators", "LocalExpertsClassifier"),
-                      ("numpy_moe.estimators", "LocalExpertsRegressor"),
-                      ("numpy_moe.estimators_em", "HMERegressor"), ("numpy_moe.estimators_em", "HMEClassifier"))
+# Classes that moved: the names version-1 files used for them (the gates lived in numpy_moe.gating, the
+# estimators in one module numpy_moe.estimators).
+MOVED = {f"numpy_moe.{old}:{name}": f"numpy_moe.{new}:{name}" for old, new, name in (
+    ("gating", "gates.softmax", "SoftmaxGate"), ("gating", "gates.softmax", "TopKGate"),
+    ("gating", "gates.expert_choice", "ExpertChoiceGate"), ("estimators", "estimators.moe", "MoEClassifier"),
+    ("estimators", "estimators.moe", "MoERegressor"), ("estimators", "estimators.local", "LocalExpertsClassifier"),
+    ("estimators", "estimators.local", "LocalExpertsRegressor"))}
+BUILTIN_ESTIMATORS = ("MoEClassifier", "MoERegressor", "LocalExpertsClassifier", "LocalExpertsRegressor",
+                      "HMERegressor", "HMEClassifier")
 SKLEARN_CLASSES = (
     ("sklearn.pipeline", "Pipeline"),
     ("sklearn.preprocessing", "StandardScaler"),
@@ -106,8 +109,9 @@ def _load_builtins():
             if issubclass(cls, Module) and cls is not Module and cls.__module__ == module_name \
                     and not cls.__name__.startswith("_"):  # private bases are not models
                 _registry[class_name(cls)] = cls
-    for module_name, name in BUILTIN_ESTIMATORS:
-        cls = getattr(importlib.import_module(module_name), name)
+    estimators = importlib.import_module("numpy_moe.estimators")
+    for name in BUILTIN_ESTIMATORS:
+        cls = getattr(estimators, name)
         _registry[class_name(cls)] = cls
     for module_name, name in SKLEARN_CLASSES:
         cls = getattr(importlib.import_module(module_name), name)

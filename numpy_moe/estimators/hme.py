@@ -1,6 +1,6 @@
 """scikit-learn estimators for the (hierarchical) mixture of experts fitted by EM (numpy_moe.hme).
 
-    from numpy_moe.estimators_em import HMERegressor
+    from numpy_moe.estimators import HMERegressor
     reg = HMERegressor(tree=[2, 2]).fit(X, y)      # a two-level binary tree of 4 linear-Gaussian experts
     reg.n_iter_, reg.log_likelihood_curve_[-1], reg.converged_
 
@@ -23,11 +23,11 @@ from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from . import divergence
-from .backend import default_rng, to_numpy
-from .estimators import _Transaction
-from .hme import HierarchicalMoE, fit_em, init_responsibilities, parse_tree
-from .optim import Adam
+from .. import divergence
+from ..backend import default_rng, to_numpy
+from ..hme import HierarchicalMoE, fit_em, init_responsibilities, parse_tree
+from ..optim import Adam
+from .base import _Transaction
 
 SOLVERS = ("em", "adam")
 
