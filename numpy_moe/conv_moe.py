@@ -27,7 +27,7 @@ Y_e = Wm_e X + b_e, a = Wgm X + bg, y = Σ_e g_e ⊙ Y_e. Backward for dy (F, P)
 """
 from . import functional as F
 from .backend import asarray, default_rng, get_array_module, is_floating_dtype
-from .image_layers import check_images, col2im, im2col, output_size
+from .image_layers import col2im, image_columns, output_size
 from .layers import Module, init_weight, zeros_param
 from .validation import check_positive_int
 
@@ -135,14 +135,8 @@ class ConvMoE2d(_ConvMoE):
     spatial = 2
 
     def _to_cols(self, x):
-        x = check_images(x, self.in_channels, self.dtype)
-        N, _, H, W = x.shape
-        k, s, p = self.kernel_size, self.stride, self.padding
-        if H + 2 * p < k or W + 2 * p < k:
-            raise ValueError(f"x has images of size {H}x{W}; kernel_size={k} with padding={p} "
-                             f"needs at least {k - 2 * p}x{k - 2 * p}")
-        self.x_shape = x.shape
-        cols = im2col(x, k, s, p)  # (C, k, k, N, Ho, Wo)
+        self.x_shape, cols = image_columns(x, self.in_channels, self.dtype, self.kernel_size, self.stride,
+                                           self.padding)  # (C, k, k, N, Ho, Wo)
         self.out_shape = cols.shape[3:]
         return cols.reshape(-1, cols.shape[3] * cols.shape[4] * cols.shape[5])
 

@@ -60,6 +60,20 @@ def im2col(x, k, stride=1, padding=0):
     return cols
 
 
+def image_columns(x, channels, dtype, k, stride, padding):
+    """Validated images x (N, C, H, W) -> (x's shape, im2col columns (C, k, k, N, Ho, Wo)).
+
+    The input check of every 2-D convolution: images of ``channels`` channels, large enough for the
+    kernel with its padding.
+    """
+    x = check_images(x, channels, dtype)
+    H, W = x.shape[2:]
+    if H + 2 * padding < k or W + 2 * padding < k:
+        raise ValueError(f"x has images of size {H}x{W}; kernel_size={k} with padding={padding} "
+                         f"needs at least {k - 2 * padding}x{k - 2 * padding}")
+    return x.shape, im2col(x, k, stride, padding)
+
+
 def col2im(cols, x_shape, k, stride=1, padding=0):
     """Adjoint of :func:`im2col`: sum each column entry back onto the pixel it was copied from.
 
@@ -106,15 +120,9 @@ class Conv2d(Module):
         self.zero_grad()
 
     def forward(self, x):
-        x = check_images(x, self.in_channels, self.dtype)
-        N, _, H, W = x.shape
-        k, s, p = self.kernel_size, self.stride, self.padding
-        if H + 2 * p < k or W + 2 * p < k:
-            raise ValueError(f"x has images of size {H}x{W}; kernel_size={k} with padding={p} "
-                             f"needs at least {k - 2 * p}x{k - 2 * p}")
-        self.x_shape = x.shape
-        cols = im2col(x, k, s, p)  # (C, k, k, N, Ho, Wo)
-        Ho, Wo = cols.shape[-2:]
+        self.x_shape, cols = image_columns(x, self.in_channels, self.dtype, self.kernel_size, self.stride,
+                                           self.padding)  # cols (C, k, k, N, Ho, Wo)
+        N, Ho, Wo = cols.shape[-3:]
         self.cols = cols.reshape(-1, N * Ho * Wo)  # (C k², N Ho Wo)
         Y = self.params["W"].reshape(self.out_channels, -1) @ self.cols + self.params["b"][:, None]
         return Y.reshape(self.out_channels, N, Ho, Wo).transpose(1, 0, 2, 3)  # (N, F, Ho, Wo)
