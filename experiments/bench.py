@@ -45,7 +45,8 @@ QUICK = [(256, 16, 32, 16, 4, 2), (512, 8, 16, 8, 8, 2), (128, 32, 64, 32, 4, 1)
 
 
 def options(parser):
-    parser.add_argument("--backend", choices=["numpy", "cupy"], default="numpy")
+    parser.add_argument("--backend", choices=["numpy", "cupy"], default="numpy",
+                        help="array library: numpy (CPU, default) or cupy (GPU)")
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats (default 15, quick 1)")
     parser.add_argument("--threads", type=int, default=None, help="BLAS threads (default: the library's own)")
 
