@@ -127,7 +127,10 @@ class Progress:
         """A ``callback(epoch, model, history)`` for ``numpy_moe.train.fit``: one step per epoch, the
         line shows ``label``, the epoch and its training loss; ``then`` (same signature) runs after."""
         def callback(epoch, model, history):
-            loss = history.loss[-1] if getattr(history, "loss", None) else float("nan")
+            if isinstance(history, dict):  # numpy_moe.classic.fit_local_experts: {"train": [...], ...}
+                loss = history["train"][-1] if history.get("train") else float("nan")
+            else:
+                loss = history.loss[-1] if getattr(history, "loss", None) else float("nan")
             prefix = f"{label}: " if label else ""
             self.step(f"{prefix}epoch {epoch + 1}, loss {loss:.4f}")
             if then is not None:
