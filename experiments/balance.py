@@ -104,13 +104,14 @@ def main(argv=None):
         for e in range(E):
             ax.plot(np.arange(len(shares)), shares[:, e], marker=".", label=f"expert {e}")
         ax.axhline(1 / E, color="gray", lw=0.8, ls="--", label="balanced (1/E)")
-        ax.set_title(f"{name}\ntest accuracy {acc:.3f}", fontsize=10)
+        ax.set_title(f"{name}\nseed {seeds[0]}: test accuracy {acc:.3f}", fontsize=10)
         ax.set_xlabel("epoch")
         ax.set_ylim(-0.02, 0.62)
     axes[0].set_ylabel("share of top-2 assignments (train set)")
     fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=E + 1, bbox_to_anchor=(0.5, -0.08))
-    fig.suptitle("Without a differentiable balance loss, top-2 routing collapses onto two experts; "
-                 "seed 000's loss changes nothing, importance + load and Switch keep all four busy", fontsize=11)
+    fig.suptitle(f"Without a differentiable balance loss, top-2 routing collapses onto two experts; seed 000's "
+                 f"loss changes nothing, importance + load and Switch keep all four busy (seed {seeds[0]} drawn; the "
+                 f"table gives all {len(seeds)} seeds)", fontsize=11)
     fig.tight_layout()
     savefig(fig, args, "balance_shares.png")
     return results

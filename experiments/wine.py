@@ -103,7 +103,7 @@ def plot(results, args):
     ax.set_yticks(range(len(names)), names)
     ax.invert_yaxis()
     ax.set_xlabel("macro F1 on the held-out fold")
-    ax.legend(loc="lower left")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)
     means = [results[n][0].mean() for n in names]
     n_seeds = results[names[0]][0].shape[0]
     ax.set_title(f"Wine, 5-fold CV x {n_seeds} seeds: every model averages {min(means):.2f}-{max(means):.2f} "

@@ -5,9 +5,12 @@ from experiments.__main__ import describe, discover, main, run
 
 
 @pytest.mark.parametrize("name", discover())
-def test_experiment_runs_quick(name, tmp_path):
+def test_experiment_runs_quick(name, tmp_path, capsys):
     assert describe(name), f"experiments/{name}.py needs a docstring whose first line describes it"
     run(name, ["--quick", "--out", str(tmp_path)])
+    out = capsys.readouterr()
+    # every experiment reports progress (experiments._common.Progress prints its first step at once)
+    assert " elapsed, " in out.out + out.err, f"{name} printed no progress line (use experiments._common.Progress)"
 
 
 def test_runner_lists_and_rejects_unknown_names(capsys):
