@@ -137,7 +137,7 @@ sphinx_gallery_conf = {
     "ignore_pattern": r"/_",
     "reset_argv": reset_argv,
     "image_scrapers": ("matplotlib", SavedFigures()),
-    "within_subsection_order": "FileNameSortKey",
+    "within_subsection_order": "sources.ReadmeOrder",  # the teaching path's order, then the rest
     "download_all_examples": True,
     "remove_config_comments": True,
     "show_memory": False,

@@ -42,6 +42,30 @@ def experiment_names():
     return sorted(p.stem for p in EXPERIMENTS.glob("*.py") if not p.stem.startswith("_"))
 
 
+def readme_order():
+    """Experiment names in the order the README first names them (``python -m experiments NAME``)."""
+    names, seen = set(experiment_names()), []
+    for name in re.findall(r"python -m experiments (\w+)", (ROOT / "README.md").read_text(encoding="utf-8")):
+        if name in names and name not in seen:
+            seen.append(name)
+    return seen
+
+
+class ReadmeOrder:
+    """sphinx-gallery sort key: the README's teaching path order first, then any other experiment by name."""
+
+    def __init__(self, src_dir):
+        self.src_dir = src_dir
+        self.order = readme_order()
+
+    def __repr__(self):
+        return "<ReadmeOrder>"
+
+    def __call__(self, filename):
+        name = Path(filename).stem
+        return (self.order.index(name) if name in self.order else len(self.order), name)
+
+
 def missing_imports(source):
     """Top-level modules imported by ``source`` (module level only) that this Python cannot find."""
     missing = []

@@ -75,3 +75,12 @@ def test_the_built_site_passes_the_browser_check(tmp_path):
     if check_site.find_browser() is None:
         pytest.skip("no Chromium installed (apt-get install chromium)")
     assert check_site.main([str(BUILT), "--no-screenshots"]) == 0
+
+
+def test_the_gallery_follows_the_readmes_teaching_path_and_keeps_unnamed_experiments():
+    order = sources.readme_order()
+    assert order[0] == "tutorial_dense"
+    key = sources.ReadmeOrder("unused")
+    names = sources.experiment_names() + ["zz_not_in_the_readme"]
+    ranked = sorted(names, key=lambda n: key(f"{n}.py"))
+    assert ranked[:len(order)] == order and ranked[-1] == "zz_not_in_the_readme"
