@@ -63,17 +63,19 @@ def __getattr__(name):
     if name in _SUBMODULES:
         value = importlib.import_module(f"{__name__}.{name}")
     elif name in _LAZY:
-        for module_name in _LAZY[name]:
+        errors = []
+        for module_name in _LAZY[name]:  # the first candidate that imports and defines the name wins
             try:
                 module = importlib.import_module(module_name)
-            except ModuleNotFoundError as err:
-                if err.name != module_name:  # the module exists but one of its imports is missing
-                    raise
+            except ImportError as err:
+                errors.append(err)
                 continue
             if hasattr(module, name):
                 value = getattr(module, name)
                 break
         else:
+            if errors:
+                raise errors[0]
             raise AttributeError(f"numpy_moe.{name} is listed but none of {_LAZY[name]} defines it")
     else:
         raise AttributeError(f"module 'numpy_moe' has no attribute {name!r}")
