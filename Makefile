@@ -41,6 +41,7 @@ experiments: $(VENV)/.installed
 
 docs: $(VENV)/.docs-installed
 	@echo "Building the site: the gallery runs every experiment in quick mode (a few minutes), then the API pages."
+	rm -rf $(DOCS_OUT)  # no stale page survives a rebuild (the gallery's cache of unchanged examples stays)
 	MPLBACKEND=Agg $(PY) -m sphinx -E -b html docs $(DOCS_OUT)
 	@echo "Done: open $(CURDIR)/$(DOCS_OUT)/index.html"
 

@@ -60,8 +60,11 @@ numpydoc_xref_param_type = False
 
 def reset_argv(gallery_conf, script_vars):
     """Arguments each experiment runs with: quick mode, figures into a folder of the build."""
+    import shutil
+
     name = Path(script_vars["src_file"]).stem
     out = FIGURES / name
+    shutil.rmtree(out, ignore_errors=True)  # figures of an earlier build must not be taken for this run's
     return ([] if FULL else ["--quick"]) + ["--out", str(out)]
 
 

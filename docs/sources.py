@@ -5,7 +5,8 @@ ignored by git, all rewritten on every build):
 
 - ``index.md``: the landing page, the README with its links pointed at the site (``docs/MATH.md`` becomes
   the MATH page, ``plots/`` the committed figures, each ``python -m experiments NAME`` a link to NAME's
-  gallery page), followed by the site's table of contents;
+  gallery page), followed by the site's table of contents: the gallery, MATH.md, every other
+  ``docs/*.md`` page, the API reference;
 - ``_gallery_src/``: one script per experiment that ``python -m experiments`` discovers (every public
   ``experiments/*.py``), in the form sphinx-gallery reads: the first docstring line as the page's title,
   the ``# %% [markdown]`` cells of the walk-throughs turned into reStructuredText text blocks. The code
@@ -148,7 +149,10 @@ def gallery_script(name):
             "and on the home page.")
     header = [f'"""', title.replace('"""', "'''"), "=" * len(title), "", rest.strip().replace('"""', "'''"),
               "", note, '"""']
-    out, i = [], 0
+    # sphinx-gallery runs the code without __file__; an experiment may locate the repository from it.
+    # The lines between these markers run but are shown nowhere (page, script, notebook).
+    out, i = ["# sphinx_gallery_start_ignore", f"__file__ = {str(EXPERIMENTS / (name + '.py'))!r}",
+              "# sphinx_gallery_end_ignore"], 0
     while i < len(body_lines):
         line = body_lines[i]
         if re.match(r"^# %% \[markdown\]", line):
@@ -251,9 +255,9 @@ def generate_api():
             stale.unlink()
     for name in modules:
         is_package = importlib.util.find_spec(name).submodule_search_locations is not None
-        # a package documents what it defines itself (io's save and load); what it re-exports is
-        # documented where it is defined, once
-        members = "   :members:\n" + ("   :ignore-module-all:\n" if is_package else "   :show-inheritance:\n")
+        # what a module re-exports (a package's __init__, a compatibility shim) is documented once, where
+        # it is defined
+        members = "   :members:\n   :ignore-module-all:\n" + ("" if is_package else "   :show-inheritance:\n")
         title = f"``{name}``"
         extra = exported_names() if name == "numpy_moe" else ""
         write_if_changed(API / f"{name}.rst",
@@ -287,7 +291,7 @@ def generate_index():
     """docs/index.md: the README, its links pointed at the site, then the table of contents."""
     text = (ROOT / "README.md").read_text(encoding="utf-8")
     names = set(experiment_names())
-    text = text.replace("](docs/MATH.md)", "](MATH.md)")
+    text = re.sub(r"\]\(docs/(\w+\.md)", r"](\1", text)  # docs/MATH.md, docs/OTHER.md -> their pages
     text = re.sub(r"\]\(plots/", "](../plots/", text)
     text = re.sub(r"!\[([^\]]*)\]\(\.\./plots/", r"![\1](../plots/", text)
 
@@ -301,8 +305,9 @@ def generate_index():
               "teaching path), the [gallery](gallery/index.rst) of every walk-through and study with its "
               "figures and downloadable scripts and notebooks, [the mathematics](MATH.md), and the "
               "[API reference](api/index.rst). It opens from disk, without a server.\n```\n")
+    others = sorted(p.stem for p in DOCS.glob("*.md") if p.stem not in ("index", "MATH"))  # any other page
     toc = ("\n\n```{toctree}\n:hidden:\n:maxdepth: 2\n\nThe teaching path (gallery) <gallery/index>\n"
-           "The mathematics <MATH>\nAPI reference <api/index>\n```\n")
+           "The mathematics <MATH>\n" + "".join(f"{name}\n" for name in others) + "API reference <api/index>\n```\n")
     write_if_changed(DOCS / "index.md", title + "\n" + banner + rest + toc)
 
 
