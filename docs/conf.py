@@ -149,3 +149,4 @@ sphinx_gallery_conf = {
     "abort_on_example_error": False,
     "plot_gallery": "True",
 }
+smartquotes = False  # keep --quick and --cifar as typed

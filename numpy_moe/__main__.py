@@ -26,12 +26,12 @@ def where():
 
 def report():
     """The text ``python -m numpy_moe`` prints."""
+    from importlib.metadata import version
+
     from numpy_moe.backend import get_backend
 
-    import numpy
-
     paths = where()
-    lines = [f"numpy_moe {numpy_moe.__version__} (Python {sys.version.split()[0]}, NumPy {numpy.__version__})",
+    lines = [f"numpy_moe {numpy_moe.__version__} (Python {sys.version.split()[0]}, NumPy {version('numpy')})",
              f"package:     {paths['package']}",
              f"backend:     {get_backend()} (set NUMPY_MOE_BACKEND=cupy or numpy_moe.set_backend('cupy') "
              "for the GPU)"]
