@@ -1,4 +1,8 @@
-"""``python -m experiments``: list the experiments; ``NAME [args]``: run one; ``all``: run every one."""
+"""``python -m experiments``: list the experiments; ``NAME [args]``: run one; ``all``: run every one.
+
+Run it from the root of the repository: ``experiments/`` is a folder there, not part of the installed
+package (``python -m numpy_moe`` prints where it is).
+"""
 import ast
 import runpy
 import sys
@@ -30,12 +34,42 @@ def run(name, argv=()):
         sys.argv = saved
 
 
+def options(name):
+    """The experiment's own options beyond --quick and --out: [(flags, help)], read from its
+    ``parser.add_argument(...)`` calls without running it."""
+    found = []
+    for node in ast.walk(ast.parse((HERE / f"{name}.py").read_text())):
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "add_argument"
+                and node.args and all(isinstance(a, ast.Constant) for a in node.args)):
+            flags = ", ".join(a.value for a in node.args)
+            helps = [k.value.value for k in node.keywords if k.arg == "help" and isinstance(k.value, ast.Constant)]
+            found.append((flags, helps[0] if helps else ""))
+    return found
+
+
+def usage(names):
+    """The runner's help: the commands, the shared options, and every experiment with its own options."""
+    lines = ["usage: python -m experiments                  list the experiments (this text)",
+             "       python -m experiments NAME [options]   run one; NAME --help shows its options",
+             "       python -m experiments all [--quick]    run every one in turn (make experiments)",
+             "",
+             "Run from the root of the repository (the folder holding experiments/ and plots/).",
+             "Options every experiment takes (and all passes on to each):",
+             "  --quick      a small, fast run (the tests and the docs use it)",
+             "  --out DIR    write the figures to DIR instead of plots/",
+             "",
+             "experiments (and their own options):"]
+    for name in names:
+        lines.append(f"  {name:<26} {describe(name)}")
+        for flags, text in options(name):
+            lines.append(f"  {'':<28}{flags:<18} {text}")
+    return "\n".join(lines)
+
+
 def main(argv):
     names = discover()
-    if not argv or argv[0] in ("-h", "--help"):
-        print("usage: python -m experiments NAME [--quick] [--out DIR] | all [--quick]\n")
-        for name in names:
-            print(f"  {name:<26} {describe(name)}")
+    if not argv or argv[0] in ("-h", "--help") or (argv[0] == "all" and ({"-h", "--help"} & set(argv))):
+        print(usage(names))
         return 0
     name, rest = argv[0], argv[1:]
     if name == "all":

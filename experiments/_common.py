@@ -1,13 +1,30 @@
-"""What every experiment shares: its command line (``--quick``, ``--out``) and figure saving.
+"""What every experiment shares: its command line (``--quick``, ``--out``), figure saving, progress lines.
 
 Each experiment module in this folder has a docstring whose first line describes it and runs as a
 script (``python -m experiments NAME`` runs it as ``__main__`` with ``sys.argv`` set); a study keeps its
-work in ``main(argv=None)``, a walk-through keeps it in module-level ``# %%`` cells. ``--quick`` shrinks the run so the
-test suite can execute every experiment in seconds; ``--out`` sends figures elsewhere than ``plots/``
-(the tests write to a temporary folder, so a quick run never overwrites the committed figures).
+work in ``main(argv=None)``, a walk-through keeps it in module-level ``# %%`` cells. ``--quick`` shrinks
+the run so the test suite and the docs can execute every experiment in seconds; ``--out`` sends figures
+elsewhere than ``plots/`` (the tests write to a temporary folder, so a quick run never overwrites the
+committed figures).
+
+Progress: a study that runs for more than a few seconds reports what it is doing at least every few
+seconds, with the time spent and an estimate of the time left. Count the work in steps (usually
+epochs, summed over every model the study trains), make one :class:`Progress` for the whole study and
+call it once per step; with ``numpy_moe.train.fit``, pass ``callback=progress.fit_callback()``::
+
+    progress = Progress(total=len(RUNS) * len(SEEDS) * EPOCHS, what="balance")
+    for ...:
+        fit(model, X, y, epochs=EPOCHS, callback=progress.fit_callback(f"{name}, seed {seed}"))
+    progress.done()
+
+prints, at most every ``every`` seconds (2 by default) and always for the first and the last step::
+
+    [balance] 120/600 (20%) (c) importance + load, seed 1: epoch 12, loss 0.4130 | 9 s elapsed, ~36 s left
 """
 import argparse
 import os
+import sys
+import time
 from pathlib import Path
 
 os.environ.setdefault("MPLBACKEND", "Agg")
@@ -15,17 +32,34 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 PLOTS = Path(__file__).resolve().parent.parent / "plots"
 
 
-def parse_args(argv, doc, extra=None, notebook=False):
+def _caller_name(depth=2):
+    """Stem of the file that called parse_args (experiments/NAME.py, or a copy of it the docs run)."""
+    path = sys._getframe(depth).f_globals.get("__file__")
+    return Path(path).stem if path else None
+
+
+def parse_args(argv, doc, extra=None, notebook=False, name=None):
     """Parse ``--quick`` and ``--out`` (plus whatever ``extra(parser)`` adds) from ``argv``.
 
-    ``notebook=True`` ignores arguments it does not know (a notebook kernel passes its own).
+    ``argv=None`` reads ``sys.argv[1:]``, except inside a Jupyter kernel (the downloadable notebooks of
+    the docs), whose own arguments are ignored. ``notebook=True`` ignores arguments it does not know.
+    The usage line names the command to type, ``python -m experiments NAME``.
     """
-    parser = argparse.ArgumentParser(description=doc.strip().splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a small, fast run (used by the tests)")
+    in_kernel = "ipykernel" in sys.modules
+    if argv is None:
+        argv = [] if in_kernel else sys.argv[1:]
+    name = name or _caller_name()
+    lines = (doc or "").strip().splitlines()
+    parser = argparse.ArgumentParser(
+        prog=f"python -m experiments {name}" if name and not in_kernel else None,
+        description=lines[0] if lines else None,
+        epilog="Run from the root of the repository: experiments/ is a folder of it, not part of the "
+               "installed package.")
+    parser.add_argument("--quick", action="store_true", help="a small, fast run (used by the tests and the docs)")
     parser.add_argument("--out", type=Path, default=PLOTS, help="folder for figures (default: plots/)")
     if extra is not None:
         extra(parser)
-    args = parser.parse_known_args(argv)[0] if notebook else parser.parse_args(argv)
+    args = parser.parse_known_args(argv)[0] if notebook or in_kernel else parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     return args
 
@@ -37,5 +71,74 @@ def savefig(fig, args, name):
     path = args.out / name
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
-    print(f"wrote {path}")
+    print(f"wrote {path}", flush=True)
     return path
+
+
+def format_seconds(seconds):
+    """``42 s``, ``3 min 05 s``, ``1 h 02 min``."""
+    seconds = max(0, int(round(seconds)))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
+class Progress:
+    """Progress lines for a run of ``total`` steps: step, share done, what, elapsed time, time left.
+
+    ``step(detail)`` counts one step and prints a line when ``every`` seconds have passed since the last
+    line (and always for the first and the last step). The estimate of the time left assumes the
+    remaining steps take as long on average as the ones done. ``clock`` and ``file`` can be replaced
+    (the tests do).
+    """
+
+    def __init__(self, total, what="", every=2.0, file=None, clock=time.perf_counter):
+        if total < 1:
+            raise ValueError(f"total={total!r} must be a positive number of steps")
+        self.total, self.what, self.every = int(total), what, every
+        self.file, self.clock = file, clock
+        self.count = 0
+        self.start = clock()
+        self.last = None
+
+    def line(self, detail=""):
+        """The progress line after the current count of steps."""
+        elapsed = self.clock() - self.start
+        left = elapsed / self.count * (self.total - self.count) if self.count else float("nan")
+        head = f"[{self.what}] " if self.what else ""
+        eta = "done" if self.count >= self.total else f"~{format_seconds(left)} left"
+        detail = f" {detail}" if detail else ""
+        return (f"{head}{self.count}/{self.total} ({100 * self.count / self.total:.0f}%){detail} | "
+                f"{format_seconds(elapsed)} elapsed, {eta}")
+
+    def step(self, detail="", n=1):
+        """Count ``n`` steps; print the progress line if it is due. Returns True when it printed."""
+        self.count = min(self.total, self.count + n)
+        now = self.clock()
+        due = self.last is None or now - self.last >= self.every or self.count == self.total
+        if due:
+            self.last = now
+            print(self.line(detail), file=self.file or sys.stdout, flush=True)
+        return due
+
+    def fit_callback(self, label="", then=None):
+        """A ``callback(epoch, model, history)`` for ``numpy_moe.train.fit``: one step per epoch, the
+        line shows ``label``, the epoch and its training loss; ``then`` (same signature) runs after."""
+        def callback(epoch, model, history):
+            if isinstance(history, dict):  # numpy_moe.classic.fit_local_experts: {"train": [...], ...}
+                loss = history["train"][-1] if history.get("train") else float("nan")
+            else:
+                loss = history.loss[-1] if getattr(history, "loss", None) else float("nan")
+            prefix = f"{label}: " if label else ""
+            self.step(f"{prefix}epoch {epoch + 1}, loss {loss:.4f}")
+            if then is not None:
+                then(epoch, model, history)
+        return callback
+
+    def done(self):
+        """Print the total time (the last line, whatever ``every`` says)."""
+        print(f"[{self.what}] finished {self.count} steps in {format_seconds(self.clock() - self.start)}"
+              if self.what else f"finished in {format_seconds(self.clock() - self.start)}",
+              file=self.file or sys.stdout, flush=True)

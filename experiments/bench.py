@@ -27,12 +27,13 @@ check, grouping by expert, row gathers, the weighted combine and the combine wei
 experts' time minus their floor GEMMs of the same repeat is their element-wise work. On CuPy the stage
 timers synchronise the device around each stage.
 """
+import sys
 import time
 from contextlib import contextmanager
 
 import numpy as np
 
-from experiments._common import parse_args
+from experiments._common import Progress, parse_args
 from numpy_moe import backend
 from numpy_moe.moe import MoE
 
@@ -45,7 +46,8 @@ QUICK = [(256, 16, 32, 16, 4, 2), (512, 8, 16, 8, 8, 2), (128, 32, 64, 32, 4, 1)
 
 
 def options(parser):
-    parser.add_argument("--backend", choices=["numpy", "cupy"], default="numpy")
+    parser.add_argument("--backend", choices=["numpy", "cupy"], default="numpy",
+                        help="array library: numpy (CPU, default) or cupy (GPU)")
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats (default 15, quick 1)")
     parser.add_argument("--threads", type=int, default=None, help="BLAS threads (default: the library's own)")
 
@@ -117,7 +119,7 @@ def timed_stages(layer, sync):
                 delattr(module, name)
 
 
-def bench_config(cfg, repeats, xp, sync):
+def bench_config(cfg, repeats, xp, sync, progress=None):
     N, D, H, O, E, K = cfg
     rng = np.random.default_rng(0)
     x = backend.asarray(rng.standard_normal((N, D)), dtype=np.float32)
@@ -150,7 +152,9 @@ def bench_config(cfg, repeats, xp, sync):
     with timed_stages(sparse, sync) as spent:
         for fn in variants.values():  # warm-up
             fn()
-        for _ in range(repeats):
+        for r in range(repeats):
+            if progress is not None:
+                progress.step(f"N={cfg[0]}, E={cfg[4]}: repeat {r + 1} of {repeats}")
             spent.update(gate=0.0, experts=0.0)
             for name, fn in variants.items():
                 sync()
@@ -188,9 +192,10 @@ def main(argv=None):
     print(head)
     print("-" * len(head))
     rows = []
+    progress = Progress(len(configs) * repeats, what="bench", every=5.0, file=sys.stderr)
     try:
         for cfg in configs:
-            t, counts = bench_config(cfg, repeats, xp, sync)
+            t, counts = bench_config(cfg, repeats, xp, sync, progress)
             rows.append((cfg, t))
             print(" ".join(f"{v:>{w}}" for v, w in zip(cfg, (6, 4, 5, 4, 3, 2)))
                   + f" | {t['sparse']:>9.2f} {t['dense']:>9.2f} {t['floor']:>9.2f} | "

@@ -3,9 +3,11 @@
 The seed's classifier (conv 32 - pool - conv 64 - pool - top-2 of 4 MLP experts 256 -> 256 -> 256 -
 linear), trained with Adam (lr 1e-3, batches of 64) as in the seed, twice: with the seed's balance loss
 (0.01 std of the hard selection counts, whose gradient is zero) and with V-MoE's noisy gate plus the
-importance and load losses (0.1 each). After every epoch the test set is classified and the experts
-each test image was routed to are counted. Prints test accuracy and time per epoch; draws accuracy and
-expert usage per epoch (plots/images_digits.png).
+importance and load losses (0.1 each), each with five seeds (the initial weights, the noise and the
+batches; the split is fixed). After every epoch the test set is classified and the experts each test
+image was routed to are counted. Prints, over the seeds, the test accuracy, the share of the test
+images' top-2 assignments the two busiest experts take and the share of the least used expert, and the
+time per epoch; draws accuracy and expert usage per epoch for seed 0 (plots/images_digits.png).
 
 With ``--cifar DIR`` (a folder holding the CIFAR-10 binary batches data_batch_1.bin ... test_batch.bin)
 it also trains the seed's exact layout on CIFAR-10 (32x32x3, experts 4096 -> 512 -> 512, the seed's
@@ -20,7 +22,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from experiments._common import parse_args, savefig
+from experiments._common import Progress, parse_args, savefig
 from numpy_moe.backend import to_numpy
 from numpy_moe.data_images import load_cifar10, load_digits_images
 from numpy_moe.image_layers import Unflatten
@@ -48,12 +50,14 @@ def evaluate(model, X, y, batch_size=500):
     return correct / len(y), counts
 
 
-def train_and_track(model, X_train, y_train, X_test, y_test, epochs, batch_size, lr, seed):
+def train_and_track(model, X_train, y_train, X_test, y_test, epochs, batch_size, lr, seed, progress=None,
+                    label=""):
     """Train an image model with ``numpy_moe.train.fit``, evaluating after every epoch.
 
     ``fit`` takes 2-D batches, so the images travel flattened and :class:`Unflatten` restores them.
     Returns a dict: "time" (seconds per epoch, training only), "loss", "accuracy" (per epoch) and
-    "usage" (epochs, MoE layers, E) routed test rows per expert.
+    "usage" (epochs, MoE layers, E) routed test rows per expert. ``progress`` (an
+    ``experiments._common.Progress``) counts one step per epoch; without it every epoch prints a line.
     """
     net = Sequential(Unflatten(X_train.shape[1:]), model)
     flat = X_test.reshape(len(X_test), -1)
@@ -63,8 +67,12 @@ def train_and_track(model, X_train, y_train, X_test, y_test, epochs, batch_size,
         acc, counts = evaluate(net, flat, y_test)
         track["accuracy"].append(acc)
         track["usage"].append(counts)
-        print(f"  epoch {epoch + 1:>2}: loss {history.loss[-1]:.4f}, test accuracy {acc:.4f}, "
-              f"{history.time[-1]:.2f} s", flush=True)
+        detail = (f"{label + ': ' if label else ''}epoch {epoch + 1}, loss {history.loss[-1]:.4f}, "
+                  f"test accuracy {acc:.4f}")
+        if progress is None:
+            print(f"  {detail}, {history.time[-1]:.2f} s", flush=True)
+        else:
+            progress.step(detail)
 
     history = fit(net, X_train.reshape(len(X_train), -1), y_train, optimizer=Adam(lr), epochs=epochs,
                   batch_size=batch_size, seed=seed, callback=after_epoch)
@@ -96,34 +104,56 @@ def plot_usage(ax, usage, title, top_k, unit="test images", legend=True):
         ax.legend(fontsize=8)
 
 
+def usage_spread(usage):
+    """(share of the two busiest experts, share of the least used one) of one layer's counts (E,)."""
+    share = np.sort(usage / usage.sum())
+    return share[-2:].sum(), share[0]
+
+
 def run_digits(args):
     X_train, X_test, y_train, y_test = load_digits_images(seed=0)
     if args.quick:
         X_train, y_train, X_test, y_test = X_train[:64], y_train[:64], X_test[:32], y_test[:32]
-    epochs = 1 if args.quick else 15
+    epochs, seeds = (1, [0]) if args.quick else (15, [0, 1, 2, 3, 4])
+    progress = Progress(len(BALANCES) * len(seeds) * epochs, what="images")
     runs = {}
     for balance, label in BALANCES.items():
-        print(f"\ndigits, balance: {label}")
-        model = ImageMoEClassifier(in_channels=1, image_size=8, channels=(32, 64), hidden=256, n_classes=10,
-                                   n_experts=4, top_k=2, balance=balance, seed=0,
-                                   balance_weight=0.01 if balance == "seed000" else 0.1)
-        runs[balance] = train_and_track(model, X_train, y_train, X_test, y_test, epochs, 64, 1e-3, seed=0)
-    print(f"\n8x8 digits, {len(y_train)} train / {len(y_test)} test images, {epochs} epochs, batches of 64")
-    print(f"{'balance loss':<28} {'test acc':>8} {'s/epoch':>8} {'test images per expert (top-2, last epoch)':>44}")
-    for balance, r in runs.items():
-        print(f"{BALANCES[balance]:<28} {r['accuracy'][-1]:>8.4f} {np.mean(r['time']):>8.2f} "
-              f"{str(r['usage'][-1, 0].tolist()):>44}")
+        for seed in seeds:
+            model = ImageMoEClassifier(in_channels=1, image_size=8, channels=(32, 64), hidden=256, n_classes=10,
+                                       n_experts=4, top_k=2, balance=balance, seed=seed,
+                                       balance_weight=0.01 if balance == "seed000" else 0.1)
+            runs.setdefault(balance, []).append(
+                train_and_track(model, X_train, y_train, X_test, y_test, epochs, 64, 1e-3, seed=seed,
+                                progress=progress, label=f"{label}, seed {seed}"))
+    progress.done()
+    print(f"\n8x8 digits, {len(y_train)} train / {len(y_test)} test images, {epochs} epochs, batches of 64, "
+          f"seeds {seeds}")
+    print("last epoch, over the seeds: test accuracy; shares of the test images' top-2 assignments taken by the "
+          "two busiest experts\nand by the least used one (min-max); time per epoch")
+    print(f"{'balance loss':<28} {'test accuracy':>15} {'(min-max)':>13} {'two busiest':>12} {'least used':>11} "
+          f"{'s/epoch':>8}   test images per expert, seed {seeds[0]}")
+    for balance, rs in runs.items():
+        accs = np.array([r["accuracy"][-1] for r in rs])
+        spread = np.array([usage_spread(r["usage"][-1, 0]) for r in rs])
+        print(f"{BALANCES[balance]:<28} {accs.mean():>7.4f} ± {accs.std():.4f} ({accs.min():.3f}-{accs.max():.3f}) "
+              f"{spread[:, 0].min():>5.2f}-{spread[:, 0].max():.2f} {spread[:, 1].min():>5.2f}-{spread[:, 1].max():.2f} "
+              f"{np.mean([np.mean(r['time']) for r in rs]):>8.2f}   {rs[0]['usage'][-1, 0].tolist()}")
+    for balance, rs in runs.items():
+        print(f"{BALANCES[balance]}: share of the least used expert per seed "
+              + ", ".join(f"{usage_spread(r['usage'][-1, 0])[1]:.2f}" for r in rs))
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    for balance, r in runs.items():
-        axes[0].plot(np.arange(1, epochs + 1), r["accuracy"], marker="o", ms=3, label=BALANCES[balance])
+    for balance, rs in runs.items():
+        axes[0].plot(np.arange(1, epochs + 1), rs[0]["accuracy"], marker="o", ms=3, label=BALANCES[balance])
     epoch_axis(axes[0], epochs)
     axes[0].set_ylabel("test accuracy")
-    axes[0].set_title("test accuracy: the same with either loss", fontsize=10)
+    axes[0].set_title(f"test accuracy (seed {seeds[0]})", fontsize=10)
     axes[0].legend(fontsize=8)
-    for ax, (balance, r) in zip(axes[1:], runs.items()):
-        plot_usage(ax, r["usage"][:, 0], f"expert usage, {BALANCES[balance]}", 2)
-    fig.suptitle("Seed 000 on 8x8 digits: with the seed's balance loss two experts take every image; "
-                 "importance + load spreads the images over all four")
+    for ax, (balance, rs) in zip(axes[1:], runs.items()):
+        plot_usage(ax, rs[0]["usage"][:, 0], f"expert usage, {BALANCES[balance]} (seed {seeds[0]})", 2)
+    idle = {b: sum(usage_spread(r["usage"][-1, 0])[1] == 0 for r in rs) for b, rs in runs.items()}
+    fig.suptitle(f"Seed 000 on 8x8 digits (seed {seeds[0]} drawn): some expert gets no test image in "
+                 f"{idle['seed000']} of {len(seeds)} seeds with the seed's loss, in {idle['importance_load']} of "
+                 f"{len(seeds)} with importance + load")
     savefig(fig, args, "images_digits.png")
     return runs
 

@@ -7,20 +7,22 @@ rules, with SGD (lr 0.1, the seed's per-epoch decay 0.99) or FTRL-Proximal (the 
 
 1. k = 2 competitive experts on the linear "bands": data, SGD and FTRL decision regions, test log-loss.
 2. The same on the nonlinear "circles".
-3. Circles with k = 1, 2, 4, 8 competitive experts (FTRL): decision regions above gate regions; plus a
-   table over five seeds of k = 4 with SGD and with FTRL (SGD sometimes loses an expert).
+3. Circles with k = 1, 2, 4, 8 competitive experts (FTRL): decision regions above gate regions; and k = 4
+   with SGD (which sometimes loses an expert).
 4. Cooperative vs competitive: circles with k = 4, and the V-shaped regression with k = 2 (its targets
    standardised too, so the unit-variance likelihood of the competitive rule fits their scale; mini-batches
    of 10, SGD lr 0.3 with decay 0.95), drawn as the fit above the gate values along x.
 
-Prints one row per run: final test log-loss in bits and accuracy, or test MSE in the targets' units.
+Every configuration runs with five seeds (seed s draws the data set, the initial weights and the
+shuffling); the figures show seed 0. Prints one row per configuration: final test log-loss in bits and
+accuracy as mean ± std over the seeds (and the accuracy's min-max), or test MSE in the targets' units.
 """
 import time
 
 import matplotlib.pyplot as plt
 import numpy as np
 
-from experiments._common import parse_args, savefig
+from experiments._common import Progress, parse_args, savefig
 from numpy_moe import plotting
 from numpy_moe.classic import LocalExperts, fit_local_experts
 from numpy_moe.datasets import make_bands, make_circles, make_v_regression, standardizer
@@ -32,18 +34,18 @@ OPTIMISERS = {"SGD": lambda: SGD(lr=0.1, decay=0.99), "FTRL": lambda: FTRL(alpha
 class Run:
     """One trained classifier on standardised inputs, with callables on raw points for the plots."""
 
-    def __init__(self, data, mode, k, opt, epochs, seed=0):
+    def __init__(self, data, mode, k, opt, epochs, seed=0, callback=None):
         X_train, X_test, y_train, y_test = data
         self.scale = standardizer(X_train)
         self.model = LocalExperts(2, 2, k, mode=mode, seed=seed)
         t = time.perf_counter()
         self.history = fit_local_experts(self.model, self.scale(X_train), y_train, OPTIMISERS[opt](), epochs,
-                                         batch_size=1, seed=seed, X_test=self.scale(X_test), y_test=y_test)
+                                         batch_size=1, seed=seed, X_test=self.scale(X_test), y_test=y_test,
+                                         callback=callback)
         self.seconds = time.perf_counter() - t
         self.accuracy = float((self.model.predict(self.scale(X_test)) == y_test).mean())
-        used = np.unique(self.gate(X_test).argmax(axis=1)).size  # experts whose gate wins some test point
-        self.row = (mode, k, opt, f"{self.history['test'][-1]:.3f} bits", f"{self.accuracy:.3f}",
-                    f"{used} of {k} experts used", self.seconds)
+        self.used = np.unique(self.gate(X_test).argmax(axis=1)).size  # experts whose gate wins a test point
+        self.mode, self.k, self.opt = mode, k, opt
 
     def predict(self, P):
         return self.model.predict(self.scale(P))
@@ -52,12 +54,23 @@ class Run:
         return self.model.gate(self.scale(P))
 
 
-def print_table(rows):
-    head = (f"{'run':<18} {'mode':<12} {'k':>2} {'optimiser':<9} {'test loss':>12} {'accuracy':>9} "
-            f"{'note':<34} {'s':>5}")
-    print(head + "\n" + "-" * len(head))
+def summary(runs):
+    """One table row for the same configuration over seeds: (mode, k, optimiser, loss, accuracy, note, s)."""
+    loss = np.array([r.history["test"][-1] for r in runs])
+    acc = np.array([r.accuracy for r in runs])
+    used = [r.used for r in runs]
+    first = runs[0]
+    return (first.mode, first.k, first.opt, f"{loss.mean():.3f} ± {loss.std():.3f}",
+            f"{acc.mean():.3f} ± {acc.std():.3f} ({acc.min():.3f}-{acc.max():.3f})",
+            f"{min(used)}-{max(used)} of {first.k} experts used", float(np.mean([r.seconds for r in runs])))
+
+
+def print_table(rows, n_seeds):
+    head = (f"{'run':<18} {'mode':<12} {'k':>2} {'optimiser':<9} {'test log-loss, bits':>19} "
+            f"{'test accuracy, mean ± std (min-max)':>36} {'note':<34} {'s/run':>5}")
+    print(f"\nover {n_seeds} seeds (data, initial weights and shuffling)\n" + head + "\n" + "-" * len(head))
     for name, (mode, k, opt, loss, acc, note, seconds) in rows:
-        print(f"{name:<18} {mode:<12} {k:>2} {opt:<9} {loss:>12} {acc:>9} {note:<34} {seconds:>5.1f}")
+        print(f"{name:<18} {mode:<12} {k:>2} {opt:<9} {loss:>19} {acc:>36} {note:<34} {seconds:>5.1f}")
 
 
 def optimiser_figure(args, data, runs, name, title):
@@ -87,28 +100,37 @@ def regions_figure(args, data, runs, labels, name, title):
     savefig(fig, args, f"local_experts_{name}.png")
 
 
-def regression(args, N, epochs):
-    """Cooperative vs competitive, 2 experts on the V: the fit and the gate values along x."""
-    X_train, X_test, y_train, y_test = make_v_regression(N, seed=0)
-    scale = standardizer(X_train)
-    mu, sd = y_train.mean(), y_train.std()
+def regression(args, N, epochs, seeds, progress):
+    """Cooperative vs competitive, 2 experts on the V, over seeds: the fit and the gate values along x
+    (seed 0 drawn), test MSE and who owns each arm."""
     fig, axes = plt.subplots(2, 2, figsize=(12, 6.5), sharex=True, height_ratios=[2, 1])
     rows = []
     for col, mode in enumerate(("cooperative", "competitive")):
-        model = LocalExperts(1, 1, 2, mode=mode, task="regression", seed=0)
-        t = time.perf_counter()
-        fit_local_experts(model, scale(X_train), (y_train - mu) / sd, SGD(lr=0.3, decay=0.95), epochs,
-                          batch_size=10, seed=0)
-        seconds = time.perf_counter() - t
-        predict = lambda P, m=model: m.forward(scale(P))[:, 0] * sd + mu  # noqa: E731
-        gate = lambda P, m=model: m.gate(scale(P))  # noqa: E731
-        experts = lambda P, m=model: m.expert_outputs(scale(P))[:, :, 0] * sd + mu  # noqa: E731
-        mse = float(((predict(X_test) - y_test) ** 2).mean())
-        arms = gate(np.array([[0.25], [0.75]]))  # (2 arms, 2 experts)
-        owners = "; ".join(f"x={x}: e{a.argmax()} g={a.max():.2f}" for x, a in zip((0.25, 0.75), arms))
-        plotting.plot_regression_fit(axes[0, col], axes[1, col], predict, gate, X_test, y_test, experts,
-                                     title=f"{mode}: test MSE {mse:.4f} (noise variance 0.01)")
-        rows.append(("V regression", (mode, 2, "SGD", f"{mse:.4f} MSE", "-", owners, seconds)))
+        mses, split, seconds = [], 0, []
+        for seed in seeds:
+            X_train, X_test, y_train, y_test = make_v_regression(N, seed=seed)
+            scale = standardizer(X_train)
+            mu, sd = y_train.mean(), y_train.std()
+            model = LocalExperts(1, 1, 2, mode=mode, task="regression", seed=seed)
+            t = time.perf_counter()
+            fit_local_experts(model, scale(X_train), (y_train - mu) / sd, SGD(lr=0.3, decay=0.95), epochs,
+                              batch_size=10, seed=seed, callback=progress.fit_callback(f"V regression, {mode}, "
+                                                                                       f"seed {seed}"))
+            seconds.append(time.perf_counter() - t)
+            predict = lambda P, m=model, s=scale, mu=mu, sd=sd: m.forward(s(P))[:, 0] * sd + mu  # noqa: E731
+            gate = lambda P, m=model, s=scale: m.gate(s(P))  # noqa: E731
+            mses.append(float(((predict(X_test) - y_test) ** 2).mean()))
+            arms = gate(np.array([[0.25], [0.75]]))  # (2 arms, 2 experts)
+            split += int(arms[0].argmax() != arms[1].argmax())
+            if seed == seeds[0]:
+                experts = lambda P, m=model, s=scale, mu=mu, sd=sd: m.expert_outputs(s(P))[:, :, 0] * sd + mu  # noqa: E731
+                plotting.plot_regression_fit(axes[0, col], axes[1, col], predict, gate, X_test, y_test, experts,
+                                             title=f"{mode}, seed {seed}: test MSE {mses[-1]:.4f} "
+                                                   "(noise variance 0.01)")
+        mses = np.array(mses)
+        rows.append(("V regression", (mode, 2, "SGD", f"{mses.mean():.4f} ± {mses.std():.4f} MSE",
+                                      f"MSE {mses.min():.4f}-{mses.max():.4f}",
+                                      f"arms split in {split} of {len(seeds)} seeds", float(np.mean(seconds)))))
     fig.suptitle("V-shaped regression, 2 linear experts, one per arm: the competitive gate switches sharply "
                  "at x = 0.5 and keeps the kink; the cooperative gate blends the lines and rounds it off")
     fig.tight_layout()
@@ -116,53 +138,65 @@ def regression(args, N, epochs):
     return rows
 
 
+CONFIGS = [  # (table name, data set, mode, k, optimiser)
+    ("bands k=2", "bands", "competitive", 2, "SGD"),
+    ("bands k=2", "bands", "competitive", 2, "FTRL"),
+    ("circles k=2", "circles", "competitive", 2, "SGD"),
+    ("circles k=2", "circles", "competitive", 2, "FTRL"),
+    ("circles k=1", "circles", "competitive", 1, "FTRL"),
+    ("circles k=4", "circles", "competitive", 4, "FTRL"),
+    ("circles k=8", "circles", "competitive", 8, "FTRL"),
+    ("circles k=4", "circles", "competitive", 4, "SGD"),
+    ("circles k=4", "circles", "cooperative", 4, "FTRL"),
+]
+DATA = {"bands": make_bands, "circles": make_circles}
+
+
 def main(argv=None):
     args = parse_args(argv, __doc__)
-    N, epochs, seeds = (300, 3, 1) if args.quick else (1000, 30, 5)
+    N, epochs, seeds = (300, 3, [0]) if args.quick else (1000, 30, [0, 1, 2, 3, 4])
+    reg_N, reg_epochs = (300, 5) if args.quick else (2000, 50)
+    progress = Progress(len(seeds) * (len(CONFIGS) * epochs + 2 * reg_epochs), what="local_experts")
     t0 = time.perf_counter()
-    rows = []
+    runs = {}  # (name, mode, k, opt) -> [Run per seed]
+    for name, data_name, mode, k, opt in CONFIGS:
+        for seed in seeds:
+            data = DATA[data_name](N, seed=seed)
+            label = f"{data_name}, {mode}, k={k}, {opt}, seed {seed}"
+            runs.setdefault((name, mode, k, opt), []).append(
+                Run(data, mode, k, opt, epochs, seed=seed, callback=progress.fit_callback(label)))
+    rows = [(name, summary(r)) for (name, *_), r in runs.items()]
+    first = {key: r[0] for key, r in runs.items()}  # seed 0 draws the figures
 
     # 1-2. k = 2 competitive experts, SGD vs FTRL, on bands and on circles
-    circles = make_circles(N, seed=0)
-    pair = {}
-    for name, data, title in [
-        ("bands", make_bands(N, seed=0),
-         "Bands, 2 competitive linear experts: both optimisers separate the classes; "
-         "FTRL's log-loss falls faster"),
-        ("circles", circles,
-         "Circles, 2 competitive linear experts: two lines cannot enclose the inner ring, "
-         "with either optimiser"),
+    for name, title in [
+        ("bands", "Bands, 2 competitive linear experts: both optimisers separate the classes; "
+                  "FTRL's log-loss falls faster"),
+        ("circles", "Circles, 2 competitive linear experts: two lines cannot enclose the inner ring, "
+                    "with either optimiser"),
     ]:
-        runs = pair[name] = {opt: Run(data, "competitive", 2, opt, epochs) for opt in ("SGD", "FTRL")}
-        rows += [(f"{name} k=2", runs[opt].row) for opt in ("SGD", "FTRL")]
-        optimiser_figure(args, data, runs, name, title)
+        pair = {opt: first[(f"{name} k=2", "competitive", 2, opt)] for opt in ("SGD", "FTRL")}
+        optimiser_figure(args, DATA[name](N, seed=seeds[0]), pair, name, title)
 
     # 3. circles with k = 1, 2, 4, 8 competitive experts (FTRL)
+    circles = make_circles(N, seed=seeds[0])
     ks = (1, 2, 4, 8)
-    sweep = [Run(circles, "competitive", k, "FTRL", epochs) if k != 2 else pair["circles"]["FTRL"]
-             for k in ks]
-    rows += [(f"circles k={k}", run.row) for k, run in zip(ks, sweep) if k != 2]  # k = 2 is listed above
+    sweep = [first[(f"circles k={k}", "competitive", k, "FTRL")] for k in ks]
     regions_figure(args, circles, sweep, [f"k={k}" for k in ks], "k",
                    "Circles, competitive linear experts (FTRL): each expert draws one line in its own gate "
                    "region; k = 4 enclose the inner ring")
 
-    # ... and k = 4 over several seeds: SGD sometimes loses an expert for good; FTRL's per-coordinate
-    # rates keep every expert learning
-    for opt in ("SGD", "FTRL"):
-        for seed in range(1, seeds + 1):
-            run = Run(make_circles(N, seed=seed), "competitive", 4, opt, epochs, seed=seed)
-            rows.append((f"circles seed {seed}", run.row))
-
     # 4. cooperative vs competitive: circles with k = 4, then the V-shaped regression
-    cooperative = Run(circles, "cooperative", 4, "FTRL", epochs)
-    rows.append(("circles k=4", cooperative.row))
-    regions_figure(args, circles, [cooperative, sweep[2]], ["cooperative", "competitive"], "modes",
+    regions_figure(args, circles, [first[("circles k=4", "cooperative", 4, "FTRL")], sweep[2]],
+                   ["cooperative", "competitive"], "modes",
                    "Circles, 4 experts (FTRL): competitive experts own one sector each; "
                    "cooperative experts overlap and blend their logits")
-    rows += regression(args, 300 if args.quick else 2000, 5 if args.quick else 50)
+    rows += regression(args, reg_N, reg_epochs, seeds, progress)
+    progress.done()
 
-    print_table(rows)
+    print_table(rows, len(seeds))
     print(f"total {time.perf_counter() - t0:.1f} s")
+    return rows
 
 
 if __name__ == "__main__":

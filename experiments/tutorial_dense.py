@@ -19,7 +19,7 @@ import sys
 import matplotlib.pyplot as plt
 import numpy as np
 
-from experiments._common import parse_args, savefig
+from experiments._common import Progress, parse_args, savefig
 from numpy_moe.gradcheck import check_module, numerical_gradient, rel_error
 from numpy_moe.moe import MoE
 from numpy_moe.optim import Adam
@@ -85,12 +85,14 @@ x_train = rng.uniform(-3, 3, (n, 1))
 y_train = target(x_train) + 0.05 * rng.standard_normal((n, 1))
 x_grid = np.linspace(-3, 3, 400)[:, None]
 
+epochs = 20 if args.quick else 300
+progress = Progress(2 * epochs, what="tutorial_dense")  # a line every 2 s: epoch, loss, time left
 model = MoE(1, 1, n_experts=3, seed=1)
-history = fit(model, x_train, y_train, loss="mse", optimizer=Adam(0.05), epochs=20 if args.quick else 300,
-              batch_size=64, seed=0)
+history = fit(model, x_train, y_train, loss="mse", optimizer=Adam(0.05), epochs=epochs, batch_size=64, seed=0,
+              callback=progress.fit_callback("3 experts"))
 single = MoE(1, 1, n_experts=1, seed=1)  # one expert: plain linear regression
-fit(single, x_train, y_train, loss="mse", optimizer=Adam(0.05), epochs=20 if args.quick else 300,
-    batch_size=64, seed=0)
+fit(single, x_train, y_train, loss="mse", optimizer=Adam(0.05), epochs=epochs, batch_size=64, seed=0,
+    callback=progress.fit_callback("1 expert"))
 mse_moe = float(((predict(model, x_grid) - target(x_grid)) ** 2).mean())
 mse_one = float(((predict(single, x_grid) - target(x_grid)) ** 2).mean())
 print(f"MSE against the noiseless target: 3 experts {mse_moe:.4f}, 1 linear model {mse_one:.4f}")

@@ -24,7 +24,7 @@ import sys
 import matplotlib.pyplot as plt
 import numpy as np
 
-from experiments._common import parse_args, savefig
+from experiments._common import Progress, parse_args, savefig
 from numpy_moe import plotting
 from numpy_moe.classic import LocalExperts, fit_local_experts
 from numpy_moe.datasets import make_circles, standardizer
@@ -135,13 +135,16 @@ class SeedRule(LocalExperts):
 
 N = 300 if args.quick else 1000
 curves = {}
-for data_seed in range(1 if args.quick else 3):
+data_seeds = range(1 if args.quick else 3)
+progress = Progress(2 * len(data_seeds) * epochs, what="cooperative rules")  # a line every 2 s
+for data_seed in data_seeds:
     X_train, X_test, y_train, y_test = make_circles(N, seed=data_seed)
     scale = standardizer(X_train)
     for label, cls in (("gradient rule (MATH.md §5)", LocalExperts), ("seed 003's gate rule", SeedRule)):
         m = cls(2, 2, 4, mode="cooperative", seed=data_seed + 1)
         hist = fit_local_experts(m, scale(X_train), y_train, SGD(0.1, decay=0.99), epochs, seed=data_seed,
-                                 X_test=scale(X_test), y_test=y_test)
+                                 X_test=scale(X_test), y_test=y_test,
+                                 callback=progress.fit_callback(f"circles seed {data_seed}, {label}"))
         curves.setdefault(label, hist["test"])  # plot the first data seed's curves
         print(f"circles seed {data_seed}, {label:<28} test log-loss {hist['test'][-1]:.3f} bits, "
               f"accuracy {(m.predict(scale(X_test)) == y_test).mean():.3f}")

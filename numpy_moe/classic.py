@@ -261,14 +261,15 @@ def train_epoch(model, X, y, optimizer, batch_size=1, seed=None, epoch=1):
 
 
 def fit_local_experts(model, X, y, optimizer=None, epochs=50, batch_size=1, seed=None, X_test=None,
-                      y_test=None):
+                      y_test=None, callback=None):
     """Train ``model`` in place for ``epochs`` shuffled passes; returns the per-epoch history.
 
     Parameters
     ----------
     model : LocalExperts. X : (N, D). y : targets. optimizer : default SGD(lr=0.1, decay=0.99), the
     seed's per-epoch decay. epochs, batch_size : ints >= 1. seed : int or numpy Generator (shuffles).
-    X_test, y_test : optional held-out data.
+    X_test, y_test : optional held-out data. callback : optional ``callback(epoch, model, history)``
+    called after each epoch (epoch counts from 0, as in ``numpy_moe.train.fit``).
 
     Returns
     -------
@@ -298,4 +299,6 @@ def fit_local_experts(model, X, y, optimizer=None, epochs=50, batch_size=1, seed
         optimizer.end_epoch()
         for name, data in sets.items():
             history[name].append(train_value if name == "train" else evaluate(model, *data))
+        if callback is not None:
+            callback(epoch - 1, model, history)
     return history

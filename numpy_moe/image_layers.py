@@ -251,7 +251,7 @@ class GELU(Module):
 
 
 class Unflatten(Module):
-    """(N, prod(shape)) -> (N, *shape), the inverse of :class:`Flatten`.
+    """``(N, prod(shape)) -> (N, *shape)``, the inverse of :class:`Flatten`.
 
     Lets code written for 2-D batches (``numpy_moe.train.fit`` validates X as (N, D)) train an image model:
     ``fit(Sequential(Unflatten((C, H, W)), model), X.reshape(N, -1), y)``.

@@ -5,9 +5,12 @@ from experiments.__main__ import describe, discover, main, run
 
 
 @pytest.mark.parametrize("name", discover())
-def test_experiment_runs_quick(name, tmp_path):
+def test_experiment_runs_quick(name, tmp_path, capsys):
     assert describe(name), f"experiments/{name}.py needs a docstring whose first line describes it"
     run(name, ["--quick", "--out", str(tmp_path)])
+    out = capsys.readouterr()
+    # every experiment reports progress (experiments._common.Progress prints its first step at once)
+    assert " elapsed, " in out.out + out.err, f"{name} printed no progress line (use experiments._common.Progress)"
 
 
 def test_runner_lists_and_rejects_unknown_names(capsys):
@@ -63,3 +66,58 @@ def test_bench_floor_runs_every_required_product_once_in_the_layers_order():
     backward = [(16, 4), (5, 16), (8, 16), (5, 8), (16, 4), (7, 16), (8, 16), (7, 8)]
     assert calls == ([("gate", 6, 3)] + [("experts", *c) for c in forward + backward]
                      + [("gate", 8, 3), ("gate", 6, 8)])
+
+
+def test_all_help_prints_the_runners_help_with_every_experiments_options_and_runs_nothing(capsys, monkeypatch):
+    import experiments.__main__ as runner
+
+    monkeypatch.setattr(runner, "run", lambda *a, **k: pytest.fail("--help ran an experiment"))
+    assert main(["all", "--help"]) == 0
+    text = capsys.readouterr().out
+    assert "python -m experiments NAME" in text and "root of the repository" in text
+    for option in ("--quick", "--out", "--threads", "--backend", "--cifar-epochs"):
+        assert option in text, option
+
+
+def test_an_experiments_usage_line_names_the_command_to_type(capsys):
+    with pytest.raises(SystemExit):
+        run("wine", ["--help"])
+    text = capsys.readouterr().out
+    assert text.startswith("usage: python -m experiments wine") and "wine.py" not in text.splitlines()[0]
+
+
+def test_progress_prints_at_most_every_interval_with_elapsed_time_and_an_estimate_of_what_remains():
+    import io
+
+    from experiments._common import Progress, format_seconds
+
+    now = [0.0]
+    out = io.StringIO()
+    progress = Progress(10, what="demo", every=2.0, file=out, clock=lambda: now[0])
+    printed = []
+    for step in range(10):
+        now[0] += 1.0  # one second per step
+        printed.append(progress.step(f"step {step}"))
+    # the first step, then one line every 2 s, and always the last
+    assert printed == [True, False, True, False, True, False, True, False, True, True]
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "[demo] 1/10 (10%) step 0 | 1 s elapsed, ~9 s left"
+    assert lines[2] == "[demo] 5/10 (50%) step 4 | 5 s elapsed, ~5 s left"
+    assert lines[-1].endswith("10 s elapsed, done")
+    assert format_seconds(185) == "3 min 05 s" and format_seconds(3720) == "1 h 02 min"
+    with pytest.raises(ValueError, match="total"):
+        Progress(0)
+
+
+def test_progress_fit_callback_reports_the_epoch_and_loss_of_either_trainer():
+    import io
+    import types
+
+    from experiments._common import Progress
+
+    out = io.StringIO()
+    progress = Progress(2, every=0.0, file=out)
+    progress.fit_callback("net")(0, None, types.SimpleNamespace(loss=[0.5]))
+    progress.fit_callback("local")(1, None, {"train": [2.0, 0.25]})
+    lines = out.getvalue().splitlines()
+    assert "net: epoch 1, loss 0.5000" in lines[0] and "local: epoch 2, loss 0.2500" in lines[1]

@@ -14,5 +14,6 @@ def test_readme_has_python_blocks():
 
 @pytest.mark.parametrize("index", range(len(BLOCKS)))
 def test_readme_block_runs(index, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)  # blocks that save files write them here
+    monkeypatch.chdir(tmp_path)  # a block that left files in the working folder would leave them here
     exec(compile(BLOCKS[index], f"README.md python block {index + 1}", "exec"), {"__name__": "__readme__"})
+    assert not list(tmp_path.iterdir()), "a README example leaves files in the folder it is run from"
