@@ -15,7 +15,7 @@ test log-likelihood per sample of 1, 2, 3 and 5 experts over five seeds (mean ±
 import matplotlib.pyplot as plt
 import numpy as np
 
-from experiments._common import parse_args, savefig
+from experiments._common import Progress, parse_args, savefig
 from numpy_moe.hme import HierarchicalMoE, fit_em, init_responsibilities
 from numpy_moe.plotting import EXPERT_COLORS
 
@@ -33,13 +33,19 @@ def features(x):
     return np.column_stack([z, z ** 2, z ** 3])
 
 
-def fit(x, t, n_experts, seed, restarts, iters):
+def fit(x, t, n_experts, seed, restarts, iters, progress=None):
+    """The best of ``restarts`` EM runs by training log-likelihood; ``progress`` (an
+    ``experiments._common.Progress``) counts ``iters`` steps per run, a run that converges early included."""
     X = features(x)
     best = None
     for r in range(restarts):
         model = HierarchicalMoE(3, 1, n_experts, seed=100 * seed + r)
         model.m_step(X, t, init_responsibilities(X, t, n_experts, seed=100 * seed + r))
-        fit_em(model, X, t, max_iter=iters, tol=1e-9)
+        label = f"{n_experts} expert{'s' if n_experts > 1 else ''}, seed {seed}, start {r + 1} of {restarts}"
+        step = None if progress is None else lambda i, m, label=label: progress.step(f"{label}: EM iteration {i}")
+        history = fit_em(model, X, t, max_iter=iters, tol=1e-9, callback=step)
+        if progress is not None and history["n_iter"] < iters:  # converged early: count the iterations it skipped
+            progress.step(f"{label}: converged after {history['n_iter']} EM iterations", n=iters - history["n_iter"])
         if best is None or model.log_likelihood(X, t) > best.log_likelihood(X, t):
             best = model
     return best
@@ -61,14 +67,16 @@ def main(argv=None):
     counts = (1, 3) if args.quick else (1, 2, 3, 5)
     scores = {E: [] for E in counts}
     shown = {}
+    progress = Progress(len(seeds) * sum(restarts if E > 1 else 1 for E in counts) * iters, what="inverse_problem")
     for s in seeds:
         x, t = make_inverse(n, s)
         xt, tt = make_inverse(2000, 1000 + s)
         for E in counts:
-            model = fit(x, t, E, s, restarts if E > 1 else 1, iters)
+            model = fit(x, t, E, s, restarts if E > 1 else 1, iters, progress)
             scores[E].append(model.log_likelihood(features(xt), tt) / len(tt))
             if s == 0:
                 shown[E] = model
+    progress.done()
     print(f"\nBishop's inverse problem: test log-likelihood per sample of t given x ({len(scores[1])} seeds)")
     for E in counts:
         print(f"  {E} expert{'s' if E > 1 else ' '}  {np.mean(scores[E]):7.3f} ± {np.std(scores[E]):.3f}")

@@ -19,7 +19,7 @@ over five seeds, and the test MSE along training for p = 0.5.
 import matplotlib.pyplot as plt
 import numpy as np
 
-from experiments._common import parse_args, savefig
+from experiments._common import Progress, parse_args, savefig
 from numpy_moe.models.mmoe import MMoE, SharedBottom
 from numpy_moe.optim import Adam
 from numpy_moe.train import fit, predict
@@ -55,6 +55,7 @@ def main(argv=None):
     results = {(name, p): [] for name in MODELS for p in CORRELATIONS}
     curves = {name: [] for name in MODELS}
     counts = {}
+    progress = Progress(len(CORRELATIONS) * len(seeds) * len(MODELS) * epochs, what="mmoe")
     for p in CORRELATIONS:
         for s in seeds:
             x, y = make_tasks(n_train + n_test, p, seed=s)
@@ -66,10 +67,12 @@ def main(argv=None):
                 counts[name] = model.n_parameters()
                 curve = []
                 fit(model, x_tr, y_tr, loss="mse", optimizer=Adam(0.003), epochs=epochs, batch_size=128, seed=s,
-                    callback=lambda ep, m, h: curve.append(float(((predict(m, x_te) - y_te) ** 2).mean())))
+                    callback=progress.fit_callback(f"p = {p}, seed {s}, {name}", then=lambda ep, m, h: curve.append(
+                        float(((predict(m, x_te) - y_te) ** 2).mean()))))
                 results[name, p].append(curve[-1])
                 if p == CORRELATIONS[0]:
                     curves[name].append(curve)
+    progress.done()
     print(f"\nMa et al.'s synthetic tasks: test MSE (standardised targets, mean of 2 tasks), {len(seeds)} seeds")
     print(f"{'model':<14} {'parameters':>10} " + " ".join(f"{'p = ' + str(p):>17}" for p in CORRELATIONS))
     for name in MODELS:

@@ -36,7 +36,7 @@ import numpy as np
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-from experiments._common import parse_args, savefig
+from experiments._common import Progress, parse_args, savefig
 from numpy_moe import balance as B
 from numpy_moe import functional as F
 from numpy_moe.backend import default_rng, to_numpy
@@ -95,8 +95,9 @@ def load_stats(layer):
     return d["samples_per_expert"], d["dropped"], int(r.kept.size)
 
 
-def run(name, data, seed, epochs, batch=32):
-    """Train one router; returns a dict of its metrics."""
+def run(name, data, seed, epochs, batch=32, progress=None):
+    """Train one router; returns a dict of its metrics. ``progress`` (an ``experiments._common.Progress``)
+    counts one step per epoch, outside the timed training steps."""
     Xtr, Xte, ytr, yte = data
     rng = default_rng(seed)
     (ftr, idtr), (fte, idte) = tokens(Xtr), tokens(Xte)
@@ -129,6 +130,8 @@ def run(name, data, seed, epochs, batch=32):
                 load, dropped, total = load_stats(layer)
                 loads.append(load)
                 drops.append(dropped / total)
+        if progress is not None:
+            progress.step(f"seed {seed}, {name}: epoch {epoch + 1}")
     model.eval()
 
     def evaluate():
@@ -162,10 +165,12 @@ def main(argv=None):
         X, y = X[:256], y[:256]
     data = train_test_split(X / 16, y, test_size=0.25, random_state=0, stratify=y)
     results = {name: [] for name in ROUTERS}
+    progress = Progress(len(seeds) * len(ROUTERS) * epochs, what="routers")
     for seed in seeds:  # every router once per seed, so a busy spell of the shared machine hits them alike
         for name in ROUTERS:
-            results[name].append(run(name, data, seed, epochs))
+            results[name].append(run(name, data, seed, epochs, progress=progress))
         print(f"  seed {seed}: done", flush=True)
+    progress.done()
 
     keys = ("accuracy", "balanced_accuracy", "cv", "max_mean", "test_max_mean", "dropped", "ms_per_step")
     table = {name: {k: (np.mean([r[k] for r in runs]), np.std([r[k] for r in runs])) for k in keys}

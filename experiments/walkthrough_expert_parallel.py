@@ -13,8 +13,11 @@ outputs back and combine, then compare with the single-process MoE; then the cap
 # own samples. We use linear experts (out = x W_e + b_e) and top-1 routing so that every number fits.
 
 # %%
+import io
+
 import numpy as np
 
+from experiments._common import Progress
 from numpy_moe.moe import MoE
 from numpy_moe.parallel import Comm, ExpertParallelMoE
 
@@ -22,6 +25,8 @@ np.set_printoptions(precision=3, suppress=True)
 comm = Comm()
 W, rank = comm.size, comm.rank
 E, D, O, N_PER_RANK = 4, 2, 2, 3
+# Progress: one step per cell (7), reported by rank 0 only; the other ranks write theirs nowhere.
+progress = Progress(7, what="walkthrough_expert_parallel", file=None if rank == 0 else io.StringIO())
 
 
 def show(title, value):
@@ -41,6 +46,7 @@ r = layer.routing
 owner = r.expert // layer.n_local
 show("my samples (global index), their expert, the rank that owns it",
      np.stack([rank * N_PER_RANK + r.sample, r.expert, owner], axis=1))
+progress.step("1. route")
 
 # %% [markdown]
 # ## 2. Exchange the counts first (dropless mode)
@@ -52,6 +58,7 @@ counts = layer.send_counts  # (E,) rows this rank sends to each expert
 recv_counts = comm.alltoall(counts.reshape(W, layer.n_local))  # (W, E/W): row s came from rank s
 show("rows I send to experts 0..E-1", counts)
 show("rows I receive for my experts (one row per sending rank)", recv_counts)
+progress.step("2. exchange the counts")
 
 # %% [markdown]
 # ## 3. Exchange the rows (MPI_Alltoallv)
@@ -65,6 +72,7 @@ rows_out, rows_in = counts.reshape(W, layer.n_local).sum(axis=1), recv_counts.su
 received = comm.alltoallv(send, rows_out, rows_in)
 show("rows I send (sorted by expert)", send)
 show("rows I received (from rank 0 first)", received)
+progress.step("3. exchange the rows")
 
 # %% [markdown]
 # ## 4. Run my experts, send the outputs back, combine
@@ -82,6 +90,7 @@ mine = np.zeros((x.shape[0], O))
 mine[g.sample] = back * r.weight[g.assignment][:, None]  # top-1: one row per sample
 show("y by hand", mine)
 show("largest difference from layer.forward(x)", np.abs(mine - y).max())
+progress.step("4. experts, send back, combine")
 
 # %% [markdown]
 # ## 5. The same as one process on the concatenated batch
@@ -91,6 +100,7 @@ show("largest difference from layer.forward(x)", np.abs(mine - y).max())
 ref = MoE(D, O, E, seed=1, top_k=1)
 show("largest difference from MoE on the concatenated batch", np.abs(ref.forward(X)[
     rank * N_PER_RANK:(rank + 1) * N_PER_RANK] - y).max())
+progress.step("5. compare with one process")
 
 # %% [markdown]
 # ## 6. Capacity-padded buffers (MPI_Alltoall)
@@ -105,6 +115,7 @@ buf = np.zeros((E, padded.capacity, D))
 buf[padded.expert_sorted, padded.slot] = x[padded.groups.sample]
 show(f"my send buffer (E, C={padded.capacity}, D), block q of E/W experts goes to rank q", buf)
 show("kept (False = dropped by the capacity rule)", padded.routing.kept)
+progress.step("6. capacity-padded buffers")
 
 # %% [markdown]
 # ## 7. Backward: the reverse exchange
@@ -116,3 +127,4 @@ v = np.random.default_rng(10 + rank).standard_normal(received.shape)
 lhs = comm.allreduce(np.array([(received * v).sum()]))[0]
 rhs = comm.allreduce(np.array([(send * comm.alltoallv_inverse(v, rows_out, rows_in)).sum()]))[0]
 show("<a2a(x), v> and <x, a2a^-1(v)> summed over ranks", f"{lhs:.15f} {rhs:.15f}")
+progress.step("7. backward")

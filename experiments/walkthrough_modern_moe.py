@@ -23,7 +23,7 @@ import sys
 import matplotlib.pyplot as plt
 import numpy as np
 
-from experiments._common import parse_args, savefig
+from experiments._common import Progress, parse_args, savefig
 from numpy_moe import balance as B
 from numpy_moe.backend import default_rng
 from numpy_moe.experts import ExpertBank, SharedExpert
@@ -34,6 +34,7 @@ from numpy_moe.moe import MoE
 args = parse_args(sys.argv[1:], __doc__, notebook=True)
 rng = np.random.default_rng(0)
 D, O = 6, 4
+progress = Progress(7, what="walkthrough_modern_moe")  # one step per cell: elapsed time, time left
 
 
 def perturb(moe):
@@ -60,6 +61,8 @@ def frozen(moe, **kwargs):
     return forward
 
 
+progress.step("setup")
+
 # %% [markdown]
 # ## 1. A Mixtral block
 # Mixtral 8x7B: 8 SwiGLU experts, top-2, softmax over all 8 logits, the two kept probabilities divided by
@@ -78,6 +81,7 @@ mixtral.eval()
 same = np.allclose(mixtral.gate.forward(x).weight, shazeer.forward(x).weight, rtol=1e-12)
 print("Mixtral's renormalised top-2 equals a softmax over the two kept logits:", same)
 mixtral.train()
+progress.step("1. Mixtral block")
 
 # %% [markdown]
 # Every gradient, through the whole layer, against central differences (float64, h = 1e-6; pass mark
@@ -88,6 +92,7 @@ mixtral.train()
 perturb(mixtral)
 errors = check_module(mixtral, x, tol=1e-6, forward=frozen(mixtral))
 print(f"Mixtral block: worst relative error over {len(errors)} tensors {max(errors.values()):.1e}")
+progress.step("1. Mixtral gradient check")
 
 # %% [markdown]
 # ## 2. A DeepSeek-V3 block
@@ -109,6 +114,7 @@ print(f"DeepSeek-V3 block: worst relative error over {len(errors)} tensors {max(
 r = v3.routing
 groups = r.expert.reshape(12, 4) // 4
 print("groups each token used (at most 2 of 4):", [sorted(set(g)) for g in groups.tolist()[:4]], "...")
+progress.step("2. DeepSeek-V3 block and gradient check")
 
 # %% [markdown]
 # The bias decides *which* experts a token gets, never *how much* of them: the combine weights are the
@@ -127,6 +133,7 @@ print("weights are 2.5 s / sum s of the chosen, bias-free:",
       np.allclose(w, 2.5 * np.take_along_axis(s, chosen, 1) / np.take_along_axis(s, chosen, 1).sum(1, keepdims=True)))
 v3.gate.buffers["bias"][0] -= 10.0
 v3.train()
+progress.step("2. the selection bias")
 
 # %% [markdown]
 # ## 3. Which conventions leave the router without a task gradient
@@ -167,6 +174,7 @@ try:
     MoE(gate=ScoreGate(D, 16, top_k=1, normalize=True), experts=ExpertBank(16, D, O, 8, activation="swiglu"))
 except ValueError as err:
     print("\nThe layer refuses the degenerate case unless a balance loss trains the router:\n ", str(err)[:120], "...")
+progress.step("3. router gradient per convention")
 
 # %%
 fig, ax = plt.subplots(figsize=(10, 3.8))
@@ -184,3 +192,4 @@ ax.set_title("Top-1 with renormalised weights (s / s = 1) leaves the router with
              "softmax or sigmoid alike", fontsize=10)
 fig.tight_layout()
 savefig(fig, args, "walkthrough_modern_moe.png")
+progress.step("3. figure")
