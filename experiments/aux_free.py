@@ -23,7 +23,7 @@ import numpy as np
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-from experiments._common import parse_args, savefig
+from experiments._common import Progress, parse_args, savefig
 from numpy_moe import balance as B
 from numpy_moe.backend import default_rng, to_numpy
 from numpy_moe.experts import ExpertBank
@@ -46,8 +46,9 @@ def maxvio(moe, model, X):
     return float(load.max() / load.mean() - 1)
 
 
-def train(data, seed, epochs, alpha=0.0, u=0.0):
-    """One run; returns (MaxVio on the training set per epoch (epochs + 1,), test MaxVio, test accuracy)."""
+def train(data, seed, epochs, alpha=0.0, u=0.0, progress=None, label=""):
+    """One run; returns (MaxVio on the training set per epoch (epochs + 1,), test MaxVio, test accuracy).
+    ``progress`` (an ``experiments._common.Progress``) counts one step per epoch."""
     X_train, X_test, y_train, y_test = data
     rng = default_rng(seed)
     moe = MoE(gate=ScoreGate(X_train.shape[1], E, top_k=K, score="sigmoid", normalize=True, bias_update=u,
@@ -56,8 +57,9 @@ def train(data, seed, epochs, alpha=0.0, u=0.0):
               balance=[B.SequenceBalance(alpha, per_sequence=False)] if alpha else None)
     model = Sequential(moe, Linear(WIDTH, 10, seed=rng))
     curve = [maxvio(moe, model, X_train)]
+    track = lambda *_: curve.append(maxvio(moe, model, X_train))  # noqa: E731
     fit(model, X_train, y_train, optimizer=Adam(0.01), epochs=epochs, batch_size=64, seed=seed,
-        callback=lambda *_: curve.append(maxvio(moe, model, X_train)))
+        callback=track if progress is None else progress.fit_callback(label, then=track))
     accuracy = float((to_numpy(predict(model, X_test)).argmax(axis=1) == y_test).mean())
     return np.array(curve), maxvio(moe, model, X_test), accuracy
 
@@ -69,7 +71,10 @@ def main(argv=None):
     if args.quick:
         X, y = X[:400], y[:400]
     data = train_test_split(X / 16, y, test_size=0.25, random_state=0, stratify=y)
-    results = {name: [train(data, seed, epochs, **kw) for seed in seeds] for name, kw in RUNS.items()}
+    progress = Progress(len(RUNS) * len(seeds) * epochs, what="aux_free")
+    results = {name: [train(data, seed, epochs, **kw, progress=progress, label=f"{name}, seed {seed}")
+                      for seed in seeds] for name, kw in RUNS.items()}
+    progress.done()
 
     print(f"\n{'run':<22} {'test accuracy':>16} {'test MaxVio':>16} {'train MaxVio, last 5 epochs':>28}   "
           f"(mean ± std over seeds {seeds})")

@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from experiments._common import parse_args
+from experiments._common import Progress, parse_args
 from numpy_moe.experts import ExpertBank
 
 N, D, O, KH = 2048, 128, 128, 256
@@ -66,6 +66,7 @@ def main(argv=None):
         dy = rng.standard_normal((M, o)).astype(np.float32)
         cases.append((E, K, bank, x, dy, offsets))
     times = {(E, K): {"pass": [], "floor": []} for E, K, *_ in cases}
+    progress = Progress((repeats + 1) * len(cases), what="bench_experts")
     for rep in range(repeats + 1):  # the first round warms up
         for E, K, bank, x, dy, offsets in cases:
             t0 = time.perf_counter()
@@ -77,6 +78,8 @@ def main(argv=None):
             if rep:
                 times[(E, K)]["pass"].append(t1 - t0)
                 times[(E, K)]["floor"].append(t2 - t1)
+            progress.step(f"{'warm-up' if not rep else f'repeat {rep}/{repeats}'}, E={E} K={K}")
+    progress.done()
     print(f"grouped SwiGLU pass, forward + backward, float32, N={n} tokens, D={d}, O={o}, K H={kh}, BLAS threads "
           f"{args.threads or 'default'}, median of {repeats} interleaved repeats")
     head = f"{'E':>3} {'K':>2} {'H':>4} | {'pass ms':>8} {'us/token':>9} | {'floor ms':>8} | {'pass/floor':>10}"

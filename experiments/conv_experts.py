@@ -15,7 +15,7 @@ import numpy as np
 from matplotlib.colors import ListedColormap
 from threadpoolctl import threadpool_limits
 
-from experiments._common import parse_args, savefig
+from experiments._common import Progress, parse_args, savefig
 from numpy_moe.conv_moe import ConvMoE2d
 from numpy_moe.data_images import load_digits_images
 from numpy_moe.image_layers import Conv2d, Flatten, MaxPool2d, Unflatten
@@ -48,6 +48,7 @@ def main(argv=None):
     epochs = 1 if args.quick else 15
     curves = {name: [] for name in MODELS}
     times, counts, shown = {name: [] for name in MODELS}, {}, None
+    progress = Progress(len(seeds) * len(MODELS) * epochs, what="conv_experts")
     with threadpool_limits(1):
         for s in seeds:
             X_tr, X_te, y_tr, y_te = load_digits_images(seed=s)
@@ -59,11 +60,13 @@ def main(argv=None):
                 counts[name] = net.n_parameters()
                 acc = []
                 history = fit(net, X_tr, y_tr, optimizer=Adam(1e-3), epochs=epochs, batch_size=64, seed=s,
-                              callback=lambda ep, m, h: acc.append(accuracy(m, X_te, y_te)))
+                              callback=progress.fit_callback(
+                                  f"{name}, seed {s}", then=lambda ep, m, h: acc.append(accuracy(m, X_te, y_te))))
                 curves[name].append(acc)
                 times[name].append(np.mean(history.time))
                 if s == 0 and name.endswith("top-2"):
                     shown = (net, X_te, y_te)
+    progress.done()
     print(f"\ndigits, {len(seeds)} seeds, {epochs} epochs: test accuracy after the last epoch")
     for name in MODELS:
         final = [c[-1] for c in curves[name]]

@@ -23,7 +23,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 
-from experiments._common import parse_args, savefig
+from experiments._common import Progress, parse_args, savefig
 from numpy_moe.datasets import make_circles, make_v_regression, standardizer
 from numpy_moe.hme import HierarchicalMoE, fit_em, init_responsibilities
 from numpy_moe.optim import Adam
@@ -40,20 +40,31 @@ def start(x, y, tree, expert, seed, ridge):
     return model
 
 
-def run_em(model, x, y, iters, ridge):
+def tick(progress, detail):
+    """Count one step of ``progress`` (None: nothing)."""
+    if progress is not None:
+        progress.step(detail)
+
+
+def run_em(model, x, y, iters, ridge, progress=None, label=""):
     t0, times = time.perf_counter(), [0.0]
-    history = fit_em(model, x, y, max_iter=iters, tol=0, ridge=ridge,
-                     callback=lambda it, m: times.append(time.perf_counter() - t0))
+
+    def callback(it, m):
+        times.append(time.perf_counter() - t0)
+        tick(progress, f"{label}: EM iteration {it}")
+
+    history = fit_em(model, x, y, max_iter=iters, tol=0, ridge=ridge, callback=callback)
     return np.array(history["log_likelihood"]) / len(y), np.array(times)
 
 
-def run_adam(model, x, y, iters, lr=0.05):
+def run_adam(model, x, y, iters, lr=0.05, progress=None, label=""):
     opt, lls, times, t0 = Adam(lr), [model.log_likelihood(x, y) / len(y)], [0.0], time.perf_counter()
-    for _ in range(iters):
+    for it in range(iters):
         model.nll_grads(x, y)
         opt.step(model)
         times.append(time.perf_counter() - t0)
         lls.append(model.log_likelihood(x, y) / len(y))  # evaluation included in the time, as for EM
+        tick(progress, f"{label}: Adam step {it + 1}")
     return np.array(lls), np.array(times)
 
 
@@ -68,20 +79,32 @@ def reach(curve, times, target):
     return (int(hit[0]), float(times[hit[0]])) if hit.size else (None, None)
 
 
-def em_vs_gradient(args, seeds):
+def gradient_iters(args):
+    """EM iterations and Adam steps per run of part 1."""
+    return (15, 60) if args.quick else (100, 2000)
+
+
+def tree_sizes(args):
+    """Training samples, EM iterations (at most) and starts per model of part 2."""
+    return (300, 30, 2) if args.quick else (1000, 300, 6)
+
+
+def em_vs_gradient(args, seeds, progress=None):
     problems = {}
     Xv, _, yv, _ = make_v_regression(300 if args.quick else 600, seed=0, noise=0.1)
     Xc, _, yc, _ = make_circles(300 if args.quick else 600, seed=0)
     problems["V regression, 2 Gaussian experts"] = (Xv, yv, 2, "gaussian", 1e-6)
     flip = np.random.default_rng(1).random(len(yc)) < 0.05
     problems["circles (5% flipped), 4 softmax"] = (standardizer(Xc)(Xc), np.where(flip, 1 - yc, yc), 4, "softmax", 1e-6)
-    em_iters, adam_iters = (15, 60) if args.quick else (100, 2000)
+    em_iters, adam_iters = gradient_iters(args)
     fig, axes = plt.subplots(2, 2, figsize=(12, 8))
     rows = []
     for col, (name, (x, y, tree, expert, ridge)) in enumerate(problems.items()):
         for s in seeds:
-            em_ll, em_t = run_em(start(x, y, tree, expert, s, ridge), x, y, em_iters, ridge)
-            ad_ll, ad_t = run_adam(start(x, y, tree, expert, s, ridge), x, y, adam_iters)
+            label = f"{name}, seed {s}"
+            em_ll, em_t = run_em(start(x, y, tree, expert, s, ridge), x, y, em_iters, ridge, progress, label)
+            ad_ll, ad_t = run_adam(start(x, y, tree, expert, s, ridge), x, y, adam_iters, progress=progress,
+                                   label=label)
             target = em_ll[-1] - 1e-3
             rows.append((name, s, em_ll[-1], ad_ll[-1], *reach(em_ll, em_t, target), *reach(ad_ll, ad_t, target)))
             for ax, t_em, t_ad in ((axes[0, col], np.arange(len(em_ll)), np.arange(len(ad_ll))),
@@ -127,24 +150,30 @@ def staggered(n, seed):
     return x, y, region
 
 
-def best_of(x, y, tree, seed, restarts, iters):
+def best_of(x, y, tree, seed, restarts, iters, progress=None, label=""):
+    """The best of ``restarts`` EM runs by training log-likelihood; ``progress`` counts ``iters`` steps
+    per run (the iterations left when EM converges early are counted at the end)."""
     models = []
     for r in range(restarts):
         m = start(x, y, tree, "gaussian", 100 * seed + r, 1e-6)
-        fit_em(m, x, y, max_iter=iters, tol=1e-9)
+        history = fit_em(m, x, y, max_iter=iters, tol=1e-9,
+                         callback=lambda it, _: tick(progress, f"{label}, start {r + 1}: EM iteration {it}"))
+        if progress is not None and history["n_iter"] < iters:
+            progress.step(f"{label}, start {r + 1}: converged after {history['n_iter']} EM iterations",
+                          n=iters - history["n_iter"])
         models.append(m)
     return max(models, key=lambda m: m.log_likelihood(x, y))
 
 
-def tree_study(args, seeds):
-    n, iters, restarts = (300, 30, 2) if args.quick else (1000, 300, 6)
+def tree_study(args, seeds, progress=None):
+    n, iters, restarts = tree_sizes(args)
     results = {"flat, 4 experts": [], "HME [2, 2]": []}
     shown = {}
     for s in seeds:
         x, y, _ = staggered(n, s)
         xt, yt, region_t = staggered(500 if args.quick else 2000, 1000 + s)
         for name, tree in (("flat, 4 experts", 4), ("HME [2, 2]", [2, 2])):
-            m = best_of(x, y, tree, s, restarts, iters)
+            m = best_of(x, y, tree, s, restarts, iters, progress, f"{name}, seed {s}")
             mse = float(((m.forward(xt)[:, 0] - yt) ** 2).mean())
             results[name].append((m.log_likelihood(xt, yt) / len(yt), mse))
             if s == seeds[0]:
@@ -221,9 +250,15 @@ def mixtools_table():
 def main(argv=None):
     args = parse_args(argv, __doc__)
     seeds = list(range(2 if args.quick else 5))
-    em_vs_gradient(args, seeds)
-    tree_study(args, seeds)
+    # one step per EM iteration or Adam step (parts 1 and 2), one for the mixtools comparison (part 3)
+    em_iters, adam_iters = gradient_iters(args)
+    _, iters, restarts = tree_sizes(args)
+    progress = Progress(2 * len(seeds) * (em_iters + adam_iters) + len(seeds) * 2 * restarts * iters + 1, what="em")
+    em_vs_gradient(args, seeds, progress)
+    tree_study(args, seeds, progress)
     mixtools_table()
+    progress.step("mixtools comparison")
+    progress.done()
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments._common import parse_args, savefig
+from experiments._common import Progress, parse_args, savefig
 from numpy_moe import functional as F
 from numpy_moe.moe import MoE
 from numpy_moe.optim import Adam
@@ -50,8 +50,9 @@ def cross_entropy(logits, labels, n_total):
     return -float(F.log_softmax(logits)[rows, labels].sum()), dlogits / n_total
 
 
-def train(comm, mode, X, y, steps, every):
-    """Train one layer on ``comm``'s ranks; rank 0 trains the single-process MoE beside it."""
+def train(comm, mode, X, y, steps, every, progress=None):
+    """Train one layer on ``comm``'s ranks; rank 0 trains the single-process MoE beside it.
+    ``progress`` (rank 0's ``experiments._common.Progress``, None elsewhere) counts one step per step."""
     from numpy_moe.parallel import ExpertParallelMoE
 
     W, rank = comm.size, comm.rank
@@ -87,6 +88,8 @@ def train(comm, mode, X, y, steps, every):
             if step % every == 0 or step == steps - 1:
                 print(f"step {step:3d}: {loss:.15f} | {loss_ref:.15f} | {1000 * seconds:6.1f} | "
                       + " ".join(f"{b:,}" for b in sent), flush=True)
+            if progress is not None:
+                progress.step(f"{mode}, step {step + 1}, loss {loss:.4f}")
     return log
 
 
@@ -107,8 +110,11 @@ def worker(args):
         comm = Comm()
         X, y = comm.comm.bcast(digits(args.quick) if comm.rank == 0 else None)  # one rank imports sklearn
         steps = 4 if args.quick else 40
-        logs = {mode: train(comm, mode, X, y, steps, 1 if args.worker is None else 10) for mode in MODES}
+        progress = (Progress(len(MODES) * steps, what=f"expert_parallel, {comm.size} rank(s)")
+                    if comm.rank == 0 else None)
+        logs = {mode: train(comm, mode, X, y, steps, 1 if args.worker is None else 10, progress) for mode in MODES}
         if comm.rank == 0:
+            progress.done()
             for mode, log in logs.items():
                 gap = max(abs(a - b) for a, b in zip(log["loss"], log["loss_single"]))
                 print(f"{mode}: largest |loss (EP) - loss (1 process)| over {steps} steps: {gap:.1e}; "
@@ -135,6 +141,8 @@ def driver(args):
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
     runs = {}
     ranks = RANKS[:2] if args.quick else RANKS  # the tests run 4 ranks in tests/test_parallel.py
+    # one step per launched run (the ranks' own lines, from rank 0, count their training steps)
+    progress = Progress(len(ranks), what="expert_parallel")
     with tempfile.TemporaryDirectory() as tmp:
         for W in ranks:
             if W > (os.cpu_count() or 1):  # more ranks than cores: a waiting rank sleeps instead of spinning
@@ -145,6 +153,8 @@ def driver(args):
             print(f"\n$ mpiexec -n {W} python -m experiments expert_parallel", flush=True)
             subprocess.run(cmd, check=True, env=env, cwd=ROOT, timeout=600)
             runs[W] = json.loads(path.read_text())
+            progress.step(f"mpiexec -n {W} finished")
+    progress.done()
     summary(runs)
     plot_dispatch(runs[max(runs)]["dropless"]["dispatch"], args)
     plot_comm(runs, args)
