@@ -18,7 +18,8 @@ zeroes weights, it does not skip work): this is a reference for the formula, not
 Notes
 -----
 With X the im2col matrix (C k^d, P) of the P = N Ho Wo output positions, Wm_e (F, C k^d), Wgm (E, C k^d):
-Y_e = Wm_e X + b_e, a = Wgm X + bg, y = Σ_e g_e ⊙ Y_e. Backward for dy (F, P):
+Y_e = Wm_e X + b_e, a = Wgm X + bg, y = Σ_e g_e ⊙ Y_e. Backward for dy (F, P)::
+
     dY_e = g_e ⊙ dy,   dg_e = Σ_f dy ⊙ Y_e,   da = g ⊙ (dg - Σ_e g_e dg_e)
     (the softmax backward over the kept set: dropped experts have g_e = 0, so their da is 0 and top-k
     needs no extra term),

@@ -4,12 +4,12 @@ Both take a design matrix ``X1`` (N, P) whose last column is the constant 1 and 
 the E-step computed (posterior probabilities), and solve their weighted problem exactly:
 
 - :func:`weighted_least_squares`: a linear-Gaussian expert's mean and variance,
-  ``β = argmin Σ_n w_n ||y_n - x_n β||²`` and ``σ² = Σ_n w_n ||y_n - x_n β||² / (O Σ_n w_n)``.
+  ``β = argmin Σ_n w_n ‖y_n - x_n β‖²`` and ``σ² = Σ_n w_n ‖y_n - x_n β‖² / (O Σ_n w_n)``.
 - :func:`irls_softmax`: a multinomial-logit (softmax) fit to soft counts ``T`` (N, K), the M-step of
   every gate of a (hierarchical) mixture and of every softmax expert, by Newton's method
   (iteratively reweighted least squares) with step halving, so each step increases the objective.
 
-``ridge`` adds ``-ridge/2 ||·||²`` on the weights (bias included) to each objective: a stabiliser for
+``ridge`` adds ``-ridge/2 ‖·‖²`` on the weights (bias included) to each objective: a stabiliser for
 experts that own almost no samples and for gates whose classes the data separate (the unpenalised
 logit optimum then lies at infinity). It is the objective the solvers maximise and the tests check them
 against (scipy.optimize.minimize of the same function).
@@ -28,8 +28,8 @@ def weighted_least_squares(X1, Y, w, ridge=0.0, var_floor=0.0):
 
     Returns
     -------
-    beta : (P, O), minimising Σ_n w_n ||Y_n - X1_n β||² + ridge ||β||².
-    var : float, Σ_n w_n ||Y_n - X1_n β||² / (O Σ_n w_n), at least var_floor (the MLE of σ² given β).
+    beta : (P, O), minimising Σ_n w_n ‖Y_n - X1_n β‖² + ridge ‖β‖².
+    var : float, Σ_n w_n ‖Y_n - X1_n β‖² / (O Σ_n w_n), at least var_floor (the MLE of σ² given β).
     """
     xp = get_array_module(X1)
     P, O = X1.shape[1], Y.shape[1]
@@ -41,7 +41,7 @@ def weighted_least_squares(X1, Y, w, ridge=0.0, var_floor=0.0):
 
 
 def softmax_objective(X1, T, W, ridge=0.0):
-    """Σ_n Σ_k T_nk log softmax(X1 W)_nk - ridge/2 ||W_free||², W_free = W[:, :K-1] - W[:, K-1:].
+    """Σ_n Σ_k T_nk log softmax(X1 W)_nk - ridge/2 ‖W_free‖², W_free = W[:, :K-1] - W[:, K-1:].
 
     The weighted log-likelihood of soft counts T (N, K) under a multinomial logit W (P, K); the penalty
     is on the logit differences to the last column, so the objective, like the softmax, is unchanged by

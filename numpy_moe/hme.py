@@ -91,7 +91,7 @@ class HierarchicalMoE(Module):
 
     Notes
     -----
-    log p_e = -O/2 log(2π σ_e²) - ||y - x̃ V_e||² / (2 σ_e²)   or   log softmax(x̃ V_e)_y.
+    log p_e = -O/2 log(2π σ_e²) - ‖y - x̃ V_e‖² / (2 σ_e²)   or   log softmax(x̃ V_e)_y.
     ℓ_n = logsumexp_e (log π_e + log p_e); posterior h_e = exp(log π_e + log p_e - ℓ_n).
     For a scalar L with u_e = ∂L/∂log π_e, gate j's logits a_j get ∂L/∂a_{j,c} = U_{j,c} - U_j g_{j,c},
     U_{j,c} = Σ_{e under child c} u_e, U_j = Σ_c U_{j,c} (the softmax's gradient, summed over the leaves
@@ -240,7 +240,7 @@ class HierarchicalMoE(Module):
         """The mean negative log-likelihood -ℓ/N; sets ``grads`` to its gradient (gradient training).
 
         ∂ℓ/∂log p_e = h_e, so ∂ℓ/∂W_e = h_e (y - W_e)/σ_e² (gaussian) or h_e (onehot(y) - softmax(W_e)),
-        ∂ℓ/∂log_var_e = h_e (||y - W_e||² / (2σ_e²) - O/2), and u = h for the gates.
+        ∂ℓ/∂log_var_e = h_e (‖y - W_e‖² / (2σ_e²) - O/2), and u = h for the gates.
         """
         xp = get_array_module(x)
         x1 = self._with_bias(x)
@@ -309,7 +309,7 @@ def init_responsibilities(x, y, n_experts, seed=None, task="regression"):
     """Spatially coherent random responsibilities (N, E) to start EM from (by an M-step).
 
     E data rows are drawn as centres in the standardised joint space z = [x, y] (labels one-hot);
-    h_ne ∝ exp(-||z_n - z_centre(e)||² / 2). Starting from random responsibilities, rather than from random
+    h_ne ∝ exp(-‖z_n - z_centre(e)‖² / 2). Starting from random responsibilities, rather than from random
     weights, gives each expert a different region at once.
     """
     xp = get_array_module(x)

@@ -1,4 +1,4 @@
-"""scikit-learn estimators for the (hierarchical) mixture of experts fitted by EM (numpy_moe.hme).
+"""scikit-learn estimators for the (hierarchical) mixture of experts fitted by EM (numpy_moe.hme)::
 
     from numpy_moe.estimators import HMERegressor
     reg = HMERegressor(tree=[2, 2]).fit(X, y)      # a two-level binary tree of 4 linear-Gaussian experts
