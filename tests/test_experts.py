@@ -46,8 +46,11 @@ def test_grouped_pass_gradients_with_an_empty_expert(kwargs, rng):
         assert not bank.grads[key][1].any(), f"expert 1 got no rows, its {key} gradient must be exactly 0"
 
 
-def test_grouped_and_dense_agree(rng):
-    bank = ExpertBank(3, 4, 2, hidden=5, seed=1)
+@pytest.mark.parametrize("kwargs", [dict(), dict(activation="swiglu", bias=True), dict(activation="geglu", bias=True)])
+def test_grouped_and_dense_agree(kwargs, rng):
+    bank = ExpertBank(3, 4, 2, hidden=5, seed=1, **kwargs)
+    for _, p in bank.named_parameters():  # off the initial weights (biases start at 0)
+        p += 0.3 * rng.standard_normal(p.shape)
     x = rng.standard_normal((6, 4))
     dout = rng.standard_normal((3, 6, 2))
     dense = bank.forward(x)
@@ -58,7 +61,7 @@ def test_grouped_and_dense_agree(rng):
     np.testing.assert_allclose(grouped, dense.reshape(18, 2), rtol=1e-13, atol=1e-14)
     np.testing.assert_allclose(dx_grouped, dx_dense, rtol=1e-12, atol=1e-14)
     for k in g_dense:
-        np.testing.assert_allclose(bank.grads[k], g_dense[k], rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(bank.grads[k], g_dense[k], rtol=1e-12, atol=1e-14, err_msg=k)
 
 
 def test_n_experts_must_be_positive():
