@@ -34,7 +34,14 @@ _LAZY = {
     "SoftmaxGate": ("numpy_moe.gates", "numpy_moe.gating"),
     "TopKGate": ("numpy_moe.gates", "numpy_moe.gating"),
     "ExpertChoiceGate": ("numpy_moe.gates", "numpy_moe.gating"),
+    "ScoreGate": ("numpy_moe.gates",),
+    "BaseGate": ("numpy_moe.gates",),
+    "SinkhornGate": ("numpy_moe.gates",),
+    "HashGate": ("numpy_moe.gates",),
+    "SoftMoE": ("numpy_moe.soft_moe",),
+    "Capacity": ("numpy_moe.routing",),
     "ExpertBank": ("numpy_moe.experts",),
+    "SharedExpert": ("numpy_moe.experts",),
     "Module": ("numpy_moe.layers",),
     "Linear": ("numpy_moe.layers",),
     "MLP": ("numpy_moe.layers",),
@@ -44,6 +51,8 @@ _LAZY = {
     "MoERegressor": ("numpy_moe.estimators",),
     "LocalExpertsClassifier": ("numpy_moe.estimators",),
     "LocalExpertsRegressor": ("numpy_moe.estimators",),
+    "HMERegressor": ("numpy_moe.estimators",),
+    "HMEClassifier": ("numpy_moe.estimators",),
     "check_module": ("numpy_moe.gradcheck",),
     "fit": ("numpy_moe.train",),
     "predict": ("numpy_moe.train",),
@@ -53,7 +62,8 @@ _LAZY = {
     "set_backend": ("numpy_moe.backend",),
     "get_backend": ("numpy_moe.backend",),
 }
-_SUBMODULES = ("io", "backend", "gradcheck", "estimators", "models", "plotting", "datasets")
+_SUBMODULES = ("io", "backend", "gradcheck", "estimators", "models", "plotting", "datasets", "presets", "balance",
+               "gates")
 
 __all__ = ["__version__", *_LAZY, *_SUBMODULES]
 
