@@ -539,3 +539,23 @@ def test_random_mutations_of_a_fitted_pipeline_file_give_value_errors_only(tmp_p
         except ValueError:
             outcomes["ValueError"] += 1
     assert outcomes["ValueError"] > 100, outcomes  # most mutations break the file; none escapes as another error
+
+
+@pytest.mark.parametrize("bad", [-1.0, 2.5, 99.0])
+def test_a_tampered_hash_table_is_refused_and_load_into_leaves_the_model_as_it_was(bad, tmp_path):
+    from numpy_moe.gates import HashGate
+    path = io.save(MoE(gate=HashGate(3, 4, 6, seed=0), experts=MoE(3, 2, 4, seed=0).experts), tmp_path / "h.npz")
+    with np.load(path) as npz:
+        arrays = dict(npz)
+    record = json.loads(str(arrays.pop("__meta__")))["object"]
+    key = [k for k in arrays if k.endswith("table")][0]
+    arrays[key] = arrays[key].copy()
+    arrays[key][2] = bad
+    evil = craft(tmp_path / "evil.npz", record, arrays)
+    with pytest.raises(ValueError, match=r"evil.npz: HashGate table holds values that are not expert ids"):
+        io.load(evil)
+    target = io.load(path)
+    before = {k: b.copy() for k, b in target.named_buffers()}
+    with pytest.raises(ValueError, match="not expert ids"):
+        io.load_into(target, evil)
+    assert all(np.array_equal(b, before[k]) for k, b in target.named_buffers())

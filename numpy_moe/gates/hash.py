@@ -79,6 +79,14 @@ class HashGate(Module):
         self.buffers["table"][...] = asarray(table, dtype=self.dtype)
         return self
 
+    def check_buffers(self):
+        """Raise ValueError unless every table entry is an expert id, an integer in [0, E) (numpy_moe.io
+        calls this on loading: a tampered table would otherwise route to wrong or wrapped-around experts)."""
+        xp = get_array_module(self.buffers["table"])
+        t = self.buffers["table"]
+        if not bool(((t == xp.floor(t)) & (t >= 0) & (t < self.n_experts)).all()):
+            raise ValueError(f"HashGate table holds values that are not expert ids in [0, {self.n_experts})")
+
     def forward(self, x, keys=None):
         """x (N, D), keys (N,) ints -> Routing."""
         xp = get_array_module(x)

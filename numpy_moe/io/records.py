@@ -313,8 +313,17 @@ def assign(model, archive, prefix, buffer_prefix, path):
             raise FileError(f"{path}: {kind} {name!r} contains NaN or inf ({int((~numpy.isfinite(a)).sum())} "
                             "of its values); refusing to load a diverged model")
         values[key] = a
+    before = {key: p.copy() for key, (_, _, p) in targets.items()}
     for key, (_, _, p) in targets.items():
         p[...] = asarray(values[key])
+    try:  # a module whose buffers must satisfy more than finiteness (a hash table of expert ids) checks them
+        for m in model.modules():
+            if callable(getattr(m, "check_buffers", None)):
+                m.check_buffers()
+    except ValueError as err:
+        for key, (_, _, p) in targets.items():
+            p[...] = before[key]
+        raise FileError(f"{path}: {err}") from err
 
 
 def non_finite_weights(arrays):
