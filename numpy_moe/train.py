@@ -56,7 +56,7 @@ def predict(model, X):
 
 
 def fit(model, X, y, loss="cross_entropy", optimizer=None, epochs=10, batch_size=32, seed=None,
-        X_val=None, y_val=None, callback=None, verbose=False):
+        X_val=None, y_val=None, callback=None, verbose=False, reference_loss=None):
     """Train ``model`` in place by mini-batch gradient descent.
 
     Parameters
@@ -68,6 +68,9 @@ def fit(model, X, y, loss="cross_entropy", optimizer=None, epochs=10, batch_size
     X_val, y_val : optional held-out data, evaluated after each epoch.
     callback : optional ``callback(epoch, model, history)`` called after each epoch.
     verbose : print one line per epoch.
+    reference_loss : what the divergence rule compares the first epoch's loss with; None (default): the
+        model's loss on X before training, which costs one forward pass (a caller that trains epoch by
+        epoch passes the value it already has).
 
     Returns
     -------
@@ -88,7 +91,7 @@ def fit(model, X, y, loss="cross_entropy", optimizer=None, epochs=10, batch_size
     optimizer = optimizer or Adam(1e-3)
     rng = default_rng(seed)
     history = History()
-    initial = float(loss_f(predict(model, X), y))  # the growth rule's reference for the first epoch
+    initial = float(loss_f(predict(model, X), y)) if reference_loss is None else float(reference_loss)
     model.train()
     for epoch in range(epochs):
         t0 = time.perf_counter()

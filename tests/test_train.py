@@ -123,3 +123,15 @@ def test_bad_arguments(kwargs, error, pattern, rng):
     args = dict(y=y) | kwargs
     with pytest.raises(error, match=pattern):
         fit(MoE(2, 3, 2, seed=0), X, **args)
+
+
+@pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning", "ignore:invalid value:RuntimeWarning")
+def test_the_first_epoch_is_judged_against_reference_loss_when_given(rng):
+    """SGD at lr 10 takes the first epoch's loss to ~6e5 (from ~2.4 before training): divergence by default,
+    not when the caller says the reference is 1e6 (an estimator passes the reference it already has)."""
+    X, y = blobs(rng)
+    with pytest.raises(FloatingPointError, match="at epoch 1: the training loss .* than 1000 times the loss"):
+        fit(MoE(2, 3, n_experts=2, hidden=4, seed=0), X, y, optimizer=SGD(10.0), epochs=1, batch_size=16, seed=0)
+    history = fit(MoE(2, 3, n_experts=2, hidden=4, seed=0), X, y, optimizer=SGD(10.0), epochs=1, batch_size=16,
+                  seed=0, reference_loss=1e6)
+    assert 1e3 < history.loss[0] < 1e9

@@ -70,7 +70,8 @@ class _Estimator(BaseEstimator):
     """The training loop shared by the four estimators: epochs, early stopping, progress, usage.
 
     Subclasses provide ``_build(n_features, n_outputs, rng)`` -> model, ``_new_optimizer()``,
-    ``_epoch(X, y, rng)`` -> training loss, ``_loss(X, y)``, ``_output(X)`` -> (N, O) numpy (class
+    ``_epoch(X, y, rng, epoch, reference)`` -> training loss (reference: what the
+    divergence rule compares that loss with), ``_loss(X, y)``, ``_output(X)`` -> (N, O) numpy (class
     probabilities or values) and ``_gate_scores(X)`` -> (N, E) numpy, largest at each row's top expert;
     the task mixins below provide ``_targets(y, first, classes)`` -> (encoded targets, number of outputs).
     """
@@ -180,8 +181,9 @@ class _Estimator(BaseEstimator):
         for _ in range(epochs):
             t0 = time.perf_counter()
             try:
-                loss = self._epoch(X_fit, y_fit, self._rng, self.n_iter_ + 1)
-                divergence.check_epoch(loss, self.loss_curve_[0] if self.loss_curve_ else initial, self.n_iter_ + 1)
+                reference = self.loss_curve_[0] if self.loss_curve_ else initial
+                loss = self._epoch(X_fit, y_fit, self._rng, self.n_iter_ + 1, reference)
+                divergence.check_epoch(loss, reference, self.n_iter_ + 1)
             except FloatingPointError as err:
                 raise FloatingPointError(
                     f"{type(self).__name__}: {str(err).split('; ')[0]}. The estimator was left as it was before "

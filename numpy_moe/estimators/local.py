@@ -39,7 +39,7 @@ class _LocalModel(_Estimator):
     def _build(self, n_features, n_outputs, rng):
         return LocalExperts(n_features, n_outputs, self.n_experts, mode=self.mode, task=self._task, seed=rng)
 
-    def _epoch(self, X, y, rng, epoch):
+    def _epoch(self, X, y, rng, epoch, reference):
         train_epoch(self.model_, X, y, self._optimizer, self.batch_size, rng, epoch)
         self._optimizer.end_epoch()
         return self._loss(X, y)

@@ -73,10 +73,10 @@ class _MoEModel(_Estimator):
     def _loss_name(self):
         return "cross_entropy" if self._task == "classification" else "mse"
 
-    def _epoch(self, X, y, rng, epoch):
+    def _epoch(self, X, y, rng, epoch, reference):
         try:
             return train.fit(self.model_, X, y, loss=self._loss_name, optimizer=self._optimizer, epochs=1,
-                             batch_size=self.batch_size, seed=rng).loss[0]
+                             batch_size=self.batch_size, seed=rng, reference_loss=reference).loss[0]
         except FloatingPointError as err:  # train.fit counts this one epoch as its epoch 1
             raise FloatingPointError(str(err).replace("at epoch 1", f"at epoch {epoch}", 1)) from None
 
