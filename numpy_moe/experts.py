@@ -26,6 +26,7 @@ from . import functional as F
 from .backend import default_rng, get_array_module
 from .layers import Module, init_weight, zeros_param
 from .validation import check_positive_int, check_real
+from .workers import n_threads, run_blocks
 
 
 class ExpertBank(Module):
@@ -152,59 +153,130 @@ class ExpertBank(Module):
             d = F.relu_backward(d @ self.params[w].transpose(0, 2, 1), self.acts[i - 1])  # (E, N, H)
 
     # grouped: expert e runs on rows offsets[e]:offsets[e+1] --------------------------------------
-    def forward_grouped(self, x, offsets):
+    def forward_grouped(self, x, offsets, rows=None):
         """x (M, D) grouped by expert, offsets: E + 1 ints -> out (M, O).
 
-        Each layer writes into one preallocated (M, ·) array, block by block (``matmul(out=)``), and the
-        hidden layer keeps only relu(A): A > 0 exactly where relu(A) > 0, so no separate mask is stored.
+        rows : None, or (M,) ints; then x is the ungrouped (N, D) input and grouped row g is x[rows[g]]:
+            each expert gathers its own rows just before its products use them (the sparse MoE layer's
+            dispatch), instead of one gather of all M rows beforehand.
+
+        The experts run in chunks of consecutive experts, concurrently on the CPU's cores
+        (:mod:`numpy_moe.workers`; one chunk per expert for MLP experts). Each layer writes into one
+        preallocated (M, ·) array, block by block (``matmul(out=)``); the hidden layer keeps only relu(A):
+        A > 0 exactly where relu(A) > 0, so no separate mask is stored. Gated-linear experts compute G and
+        U with one product per expert, x_e [W_gate_e W_up_e] -> (rows, 2H), and their activation once
+        over each chunk's rows.
         """
         xp = get_array_module(x)
         self.offsets = [int(o) for o in offsets]
+        M = x.shape[0] if rows is None else rows.shape[0]
+        if self.offsets[-1] != M:
+            raise ValueError(f"offsets end at {self.offsets[-1]} but there are {M} grouped rows")
+        self.blocks = [(e, lo, hi) for e, (lo, hi) in enumerate(zip(self.offsets[:-1], self.offsets[1:])) if hi > lo]
+        self.chunks = self._chunks(M)
+        self.x = x if rows is None else xp.empty((M, self.in_features), dtype=x.dtype)
         if self.glu:
-            return self._glu_forward_grouped(x)
-        M, n_layers = x.shape[0], len(self._layers)
-        self.hs = [x] + [xp.empty((M, self.params[w].shape[2]), dtype=x.dtype) for w, _ in self._layers]
-        blocks = list(zip(self.offsets[:-1], self.offsets[1:]))
-        if n_layers > 1:  # NumPy's maximum is SIMD against an array of the same shape, scalar-slow against 0
-            zeros = xp.zeros((max(hi - lo for lo, hi in blocks), self.hidden), dtype=x.dtype)
-        for e, (lo, hi) in enumerate(blocks):
+            H = self.hidden
+            self.W_in = xp.concatenate([self.params["W_gate"], self.params["W_up"]], axis=2)  # (E, D, 2H)
+            self.GU = xp.empty((M, 2 * H), dtype=x.dtype)
+            self.parts = [None] * len(self.chunks)  # per chunk: act, act', up, up', A over its rows
+            self.hs = [self.x, xp.empty((M, self.out_features), dtype=x.dtype)]
+        else:
+            self.hs = [self.x] + [xp.empty((M, self.params[w].shape[2]), dtype=x.dtype) for w, _ in self._layers]
+        self._zeros = None
+        if not self.glu and len(self._layers) > 1 and self.blocks:
+            # NumPy's maximum is SIMD against an array of the same shape, scalar-slow against 0
+            self._zeros = xp.zeros((max(hi - lo for _, lo, hi in self.blocks), self.hidden), dtype=x.dtype)
+        run = self._glu_forward_chunk if self.glu else self._mlp_forward_chunk
+        self._run_chunks(run, x, rows)
+        return self.hs[-1]
+
+    def backward_grouped(self, dout, rows=None, weight=None):
+        """dout (M, O) -> dx (M, D); experts with no rows get exactly zero gradient.
+
+        rows, weight : None, or (M,) ints and (M, 1) floats: then dout is the ungrouped (N, O) gradient of
+            a combine ``y[rows[g]] += weight[g] out[g]``, each expert gathers its own rows of it, and the
+            return value is (dx, dweight) with dweight (M,) = <dout[rows[g]], out[g]>, the gradient of
+            ``weight``.
+        """
+        xp = get_array_module(dout)
+        for key, p in self.params.items():
+            self.grads[key] = xp.empty_like(p)
+        for e, (lo, hi) in enumerate(zip(self.offsets[:-1], self.offsets[1:])):
             if hi == lo:
-                continue
+                for g in self.grads.values():
+                    g[e] = 0
+        M = self.x.shape[0]
+        self.dweight = None if rows is None else xp.empty(M, dtype=dout.dtype)
+        self._weight = weight
+        # dbuf[i]: gradient w.r.t. the input of layer i (dbuf[0] = dx)
+        self.dbuf = [xp.empty_like(self.x)] + ([] if self.glu else [xp.empty_like(h) for h in self.hs[1:-1]])
+        self._ones = xp.ones(M, dtype=dout.dtype)
+        run = self._glu_backward_chunk if self.glu else self._mlp_backward_chunk
+        self._run_chunks(run, dout, rows)
+        dx, self._weight = self.dbuf[0], None
+        return dx if rows is None else (dx, self.dweight)
+
+    def _chunks(self, M):
+        """The non-empty blocks split into runs of consecutive experts: one expert each for MLP experts;
+        about M / (2 T) rows each for gated-linear ones (T threads), whose element-wise work runs per chunk."""
+        if not self.glu:
+            return [[b] for b in self.blocks]
+        target, chunks = max(1, -(-M // (2 * n_threads()))), []
+        for b in self.blocks:
+            if chunks and sum(hi - lo for _, lo, hi in chunks[-1]) < target:
+                chunks[-1].append(b)
+            else:
+                chunks.append([b])
+        return chunks
+
+    def _run_chunks(self, run, source, rows):
+        """run(c, chunk, source, rows) for every chunk, concurrently (workers.run_blocks)."""
+        work = [lambda c=c, chunk=chunk: run(c, chunk, source, rows) for c, chunk in enumerate(self.chunks)]
+        run_blocks(work, [chunk[-1][2] - chunk[0][1] for chunk in self.chunks], like=source)
+
+    def _gather(self, source, rows, lo, hi, out=None):
+        """Rows lo:hi of the grouped input: source[lo:hi], or source[rows[lo:hi]] (into ``out``)."""
+        if rows is None:
+            return source[lo:hi]
+        return get_array_module(source).take(source, rows[lo:hi], axis=0, out=out)
+
+    def _output_grad(self, dout, rows, lo, hi):
+        """The experts' output gradient on rows lo:hi; with rows, gathered and scaled, and dweight filled."""
+        if rows is None:
+            return dout[lo:hi]
+        xp = get_array_module(dout)
+        d = xp.take(dout, rows[lo:hi], axis=0)
+        self.dweight[lo:hi] = xp.einsum("go,go->g", d, self.hs[-1][lo:hi])
+        d *= self._weight[lo:hi]
+        return d
+
+    def _mlp_forward_chunk(self, c, chunk, x, rows):
+        xp, n_layers = get_array_module(x), len(self._layers)
+        for e, lo, hi in chunk:
+            if rows is not None:
+                self._gather(x, rows, lo, hi, out=self.x[lo:hi])
             for i, (w, b) in enumerate(self._layers):
                 h = self.hs[i + 1][lo:hi]
                 xp.matmul(self.hs[i][lo:hi], self.params[w][e], out=h)
                 self._add_bias(h, b, e)
                 if i < n_layers - 1:
-                    xp.maximum(h, zeros[: hi - lo], out=h)  # Z = relu(A) in place
-        return self.hs[-1]
+                    xp.maximum(h, self._zeros[: hi - lo], out=h)  # Z = relu(A) in place
 
-    def backward_grouped(self, dout):
-        """dout (M, O) -> dx (M, D); experts with no rows get exactly zero gradient."""
+    def _mlp_backward_chunk(self, c, chunk, dout, rows):
         xp = get_array_module(dout)
-        if self.glu:
-            return self._glu_backward_grouped(dout)
-        for key, p in self.params.items():
-            self.grads[key] = xp.empty_like(p)
-        # dbuf[i]: gradient w.r.t. the input of layer i (dbuf[0] = dx)
-        dbuf = [xp.empty_like(h) for h in self.hs[:-1]]
-        ones = xp.ones(dout.shape[0], dtype=dout.dtype)
-        for e, (lo, hi) in enumerate(zip(self.offsets[:-1], self.offsets[1:])):
-            if hi == lo:
-                for g in self.grads.values():
-                    g[e] = 0
-                continue
-            d = dout[lo:hi]
+        for e, lo, hi in chunk:
+            d = self._output_grad(dout, rows, lo, hi)
             for i, (w, b) in reversed(list(enumerate(self._layers))):
                 inp = self.hs[i][lo:hi]
                 xp.matmul(inp.T, d, out=self.grads[w][e])  # (·, ·)
                 if b is not None:
-                    xp.matmul(ones[: hi - lo], d, out=self.grads[b][e])  # sum over rows as a GEMV (threaded)
-                dinp = dbuf[i][lo:hi]
+                    xp.matmul(self._ones[: hi - lo], d, out=self.grads[b][e])  # sum over rows as a GEMV
+                dinp = self.dbuf[i][lo:hi]
                 xp.matmul(d, self.params[w][e].T, out=dinp)
                 if i:
                     dinp *= inp > 0  # relu backward: inp = relu(A) > 0 exactly where A > 0
                 d = dinp
-        return dbuf[0]
 
     # gated-linear experts ------------------------------------------------------------------------
     def _glu_forward(self, x):
@@ -251,64 +323,55 @@ class ExpertBank(Module):
         xp = get_array_module(u)
         return xp.clip(u, -self.limit, self.limit) + 1, xp.abs(u) <= self.limit
 
-    def _glu_forward_grouped(self, x):
-        """Grouped: x (M, D) -> (M, O).
-
-        One product per expert block computes G and U together, x_e [W_gate_e W_up_e] -> (rows, 2H), so x is
-        read once; the activation and its derivative run once over all M rows; then one product per block
-        for W_down.
-        """
-        xp = get_array_module(x)
-        p, M, H = self.params, x.shape[0], self.hidden
-        self.x = x
-        self.W_in = xp.concatenate([p["W_gate"], p["W_up"]], axis=2)  # (E, D, 2H), reused by the backward
-        GU = self.GU = xp.empty((M, 2 * H), dtype=x.dtype)
-        out = xp.empty((M, self.out_features), dtype=x.dtype)
-        self.blocks = [(e, lo, hi) for e, (lo, hi) in enumerate(zip(self.offsets[:-1], self.offsets[1:])) if hi > lo]
-        for e, lo, hi in self.blocks:
-            xp.matmul(x[lo:hi], self.W_in[e], out=GU[lo:hi])
+    def _glu_forward_chunk(self, c, chunk, x, rows):
+        """One chunk of gated-linear experts: G and U by one product per expert, the activation over the
+        chunk's rows at once, then W_down per expert."""
+        xp, p, H = get_array_module(x), self.params, self.hidden
+        c_lo, c_hi = chunk[0][1], chunk[-1][2]
+        GU, out = self.GU, self.hs[-1]
+        for e, lo, hi in chunk:
+            xp.matmul(self._gather(x, rows, lo, hi, out=self.x[lo:hi] if rows is not None else None), self.W_in[e],
+                      out=GU[lo:hi])
             if self.bias:
                 GU[lo:hi, :H] += p["b_gate"][e]
                 GU[lo:hi, H:] += p["b_up"][e]
-        self.act, self.dact = self._act_parts(GU[:, :H])  # (M, H) each
-        self.up, self.dup = self._up_parts(GU[:, H:])
-        self.A = self.act * self.up  # (M, H)
-        for e, lo, hi in self.blocks:
-            xp.matmul(self.A[lo:hi], p["W_down"][e], out=out[lo:hi])
+        act, dact = self._act_parts(GU[c_lo:c_hi, :H])  # (rows, H) each
+        up, dup = self._up_parts(GU[c_lo:c_hi, H:])
+        A = act * up
+        self.parts[c] = (act, dact, up, dup, A)
+        for e, lo, hi in chunk:
+            xp.matmul(A[lo - c_lo:hi - c_lo], p["W_down"][e], out=out[lo:hi])
             if self.bias:
                 out[lo:hi] += p["b_down"][e]
-        return out
 
-    def _glu_backward_grouped(self, dout):
-        """Grouped: dout (M, O) -> dx (M, D); experts with no rows get exactly zero gradient.
-
-        dG and dU sit side by side in one (M, 2H) array, so each block's input gradient is one product
-        [dG dU] [W_gate W_up]ᵀ and its weight gradients one product x_eᵀ [dG dU].
-        """
-        xp = get_array_module(dout)
-        p, g, H = self.params, self.grads, self.hidden
-        for key, v in p.items():
-            g[key] = xp.zeros_like(v)
-        dA = xp.empty_like(self.A)
-        for e, lo, hi in self.blocks:
-            xp.matmul(self.A[lo:hi].T, dout[lo:hi], out=g["W_down"][e])
-            xp.matmul(dout[lo:hi], p["W_down"][e].T, out=dA[lo:hi])
-        dGU = xp.empty_like(self.GU)
-        xp.multiply(dA, self.act, out=dGU[:, H:])  # dU = dA ⊙ act(G) [⊙ up'(U)]
-        if self.dup is not None:
-            dGU[:, H:] *= self.dup
-        dA *= self.up
-        xp.multiply(dA, self.dact, out=dGU[:, :H])  # dG = dA ⊙ U ⊙ act'(G)
-        dx = xp.empty_like(self.x)
-        dW_in = xp.empty((self.in_features, 2 * H), dtype=dout.dtype)
-        for e, lo, hi in self.blocks:
-            xp.matmul(self.x[lo:hi].T, dGU[lo:hi], out=dW_in)
-            g["W_gate"][e], g["W_up"][e] = dW_in[:, :H], dW_in[:, H:]
-            xp.matmul(dGU[lo:hi], self.W_in[e].transpose(1, 0), out=dx[lo:hi])
+    def _glu_backward_chunk(self, c, chunk, dout, rows):
+        """dG and dU sit side by side in one (rows, 2H) array, so each expert's input gradient is one product
+        [dG dU] [W_gate W_up]ᵀ and its weight gradients one product x_eᵀ [dG dU]."""
+        xp, p, g, H = get_array_module(dout), self.params, self.grads, self.hidden
+        c_lo, c_hi = chunk[0][1], chunk[-1][2]
+        act, dact, up, dup, A = self.parts[c]
+        dA = xp.empty_like(A)
+        for e, lo, hi in chunk:
+            d = self._output_grad(dout, rows, lo, hi)
+            xp.matmul(A[lo - c_lo:hi - c_lo].T, d, out=g["W_down"][e])
+            xp.matmul(d, p["W_down"][e].T, out=dA[lo - c_lo:hi - c_lo])
             if self.bias:
-                g["b_down"][e] = dout[lo:hi].sum(axis=0)
-                g["b_gate"][e], g["b_up"][e] = dGU[lo:hi, :H].sum(axis=0), dGU[lo:hi, H:].sum(axis=0)
-        return dx
+                g["b_down"][e] = d.sum(axis=0)
+        dGU = xp.empty((c_hi - c_lo, 2 * H), dtype=dout.dtype)
+        xp.multiply(dA, act, out=dGU[:, H:])  # dU = dA ⊙ act(G) [⊙ up'(U)]
+        if dup is not None:
+            dGU[:, H:] *= dup
+        dA *= up
+        xp.multiply(dA, dact, out=dGU[:, :H])  # dG = dA ⊙ U ⊙ act'(G)
+        dW_in = xp.empty((self.in_features, 2 * H), dtype=dout.dtype)
+        for e, lo, hi in chunk:
+            d = dGU[lo - c_lo:hi - c_lo]
+            xp.matmul(self.x[lo:hi].T, d, out=dW_in)
+            g["W_gate"][e], g["W_up"][e] = dW_in[:, :H], dW_in[:, H:]
+            xp.matmul(d, self.W_in[e].transpose(1, 0), out=self.dbuf[0][lo:hi])
+            if self.bias:
+                g["b_gate"][e], g["b_up"][e] = d[:, :H].sum(axis=0), d[:, H:].sum(axis=0)
+
 
 class SharedExpert(Module):
     """An always-on expert added to the routed output: DeepSeek-MoE's shared experts, Qwen2-MoE's gated one.

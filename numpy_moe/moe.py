@@ -293,7 +293,7 @@ class MoE(Module):
             return self._add_shared(x, xp.einsum("ne,eno->no", self.g, self.out))
         groups = self.groups = group_by_expert(r, E)
         self.w = r.weight[groups.assignment][:, None]  # (G, 1)
-        self.out = self.experts.forward_grouped(xp.take(x, groups.sample, axis=0), groups.offsets)  # (G, O)
+        self.out = self.experts.forward_grouped(x, groups.offsets, rows=groups.sample)  # (G, O), gathers x[sample]
         if r.top_k is None:  # expert choice: a sample has 0..E experts
             y = scatter_add(xp.zeros((N, self.out_features), dtype=self.dtype), self.out, groups, self.w)
         else:
@@ -336,13 +336,11 @@ class MoE(Module):
             grad = {"weight": dg[r.sample, r.expert] * r.kept}  # (M,)
             dx_experts = self.experts.backward(self.g.T[:, :, None] * dy[None])  # (N, D)
         else:
-            g = self.groups
-            dys = xp.take(dy, g.sample, axis=0)  # (G, O)
+            g = self.groups  # the experts gather w dy[sample] and return <dy[sample], out> as well
+            dx_experts, dw = self.experts.backward_grouped(dy, rows=g.sample, weight=self.w)  # (G, D), (G,)
             dweight = xp.zeros(r.weight.shape, dtype=self.dtype)
-            dweight[g.assignment] = xp.einsum("go,go->g", dys, self.out)  # dropped assignments keep 0
+            dweight[g.assignment] = dw  # dropped assignments keep 0
             grad = {"weight": dweight}
-            dys *= self.w
-            dx_experts = self.experts.backward_grouped(dys)  # (G, D)
         extra = [loss.backward() for loss in self.losses]
         if self.mask is not None:
             extra = [B.expand_grad(e, r, self.mask, self.counted_index) for e in extra]
