@@ -28,6 +28,8 @@ from .layers import Module, init_weight, zeros_param
 from .validation import check_positive_int, check_real
 from .workers import n_threads, run_blocks
 
+SERIAL_BELOW = 1 << 16  # grouped rows x widest layer below which the experts run in order, not on threads
+
 
 class ExpertBank(Module):
     """E linear (``hidden=None``), ReLU-MLP or gated-linear (SwiGLU, GeGLU) experts with stacked weights.
@@ -233,7 +235,9 @@ class ExpertBank(Module):
     def _run_chunks(self, run, source, rows):
         """run(c, chunk, source, rows) for every chunk, concurrently (workers.run_blocks)."""
         work = [lambda c=c, chunk=chunk: run(c, chunk, source, rows) for c, chunk in enumerate(self.chunks)]
-        run_blocks(work, [chunk[-1][2] - chunk[0][1] for chunk in self.chunks], like=source)
+        width = max(self.in_features, self.out_features, self.hidden or 0)
+        run_blocks(work, [(chunk[-1][2] - chunk[0][1]) * width for chunk in self.chunks], like=source,
+                   serial_below=SERIAL_BELOW)
 
     def _gather(self, source, rows, lo, hi, out=None):
         """Rows lo:hi of the grouped input: source[lo:hi], or source[rows[lo:hi]] (into ``out``)."""

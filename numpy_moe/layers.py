@@ -91,12 +91,38 @@ class Module:
     def __call__(self, x):
         return self.forward(x)
 
+    def __setattr__(self, name, value):
+        # children() keeps the names of the attributes that may hold children; assigning a Module, a list or
+        # a tuple, or replacing such an attribute, makes it look again (lists are read afresh every call)
+        names = self.__dict__.get("_child_names")
+        if names is not None and (name in names or isinstance(value, (Module, list, tuple))):
+            object.__setattr__(self, "_child_names", None)
+        object.__setattr__(self, name, value)
+
+    def __delattr__(self, name):
+        object.__setattr__(self, "_child_names", None)
+        object.__delattr__(self, name)
+
     def children(self):
-        """Yield (name, child Module) for attributes that are Modules or lists/tuples of Modules."""
-        for name, value in vars(self).items():
+        """Yield (name, child Module) for attributes that are Modules or lists/tuples of Modules.
+
+        A list or tuple counts as a list of children when its first element is a Module (then every Module
+        in it is yielded); lists of arrays or numbers, which the layers keep for their backward passes, are
+        not scanned element by element. The names of the attributes that can hold children are remembered
+        between calls (training calls this several times a step) and looked for again whenever an
+        attribute is assigned a Module, a list or a tuple.
+        """
+        attrs = vars(self)
+        names = attrs.get("_child_names")
+        if names is None:
+            names = tuple(name for name, value in attrs.items()
+                          if isinstance(value, Module) or type(value) in (list, tuple))
+            object.__setattr__(self, "_child_names", names)
+        for name in names:
+            value = attrs[name]
             if isinstance(value, Module):
                 yield name, value
-            elif isinstance(value, (list, tuple)):
+            elif value and isinstance(value[0], Module):
                 for i, v in enumerate(value):
                     if isinstance(v, Module):
                         yield f"{name}.{i}", v
