@@ -83,6 +83,29 @@ def walkthrough_gate_rule_error(seed, draws=20):
                              targets=np.array([0, 1, 2, 1, 0]))
 
 
+def quoted(seeds=SEEDS):
+    """The fragments of text MATH.md quotes, computed afresh: {where: text}."""
+    seeds = list(seeds)
+    load = np.array([load_threshold_error(s) for s in seeds])  # (seeds, 2)
+    post = [post003_gate_rule_error(s) for s in seeds]
+    post_medians, pooled = [np.median(e) for e in post], np.concatenate(post)
+    walk = [walkthrough_gate_rule_error(s) for s in seeds]
+    walk_medians, walk_pooled = [np.median(e) for e in walk], np.concatenate(walk)
+
+    def span(v):
+        return f"{np.min(v):.2f} to {np.max(v):.2f} (mean {np.mean(v):.2f})"
+
+    return {
+        "§3.4": f"{span(load[:, 0])} in `dc` and {span(load[:, 1])} in `ds`",
+        "§8": f"{np.min(post_medians):.2f} to {np.max(post_medians):.2f} in median over ten seeds; the Shazeer "
+              f"load gradient without its threshold terms by {load.min():.1f} to {load.max():.1f}",
+        "§9 003-4 post": f"per seed is {span(post_medians)}, and 80% of the {len(pooled)} draws lie between "
+                         f"{np.percentile(pooled, 10):.2f} and {np.percentile(pooled, 90):.2f}",
+        "§9 003-4 walk-through": f"the per-seed medians are {span(walk_medians)} and single draws range from "
+                                 f"{walk_pooled.min():.2f} to {walk_pooled.max():.2f}",
+    }
+
+
 def spread(values):
     """'mean X, min-max A-B' of per-seed values."""
     values = np.asarray(values)
