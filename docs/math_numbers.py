@@ -35,10 +35,12 @@ SEEDS = range(10)
 
 
 def load_threshold_error(seed):
-    """(rel. error of dclean, of dsigma): Shazeer load gradient without its threshold terms vs finite differences."""
+    """(rel. error of dclean, of dsigma): the Shazeer load gradient without its threshold terms against
+    central differences."""
     rng = np.random.default_rng(seed)
     N, E, K = 8, 4, 2
-    clean, sigma, eps = 2 * rng.standard_normal((N, E)), rng.uniform(0.5, 1.5, (N, E)), rng.standard_normal((N, E))
+    clean = 2 * rng.standard_normal((N, E))
+    sigma, eps = rng.uniform(0.5, 1.5, (N, E)), rng.standard_normal((N, E))
     loss = B.ShazeerLoad(0.7)
 
     def route():
@@ -97,7 +99,8 @@ def quoted(seeds=SEEDS):
 
     return {
         "§3.4": f"{span(load[:, 0])} in `dc` and {span(load[:, 1])} in `ds`",
-        "§8": f"{np.min(post_medians):.2f} to {np.max(post_medians):.2f} in median over ten seeds; the Shazeer "
+        "§8": f"{np.min(post_medians):.2f} to {np.max(post_medians):.2f} in median over ten seeds; "
+              f"the Shazeer "
               f"load gradient without its threshold terms by {load.min():.1f} to {load.max():.1f}",
         "§9 003-4 post": f"per seed is {span(post_medians)}, and 80% of the {len(pooled)} draws lie between "
                          f"{np.percentile(pooled, 10):.2f} and {np.percentile(pooled, 90):.2f}",

@@ -22,7 +22,7 @@ How to build each variant (D inputs, O outputs, E experts, H hidden units of eac
     MoE(D, O, E, hidden=H, top_k=1, capacity_factor=1.25, balance={"switch": 0.01, "z_loss": 0.001})
                                                   # Switch Transformer: top-1 with capacity
     MoE(D, O, E, hidden=H, router="expert_choice", capacity_factor=2)
-                                                  # expert choice: each expert takes N * 2 / E samples
+                                                  # expert choice: each expert takes ceil(2 N / E) samples
     MoE(gate=BaseGate(D, E), experts=ExpertBank(E, D, D, H), residual=True)
                                                   # BASE layer: balanced assignment, x + sigmoid(x w_e) E_e(x)
     MoE(gate=SinkhornGate(D, E, top_k=1), experts=...)   # S-BASE: Sinkhorn-balanced choice
@@ -108,7 +108,8 @@ class MoE(Module):
     router : "topk" (default) or "expert_choice" (each expert picks its top C samples; needs
         capacity_factor and no top_k).
     capacity_factor : None (no limit) or cf > 0: top-k experts keep at most ceil(N K cf / E) assignments,
-        expert choice takes ceil(N cf / E) samples per expert (with a gate object, top-k gates only).
+        expert choice takes min(N, ceil(N cf / E)) samples per expert (with a gate object, top-k gates
+        only).
     batch_priority : with a capacity, serve samples with a larger max_e p[n, e] first (V-MoE BPR)
         instead of by position.
     capacity : None, or a :class:`numpy_moe.routing.Capacity` (or its ``to_dict()``) for top-k gates: the

@@ -62,7 +62,8 @@ def test_switch_router_gradient_vanishes_when_f_is_uniform(K, rng):
     loss, dh = switch_gradient(h, K)
     assert np.allclose(loss.f, 1 / E)
     P = F.softmax(h).mean(axis=0)
-    assert np.ptp(P) > 0.05  # P is not uniform, yet the gradient is zero: dL/dp_{n,e} = w E f_e / N is constant
+    assert np.ptp(P) > 0.05  # P is not uniform, yet the gradient is zero: dL/dp_{n,e} = w E f_e / N is
+    # the same for every expert, and the softmax backward of a row-constant vector is 0
     assert np.abs(dh).max() < ZERO
 
     def f(_):
@@ -129,7 +130,8 @@ def test_top1_renormalised_router_gets_no_gradient_from_the_task_or_importance_o
 
 
 @pytest.mark.parametrize("loss", [B.SwitchLoss(0.7), B.ZLoss(0.7), B.Importance(0.7, "softmax"),
-                                  B.ShazeerLoad(0.7)], ids=lambda l: f"{type(l).__name__}-{getattr(l, 'source', '')}")
+                                  B.ShazeerLoad(0.7)],
+                         ids=lambda l: f"{type(l).__name__}-{getattr(l, 'source', '')}")
 def test_top1_renormalised_router_is_trained_by_losses_that_read_logits(loss, rng):
     analytic, numeric = top1_renormalised_gradients(loss, rng)
     assert np.abs(analytic).max() > NONZERO
@@ -137,8 +139,8 @@ def test_top1_renormalised_router_is_trained_by_losses_that_read_logits(loss, rn
 
 
 # §3.3: which importance the short form balance={"importance": w} builds for each convention
-@pytest.mark.parametrize("convention,source", [("topk_then_softmax", "gates"), ("softmax_then_topk", "softmax"),
-                                               ("expert_choice", "softmax")])
+@pytest.mark.parametrize("convention,source", [("topk_then_softmax", "gates"),
+                                               ("softmax_then_topk", "softmax"), ("expert_choice", "softmax")])
 def test_importance_source_of_each_convention(convention, source):
     (loss,) = from_names({"importance": 0.1}, convention, None)
     assert isinstance(loss, B.Importance) and loss.source == source
