@@ -1,6 +1,6 @@
-"""Classic mixture of local experts: cooperative and competitive MoE with closed-form updates (seed 003).
+"""Classic mixture of local experts: cooperative and competitive MoE with closed-form updates (post 003).
 
-Jacobs, Jordan, Nowlan & Hinton (1991), "Adaptive mixtures of local experts", as summarised by seed 003
+Jacobs, Jordan, Nowlan & Hinton (1991), "Adaptive mixtures of local experts", as summarised by post 003
 and MATH.md §5. E linear experts with bias, ``w_{n,e,:} = x̃_n V_e`` (x̃ = [x, 1]), and a softmax gate
 with bias, ``g_n = softmax(x̃_n M)``. Two ways to train the same parameters:
 
@@ -14,11 +14,11 @@ The update directions ``Δv, Δm`` are the formulas of MATH.md §5, averaged ove
 the gradient of its objective (tests/test_classic.py checks this by finite differences). The model is a
 Module whose ``grads`` are ``-Δ/η`` (``compute_grads``), so ``SGD(lr=η)`` applies exactly the rule Δ and
 FTRL-Proximal takes the negative update direction as its gradient. ``seed_cooperative_update`` keeps
-the seed's literal cooperative gate rule, which is not a gradient (MATH.md §5, "Seed errata"), for
+the post's literal cooperative gate rule, which is not a gradient (MATH.md §9, erratum 003-4), for
 comparison only.
 
 ``fit_local_experts`` trains by SGD or FTRL (or any optimiser of numpy_moe.optim), one shuffled pass per
-epoch, and records per-epoch log-loss (base 2, as the seed plots) or MSE; ``train_epoch`` is one pass.
+epoch, and records per-epoch log-loss (base 2, as the post plots) or MSE; ``train_epoch`` is one pass.
 """
 from . import divergence
 from . import functional as F
@@ -43,7 +43,7 @@ class LocalExperts(Module):
 
     Parameters held: V (E, D+1, O) expert weights, last row the bias; M (D+1, E) gate weights, last row
     the bias. Both drawn N(0, INIT_STD²), bias rows included: the experts start different but close, so
-    none is shut out by the gate before it has learned anything (seed 003's code drew U[-0.1, -0.08)).
+    none is shut out by the gate before it has learned anything (post 003's code drew U[-0.1, -0.08)).
 
     Shapes: x (N, D) -> prediction (N, O): class probabilities (classification) or values (regression).
     Targets r: (N,) integer labels in [0, C) for classification; (N, O), or (N,) when O = 1, for regression.
@@ -61,7 +61,7 @@ class LocalExperts(Module):
     Objective (ascended): log Σ_e g_e p_e. Prediction: Σ_e g_e y_e.
         Δv_{e,i} = η f_e (r_i - y_{e,i}) x̃,   Δm_e = η (f_e - g_e) x̃.
 
-    For a batch, objective and directions are means over samples (batch size 1 gives the seed's online rule).
+    For a batch, objective and directions are means over samples (batch size 1 gives the post's online rule).
     """
 
     def __init__(self, n_features, n_outputs, n_experts, mode="competitive", task="classification",
@@ -199,10 +199,10 @@ class LocalExperts(Module):
         return {"V": lr * dV / N, "M": lr * dM / N}
 
     def seed_cooperative_update(self, x, r, lr=1.0):
-        """Seed 003's literal cooperative rule, for comparison only: its Δm is NOT a gradient.
+        """Post 003's literal cooperative rule, for comparison only: its Δm is NOT a gradient.
 
         Δv as the correct rule; Δm_e = η Σ_i (r_i - o_i)(w_{e,i} - o_i) g_e x̃ with the *softmaxed* output
-        o_i where the gradient has the blended logit y_i (MATH.md §5, erratum 2). The seed writes no sum
+        o_i where the gradient has the blended logit y_i (MATH.md §9, erratum 003-4). The post writes no sum
         over i (its Δm_k has a free index i); the sum is added here so that only the o-for-y error remains.
         Same arguments and returns as :meth:`update_directions`; needs mode="cooperative".
         """
@@ -239,7 +239,7 @@ def train_epoch(model, X, y, optimizer, batch_size=1, seed=None, epoch=1):
     """One shuffled pass over (X, y): compute_grads and one optimiser step per batch (a partial fit).
 
     X : (N, D). y : targets as for LocalExperts. optimizer : any numpy_moe.optim optimiser.
-    batch_size : 1 is the seed's online rule. seed : int or numpy Generator for the shuffle.
+    batch_size : 1 is the post's online rule. seed : int or numpy Generator for the shuffle.
     epoch : the epoch's number, for the divergence message.
     The optimiser's per-epoch schedule is left to the caller (``optimizer.end_epoch()``). A non-finite
     update direction or weight raises FloatingPointError (numpy_moe.divergence, rules 1 and 2), the
@@ -267,7 +267,7 @@ def fit_local_experts(model, X, y, optimizer=None, epochs=50, batch_size=1, seed
     Parameters
     ----------
     model : LocalExperts. X : (N, D). y : targets. optimizer : default SGD(lr=0.1, decay=0.99), the
-    seed's per-epoch decay. epochs, batch_size : ints >= 1. seed : int or numpy Generator (shuffles).
+    per-epoch decay of post 003's code. epochs, batch_size : ints >= 1. seed : int or numpy Generator (shuffles).
     X_test, y_test : optional held-out data. callback : optional ``callback(epoch, model, history)``
     called after each epoch (epoch counts from 0, as in ``numpy_moe.train.fit``).
 

@@ -1,6 +1,6 @@
 """Convolutional mixtures of experts: E convolutions of one shape, blended per position by a conv gate.
 
-The layer of seed 003's Keras page (convolutional MoE layers beside the dense ones), written out. At
+The layer of post 003's Keras page (convolutional MoE layers beside the dense ones), written out. At
 every output position the gate, itself a convolution with the experts' kernel size, stride and padding,
 gives a softmax over the E experts, and the output is the blend of the experts' convolutions there:
 

@@ -5,8 +5,8 @@ Every ``make_*`` function draws from ``numpy.random.default_rng(seed)`` and retu
 or float64 targets (N,) for regression. :func:`standardizer` scales features by the training set's mean
 and standard deviation.
 
-- ``make_circles``: seed 003's nonlinear set, two noisy rings around (5, 5).
-- ``make_bands``: seed 003's linear set, two uniform 3 x 1 rectangles.
+- ``make_circles``: post 003's nonlinear set, two noisy rings around (5, 5).
+- ``make_bands``: post 003's linear set, two uniform 3 x 1 rectangles.
 - ``make_v_regression``: the V-shaped target of the classic competitive-experts demo.
 """
 import numpy as np
@@ -28,7 +28,7 @@ def _split(X, y, rng, test_size):
 def make_circles(n_samples=1000, seed=None, test_size=0.3):
     """Two rings centred at (5, 5): radius 2 (N/3 points, class 0) and radius 4 (the rest, class 1).
 
-    Angles are uniform on [0, 2π); each coordinate then gets U[0, 1) noise (seed 003). Split 70/30.
+    Angles are uniform on [0, 2π); each coordinate then gets U[0, 1) noise (post 003). Split 70/30.
     Returns X_train (n, 2), X_test (N - n, 2), y_train (n,), y_test (N - n,).
     """
     N = check_positive_int(n_samples, "n_samples", 3)
@@ -44,7 +44,7 @@ def make_circles(n_samples=1000, seed=None, test_size=0.3):
 def make_bands(n_samples=1000, seed=None, test_size=0.3):
     """Two uniform 3 x 1 rectangles (x1 width 3, x2 height 1) centred at (5, 2) (class 0), (5, 8) (class 1).
 
-    Half the points in each (seed 003's linear set). Split 70/30. Shapes as for :func:`make_circles`.
+    Half the points in each (post 003's linear set). Split 70/30. Shapes as for :func:`make_circles`.
     """
     N = check_positive_int(n_samples, "n_samples", 2)
     rng = default_rng(seed)

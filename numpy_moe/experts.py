@@ -6,7 +6,7 @@ improve transformer"; the experts of Mixtral, Qwen2-MoE and DeepSeek)
 ``E_e(x) = (act(x W_gate_e) ⊙ (x W_up_e)) W_down_e`` with act = SiLU (SwiGLU) or GELU (GeGLU), biases
 off by default as in those models, or gpt-oss's clamped SwiGLU (with biases, MATH.md §10.1).
 The weights of all experts are stored stacked,
-W1 of shape (E, D, H), so the dense case (every expert on every sample, as seeds 000-002 do) is one
+W1 of shape (E, D, H), so the dense case (every expert on every sample, as posts 000-002 do) is one
 batched matmul per layer; there is no Python list of expert objects on the hot path.
 
 Two forward/backward pairs serve the two ways an MoE layer uses its experts:

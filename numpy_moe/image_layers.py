@@ -1,4 +1,4 @@
-"""Layers for the image models: Conv2d, MaxPool2d, Flatten, LayerNorm, GELU (seeds 000 and 004).
+"""Layers for the image models: Conv2d, MaxPool2d, Flatten, LayerNorm, GELU (posts 000 and 004).
 
 Images are NCHW arrays: (N, C, H, W) with N samples, C channels, H and W the height and width (in this
 module C, H and W carry their image meaning, not "classes" and "hidden"); F is the number of output

@@ -10,19 +10,19 @@ expert, importance and dropped assignments.
 How to build each variant (D inputs, O outputs, E experts, H hidden units of each MLP expert)::
 
     MoE(D, O, E, hidden=H)                        # dense softmax gate, every expert on every sample
-                                                  # (seeds 001-003)
-    MoE(D, O, 4, hidden=H, top_k=2)               # seed 000: softmax, keep the top 2, no renormalising
+                                                  # (posts 001-003)
+    MoE(D, O, 4, hidden=H, top_k=2)               # post 000: softmax, keep the top 2, no renormalising
     MoE(D, O, 4, hidden=H, top_k=2, balance={"seed000": 0.01})
-                                                  # ... plus seed 000's balance loss (zero gradient!)
+                                                  # ... plus post 000's balance loss (zero gradient!)
     MoE(D, O, E, hidden=H, top_k=2, gate="topk_then_softmax", noise="shazeer",
         balance={"importance": 0.1, "load": 0.1}) # Shazeer et al. 2017: noisy top-k, learned noise
     MoE(D, O, E, hidden=H, top_k=2, noise="vmoe", capacity_factor=1.05, batch_priority=True,
         balance={"importance": 0.005, "load": 0.005})
-                                                  # V-MoE / Sparse-MLP (seed 004): noise std 1/E
+                                                  # V-MoE / Sparse-MLP (post 004): noise std 1/E
     MoE(D, O, E, hidden=H, top_k=1, capacity_factor=1.25, balance={"switch": 0.01, "z_loss": 0.001})
                                                   # Switch Transformer: top-1 with capacity
     MoE(D, O, E, hidden=H, router="expert_choice", capacity_factor=2)
-                                                  # expert choice: each expert takes N * 2 / E samples
+                                                  # expert choice: each expert takes ceil(2 N / E) samples
     MoE(gate=BaseGate(D, E), experts=ExpertBank(E, D, D, H), residual=True)
                                                   # BASE layer: balanced assignment, x + sigmoid(x w_e) E_e(x)
     MoE(gate=SinkhornGate(D, E, top_k=1), experts=...)   # S-BASE: Sinkhorn-balanced choice
@@ -62,7 +62,7 @@ softmax_then_topk gate and expert choice (V-MoE) and over the top-k gates for to
 
 The routing of the last forward is ``moe.routing`` (a :class:`numpy_moe.gates.Routing`), so a model
 built on the layer (an image classifier, an MLP-Mixer) can read which experts each sample used.
-``dispatch="dense"`` runs a sparse gate the way seed 000 does (every expert on every sample, then the
+``dispatch="dense"`` runs a sparse gate the way post 000 does (every expert on every sample, then the
 sparse weights blend the outputs): the same function, E / K times the work, kept for the benchmark and
 for the test that the two dispatches agree.
 """
@@ -100,7 +100,7 @@ class MoE(Module):
     seed : int or numpy Generator (the gate is drawn first, then the experts; a noisy gate then draws
         its noise from the same generator). dtype : float32 or float64 (composed parts must have it).
     top_k : None (default) for the dense softmax gate; K (1 <= K <= E) for a top-k gate.
-    gate : "softmax_then_topk" (seed 000, V-MoE) or "topk_then_softmax" (Shazeer), top-k only; or a gate
+    gate : "softmax_then_topk" (post 000, V-MoE) or "topk_then_softmax" (Shazeer), top-k only; or a gate
         object (SoftmaxGate, TopKGate, ExpertChoiceGate, ScoreGate) configured on itself, in which case
         top_k, noise, noise_std and router stay at their defaults.
     noise : None, "shazeer" (learned scale) or "vmoe" (std noise_std / E). Top-k only, training mode only.
@@ -108,7 +108,8 @@ class MoE(Module):
     router : "topk" (default) or "expert_choice" (each expert picks its top C samples; needs
         capacity_factor and no top_k).
     capacity_factor : None (no limit) or cf > 0: top-k experts keep at most ceil(N K cf / E) assignments,
-        expert choice takes ceil(N cf / E) samples per expert (with a gate object, top-k gates only).
+        expert choice takes min(N, ceil(N cf / E)) samples per expert (with a gate object, top-k gates
+        only).
     batch_priority : with a capacity, serve samples with a larger max_e p[n, e] first (V-MoE BPR)
         instead of by position.
     capacity : None, or a :class:`numpy_moe.routing.Capacity` (or its ``to_dict()``) for top-k gates: the
@@ -118,7 +119,7 @@ class MoE(Module):
     balance : None, a dict name -> weight (names in BALANCE_NAMES, see the module docstring), or a list of
         numpy_moe.balance loss objects.
     dispatch : "sparse" (default: each expert runs on its own samples) or "dense" (every expert on every
-        sample, as seed 000 does). Sparse gates only.
+        sample, as post 000 does). Sparse gates only.
     experts : None (built from hidden) or an ExpertBank (linear, ReLU, SwiGLU or GeGLU experts).
     shared : None or a SharedExpert, always on, added to the routed output.
     residual : add the input to the output, y = x + ... (needs out_features = in_features): the BASE

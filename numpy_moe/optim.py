@@ -1,4 +1,4 @@
-"""Optimisers: SGD (momentum, per-epoch decay) and Adam.
+"""Optimisers: SGD (momentum, per-epoch decay), Adam and FTRL-Proximal.
 
 An optimiser updates a model's parameters in place from its gradients: ``opt.step(model)`` walks
 ``model.named_parameters()`` and ``model.named_grads()`` and keeps its per-tensor state in dicts keyed
@@ -88,7 +88,8 @@ class Adam(Optimizer):
 
 
 class FTRL(Optimizer):
-    """FTRL-Proximal (McMahan et al. 2013, "Ad Click Prediction: a View from the Trenches", Algorithm 1).
+    """FTRL-Proximal (McMahan 2011, AISTATS; per coordinate as in McMahan et al. 2013, "Ad Click Prediction: a
+    View from the Trenches", Algorithm 1).
 
     Per coordinate, with state z and n keyed by parameter name (any Module can be trained):
 
@@ -98,7 +99,7 @@ class FTRL(Optimizer):
     Parameters
     ----------
     alpha, beta : the per-coordinate learning rate is α / (β + sqrt(n)). l1, l2 : λ1, λ2 >= 0.
-    Seed-003 defaults: α = 1, β = 0.2, λ1 = λ2 = 0.
+    Defaults α = 1, β = 0.2, λ1 = λ2 = 0: the settings of the code post 003 links to (MATH.md §6.3).
 
     Notes
     -----
@@ -107,7 +108,7 @@ class FTRL(Optimizer):
     zero are identical and stay so), so FTRL takes w0 as its first point and centres that first proximal
     term at it: the first step starts from n = 0 and z = -(β/α) w0, since ½ (β/α) ‖w - w0‖² = ½ (β/α) ‖w‖²
     - (β/α) w0·w + const. With λ1 = λ2 = 0 the closed form gives back exactly w0; λ1 and λ2 keep
-    pulling towards 0 as in the paper (they are not re-centred). w0 = 0 is the paper's start.
+    pulling towards 0 as in the paper (they are not re-centred). w0 = 0 is the paper's start (MATH.md §6.3).
 
     With λ1 = λ2 = 0 the update is online gradient descent w <- w - η g with the per-coordinate rate
     η = α / (β + sqrt(n)) (n after adding g²), as the paper notes; when β >> sqrt(n) the rate is the

@@ -1,11 +1,13 @@
-"""docs/MATH.md carries the numbered sections 0-10, in order, each with content."""
+"""docs/MATH.md carries the numbered sections 0-14, in order, each with content, and quotes the draw-dependent
+numbers that docs/math_numbers.py computes."""
+import importlib.util
 import re
 from pathlib import Path
 
 MATH = Path(__file__).resolve().parent.parent / "docs" / "MATH.md"
 SECTIONS = ["Notation", "Experts", "Gating", "Load-balancing", "Capacity", "Classic local experts",
             "Optimisers", "Datasets", "gradient-check protocol", "Errata", "Today's MoE blocks", "EM for mixtures",
-            "Multi-task mixtures", "Convolutional experts"]
+            "Multi-task mixtures", "Convolutional experts", "Image layers"]
 
 
 def numbered_sections(text):
@@ -23,7 +25,7 @@ def numbered_sections(text):
     return out
 
 
-def test_math_md_has_sections_0_to_13_in_order_and_none_is_empty():
+def test_math_md_has_sections_0_to_14_in_order_and_none_is_empty():
     text = MATH.read_text(encoding="utf-8")
     sections = numbered_sections(text)
     assert list(sections) == list(range(len(SECTIONS))), f"numbered sections found: {list(sections)}"
@@ -37,3 +39,14 @@ def test_an_empty_section_is_detected():
     sections = numbered_sections("## 0. Notation\ntext\n## 1. Experts\n\n## 2. Gating\nmore\n")
     assert sections[1] == ("Experts", "\n")
     assert sorted(sections) == [0, 1, 2]
+
+
+def test_math_md_quotes_the_numbers_docs_math_numbers_computes():
+    # Each number that depends on a random draw (§3.4, §8, §9 erratum 003-4) is computed over ten seeds by
+    # docs/math_numbers.py (about 2 s); the text must quote exactly what it prints, whitespace aside.
+    spec = importlib.util.spec_from_file_location("math_numbers", MATH.parent / "math_numbers.py")
+    numbers = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(numbers)
+    text = re.sub(r"\s+", " ", MATH.read_text(encoding="utf-8"))
+    for where, fragment in numbers.quoted().items():
+        assert re.sub(r"\s+", " ", fragment) in text, f"MATH.md {where} should say: {fragment}"

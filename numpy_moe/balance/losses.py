@@ -13,16 +13,16 @@ value and the factor each sample's gradient is scaled by are those of the concat
 
 | class           | value                                                         | source               |
 |-----------------|---------------------------------------------------------------|----------------------|
-| Seed000Loss     | w std(c / sum c), c = hard counts of selections (ddof=1)      | seed 000             |
+| Seed000Loss     | w std(c / sum c), c = hard counts of selections (ddof=1)      | post 000             |
 | Importance      | w CV²(Imp), Imp_e = sum_n G_{n,e}                             | Shazeer 2017, V-MoE  |
 | ShazeerLoad     | w CV²(sum_n Φ((clean - kth_excluding(h, K, e)) / sigma))      | Shazeer 2017         |
-| VMoELoad        | w CV²(mean_n Φ((clean - T_n) / sigma)), T_n the K-th h of row | V-MoE (seed 004)     |
+| VMoELoad        | w CV²(mean_n Φ((clean - T_n) / sigma)), T_n the K-th h of row | V-MoE (post 004)     |
 | SwitchLoss      | w E sum_e f_e P_e                                             | Switch Transformer   |
 | ZLoss           | w mean_n logsumexp(h_n)²                                      | ST-MoE               |
 | SequenceBalance | w mean_seq sum_e f_e P_e, f_e = E/(K T) count_e, P_e = mean s' | DeepSeek-V2/V3      |
 
-The seed-000 loss counts hard selections, so it is piecewise constant in every parameter: its
-gradient is exactly zero and adding it to the training loss changes nothing (the seed's bug; its
+The post-000 loss counts hard selections, so it is piecewise constant in every parameter: its
+gradient is exactly zero and adding it to the training loss changes nothing (the post's bug; its
 ``backward`` returns an empty gradient, and tests/test_balance.py proves the zero by finite differences).
 """
 from .. import functional as F
@@ -62,7 +62,7 @@ class BalanceLoss(Module):
 
 
 class Seed000Loss(BalanceLoss):
-    """Seed 000's ``balance_loss``: w * std(c / sum c) over the hard top-k selection counts c (E,).
+    """Post 000's ``balance_loss``: w * std(c / sum c) over the hard top-k selection counts c (E,).
 
     torch.std is the sample standard deviation (ddof=1), reproduced here. The value depends on the
     routing only through integer counts, so its gradient is zero: ``backward`` returns {}.
@@ -175,7 +175,7 @@ class ShazeerLoad(BalanceLoss):
 
 
 class VMoELoad(BalanceLoss):
-    """V-MoE's load loss, w * CV²(mean_n p_{n,e}) (Riquelme et al. 2021 appendix A; seed 004).
+    """V-MoE's load loss, w * CV²(mean_n p_{n,e}) (Riquelme et al. 2021 appendix A; post 004).
 
     Notes
     -----

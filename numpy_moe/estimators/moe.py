@@ -104,7 +104,7 @@ class MoEClassifier(_Classifier, _MoEModel):
     hidden : width H of each expert's hidden ReLU layer (default 16), or None for linear experts.
     top_k : None (default) for the dense gate (every expert on every sample), or K in 1..E for a
         sparse gate that keeps each sample's K largest gate weights.
-    gate : top-k convention: "softmax_then_topk" (seed 000, V-MoE) or "topk_then_softmax" (Shazeer).
+    gate : top-k convention: "softmax_then_topk" (post 000, V-MoE) or "topk_then_softmax" (Shazeer).
     noise : None, "shazeer" (learned noise scale) or "vmoe" (fixed std 1/E) on the gate logits while
         training; needs top_k.
     balance : None, or the name (or list of names) of balance losses: "importance", "load", "switch",

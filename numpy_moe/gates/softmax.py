@@ -1,10 +1,10 @@
 """Softmax gates (MATH.md §2): the dense softmax gate and the top-k gate in both conventions.
 
-- ``SoftmaxGate`` is the dense gate of seeds 001-003: ``g = softmax(x W_g + b_g)``; every expert gets a
+- ``SoftmaxGate`` is the dense gate of posts 001-003: ``g = softmax(x W_g + b_g)``; every expert gets a
   weight, rows sum to 1.
-- ``TopKGate`` keeps the K best experts per sample (seed 000; Shazeer et al. 2017, "Outrageously large
+- ``TopKGate`` keeps the K best experts per sample (post 000; Shazeer et al. 2017, "Outrageously large
   neural networks"; Riquelme et al. 2021, "Scaling vision with sparse mixture of experts" (V-MoE), which
-  seed 004 summarises), in either convention, with optional noise on the logits.
+  post 004 summarises), in either convention, with optional noise on the logits.
 """
 from .. import functional as F
 from ..backend import asarray, default_rng, get_array_module
@@ -80,7 +80,7 @@ class TopKGate(Module):
     Parameters
     ----------
     in_features : D. n_experts : E. top_k : K, 1 <= K <= E.
-    convention : "softmax_then_topk" (seed 000, V-MoE: the kept softmax probabilities, not renormalised)
+    convention : "softmax_then_topk" (post 000, V-MoE: the kept softmax probabilities, not renormalised)
         or "topk_then_softmax" (Shazeer: a softmax over the K kept logits; with K = 1 the weight is always
         1 and the gate gets no gradient from the task loss, only from balance losses).
     noise : None, "shazeer" (learned scale softplus(x W_noise), W_noise starts at zero as in the paper)

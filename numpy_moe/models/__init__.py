@@ -1,4 +1,4 @@
-"""The image models of seeds 000 and 004 (a conv net with a sparse MoE classifier, Sparse-MLP) and the
+"""The image models of posts 000 and 004 (a conv net with a sparse MoE classifier, Sparse-MLP) and the
 multi-task models of Ma et al. 2018 (MMoE, OMoE, shared-bottom)."""
 from .image_moe import ImageMoEClassifier
 from .mmoe import MMoE, SharedBottom

@@ -1,15 +1,15 @@
-"""Seed 000's image classifier: a small conv net whose features go to a sparse top-2 MoE, then a linear layer.
+"""Post 000's image classifier: a small conv net whose features go to a sparse top-2 MoE, then a linear layer.
 
     conv 3x3 (C_in -> c1, padding 1) - ReLU - maxpool 2 - conv 3x3 (c1 -> c2, padding 1) - ReLU - maxpool 2
     - flatten (c2 (s/4)² features) - MoE: top-2 of 4 MLP experts D -> H -> H - linear H -> classes
 
-The seed (PyTorch, CIFAR-10: 32x32x3, c1 = 32, c2 = 64, H = 512) gates with softmax, keeps the two
+The post's code (PyTorch, CIFAR-10: 32x32x3, c1 = 32, c2 = 64, H = 512) gates with softmax, keeps the two
 largest probabilities without renormalising (``softmax_then_topk``) and adds ``0.01 * std(c / sum c)``
 over the hard selection counts c as a "balance loss". That loss is piecewise constant, so its gradient
 is zero and it balances nothing (MATH.md §3); ``balance="importance_load"`` swaps in V-MoE's noisy
 gate with the importance and load losses, which do balance the experts.
 
-The seed hard-codes the MoE input as 64 * 8 * 8 = 4096 features (32x32 inputs after two pools); here it
+The post hard-codes the MoE input as 64 * 8 * 8 = 4096 features (32x32 inputs after two pools); here it
 is computed from ``image_size`` and ``channels`` (on the 8x8 digits: 64 * 2 * 2 = 256).
 """
 from ..backend import default_rng
@@ -22,7 +22,7 @@ BALANCES = (None, "seed000", "importance_load")
 
 
 class ImageMoEClassifier(Module):
-    """Conv feature extractor + sparse top-k MoE of MLP experts + linear classifier (seed 000).
+    """Conv feature extractor + sparse top-k MoE of MLP experts + linear classifier (post 000).
 
     Parameters
     ----------
@@ -31,9 +31,9 @@ class ImageMoEClassifier(Module):
     channels : (c1, c2), output channels of the two convolutions.
     hidden : H, hidden width and output width of each MLP expert (the classifier reads H features).
     n_classes : C. n_experts : E. top_k : K.
-    balance : None, "seed000" (the seed's loss, zero gradient) or "importance_load" (V-MoE noise with
+    balance : None, "seed000" (the post's loss, zero gradient) or "importance_load" (V-MoE noise with
         std 1 / E on the gate logits during training, importance + load losses).
-    balance_weight : weight of the seed loss, or of each of importance and load.
+    balance_weight : weight of the post's loss, or of each of importance and load.
     seed : int or numpy Generator. dtype : float32 or float64.
 
     Shapes: x (N, in_channels, image_size, image_size) -> logits (N, n_classes).

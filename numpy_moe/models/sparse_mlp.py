@@ -1,4 +1,5 @@
-"""Sparse-MLP (seed 004; Lv et al. 2021): an MLP-Mixer whose last blocks mix with mixture-of-experts layers.
+"""Sparse-MLP (post 004; Lou, Xue, Zheng & You 2021, arXiv:2109.02008): an MLP-Mixer whose last blocks mix
+with mixture-of-experts layers (MATH.md §14).
 
 MLP-Mixer (Tolstikhin et al. 2021) cuts an image into S patches, embeds each as a token of C channels and
 stacks blocks of two residual sublayers on tokens x of shape (N, S, C):
