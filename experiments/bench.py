@@ -28,6 +28,13 @@ experts' time minus their floor GEMMs of the same repeat is their element-wise w
 timers synchronise the device around each stage.
 """
 import sys
+from pathlib import Path
+
+# Runs as `python -m experiments NAME`, as `python experiments/NAME.py` and cell by cell in a kernel started in
+# the repository root or in experiments/ (which has no __file__): the root goes first on the import path.
+_here = Path(globals().get("__file__", "kernel")).resolve().parent
+sys.path.insert(0, str(_here.parent if (_here / "_common.py").is_file() else _here))
+
 import time
 from contextlib import contextmanager
 

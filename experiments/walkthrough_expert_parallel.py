@@ -13,6 +13,14 @@ outputs back and combine, then compare with the single-process MoE; then the cap
 # own samples. We use linear experts (out = x W_e + b_e) and top-1 routing so that every number fits.
 
 # %%
+import sys
+from pathlib import Path
+
+# Runs as `python -m experiments NAME`, as `python experiments/NAME.py` and cell by cell in a kernel started in
+# the repository root or in experiments/ (which has no __file__): the root goes first on the import path.
+_here = Path(globals().get("__file__", "kernel")).resolve().parent
+sys.path.insert(0, str(_here.parent if (_here / "_common.py").is_file() else _here))
+
 import io
 
 import numpy as np
