@@ -206,6 +206,7 @@ savefig(fig, args, "local_experts_walkthrough.png")
 #    (`comp = LocalExperts(2, 2, 1, mode="competitive", seed=0)`): with g = 1 the mixture of softmaxes is
 #    the softmax of the blend, so the two printed lines become identical (0.929 bits), and one linear
 #    expert on a ring reaches only 0.653 accuracy. Two experts reach 0.693; four reach 1.000.
-# 2. Train that model with `mode="cooperative"` instead: its output *is* softmax(Σ_e g_e w_e), so the seed
-#    code's prediction is right for it and both lines read 0.007 bits, accuracy 1.000. The seed's
-#    prediction is wrong only for a competitively trained model (0.150 against 0.058 bits).
+# 2. Train that model with `mode="cooperative"` instead: its output *is* softmax(Σ_e g_e w_e), so the
+#    prediction of post 003's code (the second printed line) is right for it, and both lines read 0.007
+#    bits, accuracy 1.000. That prediction is wrong only for a competitively trained model (0.150 against
+#    0.058 bits).

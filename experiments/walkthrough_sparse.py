@@ -1,4 +1,4 @@
-"""Walk-through: the sparse top-2 MoE layer by hand: route, group, gather, run, scatter; its gradient, its traps, its cost.
+"""Walk-through: the sparse top-2 layer by hand (route, group, gather, run, scatter), its gradient, traps and cost.
 
 Run it as a script (``python -m experiments walkthrough_sparse`` or ``python experiments/walkthrough_sparse.py``)
 or cell by cell (``# %%`` cells in VS Code, PyCharm, Spyder, Jupytext; a kernel started in the repository
@@ -194,8 +194,9 @@ progress.step("4. gradient check")
 # softmax over the K kept logits; with K = 1 that is exp(h) / exp(h) = 1 for every sample, whatever the
 # logits, so dL/dW_g = 0 from the task: the router never learns which expert suits which sample. Only a
 # balance loss moves it, and a balance loss carries no task information. `softmax_then_topk` keeps
-# p[n, e], which depends on every logit. Measure |dL/dW_g| from the task loss alone (the Switch loss
-# switched off by setting its weight to 0: the layer refuses to be built without one) and with it.
+# p[n, e], which depends on every logit. Measure |dL/dW_g| from the task loss alone and with a Switch
+# loss. Each layer is built with the loss, and its weight is set to 0 for the task-only gradient: `MoE`
+# refuses to build the top-1 `topk_then_softmax` router without a loss that trains it.
 
 # %%
 dy = np.random.default_rng(2).standard_normal((N, O))

@@ -26,10 +26,10 @@ def test_every_experiment_puts_the_repository_root_on_the_path_before_it_imports
     lines = source.splitlines()
     assert BOOTSTRAP in lines, (f"experiments/{name}.py lacks the bootstrap of the other experiments (copy the "
                                 "`_here = ...` and `sys.path.insert(...)` lines from the top of any of them)")
+    ours = ("experiments", "numpy_moe")
     first = min(node.lineno for node in ast.walk(ast.parse(source))
-                if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in ("experiments", "numpy_moe")
-                or isinstance(node, ast.Import) and any(a.name.split(".")[0] in ("experiments", "numpy_moe")
-                                                          for a in node.names))
+                if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in ours
+                or isinstance(node, ast.Import) and any(a.name.split(".")[0] in ours for a in node.names))
     assert lines.index(BOOTSTRAP) + 1 < first, f"experiments/{name}.py imports from the repository before the bootstrap"
 
 
