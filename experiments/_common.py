@@ -7,6 +7,11 @@ the run so the test suite and the docs can execute every experiment in seconds; 
 elsewhere than ``plots/`` (the tests write to a temporary folder, so a quick run never overwrites the
 committed figures).
 
+Every experiment file starts (before it imports ``experiments`` or ``numpy_moe``) with the same two lines
+that put the repository's root first on ``sys.path`` (``_here = ...`` and ``sys.path.insert(...)``; copy
+them from any experiment), so that ``python experiments/NAME.py`` and a kernel started in ``experiments/``
+work as well as ``python -m experiments NAME``; tests/test_walkthroughs.py checks it.
+
 Progress: a study that runs for more than a few seconds reports what it is doing at least every few
 seconds, with the time spent and an estimate of the time left. Count the work in steps (usually
 epochs, summed over every model the study trains), make one :class:`Progress` for the whole study and

@@ -19,6 +19,14 @@ MaxVio = max_e load_e / mean_e load_e - 1 is measured on the whole training set 
 figure shows MaxVio over training (mean ± std over the seeds) and the final accuracy against the final
 MaxVio; the table prints mean ± std over the seeds.
 """
+import sys
+from pathlib import Path
+
+# Runs as `python -m experiments NAME`, as `python experiments/NAME.py` and cell by cell in a kernel started in
+# the repository root or in experiments/ (which has no __file__): the root goes first on the import path.
+_here = Path(globals().get("__file__", "kernel")).resolve().parent
+sys.path.insert(0, str(_here.parent if (_here / "_common.py").is_file() else _here))
+
 import numpy as np
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split

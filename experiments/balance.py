@@ -18,6 +18,14 @@ epoch, for seed 0; the table prints, over the five seeds, the test accuracy, the
 assignments the two busiest experts take at the end, and the share of the least used expert. Small
 experts (hidden 4) make capacity matter.
 """
+import sys
+from pathlib import Path
+
+# Runs as `python -m experiments NAME`, as `python experiments/NAME.py` and cell by cell in a kernel started in
+# the repository root or in experiments/ (which has no __file__): the root goes first on the import path.
+_here = Path(globals().get("__file__", "kernel")).resolve().parent
+sys.path.insert(0, str(_here.parent if (_here / "_common.py").is_file() else _here))
+
 import numpy as np
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split

@@ -12,6 +12,14 @@ What the implementation controls is its time over that floor, which must not gro
 Repeats are interleaved; the table prints medians. ``--threads T`` limits BLAS to T threads;
 ``--quick`` runs tiny sizes once.
 """
+import sys
+from pathlib import Path
+
+# Runs as `python -m experiments NAME`, as `python experiments/NAME.py` and cell by cell in a kernel started in
+# the repository root or in experiments/ (which has no __file__): the root goes first on the import path.
+_here = Path(globals().get("__file__", "kernel")).resolve().parent
+sys.path.insert(0, str(_here.parent if (_here / "_common.py").is_file() else _here))
+
 import time
 
 import numpy as np

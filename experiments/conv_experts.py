@@ -10,6 +10,14 @@ BLAS on one thread (the matrices are tiny). The figure: test accuracy per epoch 
 top-2 net's gate: the expert of largest weight at each of the 4x4 positions of its layer, for a few test
 digits.
 """
+import sys
+from pathlib import Path
+
+# Runs as `python -m experiments NAME`, as `python experiments/NAME.py` and cell by cell in a kernel started in
+# the repository root or in experiments/ (which has no __file__): the root goes first on the import path.
+_here = Path(globals().get("__file__", "kernel")).resolve().parent
+sys.path.insert(0, str(_here.parent if (_here / "_common.py").is_file() else _here))
+
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.colors import ListedColormap

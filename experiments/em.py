@@ -16,9 +16,16 @@
 3. R's mixtools::hmeEM on its NOdata example (the committed fixture of experiments/r/hme_mixtools.R):
    numpy_moe's EM from the same start, and the differences.
 """
+import sys
+from pathlib import Path
+
+# Runs as `python -m experiments NAME`, as `python experiments/NAME.py` and cell by cell in a kernel started in
+# the repository root or in experiments/ (which has no __file__): the root goes first on the import path.
+_here = Path(globals().get("__file__", "kernel")).resolve().parent
+sys.path.insert(0, str(_here.parent if (_here / "_common.py").is_file() else _here))
+
 import json
 import time
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np

@@ -18,6 +18,14 @@ BLAS runs on one thread: on the 2-core machine these figures were made on, two t
 epoch 5 times slower (6 s against 1.1 s, the matrices are tiny) and a CIFAR-10 step 6 times slower
 (1.07 s against 0.18 s per batch of 64).
 """
+import sys
+from pathlib import Path
+
+# Runs as `python -m experiments NAME`, as `python experiments/NAME.py` and cell by cell in a kernel started in
+# the repository root or in experiments/ (which has no __file__): the root goes first on the import path.
+_here = Path(globals().get("__file__", "kernel")).resolve().parent
+sys.path.insert(0, str(_here.parent if (_here / "_common.py").is_file() else _here))
+
 import matplotlib.pyplot as plt
 import numpy as np
 from threadpoolctl import threadpool_limits

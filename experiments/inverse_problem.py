@@ -12,6 +12,14 @@ The figure: the data, each expert's mean drawn where its gate weight exceeds 0.1
 the least-squares fit (one Gaussian expert on the same features, a cubic in x); the gates along x below. The table:
 test log-likelihood per sample of 1, 2, 3 and 5 experts over five seeds (mean ± std).
 """
+import sys
+from pathlib import Path
+
+# Runs as `python -m experiments NAME`, as `python experiments/NAME.py` and cell by cell in a kernel started in
+# the repository root or in experiments/ (which has no __file__): the root goes first on the import path.
+_here = Path(globals().get("__file__", "kernel")).resolve().parent
+sys.path.insert(0, str(_here.parent if (_here / "_common.py").is_file() else _here))
+
 import matplotlib.pyplot as plt
 import numpy as np
 

@@ -17,6 +17,14 @@ Every configuration runs with five seeds (seed s draws the data set, the initial
 shuffling); the figures show seed 0. Prints one row per configuration: final test log-loss in bits and
 accuracy as mean ± std over the seeds (and the accuracy's min-max), or test MSE in the targets' units.
 """
+import sys
+from pathlib import Path
+
+# Runs as `python -m experiments NAME`, as `python experiments/NAME.py` and cell by cell in a kernel started in
+# the repository root or in experiments/ (which has no __file__): the root goes first on the import path.
+_here = Path(globals().get("__file__", "kernel")).resolve().parent
+sys.path.insert(0, str(_here.parent if (_here / "_common.py").is_file() else _here))
+
 import time
 
 import matplotlib.pyplot as plt

@@ -16,6 +16,14 @@ targets standardised with the training set's statistics.
 The figure shows the test MSE (mean of the two tasks, in standardised units) against p, mean ± std
 over five seeds, and the test MSE along training for p = 0.5.
 """
+import sys
+from pathlib import Path
+
+# Runs as `python -m experiments NAME`, as `python experiments/NAME.py` and cell by cell in a kernel started in
+# the repository root or in experiments/ (which has no __file__): the root goes first on the import path.
+_here = Path(globals().get("__file__", "kernel")).resolve().parent
+sys.path.insert(0, str(_here.parent if (_here / "_common.py").is_file() else _here))
+
 import matplotlib.pyplot as plt
 import numpy as np
 

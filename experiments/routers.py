@@ -30,6 +30,14 @@ so only the ratios mean anything). BASE and Sinkhorn route greedily in evaluatio
 are evaluated a second time routing as in training (balanced over each test batch), to measure what the
 switch costs.
 """
+import sys
+from pathlib import Path
+
+# Runs as `python -m experiments NAME`, as `python experiments/NAME.py` and cell by cell in a kernel started in
+# the repository root or in experiments/ (which has no __file__): the root goes first on the import path.
+_here = Path(globals().get("__file__", "kernel")).resolve().parent
+sys.path.insert(0, str(_here.parent if (_here / "_common.py").is_file() else _here))
+
 import time
 
 import numpy as np

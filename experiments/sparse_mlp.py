@@ -11,6 +11,14 @@ seeds and time per epoch; draws accuracy and expert usage for seed 0 (plots/spar
 BLAS runs on one thread: the matrices are small (rows of 16 to 64 numbers), and on a busy 2-core machine
 two threads made an epoch 10 times slower.
 """
+import sys
+from pathlib import Path
+
+# Runs as `python -m experiments NAME`, as `python experiments/NAME.py` and cell by cell in a kernel started in
+# the repository root or in experiments/ (which has no __file__): the root goes first on the import path.
+_here = Path(globals().get("__file__", "kernel")).resolve().parent
+sys.path.insert(0, str(_here.parent if (_here / "_common.py").is_file() else _here))
+
 import matplotlib.pyplot as plt
 import numpy as np
 from threadpoolctl import threadpool_limits

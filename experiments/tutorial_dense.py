@@ -15,6 +15,12 @@ Run it as a script (``python -m experiments tutorial_dense``) or open it in an e
 
 # %%
 import sys
+from pathlib import Path
+
+# Runs as `python -m experiments NAME`, as `python experiments/NAME.py` and cell by cell in a kernel started in
+# the repository root or in experiments/ (which has no __file__): the root goes first on the import path.
+_here = Path(globals().get("__file__", "kernel")).resolve().parent
+sys.path.insert(0, str(_here.parent if (_here / "_common.py").is_file() else _here))
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -112,3 +118,17 @@ ax2.set_xlabel("x")
 ax2.set_ylabel("gate weight")
 ax2.legend(loc="center right")
 savefig(fig, args, "tutorial_dense.png")
+
+# %% [markdown]
+# ## Exercises
+# Try each, then check the outcome stated (the numbers are those of the full run, seed as in the cells).
+#
+# 1. Break the backward on purpose: before `check_module` in section 2, scale the gradient the gate
+#    receives by 1.1 with `moe.gate.backward = lambda dg, f=moe.gate.backward: f(1.1 * dg)`. The check
+#    raises: `gate.W` and `gate.b` fail with relative error 0.091 (= 0.1 / 1.1), `input` with about 0.06
+#    (only its gate part is wrong), while `experts.W` and `experts.b` still pass at ~1e-10.
+# 2. Train two experts instead of three (`model = MoE(1, 1, n_experts=2, seed=1)`; draw
+#    `model.n_experts` gate curves in the figure): two lines cannot make three pieces, and the MSE against
+#    the noiseless target rises from 0.0015 to about 0.020. Four experts give 0.0017: no better than three.
+# 3. Is the fit luck? Train the three experts from `seed=2` to `seed=6`: the MSE stays between 0.0014 and
+#    0.0062 in every case, against 1.128 for the single linear model.

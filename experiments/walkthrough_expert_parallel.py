@@ -13,6 +13,14 @@ outputs back and combine, then compare with the single-process MoE; then the cap
 # own samples. We use linear experts (out = x W_e + b_e) and top-1 routing so that every number fits.
 
 # %%
+import sys
+from pathlib import Path
+
+# Runs as `python -m experiments NAME`, as `python experiments/NAME.py` and cell by cell in a kernel started in
+# the repository root or in experiments/ (which has no __file__): the root goes first on the import path.
+_here = Path(globals().get("__file__", "kernel")).resolve().parent
+sys.path.insert(0, str(_here.parent if (_here / "_common.py").is_file() else _here))
+
 import io
 
 import numpy as np
@@ -128,3 +136,17 @@ lhs = comm.allreduce(np.array([(received * v).sum()]))[0]
 rhs = comm.allreduce(np.array([(send * comm.alltoallv_inverse(v, rows_out, rows_in)).sum()]))[0]
 show("<a2a(x), v> and <x, a2a^-1(v)> summed over ranks", f"{lhs:.15f} {rhs:.15f}")
 progress.step("7. backward")
+
+# %% [markdown]
+# ## Exercises
+# Run each under mpiexec from the repository root, then check the outcome stated.
+#
+# 1. Run on four ranks (`mpiexec -n 4 python -m experiments walkthrough_expert_parallel`): each rank now
+#    owns one expert, every "largest difference" still prints 0.0 on every rank, and with cf = 1 the
+#    capacity is C = ceil(12 / 4) = 3, which drops 4 of the 12 samples in section 6.
+# 2. In section 4, forget the gate's weight (`mine[g.sample] = back`): on two ranks the difference from
+#    `layer.forward(x)` becomes 0.74 and 0.46. An all-to-all only moves rows; weighting them is the
+#    combine's job.
+# 3. In section 6, set `capacity_factor=0.5` (two ranks): C = ceil(6 x 0.5 / 4) = 1, the send buffers
+#    shrink to (E, 1, D), and 3 of the 6 samples are dropped (`kept` reads [True False True] and
+#    [True False False]).

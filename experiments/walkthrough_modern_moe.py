@@ -19,6 +19,12 @@ VS Code, PyCharm, Spyder, Jupytext). MATH.md §10 derives every formula used her
 
 # %%
 import sys
+from pathlib import Path
+
+# Runs as `python -m experiments NAME`, as `python experiments/NAME.py` and cell by cell in a kernel started in
+# the repository root or in experiments/ (which has no __file__): the root goes first on the import path.
+_here = Path(globals().get("__file__", "kernel")).resolve().parent
+sys.path.insert(0, str(_here.parent if (_here / "_common.py").is_file() else _here))
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -193,3 +199,15 @@ ax.set_title("Top-1 with renormalised weights (s / s = 1) leaves the router with
 fig.tight_layout()
 savefig(fig, args, "walkthrough_modern_moe.png")
 progress.step("3. figure")
+
+# %% [markdown]
+# ## Exercises
+# Try each, then check the outcome stated.
+#
+# 1. Gradient-check the Mixtral block without `frozen`: `check_module(mixtral, x, tol=1e-6)`. Every
+#    tensor fails with relative error 1.00 and "numeric gradients" near 1e4: the jitter is drawn anew
+#    at every evaluation, so L jumps between the two sides of each central difference.
+# 2. Limit each DeepSeek-V3 token to one group (`topk_groups=1`): the printed groups become one per
+#    token (`[[1], [1], [3], [1]]`), and the block still passes its gradient check (~1e-9).
+# 3. Build the V3 block with `normalize=False`: the combine weights become 2.5 s, not divided by the sum
+#    of the chosen scores, so the last check of section 2 prints False; the gradient check still passes.

@@ -15,6 +15,14 @@ hidden 10), the competitive mixture of 4 local linear experts (LocalExpertsClass
 method), LogisticRegression and MLPClassifier. Prints mean ± std over the 25 folds, the range of the
 five seeds' CV means and the fit time, and saves the score of every fold as plots/wine.png.
 """
+import sys
+from pathlib import Path
+
+# Runs as `python -m experiments NAME`, as `python experiments/NAME.py` and cell by cell in a kernel started in
+# the repository root or in experiments/ (which has no __file__): the root goes first on the import path.
+_here = Path(globals().get("__file__", "kernel")).resolve().parent
+sys.path.insert(0, str(_here.parent if (_here / "_common.py").is_file() else _here))
+
 import time
 import warnings
 

@@ -40,6 +40,7 @@ _LAZY = {
     "HashGate": ("numpy_moe.gates",),
     "SoftMoE": ("numpy_moe.soft_moe",),
     "Capacity": ("numpy_moe.routing",),
+    "combine_weights": ("numpy_moe.routing",),
     "ExpertBank": ("numpy_moe.experts",),
     "SharedExpert": ("numpy_moe.experts",),
     "Module": ("numpy_moe.layers",),

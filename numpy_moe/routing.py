@@ -276,3 +276,33 @@ def scatter_add(target, values, groups, weight=None):
         if hi > lo:
             target[groups.sample[lo:hi]] += values[lo:hi] if weight is None else values[lo:hi] * weight[lo:hi]
     return target
+
+
+def combine_weights(routing):
+    """The (N, E) combine-weight matrix of a routing: W[n, e] = the weight of assignment (n, e) if it was
+    kept, 0 where sample n was not routed to expert e or its assignment was dropped.
+
+    Parameters
+    ----------
+    routing : a :class:`~numpy_moe.gates.Routing` of any gate (top-k, expert choice, scored, BASE, Sinkhorn,
+        hash), for example ``moe.routing`` after a forward (capacity applied, weights renormalised if the
+        layer's Capacity says so).
+
+    Returns
+    -------
+    W : (N, E) array of the routing's dtype. Without a shared expert or residual, the layer's output is
+    ``y[n] = sum_e W[n, e] E_e(x[n])`` (MATH.md §2): the dense form of the sparse dispatch, and the dense
+    gate's ``g`` for a sparse gate.
+
+    Notes
+    -----
+    A (sample, expert) pair occurs at most once in a routing, so one scatter ``W[sample, expert] = weight *
+    kept`` is exact. Memory is N E: use it to inspect or compare a routing, not inside the sparse layer.
+    """
+    if not all(hasattr(routing, a) for a in ("sample", "expert", "weight", "kept", "logits")):
+        raise TypeError(f"routing={type(routing).__name__} must be a numpy_moe.gates.Routing (the result of a "
+                        "sparse gate's forward, or moe.routing)")
+    xp = get_array_module(routing.weight)
+    W = xp.zeros(routing.logits.shape, dtype=routing.weight.dtype)  # (N, E)
+    W[routing.sample, routing.expert] = routing.weight * routing.kept
+    return W

@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 from numpy_moe.gating import route_topk
-from numpy_moe.routing import apply_capacity, combine_topk, expert_capacity, group_by_expert, scatter_add
+from numpy_moe.routing import (apply_capacity, combine_topk, combine_weights, expert_capacity, group_by_expert,
+                               scatter_add)
 
 # four samples, top-2 of three experts; choices (best first): n0 (0, 1), n1 (0, 2), n2 (0, 1), n3 (1, 0)
 LOGITS = np.array([[3.0, 2, 1], [3, 1, 2], [3, 2, 1], [2, 3, 1]])
@@ -85,3 +86,35 @@ def test_combine_topk_equals_weighted_add_at(rng):
     expected = np.zeros((30, 4))
     np.add.at(expected, g.sample, w[g.assignment][:, None] * values)
     np.testing.assert_allclose(combine_topk(values, g, w.reshape(30, 3)), expected, rtol=1e-13, atol=1e-15)
+
+
+def test_combine_weights_by_hand_zero_where_not_routed_or_dropped():
+    # capacity 2 keeps (see test_capacity_by_position_by_hand): n0 -> 0, 1; n1 -> 0, 2; n2 -> nothing; n3 -> 1
+    r = apply_capacity(route_topk(LOGITS, 2, "softmax_then_topk"), capacity=2)
+    p = np.exp(LOGITS) / np.exp(LOGITS).sum(axis=1, keepdims=True)
+    expected = np.array([[p[0, 0], p[0, 1], 0], [p[1, 0], 0, p[1, 2]], [0, 0, 0], [0, p[3, 1], 0]])
+    W = combine_weights(r)
+    assert W.shape == (4, 3) and W.dtype == LOGITS.dtype
+    np.testing.assert_allclose(W, expected, rtol=1e-15, atol=0)
+    with pytest.raises(TypeError, match="routing"):
+        combine_weights(LOGITS)
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(top_k=2, capacity_factor=0.5),  # assignments dropped
+    dict(top_k=2, gate="topk_then_softmax"),
+    dict(capacity={"factor": 0.5, "renormalize": True}, top_k=2),  # kept weights renormalised after dropping
+    dict(router="expert_choice", capacity_factor=1.0),  # 0..E experts per sample
+])
+def test_combine_weights_reproduce_the_layers_output(kwargs, rng):
+    from numpy_moe.moe import MoE
+
+    layer = MoE(5, 3, n_experts=4, hidden=6, seed=0, **kwargs)
+    x = rng.standard_normal((16, 5))
+    y = layer.forward(x)
+    W = combine_weights(layer.routing)  # (N, E)
+    np.testing.assert_allclose(np.einsum("ne,eno->no", W, layer.experts.forward(x)), y, rtol=1e-12, atol=1e-12)
+    kept = layer.routing.kept
+    assert (W != 0).sum() == kept.sum()  # one entry per kept assignment, none for the dropped ones
+    if "capacity_factor" in kwargs and "top_k" in kwargs or "capacity" in kwargs:
+        assert not kept.all()  # the case really drops something
