@@ -293,6 +293,7 @@ def _online_pass(model, X1, R, optimizer):
     xp = get_array_module(X1)
     V, M = model.params["V"], model.params["M"]
     update = optimizer.update
+    plain_sgd, lr = type(optimizer) is SGD and not optimizer.momentum, optimizer.lr
     amax, total, exp, log, einsum = xp.maximum.reduce, xp.add.reduce, xp.exp, xp.log, xp.einsum
     competitive, classification = model.mode == "competitive", model.task == "classification"
     R3 = R[:, None, :]  # (N, 1, O)
@@ -300,23 +301,23 @@ def _online_pass(model, X1, R, optimizer):
         x1, r, r3 = X1[t:t + 1], R[t:t + 1], R3[t:t + 1]
         h = x1 @ M  # (1, E)
         w = einsum("nd,edo->neo", x1, V)  # (1, E, O)
-        zh = h - amax(h, axis=-1, keepdims=True)
+        zh = h - amax(h, 1, None, None, True)
         eh = exp(zh)
-        sh = total(eh, axis=-1, keepdims=True)
+        sh = total(eh, 1, None, None, True)
         g = eh / sh  # softmax(h)
         if competitive:
             if classification:
-                zw = w - amax(w, axis=2, keepdims=True)
+                zw = w - amax(w, 2, None, None, True)
                 ew = exp(zw)
-                sw = total(ew, axis=2, keepdims=True)
+                sw = total(ew, 2, None, None, True)
                 ye = ew / sw  # softmax(w, axis=2)
-                ll = total(r3 * (zw - log(sw)), axis=2)  # R · log_softmax(w, axis=2)
+                ll = total(r3 * (zw - log(sw)), 2)  # R · log_softmax(w, axis=2)
             else:
                 ye = w
-                ll = -0.5 * total((r3 - w) ** 2, axis=2)
+                ll = -0.5 * total((r3 - w) ** 2, 2)
             a = (zh - log(sh)) + ll  # log_softmax(h) + log p
-            ea = exp(a - amax(a, axis=-1, keepdims=True))
-            f = ea / total(ea, axis=-1, keepdims=True)  # softmax(a)
+            ea = exp(a - amax(a, 1, None, None, True))
+            f = ea / total(ea, 1, None, None, True)  # softmax(a)
             dV = einsum("nd,ne,neo->edo", x1, f, r3 - ye)
             dM = x1.T @ (f - g)
         else:
@@ -324,12 +325,15 @@ def _online_pass(model, X1, R, optimizer):
             err = r - (F.softmax(y) if classification else y)
             dV = einsum("nd,ne,no->edo", x1, g, err)
             dM = x1.T @ (g * einsum("no,neo->ne", err, w - y[:, None, :]))
-        gV, gM = -dV, -dM
         optimizer.t += 1
-        update("V", V, gV)
-        update("M", M, gM)
+        if plain_sgd:  # SGD.update with g = -d: p -= lr (-d) is p += lr d, bit for bit
+            V += lr * dV
+            M += lr * dM
+        else:
+            update("V", V, -dV)
+            update("M", M, -dM)
     if X1.shape[0]:
-        model.grads["V"], model.grads["M"] = gV, gM
+        model.grads["V"], model.grads["M"] = -dV, -dM
     return bool(xp.isfinite(V).all()) and bool(xp.isfinite(M).all())
 
 
