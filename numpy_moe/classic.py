@@ -247,14 +247,16 @@ def train_epoch(model, X, y, optimizer, batch_size=1, seed=None, epoch=1):
 
     Notes
     -----
-    At batch size 1, with a LocalExperts and an SGD, Adam or FTRL optimiser (exactly those classes) on
-    the NumPy backend, the pass runs :func:`_online_pass`: the same floating-point operations in the same order, without
-    the per-sample input checks, Module dispatch and per-step divergence checks, which cost more than
-    the arithmetic on one sample. Its divergence check runs once, on the weights at the end of the pass
-    (these three optimisers keep a NaN or inf weight, or one a NaN or inf gradient reaches, NaN or inf
-    for the rest of the pass); when it fails, or NumPy raises FloatingPointError under
-    ``numpy.seterr(all="raise")``, the pass is put back and rerun by the checked loop below, which then
-    raises at the same batch, with the same message and state, as it always does.
+    At batch size 1, for a LocalExperts with an SGD, Adam or FTRL optimiser (exactly these classes) on the
+    NumPy backend, the pass runs :func:`_online_pass`: the same floating-point operations in the same
+    order, bit for bit, without the per-sample input checks, Module dispatch and per-step divergence
+    checks, which cost more than the arithmetic of one sample. It checks for divergence once, on the
+    weights at the end of the pass: under these optimisers a NaN or inf gradient makes the weights it
+    reaches NaN or inf, and a NaN or inf weight stays so for the rest of the pass (SGD and Adam subtract
+    from it, FTRL's z and n carry it), so a pass that the checks would have stopped ends non-finite. Then,
+    or when NumPy raises FloatingPointError itself (``numpy.seterr(all="raise")``), the pass is put back
+    and rerun by the checked loop below, which raises at the same batch, with the same message, leaving
+    the same state as it always does (MATH.md §6.4).
     """
     batch_size = check_positive_int(batch_size, "batch_size")
     X = check_input(X, model.n_features, model.dtype, "X")
