@@ -14,7 +14,9 @@ experts, one shuffled sample per step, SGD (η = 0.1, decay 0.99 per epoch, the 
 FTRL-Proximal (α = 1, β = 0.2). Two kinds of epoch are timed:
 
 - "epoch": what each code does per epoch: numpy_moe's ``fit_local_experts`` (the pass, the divergence
-  check, the training and held-out log-loss of its history), the post's pass plus its held-out log-loss;
+  check, the training and held-out log-loss of its history; each timed call is a one-epoch fit, which
+  also evaluates the model before training, so numpy_moe is charged a little more than an epoch), the
+  post's pass plus the held-out log-loss it prints every epoch;
 - "pass only": the training pass alone: ``train_epoch`` (+ ``end_epoch``) against the post's inner loop.
 
 Both run in one process, interleaved: each round alternates ``repeats`` epochs of one with ``repeats`` of
