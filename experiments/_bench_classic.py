@@ -7,7 +7,7 @@ its data layout (bias column first, one-hot integer targets, M (k, D+1), V (k, D
 experts evaluated on one row at a time, the unused softmax of the blend included, V updated one (expert,
 class) column at a time for SGD, and the FTRL state built from Python lists every step as that code does),
 so that its time per epoch can be measured on this machine beside numpy_moe's on the same data. Nothing of
-that repository is imported or copied.
+that repository is imported or vendored: the loop is written anew from what that code does.
 
 Each row trains both on the standardised circles of post 003 (1000 points, 700 for training): competitive
 experts, one shuffled sample per step, SGD (η = 0.1, decay 0.99 per epoch, the post's settings) or
