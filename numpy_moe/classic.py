@@ -24,7 +24,7 @@ from . import divergence
 from . import functional as F
 from .backend import asarray, default_rng, get_array_module
 from .layers import Module, normal_param
-from .optim import SGD
+from .optim import FTRL, SGD, Adam
 from .validation import check_input, check_labels, check_positive_int
 
 MODES = ("cooperative", "competitive")
@@ -244,13 +244,37 @@ def train_epoch(model, X, y, optimizer, batch_size=1, seed=None, epoch=1):
     The optimiser's per-epoch schedule is left to the caller (``optimizer.end_epoch()``). A non-finite
     update direction or weight raises FloatingPointError (numpy_moe.divergence, rules 1 and 2), the
     direction before it is applied.
+
+    Notes
+    -----
+    At batch size 1, for a LocalExperts with an SGD, Adam or FTRL optimiser (exactly these classes) on the
+    NumPy backend, the pass runs :func:`_online_pass`: the same floating-point operations in the same
+    order, bit for bit, without the per-sample input checks, Module dispatch and per-step divergence
+    checks, which cost more than the arithmetic of one sample. It checks for divergence once, on the
+    weights at the end of the pass: under these optimisers a NaN or inf gradient makes the weights it
+    reaches NaN or inf, and a NaN or inf weight stays so for the rest of the pass (SGD and Adam subtract
+    from it, FTRL's z and n carry it), so a pass that the checks would have stopped ends non-finite. Then,
+    or when NumPy raises FloatingPointError itself (``numpy.seterr(all="raise")``), the pass is put back
+    and rerun by the checked loop below, which raises at the same batch, with the same message, leaving
+    the same state as it always does (MATH.md §6.4).
     """
     batch_size = check_positive_int(batch_size, "batch_size")
     X = check_input(X, model.n_features, model.dtype, "X")
     N = X.shape[0]
     y = y if hasattr(y, "ndim") else asarray(y)
-    model._targets(y, N)  # validate once, before any step
+    R = model._targets(y, N)  # validate once, before any step
     order = asarray(default_rng(seed).permutation(N))
+    xp = get_array_module(X)
+    if (batch_size == 1 and type(model) is LocalExperts and type(optimizer) in (SGD, Adam, FTRL)
+            and xp.__name__ == "numpy"):
+        saved = divergence.snapshot(model, optimizer)
+        X1 = xp.concatenate([X, xp.ones((N, 1), dtype=X.dtype)], axis=1)[order]  # rows x̃ in visiting order
+        try:
+            if _online_pass(model, X1, R[order], optimizer):
+                return
+        except FloatingPointError:  # numpy.seterr(all="raise"): the checked loop raises it again, in place
+            pass
+        divergence.restore(model, optimizer, saved)
     for b, start in enumerate(range(0, N, batch_size)):
         idx = order[start:start + batch_size]
         model.compute_grads(X[idx], y[idx])
@@ -258,6 +282,61 @@ def train_epoch(model, X, y, optimizer, batch_size=1, seed=None, epoch=1):
         optimizer.step(model)
         divergence.check_weights(model, epoch, b + 1)
         model.end_step()
+
+
+def _online_pass(model, X1, R, optimizer):
+    """One step per row of X1 (N, D+1) and R (N, O), the rows x̃ and targets in visiting order.
+
+    The operations of ``compute_grads`` (update_directions with η = 1 and N = 1, whose ``lr * d / N`` is
+    exact) and ``optimizer.step``, in the same order, with the softmax and log-softmax of the same logits
+    sharing their max, difference and exp. Returns whether every weight is finite at the end; leaves
+    ``grads`` as the last step's, as the checked loop does.
+    """
+    xp = get_array_module(X1)
+    V, M = model.params["V"], model.params["M"]
+    update = optimizer.update
+    plain_sgd, lr = type(optimizer) is SGD and not optimizer.momentum, optimizer.lr
+    amax, total, exp, log, einsum = xp.maximum.reduce, xp.add.reduce, xp.exp, xp.log, xp.einsum
+    competitive, classification = model.mode == "competitive", model.task == "classification"
+    R3 = R[:, None, :]  # (N, 1, O)
+    for t in range(X1.shape[0]):
+        x1, r, r3 = X1[t:t + 1], R[t:t + 1], R3[t:t + 1]
+        h = x1 @ M  # (1, E)
+        w = einsum("nd,edo->neo", x1, V)  # (1, E, O)
+        zh = h - amax(h, 1, None, None, True)
+        eh = exp(zh)
+        sh = total(eh, 1, None, None, True)
+        g = eh / sh  # softmax(h)
+        if competitive:
+            if classification:
+                zw = w - amax(w, 2, None, None, True)
+                ew = exp(zw)
+                sw = total(ew, 2, None, None, True)
+                ye = ew / sw  # softmax(w, axis=2)
+                ll = total(r3 * (zw - log(sw)), 2)  # R · log_softmax(w, axis=2)
+            else:
+                ye = w
+                ll = -0.5 * total((r3 - w) ** 2, 2)
+            a = (zh - log(sh)) + ll  # log_softmax(h) + log p
+            ea = exp(a - amax(a, 1, None, None, True))
+            f = ea / total(ea, 1, None, None, True)  # softmax(a)
+            dV = einsum("nd,ne,neo->edo", x1, f, r3 - ye)
+            dM = x1.T @ (f - g)
+        else:
+            y = einsum("ne,neo->no", g, w)
+            err = r - (F.softmax(y) if classification else y)
+            dV = einsum("nd,ne,no->edo", x1, g, err)
+            dM = x1.T @ (g * einsum("no,neo->ne", err, w - y[:, None, :]))
+        optimizer.t += 1
+        if plain_sgd:  # SGD.update with g = -d: p -= lr (-d) is p += lr d, bit for bit
+            V += lr * dV
+            M += lr * dM
+        else:
+            update("V", V, -dV)
+            update("M", M, -dM)
+    if X1.shape[0]:
+        model.grads["V"], model.grads["M"] = -dV, -dM
+    return bool(xp.isfinite(V).all()) and bool(xp.isfinite(M).all())
 
 
 def fit_local_experts(model, X, y, optimizer=None, epochs=50, batch_size=1, seed=None, X_test=None,

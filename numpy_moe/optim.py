@@ -128,8 +128,22 @@ class FTRL(Optimizer):
             self.z[name] = -(self.beta / self.alpha) * p  # the first proximal term, centred at w0
             self.n[name] = xp.zeros_like(p)
         z, n = self.z[name], self.n[name]
-        sigma = (xp.sqrt(n + g * g) - xp.sqrt(n)) / self.alpha
-        z += g - sigma * p
-        n += g * g
-        shrunk = -(z - xp.sign(z) * self.l1) / ((self.beta + xp.sqrt(n)) / self.alpha + self.l2)
-        p[...] = xp.where(xp.abs(z) <= self.l1, 0, shrunk)
+        # The formulas of the docstring, computed in place and with the exact no-ops skipped (x / 1 and
+        # x + 0 for alpha = 1 and l2 = 0; z - sign(z) 0 for l1 = 0), so every bit is that of the formulas.
+        g2 = g * g
+        sigma = xp.sqrt(n + g2)
+        sigma -= xp.sqrt(n)
+        if self.alpha != 1:
+            sigma /= self.alpha
+        sigma *= p
+        z += g - sigma
+        n += g2
+        denom = xp.sqrt(n)
+        denom += self.beta
+        if self.alpha != 1:
+            denom /= self.alpha
+        if self.l2:
+            denom += self.l2
+        xp.divide(z - xp.sign(z) * self.l1 if self.l1 else z, denom, out=p)
+        xp.negative(p, out=p)  # -(a / b) == (-a) / b exactly
+        p[xp.abs(z) <= self.l1] = 0

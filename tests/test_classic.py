@@ -9,10 +9,11 @@ the seed's cooperative Δm, misses by tens of percent.
 import numpy as np
 import pytest
 
+from numpy_moe import classic
 from numpy_moe.classic import LocalExperts, evaluate, fit_local_experts, train_epoch
 from numpy_moe.datasets import make_bands, make_circles, make_v_regression, standardizer
 from numpy_moe.gradcheck import numerical_gradient, rel_error
-from numpy_moe.optim import FTRL, SGD
+from numpy_moe.optim import FTRL, SGD, Adam
 
 TOL = 1e-7
 CASES = [(mode, task) for mode in ("cooperative", "competitive") for task in ("classification", "regression")]
@@ -222,3 +223,122 @@ def test_bad_inputs_and_targets_are_named():
         reg.objective(x, np.zeros((3, 2)))
     with pytest.raises(ValueError, match="batch_size=0"):
         train_epoch(clf, x, np.zeros(4, dtype=int), SGD(0.1), batch_size=0)
+
+
+# ----- the batch-size-1 pass (classic._online_pass) against the checked loop ------------------------------
+# train_epoch runs one-sample steps without per-step checks for a LocalExperts with exactly SGD, Adam or
+# FTRL; a subclass of the optimiser (same rule) takes the checked loop. The two must agree bit for bit:
+# weights, grads, history and every piece of optimiser state, in every mode, task and optimiser.
+ONLINE_OPTIMISERS = {
+    "sgd": (SGD, {"lr": 0.1, "decay": 0.99}),
+    "sgd_momentum": (SGD, {"lr": 0.05, "momentum": 0.9}),
+    "adam": (Adam, {"lr": 0.01}),
+    "ftrl": (FTRL, {"alpha": 1.0, "beta": 0.2}),
+    "ftrl_l1_l2": (FTRL, {"alpha": 0.5, "beta": 0.1, "l1": 0.01, "l2": 0.1}),
+}
+
+
+def checked(cls):
+    """The same optimiser under another class, which train_epoch sends through its checked loop."""
+    return type(f"Checked{cls.__name__}", (cls,), {})
+
+
+@pytest.fixture
+def online_calls(monkeypatch):
+    """Counts the calls of the fast pass, so that a test knows which path ran."""
+    calls = []
+    original = classic._online_pass
+
+    def spy(*args):
+        calls.append(1)
+        return original(*args)
+    monkeypatch.setattr(classic, "_online_pass", spy)
+    return calls
+
+
+def bits(a):
+    return np.asarray(a).dtype.str, np.asarray(a).shape, np.asarray(a).tobytes()
+
+
+def optimiser_state(opt):
+    """Every attribute of the optimiser, arrays as their bytes (NaN payloads and signed zeros count)."""
+    return {key: ({k: bits(a) for k, a in value.items()} if isinstance(value, dict) else value)
+            for key, value in vars(opt).items()}
+
+
+def online_problem(mode, task, dtype="float64", N=60):
+    make = make_circles if task == "classification" else make_v_regression
+    X, _, y, _ = make(N, seed=3)
+    X = standardizer(X)(X)
+    if task == "regression":
+        y = (y - y.mean()) / y.std()
+    return LocalExperts(X.shape[1], 2 if task == "classification" else 1, 3, mode=mode, task=task, seed=1,
+                        dtype=dtype), X, y
+
+
+@pytest.mark.parametrize("opt", sorted(ONLINE_OPTIMISERS))
+@pytest.mark.parametrize("mode,task", CASES)
+def test_batch_size_1_pass_equals_the_checked_loop_bit_for_bit(mode, task, opt, online_calls):
+    cls, kwargs = ONLINE_OPTIMISERS[opt]
+    runs = []
+    for make in (cls, checked(cls)):
+        model, X, y = online_problem(mode, task)
+        optimizer = make(**kwargs)
+        before = len(online_calls)
+        history = fit_local_experts(model, X, y, optimizer, epochs=3, batch_size=1, seed=2, X_test=X[:10],
+                                    y_test=y[:10])
+        runs.append((history, {k: bits(p) for k, p in model.params.items()},
+                     {k: bits(g) for k, g in model.grads.items()}, optimiser_state(optimizer),
+                     len(online_calls) - before))
+    (*fast, fast_calls), (*slow, slow_calls) = runs
+    assert (fast_calls, slow_calls) == (3, 0)  # one fast pass per epoch; the subclass never takes it
+    assert fast == slow
+
+
+def test_batch_size_1_pass_keeps_float32_bit_for_bit(online_calls):
+    params = []
+    for make in (FTRL, checked(FTRL)):
+        model, X, y = online_problem("competitive", "classification", dtype="float32")
+        fit_local_experts(model, X, y, make(alpha=1.0, beta=0.2), epochs=2, batch_size=1, seed=0)
+        assert model.params["V"].dtype == np.float32
+        params.append({k: bits(p) for k, p in model.params.items()})
+    assert len(online_calls) == 2 and params[0] == params[1]
+
+
+@pytest.mark.parametrize("opt,mode,task,errors", [
+    ("sgd", "cooperative", "regression", "ignore"),  # rule 1 (non-finite gradients) at epoch 1, batch 3
+    ("adam", "competitive", "regression", "ignore"),  # rule 1 at epoch 1, batch 3
+    ("sgd_momentum", "competitive", "classification", "ignore"),  # rule 1 at epoch 2, batch 29
+    ("ftrl", "competitive", "classification", "ignore"),  # rule 2 (a weight made NaN) at epoch 2, batch 29
+    ("ftrl", "cooperative", "regression", "raise"),  # numpy.seterr(all="raise"): NumPy's underflow error
+])
+def test_batch_size_1_pass_diverges_where_the_checked_loop_does(opt, mode, task, errors, online_calls):
+    # One row of size 1e200 in the middle of the data: the pass ends non-finite, is put back and rerun by
+    # the checked loop, which must raise the same error at the same batch and leave the same state.
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((40, 3))
+    X[17] *= 1e200
+    y = np.arange(40) % 3 if task == "classification" else X[:, 0] * 1e-200 - 0.5 * X[:, 1]
+    cls, kwargs = ONLINE_OPTIMISERS[opt]
+    outcomes = []
+    for make in (cls, checked(cls)):
+        model = LocalExperts(3, 3 if task == "classification" else 1, 2, mode=mode, task=task, seed=0)
+        optimizer = make(**kwargs)
+        with np.errstate(all=errors), pytest.raises(FloatingPointError) as err:
+            for epoch in (1, 2):
+                train_epoch(model, X, y, optimizer, batch_size=1, seed=epoch, epoch=epoch)
+        outcomes.append((str(err.value), {k: bits(p) for k, p in model.params.items()},
+                         {k: bits(g) for k, g in model.grads.items()}, optimiser_state(optimizer)))
+    assert online_calls  # the fast pass ran (and handed over to the checked loop)
+    assert "diverged" in outcomes[0][0] or errors == "raise"
+    assert outcomes[0] == outcomes[1]
+
+
+def test_batch_size_1_fit_puts_back_the_last_good_epoch():
+    X, y = np.random.default_rng(0).standard_normal((30, 3)), np.zeros(30)
+    X[11] *= 1e200
+    model = LocalExperts(3, 1, 2, mode="competitive", task="regression", seed=0)
+    start = {k: p.copy() for k, p in model.params.items()}
+    with np.errstate(all="ignore"), pytest.raises(FloatingPointError, match=r"epoch 1, batch \d+: .*at the start"):
+        fit_local_experts(model, X, y, SGD(0.1), epochs=2, batch_size=1, seed=0)
+    assert all(np.array_equal(p, start[k]) for k, p in model.params.items())

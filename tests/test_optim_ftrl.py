@@ -96,6 +96,34 @@ def test_with_constant_rates_it_is_plain_sgd():
     assert max(np.abs(a - b).max() for a, b in zip(ftrl, sgd)) < 1e-6 * np.abs(sgd).max()
 
 
+@pytest.mark.parametrize("kwargs", [
+    {}, {"alpha": 0.5, "beta": 0.1, "l1": 0.3, "l2": 0.2}, {"alpha": 2.0, "beta": 0.0, "l2": 0.5}, {"l1": 1e-3},
+])
+def test_update_is_the_formulas_bit_for_bit(kwargs):
+    # The update works in place and skips x / 1, x + 0 and z - sign(z) * 0 (exact no-ops when alpha = 1,
+    # l2 = 0, l1 = 0): every bit must still be that of the docstring's formulas written out literally,
+    # signed zeros included, over gradients of mixed scales with exact zeros in them.
+    rng = np.random.default_rng(0)
+    opt = FTRL(**kwargs)
+    a, b, l1, l2 = opt.alpha, opt.beta, opt.l1, opt.l2
+    w = rng.standard_normal(40)
+    w[:3], w[3] = 0.0, -0.0
+    model = Weights(w)
+    z, n, p = -(b / a) * w, np.zeros(40), w.copy()
+    with np.errstate(all="ignore"):  # beta = 0 makes 0 / 0 at the start, in both
+        for _ in range(100):
+            g = rng.standard_normal(40) * rng.choice([1e-3, 1.0, 1e3])
+            g[5], g[6] = 0.0, -0.0
+            model.grads["w"] = g
+            opt.step(model)
+            sigma = (np.sqrt(n + g * g) - np.sqrt(n)) / a
+            z = z + (g - sigma * p)
+            n = n + g * g
+            p = np.where(np.abs(z) <= l1, 0, -(z - np.sign(z) * l1) / ((b + np.sqrt(n)) / a + l2))
+            for got, want in ((model.params["w"], p), (opt.z["w"], z), (opt.n["w"], n)):
+                assert got.tobytes() == want.tobytes()
+
+
 def sparse_regression(l1, seed=0):
     """y = 3 x0 - 2 x1 (noiseless) with 8 irrelevant features; a Linear layer trained by FTRL."""
     rng = np.random.default_rng(seed)
