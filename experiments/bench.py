@@ -339,7 +339,7 @@ def sweep_section(args, rounds, out):
                 rng = np.random.default_rng(n)
                 x = backend.asarray(rng.standard_normal((n, D)), dtype=np.float32)
                 dy = backend.asarray(rng.standard_normal((n, O)), dtype=np.float32)
-                inner = max(1, 4096 // n)  # calls per timing, so that each timing lasts a few ms
+                inner = max(1, (256 if args.quick else 4096) // n)  # calls per timing: each lasts a few ms
                 samples = {kind: [] for kind in layers}
                 for layer in layers.values():
                     layer.forward(x)

@@ -62,7 +62,10 @@ softmax_then_topk gate and expert choice (V-MoE) and over the top-k gates for to
 
 The routing of the last forward is ``moe.routing`` (a :class:`numpy_moe.gates.Routing`), so a model
 built on the layer (an image classifier, an MLP-Mixer) can read which experts each sample used.
-``dispatch="dense"`` runs a sparse gate the way post 000 does (every expert on every sample, then the
+``dispatch="auto"`` (the default) picks, at every forward, the cheaper of the two ways to run a top-k
+gate: sparse dispatch, or dense when the batch is so small that the work sparse dispatch saves costs less
+than its fixed cost (grouping, one pass per expert; :func:`dense_is_cheaper`). ``dispatch="dense"`` runs a
+sparse gate the way post 000 does (every expert on every sample, then the
 sparse weights blend the outputs): the same function, E / K times the work, kept for the benchmark and
 for the test that the two dispatches agree.
 """
@@ -76,6 +79,23 @@ from .routing import Capacity, combine_topk, layer_capacity, group_by_expert, re
 from .validation import check_input, check_mask, check_positive_int, check_real, check_seq_lengths
 
 ROUTERS = ("topk", "expert_choice")
+DISPATCHES = ("auto", "sparse", "dense")
+# dispatch="auto": sparse dispatch costs about SPARSE_FIXED_US + SPARSE_PER_EXPERT_US * E microseconds more
+# than dense dispatch before counting the products it saves, which run at about FLOPS_PER_US (measured by
+# experiments/bench.py's batch-size sweep on the 2-core development machine)
+SPARSE_FIXED_US, SPARSE_PER_EXPERT_US, FLOPS_PER_US = 150.0, 20.0, 2.0e4
+
+
+def dense_is_cheaper(n_samples, top_k, experts):
+    """True when running every expert on all ``n_samples`` (dense dispatch) is faster than sparse dispatch.
+
+    The products dense dispatch adds are n (E - K) rows through each expert, forward and backward (three
+    products per weight matrix, 2 flops per multiply-add); sparse dispatch's fixed cost is a constant
+    plus a cost per expert (Python-level work: grouping, gathers, one pass per expert)."""
+    E = experts.n_experts
+    per_row = sum(int(w.size) // E for key, w in experts.params.items() if key.startswith("W"))
+    extra_flops = 6.0 * n_samples * (E - top_k) * per_row
+    return extra_flops < (SPARSE_FIXED_US + SPARSE_PER_EXPERT_US * E) * FLOPS_PER_US
 BALANCE_NAMES = B.NAMES
 GATES = (SoftmaxGate, TopKGate, ExpertChoiceGate, ScoreGate, BaseGate, SinkhornGate, HashGate)
 
@@ -118,7 +138,8 @@ class MoE(Module):
         batch_priority=b`` is its short form; give one or the other.
     balance : None, a dict name -> weight (names in BALANCE_NAMES, see the module docstring), or a list of
         numpy_moe.balance loss objects.
-    dispatch : "sparse" (default: each expert runs on its own samples) or "dense" (every expert on every
+    dispatch : "auto" (default: "dense" for small batches where it is faster, else "sparse"), "sparse"
+        (each expert runs on its own samples) or "dense" (every expert on every
         sample, as post 000 does). Sparse gates only.
     experts : None (built from hidden) or an ExpertBank (linear, ReLU, SwiGLU or GeGLU experts).
     shared : None or a SharedExpert, always on, added to the routed output.
@@ -141,11 +162,11 @@ class MoE(Module):
 
     def __init__(self, in_features=None, out_features=None, n_experts=None, hidden=None, seed=None,
                  dtype="float64", *, top_k=None, gate="softmax_then_topk", noise=None, noise_std=1.0,
-                 router="topk", capacity_factor=None, batch_priority=False, balance=None, dispatch="sparse",
+                 router="topk", capacity_factor=None, batch_priority=False, balance=None, dispatch="auto",
                  experts=None, shared=None, residual=False, capacity=None):
         super().__init__(dtype)
-        if dispatch not in ("sparse", "dense"):
-            raise ValueError(f"dispatch={dispatch!r} must be 'sparse' or 'dense'")
+        if dispatch not in DISPATCHES:
+            raise ValueError(f"dispatch={dispatch!r} must be one of {DISPATCHES}")
         if capacity_factor is not None:
             capacity_factor = check_real(capacity_factor, "capacity_factor", 0, low_open=True)
         noise_std = check_real(noise_std, "noise_std", 0, low_open=True)
@@ -287,7 +308,9 @@ class MoE(Module):
         else:
             self.counted, self.counted_index = B.select_samples(r, self.mask)
         self._aux = sum(loss(self.counted) for loss in self.losses)
-        if self.dispatch == "dense":
+        self.dense_now = self.dispatch == "dense" or (self.dispatch == "auto" and r.top_k is not None
+                                                      and dense_is_cheaper(N, r.top_k, self.experts))
+        if self.dense_now:
             self.g = xp.zeros((N, E), dtype=self.dtype)
             self.g[r.sample, r.expert] = r.weight * r.kept  # (N, E), zero off the kept assignments
             self.out = self.experts.forward(x)  # (E, N, O)
@@ -332,7 +355,7 @@ class MoE(Module):
             dx = self.gate.backward(dg) + self.experts.backward(dout)
             return dx if dx_shared is None else dx + dx_shared
         r = self.routing
-        if self.dispatch == "dense":
+        if self.dense_now:
             dg = xp.einsum("no,eno->ne", dy, self.out)  # (N, E)
             grad = {"weight": dg[r.sample, r.expert] * r.kept}  # (M,)
             dx_experts = self.experts.backward(self.g.T[:, :, None] * dy[None])  # (N, D)
@@ -353,7 +376,7 @@ class MoE(Module):
         dx = self.gate.backward(grad)  # (N, D)
         if dx_shared is not None:
             dx += dx_shared
-        if self.dispatch == "dense":
+        if self.dense_now:
             return dx + dx_experts
         if r.top_k is None:
             return scatter_add(dx, dx_experts, self.groups)

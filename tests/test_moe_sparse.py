@@ -160,7 +160,7 @@ def test_float32_and_eval_mode(rng):
     (dict(top_k=2, balance={"load": 0.1}), ValueError, "balance 'load' needs a noisy gate"),
     (dict(top_k=2, balance={"entropy": 0.1}), ValueError, "unknown loss 'entropy'"),
     (dict(top_k=2, balance=["importance"]), TypeError, "expected numpy_moe.balance loss objects"),
-    (dict(top_k=2, dispatch="gather"), ValueError, "dispatch='gather' must be 'sparse' or 'dense'"),
+    (dict(top_k=2, dispatch="gather"), ValueError, "dispatch='gather' must be one of"),
 ])
 def test_bad_arguments(kwargs, error, pattern):
     with pytest.raises(error, match=pattern):
@@ -185,3 +185,35 @@ def test_the_variants_of_the_module_docstring_build_and_run(kwargs, rng):
     dx = moe.backward(np.ones_like(y))
     assert y.shape == (20, 3) and dx.shape == x.shape and np.isfinite(moe.aux_loss)
     assert all(np.isfinite(g).all() for _, g in moe.named_grads())
+
+
+@pytest.mark.auto_dispatch
+def test_auto_dispatch_runs_small_batches_dense_and_large_ones_sparse():
+    # MoEClassifier's layer on the digits (D=64, H=16, E=4, K=2): dense costs 6 n (E-K) (D H + H O) more flops,
+    # below the sparse path's fixed cost up to n ~ 1000; a layer with E=16, H=128 goes sparse almost at once
+    import numpy_moe.moe as M
+    small = MoE(64, 10, 4, hidden=16, seed=0, top_k=2)
+    big = MoE(64, 64, 16, hidden=128, seed=0, top_k=2)
+    limit = (M.SPARSE_FIXED_US + M.SPARSE_PER_EXPERT_US * 4) * M.FLOPS_PER_US / (6 * 2 * (64 * 16 + 16 * 10))
+    assert M.dense_is_cheaper(int(limit), 2, small.experts) and not M.dense_is_cheaper(int(limit) + 1, 2, small.experts)
+    rng = np.random.default_rng(0)
+    for layer, n, dense in [(small, 32, True), (small, 4096, False), (big, 32, False)]:
+        layer.forward(rng.standard_normal((n, 64)))
+        assert layer.dense_now == dense, (layer.n_experts, n)
+
+
+@pytest.mark.auto_dispatch
+def test_auto_dispatch_on_a_small_batch_equals_sparse_dispatch_and_passes_the_gradient_check(check_fixed_choice):
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((16, 5))
+    kwargs = dict(hidden=4, seed=1, top_k=2, balance={"importance": 0.1, "switch": 0.1})
+    auto, sparse = MoE(5, 3, 4, **kwargs), MoE(5, 3, 4, dispatch="sparse", **kwargs)
+    y = auto.forward(x)
+    assert auto.dense_now and not getattr(sparse, "dense_now", False)
+    np.testing.assert_allclose(y, sparse.forward(x), rtol=1e-12, atol=1e-14)
+    dy = rng.standard_normal(y.shape)
+    np.testing.assert_allclose(auto.backward(dy), sparse.backward(dy), rtol=1e-12, atol=1e-14)
+    for (name, a), (_, b) in zip(auto.named_grads(), sparse.named_grads()):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14, err_msg=name)
+    errors = check_fixed_choice(auto, x)
+    assert max(errors.values()) < 1e-6  # §8's pass mark for a layer with its experts
