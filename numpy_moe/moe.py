@@ -83,7 +83,7 @@ DISPATCHES = ("auto", "sparse", "dense")
 # dispatch="auto": sparse dispatch costs about SPARSE_FIXED_US + SPARSE_PER_EXPERT_US * E microseconds more
 # than dense dispatch before counting the products it saves, which run at about FLOPS_PER_US (measured by
 # experiments/bench.py's batch-size sweep on the 2-core development machine)
-SPARSE_FIXED_US, SPARSE_PER_EXPERT_US, FLOPS_PER_US = 150.0, 20.0, 2.0e4
+SPARSE_FIXED_US, SPARSE_PER_EXPERT_US, FLOPS_PER_US = 330.0, 19.0, 4.5e4
 
 
 def dense_is_cheaper(n_samples, top_k, experts):

@@ -33,9 +33,12 @@ def check_input(x, n_features, dtype, name="x"):
     if n_features is not None and x.shape[1] != n_features:
         raise ValueError(f"{name} has {x.shape[1]} features (shape {tuple(x.shape)}); "
                          f"expected {n_features}")
-    errstate = getattr(xp, "errstate", None)  # the overflow is reported below, not as a RuntimeWarning
-    with errstate(over="ignore", invalid="ignore") if errstate else contextlib.nullcontext():
-        cast = xp.asarray(x, dtype=dtype)
+    if x.dtype == dtype:  # nothing to cast (the common case inside training loops)
+        cast = x
+    else:
+        errstate = getattr(xp, "errstate", None)  # the overflow is reported below, not as a RuntimeWarning
+        with errstate(over="ignore", invalid="ignore") if errstate else contextlib.nullcontext():
+            cast = xp.asarray(x, dtype=dtype)
     if not bool(xp.isfinite(cast).all()):  # checked after the cast: 1e39 is finite in float64, inf in float32
         if bool(xp.isfinite(x).all()):
             raise ValueError(f"{name} has values up to {float(xp.abs(x).max()):.3g} that overflow the layer's "
