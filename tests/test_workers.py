@@ -1,0 +1,63 @@
+"""numpy_moe.workers: blocks run concurrently give exactly the sequential result, errors come back, BLAS's
+thread count is put back, and NUMPY_MOE_THREADS is validated."""
+import numpy as np
+import pytest
+from threadpoolctl import threadpool_limits
+
+from numpy_moe import workers
+from numpy_moe.moe import MoE
+from numpy_moe.experts import ExpertBank
+
+
+def test_blocks_all_run_once_and_write_their_own_rows(monkeypatch):
+    monkeypatch.setenv("NUMPY_MOE_THREADS", "3")
+    out = np.zeros(10)
+
+    def block(i):
+        def run():
+            out[i] += i + 1
+        return run
+
+    workers.run_blocks([block(i) for i in range(10)], costs=list(range(10)))
+    np.testing.assert_array_equal(out, np.arange(1, 11))
+
+
+def test_an_error_in_a_block_is_raised_after_the_others_finish_and_blas_threads_are_restored(monkeypatch):
+    monkeypatch.setenv("NUMPY_MOE_THREADS", "2")
+    before = [c.num_threads for c in workers._blas_controllers()]
+    done = []
+
+    def bad():
+        raise KeyError("block 3")
+
+    work = [lambda: done.append(1), lambda: done.append(2), bad, lambda: done.append(4)]
+    with pytest.raises(KeyError, match="block 3"):
+        workers.run_blocks(work)
+    assert [c.num_threads for c in workers._blas_controllers()] == before
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "two"])
+def test_bad_thread_counts_are_refused(monkeypatch, value):
+    monkeypatch.setenv("NUMPY_MOE_THREADS", value)
+    with pytest.raises(ValueError, match="NUMPY_MOE_THREADS"):
+        workers.n_threads()
+
+
+@pytest.mark.parametrize("activation", ["relu", "swiglu"])
+def test_the_sparse_layer_on_threads_equals_the_layer_in_order_bit_for_bit(monkeypatch, activation):
+    # large enough that the experts go to the threads (rows x width above experts.SERIAL_BELOW)
+    rng = np.random.default_rng(0)
+    x, dy = rng.standard_normal((2048, 32)), rng.standard_normal((2048, 32))
+    results = []
+    for threads in ("1", "2"):  # in order with single-threaded BLAS (as each block has), then on 2 threads
+        monkeypatch.setenv("NUMPY_MOE_THREADS", threads)
+        experts = ExpertBank(8, 32, 32, 64, seed=1, activation=activation)
+        layer = MoE(32, 32, 8, seed=0, top_k=2, experts=experts, dispatch="sparse")
+        with threadpool_limits(1 if threads == "1" else None, user_api="blas"):
+            y = layer.forward(x)
+            results.append((y, layer.backward(dy), dict(layer.named_grads())))
+    (y1, dx1, g1), (y2, dx2, g2) = results
+    np.testing.assert_array_equal(y1, y2)
+    np.testing.assert_array_equal(dx1, dx2)
+    for name in g1:
+        np.testing.assert_array_equal(g1[name], g2[name], err_msg=name)
