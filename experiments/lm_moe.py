@@ -1,0 +1,258 @@
+"""MoE inside a tiny Transformer language model: against dense models of equal active and equal total parameters, and what its experts specialise in.
+
+Data (numpy_moe.data_text): four synthetic character-level languages mixed in one stream, each sequence
+labelled by its source: arithmetic (``^12+7=19$``), balanced brackets (``^([a]{})$``), copying
+(``^a3kb>a3kb$``) and reversing (``^a3kb<bk3a$``); 34 tokens, sequences of at most 19, right-padded.
+Each training step draws a fresh batch of 32 sequences from the stream (the same batches for every
+model of a seed); the validation set is 512 other sequences.
+
+Models (numpy_moe.models.transformer.TransformerLM): D = 32, 2 heads, 2 pre-LN blocks, tied embeddings,
+next-token cross-entropy over the real tokens (MATH.md §14). Their feed-forward sublayers differ:
+
+- MoE: E = 4 ReLU MLP experts of hidden width 32 per block, softmax then top-2, the top-k f·P balance
+  loss (SequenceBalance over the batch, alpha = 0.01) with the padding masked out of its statistics;
+- dense, equal active: one ReLU MLP of width 64 (= K x 32, what a token passes through in the MoE);
+- dense, equal total: one ReLU MLP of width 128 (= E x 32, every expert parameter).
+
+Adam (lr 3e-3), 600 steps, five seeds (weights and batches; the validation set is fixed). Validation loss
+is measured every 50 steps, against steps and against training seconds (forward, backward, Adam; the
+evaluation not counted). Time is wall-clock on a 2-core machine shared with other jobs: noisy, compare
+ratios only. BLAS runs on one thread.
+
+Specialisation: the validation tokens are routed through each MoE block and every token's first-choice
+expert is counted by the source of its sequence and by the type of the token (boundary, digit, operator,
+bracket, letter, separator). The question is whether experts become "topic" (source) specialists or
+token-type specialists; the normalised mutual information I(expert; X) / H(expert) measures how much of
+the routing X explains, and I(expert; source | type) / H(expert) what the source adds once the token's
+type is known (0: the source adds nothing). Figures: plots/lm_moe.png (loss against steps and seconds)
+and plots/lm_moe_experts.png (expert-by-source and expert-by-type heatmaps, seed 0).
+"""
+import time
+
+import matplotlib.pyplot as plt
+import numpy as np
+from threadpoolctl import threadpool_limits
+
+from experiments._common import Progress, parse_args, savefig
+from numpy_moe import balance as B
+from numpy_moe.data_text import MAX_LEN, SOURCES, TOKEN_TYPES, VOCAB, synthetic_languages, token_types
+from numpy_moe.models.transformer import TransformerLM
+from numpy_moe.optim import Adam
+from numpy_moe.plotting import EXPERT_COLORS
+
+D, HEADS, LAYERS, E, K, H, ALPHA, LR = 32, 2, 2, 4, 2, 32, 0.01, 1e-2
+MOE, ACTIVE, TOTAL = "MoE, 4 experts top-2", "dense, equal active", "dense, equal total"
+MODELS = {
+    MOE: dict(hidden=H, moe=dict(n_experts=E, top_k=K, hidden=H,
+                                 balance=[B.SequenceBalance(ALPHA, per_sequence=False)])),
+    ACTIVE: dict(hidden=K * H, activation="relu"),
+    TOTAL: dict(hidden=E * H, activation="relu"),
+}
+
+
+def build(name, seed):
+    return TransformerLM(len(VOCAB), d_model=D, n_heads=HEADS, n_layers=LAYERS, max_len=MAX_LEN - 1, seed=seed,
+                         **MODELS[name])
+
+
+def split(tokens):
+    """Sequences (n, L) -> inputs (n, L-1), next-token targets (n, L-1), mask of real targets (n, L-1)."""
+    return tokens[:, :-1], tokens[:, 1:], tokens[:, 1:] != 0
+
+
+def validation_loss(model, val, batch=256):
+    """Mean cross-entropy per real target token over the validation set (evaluation mode)."""
+    model.eval()
+    x, y, m = split(val)
+    total = 0.0
+    for i in range(0, len(x), batch):
+        logits = model.forward(x[i:i + batch], m[i:i + batch])
+        logp = logits - logits.max(axis=-1, keepdims=True)
+        logp -= np.log(np.exp(logp).sum(axis=-1, keepdims=True))
+        total -= (np.take_along_axis(logp, y[i:i + batch, :, None], axis=-1)[..., 0] * m[i:i + batch]).sum()
+    model.train()
+    return total / m.sum()
+
+
+def train(model, batches, every, val, progress, label):
+    """Adam over the batches; returns (steps, training seconds, validation loss) at every ``every`` steps."""
+    opt = Adam(LR)
+    steps, seconds, losses = [0], [0.0], [validation_loss(model, val)]
+    spent = 0.0
+    for step, batch in enumerate(batches, 1):
+        t = time.process_time()  # CPU time of this process: less disturbed by other jobs than the wall clock
+        loss = model.loss_and_grads(*split(batch))
+        opt.step(model)
+        model.end_step()
+        spent += time.process_time() - t
+        if step % every == 0 or step == len(batches):
+            steps.append(step)
+            seconds.append(spent)
+            losses.append(validation_loss(model, val))
+        progress.step(f"{label}: step {step}, loss {loss:.3f}")
+    return np.array(steps), np.array(seconds), np.array(losses)
+
+
+def routing_table(model, val, sources):
+    """Per MoE block, the first-choice expert of every real validation token, with its source and type."""
+    x, _, m = split(val)
+    model.eval()
+    model.forward(x, m)
+    model.train()
+    kinds = token_types()[x]  # (n, T)
+    src = np.broadcast_to(sources[:, None], x.shape)
+    out = []
+    for layer in model.moe_layers():
+        r = layer.routing
+        first = r.expert.reshape(-1, r.top_k)[:, 0]  # the highest-weighted expert of each token
+        out.append((first[m.ravel()], src[m], kinds[m]))
+    return out
+
+
+def entropy(*labels):
+    """Joint entropy (nats) of the empirical distribution of the label columns."""
+    _, counts = np.unique(np.stack(labels, axis=1), axis=0, return_counts=True)
+    p = counts / counts.sum()
+    return float(-(p * np.log(p)).sum())
+
+
+def specialisation(expert, source, kind):
+    """Normalised mutual informations: I(e; source), I(e; type), I(e; source | type), I(e; type | source), each
+    divided by H(e)."""
+    He = entropy(expert)
+    mi = {
+        "source": entropy(expert) + entropy(source) - entropy(expert, source),
+        "type": entropy(expert) + entropy(kind) - entropy(expert, kind),
+        "source | type": entropy(expert, kind) + entropy(source, kind) - entropy(expert, source, kind) - entropy(kind),
+        "type | source": entropy(expert, source) + entropy(kind, source) - entropy(expert, kind, source)
+        - entropy(source),
+    }
+    return {k: v / He for k, v in mi.items()}
+
+
+def shares(expert, label, n_labels):
+    """(E, n_labels): the share of each label's tokens whose first choice is each expert (columns sum to 1)."""
+    counts = np.zeros((E, n_labels))
+    np.add.at(counts, (expert, label), 1)
+    return counts / counts.sum(axis=0, keepdims=True)
+
+
+def heatmap(ax, table, columns, title):
+    im = ax.imshow(table, vmin=0, vmax=1, cmap="Greys", aspect="auto")
+    ax.set_xticks(range(len(columns)), columns, rotation=30, ha="right")
+    ax.set_yticks(range(E), [f"expert {e}" for e in range(E)])
+    for tick, color in zip(ax.get_yticklabels(), EXPERT_COLORS):
+        tick.set_color(color)
+        tick.set_fontweight("bold")
+    for (i, j), v in np.ndenumerate(table):
+        ax.text(j, i, f"{v:.2f}", ha="center", va="center", color="white" if v > 0.5 else "black", fontsize=10)
+    ax.set_title(title)
+    return im
+
+
+def main(argv=None):
+    args = parse_args(argv, __doc__, extra=lambda p: p.add_argument(
+        "--seeds", type=int, default=5, help="number of seeds (default 5)"))
+    seeds, steps, every, batch, n_val = ([0], 12, 4, 8, 64) if args.quick else (list(range(args.seeds)), 600, 50, 32, 512)
+    val, _, val_source = synthetic_languages(n_val, seed=10_000)
+    progress = Progress(len(MODELS) * len(seeds) * steps, what="lm_moe")
+    curves, params, tables = {name: [] for name in MODELS}, {}, []
+    with threadpool_limits(limits=1, user_api="blas"):
+        for seed in seeds:
+            data, _, _ = synthetic_languages(steps * batch, seed=seed)
+            batches = [data[i * batch:(i + 1) * batch] for i in range(steps)]
+            for name in MODELS:
+                model = build(name, seed)
+                curves[name].append(train(model, batches, every, val, progress, f"{name}, seed {seed}"))
+                if name == MOE:
+                    tables.append(routing_table(model, val, val_source))
+                params[name] = model
+    progress.done()
+
+    active = {name: m.n_parameters() for name, m in params.items()}
+    moe_layers = params[MOE].moe_layers()
+    per_expert = sum(p.size for n, p in moe_layers[0].experts.named_parameters()) // E
+    active[MOE] = params[MOE].n_parameters() - LAYERS * (E - K) * per_expert
+    print(f"\n{len(seeds)} seeds x {steps} steps of {batch} sequences; validation: {n_val} sequences "
+          f"({int(split(val)[2].sum())} target tokens). Time: training only, on a shared 2-core machine (noisy).")
+    print(f"{'model':<22} {'total params':>12} {'active':>8} {'final val loss (mean ± std)':>28} {'(min-max)':>13} "
+          f"{'train s':>8}")
+    final = {}
+    for name, runs in curves.items():
+        final[name] = np.array([r[2][-1] for r in runs])
+        secs = np.array([r[1][-1] for r in runs])
+        print(f"{name:<22} {params[name].n_parameters():>12,} {active[name]:>8,} {final[name].mean():>19.4f} ± "
+              f"{final[name].std():.4f} ({final[name].min():.3f}-{final[name].max():.3f}) {secs.mean():>7.1f}")
+    for other in (ACTIVE, TOTAL):
+        diff = final[MOE] - final[other]
+        print(f"MoE - {other}, paired by seed: {diff.mean():+.4f} ± {diff.std():.4f}; MoE lower in "
+              f"{int((diff < 0).sum())} of {len(seeds)} seeds")
+
+    print("\nWhat the MoE's experts specialise in (validation tokens, first-choice expert): I(expert; X) / H(expert), "
+          f"mean ± std over {len(seeds)} seeds")
+    keys = ("source", "type", "source | type", "type | source")
+    print(f"{'block':<7}" + "".join(f"{'X = ' + k:>20}" for k in keys))
+    summary = []
+    for layer in range(len(tables[0])):
+        rows = np.array([[specialisation(*t[layer])[k] for k in keys] for t in tables])  # (seeds, 4)
+        summary.append(rows.mean(axis=0))
+        print(f"{layer + 1:<7}" + "".join(f"{m:>13.3f} ± {s:.3f}" for m, s in zip(rows.mean(0), rows.std(0))))
+
+    for layer, (expert, source, kind) in enumerate(tables[0]):
+        print(f"\nblock {layer + 1}, seed {seeds[0]}: share of each source's / type's tokens sent first to each expert")
+        by_source, by_type = shares(expert, source, len(SOURCES)), shares(expert, kind, len(TOKEN_TYPES))
+        print(f"{'':<10}" + "".join(f"{s:>11}" for s in SOURCES) + " |" + "".join(f"{t:>10}" for t in TOKEN_TYPES))
+        for e in range(E):
+            print(f"expert {e:<3}" + "".join(f"{v:>11.2f}" for v in by_source[e]) + " |"
+                  + "".join(f"{v:>10.2f}" for v in by_type[e]))
+
+    plot_curves(args, curves, seeds, active, params, final)
+    plot_experts(args, tables[0], seeds[0], summary)
+    return curves, tables
+
+
+def plot_curves(args, curves, seeds, active, params, final):
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5), layout="constrained", sharey=True)
+    styles = {MOE: dict(color="#000000"), ACTIVE: dict(color="#888888", ls="--"), TOTAL: dict(color="#888888")}
+    for name, runs in curves.items():
+        steps = runs[0][0]
+        loss = np.array([r[2] for r in runs])
+        label = f"{name} ({active[name]:,} active / {params[name].n_parameters():,} total)"
+        axes[0].plot(steps, loss.mean(axis=0), label=label, **styles[name])
+        axes[0].fill_between(steps, loss.min(axis=0), loss.max(axis=0), alpha=0.15, color=styles[name]["color"])
+        for i, (_, sec, l) in enumerate(runs):
+            axes[1].plot(sec, l, lw=1, alpha=0.8, label=name if i == 0 else None, **styles[name])
+    axes[0].set_xlabel("training step (32 sequences each)")
+    axes[0].set_ylabel("validation loss (nats per token)")
+    axes[0].set_title(f"against steps: mean, min-max band over {len(seeds)} seeds")
+    axes[0].legend()
+    axes[1].set_xlabel("training seconds (shared 2-core machine: noisy)")
+    axes[1].set_title("against time: one line per seed")
+    axes[1].legend()
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"Tiny Transformer LM on 4 synthetic languages: final validation loss MoE "
+                 f"{final[MOE].mean():.3f} ± {final[MOE].std():.3f}, dense equal-active {final[ACTIVE].mean():.3f} ± "
+                 f"{final[ACTIVE].std():.3f}, dense equal-total {final[TOTAL].mean():.3f} ± {final[TOTAL].std():.3f}")
+    savefig(fig, args, "lm_moe.png")
+
+
+def plot_experts(args, table, seed, summary):
+    fig, axes = plt.subplots(len(table), 2, figsize=(13, 4.2 * len(table)), layout="constrained",
+                             gridspec_kw=dict(width_ratios=[len(SOURCES), len(TOKEN_TYPES)]))
+    axes = np.atleast_2d(axes)
+    for layer, (expert, source, kind) in enumerate(table):
+        s = summary[layer]
+        heatmap(axes[layer, 0], shares(expert, source, len(SOURCES)), SOURCES,
+                f"block {layer + 1}: by source (I/H = {s[0]:.2f})")
+        im = heatmap(axes[layer, 1], shares(expert, kind, len(TOKEN_TYPES)), TOKEN_TYPES,
+                     f"block {layer + 1}: by token type (I/H = {s[1]:.2f}; source | type {s[2]:.2f})")
+    fig.colorbar(im, ax=axes, shrink=0.6, label="share of the column's tokens whose first choice is the expert")
+    by_type = np.mean([s[1] for s in summary]) > np.mean([s[0] for s in summary])
+    fig.suptitle(f"Which expert each validation token goes to first (seed {seed}; I/H averaged over seeds): "
+                 f"routing follows the token's {'type more than its source' if by_type else 'source more than its type'}")
+    savefig(fig, args, "lm_moe_experts.png")
+
+
+if __name__ == "__main__":
+    main()
