@@ -11,13 +11,16 @@ next-token cross-entropy over the real tokens (MATH.md §14). Their feed-forward
 
 - MoE: E = 4 ReLU MLP experts of hidden width 32 per block, softmax then top-2, the top-k f·P balance
   loss (SequenceBalance over the batch, alpha = 0.01) with the padding masked out of its statistics;
+- MoE, per-sequence balance: the same, with the f·P loss taken per sequence and averaged (DeepSeek-V3's
+  sequence-wise loss), which pushes every sequence, hence every source, to use every expert;
 - dense, equal active: one ReLU MLP of width 64 (= K x 32, what a token passes through in the MoE);
 - dense, equal total: one ReLU MLP of width 128 (= E x 32, every expert parameter).
 
-Adam (lr 3e-3), 600 steps, five seeds (weights and batches; the validation set is fixed). Validation loss
-is measured every 50 steps, against steps and against training seconds (forward, backward, Adam; the
-evaluation not counted). Time is wall-clock on a 2-core machine shared with other jobs: noisy, compare
-ratios only. BLAS runs on one thread.
+Adam, learning rate warmed up over 50 steps to 1e-2 and decayed (cosine) to 1e-3, 800 steps, five seeds
+(weights and batches; the validation set is fixed). Validation loss is measured every 50 steps, against
+steps and against training seconds: the CPU time of the process (forward, backward, Adam; evaluation not
+counted), which other jobs on the shared 2-core development machine disturb less than the wall clock,
+but which is still noisy: compare ratios only. BLAS runs on one thread.
 
 Specialisation: the validation tokens are routed through each MoE block and every token's first-choice
 expert is counted by the source of its sequence and by the type of the token (boundary, digit, operator,
@@ -41,10 +44,12 @@ from numpy_moe.optim import Adam
 from numpy_moe.plotting import EXPERT_COLORS
 
 D, HEADS, LAYERS, E, K, H, ALPHA, LR = 32, 2, 2, 4, 2, 32, 0.01, 1e-2
-MOE, ACTIVE, TOTAL = "MoE, 4 experts top-2", "dense, equal active", "dense, equal total"
+MOE, MOE_SEQ = "MoE, 4 experts top-2", "MoE, per-sequence balance"
+ACTIVE, TOTAL = "dense, equal active", "dense, equal total"
 MODELS = {
     MOE: dict(hidden=H, moe=dict(n_experts=E, top_k=K, hidden=H,
                                  balance=[B.SequenceBalance(ALPHA, per_sequence=False)])),
+    MOE_SEQ: dict(hidden=H, moe=dict(n_experts=E, top_k=K, hidden=H, balance=[B.SequenceBalance(ALPHA)])),
     ACTIVE: dict(hidden=K * H, activation="relu"),
     TOTAL: dict(hidden=E * H, activation="relu"),
 }
@@ -60,18 +65,36 @@ def split(tokens):
     return tokens[:, :-1], tokens[:, 1:], tokens[:, 1:] != 0
 
 
-def validation_loss(model, val, batch=256):
-    """Mean cross-entropy per real target token over the validation set (evaluation mode)."""
+def token_losses(model, val, batch=256):
+    """Cross-entropy of every validation target (n, L-1) in evaluation mode, 0 at the padding."""
     model.eval()
     x, y, m = split(val)
-    total = 0.0
+    out = np.zeros(y.shape)
     for i in range(0, len(x), batch):
         logits = model.forward(x[i:i + batch], m[i:i + batch])
         logp = logits - logits.max(axis=-1, keepdims=True)
         logp -= np.log(np.exp(logp).sum(axis=-1, keepdims=True))
-        total -= (np.take_along_axis(logp, y[i:i + batch, :, None], axis=-1)[..., 0] * m[i:i + batch]).sum()
+        out[i:i + batch] = -np.take_along_axis(logp, y[i:i + batch, :, None], axis=-1)[..., 0] * m[i:i + batch]
     model.train()
-    return total / m.sum()
+    return out
+
+
+def validation_loss(model, val):
+    """Mean cross-entropy per real target token over the validation set."""
+    return token_losses(model, val).sum() / split(val)[2].sum()
+
+
+def per_source_loss(model, val, sources):
+    """(len(SOURCES),): the validation loss of each source's tokens."""
+    losses, m = token_losses(model, val), split(val)[2]
+    return np.array([losses[sources == s].sum() / m[sources == s].sum() for s in range(len(SOURCES))])
+
+
+def learning_rate(step, total, warmup=50):
+    """Linear warm-up to LR over ``warmup`` steps, then a cosine decay to LR / 10 (as GPT-style training)."""
+    if step <= warmup:
+        return LR * step / warmup
+    return LR * (0.1 + 0.45 * (1 + np.cos(np.pi * (step - warmup) / max(1, total - warmup))))
 
 
 def train(model, batches, every, val, progress, label):
@@ -80,6 +103,7 @@ def train(model, batches, every, val, progress, label):
     steps, seconds, losses = [0], [0.0], [validation_loss(model, val)]
     spent = 0.0
     for step, batch in enumerate(batches, 1):
+        opt.lr = learning_rate(step, len(batches))
         t = time.process_time()  # CPU time of this process: less disturbed by other jobs than the wall clock
         loss = model.loss_and_grads(*split(batch))
         opt.step(model)
@@ -153,10 +177,12 @@ def heatmap(ax, table, columns, title):
 def main(argv=None):
     args = parse_args(argv, __doc__, extra=lambda p: p.add_argument(
         "--seeds", type=int, default=5, help="number of seeds (default 5)"))
-    seeds, steps, every, batch, n_val = ([0], 12, 4, 8, 64) if args.quick else (list(range(args.seeds)), 600, 50, 32, 512)
+    seeds, steps, every, batch, n_val = ([0], 12, 4, 8, 64) if args.quick else (list(range(args.seeds)), 800, 50, 32, 512)
     val, _, val_source = synthetic_languages(n_val, seed=10_000)
     progress = Progress(len(MODELS) * len(seeds) * steps, what="lm_moe")
-    curves, params, tables = {name: [] for name in MODELS}, {}, []
+    curves, by_source, params = {name: [] for name in MODELS}, {name: [] for name in MODELS}, {}
+    tables = {MOE: [], MOE_SEQ: []}
+    start = time.perf_counter()
     with threadpool_limits(limits=1, user_api="blas"):
         for seed in seeds:
             data, _, _ = synthetic_languages(steps * batch, seed=seed)
@@ -164,42 +190,55 @@ def main(argv=None):
             for name in MODELS:
                 model = build(name, seed)
                 curves[name].append(train(model, batches, every, val, progress, f"{name}, seed {seed}"))
-                if name == MOE:
-                    tables.append(routing_table(model, val, val_source))
+                by_source[name].append(per_source_loss(model, val, val_source))
+                if name in tables:
+                    tables[name].append(routing_table(model, val, val_source))
                 params[name] = model
     progress.done()
+    wall = time.perf_counter() - start
 
     active = {name: m.n_parameters() for name, m in params.items()}
     moe_layers = params[MOE].moe_layers()
     per_expert = sum(p.size for n, p in moe_layers[0].experts.named_parameters()) // E
-    active[MOE] = params[MOE].n_parameters() - LAYERS * (E - K) * per_expert
+    active[MOE] = active[MOE_SEQ] = params[MOE].n_parameters() - LAYERS * (E - K) * per_expert
     print(f"\n{len(seeds)} seeds x {steps} steps of {batch} sequences; validation: {n_val} sequences "
-          f"({int(split(val)[2].sum())} target tokens). Time: training only, on a shared 2-core machine (noisy).")
-    print(f"{'model':<22} {'total params':>12} {'active':>8} {'final val loss (mean ± std)':>28} {'(min-max)':>13} "
+          f"({int(split(val)[2].sum())} target tokens).")
+    print(f"Whole study: {wall:.0f} s wall clock; 'train s' is the CPU time of one model's training (process time, "
+          "BLAS on one thread), mean over seeds")
+    print(f"{'model':<27} {'total params':>12} {'active':>8} {'final val loss (mean ± std)':>28} {'(min-max)':>13} "
           f"{'train s':>8}")
     final = {}
     for name, runs in curves.items():
         final[name] = np.array([r[2][-1] for r in runs])
         secs = np.array([r[1][-1] for r in runs])
-        print(f"{name:<22} {params[name].n_parameters():>12,} {active[name]:>8,} {final[name].mean():>19.4f} ± "
+        print(f"{name:<27} {params[name].n_parameters():>12,} {active[name]:>8,} {final[name].mean():>19.4f} ± "
               f"{final[name].std():.4f} ({final[name].min():.3f}-{final[name].max():.3f}) {secs.mean():>7.1f}")
-    for other in (ACTIVE, TOTAL):
-        diff = final[MOE] - final[other]
-        print(f"MoE - {other}, paired by seed: {diff.mean():+.4f} ± {diff.std():.4f}; MoE lower in "
+    for moe, other in [(MOE, ACTIVE), (MOE, TOTAL), (MOE_SEQ, ACTIVE), (MOE_SEQ, MOE)]:
+        diff = final[moe] - final[other]
+        print(f"{moe} - {other}, paired by seed: {diff.mean():+.4f} ± {diff.std():.4f}; lower in "
               f"{int((diff < 0).sum())} of {len(seeds)} seeds")
+
+    print("\nfinal validation loss per source, mean ± std over the seeds")
+    print(f"{'model':<27}" + "".join(f"{s:>17}" for s in SOURCES))
+    for name, rows in by_source.items():
+        rows = np.array(rows)
+        print(f"{name:<27}" + "".join(f"{m:>10.3f} ± {sd:.3f}" for m, sd in zip(rows.mean(0), rows.std(0))))
 
     print("\nWhat the MoE's experts specialise in (validation tokens, first-choice expert): I(expert; X) / H(expert), "
           f"mean ± std over {len(seeds)} seeds")
     keys = ("source", "type", "source | type", "type | source")
-    print(f"{'block':<7}" + "".join(f"{'X = ' + k:>20}" for k in keys))
-    summary = []
-    for layer in range(len(tables[0])):
-        rows = np.array([[specialisation(*t[layer])[k] for k in keys] for t in tables])  # (seeds, 4)
-        summary.append(rows.mean(axis=0))
-        print(f"{layer + 1:<7}" + "".join(f"{m:>13.3f} ± {s:.3f}" for m, s in zip(rows.mean(0), rows.std(0))))
+    print(f"{'model, block':<34}" + "".join(f"{'X = ' + k:>20}" for k in keys))
+    summary = {}
+    for name, runs in tables.items():
+        summary[name] = []
+        for layer in range(len(runs[0])):
+            rows = np.array([[specialisation(*t[layer])[k] for k in keys] for t in runs])  # (seeds, 4)
+            summary[name].append(rows.mean(axis=0))
+            print(f"{name + ', block ' + str(layer + 1):<34}"
+                  + "".join(f"{m:>13.3f} ± {s:.3f}" for m, s in zip(rows.mean(0), rows.std(0))))
 
-    for layer, (expert, source, kind) in enumerate(tables[0]):
-        print(f"\nblock {layer + 1}, seed {seeds[0]}: share of each source's / type's tokens sent first to each expert")
+    for layer, (expert, source, kind) in enumerate(tables[MOE][0]):
+        print(f"\n{MOE}, block {layer + 1}, seed {seeds[0]}: share of each source's / type's tokens sent first to each expert")
         by_source, by_type = shares(expert, source, len(SOURCES)), shares(expert, kind, len(TOKEN_TYPES))
         print(f"{'':<10}" + "".join(f"{s:>11}" for s in SOURCES) + " |" + "".join(f"{t:>10}" for t in TOKEN_TYPES))
         for e in range(E):
@@ -207,13 +246,14 @@ def main(argv=None):
                   + "".join(f"{v:>10.2f}" for v in by_type[e]))
 
     plot_curves(args, curves, seeds, active, params, final)
-    plot_experts(args, tables[0], seeds[0], summary)
+    plot_experts(args, tables[MOE][0], seeds[0], summary[MOE])
     return curves, tables
 
 
 def plot_curves(args, curves, seeds, active, params, final):
     fig, axes = plt.subplots(1, 2, figsize=(13, 5), layout="constrained", sharey=True)
-    styles = {MOE: dict(color="#000000"), ACTIVE: dict(color="#888888", ls="--"), TOTAL: dict(color="#888888")}
+    styles = {MOE: dict(color="#000000"), MOE_SEQ: dict(color="#000000", ls=":"),
+              ACTIVE: dict(color="#888888", ls="--"), TOTAL: dict(color="#888888")}
     for name, runs in curves.items():
         steps = runs[0][0]
         loss = np.array([r[2] for r in runs])
@@ -226,14 +266,15 @@ def plot_curves(args, curves, seeds, active, params, final):
     axes[0].set_ylabel("validation loss (nats per token)")
     axes[0].set_title(f"against steps: mean, min-max band over {len(seeds)} seeds")
     axes[0].legend()
-    axes[1].set_xlabel("training seconds (shared 2-core machine: noisy)")
+    axes[1].set_xlabel("training CPU seconds (one thread; shared machine)")
     axes[1].set_title("against time: one line per seed")
     axes[1].legend()
     for ax in axes:
         ax.grid(alpha=0.3)
-    fig.suptitle(f"Tiny Transformer LM on 4 synthetic languages: final validation loss MoE "
-                 f"{final[MOE].mean():.3f} ± {final[MOE].std():.3f}, dense equal-active {final[ACTIVE].mean():.3f} ± "
-                 f"{final[ACTIVE].std():.3f}, dense equal-total {final[TOTAL].mean():.3f} ± {final[TOTAL].std():.3f}")
+    fig.suptitle("Tiny Transformer LM on 4 synthetic languages, final validation loss: " + ", ".join(
+        f"{name.split(',')[0] if name != MOE_SEQ else 'MoE seq. balance'}"
+        f"{'' if name in (MOE, MOE_SEQ) else name.split(',')[1]} {final[name].mean():.3f} ± {final[name].std():.3f}"
+        for name in MODELS), fontsize=12)
     savefig(fig, args, "lm_moe.png")
 
 

@@ -1,4 +1,4 @@
-"""Synthetic character-level "languages" for the language-model study (MATH.md §14.4); an edge module
+"""Synthetic character-level "languages" for the language-model study (MATH.md §14.6); an edge module
 (it imports NumPy and returns NumPy arrays; the models move them to the backend).
 
 Four sources, each a small formal language whose next character is partly predictable, mixed in one

@@ -5,7 +5,7 @@ from pathlib import Path
 MATH = Path(__file__).resolve().parent.parent / "docs" / "MATH.md"
 SECTIONS = ["Notation", "Experts", "Gating", "Load-balancing", "Capacity", "Classic local experts",
             "Optimisers", "Datasets", "gradient-check protocol", "Errata", "Today's MoE blocks", "EM for mixtures",
-            "Multi-task mixtures", "Convolutional experts"]
+            "Multi-task mixtures", "Convolutional experts", "tiny Transformer language model"]
 
 
 def numbered_sections(text):
@@ -23,7 +23,7 @@ def numbered_sections(text):
     return out
 
 
-def test_math_md_has_sections_0_to_13_in_order_and_none_is_empty():
+def test_math_md_has_sections_0_to_14_in_order_and_none_is_empty():
     text = MATH.read_text(encoding="utf-8")
     sections = numbered_sections(text)
     assert list(sections) == list(range(len(SECTIONS))), f"numbered sections found: {list(sections)}"
