@@ -182,7 +182,7 @@ def main(argv=None):
     progress = Progress(len(MODELS) * len(seeds) * steps, what="lm_moe")
     curves, by_source, params = {name: [] for name in MODELS}, {name: [] for name in MODELS}, {}
     tables = {MOE: [], MOE_SEQ: []}
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     with threadpool_limits(limits=1, user_api="blas"):
         for seed in seeds:
             data, _, _ = synthetic_languages(steps * batch, seed=seed)
@@ -195,7 +195,7 @@ def main(argv=None):
                     tables[name].append(routing_table(model, val, val_source))
                 params[name] = model
     progress.done()
-    wall = time.perf_counter() - start
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu
 
     active = {name: m.n_parameters() for name, m in params.items()}
     moe_layers = params[MOE].moe_layers()
@@ -203,8 +203,8 @@ def main(argv=None):
     active[MOE] = active[MOE_SEQ] = params[MOE].n_parameters() - LAYERS * (E - K) * per_expert
     print(f"\n{len(seeds)} seeds x {steps} steps of {batch} sequences; validation: {n_val} sequences "
           f"({int(split(val)[2].sum())} target tokens).")
-    print(f"Whole study: {wall:.0f} s wall clock; 'train s' is the CPU time of one model's training (process time, "
-          "BLAS on one thread), mean over seeds")
+    print(f"Whole study: {cpu:.0f} s of CPU time, {wall:.0f} s wall clock (the machine is shared); 'train s' is the "
+          "CPU time of one model's training (BLAS on one thread), mean over seeds")
     print(f"{'model':<27} {'total params':>12} {'active':>8} {'final val loss (mean ± std)':>28} {'(min-max)':>13} "
           f"{'train s':>8}")
     final = {}
@@ -217,6 +217,11 @@ def main(argv=None):
         diff = final[moe] - final[other]
         print(f"{moe} - {other}, paired by seed: {diff.mean():+.4f} ± {diff.std():.4f}; lower in "
               f"{int((diff < 0).sum())} of {len(seeds)} seeds")
+    budget = min(np.mean([r[1][-1] for r in runs]) for runs in curves.values())
+    at_budget = {name: np.array([np.interp(budget, r[1], r[2]) for r in runs]) for name, runs in curves.items()}
+    print(f"validation loss after {budget:.1f} CPU seconds of training (the fastest model's mean time; "
+          "interpolated between evaluations): " + ", ".join(
+              f"{name} {v.mean():.3f} ± {v.std():.3f}" for name, v in at_budget.items()))
 
     print("\nfinal validation loss per source, mean ± std over the seeds")
     print(f"{'model':<27}" + "".join(f"{s:>17}" for s in SOURCES))
@@ -245,53 +250,80 @@ def main(argv=None):
             print(f"expert {e:<3}" + "".join(f"{v:>11.2f}" for v in by_source[e]) + " |"
                   + "".join(f"{v:>10.2f}" for v in by_type[e]))
 
-    plot_curves(args, curves, seeds, active, params, final)
+    plot_curves(args, curves, seeds, active, params, final, budget, at_budget)
     plot_experts(args, tables[MOE][0], seeds[0], summary[MOE])
     return curves, tables
 
 
-def plot_curves(args, curves, seeds, active, params, final):
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5), layout="constrained", sharey=True)
-    styles = {MOE: dict(color="#000000"), MOE_SEQ: dict(color="#000000", ls=":"),
-              ACTIVE: dict(color="#888888", ls="--"), TOTAL: dict(color="#888888")}
+STYLES = {MOE: dict(color="#000000"), MOE_SEQ: dict(color="#000000", ls=":"),
+          ACTIVE: dict(color="#1b9e77", ls="--"), TOTAL: dict(color="#d95f02")}
+
+
+def plot_curves(args, curves, seeds, active, params, final, budget, at_budget):
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.5), layout="constrained", sharey=True)
     for name, runs in curves.items():
         steps = runs[0][0]
-        loss = np.array([r[2] for r in runs])
+        loss = np.array([r[2] for r in runs])  # (seeds, evaluations)
         label = f"{name} ({active[name]:,} active / {params[name].n_parameters():,} total)"
-        axes[0].plot(steps, loss.mean(axis=0), label=label, **styles[name])
-        axes[0].fill_between(steps, loss.min(axis=0), loss.max(axis=0), alpha=0.15, color=styles[name]["color"])
-        for i, (_, sec, l) in enumerate(runs):
-            axes[1].plot(sec, l, lw=1, alpha=0.8, label=name if i == 0 else None, **styles[name])
+        axes[0].plot(steps, loss.mean(axis=0), label=label, **STYLES[name])
+        axes[0].fill_between(steps, loss.min(axis=0), loss.max(axis=0), alpha=0.12, color=STYLES[name]["color"])
+        for _, sec, l in runs:
+            axes[1].plot(sec, l, lw=0.6, alpha=0.35, **STYLES[name])
+        axes[1].plot(np.mean([r[1] for r in runs], axis=0), loss.mean(axis=0), lw=2, label=name, **STYLES[name])
+    axes[1].axvline(budget, color="#888888", lw=0.8)
     axes[0].set_xlabel("training step (32 sequences each)")
     axes[0].set_ylabel("validation loss (nats per token)")
     axes[0].set_title(f"against steps: mean, min-max band over {len(seeds)} seeds")
-    axes[0].legend()
-    axes[1].set_xlabel("training CPU seconds (one thread; shared machine)")
-    axes[1].set_title("against time: one line per seed")
-    axes[1].legend()
+    axes[0].legend(fontsize=10)
+    axes[1].set_xlabel("training CPU seconds (one thread; machine shared, so noisy)")
+    axes[1].set_title(f"against time: mean (thick), each seed (thin); line at {budget:.1f} s")
+    axes[1].legend(fontsize=10)
+    top = max(2.8, max(v.max() for v in final.values()) + 0.3)  # the first steps' fall from 3.5 is cut off
     for ax in axes:
         ax.grid(alpha=0.3)
-    fig.suptitle("Tiny Transformer LM on 4 synthetic languages, final validation loss: " + ", ".join(
-        f"{name.split(',')[0] if name != MOE_SEQ else 'MoE seq. balance'}"
-        f"{'' if name in (MOE, MOE_SEQ) else name.split(',')[1]} {final[name].mean():.3f} ± {final[name].std():.3f}"
-        for name in MODELS), fontsize=12)
+        ax.set_ylim(top=top)
+    best_step = min(final, key=lambda n: final[n].mean())
+    best_time = min(at_budget, key=lambda n: at_budget[n].mean())
+    d_end, d_time = final[MOE] - final[ACTIVE], at_budget[MOE] - at_budget[ACTIVE]
+    fig.suptitle(f"Tiny Transformer LM on 4 synthetic languages, {len(seeds)} seeds. Lowest loss at the last step: "
+                 f"{best_step}; after {budget:.1f} CPU seconds: {best_time}.\nMoE minus dense of equal active "
+                 f"parameters, paired by seed: {d_end.mean():+.3f} ± {d_end.std():.3f} at the last step, "
+                 f"{d_time.mean():+.3f} ± {d_time.std():.3f} at equal CPU time")
     savefig(fig, args, "lm_moe.png")
 
 
+SHARED = [("digit", ("arithmetic", "copy", "reverse")), ("letter", ("brackets", "copy", "reverse"))]
+
+
+def within_type(expert, source, kind):
+    """(E, 6): for the token types several sources share, the share of each (type, source)'s tokens per expert."""
+    cols, names = [], []
+    for kind_name, sources in SHARED:
+        for src in sources:
+            pick = (kind == TOKEN_TYPES.index(kind_name)) & (source == SOURCES.index(src))
+            cols.append(np.bincount(expert[pick], minlength=E) / max(1, pick.sum()))
+            names.append(f"{kind_name}s in {src}")
+    return np.stack(cols, axis=1), names
+
+
 def plot_experts(args, table, seed, summary):
-    fig, axes = plt.subplots(len(table), 2, figsize=(13, 4.2 * len(table)), layout="constrained",
-                             gridspec_kw=dict(width_ratios=[len(SOURCES), len(TOKEN_TYPES)]))
+    fig, axes = plt.subplots(len(table), 3, figsize=(17, 4.4 * len(table)), layout="constrained",
+                             gridspec_kw=dict(width_ratios=[len(SOURCES), len(TOKEN_TYPES), 6]))
     axes = np.atleast_2d(axes)
     for layer, (expert, source, kind) in enumerate(table):
         s = summary[layer]
         heatmap(axes[layer, 0], shares(expert, source, len(SOURCES)), SOURCES,
-                f"block {layer + 1}: by source (I/H = {s[0]:.2f})")
-        im = heatmap(axes[layer, 1], shares(expert, kind, len(TOKEN_TYPES)), TOKEN_TYPES,
-                     f"block {layer + 1}: by token type (I/H = {s[1]:.2f}; source | type {s[2]:.2f})")
+                f"block {layer + 1}: by source (I/H {s[0]:.2f})")
+        heatmap(axes[layer, 1], shares(expert, kind, len(TOKEN_TYPES)), TOKEN_TYPES,
+                f"by token type (I/H {s[1]:.2f})")
+        im = heatmap(axes[layer, 2], *within_type(expert, source, kind),
+                     f"one type, several sources (source | type: I/H {s[2]:.2f})")
     fig.colorbar(im, ax=axes, shrink=0.6, label="share of the column's tokens whose first choice is the expert")
     by_type = np.mean([s[1] for s in summary]) > np.mean([s[0] for s in summary])
-    fig.suptitle(f"Which expert each validation token goes to first (seed {seed}; I/H averaged over seeds): "
-                 f"routing follows the token's {'type more than its source' if by_type else 'source more than its type'}")
+    fig.suptitle(f"Where each validation token goes first (seed {seed}; I/H: mutual information over the expert's "
+                 "entropy, mean over seeds):\nrouting follows the token's "
+                 f"{'type more than its source' if by_type else 'source more than its type'}; "
+                 "the right panels show what the source adds within one type")
     savefig(fig, args, "lm_moe_experts.png")
 
 
