@@ -1,4 +1,4 @@
-"""MoE inside a tiny Transformer language model: against dense models of equal active and equal total parameters, and what its experts specialise in.
+"""MoE inside a tiny Transformer LM: against dense models of equal active / total size; what experts specialise in.
 
 Data (numpy_moe.data_text): four synthetic character-level languages mixed in one stream, each sequence
 labelled by its source: arithmetic (``^12+7=19$``), balanced brackets (``^([a]{})$``), copying
@@ -147,7 +147,8 @@ def specialisation(expert, source, kind):
     mi = {
         "source": entropy(expert) + entropy(source) - entropy(expert, source),
         "type": entropy(expert) + entropy(kind) - entropy(expert, kind),
-        "source | type": entropy(expert, kind) + entropy(source, kind) - entropy(expert, source, kind) - entropy(kind),
+        "source | type": entropy(expert, kind) + entropy(source, kind) - entropy(expert, source, kind)
+        - entropy(kind),
         "type | source": entropy(expert, source) + entropy(kind, source) - entropy(expert, kind, source)
         - entropy(source),
     }
@@ -177,7 +178,8 @@ def heatmap(ax, table, columns, title):
 def main(argv=None):
     args = parse_args(argv, __doc__, extra=lambda p: p.add_argument(
         "--seeds", type=int, default=5, help="number of seeds (default 5)"))
-    seeds, steps, every, batch, n_val = ([0], 12, 4, 8, 64) if args.quick else (list(range(args.seeds)), 800, 50, 32, 512)
+    seeds, steps, every, batch, n_val = (([0], 12, 4, 8, 64) if args.quick
+                                         else (list(range(args.seeds)), 800, 50, 32, 512))
     val, _, val_source = synthetic_languages(n_val, seed=10_000)
     progress = Progress(len(MODELS) * len(seeds) * steps, what="lm_moe")
     curves, by_source, params = {name: [] for name in MODELS}, {name: [] for name in MODELS}, {}
@@ -229,7 +231,8 @@ def main(argv=None):
         rows = np.array(rows)
         print(f"{name:<27}" + "".join(f"{m:>10.3f} ± {sd:.3f}" for m, sd in zip(rows.mean(0), rows.std(0))))
 
-    print("\nWhat the MoE's experts specialise in (validation tokens, first-choice expert): I(expert; X) / H(expert), "
+    print("\nWhat the MoE's experts specialise in (validation tokens, first-choice expert): "
+          "I(expert; X) / H(expert), "
           f"mean ± std over {len(seeds)} seeds")
     keys = ("source", "type", "source | type", "type | source")
     print(f"{'model, block':<34}" + "".join(f"{'X = ' + k:>20}" for k in keys))
@@ -243,7 +246,8 @@ def main(argv=None):
                   + "".join(f"{m:>13.3f} ± {s:.3f}" for m, s in zip(rows.mean(0), rows.std(0))))
 
     for layer, (expert, source, kind) in enumerate(tables[MOE][0]):
-        print(f"\n{MOE}, block {layer + 1}, seed {seeds[0]}: share of each source's / type's tokens sent first to each expert")
+        print(f"\n{MOE}, block {layer + 1}, seed {seeds[0]}: share of each source's / type's tokens sent first to "
+              "each expert")
         by_source, by_type = shares(expert, source, len(SOURCES)), shares(expert, kind, len(TOKEN_TYPES))
         print(f"{'':<10}" + "".join(f"{s:>11}" for s in SOURCES) + " |" + "".join(f"{t:>10}" for t in TOKEN_TYPES))
         for e in range(E):

@@ -216,7 +216,31 @@ def test_bad_input_names_the_argument():
         TransformerLM(5, d_model=4, n_heads=3)
     with pytest.raises(ValueError, match="n_layers=2"):
         TransformerLM(5, d_model=4, n_heads=2, n_layers=2, moe=[None])
+    shared = MoE(4, 4, 2, top_k=1, balance={"switch": 0.01}, seed=0)
+    with pytest.raises(ValueError, match="same MoE layer twice"):
+        TransformerLM(5, d_model=4, n_heads=2, n_layers=2, moe=[shared, shared])
     with pytest.raises(ValueError, match="moe_layers"):
         TransformerLM(5, d_model=4, n_heads=2, n_layers=2, moe=dict(n_experts=2, top_k=1), moe_layers=[2])
     with pytest.raises(ValueError, match="out_features = in_features"):
         MoEFeedForward(MoE(4, 3, 2, top_k=1, seed=0))
+
+
+@pytest.mark.parametrize("moe", [
+    dict(n_experts=3),                                                      # dense softmax gate
+    dict(n_experts=3, router="expert_choice", capacity_factor=2.0),         # expert choice
+    dict(n_experts=4, top_k=2, gate="topk_then_softmax", noise="shazeer",
+         balance={"importance": 0.1, "load": 0.1}),                         # Shazeer et al. 2017
+    dict(n_experts=4, top_k=1, capacity_factor=1.0, balance={"switch": 0.01, "z_loss": 0.001}),  # Switch
+])
+def test_every_keyword_moe_configuration_trains_inside_the_model(moe, rng):
+    lm = TransformerLM(6, d_model=4, n_heads=2, n_layers=2, max_len=5, hidden=3, seed=0, moe=moe)
+    tokens = rng.integers(1, 6, (3, 6))
+    x, y = tokens[:, :-1], tokens[:, 1:]
+    mask = np.ones(x.shape, dtype=bool)
+    mask[0, 3:] = False
+    loss = lm.loss_and_grads(x, y, mask)
+    assert np.isfinite(loss) and len(lm.moe_layers()) == 2
+    assert lm.moe_layers()[0] is not lm.moe_layers()[1]
+    grads = dict(lm.named_grads())
+    assert all(grads[n].shape == p.shape and np.all(np.isfinite(grads[n])) for n, p in lm.named_parameters())
+    assert np.abs(grads["blocks.0.ffn.moe.gate.W"]).max() > 0  # the router learns through the whole model

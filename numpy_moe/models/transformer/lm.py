@@ -66,7 +66,8 @@ class TransformerLM(Module):
         layers = self._moe_layers(moe, moe_layers, L, D, hidden, rng, dtype)
         self.blocks = []
         for layer in layers:
-            ffn = DenseFeedForward(D, hidden, activation, seed=rng, dtype=dtype) if layer is None else MoEFeedForward(layer)
+            ffn = (DenseFeedForward(D, hidden, activation, seed=rng, dtype=dtype) if layer is None
+                   else MoEFeedForward(layer))
             self.blocks.append(TransformerBlock(D, n_heads, ffn, seed=rng, dtype=dtype))
         self.norm = LayerNorm(D, dtype=dtype)
         self.tied = bool(tied)
@@ -83,7 +84,7 @@ class TransformerLM(Module):
             where = range(L) if moe_layers is None else [int(i) for i in moe_layers]
             if any(not 0 <= i < L for i in where):
                 raise ValueError(f"moe_layers={list(moe_layers)} must be block indices in [0, {L - 1}]")
-            kwargs = {"hidden": hidden} | moe
+            kwargs = moe if "experts" in moe else {"hidden": hidden} | moe  # an ExpertBank carries its own
             return [MoE(D, D, **copy.deepcopy(kwargs), seed=rng, dtype=dtype) if i in where else None
                     for i in range(L)]
         if moe_layers is not None:
@@ -92,6 +93,9 @@ class TransformerLM(Module):
                 m is not None and not isinstance(m, MoE) for m in moe):
             raise ValueError(f"moe={moe!r} must be None, a dict of MoE arguments or a list of n_layers={L} "
                              "entries, each an MoE or None")
+        layers = [m for m in moe if m is not None]
+        if len({id(m) for m in layers}) < len(layers):
+            raise ValueError("moe lists the same MoE layer twice; each block needs its own")
         return list(moe)
 
     def forward(self, tokens, mask=None):
