@@ -28,7 +28,8 @@ bracket, letter, separator). The question is whether experts become "topic" (sou
 token-type specialists; the normalised mutual information I(expert; X) / H(expert) measures how much of
 the routing X explains, and I(expert; source | type) / H(expert) what the source adds once the token's
 type is known (0: the source adds nothing). Figures: plots/lm_moe.png (loss against steps and seconds)
-and plots/lm_moe_experts.png (expert-by-source and expert-by-type heatmaps, seed 0).
+and plots/lm_moe_experts.png (expert-by-source and expert-by-type heatmaps, and, for the digits and
+letters that several sources share, expert by source within the type; seed 0).
 """
 import time
 
