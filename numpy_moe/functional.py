@@ -184,6 +184,35 @@ def cross_entropy_backward(logits, target):
     return (softmax(logits) - _target_probs(logits, target)) / N
 
 
+def token_cross_entropy(logits, target, mask=None):
+    """Cross-entropy over tokens, averaged over the tokens that count (a language model's loss).
+
+    Parameters
+    ----------
+    logits : (..., C) scores, e.g. (B, T, V). target : (...) integer ids in [0, C).
+    mask : None or (...) bool, True for the tokens that count (False: padding); None counts all.
+
+    Returns
+    -------
+    float: -(1/n) sum over counted tokens of log softmax(logits)[target], n the number counted.
+    """
+    xp = get_array_module(logits)
+    logp = log_softmax(logits)
+    picked = xp.take_along_axis(logp, target[..., None], axis=-1)[..., 0]  # (...)
+    if mask is None:
+        return float(-picked.mean())
+    return float(-(picked * mask).sum() / mask.sum())
+
+
+def token_cross_entropy_backward(logits, target, mask=None):
+    """dlogits = (softmax(logits) - onehot(target)) m / n, m the mask (1 everywhere for None), n = sum m."""
+    xp = get_array_module(logits)
+    d = softmax(logits) - (xp.arange(logits.shape[-1]) == target[..., None])  # (..., C)
+    if mask is None:
+        return d / target.size
+    return d * (mask[..., None] / mask.sum())
+
+
 def mse(pred, target):
     """Mean squared error over every element: mean((pred - target)²)."""
     return float(((pred - target) ** 2).mean())

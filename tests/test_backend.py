@@ -14,7 +14,7 @@ from numpy_moe import backend
 PACKAGE = Path(__file__).resolve().parent.parent / "numpy_moe"
 # Modules at the edges of the package talk to NumPy-only libraries (matplotlib, scikit-learn, .npz
 # files, data loading) and may import numpy; everything else must ask the backend.
-EDGE_MODULES = {"backend.py", "datasets.py", "data_images.py", "plotting.py", "estimators/__init__.py", "estimators/base.py", "estimators/moe.py",
+EDGE_MODULES = {"backend.py", "datasets.py", "data_images.py", "data_text.py", "plotting.py", "estimators/__init__.py", "estimators/base.py", "estimators/moe.py",
                 "estimators/local.py", "estimators/hme.py",
                 "io/__init__.py", "io/archive.py", "io/records.py", "io/registry.py",
                 "presets/weights.py", "conformance/__init__.py"}  # framework state dicts and fixture files are NumPy

@@ -7,7 +7,7 @@ from pathlib import Path
 MATH = Path(__file__).resolve().parent.parent / "docs" / "MATH.md"
 SECTIONS = ["Notation", "Experts", "Gating", "Load-balancing", "Capacity", "Classic local experts",
             "Optimisers", "Datasets", "gradient-check protocol", "Errata", "Today's MoE blocks", "EM for mixtures",
-            "Multi-task mixtures", "Convolutional experts", "Image layers"]
+            "Multi-task mixtures", "Convolutional experts", "Image layers", "tiny Transformer language model"]
 
 
 def numbered_sections(text):

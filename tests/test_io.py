@@ -219,6 +219,21 @@ def test_a_fitted_pipeline_with_its_scaler_round_trips(tmp_path, rng):
 
 
 # ----- the registry: every class of the package loads, and allocates through the parameter budget -----
+def _transformer_examples():
+    from numpy_moe import balance as B
+    from numpy_moe.gates import ScoreGate
+    from numpy_moe.models import transformer as tr
+    return [
+        lambda: tr.Embedding(7, 4, seed=0), lambda: tr.PositionEmbedding(5, 4, seed=0),
+        lambda: tr.CausalSelfAttention(4, 2, seed=0), lambda: tr.DenseFeedForward(4, 6, activation="relu", seed=0),
+        lambda: tr.MoEFeedForward(MoE(4, 4, 3, hidden=5, top_k=2, seed=0)),
+        lambda: tr.TransformerBlock(4, 2, tr.DenseFeedForward(4, 6, seed=1), seed=0),
+        lambda: tr.TransformerLM(7, d_model=4, n_heads=2, n_layers=2, max_len=5, hidden=6, seed=0, tied=False,
+                                 moe=[MoE(gate=ScoreGate(4, 3, top_k=2, seed=1), experts=None, out_features=4,
+                                          hidden=5, balance=[B.SequenceBalance(0.01)]), None]),
+    ]
+
+
 def _examples():
     from numpy_moe import balance as B
     from numpy_moe.experts import ExpertBank, SharedExpert
@@ -255,6 +270,7 @@ def _examples():
         lambda: BaseGate(4, 3, seed=0), lambda: SinkhornGate(4, 3, top_k=2, tol=1e-5, max_iter=50, seed=0),
         lambda: HashGate(4, 3, 7, kind="balanced", seed=0).balance([0, 0, 0, 1, 2, 3, 4, 5, 6, 6]),
         lambda: SoftMoE(4, 3, 2, slots=3, group_size=5, hidden=6, seed=0),
+        *_transformer_examples(),
     ]
     made = [make() for make in examples]
     return {f"{type(m).__module__}:{type(m).__qualname__}": m for m in made}

@@ -28,6 +28,8 @@ BUILTIN_MODULES = (
     "numpy_moe.classic",
     "numpy_moe.image_layers", "numpy_moe.models.image_moe", "numpy_moe.models.sparse_mlp", "numpy_moe.hme",
     "numpy_moe.models.mmoe", "numpy_moe.conv_moe",
+    "numpy_moe.models.transformer.embedding", "numpy_moe.models.transformer.attention",
+    "numpy_moe.models.transformer.blocks", "numpy_moe.models.transformer.lm",
 )
 # Classes that moved: the names version-1 files used for them (the gates lived in numpy_moe.gating).
 # Classes that moved: the names version-1 files used for them (the gates lived in numpy_moe.gating, the
