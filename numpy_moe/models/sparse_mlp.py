@@ -1,7 +1,10 @@
-"""Sparse-MLP (post 004; Lou, Xue, Zheng & You 2021, arXiv:2109.02008): an MLP-Mixer whose last blocks mix
-with mixture-of-experts layers (MATH.md §14).
+"""Sparse-MLP (post 004): an MLP-Mixer whose last blocks mix with mixture-of-experts layers (MATH.md §14).
 
-MLP-Mixer (Tolstikhin et al. 2021) cuts an image into S patches, embeds each as a token of C channels and
+Sparse-MLP: Lou, Xue, Zheng and You 2021, "Sparse-MLP: A Fully-MLP Architecture with Conditional
+Computation", arXiv:2109.02008. MLP-Mixer: Tolstikhin et al. 2021, "MLP-Mixer: An all-MLP Architecture
+for Vision", arXiv:2105.01601.
+
+MLP-Mixer cuts an image into S patches, embeds each as a token of C channels and
 stacks blocks of two residual sublayers on tokens x of shape (N, S, C):
 
     x = x + TokenMix(LayerNorm(x))      mixes across the S tokens, one row per (sample, channel)
