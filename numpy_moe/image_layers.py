@@ -167,7 +167,8 @@ class Conv2d(Module):
     Computed channels-last (module docstring): R = im2row(x) as (N Ho Wo, k k C), Wr = W transposed to
     (F, k, k, C) as (F, k k C), Y = R Wrᵀ + b is the output (N Ho Wo, F) in NHWC memory; dWr = dYᵀ R,
     db = column sums of dY, dx = row2im(dY Wr). These are the products above, transposed, with the
-    kernel offsets and channels in another order.
+    kernel offsets and channels in another order. dY Wr is computed as k² products dY Wr[:, (i, j)], each
+    (N Ho Wo, C) contiguous, so that row2im adds whole blocks rather than runs of C values.
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, seed=None,
@@ -202,9 +203,10 @@ class Conv2d(Module):
         dWr = (dY.T @ self.rows).reshape(Fo, k, k, C)
         self.grads["W"] = xp.ascontiguousarray(dWr.transpose(0, 3, 1, 2))  # (F, C, k, k)
         self.grads["b"] = dY.sum(axis=0)  # (F,)
-        drows = (dY @ self.Wr).reshape(N, Ho, Wo, k, k, C)
+        Wk = self.params["W"].transpose(2, 3, 0, 1).reshape(k * k, Fo, C)  # (k², F, C)
+        drows = xp.matmul(dY, Wk).reshape(k, k, N, Ho, Wo, C)  # one (N Ho Wo, C) block per kernel offset
         N, C, H, W = self.x_shape
-        dx = row2im(drows, (N, H, W, C), k, self.stride, self.padding)  # (N, H, W, C)
+        dx = row2im(drows.transpose(2, 3, 4, 0, 1, 5), (N, H, W, C), k, self.stride, self.padding)  # (N, H, W, C)
         return dx.transpose(0, 3, 1, 2)  # (N, C, H, W)
 
 
@@ -250,21 +252,24 @@ class MaxPool2d(Module):
         return cols.max(axis=1).transpose(1, 0, 2, 3)  # (N, C, Ho, Wo)
 
     def _windows(self, x):
-        """The k² views x[:, :, i::k, j::k] cut to (N, C, Ho, Wo), in row-major order of (i, j)."""
+        """The k² views x[:, i::k, j::k] of channels-last images x (N, H, W, C), cut to (N, Ho, Wo, C),
+        in row-major order of (i, j)."""
         k = self.kernel_size
-        Ho, Wo = x.shape[2] // k, x.shape[3] // k
-        return [x[:, :, i:i + k * Ho:k, j:j + k * Wo:k] for i in range(k) for j in range(k)]
+        Ho, Wo = x.shape[1] // k, x.shape[2] // k
+        return [x[:, i:i + k * Ho:k, j:j + k * Wo:k] for i in range(k) for j in range(k)]
 
     def _forward_tiled(self, x):
         xp = get_array_module(x)
-        views = self._windows(x)
-        y = views[0].copy(order="K")  # (N, C, Ho, Wo) in x's memory layout
+        views = self._windows(x.transpose(0, 2, 3, 1))  # channels-last: a Conv2d's output is contiguous so
+        y = views[0].copy()  # (N, Ho, Wo, C)
         arg = xp.zeros(y.shape, dtype=xp.int16 if len(views) <= 32767 else xp.int64)
         for pos, v in enumerate(views[1:], 1):
-            arg = xp.where(v > y, pos, arg)  # strict: a tie keeps the earlier position
+            # pos exceeds every earlier position, so "arg = pos where v > y" is a maximum; strict > keeps
+            # the first of tied maxima
+            xp.maximum(arg, (v > y) * arg.dtype.type(pos), out=arg)
             xp.maximum(y, v, out=y)
-        self.arg = arg
-        return y
+        self.arg = arg.transpose(0, 3, 1, 2)  # (N, C, Ho, Wo)
+        return y.transpose(0, 3, 1, 2)  # (N, C, Ho, Wo) in NHWC memory
 
     def backward(self, dy):
         xp = get_array_module(dy)
@@ -272,10 +277,11 @@ class MaxPool2d(Module):
         k = self.kernel_size
         if self.stride == k:
             H, W = self.x_shape[2:]
-            dx = xp.zeros((N, H, W, C), dtype=dy.dtype).transpose(0, 3, 1, 2)  # NHWC memory, as a Conv2d makes
+            dx = xp.zeros((N, H, W, C), dtype=dy.dtype)
+            arg, dy = self.arg.transpose(0, 2, 3, 1), dy.transpose(0, 2, 3, 1)  # (N, Ho, Wo, C)
             for pos, view in enumerate(self._windows(dx)):
-                xp.multiply(dy, self.arg == pos, out=view)
-            return dx
+                xp.multiply(dy, arg == pos, out=view)
+            return dx.transpose(0, 3, 1, 2)  # (N, C, H, W) in NHWC memory, as a Conv2d makes
         arg = self.arg.transpose(1, 0, 2, 3)  # (C, N, Ho, Wo)
         hit = xp.arange(k * k).reshape(1, -1, 1, 1, 1) == arg[:, None]  # (C, k², N, Ho, Wo)
         dcols = (hit * dy.transpose(1, 0, 2, 3)[:, None]).reshape(C, k, k, N, Ho, Wo)
