@@ -167,8 +167,11 @@ class Conv2d(Module):
     Computed channels-last (module docstring): R = im2row(x) as (N Ho Wo, k k C), Wr = W transposed to
     (F, k, k, C) as (F, k k C), Y = R Wrᵀ + b is the output (N Ho Wo, F) in NHWC memory; dWr = dYᵀ R,
     db = column sums of dY, dx = row2im(dY Wr). These are the products above, transposed, with the
-    kernel offsets and channels in another order. dY Wr is computed as k² products dY Wr[:, (i, j)], each
-    (N Ho Wo, C) contiguous, so that row2im adds whole blocks rather than runs of C values.
+    kernel offsets and channels in another order.
+    Each pass makes one matrix product per array, never one per kernel offset: with BLAS on several threads
+    every product is a hand-over between threads, and on a busy machine each can wait a time slice
+    (k² products of (N Ho Wo, C) blocks would let row2im add whole blocks, 0.2 ms faster per batch of 64
+    on one thread, but made two-thread epochs several times slower on a shared machine).
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, seed=None,
@@ -203,10 +206,9 @@ class Conv2d(Module):
         dWr = (dY.T @ self.rows).reshape(Fo, k, k, C)
         self.grads["W"] = xp.ascontiguousarray(dWr.transpose(0, 3, 1, 2))  # (F, C, k, k)
         self.grads["b"] = dY.sum(axis=0)  # (F,)
-        Wk = self.params["W"].transpose(2, 3, 0, 1).reshape(k * k, Fo, C)  # (k², F, C)
-        drows = xp.matmul(dY, Wk).reshape(k, k, N, Ho, Wo, C)  # one (N Ho Wo, C) block per kernel offset
+        drows = (dY @ self.Wr).reshape(N, Ho, Wo, k, k, C)
         N, C, H, W = self.x_shape
-        dx = row2im(drows.transpose(2, 3, 4, 0, 1, 5), (N, H, W, C), k, self.stride, self.padding)  # (N, H, W, C)
+        dx = row2im(drows, (N, H, W, C), k, self.stride, self.padding)  # (N, H, W, C)
         return dx.transpose(0, 3, 1, 2)  # (N, C, H, W)
 
 
