@@ -10,8 +10,8 @@ strided slice per kernel offset (a loop over the k² offsets, never over samples
 convolution is one matrix product and a max-pool one reduction; :func:`col2im` is its adjoint and
 scatters column gradients back, summing where windows overlap.
 
-Memory layout. :class:`Conv2d` takes and returns NCHW arrays but works channels-last, as TensorFlow and
-oneDNN do: it copies the windows of the NHWC input into rows (:func:`im2row`, (N Ho Wo, k k C), each
+Memory layout. :class:`Conv2d` takes and returns NCHW arrays but works channels-last (NHWC, TensorFlow's
+default layout): it copies the windows of the NHWC input into rows (:func:`im2row`, (N Ho Wo, k k C), each
 window a run of k C contiguous values per kernel row) and its product with the weights is the output in
 NHWC memory, returned as an NCHW *view* (``y.transpose(0, 3, 1, 2)``) without a copy. ReLU keeps that
 layout and :class:`MaxPool2d` with stride = kernel size (the common case) reads and writes it through
@@ -230,8 +230,9 @@ class MaxPool2d(Module):
     With stride = k (windows that tile the image) the k² strided views x[:, :, i::k, j::k] hold one
     window entry each: y is their running maximum, taken in row-major order and moving ``arg`` only on a
     strict increase (so ties keep the first position), and backward writes dy into the view of each
-    window's maximum. Otherwise the windows go through :func:`im2col`. Both keep the input's memory
-    layout (channels-last from a :class:`Conv2d`, see the module docstring).
+    window's maximum. These views are taken of the channels-last x.transpose(0, 2, 3, 1), contiguous for a
+    :class:`Conv2d`'s output, and y and dx come back in NHWC memory (module docstring). Otherwise the
+    windows go through :func:`im2col`.
     """
 
     def __init__(self, kernel_size, stride=None):
@@ -262,7 +263,7 @@ class MaxPool2d(Module):
 
     def _forward_tiled(self, x):
         xp = get_array_module(x)
-        views = self._windows(x.transpose(0, 2, 3, 1))  # channels-last: a Conv2d's output is contiguous so
+        views = self._windows(x.transpose(0, 2, 3, 1))  # (N, Ho, Wo, C) each
         y = views[0].copy()  # (N, Ho, Wo, C)
         arg = xp.zeros(y.shape, dtype=xp.int16 if len(views) <= 32767 else xp.int64)
         for pos, v in enumerate(views[1:], 1):
