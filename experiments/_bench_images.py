@@ -114,9 +114,11 @@ class Torch:
     def __init__(self, python, data_path, threads, seed=0):
         config = dict(threads=threads, seed=seed, hidden=HIDDEN, batch_size=BATCH_SIZE, lr=LR)
         env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-        self.proc = subprocess.Popen([python, str(TORCH_SCRIPT), str(data_path), json.dumps(config)],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     text=True, env=env)
+        self.log = Path(data_path).with_name(f"torch_{threads}_threads.log")  # stderr: a file never fills up
+        with open(self.log, "w") as log:
+            self.proc = subprocess.Popen([python, str(TORCH_SCRIPT), str(data_path), json.dumps(config)],
+                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True,
+                                         env=env)
         self.info = self._read()
 
     def _read(self):
@@ -124,7 +126,7 @@ class Torch:
         if not line:
             self.proc.wait()
             raise RuntimeError(f"the torch worker ({TORCH_SCRIPT.name}) exited with status {self.proc.returncode}:\n"
-                               f"{self.proc.stderr.read()[-2000:]}")
+                               f"{self.log.read_text()[-2000:]}")
         return json.loads(line)
 
     def run(self, epochs):
