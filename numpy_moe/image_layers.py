@@ -9,6 +9,15 @@ Convolution and pooling go through im2col (Chellapilla, Puri & Simard 2006; the 
 strided slice per kernel offset (a loop over the k² offsets, never over samples or pixels), so a
 convolution is one matrix product and a max-pool one reduction; :func:`col2im` is its adjoint and
 scatters column gradients back, summing where windows overlap.
+
+Memory layout. :class:`Conv2d` takes and returns NCHW arrays but works channels-last (NHWC, TensorFlow's
+default layout): it copies the windows of the NHWC input into rows (:func:`im2row`, (N Ho Wo, k k C), each
+window a run of k C contiguous values per kernel row) and its product with the weights is the output in
+NHWC memory, returned as an NCHW *view* (``y.transpose(0, 3, 1, 2)``) without a copy. ReLU keeps that
+layout and :class:`MaxPool2d` with stride = kernel size (the common case) reads and writes it through
+strided views, so a conv - ReLU - pool - conv stack never transposes; only Flatten copies, into the NCHW
+order of the features. The values are those of the NCHW formulas: only the order in which a matrix product
+adds its terms differs (rounding).
 """
 from . import functional as F
 from .backend import asarray, default_rng, get_array_module, is_floating_dtype
@@ -66,12 +75,17 @@ def image_columns(x, channels, dtype, k, stride, padding):
     The input check of every 2-D convolution: images of ``channels`` channels, large enough for the
     kernel with its padding.
     """
-    x = check_images(x, channels, dtype)
+    x = check_image_size(check_images(x, channels, dtype), k, padding)
+    return x.shape, im2col(x, k, stride, padding)
+
+
+def check_image_size(x, k, padding):
+    """Raise ValueError when the images x (N, C, H, W) are too small for a k x k kernel with ``padding``."""
     H, W = x.shape[2:]
     if H + 2 * padding < k or W + 2 * padding < k:
         raise ValueError(f"x has images of size {H}x{W}; kernel_size={k} with padding={padding} "
                          f"needs at least {k - 2 * padding}x{k - 2 * padding}")
-    return x.shape, im2col(x, k, stride, padding)
+    return x
 
 
 def col2im(cols, x_shape, k, stride=1, padding=0):
@@ -87,6 +101,50 @@ def col2im(cols, x_shape, k, stride=1, padding=0):
         for j in range(k):
             dx[:, :, i:i + stride * Ho:stride, j:j + stride * Wo:stride] += cols[:, i, j].transpose(1, 0, 2, 3)
     return dx[:, :, padding:padding + H, padding:padding + W]
+
+
+def im2row(x, k, stride=1, padding=0):
+    """Every k x k window of the zero-padded channels-last images as a row (the NHWC im2col).
+
+    Parameters
+    ----------
+    x : (N, H, W, C), any strides (an NCHW array transposed by ``x.transpose(0, 2, 3, 1)`` is fine).
+    k : kernel size. stride, padding : ints.
+
+    Returns
+    -------
+    rows : (N, Ho, Wo, k, k, C), rows[n, a, b, i, j, c] = xpad[n, a * stride + i, b * stride + j, c]
+    (the entries of :func:`im2col`'s columns, transposed: ``im2col(x_nchw)`` equals
+    ``im2row(x_nhwc).transpose(5, 3, 4, 0, 1, 2)``).
+    """
+    xp = get_array_module(x)
+    N, H, W, C = x.shape
+    Ho, Wo = output_size(H, k, stride, padding), output_size(W, k, stride, padding)
+    if padding:
+        xpad = xp.zeros((N, H + 2 * padding, W + 2 * padding, C), dtype=x.dtype)
+        xpad[:, padding:padding + H, padding:padding + W] = x
+        x = xpad
+    rows = xp.empty((N, Ho, Wo, k, k, C), dtype=x.dtype)
+    for i in range(k):
+        for j in range(k):
+            rows[:, :, :, i, j] = x[:, i:i + stride * Ho:stride, j:j + stride * Wo:stride]
+    return rows
+
+
+def row2im(rows, x_shape, k, stride=1, padding=0):
+    """Adjoint of :func:`im2row`: add each row entry back onto the pixel it was copied from.
+
+    rows : (N, Ho, Wo, k, k, C); x_shape : (N, H, W, C). Returns dx (N, H, W, C) (a view of a padded
+    array when padding > 0). One strided addition per kernel offset.
+    """
+    xp = get_array_module(rows)
+    N, H, W, C = x_shape
+    Ho, Wo = rows.shape[1:3]
+    dx = xp.zeros((N, H + 2 * padding, W + 2 * padding, C), dtype=rows.dtype)
+    for i in range(k):
+        for j in range(k):
+            dx[:, i:i + stride * Ho:stride, j:j + stride * Wo:stride] += rows[:, :, :, i, j]
+    return dx[:, padding:padding + H, padding:padding + W]
 
 
 class Conv2d(Module):
@@ -105,6 +163,15 @@ class Conv2d(Module):
     With X = im2col(x) reshaped to (C k², N Ho Wo) and Wm = W reshaped to (F, C k²):
     Y = Wm X + b, y = Y reshaped to (F, N, Ho, Wo) and transposed to NCHW.
     Backward: dWm = dY Xᵀ, db = sum of dY over its columns, dx = col2im(Wmᵀ dY).
+
+    Computed channels-last (module docstring): R = im2row(x) as (N Ho Wo, k k C), Wr = W transposed to
+    (F, k, k, C) as (F, k k C), Y = R Wrᵀ + b is the output (N Ho Wo, F) in NHWC memory; dWr = dYᵀ R,
+    db = column sums of dY, dx = row2im(dY Wr). These are the products above, transposed, with the
+    kernel offsets and channels in another order.
+    Each pass makes one matrix product per array, never one per kernel offset: with BLAS on several threads
+    every product is a hand-over between threads, and on a busy machine each can wait a time slice
+    (k² products of (N Ho Wo, C) blocks would let row2im add whole blocks, 0.2 ms faster per batch of 64
+    on one thread, but made two-thread epochs several times slower on a shared machine).
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, seed=None,
@@ -120,22 +187,29 @@ class Conv2d(Module):
         self.zero_grad()
 
     def forward(self, x):
-        self.x_shape, cols = image_columns(x, self.in_channels, self.dtype, self.kernel_size, self.stride,
-                                           self.padding)  # cols (C, k, k, N, Ho, Wo)
-        N, Ho, Wo = cols.shape[-3:]
-        self.cols = cols.reshape(-1, N * Ho * Wo)  # (C k², N Ho Wo)
-        Y = self.params["W"].reshape(self.out_channels, -1) @ self.cols + self.params["b"][:, None]
-        return Y.reshape(self.out_channels, N, Ho, Wo).transpose(1, 0, 2, 3)  # (N, F, Ho, Wo)
+        x = check_image_size(check_images(x, self.in_channels, self.dtype), self.kernel_size, self.padding)
+        N = x.shape[0]
+        self.x_shape = x.shape
+        rows = im2row(x.transpose(0, 2, 3, 1), self.kernel_size, self.stride, self.padding)  # (N, Ho, Wo, k, k, C)
+        Ho, Wo = rows.shape[1:3]
+        self.rows = rows.reshape(N * Ho * Wo, -1)  # (N Ho Wo, k k C)
+        self.Wr = self.params["W"].transpose(0, 2, 3, 1).reshape(self.out_channels, -1)  # (F, k k C)
+        Y = self.rows @ self.Wr.T  # (N Ho Wo, F)
+        Y += self.params["b"]
+        return Y.reshape(N, Ho, Wo, self.out_channels).transpose(0, 3, 1, 2)  # (N, F, Ho, Wo), NHWC memory
 
     def backward(self, dy):
+        xp = get_array_module(dy)
         N, Fo, Ho, Wo = dy.shape
-        dY = dy.transpose(1, 0, 2, 3).reshape(Fo, -1)  # (F, N Ho Wo)
-        self.grads["W"] = (dY @ self.cols.T).reshape(self.params["W"].shape)  # (F, C, k, k)
-        self.grads["b"] = dY.sum(axis=1)  # (F,)
-        k = self.kernel_size
-        dcols = self.params["W"].reshape(Fo, -1).T @ dY  # (C k², N Ho Wo)
-        dcols = dcols.reshape(self.in_channels, k, k, N, Ho, Wo)
-        return col2im(dcols, self.x_shape, k, self.stride, self.padding)  # (N, C, H, W)
+        C, k = self.in_channels, self.kernel_size
+        dY = dy.transpose(0, 2, 3, 1).reshape(-1, Fo)  # (N Ho Wo, F), a view when dy is in NHWC memory
+        dWr = (dY.T @ self.rows).reshape(Fo, k, k, C)
+        self.grads["W"] = xp.ascontiguousarray(dWr.transpose(0, 3, 1, 2))  # (F, C, k, k)
+        self.grads["b"] = dY.sum(axis=0)  # (F,)
+        drows = (dY @ self.Wr).reshape(N, Ho, Wo, k, k, C)
+        N, C, H, W = self.x_shape
+        dx = row2im(drows, (N, H, W, C), k, self.stride, self.padding)  # (N, H, W, C)
+        return dx.transpose(0, 3, 1, 2)  # (N, C, H, W)
 
 
 class MaxPool2d(Module):
@@ -150,7 +224,15 @@ class MaxPool2d(Module):
     Notes
     -----
     y[n, c, a, b] = max over the window; the gradient goes to the window's maximum (the first one in
-    row-major order on a tie) and is summed where overlapping windows share that pixel.
+    row-major order on a tie) and is summed where overlapping windows share that pixel. After forward,
+    ``arg`` (N, C, Ho, Wo) holds the position of that maximum in its window, i k + j.
+
+    With stride = k (windows that tile the image) the k² strided views x[:, :, i::k, j::k] hold one
+    window entry each: y is their running maximum, taken in row-major order and moving ``arg`` only on a
+    strict increase (so ties keep the first position), and backward writes dy into the view of each
+    window's maximum. These views are taken of the channels-last x.transpose(0, 2, 3, 1), contiguous for a
+    :class:`Conv2d`'s output, and y and dx come back in NHWC memory (module docstring). Otherwise the
+    windows go through :func:`im2col`.
     """
 
     def __init__(self, kernel_size, stride=None):
@@ -165,16 +247,46 @@ class MaxPool2d(Module):
         if H < k or W < k:
             raise ValueError(f"x has images of size {H}x{W}; kernel_size={k} needs at least {k}x{k}")
         self.x_shape = x.shape
+        if self.stride == k:
+            return self._forward_tiled(x)
         cols = im2col(x, k, self.stride)  # (C, k, k, N, Ho, Wo)
         cols = cols.reshape(C, k * k, *cols.shape[3:])  # (C, k², N, Ho, Wo)
-        self.arg = cols.argmax(axis=1)  # (C, N, Ho, Wo)
+        self.arg = cols.argmax(axis=1).transpose(1, 0, 2, 3)  # (N, C, Ho, Wo)
         return cols.max(axis=1).transpose(1, 0, 2, 3)  # (N, C, Ho, Wo)
+
+    def _windows(self, x):
+        """The k² views x[:, i::k, j::k] of channels-last images x (N, H, W, C), cut to (N, Ho, Wo, C),
+        in row-major order of (i, j)."""
+        k = self.kernel_size
+        Ho, Wo = x.shape[1] // k, x.shape[2] // k
+        return [x[:, i:i + k * Ho:k, j:j + k * Wo:k] for i in range(k) for j in range(k)]
+
+    def _forward_tiled(self, x):
+        xp = get_array_module(x)
+        views = self._windows(x.transpose(0, 2, 3, 1))  # (N, Ho, Wo, C) each
+        y = views[0].copy()  # (N, Ho, Wo, C)
+        arg = xp.zeros(y.shape, dtype=xp.int16 if len(views) <= 32767 else xp.int64)
+        for pos, v in enumerate(views[1:], 1):
+            # pos exceeds every earlier position, so "arg = pos where v > y" is a maximum; strict > keeps
+            # the first of tied maxima
+            xp.maximum(arg, (v > y) * arg.dtype.type(pos), out=arg)
+            xp.maximum(y, v, out=y)
+        self.arg = arg.transpose(0, 3, 1, 2)  # (N, C, Ho, Wo)
+        return y.transpose(0, 3, 1, 2)  # (N, C, Ho, Wo) in NHWC memory
 
     def backward(self, dy):
         xp = get_array_module(dy)
         N, C, Ho, Wo = dy.shape
         k = self.kernel_size
-        hit = xp.arange(k * k).reshape(1, -1, 1, 1, 1) == self.arg[:, None]  # (C, k², N, Ho, Wo)
+        if self.stride == k:
+            H, W = self.x_shape[2:]
+            dx = xp.zeros((N, H, W, C), dtype=dy.dtype)
+            arg, dy = self.arg.transpose(0, 2, 3, 1), dy.transpose(0, 2, 3, 1)  # (N, Ho, Wo, C)
+            for pos, view in enumerate(self._windows(dx)):
+                xp.multiply(dy, arg == pos, out=view)
+            return dx.transpose(0, 3, 1, 2)  # (N, C, H, W) in NHWC memory, as a Conv2d makes
+        arg = self.arg.transpose(1, 0, 2, 3)  # (C, N, Ho, Wo)
+        hit = xp.arange(k * k).reshape(1, -1, 1, 1, 1) == arg[:, None]  # (C, k², N, Ho, Wo)
         dcols = (hit * dy.transpose(1, 0, 2, 3)[:, None]).reshape(C, k, k, N, Ho, Wo)
         return col2im(dcols, self.x_shape, k, self.stride)  # (N, C, H, W)
 

@@ -62,7 +62,13 @@ class Adam(Optimizer):
     -----
     m <- b1 m + (1 - b1) g; v <- b2 v + (1 - b2) g²;
     w <- w - lr (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps).
+
+    On NumPy a parameter of more than ``chunk`` elements is updated ``chunk`` elements at a time, the
+    same operations on consecutive slices (so the same numbers): the dozen passes of the update then find
+    w, g, m, v and the temporaries in the CPU's cache instead of streaming megabytes through it each pass
+    (a quarter faster on the 1 MB expert weights of post 000's image model).
     """
+    chunk = 65536
 
     def __init__(self, lr=0.001, beta1=0.9, beta2=0.999, eps=1e-8):
         super().__init__(lr)
@@ -76,15 +82,20 @@ class Adam(Optimizer):
         if name not in self.m:
             self.m[name], self.v[name] = xp.zeros_like(p), xp.zeros_like(p)
         m, v = self.m[name], self.v[name]
-        m *= self.beta1
-        m += (1 - self.beta1) * g
-        v *= self.beta2
-        v += (1 - self.beta2) * g * g
+        parts = [(p, g, m, v)]
+        if p.size > self.chunk and xp.__name__ == "numpy" and all(a.flags.c_contiguous for a in (p, m, v)):
+            flat = [a.reshape(-1) for a in (p, g, m, v)]  # views of p, m, v (contiguous), so updates land
+            parts = [[a[lo:lo + self.chunk] for a in flat] for lo in range(0, p.size, self.chunk)]
         # m̂ / (sqrt(v̂) + eps) with the bias corrections folded into two scalars: fewer temporaries
         c1, c2 = 1 - self.beta1 ** self.t, (1 - self.beta2 ** self.t) ** 0.5
-        denom = xp.sqrt(v)
-        denom += self.eps * c2
-        p -= (self.lr * c2 / c1) * m / denom
+        for p, g, m, v in parts:
+            m *= self.beta1
+            m += (1 - self.beta1) * g
+            v *= self.beta2
+            v += (1 - self.beta2) * g * g
+            denom = xp.sqrt(v)
+            denom += self.eps * c2
+            p -= (self.lr * c2 / c1) * m / denom
 
 
 class FTRL(Optimizer):

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from numpy_moe.gradcheck import check_module
-from numpy_moe.image_layers import GELU, Conv2d, Flatten, LayerNorm, MaxPool2d, Unflatten, col2im, im2col
+from numpy_moe.image_layers import (GELU, Conv2d, Flatten, LayerNorm, MaxPool2d, Unflatten, col2im, im2col, im2row,
+                                    row2im)
 
 TOL = 1e-7
 
@@ -237,3 +238,55 @@ def test_pool_and_layernorm_errors():
         LayerNorm(4).forward(np.zeros((2, 3)))
     with pytest.raises(ValueError, match="eps=0"):
         LayerNorm(4, eps=0)
+
+
+@pytest.mark.parametrize("k,stride,padding,H,W", [(3, 1, 1, 5, 4), (3, 2, 1, 7, 6), (2, 2, 0, 6, 6), (1, 1, 0, 3, 3),
+                                                  (3, 3, 2, 5, 5)])
+def test_im2row_is_im2col_transposed_exactly(k, stride, padding, H, W):
+    # The channels-last windows hold the very entries of the NCHW columns (copies, no arithmetic).
+    x = np.random.default_rng(12).standard_normal((2, 3, H, W))
+    rows = im2row(x.transpose(0, 2, 3, 1), k, stride, padding)  # (N, Ho, Wo, k, k, C)
+    np.testing.assert_array_equal(rows.transpose(5, 3, 4, 0, 1, 2), im2col(x, k, stride, padding))
+
+
+def test_im2row_row2im_are_adjoint():
+    # <im2row(x), r> = <x, row2im(r)> for every x, r: row2im is the transpose of im2row.
+    rng = np.random.default_rng(13)
+    x = rng.standard_normal((2, 7, 6, 3))
+    rows = im2row(x, 3, 2, 1)
+    r = rng.standard_normal(rows.shape)
+    assert abs((rows * r).sum() - (x * row2im(r, x.shape, 3, 2, 1)).sum()) < 1e-10
+
+
+@pytest.mark.parametrize("k,H,W", [(2, 4, 4), (2, 5, 7), (3, 7, 6)])
+def test_tiled_maxpool_equals_im2col_argmax_with_ties(k, H, W):
+    # The stride = k path (strided views, running maximum) against argmax over im2col windows, on
+    # ReLU-like inputs where whole windows tie at 0: same maxima, same first-maximum positions, same dx.
+    rng = np.random.default_rng(14)
+    x = np.maximum(rng.standard_normal((3, 2, H, W)), 0)
+    x[0, 0] = 0.0  # every window of this image ties
+    pool = MaxPool2d(k)
+    y = pool.forward(x)
+    cols = im2col(x, k, k).reshape(2, k * k, 3, H // k, W // k)  # (C, k², N, Ho, Wo)
+    np.testing.assert_array_equal(y, cols.max(axis=1).transpose(1, 0, 2, 3))
+    np.testing.assert_array_equal(pool.arg, cols.argmax(axis=1).transpose(1, 0, 2, 3))
+    dy = rng.standard_normal(y.shape)
+    hit = np.arange(k * k).reshape(1, -1, 1, 1, 1) == cols.argmax(axis=1)[:, None]
+    dcols = (hit * dy.transpose(1, 0, 2, 3)[:, None]).reshape(2, k, k, 3, H // k, W // k)
+    np.testing.assert_array_equal(pool.backward(dy), col2im(dcols, x.shape, k, k))
+
+
+def test_conv_relu_pool_stack_keeps_channels_last_memory_and_values():
+    # Conv2d returns an NCHW view of NHWC memory, and ReLU and the tiled MaxPool2d keep that layout, so the
+    # next Conv2d reads its input without a transpose; values and gradients are those of NCHW arrays.
+    rng = np.random.default_rng(15)
+    conv = Conv2d(2, 4, 3, padding=1, seed=16)
+    x = rng.standard_normal((3, 2, 6, 6))
+    y = conv.forward(x)
+    assert y.shape == (3, 4, 6, 6) and y.transpose(0, 2, 3, 1).flags.c_contiguous
+    pool = MaxPool2d(2)
+    z = pool.forward(np.maximum(y, 0))
+    assert z.shape == (3, 4, 3, 3) and z.transpose(0, 2, 3, 1).flags.c_contiguous
+    np.testing.assert_allclose(y, conv_loop(x, conv.params["W"], conv.params["b"], 1, 1), rtol=1e-12, atol=1e-12)
+    dz = pool.backward(rng.standard_normal(z.shape))
+    assert dz.shape == y.shape and dz.transpose(0, 2, 3, 1).flags.c_contiguous

@@ -71,3 +71,33 @@ def test_state_is_keyed_by_parameter_name():
 def test_bad_hyperparameters(make, pattern):
     with pytest.raises(ValueError, match=pattern):
         make()
+
+
+def test_adam_chunked_update_equals_whole_array_update():
+    # A parameter larger than Adam.chunk is updated slice by slice; the numbers are those of one update of
+    # the whole array (the same elementwise operations), bit for bit, over several steps, and the optimiser
+    # state m, v stays the one array it was.
+    rng = np.random.default_rng(0)
+
+    class Params:
+        def __init__(self, w):
+            self.w = w.copy()
+
+        def named_parameters(self):
+            yield "w", self.w
+
+        def named_grads(self):
+            yield "w", self.g
+
+    w0 = rng.standard_normal((3, 50, 7)).astype(np.float32)
+    chunked, whole = Adam(0.01), Adam(0.01)
+    chunked.chunk, whole.chunk = 64, w0.size  # 1050 elements: 17 slices, the last one shorter
+    a, b = Params(w0), Params(w0)
+    for _ in range(4):
+        a.g = b.g = rng.standard_normal(w0.shape).astype(np.float32)
+        chunked.step(a)
+        whole.step(b)
+    np.testing.assert_array_equal(a.w, b.w)
+    np.testing.assert_array_equal(chunked.m["w"], whole.m["w"])
+    np.testing.assert_array_equal(chunked.v["w"], whole.v["w"])
+    assert not np.array_equal(a.w, w0)
