@@ -401,7 +401,7 @@ def models_section(args, rounds, threads, torch_python):
             continue
         kwargs = {"rounds": rounds, "quick": args.quick}
         if name == "_bench_images":
-            kwargs.update(threads=threads, torch_python=torch_python)
+            kwargs.update(threads=args.threads, torch_python=torch_python)
         rows = module.measure(**kwargs)
         print(f"\n3. {module.__doc__.strip().splitlines()[0]}")
         for row in rows:
