@@ -162,8 +162,8 @@ class ExpertBank(Module):
             each expert gathers its own rows just before its products use them (the sparse MoE layer's
             dispatch), instead of one gather of all M rows beforehand.
 
-        The experts run in chunks of consecutive experts, concurrently on the CPU's cores
-        (:mod:`numpy_moe.workers`; one chunk per expert for MLP experts). Each layer writes into one
+        The experts run in chunks of consecutive experts (one chunk per expert for MLP experts), in order,
+        or concurrently with ``NUMPY_MOE_THREADS`` >= 2 (:mod:`numpy_moe.workers`). Each layer writes into one
         preallocated (M, ·) array, block by block (``matmul(out=)``); the hidden layer keeps only relu(A):
         A > 0 exactly where relu(A) > 0, so no separate mask is stored. Gated-linear experts compute G and
         U with one product per expert, x_e [W_gate_e W_up_e] -> (rows, 2H), and their activation once

@@ -7,10 +7,14 @@ part of an expert's pass, its products and its element-wise work, uses all the c
 do not pay BLAS's per-call thread synchronisation. NumPy releases the GIL inside its matrix products and
 its element-wise loops, so Python threads run them in parallel.
 
-:func:`run_blocks` is the only entry point. The number of threads is, in order: the environment variable
-``NUMPY_MOE_THREADS`` (1 turns this off), else BLAS's own thread count at the time of the call, so a
-``threadpoolctl.threadpool_limits(1)`` around user code (as ``--threads 1`` in the benchmark does) also
-makes the layers single-threaded. On CuPy, or with one thread, blocks run one after the other in the
+:func:`run_blocks` is the only entry point. It is off by default: blocks run one after the other, each
+with BLAS's own threads. ``NUMPY_MOE_THREADS=T`` (T >= 2) turns it on. Measured on the 2-core development
+machine (forward + backward of the benchmark's three layers, float32, medians of 15, interleaved, three
+alternations), running the experts on two threads with single-threaded BLAS was slower than running them
+in order with two-threaded BLAS: 156-176 against 118-144 ms (N=4096, E=8), 79-90 against 69-73 ms
+(N=16384, E=16), 78-100 against 52-59 ms (N=1024, E=4), and worse still whenever another process used a
+core (a block waiting on a busy core holds up the whole layer, where BLAS's own threads share the work
+out). So it stays an option for machines where it wins; measure before turning it on. On CuPy, or with one thread, blocks run one after the other in the
 calling thread. Results are identical either way: each block writes only its own rows and its own
 expert's gradients, and every block computes exactly what it computes alone.
 
@@ -38,7 +42,7 @@ def _blas_controllers():
 
 
 def n_threads():
-    """Threads :func:`run_blocks` uses now: ``NUMPY_MOE_THREADS`` if set, else BLAS's thread count."""
+    """Threads :func:`run_blocks` uses now: ``NUMPY_MOE_THREADS`` if set, else 1 (blocks run in order)."""
     env = os.environ.get("NUMPY_MOE_THREADS")
     if env is not None:
         try:
@@ -48,8 +52,7 @@ def n_threads():
         if value < 1:
             raise ValueError(f"NUMPY_MOE_THREADS={env!r} must be a positive integer")
         return value
-    counts = [c.num_threads for c in _blas_controllers()]
-    return max(1, min(counts)) if counts else 1
+    return 1
 
 
 def _pool(size):
