@@ -15,19 +15,21 @@ moved to NumPy with ``to_numpy``.
 - :func:`plot_regression_fit`: a 1-D fit (and each expert's line) over the data, the gates along x below.
 - :func:`plot_expert_usage`: each expert's share of a sparse layer's N K assignments, per epoch.
 
-Colours: experts always take :data:`EXPERT_COLORS` (expert e: ``EXPERT_COLORS[e % 8]``), classes
-:data:`CLASS_COLORS`, a different palette, so that an expert is never mistaken for a class.
+Colours: experts always take :data:`EXPERT_COLORS` (expert e: ``EXPERT_COLORS[e % 8]``, saturated hues),
+classes :data:`CLASS_COLORS` (greys and yellows), a different palette, so that an expert is never
+mistaken for a class.
 """
 import numpy as np
-from matplotlib import patheffects
 from matplotlib.colors import ListedColormap, to_rgb
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
 from .backend import to_numpy
 
-CLASS_COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#7f7f7f"]
 EXPERT_COLORS = ["#e41a1c", "#377eb8", "#4daf4a", "#984ea3", "#ff7f00", "#a6761d", "#f781bf", "#17becf"]
+# greys and yellows, which the experts' saturated hues avoid: the first four classes are far (RGB distance
+# > 0.3) from every expert colour, so a class region is never read as an expert's
+CLASS_COLORS = ["#333333", "#f0d800", "#a8a8a8", "#9acd32", "#000080", "#fff5a0", "#6b6b6b", "#556b2f"]
 
 
 def grid(X, steps=200, margin=0.1):
@@ -174,21 +176,18 @@ def plot_expert_lines(ax, score, X, gate=None, steps=200):
     xx, yy, P = grid(X, steps)
     s = to_numpy(score(P))  # (M, E)
     owner = gate_weights(gate(P)).argmax(axis=1) if gate is not None else None  # (M,)
-    halo = [patheffects.withStroke(linewidth=4.5, foreground="white")]
     deciding = []
     for e in range(s.shape[1]):
         color = EXPERT_COLORS[e % len(EXPERT_COLORS)]
         field = s[:, e].reshape(xx.shape)
         if not (field.min() < 0 < field.max()):
             continue  # the line does not cross the box
-        if owner is None:
-            ax.contour(xx, yy, field, levels=[0], colors=[color], linewidths=2.2).set_path_effects(halo)
-            deciding.append(e)
-            continue
-        ax.contour(xx, yy, field, levels=[0], colors=[color], linewidths=1.0, linestyles="--")
-        own = np.ma.masked_where(owner.reshape(xx.shape) != e, field)
+        own = field if owner is None else np.ma.masked_where(owner.reshape(xx.shape) != e, field)
+        if owner is not None:
+            ax.contour(xx, yy, field, levels=[0], colors=[color], linewidths=1.0, linestyles="--", alpha=0.8)
         if own.count() and own.min() < 0 < own.max():
-            ax.contour(xx, yy, own, levels=[0], colors=[color], linewidths=2.6).set_path_effects(halo)
+            ax.contour(xx, yy, own, levels=[0], colors="white", linewidths=5.4)  # a halo, visible on any colour
+            ax.contour(xx, yy, own, levels=[0], colors=[color], linewidths=2.4)
             deciding.append(e)
     return deciding
 

@@ -8,7 +8,7 @@ import pytest  # noqa: E402
 from matplotlib.colors import to_rgb  # noqa: E402
 
 from numpy_moe.moe import MoE  # noqa: E402
-from numpy_moe.plotting import (EXPERT_COLORS, count_used_experts, gate_weights, grid, plot_data,  # noqa: E402
+from numpy_moe.plotting import (CLASS_COLORS, EXPERT_COLORS, count_used_experts, gate_weights, grid, plot_data,  # noqa: E402
                                 plot_decision_boundary, plot_decision_regions, plot_expert_lines,
                                 plot_expert_usage, plot_gate_regions, plot_loss_curves, plot_regression_fit)
 
@@ -20,6 +20,14 @@ def halves(P):
     """A gate that gives x1 < 0.5 to expert 0 and the rest to expert 1."""
     left = (P[:, 0] < 0.5).astype(float)
     return np.column_stack([left, 1 - left])
+
+
+def test_class_and_expert_palettes_cannot_be_confused():
+    experts = np.array([to_rgb(c) for c in EXPERT_COLORS])
+    classes = np.array([to_rgb(c) for c in CLASS_COLORS[:4]])
+    distance = np.linalg.norm(classes[:, None] - experts[None], axis=2)  # (4 classes, 8 experts)
+    assert distance.min() > 0.3, distance.round(2)
+    assert len(set(EXPERT_COLORS)) == len(set(CLASS_COLORS)) == 8
 
 
 def test_grid_covers_the_data_with_a_margin():
@@ -100,9 +108,12 @@ def test_expert_lines_are_each_experts_zero_set_solid_only_where_its_gate_owns_t
     gate = lambda P: np.column_stack([halves(P), np.zeros(len(P))])  # noqa: E731
     deciding = plot_expert_lines(ax, score, X, gate=gate, steps=101)
     assert deciding == [0, 1]
-    solid = [c for c in ax.collections if c.get_linewidths()[0] > 2]
-    dashed = [c for c in ax.collections if c.get_linewidths()[0] < 2]
-    assert len(solid) == len(dashed) == 2
+    white = np.array(to_rgb("white"))
+    halos = [c for c in ax.collections if np.allclose(c.get_edgecolor()[0][:3], white)]
+    lines = [c for c in ax.collections if not np.allclose(c.get_edgecolor()[0][:3], white)]
+    solid = [c for c in lines if c.get_linewidths()[0] > 2]
+    dashed = [c for c in lines if c.get_linewidths()[0] < 2]
+    assert len(solid) == len(dashed) == len(halos) == 2
     assert np.allclose(solid[0].get_edgecolor()[0][:3], to_rgb(EXPERT_COLORS[0]))
     vertices = np.concatenate([p.vertices for p in solid[0].get_paths()])
     np.testing.assert_allclose(vertices[:, 0], 0.25, atol=1e-9)  # the zero set of x1 - 0.25
