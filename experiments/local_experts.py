@@ -82,10 +82,15 @@ def print_table(rows, n_seeds):
         print(f"{name:<18} {mode:<12} {k:>2} {opt:<9} {loss:>19} {acc:>36} {note:<34} {seconds:>5.1f}")
 
 
-def panel_title(label, run):
+def panel_title(label, run, lines=None):
     """``k=8: accuracy 1.000 (seed 0), 5 of 8 experts used``: the accuracy with the seed it was drawn from,
-    and how many experts win at least one test point (computed by the run, not written by hand)."""
-    return f"{label}: accuracy {run.accuracy:.3f} (seed {run.seed}), {run.used} of {run.k} experts used"
+    and how many experts win at least one test point (computed by the run, not written by hand); with
+    ``lines`` (the experts whose decision line crosses their own gate region, from
+    ``plotting.plot_expert_lines``) a second line says how many draw their line there."""
+    text = f"{label}: accuracy {run.accuracy:.3f} (seed {run.seed}), {run.used} of {run.k} experts used"
+    if lines is not None:
+        text += f"\n{len(lines)} of them draw{'s' if len(lines) == 1 else ''} a line in {'its' if len(lines) == 1 else 'their'} own region"
+    return text
 
 
 def optimiser_figure(args, data, runs, name, title):
@@ -112,11 +117,13 @@ def regions_figure(args, data, runs, labels, name, title, ncols=2):
 
     Returns the panel titles (``panel_title``)."""
     nrows = -(-len(runs) // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(5.6 * ncols, 5.0 * nrows + 0.9), squeeze=False)
-    titles = [panel_title(label, run) for run, label in zip(runs, labels)]
-    for ax, run, text in zip(axes.ravel(), runs, titles):
-        plotting.plot_gate_regions(ax, run.gate, data[1], data[3], title=text, legend=False, alpha=0.55)
-        plotting.plot_expert_lines(ax, run.expert_scores, data[1], gate=run.gate)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(5.8 * ncols, 5.2 * nrows + 0.9), squeeze=False)
+    titles = []
+    for ax, run, label in zip(axes.ravel(), runs, labels):
+        plotting.plot_gate_regions(ax, run.gate, data[1], data[3], legend=False, alpha=0.55)
+        lines = plotting.plot_expert_lines(ax, run.expert_scores, data[1], gate=run.gate)
+        titles.append(panel_title(label, run, lines))
+        ax.set_title(titles[-1])
         boundary = plotting.plot_decision_boundary(ax, run.predict, data[1], label="the mixture's class boundary")
     k = max(run.k for run in runs)
     experts = [Patch(color=plotting.EXPERT_COLORS[e], label=f"expert {e}") for e in range(k)]
@@ -124,7 +131,7 @@ def regions_figure(args, data, runs, labels, name, title, ncols=2):
              Line2D([], [], color="0.3", lw=1.0, ls="--", label="the same line elsewhere"), boundary]
             + [Line2D([], [], ls="none", marker=m, mfc="none", mec="k", label=f"test points, class {c}")
                for c, m in ((0, "o"), (1, "^"))])
-    height = 5.0 * nrows + 0.9
+    height = 5.2 * nrows + 0.9
     fig.legend(handles=experts, loc="lower center", bbox_to_anchor=(0.5, 0.45 / height), ncol=len(experts),
                fontsize=10, frameon=False, handlelength=1.2, columnspacing=1.0)
     fig.legend(handles=rest, loc="lower center", ncol=3, fontsize=10, frameon=False)
@@ -217,8 +224,8 @@ def main(argv=None):
     ks = (1, 2, 4, 8)
     sweep = [first[(f"circles k={k}", "competitive", k, "FTRL")] for k in ks]
     regions_figure(args, circles, sweep, [f"k={k}" for k in ks], "k",
-                   "Circles, competitive linear experts (FTRL): each expert draws one line in its own gate\n"
-                   "region; four or more lines enclose the inner ring")
+                   "Circles, competitive linear experts (FTRL): the class boundary (black) follows an expert's line\n"
+                   "where it crosses that expert's own gate region, and the gate's borders between experts elsewhere")
 
     # 4. cooperative vs competitive: circles with k = 4, then the V-shaped regression
     regions_figure(args, circles, [first[("circles k=4", "cooperative", 4, "FTRL")], sweep[2]],

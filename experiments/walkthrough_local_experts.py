@@ -178,7 +178,8 @@ for label, o in (("mixture Σ g_e softmax(w_e)", right), ("seed code: softmax(Σ
 # The competitive model of the last cell: its gate regions (each expert's colour), each expert's own
 # decision line (where its logits for the two classes are equal, a straight line since the expert is
 # linear) drawn solid where its gate owns the plane, the mixture's class boundary in black; and the loss
-# curves of the errata experiment.
+# curves of the errata experiment. An expert whose line misses its own region predicts one class all
+# over it: there the class boundary is the border the gate draws between two experts.
 
 # %%
 fig, axes = plt.subplots(1, 2, figsize=(12.5, 5.4), gridspec_kw={"width_ratios": [1.1, 1]})
@@ -192,10 +193,11 @@ def expert_scores(P):
     return w[:, :, 1] - w[:, :, 0]
 
 
-plotting.plot_gate_regions(axes[0], gate, X_test, y_test, alpha=0.55, legend=False,
-                           title=f"competitive, 4 experts: accuracy {accuracy:.3f} (seed 0), "
-                                 f"{plotting.count_used_experts(gate(X_test))} of 4 used")
-plotting.plot_expert_lines(axes[0], expert_scores, X_test, gate=gate)
+plotting.plot_gate_regions(axes[0], gate, X_test, y_test, alpha=0.55, legend=False)
+lines = plotting.plot_expert_lines(axes[0], expert_scores, X_test, gate=gate)  # experts with a line in their region
+axes[0].set_title(f"competitive, 4 experts: accuracy {accuracy:.3f} (seed 0)\n"
+                  f"{plotting.count_used_experts(gate(X_test))} of 4 experts used, {len(lines)} with a line "
+                  "in their own region")
 boundary = plotting.plot_decision_boundary(axes[0], lambda P: comp.predict(scale(P)), X_test,
                                            label="mixture's boundary")
 handles = [plt.matplotlib.patches.Patch(color=plotting.EXPERT_COLORS[e], label=f"expert {e}") for e in range(4)]
@@ -203,7 +205,8 @@ axes[0].legend(handles=handles + [boundary], loc="upper right", fontsize=9)
 plotting.plot_loss_curves(axes[1], curves, title="cooperative, 4 experts (data seed 0)")
 axes[1].set_yscale("log")
 axes[1].set_ylabel("test log-loss (bits, log scale)")
-fig.suptitle("Local experts on the circles: each competitive expert draws one line (solid) where its gate "
-             "owns the plane;\nthe seed's cooperative gate rule stalls at a higher loss than the gradient")
+fig.suptitle("Local experts on the circles: the class boundary (black) follows an expert's line (solid) where it "
+             "crosses\nthat expert's region, and the gate's borders elsewhere; the seed's cooperative gate rule "
+             "stalls at a higher loss")
 fig.tight_layout()
 savefig(fig, args, "local_experts_walkthrough.png")

@@ -15,6 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_a_region_panel_names_the_seed_and_the_experts_used():
     run = types.SimpleNamespace(accuracy=0.95, seed=3, used=5, k=8)
     assert panel_title("k=8", run) == "k=8: accuracy 0.950 (seed 3), 5 of 8 experts used"
+    assert panel_title("k=8", run, lines=[1, 4]).endswith("\n2 of them draw a line in their own region")
 
 
 def test_a_run_counts_the_experts_whose_gate_wins_a_test_point():
