@@ -196,8 +196,8 @@ def expert_scores(P):
 plotting.plot_gate_regions(axes[0], gate, X_test, y_test, alpha=0.55, legend=False)
 lines = plotting.plot_expert_lines(axes[0], expert_scores, X_test, gate=gate)  # experts with a line in their region
 axes[0].set_title(f"competitive, 4 experts: accuracy {accuracy:.3f} (seed 0)\n"
-                  f"{plotting.count_used_experts(gate(X_test))} of 4 experts used, {len(lines)} with a line "
-                  "in their own region")
+                  f"{plotting.count_used_experts(gate(X_test))} of 4 experts used, {len(lines)} with "
+                  f"{'its' if len(lines) == 1 else 'their'} line in {'its' if len(lines) == 1 else 'their'} own region")
 boundary = plotting.plot_decision_boundary(axes[0], lambda P: comp.predict(scale(P)), X_test,
                                            label="mixture's boundary")
 handles = [plt.matplotlib.patches.Patch(color=plotting.EXPERT_COLORS[e], label=f"expert {e}") for e in range(4)]

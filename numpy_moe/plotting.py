@@ -186,8 +186,10 @@ def plot_expert_lines(ax, score, X, gate=None, steps=200):
         if owner is not None:
             ax.contour(xx, yy, field, levels=[0], colors=[color], linewidths=1.0, linestyles="--", alpha=0.8)
         if own.count() and own.min() < 0 < own.max():
-            ax.contour(xx, yy, own, levels=[0], colors="white", linewidths=5.4)  # a halo, visible on any colour
-            ax.contour(xx, yy, own, levels=[0], colors=[color], linewidths=2.4)
+            # above other lines (zorder 3), such as a class boundary that follows it; a white halo shows
+            # it on any colour
+            ax.contour(xx, yy, own, levels=[0], colors="white", linewidths=5.4, zorder=3)
+            ax.contour(xx, yy, own, levels=[0], colors=[color], linewidths=2.4, zorder=3)
             deciding.append(e)
     return deciding
 
