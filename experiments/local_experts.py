@@ -144,7 +144,7 @@ def regions_figure(args, data, runs, labels, name, title, ncols=2):
 def regression(args, N, epochs, seeds, progress):
     """Cooperative vs competitive, 2 experts on the V, over seeds: the fit and the gate values along x
     (seed 0 drawn), test MSE and who owns each arm."""
-    fig, axes = plt.subplots(2, 2, figsize=(12, 6.5), sharex=True, height_ratios=[2, 1])
+    fig, axes = plt.subplots(2, 2, figsize=(12, 7), sharex=True, height_ratios=[2, 1])
     rows = []
     for col, mode in enumerate(("cooperative", "competitive")):
         mses, split, seconds = [], 0, []
@@ -172,8 +172,8 @@ def regression(args, N, epochs, seeds, progress):
         rows.append(("V regression", (mode, 2, "SGD", f"{mses.mean():.4f} ± {mses.std():.4f} MSE",
                                       f"MSE {mses.min():.4f}-{mses.max():.4f}",
                                       f"arms split in {split} of {len(seeds)} seeds", float(np.mean(seconds)))))
-    fig.suptitle("V-shaped regression, 2 linear experts, one per arm: the competitive gate switches sharply "
-                 "at x = 0.5 and keeps the kink; the cooperative gate blends the lines and rounds it off")
+    fig.suptitle("V-shaped regression, 2 linear experts (dashed), one per arm: the competitive gate switches "
+                 "sharply\nat x = 0.5 and keeps the kink; the cooperative gate blends the lines and rounds it off")
     fig.tight_layout()
     savefig(fig, args, "local_experts_regression.png")
     return rows
@@ -230,7 +230,7 @@ def main(argv=None):
     # 4. cooperative vs competitive: circles with k = 4, then the V-shaped regression
     regions_figure(args, circles, [first[("circles k=4", "cooperative", 4, "FTRL")], sweep[2]],
                    ["cooperative", "competitive"], "modes",
-                   "Circles, 4 experts (FTRL): competitive experts own one sector each;\n"
+                   "Circles, 4 experts (FTRL): the competitive gate draws sharp borders between its experts;\n"
                    "cooperative experts overlap and blend their logits")
     rows += regression(args, reg_N, reg_epochs, seeds, progress)
     progress.done()
