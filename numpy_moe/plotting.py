@@ -139,6 +139,12 @@ def plot_gate_regions(ax, gate, X, y=None, title="gate regions", steps=200, lege
     legend : draw the experts' (and classes') legend in the panel. alpha : opacity of the colours.
 
     Returns g (steps², E), the weights on the grid (rows in the order of :func:`grid`'s points).
+
+    Example: the regions of a MoE layer's top-2 gate (eval mode, so no noise is drawn)::
+
+        layer = MoE(2, 3, n_experts=4, hidden=8, top_k=2, seed=0)
+        layer.eval()
+        plot_gate_regions(ax, layer.gate.forward, X)  # a Routing, scattered to its (M, 4) combine weights
     """
     X = np.asarray(X)
     xx, yy, P = grid(X, steps)
