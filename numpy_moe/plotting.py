@@ -188,7 +188,7 @@ def plot_expert_lines(ax, score, X, gate=None, steps=200):
         field = s[:, e].reshape(xx.shape)
         if not (field.min() < 0 < field.max()):
             continue  # the line does not cross the box
-        own = field if owner is None else np.ma.masked_where(owner.reshape(xx.shape) != e, field)
+        own = np.ma.masked_where(owner.reshape(xx.shape) != e if owner is not None else False, field)
         if owner is not None:
             ax.contour(xx, yy, field, levels=[0], colors=[color], linewidths=1.0, linestyles="--", alpha=0.8)
         if own.count() and own.min() < 0 < own.max():

@@ -121,6 +121,10 @@ def test_expert_lines_are_each_experts_zero_set_solid_only_where_its_gate_owns_t
     np.testing.assert_allclose(vertices[:, 1], 1.5, atol=1e-9)
     assert vertices[:, 0].min() >= 0.5 - 0.04  # solid only in expert 1's half (one grid step of slack)
     plt.close(fig)
+    fig, ax = plt.subplots()
+    assert plot_expert_lines(ax, score, X, steps=101) == [0, 1]  # without a gate: every line solid
+    assert all(c.get_linewidths()[0] > 2 for c in ax.collections)
+    plt.close(fig)
 
 
 def test_decision_boundary_is_drawn_where_the_class_changes():
