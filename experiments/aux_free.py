@@ -96,7 +96,7 @@ def main(argv=None):
               f"{late.mean():>20.2f} ± {late.std():.2f}")
 
     import matplotlib.pyplot as plt
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(14, 4.8), gridspec_kw={"width_ratios": [1.6, 1]})
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 5.6), gridspec_kw={"width_ratios": [1.5, 1]})
     colors = {"(a)": "black", "(b)": plt.cm.Blues, "(c)": plt.cm.Oranges}
     for i, (name, runs) in enumerate(results.items()):
         tag = name[:3]
@@ -111,14 +111,14 @@ def main(argv=None):
     ax.set_xlabel("epoch")
     ax.set_ylabel("MaxVio on the training set")
     ax.set_ylim(0, None)
-    ax.set_title("MaxVio over training (mean ± std over seeds)", fontsize=10)
-    ax.legend(fontsize=8, ncol=2)
+    ax.set_title("MaxVio over training (mean ± std over seeds)")
+    ax.legend(fontsize=9, ncol=2)
     bx.set_xlabel("test MaxVio (final)")
     bx.set_ylabel("test accuracy")
-    bx.set_title("final accuracy against final balance (mean ± std)", fontsize=10)
-    fig.suptitle(f"16 experts, top-2, sigmoid router, digits, {len(seeds)} seeds: the loss (alpha >= 0.1) and the bias "
-                 "(u >= 0.01) cut MaxVio from 5 to under 1;\nat equal balance the bias keeps more accuracy than the "
-                 "loss, but the unbalanced model is as accurate or more", fontsize=11)
+    bx.set_title("final accuracy against balance\n(mean ± std over seeds)")
+    fig.suptitle(f"16 experts, top-2, sigmoid router, digits, {len(seeds)} seeds: the loss (alpha >= 0.1) and the "
+                 "bias (u >= 0.01)\ncut MaxVio from 5 to under 1; at equal balance the bias keeps more accuracy than "
+                 "the loss,\nbut the unbalanced model is as accurate or more")
     fig.tight_layout()
     savefig(fig, args, "aux_free.png")
     return results

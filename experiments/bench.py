@@ -300,7 +300,7 @@ def layer_section(args, xp, sync, threads, torch_python, rounds, repeats):
         print(f"(torch {torch_version} from {torch_python})")
     print("\nWhere the sparse layer's time goes (ms, medians over every repeat of every round): the gate's passes"
           "\n(with its three GEMMs timed alone in the floor), the experts' grouped passes (gathering their rows,"
-          "\ntheir products and element-wise work, on the CPU's threads) beside their floor GEMMs, and the rest"
+          "\ntheir products and element-wise work,) beside their floor GEMMs, and the rest"
           "\n(input check, top-k, grouping by expert, the weighted combine and its gradient)")
     head = (f"{'N':>6} {'E':>3} {'K':>2} {'experts':>7} | {'sparse':>7} {'gate':>6} {'its GEMMs':>9} | {'experts':>8} "
             f"{'their GEMMs':>11} {'other':>8} | {'rest':>6}")

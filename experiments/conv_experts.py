@@ -21,6 +21,7 @@ sys.path.insert(0, str(_here.parent if (_here / "_common.py").is_file() else _he
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.colors import ListedColormap
+from matplotlib.patches import Patch
 from threadpoolctl import threadpool_limits
 
 from experiments._common import Progress, parse_args, savefig
@@ -81,18 +82,20 @@ def main(argv=None):
         print(f"  {name:<24} {counts[name]:>7} parameters  {np.mean(final):.4f} ± {np.std(final):.4f}  "
               f"{np.mean(times[name]):.2f} s per epoch")
 
-    fig = plt.figure(figsize=(14, 5))
+    fig = plt.figure(figsize=(12.5, 6))
     ax = fig.add_subplot(1, 2, 1)
-    for name in MODELS:
+    styles = [("k", "o", "-"), ("0.55", "s", "-"), ("k", "^", "--"), ("0.55", "D", "--")]  # models, not experts
+    for name, (color, marker, ls) in zip(MODELS, styles):
         c = np.array(curves[name])
         ep = np.arange(1, c.shape[1] + 1)
-        ax.plot(ep, c.mean(axis=0), marker="o", ms=3, label=f"{name} ({counts[name]} parameters)")
-        ax.fill_between(ep, c.mean(axis=0) - c.std(axis=0), c.mean(axis=0) + c.std(axis=0), alpha=0.15)
+        ax.plot(ep, c.mean(axis=0), color=color, marker=marker, ls=ls, ms=4,
+                label=f"{name} ({counts[name]} parameters): {c[:, -1].mean():.3f}")
+        ax.fill_between(ep, c.mean(axis=0) - c.std(axis=0), c.mean(axis=0) + c.std(axis=0), color=color, alpha=0.12)
     ax.set_xlabel("epoch")
     ax.set_ylabel("test accuracy")
     ax.set_ylim(max(0.0, min(np.array(curves[n]).mean(axis=0)[min(2, epochs - 1)] for n in MODELS) - 0.02), 1.0)
-    ax.set_title(f"test accuracy per epoch, mean ± std over {len(seeds)} seeds")
-    ax.legend(fontsize=8)
+    ax.set_title(f"test accuracy per epoch,\nmean ± std over {len(seeds)} seeds")
+    ax.legend(fontsize=9, title="final accuracy, mean over seeds", title_fontsize=9)
     ax.grid(alpha=0.3)
     net, X_te, y_te = shown
     layer = next(m for m in net.modules() if isinstance(m, ConvMoE2d))
@@ -106,14 +109,15 @@ def main(argv=None):
         a.imshow(X_te[idx].reshape(8, 8), cmap="gray_r", extent=(0, 8, 8, 0))
         a.imshow(gates[i].argmax(axis=0), cmap=cmap, vmin=-0.5, vmax=layer.n_experts - 0.5, alpha=0.45,
                  extent=(0, 8, 8, 0))
-        a.set_title(f"digit {y_te[idx]}", fontsize=9)
+        a.set_title(f"digit {y_te[idx]}", fontsize=11)
         a.set_xticks([])
         a.set_yticks([])
-    fig.text(0.75, 0.95, "top-2 net: expert of largest gate weight per position (colour), over the digit",
-             ha="center", fontsize=10)
-    final = {name: np.mean([c[-1] for c in curves[name]]) for name in MODELS}
-    fig.suptitle("Convolutional experts on the 8x8 digits: final test accuracy " +
-                 ", ".join(f"{name} {final[name]:.3f}" for name in MODELS), y=1.02, fontsize=10)
+    fig.text(0.75, 0.86, f"top-2 net (seed {seeds[0]}): expert of largest gate weight\nper position "
+             "(colour), over the digit", ha="center", fontsize=12)
+    fig.legend(handles=[Patch(color=EXPERT_COLORS[e], alpha=0.6, label=f"expert {e}") for e in range(layer.n_experts)],
+               loc="lower center", bbox_to_anchor=(0.75, -0.02), ncol=layer.n_experts, fontsize=10, frameon=False)
+    fig.suptitle("Convolutional experts on the 8x8 digits: test accuracy (left), and which expert each\n"
+                 "position of the feature map uses (right)", y=1.06)
     savefig(fig, args, "conv_experts.png")
 
 

@@ -34,6 +34,7 @@ from experiments._common import Progress, parse_args, savefig
 from numpy_moe.datasets import make_circles, make_v_regression, standardizer
 from numpy_moe.hme import HierarchicalMoE, fit_em, init_responsibilities
 from numpy_moe.optim import Adam
+from numpy_moe.plotting import EXPERT_COLORS
 
 FIXTURE = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "hme_mixtools.json"
 
@@ -192,25 +193,24 @@ def tree_study(args, seeds, progress=None):
         r = np.array(r)
         print(f"  {name:<16} {r[:, 0].mean():7.3f} ± {r[:, 0].std():.3f}   "
               f"MSE {r[:, 1].mean():.4f} ± {r[:, 1].std():.4f}")
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.6))
+    fig, axes = plt.subplots(1, 3, figsize=(13, 5.4))
     m, xt, region_t = shown["HME [2, 2]"]
-    colors = np.array(["#e41a1c", "#377eb8", "#4daf4a", "#984ea3"])
+    colors = np.array(EXPERT_COLORS)
     axes[0].scatter(xt[:, 0], xt[:, 1], c=colors[region_t], s=6)
-    axes[0].set_title("test points by true region (each its own linear function)")
+    axes[0].set_title(f"test points by true region\n(each its own linear function,\nseed {seeds[0]})")
     for ax, name in zip(axes[1:], results):
         m, xt, _ = shown[name]
         owner = m.gate(xt).argmax(axis=1)
-        ax.scatter(xt[:, 0], xt[:, 1], c=colors[owner % 4], s=6)
+        ax.scatter(xt[:, 0], xt[:, 1], c=colors[owner % len(colors)], s=6)
         r = np.array(results[name])
-        ax.set_title(f"{name}: expert of largest prior (colour = expert)\n"
-                     f"test log-lik {r[:, 0].mean():.2f} ± {r[:, 0].std():.2f} "
-                     f"per sample ({len(seeds)} seeds)")
+        ax.set_title(f"{name}: expert of largest prior\n(colour = expert, seed {seeds[0]}); test log-lik\n"
+                     f"{r[:, 0].mean():.2f} ± {r[:, 0].std():.2f} per sample ({len(seeds)} seeds)")
     for ax in axes:
         ax.set_xlabel("x1")
         ax.set_ylabel("x2")
         ax.set_aspect("equal")
     gap = np.mean([r[0] for r in results["HME [2, 2]"]]) - np.mean([r[0] for r in results["flat, 4 experts"]])
-    fig.suptitle(f"A staggered partition: both gates approximate it; the two-level HME comes closer to the true "
+    fig.suptitle(f"A staggered partition: both gates approximate it; the two-level HME comes closer\nto the true "
                  f"model's log-likelihood ({floor:.3f} per sample), by {gap:.3f} on average")
     fig.tight_layout()
     savefig(fig, args, "em_tree.png")

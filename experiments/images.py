@@ -7,7 +7,8 @@ importance and load losses (0.1 each), each with five seeds (the initial weights
 batches; the split is fixed). After every epoch the test set is classified and the experts each test
 image was routed to are counted. Prints, over the seeds, the test accuracy, the share of the test
 images' top-2 assignments the two busiest experts take and the share of the least used expert, and the
-time per epoch; draws accuracy and expert usage per epoch for seed 0 (plots/images_digits.png).
+time per epoch; draws the accuracy per epoch over the seeds and the expert usage per epoch of seed 0
+(plots/images_digits.png).
 
 With ``--cifar DIR`` (a folder holding the CIFAR-10 binary batches data_batch_1.bin ... test_batch.bin)
 it also trains the seed's exact layout on CIFAR-10 (32x32x3, experts 4096 -> 512 -> 512, the seed's
@@ -31,6 +32,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from experiments._common import Progress, parse_args, savefig
+from numpy_moe import plotting
 from numpy_moe.backend import to_numpy
 from numpy_moe.data_images import load_cifar10, load_digits_images
 from numpy_moe.image_layers import Unflatten
@@ -95,21 +97,22 @@ def epoch_axis(ax, n_epochs):
 
 
 def plot_usage(ax, usage, title, top_k, unit="test images", legend=True):
-    """Share of the top-k assignments each expert received, per epoch; usage (epochs, E).
+    """Share of the top-k assignments each expert received, per epoch; usage (epochs, E): the public
+    ``numpy_moe.plotting.plot_expert_usage`` (kept here for the experiments that import it)."""
+    plotting.plot_expert_usage(ax, usage, top_k=top_k, unit=unit, title=title, legend=legend)
 
-    Each routed row makes top_k assignments to distinct experts, so a share lies in [0, 1 / top_k].
-    """
-    share = usage / usage.sum(axis=1, keepdims=True)
-    epochs = np.arange(1, len(usage) + 1)
-    for e in range(usage.shape[1]):
-        ax.plot(epochs, share[:, e], marker="o", ms=3, label=f"expert {e}")
-    ax.axhline(1 / usage.shape[1], color="grey", ls=":", lw=1, label="uniform")
-    ax.set_ylim(0, 1.05 / top_k)
-    epoch_axis(ax, len(usage))
-    ax.set_ylabel(f"share of the {unit}' top-{top_k} assignments")
-    ax.set_title(title, fontsize=10)
-    if legend:
-        ax.legend(fontsize=8)
+
+def plot_accuracy_over_seeds(ax, runs, labels, epochs):
+    """Test accuracy per epoch, mean over the seeds (line) and min-max (band), one run per entry."""
+    for (key, rs), style in zip(runs.items(), ({"color": "k", "marker": "o"}, {"color": "0.55", "marker": "s"})):
+        acc = np.array([r["accuracy"] for r in rs])  # (seeds, epochs)
+        x = np.arange(1, epochs + 1)
+        ax.plot(x, acc.mean(axis=0), ms=4, label=f"{labels[key]}: {acc[:, -1].mean():.3f} ± {acc[:, -1].std():.3f}",
+                **style)
+        ax.fill_between(x, acc.min(axis=0), acc.max(axis=0), color=style["color"], alpha=0.15)
+    epoch_axis(ax, epochs)
+    ax.set_ylabel("test accuracy")
+    ax.legend(fontsize=10, loc="lower right", title="last epoch, mean ± std", title_fontsize=10)
 
 
 def usage_spread(usage):
@@ -149,19 +152,22 @@ def run_digits(args):
     for balance, rs in runs.items():
         print(f"{BALANCES[balance]}: share of the least used expert per seed "
               + ", ".join(f"{usage_spread(r['usage'][-1, 0])[1]:.2f}" for r in rs))
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    for balance, rs in runs.items():
-        axes[0].plot(np.arange(1, epochs + 1), rs[0]["accuracy"], marker="o", ms=3, label=BALANCES[balance])
-    epoch_axis(axes[0], epochs)
-    axes[0].set_ylabel("test accuracy")
-    axes[0].set_title(f"test accuracy (seed {seeds[0]})", fontsize=10)
-    axes[0].legend(fontsize=8)
-    for ax, (balance, rs) in zip(axes[1:], runs.items()):
-        plot_usage(ax, rs[0]["usage"][:, 0], f"expert usage, {BALANCES[balance]} (seed {seeds[0]})", 2)
+    fig = plt.figure(figsize=(11, 8.8))
+    grid = fig.add_gridspec(2, 2, height_ratios=[1, 1.15])
+    ax = fig.add_subplot(grid[0, :])
+    plot_accuracy_over_seeds(ax, runs, BALANCES, epochs)
+    ax.set_title(f"test accuracy per epoch: mean (line) and min-max (band) over {len(seeds)} seeds")
+    for col, (balance, rs) in enumerate(runs.items()):
+        plot_usage(fig.add_subplot(grid[1, col]), rs[0]["usage"][:, 0],
+                   f"{BALANCES[balance].replace(' (', chr(10) + '(')}, seed {seeds[0]}", 2, legend=col == 1)
     idle = {b: sum(usage_spread(r["usage"][-1, 0])[1] == 0 for r in rs) for b, rs in runs.items()}
-    fig.suptitle(f"Seed 000 on 8x8 digits (seed {seeds[0]} drawn): some expert gets no test image in "
+    final = {b: np.array([r["accuracy"][-1] for r in rs]) for b, rs in runs.items()}
+    fig.suptitle(f"Seed 000 on 8x8 digits, {len(seeds)} seeds: test accuracy {final['seed000'].mean():.3f} ± "
+                 f"{final['seed000'].std():.3f} with the seed's loss, {final['importance_load'].mean():.3f} ± "
+                 f"{final['importance_load'].std():.3f} with importance + load;\nsome expert gets no test image in "
                  f"{idle['seed000']} of {len(seeds)} seeds with the seed's loss, in {idle['importance_load']} of "
-                 f"{len(seeds)} with importance + load")
+                 f"{len(seeds)} with importance + load (usage: seed {seeds[0]})")
+    fig.tight_layout()
     savefig(fig, args, "images_digits.png")
     return runs
 
@@ -181,9 +187,9 @@ def run_cifar(args):
     axes[0].plot(np.arange(1, epochs + 1), r["accuracy"], marker="o", label="seed 000 layout, seed loss")
     epoch_axis(axes[0], epochs)
     axes[0].set_ylabel("test accuracy")
-    axes[0].set_title("CIFAR-10 test accuracy per epoch", fontsize=10)
-    axes[0].legend(fontsize=8)
-    plot_usage(axes[1], r["usage"][:, 0], "expert usage on the test images", 2)
+    axes[0].set_title("CIFAR-10 test accuracy per epoch (seed 0)")
+    axes[0].legend(fontsize=10)
+    plot_usage(axes[1], r["usage"][:, 0], "expert usage on the test images (seed 0)", 2)
     fig.suptitle("Seed 000 on CIFAR-10 (NumPy, float32, the seed's balance loss): accuracy and expert "
                  "usage per epoch")
     savefig(fig, args, "images_cifar10.png")

@@ -7,14 +7,15 @@ rules, with SGD (lr 0.1, the seed's per-epoch decay 0.99) or FTRL-Proximal (the 
 
 1. k = 2 competitive experts on the linear "bands": data, SGD and FTRL decision regions, test log-loss.
 2. The same on the nonlinear "circles".
-3. Circles with k = 1, 2, 4, 8 competitive experts (FTRL): decision regions above gate regions; and k = 4
-   with SGD (which sometimes loses an expert).
+3. Circles with k = 1, 2, 4, 8 competitive experts (FTRL): one panel per k with the gate regions (each
+   expert's colour), each expert's decision line in its colour (solid where its gate owns the plane) and
+   the mixture's decision boundary in black; and k = 4 with SGD (which sometimes loses an expert).
 4. Cooperative vs competitive: circles with k = 4, and the V-shaped regression with k = 2 (its targets
    standardised too, so the unit-variance likelihood of the competitive rule fits their scale; mini-batches
    of 10, SGD lr 0.3 with decay 0.95), drawn as the fit above the gate values along x.
 
 Every configuration runs with five seeds (seed s draws the data set, the initial weights and the
-shuffling); the figures show seed 0. Prints one row per configuration: final test log-loss in bits and
+shuffling); the figures show seed 0 and say so beside each accuracy. Prints one row per configuration: final test log-loss in bits and
 accuracy as mean ± std over the seeds (and the accuracy's min-max), or test MSE in the targets' units.
 """
 import sys
@@ -29,6 +30,8 @@ import time
 
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
 
 from experiments._common import Progress, parse_args, savefig
 from numpy_moe import plotting
@@ -52,14 +55,20 @@ class Run:
                                          callback=callback)
         self.seconds = time.perf_counter() - t
         self.accuracy = float((self.model.predict(self.scale(X_test)) == y_test).mean())
-        self.used = np.unique(self.gate(X_test).argmax(axis=1)).size  # experts whose gate wins a test point
-        self.mode, self.k, self.opt = mode, k, opt
+        self.used = plotting.count_used_experts(self.gate(X_test))  # experts whose gate wins a test point
+        self.mode, self.k, self.opt, self.seed = mode, k, opt, seed
 
     def predict(self, P):
         return self.model.predict(self.scale(P))
 
     def gate(self, P):
         return self.model.gate(self.scale(P))
+
+    def expert_scores(self, P):
+        """(M, E) each expert's own decision function, logit of class 1 minus logit of class 0: its line
+        is where it is zero (linear in the raw inputs too, the standardisation being affine)."""
+        w = self.model.expert_outputs(self.scale(P))  # (M, E, 2)
+        return w[:, :, 1] - w[:, :, 0]
 
 
 def summary(runs):
@@ -81,37 +90,69 @@ def print_table(rows, n_seeds):
         print(f"{name:<18} {mode:<12} {k:>2} {opt:<9} {loss:>19} {acc:>36} {note:<34} {seconds:>5.1f}")
 
 
+def panel_title(label, run, lines=None):
+    """``k=8: accuracy 1.000 (seed 0), 5 of 8 experts used``: the accuracy with the seed it was drawn from,
+    and how many experts win at least one test point (computed by the run, not written by hand); with
+    ``lines`` (the experts whose decision line crosses their own gate region, from
+    ``plotting.plot_expert_lines``) a second line says how many draw their line there."""
+    text = f"{label}: accuracy {run.accuracy:.3f} (seed {run.seed}), {run.used} of {run.k} experts used"
+    if lines is not None:
+        text += f"\n{len(lines)} of them draw{'s' if len(lines) == 1 else ''} a line in {'its' if len(lines) == 1 else 'their'} own region"
+    return text
+
+
 def optimiser_figure(args, data, runs, name, title):
-    """Data, SGD regions, FTRL regions, test log-loss per epoch for one dataset."""
-    fig, axes = plt.subplots(1, 4, figsize=(19, 4.4))
-    plotting.plot_data(axes[0], data[0], data[2], title=f"{name}: training data")
+    """2 x 2: data, SGD regions, FTRL regions (each expert's line over them), test log-loss per epoch."""
+    fig, axes = plt.subplots(2, 2, figsize=(11, 9.5))
+    axes = axes.ravel()
+    plotting.plot_data(axes[0], data[0], data[2], title=f"{name}: training data (seed {runs['SGD'].seed})")
     for ax, opt in zip(axes[1:3], ("SGD", "FTRL")):
-        plotting.plot_decision_regions(ax, runs[opt].predict, data[1], data[3],
-                                       title=f"{opt}: test accuracy {runs[opt].accuracy:.3f}")
+        run = runs[opt]
+        plotting.plot_decision_regions(ax, run.predict, data[1], data[3],
+                                       title=f"{opt}: test accuracy {run.accuracy:.3f} (seed {run.seed})")
+        plotting.plot_expert_lines(ax, run.expert_scores, data[1], gate=run.gate)
     plotting.plot_loss_curves(axes[3], {opt: runs[opt].history["test"] for opt in ("SGD", "FTRL")},
-                              title="test log-loss per epoch (log scale)")
+                              title=f"test log-loss per epoch (seed {runs['SGD'].seed})")
     axes[3].set_yscale("log")
-    fig.suptitle(title)
+    axes[3].set_ylabel("test log-loss (bits, log scale)")
+    fig.suptitle(title + "\nexpert lines in their gate colours, solid where that expert's gate owns the plane")
     fig.tight_layout()
     savefig(fig, args, f"local_experts_{name}.png")
 
 
-def regions_figure(args, data, runs, labels, name, title):
-    """Decision regions (top) and gate regions (bottom), one column per run."""
-    fig, axes = plt.subplots(2, len(runs), figsize=(4.6 * len(runs), 8.6), squeeze=False)
-    for col, (run, label) in enumerate(zip(runs, labels)):
-        plotting.plot_decision_regions(axes[0, col], run.predict, data[1], data[3],
-                                       title=f"{label}: test accuracy {run.accuracy:.3f}")
-        plotting.plot_gate_regions(axes[1, col], run.gate, data[1], data[3], title=f"{label}: gate regions")
+def regions_figure(args, data, runs, labels, name, title, ncols=2):
+    """One panel per run: gate regions, each expert's decision line and the mixture's boundary (black).
+
+    Returns the panel titles (``panel_title``)."""
+    nrows = -(-len(runs) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(5.8 * ncols, 5.2 * nrows + 0.9), squeeze=False)
+    titles = []
+    for ax, run, label in zip(axes.ravel(), runs, labels):
+        plotting.plot_gate_regions(ax, run.gate, data[1], data[3], legend=False, alpha=0.55)
+        lines = plotting.plot_expert_lines(ax, run.expert_scores, data[1], gate=run.gate)
+        titles.append(panel_title(label, run, lines))
+        ax.set_title(titles[-1])
+        boundary = plotting.plot_decision_boundary(ax, run.predict, data[1], label="the mixture's class boundary")
+    k = max(run.k for run in runs)
+    experts = [Patch(color=plotting.EXPERT_COLORS[e], label=f"expert {e}") for e in range(k)]
+    rest = ([Line2D([], [], color="0.3", lw=2.4, label="an expert's line where its gate owns the plane"),
+             Line2D([], [], color="0.3", lw=1.0, ls="--", label="the same line elsewhere"), boundary]
+            + [Line2D([], [], ls="none", marker=m, mfc="none", mec="k", label=f"test points, class {c}")
+               for c, m in ((0, "o"), (1, "^"))])
+    height = 5.2 * nrows + 0.9
+    fig.legend(handles=experts, loc="lower center", bbox_to_anchor=(0.5, 0.45 / height), ncol=len(experts),
+               fontsize=10, frameon=False, handlelength=1.2, columnspacing=1.0)
+    fig.legend(handles=rest, loc="lower center", ncol=3, fontsize=10, frameon=False)
     fig.suptitle(title)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 1.0 / height, 1, 1))
     savefig(fig, args, f"local_experts_{name}.png")
+    return titles
 
 
 def regression(args, N, epochs, seeds, progress):
     """Cooperative vs competitive, 2 experts on the V, over seeds: the fit and the gate values along x
     (seed 0 drawn), test MSE and who owns each arm."""
-    fig, axes = plt.subplots(2, 2, figsize=(12, 6.5), sharex=True, height_ratios=[2, 1])
+    fig, axes = plt.subplots(2, 2, figsize=(12, 7), sharex=True, height_ratios=[2, 1])
     rows = []
     for col, mode in enumerate(("cooperative", "competitive")):
         mses, split, seconds = [], 0, []
@@ -139,8 +180,8 @@ def regression(args, N, epochs, seeds, progress):
         rows.append(("V regression", (mode, 2, "SGD", f"{mses.mean():.4f} ± {mses.std():.4f} MSE",
                                       f"MSE {mses.min():.4f}-{mses.max():.4f}",
                                       f"arms split in {split} of {len(seeds)} seeds", float(np.mean(seconds)))))
-    fig.suptitle("V-shaped regression, 2 linear experts, one per arm: the competitive gate switches sharply "
-                 "at x = 0.5 and keeps the kink; the cooperative gate blends the lines and rounds it off")
+    fig.suptitle("V-shaped regression, 2 linear experts (dashed), one per arm: the competitive gate switches "
+                 "sharply\nat x = 0.5 and keeps the kink; the cooperative gate blends the lines and rounds it off")
     fig.tight_layout()
     savefig(fig, args, "local_experts_regression.png")
     return rows
@@ -191,13 +232,13 @@ def main(argv=None):
     ks = (1, 2, 4, 8)
     sweep = [first[(f"circles k={k}", "competitive", k, "FTRL")] for k in ks]
     regions_figure(args, circles, sweep, [f"k={k}" for k in ks], "k",
-                   "Circles, competitive linear experts (FTRL): each expert draws one line in its own gate "
-                   "region; k = 4 enclose the inner ring")
+                   "Circles, competitive linear experts (FTRL): the class boundary (black) follows an expert's line\n"
+                   "where it crosses that expert's own gate region, and the gate's borders between experts elsewhere")
 
     # 4. cooperative vs competitive: circles with k = 4, then the V-shaped regression
     regions_figure(args, circles, [first[("circles k=4", "cooperative", 4, "FTRL")], sweep[2]],
                    ["cooperative", "competitive"], "modes",
-                   "Circles, 4 experts (FTRL): competitive experts own one sector each; "
+                   "Circles, 4 experts (FTRL): the competitive gate draws sharp borders between its experts;\n"
                    "cooperative experts overlap and blend their logits")
     rows += regression(args, reg_N, reg_epochs, seeds, progress)
     progress.done()

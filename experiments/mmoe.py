@@ -91,7 +91,7 @@ def main(argv=None):
                          (np.subtract(results[a, p], results[b, p]) for p in CORRELATIONS))
         print(f"{a + ' - ' + b:<25} {cells}   (paired by seed)")
 
-    fig, (ax, axc) = plt.subplots(1, 2, figsize=(13, 4.8))
+    fig, (ax, axc) = plt.subplots(1, 2, figsize=(12, 5.4))
     for i, name in enumerate(MODELS):
         m = [np.mean(results[name, p]) for p in CORRELATIONS]
         sd = [np.std(results[name, p]) for p in CORRELATIONS]
@@ -104,19 +104,19 @@ def main(argv=None):
     ax.set_xticks(range(len(CORRELATIONS)), [f"p = {p}" for p in CORRELATIONS])
     ax.set_xlabel("cosine of the two tasks' weight vectors")
     ax.set_ylabel("test MSE after training (mean ± std over seeds)")
-    ax.set_title("test MSE by task relatedness (lower is better)")
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, fontsize=8)
+    ax.set_title("test MSE by task relatedness\n(lower is better)")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=1, fontsize=10)
     ax.grid(alpha=0.3)
     axc.set_yscale("log")
     axc.set_xlabel("epoch")
     axc.set_ylabel("test MSE (log scale)")
-    axc.set_title(f"p = {CORRELATIONS[0]}: test MSE along training (mean ± std)")
+    axc.set_title(f"p = {CORRELATIONS[0]}: test MSE along training\n(mean ± std over seeds)")
     axc.legend()
     axc.grid(alpha=0.3)
     gap = [np.mean(np.subtract(results["MMoE", p], results["OMoE", p])) for p in CORRELATIONS]
     beats = all(np.mean(results[m, p]) < np.mean(results["shared-bottom", p]) for m in MODELS[1:] for p in CORRELATIONS)
     fig.suptitle(f"Same parameter budget, {len(seeds)} seeds: " +
-                 ("both MoE models beat shared-bottom at every p; " if beats else "") +
+                 ("both MoE models beat shared-bottom at every p;\n" if beats else "\n") +
                  "MMoE minus OMoE " + ", ".join(f"{g:+.4f}" for g in gap) + " (p = " +
                  ", ".join(map(str, CORRELATIONS)) + ")")
     fig.tight_layout()

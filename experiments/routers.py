@@ -199,8 +199,9 @@ def main(argv=None):
               f"does (balanced), against {table[name]['accuracy'][0]:.3f} greedy")
 
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 4, figsize=(18, 4.6))
-    colors = plt.cm.tab10(np.arange(len(ROUTERS)))
+    fig, axes = plt.subplots(2, 2, figsize=(12.5, 9.5))
+    axes = axes.ravel()
+    colors = plt.cm.tab10(np.arange(len(ROUTERS)))  # one colour per router (routers are not experts)
     ypos = np.arange(len(ROUTERS))[::-1]
     for ax, key, label in [(axes[0], "accuracy", "test accuracy"), (axes[1], "max_mean", "max / mean load"),
                            (axes[2], "dropped", "fraction dropped / unrouted (training)"),
@@ -210,24 +211,26 @@ def main(argv=None):
         ax.barh(ypos, means, xerr=stds, color=colors, capsize=3)
         ax.set_xlabel(label)
         ax.set_yticks(ypos)
-        ax.set_yticklabels(ROUTERS if ax is axes[0] else [])
+        ax.set_yticklabels(ROUTERS if ax in (axes[0], axes[2]) else [])
         ax.grid(axis="x", alpha=0.3)
     balanced = [n for n in ROUTERS if n in ("BASE", "Sinkhorn")]
     axes[0].errorbar([table[n]["balanced_accuracy"][0] for n in balanced], [ypos[ROUTERS.index(n)] for n in balanced],
                      xerr=[table[n]["balanced_accuracy"][1] for n in balanced], fmt="D", color="black", mfc="white",
                      capsize=3, label="evaluation routed as in training")
-    axes[0].legend(fontsize=8, loc="lower left")
+    for ax in axes[:2]:  # room below the bars for the legend of the diamonds
+        ax.set_ylim(-1.6, len(ROUTERS) - 0.4)
+    axes[0].legend(fontsize=10, loc="lower left")
     axes[0].set_xlim(min(table[n]["accuracy"][0] for n in ROUTERS) - 0.05, 1.0)
     axes[1].axvline(1.0, color="black", lw=1, ls="--")
     axes[1].errorbar([table[n]["test_max_mean"][0] for n in ROUTERS], ypos,
                      xerr=[table[n]["test_max_mean"][1] for n in ROUTERS], fmt="D", color="black", mfc="white",
                      capsize=3, label="evaluation, test set")
-    axes[1].legend(fontsize=8, loc="lower right")
-    axes[1].set_xlabel("max / mean load: bars training, diamonds evaluation")
-    fig.suptitle(f"Eight routers, the same {E} experts, digits as 16 tokens, {len(seeds)} seeds (mean ± std). "
+    axes[1].legend(fontsize=10, loc="lower right")
+    axes[1].set_xlabel("max / mean load: bars training,\ndiamonds evaluation")
+    fig.suptitle(f"Eight routers, the same {E} experts, digits as 16 tokens, {len(seeds)} seeds (mean ± std).\n"
                  "Balancing by a loss or by the aux-free bias is the most accurate; plain top-k drops the most;\n"
-                 "expert choice, Soft MoE, BASE and the balanced hash are balanced in training by construction; "
-                 "BASE and Sinkhorn lose accuracy by routing greedily in evaluation; BASE is the slowest", fontsize=11)
+                 "expert choice, Soft MoE, BASE and the balanced hash are balanced in training by construction;\n"
+                 "BASE and Sinkhorn lose accuracy by routing greedily in evaluation; BASE is the slowest")
     fig.tight_layout()
     savefig(fig, args, "routers.png")
     return table

@@ -26,6 +26,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from experiments._common import Progress, parse_args, savefig
+from numpy_moe import plotting
 from numpy_moe.gradcheck import check_module, numerical_gradient, rel_error
 from numpy_moe.moe import MoE
 from numpy_moe.optim import Adam
@@ -103,20 +104,30 @@ mse_moe = float(((predict(model, x_grid) - target(x_grid)) ** 2).mean())
 mse_one = float(((predict(single, x_grid) - target(x_grid)) ** 2).mean())
 print(f"MSE against the noiseless target: 3 experts {mse_moe:.4f}, 1 linear model {mse_one:.4f}")
 
+# %% [markdown]
+# Look at what each expert learned: expert e alone predicts x W[e] + b[e] (dashed, in its gate's colour),
+# and the gate below says where the layer listens to it.
+
 # %%
-gates = model.gate.forward(x_grid)
-fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(7, 6), sharex=True, height_ratios=[2, 1])
-ax1.scatter(x_train[:, 0], y_train[:, 0], s=4, color="0.7", label="training data")
-ax1.plot(x_grid, predict(model, x_grid), color="C3", lw=2, label=f"MoE, 3 linear experts (MSE {mse_moe:.3f})")
-ax1.plot(x_grid, predict(single, x_grid), color="k", ls="--", label=f"one linear model (MSE {mse_one:.3f})")
+W, b = model.experts.params["W"], model.experts.params["b"]  # (3, 1, 1), (3, 1)
+
+
+def experts(x):
+    """(M, 3) each expert's own prediction x W[e] + b[e]."""
+    return np.einsum("md,edo->meo", x, W)[:, :, 0] + b[:, 0]
+
+
+fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(8, 7.5), sharex=True, height_ratios=[2, 1])
+plotting.plot_regression_fit(ax1, ax2, lambda x: predict(model, x), model.gate.forward, x_train, y_train[:, 0],
+                             experts=experts, title="A dense MoE fits three linear pieces:\n"
+                                                    "the gate hands each piece to one expert")
+ax1.plot(x_grid, predict(single, x_grid), color="0.4", ls=":", lw=2, label="one linear model")
 ax1.set_ylabel("y")
-ax1.legend(loc="lower left")
-ax1.set_title("A dense MoE fits three linear pieces: the gate hands each piece to one expert")
-for e in range(3):
-    ax2.plot(x_grid, gates[:, e], label=f"gate g_{e}(x)")
-ax2.set_xlabel("x")
-ax2.set_ylabel("gate weight")
-ax2.legend(loc="center right")
+handles, labels = ax1.get_legend_handles_labels()
+labels = [f"MoE, 3 linear experts (MSE {mse_moe:.3f}, seed 1)" if t == "prediction"
+          else f"one linear model (MSE {mse_one:.3f})" if t == "one linear model" else t for t in labels]
+ax1.legend(handles, labels, loc="lower left", fontsize=10)
+ax2.set_ylabel("gate weight g_e(x)")
 savefig(fig, args, "tutorial_dense.png")
 
 # %% [markdown]

@@ -195,20 +195,39 @@ for label, o in (("mixture Σ g_e softmax(w_e)", right), ("seed code: softmax(Σ
 # write-up of the same method has exp(+½…) in the posterior, where the sign must be negative.)
 #
 # ## 5. Train and look
-# The competitive model of the last cell: decision regions, gate regions and the loss curves of the
-# errata experiment.
+# The competitive model of the last cell: its gate regions (each expert's colour), each expert's own
+# decision line (where its logits for the two classes are equal, a straight line since the expert is
+# linear) drawn solid where its gate owns the plane, the mixture's class boundary in black; and the loss
+# curves of the errata experiment. An expert whose line misses its own region predicts one class all
+# over it: there the class boundary is the border the gate draws between two experts.
 
 # %%
-fig, axes = plt.subplots(1, 3, figsize=(16, 4.6))
+fig, axes = plt.subplots(1, 2, figsize=(12.5, 5.4), gridspec_kw={"width_ratios": [1.1, 1]})
 accuracy = (right.argmax(1) == y_test).mean()
-plotting.plot_decision_regions(axes[0], lambda P: comp.predict(scale(P)), X_test, y_test,
-                               title=f"competitive, 4 experts: test accuracy {accuracy:.3f}")
-plotting.plot_gate_regions(axes[1], lambda P: comp.gate(scale(P)), X_test, y_test,
-                           title="gate regions: one expert per side of the ring")
-plotting.plot_loss_curves(axes[2], curves, title="cooperative, 4 experts: seed's gate rule vs gradient")
-axes[2].set_yscale("log")
-fig.suptitle("Local experts on the circles: each competitive expert draws one line where its gate owns the "
-             "plane; the seed's cooperative gate rule stalls at a higher loss")
+gate = lambda P: comp.gate(scale(P))  # noqa: E731
+
+
+def expert_scores(P):
+    """(M, E) each expert's logit of class 1 minus its logit of class 0: zero on its line."""
+    w = comp.expert_outputs(scale(P))  # (M, E, 2)
+    return w[:, :, 1] - w[:, :, 0]
+
+
+plotting.plot_gate_regions(axes[0], gate, X_test, y_test, alpha=0.55, legend=False)
+lines = plotting.plot_expert_lines(axes[0], expert_scores, X_test, gate=gate)  # experts with a line in their region
+axes[0].set_title(f"competitive, 4 experts: accuracy {accuracy:.3f} (seed 0)\n"
+                  f"{plotting.count_used_experts(gate(X_test))} of 4 experts used, {len(lines)} with "
+                  f"{'its' if len(lines) == 1 else 'their'} line in {'its' if len(lines) == 1 else 'their'} own region")
+boundary = plotting.plot_decision_boundary(axes[0], lambda P: comp.predict(scale(P)), X_test,
+                                           label="mixture's boundary")
+handles = [plt.matplotlib.patches.Patch(color=plotting.EXPERT_COLORS[e], label=f"expert {e}") for e in range(4)]
+axes[0].legend(handles=handles + [boundary], loc="upper right", fontsize=9)
+plotting.plot_loss_curves(axes[1], curves, title="cooperative, 4 experts (data seed 0)")
+axes[1].set_yscale("log")
+axes[1].set_ylabel("test log-loss (bits, log scale)")
+fig.suptitle("Local experts on the circles: the class boundary (black) follows an expert's line (solid) where it "
+             "crosses\nthat expert's region, and the gate's borders elsewhere; the seed's cooperative gate rule "
+             "stalls at a higher loss")
 fig.tight_layout()
 savefig(fig, args, "local_experts_walkthrough.png")
 

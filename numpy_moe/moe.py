@@ -387,7 +387,10 @@ class MoE(Module):
     def diagnostics(self):
         """Routing statistics of the last forward over the counted samples (mask), as NumPy arrays / ints.
 
-        samples_per_expert : (E,) kept assignments per expert (N each for the dense gate).
+        samples_per_expert : (E,) kept assignments per expert, counting all K experts of every sample (the
+            counts sum to N K minus the dropped ones; divide by that sum for each expert's share of the
+            N K assignments, which is at most 1 / K); N each for the dense gate. Not the top-1 share
+            (the fraction of samples whose largest weight is expert e) that estimators call ``expert_usage_``.
         importance : (E,) sum over the batch of each expert's combine weights (before capacity).
         dropped : assignments dropped by the capacity limit.
         """

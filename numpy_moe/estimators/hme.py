@@ -15,8 +15,8 @@ comparison). Both start from the M-step of spatially coherent random responsibil
 
 Fitted attributes: ``model_`` (a HierarchicalMoE), ``n_iter_``, ``log_likelihood_curve_`` (mean
 log-likelihood per sample, entry 0 at the start, then one per iteration), ``converged_``,
-``expert_usage_`` (the share of the training samples whose largest prior π_e(x) is expert e),
-``n_features_in_``, and ``classes_`` or ``n_outputs_``.
+``expert_usage_`` (the top-1 share: the fraction of the training samples whose largest prior π_e(x)
+is expert e), ``n_features_in_``, and ``classes_`` or ``n_outputs_``.
 """
 import numpy
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
