@@ -1,7 +1,7 @@
-"""Seed 000: a conv net with a sparse top-2 MoE of 4 MLP experts on the 8x8 digits (CIFAR-10 with --cifar DIR).
+"""Post 000: a conv net with a sparse top-2 MoE of 4 MLP experts on the 8x8 digits (CIFAR-10 with --cifar DIR).
 
-The seed's classifier (conv 32 - pool - conv 64 - pool - top-2 of 4 MLP experts 256 -> 256 -> 256 -
-linear), trained with Adam (lr 1e-3, batches of 64) as in the seed, twice: with the seed's balance loss
+The post's classifier (conv 32 - pool - conv 64 - pool - top-2 of 4 MLP experts 256 -> 256 -> 256 -
+linear), trained with Adam (lr 1e-3, batches of 64) as in the post, twice: with the post's balance loss
 (0.01 std of the hard selection counts, whose gradient is zero) and with V-MoE's noisy gate plus the
 importance and load losses (0.1 each), each with five seeds (the initial weights, the noise and the
 batches; the split is fixed). After every epoch the test set is classified and the experts each test
@@ -11,7 +11,7 @@ time per epoch; draws the accuracy per epoch over the seeds and the expert usage
 (plots/images_digits.png).
 
 With ``--cifar DIR`` (a folder holding the CIFAR-10 binary batches data_batch_1.bin ... test_batch.bin)
-it also trains the seed's exact layout on CIFAR-10 (32x32x3, experts 4096 -> 512 -> 512, the seed's
+it also trains the post's exact layout on CIFAR-10 (32x32x3, experts 4096 -> 512 -> 512, the post's
 loss, pixels scaled to [-1, 1] as the seed does), in float32 for speed, for ``--cifar-epochs`` epochs
 (default 10, as the seed) and draws plots/images_cifar10.png. Nothing is downloaded.
 
@@ -42,7 +42,7 @@ from numpy_moe.moe import MoE
 from numpy_moe.optim import Adam
 from numpy_moe.train import fit, predict
 
-BALANCES = {"seed000": "seed loss (zero gradient)", "importance_load": "importance + load (V-MoE)"}
+BALANCES = {"seed000": "post-000 loss (zero gradient)", "importance_load": "importance + load (V-MoE)"}
 
 
 def evaluate(model, X, y, batch_size=500):
@@ -162,10 +162,10 @@ def run_digits(args):
                    f"{BALANCES[balance].replace(' (', chr(10) + '(')}, seed {seeds[0]}", 2, legend=col == 1)
     idle = {b: sum(usage_spread(r["usage"][-1, 0])[1] == 0 for r in rs) for b, rs in runs.items()}
     final = {b: np.array([r["accuracy"][-1] for r in rs]) for b, rs in runs.items()}
-    fig.suptitle(f"Seed 000 on 8x8 digits, {len(seeds)} seeds: test accuracy {final['seed000'].mean():.3f} ± "
-                 f"{final['seed000'].std():.3f} with the seed's loss, {final['importance_load'].mean():.3f} ± "
+    fig.suptitle(f"Post 000 on 8x8 digits, {len(seeds)} seeds: test accuracy {final['seed000'].mean():.3f} ± "
+                 f"{final['seed000'].std():.3f} with the post's loss, {final['importance_load'].mean():.3f} ± "
                  f"{final['importance_load'].std():.3f} with importance + load;\nsome expert gets no test image in "
-                 f"{idle['seed000']} of {len(seeds)} seeds with the seed's loss, in {idle['importance_load']} of "
+                 f"{idle['seed000']} of {len(seeds)} seeds with the post's loss, in {idle['importance_load']} of "
                  f"{len(seeds)} with importance + load (usage: seed {seeds[0]})")
     fig.tight_layout()
     savefig(fig, args, "images_digits.png")
@@ -178,19 +178,19 @@ def run_cifar(args):
         X_train, y_train, X_test, y_test = X_train[:64], y_train[:64], X_test[:32], y_test[:32]
     scale = lambda x: x.astype(np.float32) / np.float32(127.5) - 1  # noqa: E731  (x/255 - 0.5) / 0.5
     epochs = 1 if args.quick else args.cifar_epochs
-    print(f"\nCIFAR-10, {len(y_train)} train / {len(y_test)} test images, the seed's layout in float32")
+    print(f"\nCIFAR-10, {len(y_train)} train / {len(y_test)} test images, the post's layout in float32")
     model = ImageMoEClassifier(in_channels=3, image_size=32, channels=(32, 64), hidden=512, n_classes=10,
                                n_experts=4, top_k=2, balance="seed000", seed=0, dtype="float32")
     r = train_and_track(model, scale(X_train), y_train, scale(X_test), y_test, epochs, 64, 1e-3, seed=0)
     print(f"CIFAR-10: test accuracy {r['accuracy'][-1]:.4f}, {np.mean(r['time']):.1f} s per epoch")
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    axes[0].plot(np.arange(1, epochs + 1), r["accuracy"], marker="o", label="seed 000 layout, seed loss")
+    axes[0].plot(np.arange(1, epochs + 1), r["accuracy"], marker="o", label="post 000 layout, post-000 loss")
     epoch_axis(axes[0], epochs)
     axes[0].set_ylabel("test accuracy")
     axes[0].set_title("CIFAR-10 test accuracy per epoch (seed 0)")
     axes[0].legend(fontsize=10)
     plot_usage(axes[1], r["usage"][:, 0], "expert usage on the test images (seed 0)", 2)
-    fig.suptitle("Seed 000 on CIFAR-10 (NumPy, float32, the seed's balance loss): accuracy and expert "
+    fig.suptitle("Post 000 on CIFAR-10 (NumPy, float32, the post's balance loss): accuracy and expert "
                  "usage per epoch")
     savefig(fig, args, "images_cifar10.png")
     return r

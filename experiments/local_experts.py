@@ -1,9 +1,9 @@
-"""Classic mixture of local experts (seed 003): SGD vs FTRL, k = 1..8, cooperative vs competitive.
+"""Classic mixture of local experts (post 003): SGD vs FTRL, k = 1..8, cooperative vs competitive.
 
-Regenerates the study of seed 003 with the corrected model (MATH.md §5): linear experts and a softmax
+Regenerates the study of post 003 with the corrected model (MATH.md §5): linear experts and a softmax
 gate on standardised inputs, trained online (one sample per step, shuffled each epoch) by the closed-form
-rules, with SGD (lr 0.1, the seed's per-epoch decay 0.99) or FTRL-Proximal (the seed's α = 1, β = 0.2,
-λ1 = λ2 = 0).
+rules, with SGD (lr 0.1, per-epoch decay 0.99) or FTRL-Proximal (α = 1, β = 0.2, λ1 = λ2 = 0): the settings of
+the code post 003 links to, not of its text.
 
 1. k = 2 competitive experts on the linear "bands": data, SGD and FTRL decision regions, test log-loss.
 2. The same on the nonlinear "circles".

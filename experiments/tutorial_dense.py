@@ -1,4 +1,4 @@
-"""Walk-through of seed 001: a dense mixture of experts, built, checked by finite differences and trained.
+"""Walk-through of post 001: a dense mixture of experts, built, checked by finite differences and trained.
 
 Run it as a script (``python -m experiments tutorial_dense``) or open it in an editor that understands
 ``# %%`` cells (VS Code, PyCharm, Spyder, Jupytext) and run it cell by cell.
@@ -10,7 +10,7 @@ Run it as a script (``python -m experiments tutorial_dense``) or open it in an e
 #     g = softmax(x W_g + b_g)            (N, E)   one weight per expert, each row sums to 1
 #     y = sum_e g[:, e] * E_e(x)           (N, O)   the weighted blend of the experts' outputs
 #
-# Seed 001 builds exactly this in PyTorch with linear experts (input 8, output 64, 4 experts) and lets
+# Post 001 builds exactly this in PyTorch with linear experts (input 8, output 64, 4 experts) and lets
 # autograd differentiate it. Here every derivative is written by hand, so we check it.
 
 # %%
@@ -41,7 +41,7 @@ rng = np.random.default_rng(0)
 
 # %%
 moe = MoE(in_features=8, out_features=64, n_experts=4, seed=0)
-x = rng.standard_normal((2, 8))  # a batch of 2, as in the seed
+x = rng.standard_normal((2, 8))  # a batch of 2, as in the post
 y = moe.forward(x)
 print("output shape:", y.shape)  # (2, 64)
 print("expert weights W:", moe.experts.params["W"].shape)  # (4, 8, 64)

@@ -1,4 +1,4 @@
-"""Walk-through of seed 003: the two update rules of local experts derived, checked, corrected and trained.
+"""Walk-through of post 003: the two update rules of local experts derived, checked, corrected and trained.
 
 Run it as a script (``python -m experiments walkthrough_local_experts [--quick]``, or
 ``python experiments/walkthrough_local_experts.py``) or open it in an editor that understands ``# %%``
@@ -14,8 +14,8 @@ cells (VS Code, PyCharm, Spyder, Jupytext) and run it cell by cell.
 #     w_e = x̃ V_e                 (O,)  expert e's output: logits (classification) or values (regression)
 #     g   = softmax(x̃ M)          (E,)  the gate: one weight per expert, summing to 1
 #
-# Seed 003 gives two training rules for these parameters, "cooperative" and "competitive". This file
-# derives both, checks them against finite differences, shows where the seed's formulas go wrong and
+# Post 003 gives two training rules for these parameters, "cooperative" and "competitive". This file
+# derives both, checks them against finite differences, shows where the post's formulas go wrong and
 # trains the corrected model. Everything runs on the `LocalExperts` class of `numpy_moe.classic`.
 
 # %%
@@ -112,8 +112,8 @@ f = competitive.posterior(x, r)
 print("posterior f of the first sample:", f[0].round(3), " gate g:", g[0].round(3))
 
 # %% [markdown]
-# ## 4. The seed's errata
-# **The cooperative gate rule.** Seed 003 writes Δm_k = λ (y_i - y_si)(v_ik - y_si) g_k x: the expert output
+# ## 4. The post's errata
+# **The cooperative gate rule.** Post 003 writes Δm_k = λ (y_i - y_si)(v_ik - y_si) g_k x: the expert output
 # minus the *softmaxed* output o_i, where the gradient has the blended *logit* y_i (and it drops the sum
 # over i). `seed_cooperative_update` keeps that rule (with the sum) for comparison:
 
@@ -146,7 +146,7 @@ print(f"seed Δm vs the gradient over 20 draws: median rel error {np.median(erro
 
 # %%
 class SeedRule(LocalExperts):
-    """Cooperative local experts trained with seed 003's literal gate rule."""
+    """Cooperative local experts trained with post 003's literal gate rule."""
 
     def compute_grads(self, x, r):
         for key, d in self.seed_cooperative_update(x, r).items():
@@ -160,7 +160,7 @@ progress = Progress(2 * len(data_seeds) * epochs, what="cooperative rules")  # a
 for data_seed in data_seeds:
     X_train, X_test, y_train, y_test = make_circles(N, seed=data_seed)
     scale = standardizer(X_train)
-    for label, cls in (("gradient rule (MATH.md §5)", LocalExperts), ("seed 003's gate rule", SeedRule)):
+    for label, cls in (("gradient rule (MATH.md §5)", LocalExperts), ("post 003's gate rule", SeedRule)):
         m = cls(2, 2, 4, mode="cooperative", seed=data_seed + 1)
         hist = fit_local_experts(m, scale(X_train), y_train, SGD(0.1, decay=0.99), epochs, seed=data_seed,
                                  X_test=scale(X_test), y_test=y_test,
@@ -226,7 +226,7 @@ plotting.plot_loss_curves(axes[1], curves, title="cooperative, 4 experts (data s
 axes[1].set_yscale("log")
 axes[1].set_ylabel("test log-loss (bits, log scale)")
 fig.suptitle("Local experts on the circles: the class boundary (black) follows an expert's line (solid) where it "
-             "crosses\nthat expert's region, and the gate's borders elsewhere; the seed's cooperative gate rule "
+             "crosses\nthat expert's region, and the gate's borders elsewhere; the post's cooperative gate rule "
              "stalls at a higher loss")
 fig.tight_layout()
 savefig(fig, args, "local_experts_walkthrough.png")

@@ -161,7 +161,7 @@ progress.step("2. the selection bias")
 
 # %%
 conventions = {
-    "softmax top-2\n(V-MoE, seed 000)": dict(score="softmax", normalize=False, top_k=2),
+    "softmax top-2\n(V-MoE, post 000)": dict(score="softmax", normalize=False, top_k=2),
     "softmax top-1\n(Switch)": dict(score="softmax", normalize=False, top_k=1),
     "softmax top-1\nrenormalised": dict(score="softmax", normalize=True, top_k=1),
     "sigmoid top-1": dict(score="sigmoid", normalize=False, top_k=1),

@@ -1,4 +1,4 @@
-"""Seed 002 on wine: a dense MoE beside LogisticRegression, then 5-fold CV of five models via the estimators.
+"""Post 002 on wine: a dense MoE beside LogisticRegression, then 5-fold CV of five models via the estimators.
 
 Part 1 reproduces the seed: standardised wine, 80/20 split with random_state 42, a dense MoE of 5 MLP
 experts (hidden 10) trained with Adam. The seed trains full-batch for 100 epochs at lr 1e-3; here
@@ -11,7 +11,7 @@ Part 2 asks whether that single split was luck. Each model is a scikit-learn Pip
 then the classifier, so the scaler is fitted on the training folds only) scored by 5-fold stratified
 cross-validation on macro F1, repeated with five seeds (seed s shuffles the folds and seeds every
 model: 25 fits per model): the dense MoE and a top-2 sparse MoE (both MoEClassifier, 5 MLP experts of
-hidden 10), the competitive mixture of 4 local linear experts (LocalExpertsClassifier, seed 003's
+hidden 10), the competitive mixture of 4 local linear experts (LocalExpertsClassifier, post 003's
 method), LogisticRegression and MLPClassifier. Prints mean ± std over the 25 folds, the range of the
 five seeds' CV means and the fit time, and saves the score of every fold as plots/wine.png.
 """
@@ -55,7 +55,7 @@ def wine_split():
 
 
 def train_dense_moe(X_train, y_train, epochs=100, seed=0, dtype="float64"):
-    """The seed-002 model trained with Adam; returns the fitted MoE."""
+    """The post-002 model trained with Adam; returns the fitted MoE."""
     model = MoE(X_train.shape[1], 3, n_experts=5, hidden=10, seed=seed, dtype=dtype)
     fit(model, X_train, y_train, optimizer=Adam(1e-2), epochs=epochs, batch_size=16, seed=seed)
     return model

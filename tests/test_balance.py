@@ -1,5 +1,5 @@
 """Balance losses: values against loop/scipy references, gradients by finite differences with respect
-to the gate logits and, through the gate, its parameters and the input; the seed-000 loss's zero gradient."""
+to the gate logits and, through the gate, its parameters and the input; the post-000 loss's zero gradient."""
 import numpy as np
 import pytest
 from scipy.special import logsumexp, softmax
@@ -139,7 +139,7 @@ def test_seed000_loss_has_exactly_zero_gradient_wrt_every_parameter(rng):
         return with_loss.aux_loss
 
     for name, p in list(with_loss.named_parameters()) + [("input", x)]:
-        assert not numerical_gradient(aux, p).any(), f"seed-000 loss moved with {name}"
+        assert not numerical_gradient(aux, p).any(), f"post-000 loss moved with {name}"
     dy = rng.standard_normal((16, 3))
     with_loss.forward(x)
     without.forward(x)

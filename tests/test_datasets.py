@@ -1,4 +1,4 @@
-"""The seed-003 datasets (numpy_moe/datasets.py, MATH.md §7): shapes, splits, geometry, seeding."""
+"""The post-003 datasets (numpy_moe/datasets.py, MATH.md §7): shapes, splits, geometry, seeding."""
 import numpy as np
 import pytest
 

@@ -50,3 +50,15 @@ def test_math_md_quotes_the_numbers_docs_math_numbers_computes():
     text = re.sub(r"\s+", " ", MATH.read_text(encoding="utf-8"))
     for where, fragment in numbers.quoted().items():
         assert re.sub(r"\s+", " ", fragment) in text, f"MATH.md {where} should say: {fragment}"
+
+
+def test_the_source_posts_are_called_posts_not_seeds():
+    # "seed" means a random seed everywhere; the source documents are "post 000" ... "post 004" (issue 19)
+    import re
+    root = MATH.parent.parent
+    files = [root / "README.md", MATH, *sorted((root / "experiments").glob("*.py")),
+             *sorted((root / "numpy_moe").rglob("*.py"))]
+    pattern = re.compile(r"\bseeds? 00[0-4]\b|\bseed-00[0-4]\b|\bthe seed's\b", re.IGNORECASE)
+    found = [f"{p.relative_to(root)}:{i}: {line.strip()}" for p in files
+             for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1) if pattern.search(line)]
+    assert not found, "\n".join(found[:20])

@@ -92,7 +92,7 @@ def test_seed000_balance_loss_changes_no_gradient(rng):
 
 
 def test_image_moe_seed_layout_shapes():
-    # Seed 000 on CIFAR-10: 32x32x3 -> conv 32 -> pool -> conv 64 -> pool -> 64 * 8 * 8 = 4096 features,
+    # Post 000 on CIFAR-10: 32x32x3 -> conv 32 -> pool -> conv 64 -> pool -> 64 * 8 * 8 = 4096 features,
     # 4 experts 4096 -> 512 -> 512, top 2, classifier 512 -> 10.
     model = ImageMoEClassifier(seed=0, hidden=16)
     assert model.moe.in_features == 64 * 8 * 8 and model.moe.n_experts == 4 and model.moe.gate.top_k == 2

@@ -1,4 +1,4 @@
-"""The dense softmax-gated MoE of seeds 001/002 and its gate: forward formula, gradients, bad input."""
+"""The dense softmax-gated MoE of posts 001/002 and its gate: forward formula, gradients, bad input."""
 import numpy as np
 import pytest
 

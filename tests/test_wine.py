@@ -1,4 +1,4 @@
-"""Seed 002 on wine: the dense MoE reaches F1 >= 0.95, float32 and float64 agree, runs repeat exactly."""
+"""Post 002 on wine: the dense MoE reaches F1 >= 0.95, float32 and float64 agree, runs repeat exactly."""
 import numpy as np
 from sklearn.metrics import f1_score
 
