@@ -209,13 +209,14 @@ def plot_comm(runs, args):
         axes[1].plot(ranks, [1000 * np.median(runs[W][mode]["seconds"][1:]) for W in ranks], marker=marker,
                      label=mode)
     axes[0].set(xlabel="ranks W", ylabel="KiB sent per rank per step", xticks=list(runs),
-                title="all-to-all volume: padded sends ~W cf times dropless")
+                title="all-to-all volume:\npadded sends ~W cf times dropless")
     axes[1].set(xlabel="ranks W", ylabel="ms per step (median)", xticks=list(runs), ylim=(0, None),
-                title="time per training step (shared 2-core machine)")
+                title="time per training step\n(shared 2-core machine)")
     for ax in axes:
         ax.legend()
         ax.grid(alpha=0.3)
-    fig.suptitle(f"Expert parallelism, {E} experts, top-{K}, batch {BATCH} (float64)", y=1.03)
+    fig.suptitle(f"Expert parallelism, {E} experts, top-{K}, batch {BATCH} (float64)")
+    fig.tight_layout()
     savefig(fig, args, "expert_parallel_comm.png")
 
 

@@ -99,12 +99,12 @@ def main(argv=None):
     ax.scatter(x, t, s=5, color="0.6", label="data")
     for e in range(3):
         m = np.where(prior[:, e] > 0.1, mean[:, e], np.nan)
-        ax.plot(xs, m, color=EXPERT_COLORS[e], lw=2, label=f"expert {e + 1} mean (where its gate > 0.1)")
-    ax.plot(xs, mode, "k.", ms=3, zorder=5, label="conditional mode of the mixture (jumps between branches)")
-    ax.plot(xs, single.forward(X)[:, 0], "k--", lw=2, label="least squares, 1 expert on the same features")
+        ax.plot(xs, m, color=EXPERT_COLORS[e], lw=2, label=f"expert {e + 1} mean (gate > 0.1)")
+    ax.plot(xs, mode, "k.", ms=3, zorder=5, label="mixture's conditional mode")
+    ax.plot(xs, single.forward(X)[:, 0], "k--", lw=2, label="least squares (1 expert)")
     ax.set_ylim(-0.1, 1.1)
     ax.set_ylabel("t")
-    ax.legend(loc="upper left", fontsize=8)
+    ax.legend(loc="upper left", fontsize=10)
     ax.set_title(f"Predict t from x: 3 experts by EM follow the three branches (test log-lik "
                  f"{np.mean(scores[3]):.2f} ± {np.std(scores[3]):.2f});\nleast squares averages them "
                  f"({np.mean(scores[1]):.2f} ± {np.std(scores[1]):.2f} per sample, {len(scores[1])} seeds)")
@@ -112,7 +112,7 @@ def main(argv=None):
         axg.plot(xs, prior[:, e], color=EXPERT_COLORS[e], lw=2, label=f"gate {e + 1}")
     axg.set_xlabel("x = t + 0.3 sin(2πt) + noise")
     axg.set_ylabel("gate weight")
-    axg.legend(fontsize=8)
+    axg.legend(fontsize=10)
     fig.tight_layout()
     savefig(fig, args, "inverse_problem.png")
 

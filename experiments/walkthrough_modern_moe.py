@@ -183,19 +183,19 @@ except ValueError as err:
 progress.step("3. router gradient per convention")
 
 # %%
-fig, ax = plt.subplots(figsize=(10, 3.8))
+fig, ax = plt.subplots(figsize=(11, 4.6))
 names = list(norms)
 values = [max(v, 1e-18) for v in norms.values()]
 bars = ax.bar(range(len(names)), values, color=["tab:red" if v < 1e-15 else "tab:blue" for v in norms.values()])
 ax.set_yscale("log")
 ax.set_ylim(1e-18, 100)
-ax.set_xticks(range(len(names)), names, fontsize=8)
+ax.set_xticks(range(len(names)), names, fontsize=11)
 ax.set_ylabel("|dL/dW| of the router\nfrom the task loss alone")
 for bar, v in zip(bars, norms.values()):
     ax.text(bar.get_x() + bar.get_width() / 2, max(v, 1e-18) * 2, f"{v:.0e}" if v < 1e-15 else f"{v:.2f}",
-            ha="center", fontsize=8)
-ax.set_title("Top-1 with renormalised weights (s / s = 1) leaves the router with no task gradient, "
-             "softmax or sigmoid alike", fontsize=10)
+            ha="center", fontsize=11)
+ax.set_title("Top-1 with renormalised weights (s / s = 1) leaves the router with no task gradient,\n"
+             "softmax or sigmoid alike")
 fig.tight_layout()
 savefig(fig, args, "walkthrough_modern_moe.png")
 progress.step("3. figure")
