@@ -25,6 +25,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
 from .backend import to_numpy
+from .routing import combine_weights
 
 EXPERT_COLORS = ["#e41a1c", "#377eb8", "#4daf4a", "#984ea3", "#ff7f00", "#a6761d", "#f781bf", "#17becf"]
 # greys and yellows, which the experts' saturated hues avoid: the first four classes are far (RGB distance
@@ -90,16 +91,14 @@ def gate_weights(gate_output, n_experts=None):
     """The (M, E) combine weights of a gate's output: an (M, E) array as it is, a Routing made dense.
 
     gate_output : an (M, E) array (dense gate values, or a sparse gate's combine weights with zeros for
-        the experts a point is not routed to), or a ``numpy_moe.gates.Routing``, whose kept assignments
-        (sample, expert, weight) are scattered into an (M, E) matrix of zeros; dropped ones stay 0.
-    n_experts : E for a Routing (default: the number of columns of its logits).
+        the experts a point is not routed to), or a ``numpy_moe.gates.Routing``, made dense by
+        :func:`numpy_moe.routing.combine_weights` (dropped assignments stay 0).
+    n_experts : None, or E to check a Routing against (it has as many experts as its logits have columns).
     """
     if hasattr(gate_output, "sample") and hasattr(gate_output, "weight"):  # a Routing
-        logits = to_numpy(gate_output.logits)
-        E = logits.shape[1] if n_experts is None else n_experts
-        kept = to_numpy(gate_output.kept).astype(bool)
-        g = np.zeros((logits.shape[0], E))
-        g[to_numpy(gate_output.sample)[kept], to_numpy(gate_output.expert)[kept]] = to_numpy(gate_output.weight)[kept]
+        g = to_numpy(combine_weights(gate_output))  # (M, E), zero off the kept assignments
+        if n_experts is not None and n_experts != g.shape[1]:
+            raise ValueError(f"n_experts={n_experts} but the routing has {g.shape[1]} experts")
         return g
     g = to_numpy(gate_output)
     if g.ndim != 2:
