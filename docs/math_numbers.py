@@ -125,25 +125,23 @@ def main():
     print("   per seed, dsigma:", " ".join(f"{v:.2f}" for v in load[:, 1]))
     print(f"   dclean: {spread(load[:, 0])};  dsigma: {spread(load[:, 1])}\n")
 
-    post = [post003_gate_rule_error(s) for s in seeds]
-    medians = [np.median(e) for e in post]
-    pooled = np.concatenate(post)
-    print("2. post 003's cooperative gate rule against the gradient (MATH.md §9, 003-4; one sample, D = 2,")
-    print(f"   E = C = 3, N(0, 1) weights and input, {len(post[0])} draws per seed)")
-    print("   median per seed:", " ".join(f"{m:.2f}" for m in medians))
-    print(f"   median per seed: {spread(medians)};  all {len(pooled)} draws: 10th-90th percentile "
-          f"{np.percentile(pooled, 10):.2f}-{np.percentile(pooled, 90):.2f}\n")
+    gate_rule_table("2. post 003's cooperative gate rule against the gradient (MATH.md §9, 003-4; one sample, D = 2,",
+                    "E = C = 3, N(0, 1) weights and input, ", [post003_gate_rule_error(s) for s in seeds], False)
+    print()
+    gate_rule_table("3. the same in experiments/walkthrough_local_experts.py's set-up (E = 4, C = 3, 5 samples,",
+                    "", [walkthrough_gate_rule_error(s) for s in seeds], True)
 
-    walk = [walkthrough_gate_rule_error(s) for s in seeds]
-    medians = [np.median(e) for e in walk]
-    pooled = np.concatenate(walk)
-    print("3. the same in experiments/walkthrough_local_experts.py's set-up (E = 4, C = 3, 5 samples,")
-    print(f"   {len(walk[0])} draws per seed)")
+
+def gate_rule_table(title, setup, errors, with_range):
+    """Print the per-seed medians of a gate rule's relative errors and the spread over all draws."""
+    medians = [np.median(e) for e in errors]
+    pooled = np.concatenate(errors)
+    print(title)
+    print(f"   {setup}{len(errors[0])} draws per seed)")
     print("   median per seed:", " ".join(f"{m:.2f}" for m in medians))
-    print(f"   median per seed: {spread(medians)};  all {len(pooled)} draws: min-max "
-          f"{pooled.min():.2f}-{pooled.max():.2f}, 10th-90th percentile "
+    extent = f"min-max {pooled.min():.2f}-{pooled.max():.2f}, " if with_range else ""
+    print(f"   median per seed: {spread(medians)};  all {len(pooled)} draws: {extent}10th-90th percentile "
           f"{np.percentile(pooled, 10):.2f}-{np.percentile(pooled, 90):.2f}")
-
 
 if __name__ == "__main__":
     main()
