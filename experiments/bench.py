@@ -5,6 +5,7 @@ median over the rounds and its range, then every target of issue 17 with PASS or
 each measurement is the median of ``--repeats`` (7) interleaved repeats after a warm-up call.
 
 1. The layer (N samples, D inputs, H hidden, O outputs, E experts, K kept, float32, forward + backward):
+
    - sparse: ``MoE(D, O, E, hidden=H, top_k=K)``; dense: the same layer with ``dispatch="dense"`` (every
      expert on every sample, as post 000 does);
    - floor: only the matrix products the sparse layer cannot avoid, each into a preallocated output,
@@ -15,10 +16,11 @@ each measurement is the median of ``--repeats`` (7) interleaved repeats after a 
      their own floor: X [W_gate W_up] and A W_down forward, Aᵀ dY, dY W_downᵀ, Xᵀ [dG dU] and
      [dG dU] [W_gate W_up]ᵀ backward;
    - torch: PyTorch's sparse dispatch of the same layer with the same weights (gate Linear, softmax, topk,
-     argsort by expert, index_select, per-expert Linear-ReLU-Linear, index_add_; forward + backward by
+     argsort by expert, ``index_select``, per-expert Linear-ReLU-Linear, ``index_add_``; forward + backward by
      autograd; as many intra-op threads as BLAS has here), run by experiments/_torch_moe.py in a
      subprocess, once per round, when a Python with torch is found: ``--torch-python``, else
      ``NUMPY_MOE_TORCH_PYTHON``, else this Python if it imports torch. The project never depends on torch.
+
    A second table splits the sparse layer's time into stages (medians over all rounds): the gate, the
    experts' grouped passes (which now include gathering their rows) with their GEMM floor, and the rest.
 2. Batch sizes 16 to 16384: time per sample of the top-k layer (K < E) against the dense layer

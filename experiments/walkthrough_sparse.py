@@ -194,7 +194,7 @@ progress.step("4. gradient check")
 # softmax over the K kept logits; with K = 1 that is exp(h) / exp(h) = 1 for every sample, whatever the
 # logits, so dL/dW_g = 0 from the task: the router never learns which expert suits which sample. Only a
 # balance loss moves it, and a balance loss carries no task information. `softmax_then_topk` keeps
-# p[n, e], which depends on every logit. Measure |dL/dW_g| from the task loss alone and with a Switch
+# p[n, e], which depends on every logit. Measure ‖dL/dW_g‖ from the task loss alone and with a Switch
 # loss. Each layer is built with the loss, and its weight is set to 0 for the task-only gradient: `MoE`
 # refuses to build the top-1 `topk_then_softmax` router without a loss that trains it.
 
@@ -308,7 +308,7 @@ progress.step("7. parameters")
 #    `dh = p * (dp - (dp * p).sum(axis=1, keepdims=True))`. Cell 4 now fails: `gate.W`, `gate.b` and
 #    `input` have relative errors of about 0.7, 0.95 and 0.8, while the four expert tensors still pass
 #    (~1e-10), since the experts' gradients never go through the gate.
-# 2. Put sample 0 on a tie between its 2nd and 3rd choice, then run the package's check:
+# 2. Put sample 0 on a tie between its 2nd and 3rd choice, then run the package's check::
 #
 #        h = x @ P["gate.W"] + P["gate.b"]
 #        k2, k3 = np.argsort(-h[0], kind="stable")[1:3]

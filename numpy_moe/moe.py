@@ -391,6 +391,7 @@ class MoE(Module):
             counts sum to N K minus the dropped ones; divide by that sum for each expert's share of the
             N K assignments, which is at most 1 / K); N each for the dense gate. Not the top-1 share
             (the fraction of samples whose largest weight is expert e) that estimators call ``expert_usage_``.
+
         importance : (E,) sum over the batch of each expert's combine weights (before capacity).
         dropped : assignments dropped by the capacity limit.
         """

@@ -93,6 +93,7 @@ def gate_weights(gate_output, n_experts=None):
     gate_output : an (M, E) array (dense gate values, or a sparse gate's combine weights with zeros for
         the experts a point is not routed to), or a ``numpy_moe.gates.Routing``, made dense by
         :func:`numpy_moe.routing.combine_weights` (dropped assignments stay 0).
+
     n_experts : None, or E to check a Routing against (it has as many experts as its logits have columns).
     """
     if hasattr(gate_output, "sample") and hasattr(gate_output, "weight"):  # a Routing
@@ -134,6 +135,7 @@ def plot_gate_regions(ax, gate, X, y=None, title="gate regions", steps=200, lege
         point is not routed to), or the Routing, which :func:`gate_weights` scatters into that matrix.
         Rows are normalised, so a top-1 gate whose kept weight is p_max < 1 still shows its expert's pure
         colour; a point every assignment of which was dropped (all zeros) is white.
+
     X (N, 2), y (N,) optional: the data, drawn as small hollow marks (one shape per class).
     legend : draw the experts' (and classes') legend in the panel. alpha : opacity of the colours.
 
@@ -247,6 +249,7 @@ def plot_expert_usage(ax, counts, top_k=1, unit="samples", title="expert usage p
         of every sample). Each row is divided by its sum, N K minus the dropped ones: a share is
         "the fraction of the N K assignments", not of the N samples. An expert takes at most one
         assignment per sample, so a share lies in [0, 1 / K]; 1 / E (dotted) is a balanced layer.
+
     top_k : K, used for the y limit and the label. unit : what the N rows are, for the y label.
     first_epoch : the epoch of row 0 (1, or 0 when row 0 is before training).
 

@@ -68,12 +68,18 @@ def _pool(size):
 def run_blocks(work, costs=None, like=None, serial_below=0):
     """Call every function in ``work`` (no arguments) once, concurrently where that helps.
 
-    work : list of callables, independent of each other (each writes only its own outputs).
-    costs : None or one number per callable (rows, say): the largest blocks start first, so the threads
-        finish together. like : an array of the blocks' backend; blocks on CuPy arrays run in order (the
-        GPU is already parallel).
-    serial_below : when the costs add up to less than this, run in order in the calling thread (small
-        batches: starting threads would cost more than it saves).
+    Parameters
+    ----------
+    work : list of callables
+        Independent of each other (each writes only its own outputs).
+    costs : None or one number per callable (rows, say)
+        The largest blocks start first, so the threads finish together.
+    like : an array of the blocks' backend
+        Blocks on CuPy arrays run in order (the GPU is already parallel).
+    serial_below : number
+        When the costs add up to less than this, run in order in the calling thread (small batches:
+        starting threads would cost more than it saves).
+
     Exceptions raised by a block are re-raised here after every started block has finished.
     """
     on_device = type(like).__module__.split(".")[0] == "cupy"
