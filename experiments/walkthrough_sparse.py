@@ -308,17 +308,13 @@ progress.step("7. parameters")
 #    `dh = p * (dp - (dp * p).sum(axis=1, keepdims=True))`. Cell 4 now fails: `gate.W`, `gate.b` and
 #    `input` have relative errors of about 0.7, 0.95 and 0.8, while the four expert tensors still pass
 #    (~1e-10), since the experts' gradients never go through the gate.
-# 2. Put sample 0 on a tie between its 2nd and 3rd choice, then run the package's check::
-#
-#        h = x @ P["gate.W"] + P["gate.b"]
-#        k2, k3 = np.argsort(-h[0], kind="stable")[1:3]
-#        v = P["gate.W"][:, k2] - P["gate.W"][:, k3]
-#        x[0] -= (h[0, k2] - h[0, k3] - 1e-8) * v / (v @ v)   # the gap becomes 1e-8, below h = 1e-6
-#        check_module(moe, x)
-#
-#    It raises: the routing flips inside the finite difference, so `input`, `gate.W` and `gate.b` show
-#    numeric "gradients" near 3e5 (a jump divided by 2h) and relative error 1.0; the experts' tensors
-#    pass, since moving an expert's weights never changes the routing.
+# 2. Put sample 0 on a tie between its 2nd and 3rd choice: with ``h = x @ P["gate.W"] + P["gate.b"]``,
+#    ``k2, k3 = np.argsort(-h[0], kind="stable")[1:3]`` and ``v = P["gate.W"][:, k2] - P["gate.W"][:, k3]``,
+#    move ``x[0] -= (h[0, k2] - h[0, k3] - 1e-8) * v / (v @ v)`` (the gap becomes 1e-8, below the check's
+#    step h = 1e-6), then run ``check_module(moe, x)``. It raises: the routing flips inside the finite
+#    difference, so `input`, `gate.W` and `gate.b` show numeric "gradients" near 3e5 (a jump divided by 2h)
+#    and relative error 1.0; the experts' tensors pass, since moving an expert's weights never changes the
+#    routing.
 # 3. Predict the capacity figure from the printed load shares (full run, N = 1024): with N K / E a whole
 #    number, cf = 1 gives C = N K / E, so the fraction dropped is sum_e max(0, share_e - 1 / E): for the
 #    skewed router (0.446 - 0.25) + (0.293 - 0.25) = 23.9%, the printed value. Its cf* is the largest
