@@ -16,7 +16,6 @@ import numpy
 import scipy.sparse
 import scipy.special
 
-from .workers import n_threads, run_blocks
 
 _BACKENDS = ("numpy", "cupy")
 _state = {"name": "numpy", "xp": numpy}
@@ -116,8 +115,7 @@ def combine_rows(values, index, weight):
     values ``weight[n]``): each output row is accumulated while the gathered rows are in cache, 1.4-4 times
     faster at the benchmark's shapes than a take of the N K rows followed by a contraction over K, which is
     what CuPy runs (and NumPy for small outputs, below 16384 values, where building the CSR matrix
-    would cost more than the product). Large outputs are split into row ranges computed concurrently
-    (:func:`numpy_moe.workers.run_blocks`; SciPy's sparse products release the GIL).
+    would cost more than the product).
     """
     xp = get_array_module(values)
     N, K = index.shape
@@ -125,28 +123,10 @@ def combine_rows(values, index, weight):
         raise IndexError(f"index has rows {int(index.min())}..{int(index.max())}; values has {values.shape[0]} rows")
     weight = weight.astype(values.dtype, copy=False)
     if xp is numpy and N * values.shape[1] >= 16384:  # SciPy's CSR product does not check its column indices
-        parts = min(n_threads(), max(1, N * values.shape[1] // 65536))  # about 256 KiB of output per part at least
-        if parts < 2:
-            return _csr_rows(values, index, weight)
-        out = numpy.empty((N, values.shape[1]), dtype=values.dtype)
-        bounds = [N * i // parts for i in range(parts + 1)]
-
-        def part(lo, hi):
-            def run():
-                out[lo:hi] = _csr_rows(values, index[lo:hi], weight[lo:hi])
-            return run
-
-        run_blocks([part(lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:])])
-        return out
+        S = scipy.sparse.csr_array((weight.reshape(-1), index.reshape(-1), numpy.arange(0, N * K + 1, K)),
+                                   shape=(N, values.shape[0]))
+        return S @ values
     return xp.einsum("nk,nkf->nf", weight, xp.take(values, index.reshape(-1), axis=0).reshape(N, K, values.shape[1]))
-
-
-def _csr_rows(values, index, weight):
-    """combine_rows on NumPy: a CSR matrix with K entries per row times ``values``."""
-    N, K = index.shape
-    S = scipy.sparse.csr_array((weight.reshape(-1), index.reshape(-1), numpy.arange(0, N * K + 1, K)),
-                               shape=(N, values.shape[0]))
-    return S @ values
 
 
 def default_rng(seed=None):

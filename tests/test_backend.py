@@ -100,19 +100,19 @@ def test_result_dtype_accepts_only_float32_and_float64():
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("K", [1, 3])
-def test_combine_rows_is_a_weighted_sum_of_gathered_rows(dtype, K):
+@pytest.mark.parametrize("N", [4, 4000])  # N x 5 below / above 16384 values: the gather path, the CSR product
+def test_combine_rows_is_a_weighted_sum_of_gathered_rows(dtype, K, N):
     rng = np.random.default_rng(0)
     values = rng.standard_normal((7, 5)).astype(dtype)
-    index = rng.integers(0, 7, size=(4, K))
+    index = rng.integers(0, 7, size=(N, K))
     index[0] = 2  # one row gathered K times by the same sample
-    weight = rng.standard_normal((4, K))  # float64 weights: the result keeps the dtype of values
+    weight = rng.standard_normal((N, K))  # float64 weights: the result keeps the dtype of values
     weight[1] = 0.0
-    expected = np.zeros((4, 5))
-    for n in range(4):
-        for k in range(K):
-            expected[n] += weight[n, k] * values[index[n, k]].astype(np.float64)
+    expected = np.zeros((N, 5))
+    for k in range(K):
+        expected += weight[:, k:k + 1] * values[index[:, k]].astype(np.float64)
     out = backend.combine_rows(values, index, weight)
-    assert isinstance(out, np.ndarray) and out.dtype == dtype and out.shape == (4, 5)
+    assert isinstance(out, np.ndarray) and out.dtype == dtype and out.shape == (N, 5)
     np.testing.assert_allclose(out, expected, rtol=1e-6 if dtype == np.float32 else 1e-14, atol=1e-6)
 
 
