@@ -32,7 +32,10 @@ each measurement is the median of ``--repeats`` (7) interleaved repeats after a 
    NumPy loop (experiments/_bench_classic.py).
 
 ``--threads T`` limits BLAS (and numpy_moe's expert threads, numpy_moe.workers) to T threads; torch gets
-T intra-op threads. ``--backend cupy`` runs the layer on the GPU, synchronising around each timing (the
+T intra-op threads. numpy_moe runs its experts on threads only where OpenBLAS's idle threads stop
+spinning soon after a product: start the benchmark with ``OPENBLAS_THREAD_TIMEOUT=20`` in the environment
+for that (``make experiments`` does), without it to see the experts run in order (numpy_moe/workers.py
+explains why); the header says which. ``--backend cupy`` runs the layer on the GPU, synchronising around each timing (the
 torch, sweep and model sections are then skipped). ``--quick`` uses tiny sizes, one round, one repeat.
 """
 import json
@@ -436,9 +439,15 @@ def main(argv=None):
     rounds = args.rounds or (1 if args.quick else 5)
     repeats = args.repeats or (1 if args.quick else 7)
     torch_python = None if args.backend == "cupy" or args.quick else find_torch_python(args.torch_python)
-    print(f"numpy_moe benchmark: backend {args.backend}, {threads} threads (BLAS, experts"
-          f"{', torch' if torch_python else ''}), {rounds} rounds x {repeats} repeats"
+    from numpy_moe import workers
+    spin = workers.blas_spin_exponent()
+    print(f"numpy_moe benchmark: backend {args.backend}, {threads} BLAS threads{', torch too' if torch_python else ''}, "
+          f"{workers.n_threads()} expert threads (numpy_moe.workers), {rounds} rounds x {repeats} repeats"
           + ("" if torch_python else "; torch not found: no torch columns"))
+    print("OpenBLAS's idle threads spin " + ("(not OpenBLAS with pthreads: unknown)" if spin is None else
+          f"2**{spin} cycles after a product" + (" (its default; OPENBLAS_THREAD_TIMEOUT=20 lets the experts run on "
+                                                 "threads, see numpy_moe/workers.py)" if spin > workers.SHORT_SPIN
+                                                 else " (OPENBLAS_THREAD_TIMEOUT)")))
     targets = []
     try:
         if args.only in (None, "layer"):

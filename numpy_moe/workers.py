@@ -7,26 +7,44 @@ part of an expert's pass, its products and its element-wise work, uses all the c
 do not pay BLAS's per-call thread synchronisation. NumPy releases the GIL inside its matrix products and
 its element-wise loops, so Python threads run them in parallel.
 
-:func:`run_blocks` is the only entry point. It is off by default: blocks run one after the other, each
-with BLAS's own threads. ``NUMPY_MOE_THREADS=T`` (T >= 2) turns it on. Measured on the 2-core development
-machine (forward + backward of the benchmark's three layers, float32, medians of 15, interleaved, three
-alternations), running the experts on two threads with single-threaded BLAS was slower than running them
-in order with two-threaded BLAS: 156-176 against 118-144 ms (N=4096, E=8), 79-90 against 69-73 ms
-(N=16384, E=16), 78-100 against 52-59 ms (N=1024, E=4), and worse still whenever another process used a
-core (a block waiting on a busy core holds up the whole layer, where BLAS's own threads share the work
-out). So it stays an option for machines where it wins; measure before turning it on. On CuPy, or with one thread, blocks run one after the other in the
-calling thread. Results are identical either way: each block writes only its own rows and its own
-expert's gradients, and every block computes exactly what it computes alone.
+When it helps, and why it usually does not by default
+-----------------------------------------------------
+OpenBLAS, NumPy's BLAS, runs each product on its own worker threads, and after a product those threads
+do not sleep at once: they busy-wait for new work for 2**28 CPU cycles (about 0.1 s at 2 GHz; OpenBLAS's
+``THREAD_TIMEOUT``). For that time they hold the other cores, so a second thread of ours started within
+0.1 s of any multi-threaded product (the gate's, the previous layer's) shares its core with a spinning
+OpenBLAS thread and gains nothing. Measured on the 2-core development machine, float32: 16 ReLU passes over
+(2048, 128) split over two threads took 4.3 ms when BLAS had been idle for 0.2 s, 6.2-7.7 ms within 0.1 s
+of a two-threaded product, against 6.7 ms on one thread; and the whole sparse layer on two threads was
+slower than in order (79 against 62 ms at N=16384, E=16). Setting ``OPENBLAS_THREAD_TIMEOUT=n`` in the
+environment before Python starts makes OpenBLAS's threads sleep after 2**n cycles (n >= 4; OpenBLAS reads
+it once, when NumPy loads it). With n <= 20 (under a millisecond) the same layer took 47 ms on two
+threads, its GEMM floor 31 ms.
+
+So :func:`n_threads` decides:
+
+- ``NUMPY_MOE_THREADS=T`` in the environment: T threads (T >= 1), whatever the BLAS;
+- otherwise, when every BLAS loaded is OpenBLAS with its own (pthreads) threads and its threads stop
+  spinning within 2**20 cycles (:func:`blas_spin_exponent`): as many threads as BLAS uses now (so
+  ``threadpoolctl.threadpool_limits(1)`` or ``OPENBLAS_NUM_THREADS=1`` also means one thread here);
+- otherwise 1: blocks run one after the other in the calling thread, each with BLAS's own threads.
+
+On CuPy, or with one thread, blocks run one after the other in the calling thread. Results are identical
+either way: each block writes only its own rows and its own expert's gradients, and every block computes
+exactly what it computes alone.
 
 While blocks run, BLAS is limited to one thread for the whole process (OpenBLAS's setting is global) and
 restored afterwards; do not run two layers from two of your own threads at the same time.
 """
+import ctypes
 import os
 import queue
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-_state = {"blas": None, "pool": None, "size": 0}
+from . import backend  # noqa: F401  (loads NumPy, hence the BLAS library that _blas_controllers inspects)
+
+_state = {"blas": None, "pool": None, "size": 0, "spin": None}
 _lock = threading.Lock()
 
 
@@ -41,8 +59,35 @@ def _blas_controllers():
     return _state["blas"]
 
 
+SHORT_SPIN = 20  # OpenBLAS threads that busy-wait at most 2**20 cycles (< 1 ms) leave the cores to ours
+DEFAULT_SPIN = 28  # OpenBLAS's THREAD_TIMEOUT when OPENBLAS_THREAD_TIMEOUT is not set
+
+
+def blas_spin_exponent():
+    """n such that the BLAS threads busy-wait 2**n cycles after a product before sleeping, or None.
+
+    None unless every BLAS library loaded is OpenBLAS with its own pthreads (an OpenMP build spins by
+    OpenMP's rules, which this does not read). The value is what OpenBLAS read from
+    ``OPENBLAS_THREAD_TIMEOUT`` when it was loaded (clamped to 4..30, as OpenBLAS does), or 28 when unset.
+    """
+    if _state["spin"] is None:
+        found = []
+        for c in _blas_controllers():
+            getter = getattr(getattr(c, "dynlib", None), "openblas_thread_timeout", None)
+            if (getattr(c, "internal_api", None) != "openblas" or getattr(c, "threading_layer", None) != "pthreads"
+                    or getter is None):
+                found = []
+                break
+            getter.restype = ctypes.c_int
+            value = int(getter())
+            found.append(DEFAULT_SPIN if value <= 0 else min(max(value, 4), 30))
+        _state["spin"] = max(found) if found else -1
+    return None if _state["spin"] < 0 else _state["spin"]
+
+
 def n_threads():
-    """Threads :func:`run_blocks` uses now: ``NUMPY_MOE_THREADS`` if set, else 1 (blocks run in order)."""
+    """Threads :func:`run_blocks` uses now: ``NUMPY_MOE_THREADS`` if set; else BLAS's thread count when
+    BLAS's idle threads stop spinning within 2**SHORT_SPIN cycles; else 1 (see the module's text)."""
     env = os.environ.get("NUMPY_MOE_THREADS")
     if env is not None:
         try:
@@ -52,7 +97,10 @@ def n_threads():
         if value < 1:
             raise ValueError(f"NUMPY_MOE_THREADS={env!r} must be a positive integer")
         return value
-    return 1
+    spin = blas_spin_exponent()
+    if spin is None or spin > SHORT_SPIN:
+        return 1
+    return max(1, min(c.num_threads for c in _blas_controllers()))
 
 
 def _pool(size):

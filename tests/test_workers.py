@@ -61,3 +61,34 @@ def test_the_sparse_layer_on_threads_equals_the_layer_in_order_bit_for_bit(monke
     np.testing.assert_array_equal(dx1, dx2)
     for name in g1:
         np.testing.assert_array_equal(g1[name], g2[name], err_msg=name)
+
+
+class _FakeBlas:
+    def __init__(self, threads):
+        self.num_threads = threads
+
+
+@pytest.mark.parametrize("spin, blas_threads, expected", [(28, 2, 1), (None, 4, 1), (21, 2, 1), (20, 2, 2),
+                                                           (4, 3, 3), (20, 1, 1)])
+def test_threads_follow_blas_only_when_its_idle_threads_stop_spinning(monkeypatch, spin, blas_threads, expected):
+    monkeypatch.delenv("NUMPY_MOE_THREADS", raising=False)
+    monkeypatch.setattr(workers, "blas_spin_exponent", lambda: spin)
+    monkeypatch.setattr(workers, "_blas_controllers", lambda: [_FakeBlas(blas_threads)])
+    assert workers.n_threads() == expected
+    monkeypatch.setenv("NUMPY_MOE_THREADS", "3")  # an explicit count wins over the rule
+    assert workers.n_threads() == 3
+
+
+@pytest.mark.parametrize("setting, expected", [(None, 28), ("20", 20), ("2", 4), ("40", 30)])
+def test_the_spin_of_openblas_is_read_from_the_library_as_loaded(setting, expected):
+    import os
+    import subprocess
+    import sys
+    if workers.blas_spin_exponent() is None:
+        pytest.skip("NumPy's BLAS here is not OpenBLAS with pthreads: there is no spin setting to read")
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_THREAD_TIMEOUT", "NUMPY_MOE_THREADS")}
+    if setting is not None:
+        env["OPENBLAS_THREAD_TIMEOUT"] = setting
+    code = "from numpy_moe import workers; print(workers.blas_spin_exponent())"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert int(out.stdout.strip()) == expected
