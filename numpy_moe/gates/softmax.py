@@ -10,7 +10,7 @@ from .. import functional as F
 from ..backend import asarray, default_rng, get_array_module
 from ..layers import Module, init_weight, zeros_param
 from ..validation import check_positive_int
-from .base import Routing, expert_major_logits, routing_backward, topk_indices
+from .base import Routing, expert_major_logits, pick_pairs, routing_backward, topk_indices
 
 CONVENTIONS = ("softmax_then_topk", "topk_then_softmax")
 NOISES = (None, "shazeer", "vmoe")
@@ -64,7 +64,7 @@ def route_topk(logits, top_k, convention, clean=None, sigma=None, eps=None):
     probs = F.softmax(logits)  # (N, E)
     rows = xp.arange(N)[:, None]
     if convention == "softmax_then_topk":
-        weight = probs[rows, idx]  # (N, K)
+        weight = pick_pairs(probs, rows, idx)  # (N, K)
     else:
         weight = F.softmax(logits[rows, idx])  # (N, K)
     return Routing(sample=xp.repeat(xp.arange(N), top_k), expert=idx.reshape(-1), weight=weight.reshape(-1),
