@@ -161,3 +161,31 @@ def test_topk_gate_rejects_bad_arguments(kwargs, error, pattern):
 def test_expert_choice_rejects_bad_capacity():
     with pytest.raises(ValueError, match="capacity_factor=0 must be > 0"):
         ExpertChoiceGate(5, 4, capacity_factor=0)
+
+
+@pytest.mark.parametrize("n", [7, 3000])  # below and above FLAT_PAIRS / K: the fancy and the flat path
+@pytest.mark.parametrize("layout", ["expert-major", "C"])
+def test_pairs_are_gathered_and_added_as_numpy_fancy_indexing_does(n, layout):
+    from numpy_moe.gates.base import add_at_pairs, pick_pairs
+    rng = np.random.default_rng(n)
+    E, K = 6, 2
+    a = rng.standard_normal((n, E))
+    a = np.ascontiguousarray(a.T).T if layout == "expert-major" else a
+    cols = np.stack([rng.choice(E, K, replace=False) for _ in range(n)])  # (n, K), distinct per row
+    rows = np.arange(n)[:, None]
+    np.testing.assert_array_equal(pick_pairs(a, rows, cols), a[rows, cols])
+    sample, expert, values = np.repeat(np.arange(n), K), cols.reshape(-1), rng.standard_normal(n * K)
+    expected = a.copy()
+    expected[sample, expert] += values
+    got = a.copy(order="K")
+    assert add_at_pairs(got, sample, expert, values) is got
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_expert_major_logits_are_x_w_in_the_expert_major_layout():
+    from numpy_moe.gates.base import expert_major_logits
+    rng = np.random.default_rng(0)
+    x, W = rng.standard_normal((50, 7)), rng.standard_normal((7, 5))
+    h = expert_major_logits(x, W)
+    assert h.shape == (50, 5) and h.T.flags.c_contiguous
+    np.testing.assert_allclose(h, x @ W, rtol=1e-13, atol=1e-13)  # the same sums, in BLAS's order

@@ -67,20 +67,24 @@ def expert_major_logits(x, W):
     return (W.T @ x.T).T  # one product straight into the (E, N) layout: no transposing copy afterwards
 
 
+FLAT_PAIRS = 1024  # pairs from which pick_pairs / add_at_pairs go through the flat storage
+
+
 def pick_pairs(a, rows, cols):
     """``a[rows, cols]`` for an (N, E) array; through its flat storage when ``a`` is expert-major (see
-    :func:`expert_major_logits`), where one take is about twice as fast as NumPy's two-index gather."""
+    :func:`expert_major_logits`) and the pairs are many (1024 or more), where one take is about twice as
+    fast as NumPy's two-index gather; below that the index arithmetic costs more than it saves."""
     xp = get_array_module(a)
-    if a.ndim == 2 and a.T.flags.c_contiguous:
+    if a.ndim == 2 and a.T.flags.c_contiguous and getattr(cols, "size", 0) >= FLAT_PAIRS:
         return xp.take(a.T.reshape(-1), cols * a.shape[0] + rows)
     return a[rows, cols]
 
 
 def add_at_pairs(a, rows, cols, values):
     """``a[rows, cols] += values`` in place for (row, col) pairs that are all different (as in a routing),
-    through the flat storage when ``a`` is expert-major."""
+    through the flat storage when ``a`` is expert-major and the pairs are many (see :func:`pick_pairs`)."""
     xp = get_array_module(a)
-    if a.ndim == 2 and a.T.flags.c_contiguous:
+    if a.ndim == 2 and a.T.flags.c_contiguous and getattr(cols, "size", 0) >= FLAT_PAIRS:
         flat, index = a.T.reshape(-1), cols * a.shape[0] + rows
         flat[index] = xp.take(flat, index) + values
     else:
