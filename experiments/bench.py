@@ -31,11 +31,11 @@ each measurement is the median of ``--repeats`` (7) interleaved repeats after a 
    code (experiments/_bench_images.py) and the classic local experts at batch size 1 against post 003's
    NumPy loop (experiments/_bench_classic.py).
 
-``--threads T`` limits BLAS (and numpy_moe's expert threads, numpy_moe.workers) to T threads; torch gets
-T intra-op threads. numpy_moe runs its experts on threads only where OpenBLAS's idle threads stop
-spinning soon after a product: start the benchmark with ``OPENBLAS_THREAD_TIMEOUT=20`` in the environment
-for that (``make experiments`` does), without it to see the experts run in order (numpy_moe/workers.py
-explains why); the header says which. ``--backend cupy`` runs the layer on the GPU, synchronising around each timing (the
+``--threads T`` limits BLAS (and numpy_moe's expert threads, numpy_moe.workers) to T threads; torch gets T
+intra-op threads. numpy_moe runs its experts on threads only where OpenBLAS's idle threads stop spinning
+soon after a product: start the benchmark with ``OPENBLAS_THREAD_TIMEOUT=20`` in the environment for that
+(``make experiments`` does), without it to see the experts run in order (numpy_moe/workers.py explains why);
+the header says which. ``--backend cupy`` runs the layer on the GPU, synchronising around each timing (the
 torch, sweep and model sections are then skipped). ``--quick`` uses tiny sizes, one round, one repeat.
 """
 import json
@@ -441,7 +441,8 @@ def main(argv=None):
     torch_python = None if args.backend == "cupy" or args.quick else find_torch_python(args.torch_python)
     from numpy_moe import workers
     spin = workers.blas_spin_exponent()
-    print(f"numpy_moe benchmark: backend {args.backend}, {threads} BLAS threads{', torch too' if torch_python else ''}, "
+    print(f"numpy_moe benchmark: backend {args.backend}, {threads} BLAS threads"
+          f"{', torch too' if torch_python else ''}, "
           f"{workers.n_threads()} expert threads (numpy_moe.workers), {rounds} rounds x {repeats} repeats"
           + ("" if torch_python else "; torch not found: no torch columns"))
     print("OpenBLAS's idle threads spin " + ("(not OpenBLAS with pthreads: unknown)" if spin is None else

@@ -7,18 +7,16 @@ part of an expert's pass, its products and its element-wise work, uses all the c
 do not pay BLAS's per-call thread synchronisation. NumPy releases the GIL inside its matrix products and
 its element-wise loops, so Python threads run them in parallel.
 
-When it helps, and why it usually does not by default
------------------------------------------------------
-OpenBLAS, NumPy's BLAS, runs each product on its own worker threads, and after a product those threads
-do not sleep at once: they busy-wait for new work for 2**28 CPU cycles (about 0.1 s at 2 GHz; OpenBLAS's
-``THREAD_TIMEOUT``). For that time they hold the other cores, so a second thread of ours started within
-0.1 s of any multi-threaded product (the gate's, the previous layer's) shares its core with a spinning
-OpenBLAS thread and gains nothing. Measured on the 2-core development machine, float32: 16 ReLU passes over
-(2048, 128) split over two threads took 4.3 ms when BLAS had been idle for 0.2 s, 6.2-7.7 ms within 0.1 s
-of a two-threaded product, against 6.7 ms on one thread; and the whole sparse layer on two threads was
-slower than in order (79 against 62 ms at N=16384, E=16). Setting ``OPENBLAS_THREAD_TIMEOUT=n`` in the
-environment before Python starts makes OpenBLAS's threads sleep after 2**n cycles (n >= 4; OpenBLAS reads
-it once, when NumPy loads it). With n <= 20 (under a millisecond) the same layer took 47 ms on two
+**When it helps.** OpenBLAS, NumPy's BLAS, runs each product on its own worker threads, and after a product
+those threads do not sleep at once: they busy-wait for new work for 2**28 CPU cycles (about 0.1 s at 2 GHz;
+OpenBLAS's ``THREAD_TIMEOUT``). For that time they hold the other cores, so a second thread of ours started
+within 0.1 s of any multi-threaded product (the gate's, the previous layer's) shares its core with a
+spinning OpenBLAS thread and gains nothing. Measured on the 2-core development machine, float32: 16 ReLU
+passes over (2048, 128) split over two threads took 4.3 ms when BLAS had been idle for 0.2 s, 6.2-7.7 ms
+within 0.1 s of a two-threaded product, against 6.7 ms on one thread; and the whole sparse layer on two
+threads was slower than in order (79 against 62 ms at N=16384, E=16). Setting ``OPENBLAS_THREAD_TIMEOUT=n``
+in the environment before Python starts makes OpenBLAS's threads sleep after 2**n cycles (n >= 4; OpenBLAS
+reads it once, when NumPy loads it). With n <= 20 (under a millisecond) the same layer took 47 ms on two
 threads, its GEMM floor 31 ms.
 
 So :func:`n_threads` decides:
