@@ -219,12 +219,14 @@ def public_modules(package="numpy_moe"):
 
 
 def first_line(module_name):
-    """First line of a module's docstring, read from its source without importing it."""
+    """First line of a module's docstring, read from its source without importing it; a final "::" (the
+    line introduces a code example) becomes ":", since the index shows the line without its example."""
     spec = importlib.util.find_spec(module_name)
     if spec is None or spec.origin is None or not spec.origin.endswith(".py"):
         return ""
     doc = ast.get_docstring(ast.parse(Path(spec.origin).read_text(encoding="utf-8"))) or ""
-    return doc.strip().splitlines()[0] if doc.strip() else ""
+    line = doc.strip().splitlines()[0] if doc.strip() else ""
+    return line[:-1] if line.endswith("::") else line
 
 
 def exported_names():

@@ -53,12 +53,14 @@ class LocalExperts(Module):
     x̃ = [x, 1]; w_{e,i} = x̃ᵀ v_{e,i} (N, E, O); g = softmax(x̃ᵀ M) (N, E).
 
     Cooperative: y = Σ_e g_e w_e; prediction o = y (regression) or softmax(y) (classification).
-    Objective (descended): ½‖r - y‖² or -Σ_i r_i log o_i.
+    Objective (descended): ½‖r - y‖² or -Σ_i r_i log o_i. Updates::
+
         Δv_{e,i} = η (r_i - o_i) g_e x̃,   Δm_e = η Σ_i (r_i - o_i)(w_{e,i} - y_i) g_e x̃.
 
     Competitive: y_e = w_e (regression) or softmax(w_e) (classification);
     p_e = exp(-½ Σ_i (r_i - y_{e,i})²) or exp(Σ_i r_i log y_{e,i}); posterior f_e = g_e p_e / Σ_l g_l p_l.
-    Objective (ascended): log Σ_e g_e p_e. Prediction: Σ_e g_e y_e.
+    Objective (ascended): log Σ_e g_e p_e. Prediction: Σ_e g_e y_e. Updates::
+
         Δv_{e,i} = η f_e (r_i - y_{e,i}) x̃,   Δm_e = η (f_e - g_e) x̃.
 
     For a batch, objective and directions are means over samples (batch size 1 gives the post's online rule).

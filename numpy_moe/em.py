@@ -68,9 +68,11 @@ def irls_softmax(X1, T, W, ridge=0.0, max_iter=50, tol=1e-10):
     Notes
     -----
     Free parameters θ = W[:, :K-1] with W[:, K-1] = 0 (the start is shifted to it first). With
-    G = softmax(X1 W) and s_n = Σ_k T_nk:
+    G = softmax(X1 W) and s_n = Σ_k T_nk::
+
         gradient  g = X1ᵀ (T - s ⊙ G)[:, :K-1] - ridge θ                          (P, K-1)
         Hessian   H[(p,k),(q,l)] = -Σ_n s_n X1_np X1_nq (δ_kl G_nk - G_nk G_nl) - ridge δ   (P(K-1))²
+
     The Newton step is θ - H⁻¹ g; it is halved until the objective does not decrease (H is negative
     semi-definite, so the step is an ascent direction and a small enough fraction of it increases f).
     """
