@@ -37,7 +37,7 @@ test: $(VENV)/.installed
 	$(PY) -m pytest -q
 
 experiments: $(VENV)/.installed
-	MPLBACKEND=Agg OPENBLAS_THREAD_TIMEOUT=20 $(PY) -m experiments all
+	MPLBACKEND=Agg $(PY) -m experiments all
 
 docs: $(VENV)/.docs-installed
 	@echo "Building the site: the gallery runs every experiment in quick mode (a few minutes), then the API pages."

@@ -34,8 +34,8 @@ each measurement is the median of ``--repeats`` (7) interleaved repeats after a 
 ``--threads T`` limits BLAS (and numpy_moe's expert threads, numpy_moe.workers) to T threads; torch gets T
 intra-op threads. numpy_moe runs its experts on threads only where OpenBLAS's idle threads stop spinning
 soon after a product: start the benchmark with ``OPENBLAS_THREAD_TIMEOUT=20`` in the environment for that
-(``make experiments`` does), without it to see the experts run in order (numpy_moe/workers.py explains why);
-the header says which. ``--backend cupy`` runs the layer on the GPU, synchronising around each timing (the
+(the README's main table), without it (as ``make experiments`` runs it) to see the experts run in order;
+numpy_moe/workers.py explains why, and the header says which. ``--backend cupy`` runs the layer on the GPU, synchronising around each timing (the
 torch, sweep and model sections are then skipped). ``--quick`` uses tiny sizes, one round, one repeat.
 """
 import json
