@@ -189,3 +189,20 @@ def test_expert_major_logits_are_x_w_in_the_expert_major_layout():
     h = expert_major_logits(x, W)
     assert h.shape == (50, 5) and h.T.flags.c_contiguous
     np.testing.assert_allclose(h, x @ W, rtol=1e-13, atol=1e-13)  # the same sums, in BLAS's order
+
+
+def test_topk_indices_sorts_small_batches_into_the_order_of_its_column_passes(monkeypatch):
+    # ties on purpose (integer logits), both layouts, every K: the argsort path and the K-pass path agree
+    from numpy_moe.gates import base
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        N, E = int(rng.integers(1, 40)), int(rng.integers(1, 12))
+        K = int(rng.integers(1, E + 1))
+        h = rng.integers(-2, 3, (N, E)).astype(np.float64) + (rng.standard_normal((N, E)) if rng.random() < 0.3 else 0)
+        h = np.ascontiguousarray(h.T).T if rng.random() < 0.5 else h
+        sorted_ = base.topk_indices(h, K)
+        with monkeypatch.context() as m:
+            m.setattr(base, "SMALL_TOPK", -1)
+            passes = base.topk_indices(h, K)
+        np.testing.assert_array_equal(sorted_, passes)
+        assert sorted_.dtype == passes.dtype
