@@ -241,12 +241,23 @@ class Groups(NamedTuple):
 
 
 def group_by_expert(routing, n_experts):
-    """Sort the kept assignments of ``routing`` by expert (one stable argsort) -> :class:`Groups`."""
+    """Sort the kept assignments of ``routing`` by expert (one stable argsort) -> :class:`Groups`.
+
+    The sort keys are the expert indices in 16 bits (a radix sort) while E < 32768; the block offsets are
+    found in the sorted keys by a binary search (E + 1 of them) rather than counted by a pass over all of
+    them; and when every assignment was kept (no capacity drop) the kept subset is not gathered first.
+    """
     xp = get_array_module(routing.expert)
-    a = xp.flatnonzero(routing.kept)  # (G,)
-    a = a[xp.argsort(routing.expert[a].astype(xp.int16), kind="stable")]  # 16-bit keys: a radix sort
-    counts = xp.bincount(routing.expert[a], minlength=n_experts)  # (E,)
-    offsets = [0] + to_numpy(xp.cumsum(counts)).tolist()
+    keys = routing.expert.astype(xp.int16 if n_experts < 32768 else xp.int32)
+    if bool(routing.kept.all()):
+        a = xp.argsort(keys, kind="stable")  # (G,) with G = M
+        keys = keys[a]
+    else:
+        a = xp.flatnonzero(routing.kept)  # (G,)
+        keys = keys[a]
+        order = xp.argsort(keys, kind="stable")
+        a, keys = a[order], keys[order]
+    offsets = to_numpy(xp.searchsorted(keys, xp.arange(n_experts + 1, dtype=keys.dtype))).tolist()  # E + 1
     slot = xp.zeros(routing.expert.shape, dtype=a.dtype)
     slot[a] = xp.arange(a.shape[0])
     return Groups(assignment=a, sample=routing.sample[a], offsets=offsets, slot=slot)

@@ -66,6 +66,26 @@ def test_group_by_expert_skips_dropped_and_sorts_stably():
     assert g.offsets == [0, 2, 4, 5]
 
 
+@pytest.mark.parametrize("n_experts, capacity", [(6, None), (6, 5), (9, None), (40000, None)])
+def test_group_by_expert_equals_a_stable_sort_of_the_kept(rng, n_experts, capacity):
+    # both paths (every assignment kept, some dropped), experts with no rows, and 32-bit keys (E >= 32768)
+    logits = rng.standard_normal((40, n_experts))
+    logits[:, [1, -1]] -= 50  # experts 1 and E - 1 are never chosen: empty blocks inside and at the end
+    r = route_topk(logits, 3, "softmax_then_topk")
+    if capacity is not None:
+        r = apply_capacity(r, capacity)
+        assert not r.kept.all(), "the check needs dropped assignments"
+    g = group_by_expert(r, n_experts)
+    kept = [m for m in range(r.expert.size) if r.kept[m]]
+    expected = sorted(kept, key=lambda m: r.expert[m])  # Python's sort is stable
+    assert g.assignment.tolist() == expected
+    assert g.sample.tolist() == [int(r.sample[m]) for m in expected]
+    counts = np.bincount(r.expert[expected], minlength=n_experts)
+    assert g.offsets == [0] + np.cumsum(counts).tolist()
+    assert (counts == 0).any(), "the check needs experts with no rows"
+    assert all(g.slot[m] == i for i, m in enumerate(expected))
+
+
 def test_scatter_add_equals_add_at(rng):
     r = route_topk(rng.standard_normal((30, 6)), 3, "softmax_then_topk")
     r = apply_capacity(r, 12)
