@@ -1,9 +1,13 @@
 """numpy_moe.workers: blocks run concurrently give exactly the sequential result, errors come back, BLAS's
 thread count is put back, and NUMPY_MOE_THREADS is validated."""
+import os
+import threading
+
 import numpy as np
 import pytest
 from threadpoolctl import threadpool_limits
 
+from numpy_moe import moe as moe_module
 from numpy_moe import workers
 from numpy_moe.moe import MoE
 from numpy_moe.experts import ExpertBank
@@ -48,7 +52,27 @@ def test_the_sparse_layer_on_threads_equals_the_layer_in_order_bit_for_bit(monke
     # large enough that the experts go to the threads (rows x width above experts.SERIAL_BELOW)
     rng = np.random.default_rng(0)
     x, dy = rng.standard_normal((2048, 32)), rng.standard_normal((2048, 32))
-    results = []
+    results, overlapped = [], []
+    run_blocks = moe_module.run_blocks
+
+    def recording(work, *args, **kwargs):  # the backward's two blocks, the gate's and the combine: at once?
+        if os.environ["NUMPY_MOE_THREADS"] == "1":  # in order by definition (and a barrier would wait 10 s)
+            overlapped.append(False)
+            return run_blocks(work, *args, **kwargs)
+        meet, met = threading.Barrier(len(work), timeout=10), []
+
+        def waiting(fn):
+            try:
+                meet.wait()  # passes only when every block has started: they run at the same time
+                met.append(True)
+            except threading.BrokenBarrierError:  # one after the other: the first waited in vain
+                met.append(False)
+            fn()
+
+        run_blocks([lambda fn=fn: waiting(fn) for fn in work], *args, **kwargs)
+        overlapped.append(len(work) == 2 and all(met))
+
+    monkeypatch.setattr(moe_module, "run_blocks", recording)
     for threads in ("1", "2"):  # in order with single-threaded BLAS (as each block has), then on 2 threads
         monkeypatch.setenv("NUMPY_MOE_THREADS", threads)
         experts = ExpertBank(8, 32, 32, 64, seed=1, activation=activation)
@@ -56,6 +80,7 @@ def test_the_sparse_layer_on_threads_equals_the_layer_in_order_bit_for_bit(monke
         with threadpool_limits(1 if threads == "1" else None, user_api="blas"):
             y = layer.forward(x)
             results.append((y, layer.backward(dy), dict(layer.named_grads())))
+    assert overlapped == [False, True], "the backward's combine must run beside the gate's backward on 2 threads"
     (y1, dx1, g1), (y2, dx2, g2) = results
     np.testing.assert_array_equal(y1, y2)
     np.testing.assert_array_equal(dx1, dx2)
