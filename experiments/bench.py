@@ -22,7 +22,10 @@ each measurement is the median of ``--repeats`` (7) interleaved repeats after a 
      ``NUMPY_MOE_TORCH_PYTHON``, else this Python if it imports torch. The project never depends on torch.
 
    A second table splits the sparse layer's time into stages (medians over all rounds): the gate, the
-   experts' grouped passes (which now include gathering their rows) with their GEMM floor, and the rest.
+   experts' grouped passes (which now include gathering their rows) with their GEMM floor, and the rest
+   (sparse - gate - experts). Where the experts run on threads, the gate's backward runs on one of them
+   beside the combine of the experts' input gradient, so its stage time is the wall time of that block
+   (with one BLAS thread) and the rest leaves that combine out.
 2. Batch sizes 16 to 16384: time per sample of the top-k layer (K < E) against the dense layer
    (``top_k=None``, every expert weighted by a full softmax) of the same shapes, for the shapes of the
    second configuration and of ``MoEClassifier``'s default layer on the digits; figure
