@@ -7,6 +7,7 @@ from scipy.special import softmax
 from numpy_moe.backend import default_rng
 from numpy_moe.gating import (ExpertChoiceGate, TopKGate, expert_major_logits, route_topk, routing_backward,
                                topk_indices)
+from numpy_moe.gates.base import weight_grad
 from numpy_moe.gradcheck import numerical_gradient, rel_error
 
 TOL = 1e-7  # single layer (MATH.md §8)
@@ -206,3 +207,17 @@ def test_topk_indices_sorts_small_batches_into_the_order_of_its_column_passes(mo
             passes = base.topk_indices(h, K)
         np.testing.assert_array_equal(sorted_, passes)
         assert sorted_.dtype == passes.dtype
+
+
+@pytest.mark.parametrize("layout", ["expert-major", "row-major"])
+def test_weight_grad_is_x_transpose_d_in_c_order(layout):
+    # the gate's dW = xᵀ d, computed as (dᵀ x)ᵀ when d is expert-major; either way C-ordered
+    rng = np.random.default_rng(0)
+    x, d = rng.standard_normal((300, 7)), rng.standard_normal((300, 5))
+    if layout == "expert-major":
+        d = np.ascontiguousarray(d.T).T
+        assert d.T.flags.c_contiguous and not d.flags.c_contiguous
+    got = weight_grad(x, d)
+    assert got.shape == (7, 5) and got.flags.c_contiguous
+    np.testing.assert_allclose(got, x.T @ d, rtol=1e-13, atol=1e-13)
+    np.testing.assert_allclose(got, np.einsum("nd,ne->de", x, d), rtol=1e-12, atol=1e-12)

@@ -11,7 +11,7 @@ from .. import functional as F
 from ..backend import asarray, default_rng, get_array_module, linear_sum_assignment, to_numpy
 from ..layers import Module, init_weight
 from ..validation import check_positive_int
-from .base import Routing, expert_major_logits, fixed_selection_backward, topk_indices
+from .base import Routing, expert_major_logits, fixed_selection_backward, topk_indices, weight_grad
 
 
 def balanced_assignment(scores):
@@ -108,5 +108,5 @@ class BaseGate(Module):
     def backward(self, grad):
         """grad: dict, a gradient of the routing -> dx (N, D)."""
         dh = fixed_selection_backward(self.routing, grad, "sigmoid")
-        self.grads["W"] = self.x.T @ dh
+        self.grads["W"] = weight_grad(self.x, dh)
         return dh @ self.params["W"].T

@@ -67,6 +67,19 @@ def expert_major_logits(x, W):
     return (W.T @ x.T).T  # one product straight into the (E, N) layout: no transposing copy afterwards
 
 
+def weight_grad(x, d):
+    """xᵀ d, (D, E), C-ordered: the gradient of a gate's weight W from x (N, D) and d = dL/d(x W) (N, E).
+
+    For an expert-major d (see :func:`expert_major_logits`) it is computed as (dᵀ x)ᵀ, a product of two
+    C-ordered arrays (E, N) (N, D), about 20 % faster on one BLAS thread than xᵀ d at N = 16384, D = 64,
+    E = 16 (744 against 951 µs), where the sparse layer runs the gate's backward beside its combine. The
+    values are those of xᵀ d up to the order in which BLAS sums over N.
+    """
+    if d.ndim == 2 and d.T.flags.c_contiguous and not d.flags.c_contiguous:
+        return (d.T @ x).T.copy()
+    return x.T @ d
+
+
 FLAT_PAIRS = 1024  # pairs from which pick_pairs / add_at_pairs go through the flat storage
 
 

@@ -6,7 +6,7 @@ from .. import functional as F
 from ..backend import default_rng, get_array_module
 from ..layers import Module, init_weight, zeros_param
 from ..validation import check_positive_int
-from .base import Routing, expert_major_logits, routing_backward
+from .base import Routing, expert_major_logits, routing_backward, weight_grad
 
 
 def expert_choice_capacity(n_samples, n_experts, capacity_factor):
@@ -61,6 +61,6 @@ class ExpertChoiceGate(Module):
     def backward(self, grad):
         """grad: dict, a gradient of the routing -> dx (N, D)."""
         dclean, _ = routing_backward(self.routing, grad)
-        self.grads["W"] = self.x.T @ dclean
+        self.grads["W"] = weight_grad(self.x, dclean)
         self.grads["b"] = dclean.sum(axis=0)
         return dclean @ self.params["W"].T

@@ -25,7 +25,7 @@ from .. import functional as F
 from ..backend import asarray, default_rng, get_array_module
 from ..layers import Module, init_weight, zeros_param
 from ..validation import check_positive_int
-from .base import Routing, expert_major_logits, topk_indices
+from .base import Routing, expert_major_logits, topk_indices, weight_grad
 
 SCORES = ("softmax", "sigmoid")
 GROUP_SCORES = ("max", "top2")
@@ -163,7 +163,7 @@ class ScoreGate(Module):
         for key in ("logits", "clean"):  # the same logits: no noise
             if key in grad:
                 dh = dh + grad[key]
-        self.grads["W"] = self.x.T @ dh  # (D, E)
+        self.grads["W"] = weight_grad(self.x, dh)  # (D, E)
         dx = dh @ self.params["W"].T  # (N, D)
         return dx if self.u is None else dx * self.u
 

@@ -8,7 +8,7 @@ from .. import functional as F
 from ..backend import default_rng, get_array_module
 from ..layers import Module, init_weight
 from ..validation import check_positive_int, check_real
-from .base import Routing, expert_major_logits, fixed_selection_backward, topk_indices
+from .base import Routing, expert_major_logits, fixed_selection_backward, topk_indices, weight_grad
 
 SINKHORN_EPS = 1e-8  # Megatron-core's eps in the two divisions
 MAX_EXP = 80.0  # larger logits are shifted down before exp (exp(80) ~ 5.5e34 fits float32)
@@ -125,5 +125,5 @@ class SinkhornGate(Module):
     def backward(self, grad):
         """grad: dict, a gradient of the routing -> dx (N, D)."""
         dh = fixed_selection_backward(self.routing, grad, self.score)
-        self.grads["W"] = self.x.T @ dh
+        self.grads["W"] = weight_grad(self.x, dh)
         return dh @ self.params["W"].T

@@ -10,7 +10,7 @@ from .. import functional as F
 from ..backend import asarray, default_rng, get_array_module
 from ..layers import Module, init_weight, zeros_param
 from ..validation import check_positive_int
-from .base import Routing, expert_major_logits, pick_pairs, routing_backward, topk_indices
+from .base import Routing, expert_major_logits, pick_pairs, routing_backward, topk_indices, weight_grad
 
 CONVENTIONS = ("softmax_then_topk", "topk_then_softmax")
 NOISES = (None, "shazeer", "vmoe")
@@ -46,7 +46,7 @@ class SoftmaxGate(Module):
 
     def backward(self, dg):
         dh = F.softmax_backward(dg, self.g)  # (N, E)
-        self.grads["W"] = self.x.T @ dh
+        self.grads["W"] = weight_grad(self.x, dh)
         self.grads["b"] = dh.sum(axis=0)
         return dh @ self.params["W"].T  # (N, D)
 
@@ -142,7 +142,7 @@ class TopKGate(Module):
     def backward(self, grad):
         """grad: dict, a gradient of the routing (see :class:`Routing`) -> dx (N, D)."""
         dclean, dsigma = routing_backward(self.routing, grad)
-        self.grads["W"] = self.x.T @ dclean  # (D, E)
+        self.grads["W"] = weight_grad(self.x, dclean)  # (D, E)
         self.grads["b"] = dclean.sum(axis=0)
         dx = dclean @ self.params["W"].T  # (N, D)
         if self.noise == "shazeer":
