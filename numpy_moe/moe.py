@@ -76,8 +76,8 @@ from .gates import (CONVENTIONS, NOISES, BaseGate, ExpertChoiceGate, HashGate, S
                     TopKGate)
 from .layers import Module
 from .routing import Capacity, combine_topk, layer_capacity, group_by_expert, renormalize_backward, scatter_add
-from .workers import run_blocks
 from .validation import check_input, check_mask, check_positive_int, check_real, check_seq_lengths
+from .workers import run_blocks
 
 ROUTERS = ("topk", "expert_choice")
 DISPATCHES = ("auto", "sparse", "dense")
@@ -85,8 +85,6 @@ DISPATCHES = ("auto", "sparse", "dense")
 # than dense dispatch before counting the products it saves, which run at about FLOPS_PER_US (measured by
 # experiments/bench.py's batch-size sweep on the 2-core development machine)
 SPARSE_FIXED_US, SPARSE_PER_EXPERT_US, FLOPS_PER_US = 330.0, 19.0, 4.5e4
-
-
 OVERLAP_FROM = 1 << 16  # experts' input-gradient values from which the combine runs beside the gate's backward
 
 
