@@ -5,8 +5,8 @@ matrix product over all of them. A sparse MoE layer has E independent blocks of 
 it can do better: run the experts concurrently, each on one thread with single-threaded BLAS. Then every
 part of an expert's pass, its products and its element-wise work, uses all the cores, and small products
 do not pay BLAS's per-call thread synchronisation. The top-k layer's backward also runs two independent
-steps as blocks: the gate's backward beside the combine of the experts' input gradient. NumPy releases the GIL inside its matrix products and
-its element-wise loops, so Python threads run them in parallel.
+steps as blocks: the gate's backward beside the combine of the experts' input gradient. NumPy releases
+the GIL inside its matrix products and its element-wise loops, so Python threads run them in parallel.
 
 **When it helps.** OpenBLAS, NumPy's BLAS, runs each product on its own worker threads, and after a product
 those threads do not sleep at once: they busy-wait for new work for 2**28 CPU cycles (about 0.1 s at 2 GHz;
