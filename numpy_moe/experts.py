@@ -185,10 +185,13 @@ class ExpertBank(Module):
             self.hs = [self.x, xp.empty((M, self.out_features), dtype=x.dtype)]
         else:
             self.hs = [self.x] + [xp.empty((M, self.params[w].shape[2]), dtype=x.dtype) for w, _ in self._layers]
-        self._zeros = None
         if not self.glu and len(self._layers) > 1 and self.blocks:
-            # NumPy's maximum is SIMD against an array of the same shape, scalar-slow against 0
-            self._zeros = xp.zeros((max(hi - lo for _, lo, hi in self.blocks), self.hidden), dtype=x.dtype)
+            # NumPy's maximum is SIMD against an array of the same shape, scalar-slow against 0; the zeros are
+            # only read, so one array serves every forward that fits (a fresh one cost ~0.1 ms a step)
+            longest, z = max(hi - lo for _, lo, hi in self.blocks), getattr(self, "_zeros", None)
+            if (z is None or get_array_module(z) is not xp or z.dtype != x.dtype or z.shape[0] < longest
+                    or z.shape[1] != self.hidden):
+                self._zeros = xp.zeros((longest, self.hidden), dtype=x.dtype)
         run = self._glu_forward_chunk if self.glu else self._mlp_forward_chunk
         self._run_chunks(run, x, rows)
         return self.hs[-1]

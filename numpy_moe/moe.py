@@ -364,8 +364,9 @@ class MoE(Module):
         else:
             g = self.groups  # the experts gather w dy[sample] and return <dy[sample], out> as well
             dx_experts, dw = self.experts.backward_grouped(dy, rows=g.sample, weight=self.w)  # (G, D), (G,)
-            dweight = xp.zeros(r.weight.shape, dtype=self.dtype)
-            dweight[g.assignment] = dw  # dropped assignments keep 0
+            # dropped assignments keep 0; when none was dropped every entry is written
+            dweight = (xp.empty if g.assignment.shape == r.weight.shape else xp.zeros)(r.weight.shape, dtype=self.dtype)
+            dweight[g.assignment] = dw
             grad = {"weight": dweight}
         extra = [loss.backward() for loss in self.losses]
         if self.mask is not None:

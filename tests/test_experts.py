@@ -64,6 +64,25 @@ def test_grouped_and_dense_agree(kwargs, rng):
         np.testing.assert_allclose(bank.grads[k], g_dense[k], rtol=1e-12, atol=1e-14, err_msg=k)
 
 
+def test_grouped_forwards_of_changing_block_sizes_each_match_the_dense_pass(rng):
+    """The ReLU's zeros are kept between grouped forwards and reused while they are long enough: a long
+    block, then shorter ones, then a longer one, then another dtype must each give the dense pass's rows."""
+    banks = {dtype: ExpertBank(3, 4, 2, hidden=5, seed=1, dtype=dtype) for dtype in ("float64", "float32")}
+    for bank in banks.values():  # off the initial weights, so that the biases and the ReLU matter
+        for _, p in bank.named_parameters():
+            p += (0.3 * rng.standard_normal(p.shape)).astype(p.dtype)
+    for dtype, sizes in [("float64", [9, 2, 0]), ("float64", [1, 3, 2]), ("float64", [4, 12, 1]),
+                         ("float32", [5, 0, 14])]:
+        bank, tol = banks[dtype], dict(rtol=1e-5, atol=1e-6) if dtype == "float32" else dict(rtol=1e-13, atol=1e-14)
+        x = rng.standard_normal((sum(sizes), 4)).astype(dtype)
+        offsets = np.concatenate([[0], np.cumsum(sizes)]).tolist()
+        grouped, dense = bank.forward_grouped(x, offsets), bank.forward(x)
+        for e in range(3):
+            lo, hi = offsets[e], offsets[e + 1]
+            np.testing.assert_allclose(grouped[lo:hi], dense[e, lo:hi], **tol)
+        assert not bank._zeros.any(), "the ReLU's zeros are only read"
+
+
 def test_n_experts_must_be_positive():
     with pytest.raises(ValueError, match="n_experts=0 must be an integer >= 1"):
         ExpertBank(0, 3, 2)

@@ -84,6 +84,7 @@ def test_group_by_expert_equals_a_stable_sort_of_the_kept(rng, n_experts, capaci
     assert g.offsets == [0] + np.cumsum(counts).tolist()
     assert (counts == 0).any(), "the check needs experts with no rows"
     assert all(g.slot[m] == i for i, m in enumerate(expected))
+    assert all(g.slot[m] == 0 for m in range(r.expert.size) if not r.kept[m]), "a dropped assignment has slot 0"
 
 
 def test_scatter_add_equals_add_at(rng):

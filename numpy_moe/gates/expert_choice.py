@@ -47,7 +47,7 @@ class ExpertChoiceGate(Module):
         xp = get_array_module(x)
         N, E = x.shape[0], self.n_experts
         self.x = x
-        clean = expert_major_logits(x, self.params["W"]) + self.params["b"]  # (N, E)
+        clean = expert_major_logits(x, self.params["W"], self.params["b"])  # (N, E)
         probs = F.softmax(clean)
         C = expert_choice_capacity(N, E, self.capacity_factor)
         chosen = xp.argsort(-probs, axis=0, kind="stable")[:C]  # (C, E), best first

@@ -125,7 +125,7 @@ class TopKGate(Module):
         """x (N, D) -> Routing."""
         xp = get_array_module(x)
         self.x = x
-        clean = expert_major_logits(x, self.params["W"]) + self.params["b"]  # (N, E)
+        clean = expert_major_logits(x, self.params["W"], self.params["b"])  # (N, E)
         sigma = eps = None
         if self.noise == "shazeer":
             self.noise_in = expert_major_logits(x, self.params["W_noise"])  # (N, E)
