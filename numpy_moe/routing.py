@@ -259,8 +259,7 @@ def group_by_expert(routing, n_experts):
         a, keys = a[order], keys[order]
     offsets = to_numpy(xp.searchsorted(keys, xp.arange(n_experts + 1, dtype=keys.dtype))).tolist()  # E + 1
     # every slot is written when nothing was dropped; dropped assignments keep slot 0
-    slot = (xp.empty if a.shape[0] == keys.shape[0] == routing.expert.shape[0] else xp.zeros)(
-        routing.expert.shape, dtype=a.dtype)
+    slot = (xp.empty if a.shape == routing.expert.shape else xp.zeros)(routing.expert.shape, dtype=a.dtype)
     slot[a] = xp.arange(a.shape[0])
     return Groups(assignment=a, sample=routing.sample[a], offsets=offsets, slot=slot)
 
