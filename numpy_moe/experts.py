@@ -11,7 +11,8 @@ batched matmul per layer; there is no Python list of expert objects on the hot p
 
 Two forward/backward pairs serve the two ways an MoE layer uses its experts:
 
-- ``forward(x) -> (E, N, O)`` / ``backward(dout) -> dx``: every expert on every sample (dense MoE).
+- ``forward(x) -> (E, N, O)`` / ``backward(dout) -> dx``: every expert on every sample (dense MoE); with
+  x of shape (E, C, D), expert e on its own C rows x[e] (the sparse layer's padded dispatch).
 - ``forward_grouped(x, offsets) -> (M, O)`` / ``backward_grouped(dout) -> dx``: rows of ``x`` are grouped
   by expert (rows ``offsets[e]:offsets[e+1]`` go to expert e), each expert runs only on its own rows;
   this is what sparse dispatch calls. An expert with no rows gets exactly zero gradient. The grouped
@@ -123,7 +124,8 @@ class ExpertBank(Module):
 
     # dense: every expert on every sample ------------------------------------------------------
     def forward(self, x):
-        """x (N, D) -> out (E, N, O), out[e] = E_e(x)."""
+        """x (N, D) -> out (E, N, O), out[e] = E_e(x); or x (E, C, D), a batch per expert (the sparse layer's
+        padded dispatch) -> out (E, C, O), out[e] = E_e(x[e])."""
         if self.glu:
             return self._glu_forward(x)
         self.x = x
@@ -137,7 +139,8 @@ class ExpertBank(Module):
         return h
 
     def backward(self, dout):
-        """dout (E, N, O) -> dx (N, D); writes every grad."""
+        """dout (E, N, O) -> dx (N, D), summed over the experts; after a forward of per-expert batches x
+        (E, C, D): dout (E, C, O) -> dx (E, C, D), each expert's own. Writes every grad."""
         if self.glu:
             return self._glu_backward(dout)
         E, N, _ = dout.shape
@@ -146,6 +149,9 @@ class ExpertBank(Module):
             inp = self.x if i == 0 else F.relu(self.acts[i - 1])
             if b is not None:
                 self.grads[b] = d.sum(axis=1)  # (E, ·)
+            if i == 0 and self.x.ndim == 3:  # a batch per expert
+                self.grads[w] = self.x.transpose(0, 2, 1) @ d  # (E, D, ·)
+                return d @ self.params[w].transpose(0, 2, 1)  # (E, C, D)
             if i == 0:
                 self.grads[w] = self.x.T @ d.transpose(1, 0, 2).reshape(N, -1)  # (D, E*·)
                 self.grads[w] = self.grads[w].reshape(self.in_features, E, -1).transpose(1, 0, 2)
@@ -287,7 +293,7 @@ class ExpertBank(Module):
 
     # gated-linear experts ------------------------------------------------------------------------
     def _glu_forward(self, x):
-        """Dense: x (N, D) -> (E, N, O)."""
+        """Dense: x (N, D) -> (E, N, O), or x (E, C, D) -> (E, C, O)."""
         p = self.params
         self.x = x
         G = self._add_bias(x @ p["W_gate"], "b_gate")  # (E, N, H)
@@ -297,16 +303,18 @@ class ExpertBank(Module):
         return self._add_bias(self.A @ p["W_down"], "b_down")  # (E, N, O)
 
     def _glu_backward(self, dout):
-        """Dense: dout (E, N, O) -> dx (N, D)."""
+        """Dense: dout (E, N, O) -> dx (N, D); or dout (E, C, O) -> dx (E, C, D) after per-expert batches."""
         p, g = self.params, self.grads
         g["W_down"] = self.A.transpose(0, 2, 1) @ dout  # (E, H, O)
         dA = dout @ p["W_down"].transpose(0, 2, 1)  # (E, N, H)
         dU = dA * self.act if self.dup is None else dA * self.act * self.dup
         dG = dA * self.up * self.dact
-        g["W_gate"], g["W_up"] = self.x.T @ dG, self.x.T @ dU  # (E, D, H), the same x for every expert
+        xT = self.x.T if self.x.ndim == 2 else self.x.transpose(0, 2, 1)  # the same x for every expert, or its own
+        g["W_gate"], g["W_up"] = xT @ dG, xT @ dU  # (E, D, H)
         if self.bias:
             g["b_down"], g["b_gate"], g["b_up"] = dout.sum(axis=1), dG.sum(axis=1), dU.sum(axis=1)
-        return (dG @ p["W_gate"].transpose(0, 2, 1) + dU @ p["W_up"].transpose(0, 2, 1)).sum(axis=0)
+        dx = dG @ p["W_gate"].transpose(0, 2, 1) + dU @ p["W_up"].transpose(0, 2, 1)  # (E, ·, D)
+        return dx.sum(axis=0) if self.x.ndim == 2 else dx
 
     def _act_parts(self, g):
         """(act(g), act'(g)) from one evaluation of the sigmoid (SiLU) or of Φ and φ (GELU)."""

@@ -62,15 +62,21 @@ softmax_then_topk gate and expert choice (V-MoE) and over the top-k gates for to
 
 The routing of the last forward is ``moe.routing`` (a :class:`numpy_moe.gates.Routing`), so a model
 built on the layer (an image classifier, an MLP-Mixer) can read which experts each sample used.
-``dispatch="auto"`` (the default) picks, at every forward, the cheaper of the two ways to run a top-k
-gate: sparse dispatch, or dense when the batch is so small that the work sparse dispatch saves costs less
-than its fixed cost (grouping, one pass per expert; :func:`dense_is_cheaper`). ``dispatch="dense"`` runs a
-sparse gate the way post 000 does (every expert on every sample, then the
-sparse weights blend the outputs): the same function, E / K times the work, kept for the benchmark and
-for the test that the two dispatches agree.
+``dispatch="auto"`` (the default) picks, at every forward, the cheapest of three ways to run a top-k
+gate (:func:`numpy_moe.dispatch.cheapest_dispatch`): sparse dispatch (each expert on its own rows, one pass per expert);
+dense dispatch, every expert on every sample, when the batch is so small that the work sparse dispatch
+saves costs less than its fixed cost (:func:`numpy_moe.dispatch.dense_is_cheaper`); or padded dispatch, each expert's own
+rows padded with zero rows to the busiest expert's count C and run as one (E, C, D) batch through the
+experts' batched products, when C E rows cost less than both (small batches with many experts, as in
+GShard's and Switch's dispatch tensors, which pad to a capacity). ``dispatch="dense"`` runs a sparse gate
+the way post 000 does (every expert on every sample, then the sparse weights blend the outputs): the same
+function, E / K times the work, kept for the benchmark and for the test that the dispatches agree. All
+three give the same values up to rounding (tested); ``moe.dispatch_now`` says which one the last forward
+used.
 """
 from . import balance as B
 from .backend import default_rng, get_array_module, to_numpy
+from .dispatch import cheapest_dispatch, padded_backward, padded_forward
 from .experts import ExpertBank, SharedExpert
 from .gates import (CONVENTIONS, NOISES, BaseGate, ExpertChoiceGate, HashGate, ScoreGate, SinkhornGate, SoftmaxGate,
                     TopKGate)
@@ -80,24 +86,8 @@ from .validation import check_input, check_mask, check_positive_int, check_real,
 from .workers import run_blocks
 
 ROUTERS = ("topk", "expert_choice")
-DISPATCHES = ("auto", "sparse", "dense")
-# dispatch="auto": sparse dispatch costs about SPARSE_FIXED_US + SPARSE_PER_EXPERT_US * E microseconds more
-# than dense dispatch before counting the products it saves, which run at about FLOPS_PER_US (measured by
-# experiments/bench.py's batch-size sweep on the 2-core development machine)
-SPARSE_FIXED_US, SPARSE_PER_EXPERT_US, FLOPS_PER_US = 330.0, 19.0, 4.5e4
+DISPATCHES = ("auto", "sparse", "dense", "padded")
 OVERLAP_FROM = 1 << 16  # experts' input-gradient values from which the combine runs beside the gate's backward
-
-
-def dense_is_cheaper(n_samples, top_k, experts):
-    """True when running every expert on all ``n_samples`` (dense dispatch) is faster than sparse dispatch.
-
-    The products dense dispatch adds are n (E - K) rows through each expert, forward and backward (three
-    products per weight matrix, 2 flops per multiply-add); sparse dispatch's fixed cost is a constant
-    plus a cost per expert (Python-level work: grouping, gathers, one pass per expert)."""
-    E = experts.n_experts
-    per_row = sum(int(w.size) // E for key, w in experts.params.items() if key.startswith("W"))
-    extra_flops = 6.0 * n_samples * (E - top_k) * per_row
-    return extra_flops < (SPARSE_FIXED_US + SPARSE_PER_EXPERT_US * E) * FLOPS_PER_US
 BALANCE_NAMES = B.NAMES
 GATES = (SoftmaxGate, TopKGate, ExpertChoiceGate, ScoreGate, BaseGate, SinkhornGate, HashGate)
 
@@ -140,9 +130,10 @@ class MoE(Module):
         batch_priority=b`` is its short form; give one or the other.
     balance : None, a dict name -> weight (names in BALANCE_NAMES, see the module docstring), or a list of
         numpy_moe.balance loss objects.
-    dispatch : "auto" (default: "dense" for small batches where it is faster, else "sparse"), "sparse"
-        (each expert runs on its own samples) or "dense" (every expert on every
-        sample, as post 000 does). Sparse gates only.
+    dispatch : "auto" (default: the cheapest of the three for the batch, see the module docstring),
+        "sparse" (each expert runs on its own samples), "dense" (every expert on every sample, as post 000
+        does) or "padded" (each expert on its own samples padded to the busiest expert's count, all in one
+        batched product per layer; top-k routings only). Sparse gates only.
     experts : None (built from hidden) or an ExpertBank (linear, ReLU, SwiGLU or GeGLU experts).
     shared : None or a SharedExpert, always on, added to the routed output.
     residual : add the input to the output, y = x + ... (needs out_features = in_features): the BASE
@@ -310,8 +301,18 @@ class MoE(Module):
         else:
             self.counted, self.counted_index = B.select_samples(r, self.mask)
         self._aux = sum(loss(self.counted) for loss in self.losses)
-        self.dense_now = self.dispatch == "dense" or (self.dispatch == "auto" and r.top_k is not None
-                                                      and dense_is_cheaper(N, r.top_k, self.experts))
+        mode = self.dispatch
+        if r.top_k is None and mode == "padded":
+            raise ValueError("dispatch='padded' needs a top-k routing (K experts per sample); this gate's has none "
+                             "(expert choice): use dispatch='sparse' or 'dense'")
+        if mode == "auto":
+            longest = 0 if r.top_k is None else int(xp.bincount(r.expert[r.kept], minlength=E).max(initial=0))
+            mode = "sparse" if r.top_k is None else cheapest_dispatch(N, r.top_k, self.experts, longest)
+        self.dispatch_now, self.dense_now = mode, mode == "dense"
+        if mode == "padded":
+            y, self.padded = padded_forward(self.experts, x, r)
+            self.out = self.padded["out"]  # (E C, O)
+            return self._add_shared(x, y)
         if self.dense_now:
             self.g = xp.zeros((N, E), dtype=self.dtype)
             self.g[r.sample, r.expert] = r.weight * r.kept  # (N, E), zero off the kept assignments
@@ -357,7 +358,11 @@ class MoE(Module):
             dx = self.gate.backward(dg) + self.experts.backward(dout)
             return dx if dx_shared is None else dx + dx_shared
         r = self.routing
-        if self.dense_now:
+        padded = self.dispatch_now == "padded"
+        if padded:
+            dx_experts, dweight = padded_backward(self.experts, dy, self.padded, r.kept)  # (N, D), (M,)
+            grad = {"weight": dweight}
+        elif self.dense_now:
             dg = xp.einsum("no,eno->ne", dy, self.out)  # (N, E)
             grad = {"weight": dg[r.sample, r.expert] * r.kept}  # (M,)
             dx_experts = self.experts.backward(self.g.T[:, :, None] * dy[None])  # (N, D)
@@ -376,11 +381,11 @@ class MoE(Module):
                 grad[key] = grad[key] + value if key in grad else value
         if self.denominator is not None:  # the weights were renormalised after dropping (MATH.md §4.4)
             grad["weight"] = renormalize_backward(grad["weight"], r, self.denominator)
-        if self.dense_now or r.top_k is None:
+        if self.dense_now or padded or r.top_k is None:
             dx = self.gate.backward(grad)  # (N, D)
             if dx_shared is not None:
                 dx += dx_shared
-            if self.dense_now:
+            if self.dense_now or padded:
                 return dx + dx_experts
             return scatter_add(dx, dx_experts, self.groups)
         # top-k: the gate's backward and the combine of the experts' input gradient are independent, so they

@@ -36,6 +36,6 @@ def sparse_dispatch_by_default(request, monkeypatch):
     Tests of the choice itself (marked ``auto_dispatch``) see the real rule; dense dispatch has its own
     tests with ``dispatch="dense"``."""
     if request.node.get_closest_marker("auto_dispatch") is None:
-        import numpy_moe.moe
-        monkeypatch.setattr(numpy_moe.moe, "SPARSE_FIXED_US", 0.0)
-        monkeypatch.setattr(numpy_moe.moe, "SPARSE_PER_EXPERT_US", 0.0)
+        import numpy_moe.dispatch
+        monkeypatch.setattr(numpy_moe.dispatch, "SPARSE_FIXED_US", 0.0)
+        monkeypatch.setattr(numpy_moe.dispatch, "SPARSE_PER_EXPERT_US", 0.0)

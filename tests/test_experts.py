@@ -14,6 +14,30 @@ def test_dense_gradients(hidden, rng):
     assert max(check_module(bank, rng.standard_normal((5, 4)), tol=TOL).values()) < TOL
 
 
+@pytest.mark.parametrize("kwargs", [dict(hidden=None), dict(hidden=5), dict(hidden=5, activation="swiglu"),
+                                    dict(hidden=5, activation="gptoss_swiglu")])
+def test_a_batch_per_expert_gradients_and_agreement_with_each_expert_alone(kwargs, rng):
+    """x (E, C, D), expert e on its own rows x[e] (the sparse layer's padded dispatch)."""
+    bank = ExpertBank(3, 4, 2, seed=0, **kwargs)
+    for _, p in bank.named_parameters():
+        p += 0.3 * rng.standard_normal(p.shape)
+    x = rng.standard_normal((3, 5, 4))
+    out = bank.forward(x)
+    for e in range(3):
+        np.testing.assert_allclose(out[e], bank.forward(x[e])[e], rtol=1e-13, atol=1e-14)
+    R = rng.standard_normal(out.shape)
+
+    def loss(_):
+        return float((R * bank.forward(x)).sum())
+
+    bank.forward(x)
+    dx = bank.backward(R)
+    assert dx.shape == x.shape
+    assert rel_error(dx, numerical_gradient(loss, x)) < TOL
+    for key, p in bank.params.items():
+        assert rel_error(bank.grads[key], numerical_gradient(loss, p)) < TOL, key
+
+
 def test_dense_forward_is_each_expert_on_every_sample(rng):
     bank = ExpertBank(3, 4, 2, hidden=5, seed=0)
     p = bank.params

@@ -7,6 +7,7 @@ from numpy_moe import balance as B
 from numpy_moe.backend import default_rng
 from numpy_moe.gradcheck import check_module
 from numpy_moe.layers import Linear, Sequential
+from numpy_moe.experts import ExpertBank
 from numpy_moe.moe import MoE
 
 TOL = 1e-6  # a composed model: gate + dispatch + experts + balance losses (MATH.md §8)
@@ -105,17 +106,49 @@ def test_sparse_with_k_equal_e_matches_the_dense_layer(rng):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14, err_msg=name)
 
 
-@pytest.mark.parametrize("name", ["softmax_then_topk", "capacity_batch_priority", "expert_choice"])
-def test_sparse_and_dense_dispatch_agree(name, rng):
+@pytest.mark.parametrize("dispatch", ["dense", "padded"])
+@pytest.mark.parametrize("name", ["softmax_then_topk", "capacity_batch_priority", "expert_choice", "linear_experts",
+                                  "shazeer_noise"])
+def test_sparse_and_dense_dispatch_agree(name, dispatch, rng):
+    if name == "expert_choice" and dispatch == "padded":
+        pytest.skip("padded dispatch needs a top-k routing; test_padded_dispatch_refuses_expert_choice checks that")
     x = rng.standard_normal((12, 5))
     dy = rng.standard_normal((12, 3))
     kwargs = {k: v for k, v in VARIANTS[name].items()}
-    a, b = build(np.random.default_rng(0), **kwargs), build(np.random.default_rng(0), dispatch="dense", **kwargs)
+    a, b = build(np.random.default_rng(0), **kwargs), build(np.random.default_rng(0), dispatch=dispatch, **kwargs)
     a.gate.rng, b.gate.rng = default_rng(1), default_rng(1)
     np.testing.assert_allclose(a.forward(x), b.forward(x), rtol=1e-13, atol=1e-14)
     np.testing.assert_allclose(a.backward(dy), b.backward(dy), rtol=1e-12, atol=1e-14)
     for (key, ga), (_, gb) in zip(a.named_grads(), b.named_grads()):
         np.testing.assert_allclose(ga, gb, rtol=1e-12, atol=1e-14, err_msg=key)
+
+
+@pytest.mark.parametrize("activation", ["relu", "swiglu", "geglu", "gptoss_swiglu"])
+def test_padded_dispatch_equals_sparse_dispatch_for_every_expert_type_and_passes_the_gradient_check(
+        activation, check_fixed_choice):
+    rng = np.random.default_rng(4)
+    x, dy = rng.standard_normal((20, 5)), rng.standard_normal((20, 3))
+    layers = []
+    for dispatch in ("sparse", "padded"):
+        experts = ExpertBank(6, 5, 3, 4, seed=1, activation=activation)
+        layer = MoE(5, 3, 6, seed=0, top_k=2, experts=experts, dispatch=dispatch, capacity_factor=0.7,
+                    balance={"switch": 0.1})
+        for _, p in layer.named_parameters():
+            p += 0.3 * np.random.default_rng(5).standard_normal(p.shape)
+        layers.append(layer)
+    sparse, padded = layers
+    np.testing.assert_allclose(padded.forward(x), sparse.forward(x), rtol=1e-13, atol=1e-14)
+    assert padded.dispatch_now == "padded" and not padded.routing.kept.all(), "the check needs dropped assignments"
+    np.testing.assert_allclose(padded.backward(dy), sparse.backward(dy), rtol=1e-12, atol=1e-14)
+    for (key, ga), (_, gb) in zip(padded.named_grads(), sparse.named_grads()):
+        np.testing.assert_allclose(ga, gb, rtol=1e-12, atol=1e-14, err_msg=key)
+    assert max(check_fixed_choice(padded, x).values()) < 1e-6  # §8's pass mark for a layer with its experts
+
+
+def test_padded_dispatch_refuses_expert_choice(rng):
+    layer = MoE(5, 3, 4, hidden=6, seed=0, router="expert_choice", capacity_factor=1.0, dispatch="padded")
+    with pytest.raises(ValueError, match="dispatch='padded' needs a top-k routing"):
+        layer.forward(rng.standard_normal((8, 5)))
 
 
 def test_diagnostics_count_kept_and_dropped(rng):
@@ -188,10 +221,10 @@ def test_the_variants_of_the_module_docstring_build_and_run(kwargs, rng):
 
 
 @pytest.mark.auto_dispatch
-def test_auto_dispatch_runs_small_batches_dense_and_large_ones_sparse():
+def test_auto_dispatch_runs_small_batches_dense_or_padded_and_large_ones_sparse():
     # MoEClassifier's layer on the digits (D=64, H=16, E=4, K=2): dense costs 6 n (E-K) (D H + H O) more flops,
-    # below the sparse path's fixed cost up to n ~ 1000; a layer with E=16, H=128 goes sparse almost at once
-    import numpy_moe.moe as M
+    # below the sparse path's fixed cost up to n ~ 1000; a layer with E=16, H=128 goes padded, then sparse
+    import numpy_moe.dispatch as M
     small = MoE(64, 10, 4, hidden=16, seed=0, top_k=2)
     big = MoE(64, 64, 16, hidden=128, seed=0, top_k=2)
     limit = (M.SPARSE_FIXED_US + M.SPARSE_PER_EXPERT_US * 4) * M.FLOPS_PER_US / (6 * 2 * (64 * 16 + 16 * 10))
@@ -200,6 +233,13 @@ def test_auto_dispatch_runs_small_batches_dense_and_large_ones_sparse():
     for layer, n, dense in [(small, 32, True), (small, 4096, False), (big, 32, False)]:
         layer.forward(rng.standard_normal((n, 64)))
         assert layer.dense_now == dense, (layer.n_experts, n)
+    # the three-way choice agrees with dense_is_cheaper between dense and sparse; padded dispatch wins where
+    # the busiest expert's rows times E are well below N E: 16 experts of 128 units at N = 16, not 16384
+    for n in (int(limit), int(limit) + 1):
+        assert (M.cheapest_dispatch(n, 2, small.experts, n) == "dense") == M.dense_is_cheaper(n, 2, small.experts)
+    for n, expected in [(16, "padded"), (16384, "sparse")]:
+        big.forward(rng.standard_normal((n, 64)))
+        assert big.dispatch_now == expected, n
 
 
 @pytest.mark.auto_dispatch
