@@ -392,8 +392,9 @@ def sweep_section(args, rounds, out):
         ax.set_title(label, fontsize=11)
         ax.legend()
         ax.grid(alpha=0.3, which="both")
-    fig.suptitle("Top-k beats the dense layer from the batch size where the experts' saved work outweighs "
-                 "its routing\n(N = 64 for 16 experts, N of about 2048 for 4 small ones); below that it costs more")
+    fig.suptitle("16 experts of 128 units: top-k beats the dense layer at every batch size (padded dispatch for "
+                 "small ones);\n4 experts of 16 units: only from N of about 2048, below which its routing costs more "
+                 "than the products it saves")
     fig.tight_layout()
     savefig(fig, out, "bench_batch.png")
     return targets

@@ -24,6 +24,10 @@ SPARSE_FIXED_US, SPARSE_PER_EXPERT_US, FLOPS_PER_US = 330.0, 19.0, 4.5e4
 # padded dispatch costs about PADDED_FIXED_US more than dense dispatch before counting its products (E C rows
 # instead of dense dispatch's E N)
 PADDED_FIXED_US = 70.0
+# ... and about PADDED_ROW_US per padded row beyond its products (zeroing, placing each row and taking it
+# back, the experts' element-wise passes on E C rows): 0.5 measured for 4 experts of 16 units, where it
+# outweighs the products (the batch-size sweep's second shape)
+PADDED_ROW_US = 0.5
 
 
 def dense_is_cheaper(n_samples, top_k, experts):
@@ -44,14 +48,14 @@ def cheapest_dispatch(n_samples, top_k, experts, longest):
 
     Products cost 6 flops per multiply-add of a row through an expert's weights (forward and backward) at
     FLOPS_PER_US; dense dispatch runs N rows through every expert, padded dispatch ``longest`` rows
-    (zero rows after each expert's own) plus PADDED_FIXED_US, sparse dispatch N K rows plus its fixed cost
-    and a cost per expert (:func:`dense_is_cheaper`)."""
+    (zero rows after each expert's own) plus PADDED_FIXED_US and PADDED_ROW_US a row, sparse dispatch N K
+    rows plus its fixed cost and a cost per expert (:func:`dense_is_cheaper`)."""
     E = experts.n_experts
     per_row = sum(int(w.size) // E for key, w in experts.params.items() if key.startswith("W"))
     us = 6.0 * per_row / FLOPS_PER_US  # one row through one expert, forward and backward
     costs = {"sparse": SPARSE_FIXED_US + SPARSE_PER_EXPERT_US * E + us * n_samples * top_k,
              "dense": us * n_samples * E,
-             "padded": PADDED_FIXED_US + us * longest * E}
+             "padded": PADDED_FIXED_US + (us + PADDED_ROW_US) * longest * E}
     return min(costs, key=costs.get)  # on a tie the first (as dense_is_cheaper, which it agrees with)
 
 
