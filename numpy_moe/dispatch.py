@@ -30,6 +30,11 @@ PADDED_FIXED_US = 70.0
 PADDED_ROW_US = 0.5
 
 
+def _weights_per_row(experts):
+    """Multiply-adds of one row through one expert's weight matrices (D H + H O for a ReLU MLP)."""
+    return sum(int(w.size) // experts.n_experts for key, w in experts.params.items() if key.startswith("W"))
+
+
 def dense_is_cheaper(n_samples, top_k, experts):
     """True when running every expert on all ``n_samples`` (dense dispatch) is faster than sparse dispatch.
 
@@ -37,8 +42,7 @@ def dense_is_cheaper(n_samples, top_k, experts):
     products per weight matrix, 2 flops per multiply-add); sparse dispatch's fixed cost is a constant
     plus a cost per expert (Python-level work: grouping, gathers, one pass per expert)."""
     E = experts.n_experts
-    per_row = sum(int(w.size) // E for key, w in experts.params.items() if key.startswith("W"))
-    extra_flops = 6.0 * n_samples * (E - top_k) * per_row
+    extra_flops = 6.0 * n_samples * (E - top_k) * _weights_per_row(experts)
     return extra_flops < (SPARSE_FIXED_US + SPARSE_PER_EXPERT_US * E) * FLOPS_PER_US
 
 
@@ -51,8 +55,7 @@ def cheapest_dispatch(n_samples, top_k, experts, longest):
     (zero rows after each expert's own) plus PADDED_FIXED_US and PADDED_ROW_US a row, sparse dispatch N K
     rows plus its fixed cost and a cost per expert (:func:`dense_is_cheaper`)."""
     E = experts.n_experts
-    per_row = sum(int(w.size) // E for key, w in experts.params.items() if key.startswith("W"))
-    us = 6.0 * per_row / FLOPS_PER_US  # one row through one expert, forward and backward
+    us = 6.0 * _weights_per_row(experts) / FLOPS_PER_US  # one row through one expert, forward and backward
     costs = {"sparse": SPARSE_FIXED_US + SPARSE_PER_EXPERT_US * E + us * n_samples * top_k,
              "dense": us * n_samples * E,
              "padded": PADDED_FIXED_US + (us + PADDED_ROW_US) * longest * E}

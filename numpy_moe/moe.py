@@ -306,7 +306,7 @@ class MoE(Module):
             raise ValueError("dispatch='padded' needs a top-k routing (K experts per sample); this gate's has none "
                              "(expert choice): use dispatch='sparse' or 'dense'")
         if mode == "auto":
-            longest = 0 if r.top_k is None else int(xp.bincount(r.expert[r.kept], minlength=E).max(initial=0))
+            longest = 0 if r.top_k is None else int(xp.bincount(r.expert[r.kept], minlength=E).max())  # E >= 1
             mode = "sparse" if r.top_k is None else cheapest_dispatch(N, r.top_k, self.experts, longest)
         self.dispatch_now, self.dense_now = mode, mode == "dense"
         if mode == "padded":
