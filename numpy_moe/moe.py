@@ -63,16 +63,16 @@ softmax_then_topk gate and expert choice (V-MoE) and over the top-k gates for to
 The routing of the last forward is ``moe.routing`` (a :class:`numpy_moe.gates.Routing`), so a model
 built on the layer (an image classifier, an MLP-Mixer) can read which experts each sample used.
 ``dispatch="auto"`` (the default) picks, at every forward, the cheapest of three ways to run a top-k
-gate (:func:`numpy_moe.dispatch.cheapest_dispatch`): sparse dispatch (each expert on its own rows, one pass per expert);
-dense dispatch, every expert on every sample, when the batch is so small that the work sparse dispatch
-saves costs less than its fixed cost (:func:`numpy_moe.dispatch.dense_is_cheaper`); or padded dispatch, each expert's own
-rows padded with zero rows to the busiest expert's count C and run as one (E, C, D) batch through the
-experts' batched products, when C E rows cost less than both (small batches with many experts, as in
-GShard's and Switch's dispatch tensors, which pad to a capacity). ``dispatch="dense"`` runs a sparse gate
-the way post 000 does (every expert on every sample, then the sparse weights blend the outputs): the same
-function, E / K times the work, kept for the benchmark and for the test that the dispatches agree. All
-three give the same values up to rounding (tested); ``moe.dispatch_now`` says which one the last forward
-used.
+gate (:func:`numpy_moe.dispatch.cheapest_dispatch`): sparse dispatch (each expert on its own rows, one
+pass per expert); dense dispatch, every expert on every sample, when the batch is so small that the work
+sparse dispatch saves costs less than its fixed cost (:func:`numpy_moe.dispatch.dense_is_cheaper`); or
+padded dispatch, each expert's own rows padded with zero rows to the busiest expert's count C and run as
+one (E, C, D) batch through the experts' batched products, when C E rows cost less than both (small
+batches with many experts, as in GShard's and Switch's dispatch tensors, which pad to a capacity).
+``dispatch="dense"`` runs a sparse gate the way post 000 does (every expert on every sample, then the
+sparse weights blend the outputs): the same function, E / K times the work, kept for the benchmark and
+for the test that the dispatches agree. All three give the same values up to rounding (tested);
+``moe.dispatch_now`` says which one the last forward used.
 """
 from . import balance as B
 from .backend import default_rng, get_array_module, to_numpy
@@ -305,9 +305,16 @@ class MoE(Module):
         if r.top_k is None and mode == "padded":
             raise ValueError("dispatch='padded' needs a top-k routing (K experts per sample); this gate's has none "
                              "(expert choice): use dispatch='sparse' or 'dense'")
-        if mode == "auto":
-            longest = 0 if r.top_k is None else int(xp.bincount(r.expert[r.kept], minlength=E).max())  # E >= 1
-            mode = "sparse" if r.top_k is None else cheapest_dispatch(N, r.top_k, self.experts, longest)
+        if mode == "auto" and r.top_k is None:
+            mode = "sparse"
+        elif mode == "auto":
+            # padded dispatch's cost grows with the busiest expert's count, which is at least N K / E when
+            # nothing was dropped; count the rows only when padded dispatch can win at that bound
+            bound = -(-N * r.top_k // E) if self.capacity is None else 0
+            mode = cheapest_dispatch(N, r.top_k, self.experts, bound)
+            if mode == "padded":
+                longest = int(xp.bincount(r.expert[r.kept], minlength=E).max())  # E >= 1 entries
+                mode = cheapest_dispatch(N, r.top_k, self.experts, longest)
         self.dispatch_now, self.dense_now = mode, mode == "dense"
         if mode == "padded":
             y, self.padded = padded_forward(self.experts, x, r)
