@@ -23,11 +23,13 @@ assignment contributes zero to its sample's output. :class:`Capacity` configures
 order or DeepSpeed's (by position only, or by the assignment's logit / probability), a minimum capacity,
 and renormalising the kept weights after dropping (fairseq, DeepSpeed; MATH.md §4.4).
 """
+from functools import partial
 from math import ceil
 from typing import NamedTuple
 
 from .backend import combine_rows, get_array_module, to_numpy
 from .validation import check_real
+from .workers import n_threads, run_blocks
 
 
 def expert_capacity(n_samples, top_k, n_experts, capacity_factor):
@@ -264,6 +266,9 @@ def group_by_expert(routing, n_experts):
     return Groups(assignment=a, sample=routing.sample[a], offsets=offsets, slot=slot)
 
 
+COMBINE_SPLIT = 1 << 16  # output values from which combine_topk splits its rows over the threads
+
+
 def combine_topk(values, groups, weight):
     """y_n = sum_k weight[n, k] values[slot of (n, k)], for a top-k routing: (N, F).
 
@@ -271,9 +276,25 @@ def combine_topk(values, groups, weight):
     Top-k assignments are sample-major with exactly K per sample, so sample n's rows are
     ``groups.slot.reshape(N, K)[n]``: a gather of rows with a weighted sum over K
     (:func:`~numpy_moe.backend.combine_rows`), where a scatter would need NumPy's much slower
-    row-wise fancy indexing.
+    row-wise fancy indexing. From COMBINE_SPLIT output values on, blocks of rows run on the threads of
+    :mod:`numpy_moe.workers`, each into its own rows of the output (each row's sum is the same as in one
+    block, so the result does not depend on the split).
     """
-    return combine_rows(values, groups.slot.reshape(weight.shape), weight)
+    xp = get_array_module(values)
+    index = groups.slot.reshape(weight.shape)
+    N, F = weight.shape[0], values.shape[1]
+    threads = n_threads() if xp.__name__ == "numpy" and N * F >= COMBINE_SPLIT else 1
+    if threads < 2:
+        return combine_rows(values, index, weight)
+    out = xp.empty((N, F), dtype=values.dtype)
+    bounds = [N * t // threads for t in range(threads + 1)]
+
+    def part(lo, hi):
+        out[lo:hi] = 0
+        combine_rows(values, index[lo:hi], weight[lo:hi], out=out[lo:hi])
+
+    run_blocks([partial(part, lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:])], like=values)
+    return out
 
 
 def scatter_add(target, values, groups, weight=None):

@@ -5,8 +5,11 @@ matrix product over all of them. A sparse MoE layer has E independent blocks of 
 it can do better: run the experts concurrently, each on one thread with single-threaded BLAS. Then every
 part of an expert's pass, its products and its element-wise work, uses all the cores, and small products
 do not pay BLAS's per-call thread synchronisation. The top-k layer's backward also runs two independent
-steps as blocks: the gate's backward beside the combine of the experts' input gradient. NumPy releases
-the GIL inside its matrix products and its element-wise loops, so Python threads run them in parallel.
+steps as blocks: the gate's backward beside the combine of the experts' input gradient. Row-wise steps
+split their rows into one block per thread: the top-k gate's routing (its logits, softmax and top K,
+``gates.softmax.route_topk_blocks``) and the combine of the experts' outputs (``routing.combine_topk``).
+NumPy releases the GIL inside its matrix products and its element-wise loops, and SciPy inside its
+sparse products, so Python threads run them in parallel.
 
 **When it helps.** OpenBLAS, NumPy's BLAS, runs each product on its own worker threads, and after a product
 those threads do not sleep at once: they busy-wait for new work for 2**28 CPU cycles (about 0.1 s at 2 GHz;
@@ -30,7 +33,10 @@ So :func:`n_threads` decides:
 
 On CuPy, or with one thread, blocks run one after the other in the calling thread. Results are identical
 either way: each block writes only its own rows and its own expert's gradients, and every block computes
-exactly what it computes alone.
+exactly what it computes alone (a row's logits from a product over a block of rows are the row of the
+whole product: OpenBLAS does not split the sum over D by rows; tested bit for bit). A block that calls
+``run_blocks`` itself runs that call's blocks in order in its own thread: the others are busy with its
+siblings, and a call handed to them would wait for a thread that waits for it.
 
 While blocks run, BLAS is limited to one thread for the whole process (OpenBLAS's setting is global) and
 restored afterwards; do not run two layers from two of your own threads at the same time.
@@ -45,6 +51,7 @@ from . import backend  # noqa: F401  (loads NumPy, hence the BLAS library that _
 
 _state = {"blas": None, "pool": None, "size": 0, "spin": None}
 _lock = threading.Lock()
+_inside = threading.local()  # .active: this thread runs a block (a nested run_blocks runs in order)
 
 
 def _blas_controllers():
@@ -131,7 +138,8 @@ def run_blocks(work, costs=None, like=None, serial_below=0):
     """
     on_device = type(like).__module__.split(".")[0] == "cupy"
     small = costs is not None and sum(costs) < serial_below
-    threads = 1 if on_device or small or len(work) < 2 else min(n_threads(), len(work))
+    nested = getattr(_inside, "active", False)  # the other threads are busy with this call's blocks
+    threads = 1 if on_device or small or nested or len(work) < 2 else min(n_threads(), len(work))
     if threads < 2:
         for fn in work:
             fn()
@@ -142,12 +150,16 @@ def run_blocks(work, costs=None, like=None, serial_below=0):
         todo.put(work[i])
 
     def worker():
-        while True:
-            try:
-                fn = todo.get_nowait()
-            except queue.Empty:
-                return
-            fn()
+        _inside.active = True
+        try:
+            while True:
+                try:
+                    fn = todo.get_nowait()
+                except queue.Empty:
+                    return
+                fn()
+        finally:
+            _inside.active = False
 
     controllers = _blas_controllers()
     saved = [c.num_threads for c in controllers]

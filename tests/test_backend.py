@@ -121,3 +121,42 @@ def test_combine_rows_rejects_rows_out_of_range():
     for bad in (3, -1):
         with pytest.raises(IndexError, match="values has 3 rows"):
             backend.combine_rows(values, np.array([[0, bad]]), np.ones((1, 2)))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("N", [4, 4000])  # the gather path and the CSR kernel
+def test_combine_rows_adds_into_out_in_place(dtype, N):
+    rng = np.random.default_rng(1)
+    values = rng.standard_normal((9, 6)).astype(dtype)
+    index, weight = rng.integers(0, 9, size=(N, 2)), rng.standard_normal((N, 2))
+    start = rng.standard_normal((N, 6)).astype(dtype)
+    out = start.copy()
+    assert backend.combine_rows(values, index, weight, out=out) is out
+    expected = start.astype(np.float64) + sum(weight[:, k:k + 1] * values[index[:, k]].astype(np.float64)
+                                              for k in range(2))
+    np.testing.assert_allclose(out, expected, rtol=1e-5 if dtype == np.float32 else 1e-13, atol=1e-5)
+    zeros = np.zeros((N, 6), dtype=dtype)  # into zeros: the new array's values, bit for bit
+    np.testing.assert_array_equal(backend.combine_rows(values, index, weight, out=zeros),
+                                  backend.combine_rows(values, index, weight))
+
+
+def test_combine_rows_without_scipys_kernel_or_into_a_strided_block_gives_the_same(monkeypatch):
+    # SciPy's private CSR kernel is used when it is there and out is C-contiguous; otherwise the public
+    # product: the same sums either way
+    rng = np.random.default_rng(2)
+    values, index, weight = rng.standard_normal((50, 8)), rng.integers(0, 50, (3000, 3)), rng.standard_normal((3000, 3))
+    direct = backend.combine_rows(values, index, weight)
+    wide = np.zeros((3000, 16))
+    strided = backend.combine_rows(values, index, weight, out=wide[:, ::2])
+    np.testing.assert_array_equal(strided, direct)
+    np.testing.assert_array_equal(wide[:, 1::2], 0)
+    monkeypatch.setattr(backend, "_csr_matvecs", None)
+    np.testing.assert_array_equal(backend.combine_rows(values, index, weight), direct)
+    out = np.ones((3000, 8))
+    np.testing.assert_array_equal(backend.combine_rows(values, index, weight, out=out), 1 + direct)
+
+
+@pytest.mark.parametrize("out", [np.zeros((5, 3)), np.zeros((4, 2)), np.zeros((4, 3), dtype=np.float32)])
+def test_combine_rows_refuses_an_out_of_another_shape_or_dtype(out):
+    with pytest.raises(ValueError, match="out has shape"):
+        backend.combine_rows(np.ones((3, 3)), np.zeros((4, 1), dtype=int), np.ones((4, 1)), out=out)

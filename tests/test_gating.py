@@ -221,3 +221,49 @@ def test_weight_grad_is_x_transpose_d_in_c_order(layout):
     assert got.shape == (7, 5) and got.flags.c_contiguous
     np.testing.assert_allclose(got, x.T @ d, rtol=1e-13, atol=1e-13)
     np.testing.assert_allclose(got, np.einsum("nd,ne->de", x, d), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("convention", ["softmax_then_topk", "topk_then_softmax"])
+@pytest.mark.parametrize("N, E, K, threads", [(8192, 16, 2, "2"), (300, 6, 3, "3"), (257, 5, 1, "2")])
+def test_topk_gate_in_blocks_of_rows_equals_one_pass_bit_for_bit(monkeypatch, dtype, convention, N, E, K, threads):
+    # the noiseless gate routes blocks of rows on the threads from SPLIT_ROUTE logits on (lowered here for the
+    # small shapes); every step is row-wise, so the routing is the one-pass routing, bit for bit, ties included
+    from numpy_moe.gates import softmax as softmax_gates
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((N, 12)).astype(dtype)
+    x[: N // 3] = np.round(x[: N // 3])  # integer inputs and weights below: tied logits
+    gate = TopKGate(12, E, top_k=K, convention=convention, seed=0, dtype=dtype)
+    gate.params["W"][:] = np.round(4 * gate.params["W"]) / 4
+    gate.params["b"][:] = rng.standard_normal(E)
+    one = route_topk(expert_major_logits(x, gate.params["W"], gate.params["b"]), K, convention)
+    calls = []
+    blocks = softmax_gates.route_topk_blocks
+    monkeypatch.setattr(softmax_gates, "route_topk_blocks", lambda *a: calls.append(a[-1]) or blocks(*a))
+    monkeypatch.setattr(softmax_gates, "SPLIT_ROUTE", min(softmax_gates.SPLIT_ROUTE, N * E))
+    monkeypatch.setenv("NUMPY_MOE_THREADS", threads)
+    split = gate.forward(x)
+    assert calls == [int(threads)], "the gate must have routed in blocks"
+    for field in ("sample", "expert", "weight", "kept", "logits", "clean", "probs", "scores"):
+        a, b = getattr(one, field), getattr(split, field)
+        assert a.dtype == b.dtype and (a.ndim == 1 or a.strides == b.strides), field  # (N, E): expert-major
+        np.testing.assert_array_equal(a, b, err_msg=field)
+    assert split.sigma is None and split.eps is None and split.top_k == K and split.convention == convention
+    grad = {"weight": rng.standard_normal(N * K)}
+    gate_one = TopKGate(12, E, top_k=K, convention=convention, seed=0, dtype=dtype)
+    gate_one.params.update({k: v.copy() for k, v in gate.params.items()})
+    monkeypatch.setenv("NUMPY_MOE_THREADS", "1")
+    gate_one.forward(x)
+    np.testing.assert_array_equal(gate.backward(grad), gate_one.backward(grad))
+    for key in gate.grads:
+        np.testing.assert_array_equal(gate.grads[key], gate_one.grads[key], err_msg=key)
+
+
+def test_noisy_or_small_topk_gates_route_in_one_pass(monkeypatch):
+    from numpy_moe.gates import softmax as softmax_gates
+    monkeypatch.setenv("NUMPY_MOE_THREADS", "2")
+    monkeypatch.setattr(softmax_gates, "route_topk_blocks", lambda *a: pytest.fail("routed in blocks"))
+    x = np.random.default_rng(0).standard_normal((64, 4))
+    TopKGate(4, 8, top_k=2, noise="vmoe", seed=0).forward(x)  # noise: one pass (the draw is for all rows)
+    monkeypatch.setattr(softmax_gates, "SPLIT_ROUTE", 64 * 8 + 1)
+    TopKGate(4, 8, top_k=2, seed=0).forward(x)  # below SPLIT_ROUTE logits

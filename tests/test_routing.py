@@ -139,3 +139,30 @@ def test_combine_weights_reproduce_the_layers_output(kwargs, rng):
     assert (W != 0).sum() == kept.sum()  # one entry per kept assignment, none for the dropped ones
     if "capacity_factor" in kwargs and "top_k" in kwargs or "capacity" in kwargs:
         assert not kept.all()  # the case really drops something
+
+
+@pytest.mark.parametrize("threads", ["2", "3"])
+def test_combine_topk_on_threads_equals_one_block_bit_for_bit(monkeypatch, threads):
+    # from COMBINE_SPLIT output values on, blocks of rows go to the threads, each into its own rows
+    from numpy_moe import routing
+    rng = np.random.default_rng(0)
+    N, K, E, F = 5000, 2, 7, 16
+    assert N * F >= routing.COMBINE_SPLIT
+    r = apply_capacity(route_topk(rng.standard_normal((N, E)), K, "softmax_then_topk"), 1300)
+    assert not r.kept.all(), "the check needs dropped assignments"
+    g = group_by_expert(r, E)
+    values = rng.standard_normal((len(g.sample), F)).astype(np.float32)
+    w = (r.weight * r.kept).reshape(N, K)
+    monkeypatch.setenv("NUMPY_MOE_THREADS", "1")
+    one = combine_topk(values, g, w)
+    blocks = []
+    run_blocks = routing.run_blocks
+    monkeypatch.setattr(routing, "run_blocks", lambda work, **kw: blocks.append(len(work)) or run_blocks(work, **kw))
+    monkeypatch.setenv("NUMPY_MOE_THREADS", threads)
+    split = combine_topk(values, g, w)
+    assert blocks == [int(threads)]
+    assert split.dtype == one.dtype == np.float32 and split.flags.c_contiguous
+    np.testing.assert_array_equal(split, one)
+    expected = np.zeros((N, F))
+    np.add.at(expected, g.sample, (r.weight * r.kept)[g.assignment][:, None] * values.astype(np.float64))
+    np.testing.assert_allclose(split, expected, rtol=1e-5, atol=1e-5)

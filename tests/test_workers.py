@@ -117,3 +117,30 @@ def test_the_spin_of_openblas_is_read_from_the_library_as_loaded(setting, expect
     code = "from numpy_moe import workers; print(workers.blas_spin_exponent())"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert int(out.stdout.strip()) == expected
+
+
+def test_run_blocks_called_from_a_block_runs_in_order_in_that_thread(monkeypatch):
+    # the other threads are busy with the outer call's blocks; a nested call handed to the pool could wait
+    # for a thread that is waiting for it, so it runs in the calling block's thread
+    monkeypatch.setenv("NUMPY_MOE_THREADS", "2")
+    seen, both = {}, threading.Barrier(2, timeout=10)
+
+    def outer(name):
+        def run():
+            both.wait()  # the two outer blocks run at once, on two threads
+            inner = []
+            workers.run_blocks([lambda: inner.append(threading.get_ident()) for _ in range(4)])
+            seen[name] = (threading.get_ident(), inner)
+        return run
+
+    caller = threading.Thread(target=workers.run_blocks, args=([outer("a"), outer("b")],), daemon=True)
+    caller.start()
+    caller.join(30)
+    assert not caller.is_alive(), "a nested run_blocks deadlocked: it waited for the pool thread that called it"
+    assert seen["a"][0] != seen["b"][0]
+    for ident, inner in seen.values():
+        assert inner == [ident] * 4
+    after = []  # and the flag is cleared: a later call from this thread uses the threads again
+    barrier = threading.Barrier(2, timeout=10)
+    workers.run_blocks([lambda: (barrier.wait(), after.append(threading.get_ident())) for _ in range(2)])
+    assert len(set(after)) == 2

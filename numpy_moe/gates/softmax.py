@@ -10,10 +10,12 @@ from .. import functional as F
 from ..backend import asarray, default_rng, get_array_module
 from ..layers import Module, init_weight, zeros_param
 from ..validation import check_positive_int
+from ..workers import n_threads, run_blocks
 from .base import Routing, expert_major_logits, pick_pairs, routing_backward, topk_indices, weight_grad
 
 CONVENTIONS = ("softmax_then_topk", "topk_then_softmax")
 NOISES = (None, "shazeer", "vmoe")
+SPLIT_ROUTE = 1 << 17  # logits (N E) from which a noiseless TopKGate routes blocks of rows on the threads
 
 
 class SoftmaxGate(Module):
@@ -73,6 +75,41 @@ def route_topk(logits, top_k, convention, clean=None, sigma=None, eps=None):
                    top_k=top_k, convention=convention, scores=probs)
 
 
+def route_topk_blocks(x, W, b, top_k, convention, blocks):
+    """``route_topk(expert_major_logits(x, W, b), top_k, convention)`` computed for ``blocks`` blocks of
+    rows at once on the threads of :mod:`numpy_moe.workers`.
+
+    Every step is row-wise (a sample's logits, its softmax over E, its top K), so each block writes its
+    own samples' entries of the expert-major logits and probabilities and the values are those of one
+    pass, bit for bit (tested). On two threads, at N = 16384, D = 64, E = 16, float32: 1.6-1.9 against
+    1.9-2.4 ms.
+    """
+    xp = get_array_module(x)
+    N, E = x.shape[0], W.shape[1]
+    dtype = xp.result_type(x, W, b)
+    logits_t, probs_t = xp.empty((E, N), dtype=dtype), xp.empty((E, N), dtype=dtype)  # expert-major storage
+    idx, weight = xp.empty((N, top_k), dtype=xp.intp), xp.empty((N, top_k), dtype=dtype)
+
+    def block(lo, hi):
+        h, p = logits_t[:, lo:hi], probs_t[:, lo:hi]  # (E, rows)
+        xp.add((x[lo:hi] @ W).T, b[:, None], out=h)
+        idx[lo:hi] = topk_indices(h.T, top_k)
+        xp.subtract(h, h.max(axis=0), out=p)  # the softmax over E, as F.softmax does it
+        xp.exp(p, out=p)
+        p /= p.sum(axis=0)
+        flat = idx[lo:hi] * N + xp.arange(lo, hi)[:, None]  # (rows, K) into the flat (E, N) storage
+        if convention == "softmax_then_topk":
+            weight[lo:hi] = xp.take(probs_t.reshape(-1), flat)
+        else:
+            weight[lo:hi] = F.softmax(xp.take(logits_t.reshape(-1), flat))
+
+    bounds = [N * i // blocks for i in range(blocks + 1)]
+    run_blocks([lambda lo=lo, hi=hi: block(lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:])], like=x)
+    logits, probs = logits_t.T, probs_t.T
+    return Routing(sample=xp.repeat(xp.arange(N), top_k), expert=idx.reshape(-1), weight=weight.reshape(-1),
+                   kept=xp.ones(N * top_k, dtype=bool), logits=logits, clean=logits, sigma=None, eps=None,
+                   probs=probs, top_k=top_k, convention=convention, scores=probs)
+
 
 class TopKGate(Module):
     """Top-k gate with optional noise on the logits (MATH.md §2).
@@ -125,6 +162,11 @@ class TopKGate(Module):
         """x (N, D) -> Routing."""
         xp = get_array_module(x)
         self.x = x
+        threads = n_threads() if xp.__name__ == "numpy" and x.shape[0] * self.n_experts >= SPLIT_ROUTE else 1
+        if self.noise is None and threads > 1:
+            self.routing = route_topk_blocks(x, self.params["W"], self.params["b"], self.top_k, self.convention,
+                                             threads)
+            return self.routing
         clean = expert_major_logits(x, self.params["W"], self.params["b"])  # (N, E)
         sigma = eps = None
         if self.noise == "shazeer":
