@@ -156,6 +156,26 @@ def combine_rows(values, index, weight, out=None):
     return out
 
 
+def take_rows(a, index, out=None):
+    """``a[index]`` along the first axis, into ``out`` when given: (len(index), ...) rows of ``a``.
+
+    Every entry of ``index`` must lie in 0..len(a) - 1: the caller checks the range (once, for all its
+    gathers; :func:`check_rows`). On NumPy the gather runs with ``mode="clip"``, because under the default
+    ``mode="raise"`` NumPy gathers into a buffer and then copies it into ``out`` (its documentation says
+    so): 2048 rows of 64 float32 took 30-35 µs against 99-108 µs. CuPy's take has no mode and no buffer.
+    """
+    xp = get_array_module(a)
+    if xp is numpy:
+        return numpy.take(a, index, axis=0, out=out, mode="clip")
+    return xp.take(a, index, axis=0, out=out)
+
+
+def check_rows(index, n_rows, name="rows"):
+    """Raise IndexError unless every entry of ``index`` is a row of an array of ``n_rows`` rows."""
+    if index.size and not (0 <= int(index.min()) and int(index.max()) < n_rows):
+        raise IndexError(f"{name} has entries {int(index.min())}..{int(index.max())}; the array has {n_rows} rows")
+
+
 def default_rng(seed=None):
     """A ``numpy.random.Generator``: ``seed`` may be None, an int >= 0 or a Generator (returned as is).
 

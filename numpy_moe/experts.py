@@ -24,7 +24,7 @@ Two forward/backward pairs serve the two ways an MoE layer uses its experts:
 (several, fused into one MLP of their summed width) or Qwen2-MoE's shared expert scaled by sigmoid(x w).
 """
 from . import functional as F
-from .backend import default_rng, get_array_module
+from .backend import check_rows, default_rng, get_array_module, take_rows
 from .layers import Module, init_weight, zeros_param
 from .validation import check_positive_int, check_real
 from .workers import n_threads, run_blocks
@@ -180,6 +180,8 @@ class ExpertBank(Module):
         M = x.shape[0] if rows is None else rows.shape[0]
         if self.offsets[-1] != M:
             raise ValueError(f"offsets end at {self.offsets[-1]} but there are {M} grouped rows")
+        if rows is not None:
+            check_rows(rows, x.shape[0])  # once, for every expert's gather (take_rows)
         self.blocks = [(e, lo, hi) for e, (lo, hi) in enumerate(zip(self.offsets[:-1], self.offsets[1:])) if hi > lo]
         self.chunks = self._chunks(M)
         self.x = x if rows is None else xp.empty((M, self.in_features), dtype=x.dtype)
@@ -252,7 +254,7 @@ class ExpertBank(Module):
         """Rows lo:hi of the grouped input: source[lo:hi], or source[rows[lo:hi]] (into ``out``)."""
         if rows is None:
             return source[lo:hi]
-        return get_array_module(source).take(source, rows[lo:hi], axis=0, out=out)
+        return take_rows(source, rows[lo:hi], out=out)
 
     def _output_grad(self, dout, rows, lo, hi):
         """The experts' output gradient on rows lo:hi; with rows, gathered and scaled, and dweight filled."""

@@ -160,3 +160,34 @@ def test_combine_rows_without_scipys_kernel_or_into_a_strided_block_gives_the_sa
 def test_combine_rows_refuses_an_out_of_another_shape_or_dtype(out):
     with pytest.raises(ValueError, match="out has shape"):
         backend.combine_rows(np.ones((3, 3)), np.zeros((4, 1), dtype=int), np.ones((4, 1)), out=out)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_take_rows_is_fancy_indexing_with_or_without_out(dtype):
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((50, 7)).astype(dtype)
+    index = np.concatenate([rng.integers(0, 50, 40), [0, 49, 49]])  # the ends and a repeat
+    np.testing.assert_array_equal(backend.take_rows(a, index), a[index])
+    big = np.full((60, 7), np.nan, dtype=dtype)
+    got = backend.take_rows(a, index, out=big[5:48])  # a block of rows of a larger array, as the experts use
+    assert np.shares_memory(got, big)
+    np.testing.assert_array_equal(big[5:48], a[index])
+    assert np.isnan(big[:5]).all() and np.isnan(big[48:]).all()
+
+
+@pytest.mark.parametrize("bad", [-1, 50])
+def test_check_rows_refuses_rows_outside_the_array(bad):
+    backend.check_rows(np.array([0, 49, 3]), 50)
+    backend.check_rows(np.array([], dtype=int), 0)
+    with pytest.raises(IndexError, match="rows has entries .* the array has 50 rows"):
+        backend.check_rows(np.array([0, bad, 3]), 50)
+
+
+def test_grouped_experts_refuse_rows_outside_the_input_rather_than_clip_them():
+    # take_rows gathers with mode="clip", so the range is checked first: a bad row must not become row 0 or N - 1
+    from numpy_moe.experts import ExpertBank
+    bank = ExpertBank(2, 3, 2, 4, seed=0)
+    x = np.ones((5, 3))
+    for bad in (-1, 5):
+        with pytest.raises(IndexError, match="the array has 5 rows"):
+            bank.forward_grouped(x, [0, 2, 3], rows=np.array([0, 1, bad]))
