@@ -128,8 +128,7 @@ def combine_rows(values, index, weight, out=None):
     """
     xp = get_array_module(values)
     N, K = index.shape
-    if index.size and not (0 <= int(index.min()) and int(index.max()) < values.shape[0]):
-        raise IndexError(f"index has rows {int(index.min())}..{int(index.max())}; values has {values.shape[0]} rows")
+    check_rows(index, values.shape[0], "index")
     weight = weight.astype(values.dtype, copy=False)
     if out is not None and (tuple(out.shape) != (N, values.shape[1]) or out.dtype != values.dtype):
         raise ValueError(f"out has shape {tuple(out.shape)} and dtype {out.dtype}; expected {(N, values.shape[1])} "
