@@ -39,7 +39,10 @@ whole product: OpenBLAS does not split the sum over D by rows; tested bit for bi
 siblings, and a call handed to them would wait for a thread that waits for it.
 
 While blocks run, BLAS is limited to one thread for the whole process (OpenBLAS's setting is global) and
-restored afterwards; do not run two layers from two of your own threads at the same time.
+restored afterwards. Calls from several of your own threads at once are safe: the first to start saves
+BLAS's thread counts, the last to finish puts them back (counted under a lock), so overlapping calls
+never leave BLAS at one thread. They share the cores, and any other BLAS work of the program runs on
+one thread while a call is running.
 """
 import ctypes
 import os
@@ -51,6 +54,8 @@ from . import backend  # noqa: F401  (loads NumPy, hence the BLAS library that _
 
 _state = {"blas": None, "pool": None, "size": 0, "spin": None}
 _lock = threading.Lock()
+_held = {"count": 0, "saved": []}  # run_blocks calls now holding BLAS at one thread; the counts they replaced
+_held_lock = threading.Lock()
 _inside = threading.local()  # .active: this thread runs a block (a nested run_blocks runs in order)
 
 
@@ -161,10 +166,7 @@ def run_blocks(work, costs=None, like=None, serial_below=0):
         finally:
             _inside.active = False
 
-    controllers = _blas_controllers()
-    saved = [c.num_threads for c in controllers]
-    for c in controllers:
-        c.set_num_threads(1)
+    _hold_blas()
     try:
         futures = [_pool(threads - 1).submit(worker) for _ in range(threads - 1)]
         error = None
@@ -182,5 +184,60 @@ def run_blocks(work, costs=None, like=None, serial_below=0):
         if error is not None:
             raise error
     finally:
-        for c, n in zip(controllers, saved):
-            c.set_num_threads(n)
+        _release_blas()
+
+
+def _hold_blas():
+    """Limit BLAS to one thread; the first of overlapping run_blocks calls saves the counts it replaces."""
+    with _held_lock:
+        if _held["count"] == 0:
+            controllers = _blas_controllers()
+            _held["saved"] = [c.num_threads for c in controllers]
+            for c in controllers:
+                _set_threads(c, 1)
+        _held["count"] += 1
+
+
+def _release_blas():
+    """End one :func:`_hold_blas`; the last of overlapping calls puts the saved counts back."""
+    with _held_lock:
+        _held["count"] -= 1
+        if _held["count"] == 0:
+            for c, n in zip(_blas_controllers(), _held["saved"]):
+                _set_threads(c, n)
+
+
+def _set_threads(controller, n):
+    """Set a BLAS library's thread count for the whole process, from whichever thread calls.
+
+    OpenBLAS with its own threads is set through its ``openblas_set_num_threads``, process-wide: from
+    version 3.8 threadpoolctl's ``set_num_threads`` lets only one "controlling" thread change it (the
+    first to call; other threads' calls silently do nothing), so going through it would make the first
+    thread that runs blocks the controller for good, and from then on both these calls from any other
+    thread and your own ``threadpool_limits`` in another thread would be ignored. Other libraries go
+    through threadpoolctl.
+    """
+    setter = _openblas_setter(controller)
+    if setter is None:
+        controller.set_num_threads(n)
+    else:
+        setter(n)
+
+
+def _openblas_setter(controller):
+    """OpenBLAS's own ``openblas_set_num_threads`` (with the build's symbol prefix and suffix) for an OpenBLAS
+    with its own (pthreads) threads, else None; looked up once per library."""
+    cache = _state.setdefault("setters", {})
+    key = id(controller)
+    if key not in cache:
+        found = None
+        dynlib = getattr(controller, "dynlib", None)
+        if (dynlib is not None and getattr(controller, "internal_api", None) == "openblas"
+                and getattr(controller, "threading_layer", None) == "pthreads"):
+            for prefix in ("", "scipy_"):
+                for suffix in ("", "64_", "_64"):
+                    found = found or getattr(dynlib, f"{prefix}openblas_set_num_threads{suffix}", None)
+            if found is not None:
+                found.argtypes, found.restype = [ctypes.c_int], None
+        cache[key] = found
+    return cache[key]

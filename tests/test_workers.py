@@ -144,3 +144,66 @@ def test_run_blocks_called_from_a_block_runs_in_order_in_that_thread(monkeypatch
     barrier = threading.Barrier(2, timeout=10)
     workers.run_blocks([lambda: (barrier.wait(), after.append(threading.get_ident())) for _ in range(2)])
     assert len(set(after)) == 2
+
+
+def test_overlapping_calls_from_two_threads_put_blas_back_only_when_the_last_one_ends(monkeypatch):
+    # A starts (BLAS -> 1 thread), B starts, A ends, B ends. Saving and restoring per call would let A put
+    # BLAS back to its threads under B's blocks, and B then "restore" the one thread it found: BLAS would
+    # stay at one thread for the rest of the program.
+    monkeypatch.setenv("NUMPY_MOE_THREADS", "2")
+    with threadpool_limits(limits=2, user_api="blas"):
+        before = [c.num_threads for c in workers._blas_controllers()]
+        if max(before, default=1) < 2:
+            pytest.skip("no BLAS here takes a thread count of 2 (threadpoolctl found none to set)")
+        a_in, b_in, a_go, b_go = (threading.Event() for _ in range(4))
+        seen_by_b = []
+
+        def a_block():
+            a_in.set()
+            assert a_go.wait(10)
+
+        def b_block():
+            b_in.set()
+            assert b_go.wait(10)
+            seen_by_b.extend(c.num_threads for c in workers._blas_controllers())
+
+        calls = [threading.Thread(target=workers.run_blocks, args=([block, lambda: None],), daemon=True)
+                 for block in (a_block, b_block)]
+        calls[0].start()
+        assert a_in.wait(10)
+        calls[1].start()
+        assert b_in.wait(10)
+        a_go.set()
+        calls[0].join(10)
+        assert not calls[0].is_alive()
+        b_go.set()
+        calls[1].join(10)
+        assert not calls[1].is_alive()
+        assert seen_by_b == [1] * len(before), "A put BLAS's threads back while B's blocks were still running"
+        assert [c.num_threads for c in workers._blas_controllers()] == before
+
+
+def test_running_blocks_leaves_threadpool_limits_working_in_other_threads(monkeypatch):
+    # threadpoolctl >= 3.8 lets only one "controlling" thread set OpenBLAS's (pthreads) thread count; had
+    # run_blocks gone through it, this thread would hold that control for good and a threadpool_limits in
+    # any other thread would silently do nothing
+    import threadpoolctl
+    clear = getattr(getattr(threadpoolctl, "OpenBLASController", None), "clear_controlling_thread", None)
+    if clear is not None:
+        clear(force=True)  # whatever earlier tests left
+    monkeypatch.setenv("NUMPY_MOE_THREADS", "2")
+    before = [c.num_threads for c in workers._blas_controllers()]
+    if max(before, default=1) < 2:
+        pytest.skip("BLAS runs on one thread here (OPENBLAS_NUM_THREADS=1?): no limit to see taking effect")
+    workers.run_blocks([lambda: None, lambda: None])  # from this thread
+    seen = []
+
+    def elsewhere():
+        with threadpool_limits(limits=1, user_api="blas"):
+            seen.extend(c.num_threads for c in workers._blas_controllers())
+
+    other = threading.Thread(target=elsewhere)
+    other.start()
+    other.join(10)
+    assert seen == [1] * len(before), "threadpool_limits in another thread was ignored"
+    assert [c.num_threads for c in workers._blas_controllers()] == before
