@@ -52,7 +52,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from . import backend  # noqa: F401  (loads NumPy, hence the BLAS library that _blas_controllers inspects)
 
-_state = {"blas": None, "pool": None, "size": 0, "spin": None}
+_state = {"blas": None, "pool": None, "size": 0, "spin": None, "setters": {}}
 _lock = threading.Lock()
 _held = {"count": 0, "saved": []}  # run_blocks calls now holding BLAS at one thread; the counts they replaced
 _held_lock = threading.Lock()
@@ -227,16 +227,14 @@ def _set_threads(controller, n):
 def _openblas_setter(controller):
     """OpenBLAS's own ``openblas_set_num_threads`` (with the build's symbol prefix and suffix) for an OpenBLAS
     with its own (pthreads) threads, else None; looked up once per library."""
-    cache = _state.setdefault("setters", {})
-    key = id(controller)
+    cache, key = _state["setters"], id(controller)
     if key not in cache:
-        found = None
-        dynlib = getattr(controller, "dynlib", None)
+        found, dynlib = None, getattr(controller, "dynlib", None)
         if (dynlib is not None and getattr(controller, "internal_api", None) == "openblas"
                 and getattr(controller, "threading_layer", None) == "pthreads"):
-            for prefix in ("", "scipy_"):
-                for suffix in ("", "64_", "_64"):
-                    found = found or getattr(dynlib, f"{prefix}openblas_set_num_threads{suffix}", None)
+            names = [f"{prefix}openblas_set_num_threads{suffix}"
+                     for prefix in ("", "scipy_") for suffix in ("", "64_", "_64")]  # threadpoolctl's order
+            found = next((getattr(dynlib, name) for name in names if hasattr(dynlib, name)), None)
             if found is not None:
                 found.argtypes, found.restype = [ctypes.c_int], None
         cache[key] = found
