@@ -207,3 +207,16 @@ def test_running_blocks_leaves_threadpool_limits_working_in_other_threads(monkey
     other.join(10)
     assert seen == [1] * len(before), "threadpool_limits in another thread was ignored"
     assert [c.num_threads for c in workers._blas_controllers()] == before
+
+
+def test_a_blas_other_than_openblas_is_set_through_threadpoolctl():
+    class Other:  # an MKL or BLIS controller: no OpenBLAS symbols, so its own set_num_threads
+        internal_api, threading_layer, calls = "mkl", "intel", []
+
+        def set_num_threads(self, n):
+            self.calls.append(n)
+
+    other = Other()
+    workers._set_threads(other, 3)
+    assert other.calls == [3]
+    assert workers._openblas_setter(other) is None
