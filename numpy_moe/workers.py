@@ -43,6 +43,11 @@ restored afterwards. Calls from several of your own threads at once are safe: th
 BLAS's thread counts, the last to finish puts them back (counted under a lock), so overlapping calls
 never leave BLAS at one thread. They share the cores, and any other BLAS work of the program runs on
 one thread while a call is running.
+
+A child made by ``fork`` (``multiprocessing``'s default start method on Linux before Python 3.14) has
+none of its parent's threads: it starts with no pool, fresh locks and BLAS's counts as they were before
+any call of the parent that was running (without this, its first call on threads would wait forever
+for a pool thread that does not exist in it).
 """
 import ctypes
 import os
@@ -185,6 +190,22 @@ def run_blocks(work, costs=None, like=None, serial_below=0):
             raise error
     finally:
         _release_blas()
+
+
+def _after_fork_in_child():
+    """Forget the parent's pool, locks and BLAS hold: none of their threads exists in a forked child."""
+    global _lock, _held_lock
+    _lock, _held_lock = threading.Lock(), threading.Lock()
+    _state["pool"], _state["size"] = None, 0
+    if _held["count"]:  # a call of the parent was running: the child inherited BLAS at one thread
+        for c, n in zip(_blas_controllers(), _held["saved"]):
+            _set_threads(c, n)
+    _held["count"] = 0
+    _inside.active = False
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _hold_blas():

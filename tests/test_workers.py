@@ -220,3 +220,61 @@ def test_a_blas_other_than_openblas_is_set_through_threadpoolctl():
     workers._set_threads(other, 3)
     assert other.calls == [3]
     assert workers._openblas_setter(other) is None
+
+
+def _fork_context():
+    import multiprocessing
+    if "fork" not in multiprocessing.get_all_start_methods():
+        pytest.skip("no fork on this platform: no child inherits the parent's pool")
+    return multiprocessing.get_context("fork")
+
+
+def _child_reports(queue):
+    """In a forked child: BLAS's counts as inherited, then whether two blocks ran at once on threads."""
+    counts = [c.num_threads for c in workers._blas_controllers()]
+    both = threading.Barrier(2, timeout=10)
+    met = []
+    workers.run_blocks([lambda: met.append(both.wait() is not None) for _ in range(2)])
+    queue.put((counts, met))
+
+
+def _run_child(ctx):
+    queue = ctx.Queue()
+    child = ctx.Process(target=_child_reports, args=(queue,))
+    child.start()
+    child.join(60)
+    if child.is_alive():
+        child.kill()
+        pytest.fail("the forked child hung in run_blocks: it waited for a pool thread that only its parent has")
+    assert child.exitcode == 0
+    return queue.get(timeout=10)
+
+
+def test_a_forked_child_runs_blocks_on_threads_of_its_own(monkeypatch):
+    monkeypatch.setenv("NUMPY_MOE_THREADS", "2")
+    ctx = _fork_context()
+    workers.run_blocks([lambda: None, lambda: None])  # the parent's pool now has a thread
+    _, met = _run_child(ctx)
+    assert met == [True, True], "the child's two blocks did not run at the same time"
+
+
+def test_a_child_forked_during_a_call_gets_blas_threads_back(monkeypatch):
+    monkeypatch.setenv("NUMPY_MOE_THREADS", "2")
+    ctx = _fork_context()
+    with threadpool_limits(limits=2, user_api="blas"):
+        before = [c.num_threads for c in workers._blas_controllers()]
+        if max(before, default=1) < 2:
+            pytest.skip("no BLAS here takes a thread count of 2 (threadpoolctl found none to set)")
+        inside, go = threading.Event(), threading.Event()
+        call = threading.Thread(target=workers.run_blocks,
+                                args=([lambda: (inside.set(), go.wait(30)), lambda: None],), daemon=True)
+        call.start()
+        try:
+            assert inside.wait(10)  # the parent holds BLAS at one thread now
+            counts, met = _run_child(ctx)
+        finally:
+            go.set()
+            call.join(10)
+        assert counts == before, "the child kept the one BLAS thread of its parent's running call"
+        assert met == [True, True]
+        assert [c.num_threads for c in workers._blas_controllers()] == before
