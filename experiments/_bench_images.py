@@ -241,9 +241,12 @@ def format_rows(rows):
 if __name__ == "__main__":
     import argparse
 
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script: experiments importable
+    from experiments._common import positive_int
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--threads", type=int, nargs="*", default=None)
+    parser.add_argument("--rounds", type=positive_int, default=5)
+    parser.add_argument("--threads", type=positive_int, nargs="*", default=None)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--torch-python", default=None)
     a = parser.parse_args()

@@ -60,6 +60,21 @@ def use_style():
                                 "figure.titlesize": FONT_SIZE + 2})
 
 
+def positive_int(text):
+    """argparse type of a count (rounds, repeats, threads, seeds, epochs): an integer of at least 1.
+
+    A plain ``type=int`` let 0 through, which the studies then read as "the default" or as "no limit",
+    and a negative count failed deep inside a study; this refuses both at the command line.
+    """
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
 def parse_args(argv, doc, extra=None, notebook=False, name=None):
     """Parse ``--quick`` and ``--out`` (plus whatever ``extra(parser)`` adds) from ``argv``.
 

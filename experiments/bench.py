@@ -58,7 +58,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from experiments._common import Progress, parse_args, savefig
+from experiments._common import Progress, parse_args, positive_int, savefig
 from numpy_moe import backend
 from numpy_moe.experts import ExpertBank
 from numpy_moe.moe import MoE
@@ -82,9 +82,9 @@ SWEEP_SHAPES = [(64, 128, 64, 16, 2, "D=64 H=128 O=64 E=16 K=2 (config 2)"),
 def options(parser):
     parser.add_argument("--backend", choices=["numpy", "cupy"], default="numpy",
                         help="array library: numpy (CPU, default) or cupy (GPU)")
-    parser.add_argument("--rounds", type=int, default=None, help="rounds (default 5, quick 1); ratios: median, range")
-    parser.add_argument("--repeats", type=int, default=None, help="timed repeats per round (default 7, quick 1)")
-    parser.add_argument("--threads", type=int, default=None, help="BLAS / expert / torch threads (default: BLAS's own)")
+    parser.add_argument("--rounds", type=positive_int, default=None, help="rounds (default 5, quick 1); ratios: median, range")
+    parser.add_argument("--repeats", type=positive_int, default=None, help="timed repeats per round (default 7, quick 1)")
+    parser.add_argument("--threads", type=positive_int, default=None, help="BLAS / expert / torch threads (default: BLAS's own)")
     parser.add_argument("--torch-python", default=None, help="a Python with torch for the torch columns")
     parser.add_argument("--only", choices=["layer", "sweep", "models"], default=None, help="run one section")
 

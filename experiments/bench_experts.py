@@ -24,7 +24,7 @@ import time
 
 import numpy as np
 
-from experiments._common import Progress, parse_args
+from experiments._common import Progress, parse_args, positive_int
 from numpy_moe.experts import ExpertBank
 
 N, D, O, KH = 2048, 128, 128, 256
@@ -32,8 +32,8 @@ SHAPES = [(8, 2), (16, 4), (64, 8)]
 
 
 def options(parser):
-    parser.add_argument("--repeats", type=int, default=None, help="timed repeats (default 21, quick 1)")
-    parser.add_argument("--threads", type=int, default=None, help="BLAS threads (default: the library's own)")
+    parser.add_argument("--repeats", type=positive_int, default=None, help="timed repeats (default 21, quick 1)")
+    parser.add_argument("--threads", type=positive_int, default=None, help="BLAS threads (default: the library's own)")
 
 
 def floor(bank, x, dy, offsets):

@@ -31,7 +31,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from experiments._common import Progress, parse_args, savefig
+from experiments._common import Progress, parse_args, positive_int, savefig
 from numpy_moe import plotting
 from numpy_moe.backend import to_numpy
 from numpy_moe.data_images import load_cifar10, load_digits_images
@@ -199,7 +199,7 @@ def run_cifar(args):
 def main(argv=None):
     def extra(parser):
         parser.add_argument("--cifar", metavar="DIR", help="folder with the CIFAR-10 binary batches (*.bin)")
-        parser.add_argument("--cifar-epochs", type=int, default=10, help="CIFAR-10 epochs (default 10)")
+        parser.add_argument("--cifar-epochs", type=positive_int, default=10, help="CIFAR-10 epochs (default 10)")
     args = parse_args(argv, __doc__, extra)
     with threadpool_limits(limits=1, user_api="blas"):
         out = {"digits": run_digits(args)}

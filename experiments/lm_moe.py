@@ -44,7 +44,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from experiments._common import Progress, parse_args, savefig
+from experiments._common import Progress, parse_args, positive_int, savefig
 from numpy_moe import balance as B
 from numpy_moe.data_text import MAX_LEN, SOURCES, TOKEN_TYPES, VOCAB, synthetic_languages, token_types
 from numpy_moe.models.transformer import TransformerLM
@@ -185,7 +185,7 @@ def heatmap(ax, table, columns, title):
 
 def main(argv=None):
     args = parse_args(argv, __doc__, extra=lambda p: p.add_argument(
-        "--seeds", type=int, default=5, help="number of seeds (default 5)"))
+        "--seeds", type=positive_int, default=5, help="number of seeds (default 5)"))
     seeds, steps, every, batch, n_val = (([0], 12, 4, 8, 64) if args.quick
                                          else (list(range(args.seeds)), 800, 50, 32, 512))
     val, _, val_source = synthetic_languages(n_val, seed=10_000)

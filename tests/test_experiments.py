@@ -121,3 +121,18 @@ def test_progress_fit_callback_reports_the_epoch_and_loss_of_either_trainer():
     progress.fit_callback("local")(1, None, {"train": [2.0, 0.25]})
     lines = out.getvalue().splitlines()
     assert "net: epoch 1, loss 0.5000" in lines[0] and "local: epoch 2, loss 0.2500" in lines[1]
+
+
+@pytest.mark.parametrize("name, flag", [("bench", "--rounds"), ("bench", "--repeats"), ("bench", "--threads"),
+                                        ("bench_experts", "--repeats"), ("bench_experts", "--threads"),
+                                        ("lm_moe", "--seeds"), ("images", "--cifar-epochs")])
+@pytest.mark.parametrize("value, message", [("0", "0 must be at least 1"), ("-3", "-3 must be at least 1"),
+                                            ("two", "'two' is not an integer")])
+def test_counts_on_the_command_line_must_be_positive(name, flag, value, message, capsys, tmp_path):
+    # before, 0 read as "the default" (--rounds, --repeats) or "no limit" (--threads) and ran anyway
+    import importlib
+    module = importlib.import_module(f"experiments.{name}")
+    with pytest.raises(SystemExit) as stop:
+        module.main([flag, value, "--quick", "--out", str(tmp_path)])  # a broken check runs it: not into plots/
+    assert stop.value.code == 2
+    assert f"argument {flag}: {message}" in capsys.readouterr().err
