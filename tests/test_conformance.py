@@ -76,3 +76,25 @@ def test_pytorch_walkthrough_passes(tmp_path):
     run = subprocess.run([sys.executable, str(ROOT / "tools" / "conformance_walkthrough.py"), str(tmp_path)],
                          capture_output=True, text=True)
     assert run.returncode == 0, run.stdout + run.stderr
+
+
+@pytest.mark.parametrize("presets, seed, error", [(["qwen2_moe", "no_such_preset"], 5, "no_such_preset"),
+                                                  (["qwen2_moe"], -1, "seed=-1"), (["qwen2_moe"], 1.5, "seed=1.5")])
+def test_a_bad_export_writes_nothing_and_leaves_an_earlier_export_as_it_was(tmp_path, presets, seed, error):
+    # before, the preset before a bad one was rewritten with the new seed while the manifest kept the old one
+    with pytest.raises((ValueError, TypeError), match=error):
+        conformance.export(tmp_path / "new", presets, seed)
+    assert not (tmp_path / "new").exists()
+    conformance.export(tmp_path / "fx", ["qwen2_moe"], seed=0)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "fx").iterdir()}
+    with pytest.raises((ValueError, TypeError), match=error):
+        conformance.export(tmp_path / "fx", presets, seed)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "fx").iterdir()} == before
+
+
+def test_the_command_line_refuses_a_negative_seed_without_a_traceback(tmp_path):
+    rc = subprocess.run([sys.executable, "-m", "numpy_moe.conformance", "export", str(tmp_path / "fx"), "--seed", "-1"],
+                        cwd=ROOT, capture_output=True, text=True)
+    assert rc.returncode == 2
+    assert "seed=-1 must be an integer >= 0" in rc.stderr and "Traceback" not in rc.stderr
+    assert not (tmp_path / "fx").exists()

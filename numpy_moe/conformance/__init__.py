@@ -34,6 +34,8 @@ from .. import presets as P
 from ..backend import to_numpy
 from ..balance import FrameworkBalance, MultiLayer, select_samples
 from ..gates import topk_indices
+from ..io.archive import write_atomic, write_text_atomic
+from ..validation import check_positive_int
 
 FORMAT = 1
 TOLERANCE = {"output": 1e-5, "aux": 1e-5, "grad": 1e-5, "router_logits": 1e-5, "routing/weights": 1e-5}
@@ -135,18 +137,26 @@ def make_fixture(preset, seed=0):
 
 
 def export(directory, presets=None, seed=0):
-    """Write ``<preset>.npz`` for each preset and ``manifest.json`` into ``directory``; returns its path."""
-    out = Path(directory)
-    out.mkdir(parents=True, exist_ok=True)
-    manifest = {"format": FORMAT, "dtype": "float64", "seed": seed, "tolerance": TOLERANCE,
-                "gradient_of": "sum(output * projection), balance losses excluded", "presets": {}}
+    """Write ``<preset>.npz`` for each preset and ``manifest.json`` into ``directory``; returns its path.
+
+    Every preset and the seed (an integer >= 0) are checked, and every fixture computed, before anything
+    is written; each file is then replaced atomically, the manifest last. A bad argument leaves
+    ``directory`` as it was (not even created), so an earlier export there keeps its files and manifest
+    in agreement.
+    """
+    seed = check_positive_int(seed, "seed", minimum=0)
     for preset in presets or CONFIGS:
         if preset not in CONFIGS:
             raise ValueError(f"preset={preset!r} has no fixture; expected one of {tuple(CONFIGS)}")
-        arrays, entry = make_fixture(preset, seed)
-        np.savez(out / entry["file"], **arrays)
-        manifest["presets"][preset] = entry
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    fixtures = {preset: make_fixture(preset, seed) for preset in presets or CONFIGS}
+    manifest = {"format": FORMAT, "dtype": "float64", "seed": seed, "tolerance": TOLERANCE,
+                "gradient_of": "sum(output * projection), balance losses excluded",
+                "presets": {preset: entry for preset, (_, entry) in fixtures.items()}}
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    for arrays, entry in fixtures.values():
+        write_atomic(out / entry["file"], arrays)
+    write_text_atomic(out / "manifest.json", json.dumps(manifest, indent=1))
     return out
 
 

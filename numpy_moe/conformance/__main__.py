@@ -20,7 +20,10 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.command == "export":
         start = time.perf_counter()
-        out = export(args.dir, args.preset, args.seed)
+        try:
+            out = export(args.dir, args.preset, args.seed)
+        except ValueError as err:  # a bad --seed: the message names it, and nothing was written
+            parser.error(str(err))
         print(f"wrote {len(args.preset or CONFIGS)} fixtures and manifest.json to {out} "
               f"in {time.perf_counter() - start:.1f} s")
         return 0

@@ -138,6 +138,16 @@ def write_atomic(path, arrays):
     umask). On any exception, KeyboardInterrupt included, the temporary file is removed and the exception
     re-raised; ``path`` is then exactly what it was.
     """
+    _replace_atomic(path, lambda f: numpy.savez(f, **arrays))
+
+
+def write_text_atomic(path, text):
+    """Write the str ``text`` (UTF-8) at ``path``, atomically, as :func:`write_atomic` does."""
+    _replace_atomic(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def _replace_atomic(path, write):
+    """Call ``write(f)`` on a binary temporary file beside ``path``, then rename it over ``path``."""
     path = os.fspath(path)
     if os.path.isdir(path):
         raise IsADirectoryError(f"{path} is a directory; pass a file name")
@@ -145,7 +155,7 @@ def write_atomic(path, arrays):
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            numpy.savez(f, **arrays)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, _mode_for(path))
