@@ -153,10 +153,10 @@ class ExpertBank(Module):
                 self.grads[w] = self.x.transpose(0, 2, 1) @ d  # (E, D, ·)
                 return d @ self.params[w].transpose(0, 2, 1)  # (E, C, D)
             if i == 0:
-                self.grads[w] = self.x.T @ d.transpose(1, 0, 2).reshape(N, -1)  # (D, E*·)
-                self.grads[w] = self.grads[w].reshape(self.in_features, E, -1).transpose(1, 0, 2)
+                d_cols = d.transpose(1, 0, 2).reshape(N, E * d.shape[2])  # (N, E*·); no -1: N may be 0
+                self.grads[w] = (self.x.T @ d_cols).reshape(self.in_features, E, d.shape[2]).transpose(1, 0, 2)
                 W = self.params[w]  # (E, D, H)
-                return d.transpose(1, 0, 2).reshape(N, -1) @ W.transpose(0, 2, 1).reshape(-1, W.shape[1])
+                return d_cols @ W.transpose(0, 2, 1).reshape(-1, W.shape[1])
             self.grads[w] = inp.transpose(0, 2, 1) @ d  # (E, H, O)
             d = F.relu_backward(d @ self.params[w].transpose(0, 2, 1), self.acts[i - 1])  # (E, N, H)
 

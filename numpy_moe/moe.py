@@ -272,10 +272,10 @@ class MoE(Module):
         return self._aux
 
     def forward(self, x, mask=None, seq_lengths=None, keys=None):
-        """x (N, D) -> y (N, O). mask: (N,) bool or None; seq_lengths: ints summing to N, or None;
+        """x (N, D), N >= 1 -> y (N, O). mask: (N,) bool or None; seq_lengths: ints summing to N, or None;
         keys: (N,) ints, the samples' keys for a HashGate (refused for other gates)."""
         xp = get_array_module(x)
-        x = check_input(x, self.in_features, self.dtype)
+        x = check_input(x, self.in_features, self.dtype, min_rows=1)  # routing statistics need a sample
         N, E = x.shape[0], self.n_experts
         self.y_shape = (N, self.out_features)
         self.mask = None if mask is None else check_mask(mask, N)

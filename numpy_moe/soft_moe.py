@@ -108,9 +108,9 @@ class SoftMoE(Module):
         return N // m, m
 
     def forward(self, x):
-        """x (N, D) -> y (N, O)."""
+        """x (N, D), N >= 1 -> y (N, O)."""
         xp = get_array_module(x)
-        x = check_input(x, self.in_features, self.dtype)
+        x = check_input(x, self.in_features, self.dtype, min_rows=1)  # slots average over tokens: N >= 1
         N, E, S = x.shape[0], self.n_experts, self.slots
         G, m = self._groups(N)
         n = E * S

@@ -9,7 +9,7 @@ import numbers
 from .backend import asarray, get_array_module, is_floating_dtype, is_sparse
 
 
-def check_input(x, n_features, dtype, name="x"):
+def check_input(x, n_features, dtype, name="x", min_rows=0):
     """Validate a 2-D float batch and return it as an array of ``dtype`` on the current backend.
 
     Parameters
@@ -18,6 +18,8 @@ def check_input(x, n_features, dtype, name="x"):
     n_features : int or None, the expected number of columns (None: any).
     dtype : the dtype to convert to (the module's parameter dtype).
     name : the argument's name, for the error message.
+    min_rows : the fewest rows N allowed (a routing layer needs 1: its balance statistics are means over
+        the batch, undefined for no sample).
     """
     if is_sparse(x):
         raise TypeError(f"{name} is a sparse matrix ({type(x).__name__}); numpy_moe layers take dense arrays: "
@@ -33,6 +35,8 @@ def check_input(x, n_features, dtype, name="x"):
     if n_features is not None and x.shape[1] != n_features:
         raise ValueError(f"{name} has {x.shape[1]} features (shape {tuple(x.shape)}); "
                          f"expected {n_features}")
+    if x.shape[0] < min_rows:
+        raise ValueError(f"{name} has {x.shape[0]} rows (shape {tuple(x.shape)}); expected at least {min_rows}")
     if x.dtype == dtype:  # nothing to cast (the common case inside training loops)
         cast = x
     else:

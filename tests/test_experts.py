@@ -110,3 +110,15 @@ def test_grouped_forwards_of_changing_block_sizes_each_match_the_dense_pass(rng)
 def test_n_experts_must_be_positive():
     with pytest.raises(ValueError, match="n_experts=0 must be an integer >= 1"):
         ExpertBank(0, 3, 2)
+
+
+@pytest.mark.parametrize("hidden, activation", [(None, "relu"), (5, "relu"), (5, "swiglu")])
+def test_every_expert_on_no_samples_gives_empty_outputs_and_zero_gradients(hidden, activation):
+    # the dense pass's backward reshaped with -1, which NumPy cannot resolve for 0 rows
+    bank = ExpertBank(3, 4, 2, hidden, seed=0, activation=activation)
+    y = bank.forward(np.zeros((0, 4)))
+    assert y.shape == (3, 0, 2)
+    dx = bank.backward(np.zeros(y.shape))
+    assert dx.shape == (0, 4)
+    for key, g in bank.grads.items():
+        assert g.shape == bank.params[key].shape and not g.any(), key

@@ -66,3 +66,34 @@ def test_bad_n_experts():
         MoE(5, 3, 0)
     with pytest.raises(TypeError, match="n_experts=2.5 must be an integer"):
         MoE(5, 3, 2.5)
+
+
+def _empty_batch_layers():
+    from numpy_moe import BaseGate, ExpertBank, SinkhornGate, SoftMoE
+    D, O, E = 8, 4, 4
+    return {
+        "dense": lambda: MoE(D, O, E, hidden=6, seed=0),
+        "top-2 sparse": lambda: MoE(D, O, E, hidden=6, seed=0, top_k=2, dispatch="sparse"),
+        "top-2 padded": lambda: MoE(D, O, E, hidden=6, seed=0, top_k=2, dispatch="padded"),
+        "top-2 by dense dispatch": lambda: MoE(D, O, E, hidden=6, seed=0, top_k=2, dispatch="dense"),
+        "importance + load": lambda: MoE(D, O, E, hidden=6, seed=0, top_k=2, noise="vmoe",
+                                         balance={"importance": 0.01, "load": 0.01}),
+        "switch loss": lambda: MoE(D, O, E, hidden=6, seed=0, top_k=1, balance={"switch": 0.01}),
+        "expert choice": lambda: MoE(D, O, E, hidden=6, seed=0, router="expert_choice", capacity_factor=1.0),
+        "BASE": lambda: MoE(D, O, gate=BaseGate(D, E, seed=0), hidden=6, seed=0),
+        "Sinkhorn": lambda: MoE(D, O, gate=SinkhornGate(D, E, seed=0), hidden=6, seed=0),
+        "SwiGLU experts": lambda: MoE(D, O, E, seed=0, top_k=2, experts=ExpertBank(E, D, O, 6, seed=1,
+                                                                                   activation="swiglu")),
+        "Soft MoE": lambda: SoftMoE(D, O, E, hidden=6, seed=0),
+    }
+
+
+@pytest.mark.parametrize("name", list(_empty_batch_layers()))
+def test_a_routing_layer_refuses_an_empty_batch_by_name(name):
+    # before: an obscure reshape or reduction error, a ZeroDivisionError, or (importance + load) a NaN
+    # auxiliary loss returned without a word
+    layer = _empty_batch_layers()[name]()
+    with pytest.raises(ValueError, match=r"x has 0 rows \(shape \(0, 8\)\); expected at least 1"):
+        layer.forward(np.zeros((0, 8)))
+    y = layer.forward(np.ones((1, 8)))  # one sample is enough
+    assert y.shape == (1, 4) and np.isfinite(y).all()
