@@ -303,3 +303,14 @@ def test_a_router_with_a_nan_weight_fails_with_a_clear_error(K):
     gate.params["W"][0, 1] = np.nan  # a diverged step, say
     with pytest.raises(ValueError, match="NaN"):
         moe.forward(np.ones((3, 4)))
+
+
+def test_expert_choice_with_a_nan_weight_fails_with_a_clear_error():
+    # argsort ranks NaN last, so the experts took samples around it and the layer returned NaN without a word
+    from numpy_moe.experts import ExpertBank
+    from numpy_moe.moe import MoE
+    gate = ExpertChoiceGate(4, 4, capacity_factor=1.0, seed=0)
+    moe = MoE(gate=gate, experts=ExpertBank(4, 4, 4, 8, seed=0))
+    gate.params["W"][0, 1] = np.nan
+    with pytest.raises(ValueError, match="NaN in 6 of 6 rows"):
+        moe.forward(np.ones((6, 4)))

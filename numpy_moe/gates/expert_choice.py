@@ -49,6 +49,10 @@ class ExpertChoiceGate(Module):
         self.x = x
         clean = expert_major_logits(x, self.params["W"], self.params["b"])  # (N, E)
         probs = F.softmax(clean)
+        if bool(xp.isnan(probs).any()):  # argsort would rank NaN last and route on the rest without a word
+            raise ValueError(f"ExpertChoiceGate: the router's probabilities hold NaN in "
+                             f"{int(xp.isnan(probs).any(axis=1).sum())} of {N} rows (its weights or input hold NaN, "
+                             "or its logits overflowed); experts cannot rank the samples")
         C = expert_choice_capacity(N, E, self.capacity_factor)
         chosen = xp.argsort(-probs, axis=0, kind="stable")[:C]  # (C, E), best first
         sample, expert = chosen.T.reshape(-1), xp.repeat(xp.arange(E), C)  # (E C,)
