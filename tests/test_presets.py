@@ -229,3 +229,20 @@ def test_gpt_oss_block_from_transformers_names_matches_the_published_forward(rng
     assert set(back) == set(sd)
     for k in sd:
         np.testing.assert_array_equal(back[k], sd[k], err_msg=k)
+
+
+def test_switch_refuses_transformers_integer_expert_capacity_without_a_factor(rng):
+    # transformers' SwitchTransformersConfig carries expert_capacity (64 by default) and no capacity_factor; the
+    # preset used to ignore it and never drop, where transformers drops beyond C tokens per expert and sequence
+    cfg = {"d_model": 6, "d_ff": 4, "num_experts": 4, "expert_capacity": 3}
+    with pytest.raises(ValueError, match=r"expert_capacity'\]=3 .*capacity_factor"):
+        P.build("switch", cfg)
+    # the conversion the message gives keeps exactly C slots, also where C E / S rounds up to C + 1
+    from numpy_moe.routing import expert_capacity
+    assert expert_capacity(199, 1, 16, 125 * 16 / 199) == 126  # C E / S: one slot too many
+    assert expert_capacity(199, 1, 16, (125 - 0.5) * 16 / 199) == 125
+    moe = P.build("switch", dict(cfg, capacity_factor=(3 - 0.5) * 4 / 16), seed=0)
+    moe.eval()
+    moe.forward(rng.standard_normal((16, 6)))
+    assert moe.capacity.slots(16, 1, 4) == 3
+    assert P.build("switch", dict(cfg, capacity_factor=None)).capacity is None  # no limit, on purpose
