@@ -1,7 +1,8 @@
 """Each framework's MoE block, built from its own configuration keys (docs/FRAMEWORKS.md has the flag map).
 
 A builder takes the framework's configuration (a dict with the framework's key names; a missing key takes
-the framework's default) and returns a :class:`numpy_moe.moe.MoE` computing that block's function in
+the builder's default, which is not always the default of transformers' config class: docs/FRAMEWORKS.md
+lists where they differ, so pass every key, as a config's ``to_dict()`` does, to compare) and returns a :class:`numpy_moe.moe.MoE` computing that block's function in
 evaluation mode. Each cites the reference file and function it follows. A reference implementation's
 known bugs (:data:`BUGS`) are reproduced on request (``build(..., bugs=[name])``); by default the
 intended formula is built.
