@@ -126,7 +126,9 @@ def _deepseek(config, seed, dtype, version):
     n_shared = _get(config, "n_shared_experts") or 0
     shared = SharedExpert(D, D, H * n_shared, seed=seed, dtype=dtype) if n_shared else None
     alpha = _get(config, "aux_loss_alpha", 0.0)
-    losses = [B.SequenceBalance(alpha, per_sequence=bool(_get(config, "seq_aux", True)))] if alpha else []
+    counts = "chosen" if version == 2 else "top_scores"  # V2 counts its selection, V3 eq. 18 the top-k of s
+    losses = [B.SequenceBalance(alpha, per_sequence=bool(_get(config, "seq_aux", True)), counts=counts)] \
+        if alpha else []
     return MoE(gate=gate, experts=ExpertBank(E, D, D, H, seed=seed, dtype=dtype, activation="swiglu"),
                shared=shared, balance=losses, dtype=dtype)
 
@@ -149,7 +151,8 @@ def deepseek_v3(config, seed=None, dtype="float64"):
     transformers models/deepseek_v3/modeling_deepseek_v3.py, ``DeepseekV3TopkRouter`` and
     ``DeepseekV3MoE.route_tokens_to_experts``; the bias update (``bias_update_speed``, the paper's gamma) and
     the sequence-wise loss (``aux_loss_alpha``) are the paper's (DeepSeek-V3 report, auxiliary-loss-free
-    balancing), not in transformers.
+    balancing), not in transformers; the loss counts the top-k of the scores s, without the bias or the group
+    limit (eq. 18: ``SequenceBalance(counts="top_scores")``), where DeepSeek-V2's counts its choice.
     """
     return _deepseek(config, seed, dtype, 3)
 
