@@ -152,16 +152,18 @@ def test_routing_backward_wrt_logits_clean_and_sigma(convention, rng):
     (dict(top_k=1.5), TypeError, "top_k=1.5 must be an integer"),
     (dict(convention="topk"), ValueError, "gate='topk' must be one of"),
     (dict(noise="gauss"), ValueError, "noise='gauss' must be one of"),
-    (dict(noise="vmoe", noise_std=0.0), ValueError, "noise_std=0.0 must be > 0"),
+    (dict(noise="vmoe", noise_std=0.0), ValueError, "noise_std=0.0 must be a finite number > 0"),
+    (dict(noise="vmoe", noise_std=float("inf")), ValueError, "noise_std=inf must be a finite number > 0"),
 ])
 def test_topk_gate_rejects_bad_arguments(kwargs, error, pattern):
     with pytest.raises(error, match=pattern):
         TopKGate(5, 4, **kwargs)
 
 
-def test_expert_choice_rejects_bad_capacity():
-    with pytest.raises(ValueError, match="capacity_factor=0 must be > 0"):
-        ExpertChoiceGate(5, 4, capacity_factor=0)
+@pytest.mark.parametrize("cf", [0, float("inf")])
+def test_expert_choice_rejects_bad_capacity(cf):
+    with pytest.raises(ValueError, match=f"capacity_factor={cf} must be a finite number > 0"):
+        ExpertChoiceGate(5, 4, capacity_factor=cf)
 
 
 @pytest.mark.parametrize("n", [7, 3000])  # below and above FLAT_PAIRS / K: the fancy and the flat path

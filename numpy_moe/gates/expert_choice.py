@@ -5,7 +5,7 @@ from math import ceil
 from .. import functional as F
 from ..backend import default_rng, get_array_module
 from ..layers import Module, init_weight, zeros_param
-from ..validation import check_positive_int
+from ..validation import check_positive_int, check_real
 from .base import Routing, expert_major_logits, routing_backward, weight_grad
 
 
@@ -35,9 +35,8 @@ class ExpertChoiceGate(Module):
         super().__init__(dtype)
         D = self.in_features = check_positive_int(in_features, "in_features")
         E = self.n_experts = check_positive_int(n_experts, "n_experts")
-        if not capacity_factor > 0:
-            raise ValueError(f"capacity_factor={capacity_factor!r} must be > 0")
-        self.capacity_factor = float(capacity_factor)
+        # finite: an infinite factor failed in the first forward with "cannot convert float infinity to integer"
+        self.capacity_factor = check_real(capacity_factor, "capacity_factor", 0, low_open=True)
         self.params["W"] = init_weight(default_rng(seed), D, E, (D, E), "glorot", self.dtype)
         self.params["b"] = zeros_param(E, self.dtype)
         self.zero_grad()
