@@ -198,7 +198,8 @@ def token_cross_entropy(logits, target, mask=None):
     Parameters
     ----------
     logits : (..., C) scores, e.g. (B, T, V). target : (...) integer ids in [0, C).
-    mask : None or (...) bool, True for the tokens that count (False: padding); None counts all.
+    mask : None or (...) bool, True for the tokens that count (False: padding); None counts all. A mask
+        that counts no token is a ValueError (the mean over no token is undefined).
 
     Returns
     -------
@@ -209,16 +210,25 @@ def token_cross_entropy(logits, target, mask=None):
     picked = xp.take_along_axis(logp, target[..., None], axis=-1)[..., 0]  # (...)
     if mask is None:
         return float(-picked.mean())
-    return float(-(picked * mask).sum() / mask.sum())
+    return float(-(picked * mask).sum() / _n_counted(mask))
 
 
 def token_cross_entropy_backward(logits, target, mask=None):
-    """dlogits = (softmax(logits) - onehot(target)) m / n, m the mask (1 everywhere for None), n = sum m."""
+    """dlogits = (softmax(logits) - onehot(target)) m / n, m the mask (1 everywhere for None), n = sum m;
+    of the dtype of ``logits``."""
     xp = get_array_module(logits)
     d = softmax(logits) - (xp.arange(logits.shape[-1]) == target[..., None])  # (..., C)
     if mask is None:
         return d / target.size
-    return d * (mask[..., None] / mask.sum())
+    return d * (mask[..., None] / _n_counted(mask)).astype(d.dtype, copy=False)  # m / n alone is float64
+
+
+def _n_counted(mask):
+    """The number of True entries of a token mask; ValueError when there is none."""
+    n = int(mask.sum())
+    if n == 0:
+        raise ValueError("mask is False everywhere; at least one token must count")
+    return n
 
 
 def mse(pred, target):

@@ -124,6 +124,21 @@ def test_token_cross_entropy_gradient_and_mask(rng):
     assert np.all(F.token_cross_entropy_backward(logits, target, mask)[~mask] == 0)  # padding: no gradient
 
 
+def test_a_float32_model_under_a_mask_keeps_float32_gradients_and_a_mask_counting_nothing_is_refused(rng):
+    lm = TransformerLM(6, d_model=4, n_heads=2, n_layers=1, max_len=5, hidden=4, seed=0, dtype="float32")
+    tokens = rng.integers(0, 6, (2, 5))
+    mask = np.ones((2, 5), dtype=bool)
+    mask[1, 3:] = False
+    lm.loss_and_grads(tokens, tokens, mask)  # the mask's weights m / n must not promote the gradient
+    assert {name: g.dtype for name, g in lm.named_grads()} == {name: np.float32 for name, _ in lm.named_grads()}
+    logits = rng.standard_normal((2, 5, 6)).astype(np.float32)
+    assert F.token_cross_entropy_backward(logits, tokens, mask).dtype == np.float32
+    with pytest.raises(ValueError, match="mask is False everywhere"):  # before: a NaN loss and NaN gradients
+        lm.loss_and_grads(tokens, tokens, np.zeros((2, 5), dtype=bool))
+    with pytest.raises(ValueError, match="mask is False everywhere"):
+        F.token_cross_entropy_backward(logits, tokens, np.zeros((2, 5), dtype=bool))
+
+
 @pytest.mark.parametrize("activation", ["gelu", "relu"])
 def test_dense_feed_forward_and_block_gradients(activation, rng):
     ffn = perturbed(DenseFeedForward(4, 5, activation=activation, seed=0), rng)
