@@ -28,7 +28,7 @@ Y_e = Wm_e X + b_e, a = Wgm X + bg, y = Σ_e g_e ⊙ Y_e. Backward for dy (F, P)
 """
 from . import functional as F
 from .backend import asarray, default_rng, get_array_module, is_floating_dtype
-from .image_layers import col2im, image_columns, output_size
+from .image_layers import cast_finite, col2im, image_columns, output_size
 from .layers import Module, init_weight, zeros_param
 from .validation import check_positive_int
 
@@ -156,14 +156,11 @@ class ConvMoE1d(_ConvMoE):
 
     def _to_cols(self, x):
         x = asarray(x)
-        xp = get_array_module(x)
         if not is_floating_dtype(x.dtype):
             raise TypeError(f"x has dtype {x.dtype}; expected a floating dtype (float32 or float64)")
         if x.ndim != 3 or x.shape[1] != self.in_channels:
             raise ValueError(f"x has shape {tuple(x.shape)}; expected sequences (N, {self.in_channels}, L)")
-        if not bool(xp.isfinite(x).all()):
-            raise ValueError("x contains NaN or inf; expected finite values")
-        x = xp.asarray(x, dtype=self.dtype)
+        x = cast_finite(x, self.dtype)
         k, s, p = self.kernel_size, self.stride, self.padding
         if x.shape[2] + 2 * p < k:
             raise ValueError(f"x has sequences of length {x.shape[2]}; kernel_size={k} with padding={p} "

@@ -19,6 +19,8 @@ strided views, so a conv - ReLU - pool - conv stack never transposes; only Flatt
 order of the features. The values are those of the NCHW formulas: only the order in which a matrix product
 adds its terms differs (rounding).
 """
+import contextlib
+
 from . import functional as F
 from .backend import asarray, default_rng, get_array_module, is_floating_dtype
 from .layers import Module, init_weight, ones_param, zeros_param
@@ -28,7 +30,6 @@ from .validation import check_positive_int
 def check_images(x, channels, dtype, name="x"):
     """Validate a float batch of images (N, channels, H, W); return it as ``dtype`` (None: its own)."""
     x = asarray(x)  # onto the current backend, as validation.check_input does
-    xp = get_array_module(x)
     if not is_floating_dtype(x.dtype):
         raise TypeError(f"{name} has dtype {x.dtype}; expected a floating dtype (float32 or float64)")
     if x.ndim != 4:
@@ -36,9 +37,27 @@ def check_images(x, channels, dtype, name="x"):
                          "expected a 4-D array of images (N, C, H, W)")
     if channels is not None and x.shape[1] != channels:
         raise ValueError(f"{name} has {x.shape[1]} channels (shape {tuple(x.shape)}); expected {channels}")
-    if not bool(xp.isfinite(x).all()):
+    return cast_finite(x, dtype, name)
+
+
+def cast_finite(x, dtype, name="x"):
+    """``x`` as ``dtype`` (None: its own); ValueError if it holds NaN or inf, or finite values the cast overflows.
+
+    Checked after the cast, as validation.check_input does: 1e39 is finite in float64 but inf in float32.
+    """
+    xp = get_array_module(x)
+    if dtype is None or x.dtype == dtype:
+        cast = x
+    else:
+        errstate = getattr(xp, "errstate", None)  # the overflow is reported below, not as a RuntimeWarning
+        with errstate(over="ignore", invalid="ignore") if errstate else contextlib.nullcontext():
+            cast = xp.asarray(x, dtype=dtype)
+    if not bool(xp.isfinite(cast).all()):
+        if bool(xp.isfinite(x).all()):
+            raise ValueError(f"{name} has values up to {float(xp.abs(x).max()):.3g} that overflow the layer's "
+                             f"dtype {xp.dtype(dtype).name}; rescale the inputs or use float64")
         raise ValueError(f"{name} contains NaN or inf; expected finite values")
-    return xp.asarray(x, dtype=dtype)
+    return cast
 
 
 def output_size(size, k, stride, padding):

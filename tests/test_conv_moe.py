@@ -98,3 +98,11 @@ def test_bad_inputs_are_named(rng):
         ConvMoE1d(2, 2, 3).forward(rng.standard_normal((2, 3, 5)))
     with pytest.raises(ValueError, match="channels"):
         ConvMoE2d(2, 2, 3).forward(rng.standard_normal((2, 3, 5, 5)))
+
+
+def test_float32_inputs_that_overflow_are_refused():
+    # before: 1e39 became inf in the float32 cast and the output NaN, without a word
+    for layer, shape in ((ConvMoE2d(1, 2, 1, n_experts=2, dtype="float32"), (1, 1, 2, 2)),
+                         (ConvMoE1d(1, 2, 1, n_experts=2, dtype="float32"), (1, 1, 2))):
+        with pytest.raises(ValueError, match="overflow the layer's dtype float32"):
+            layer.forward(np.full(shape, 1e39))

@@ -217,6 +217,14 @@ def test_conv_input_errors(x, err, match):
         Conv2d(3, 2, 3).forward(x)
 
 
+def test_float32_layer_refuses_inputs_that_overflow_float32():
+    # 1e39 is finite in float64 but inf in float32: before, the cast made an inf (and -inf output) silently
+    with pytest.raises(ValueError, match="overflow the layer's dtype float32"):
+        Conv2d(1, 1, 1, dtype="float32").forward(np.full((1, 1, 2, 2), 1e39))
+    with pytest.raises(ValueError, match="NaN or inf"):
+        Conv2d(1, 1, 1, dtype="float32").forward(np.full((1, 1, 2, 2), np.inf))
+
+
 @pytest.mark.parametrize("kwargs,err,match", [
     (dict(kernel_size=0), ValueError, "kernel_size=0"),
     (dict(stride=0), ValueError, "stride=0"),
