@@ -99,7 +99,7 @@ class _ConvMoE(Module):
     def forward(self, x):
         cols = self._to_cols(x)  # (C k^d, P)
         E, Fo = self.n_experts, self.out_channels
-        Y = (self.params["W"].reshape(E * Fo, -1) @ cols).reshape(E, Fo, -1) + self.params["b"][:, :, None]
+        Y = (self.params["W"].reshape(E * Fo, -1) @ cols).reshape(E, Fo, cols.shape[1]) + self.params["b"][:, :, None]
         a = self.params["Wg"].reshape(E, -1) @ cols + self.params["bg"][:, None]  # (E, P)
         g = self._gate(a)
         self.cols, self.Y, self.g = cols, Y, g
@@ -139,7 +139,7 @@ class ConvMoE2d(_ConvMoE):
         self.x_shape, cols = image_columns(x, self.in_channels, self.dtype, self.kernel_size, self.stride,
                                            self.padding)  # (C, k, k, N, Ho, Wo)
         self.out_shape = cols.shape[3:]
-        return cols.reshape(-1, cols.shape[3] * cols.shape[4] * cols.shape[5])
+        return cols.reshape(self.in_channels * self.kernel_size ** 2, -1)  # (C k², P); P may be 0
 
     def _from_cols(self, dcols):
         k = self.kernel_size
@@ -168,7 +168,7 @@ class ConvMoE1d(_ConvMoE):
         self.x_shape = x.shape
         cols = im2col_1d(x, k, s, p)  # (C, k, N, Lo)
         self.out_shape = cols.shape[2:]
-        return cols.reshape(-1, cols.shape[2] * cols.shape[3])
+        return cols.reshape(self.in_channels * k, -1)  # (C k, P); P may be 0
 
     def _from_cols(self, dcols):
         k = self.kernel_size

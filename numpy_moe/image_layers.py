@@ -20,6 +20,7 @@ order of the features. The values are those of the NCHW formulas: only the order
 adds its terms differs (rounding).
 """
 import contextlib
+import math
 
 from . import functional as F
 from .backend import asarray, default_rng, get_array_module, is_floating_dtype
@@ -27,8 +28,11 @@ from .layers import Module, init_weight, ones_param, zeros_param
 from .validation import check_positive_int
 
 
-def check_images(x, channels, dtype, name="x"):
-    """Validate a float batch of images (N, channels, H, W); return it as ``dtype`` (None: its own)."""
+def check_images(x, channels, dtype, name="x", min_images=0):
+    """Validate a float batch of images (N, channels, H, W); return it as ``dtype`` (None: its own).
+
+    min_images : the fewest images N allowed (a model with MoE layers needs 1, as they do).
+    """
     x = asarray(x)  # onto the current backend, as validation.check_input does
     if not is_floating_dtype(x.dtype):
         raise TypeError(f"{name} has dtype {x.dtype}; expected a floating dtype (float32 or float64)")
@@ -37,6 +41,8 @@ def check_images(x, channels, dtype, name="x"):
                          "expected a 4-D array of images (N, C, H, W)")
     if channels is not None and x.shape[1] != channels:
         raise ValueError(f"{name} has {x.shape[1]} channels (shape {tuple(x.shape)}); expected {channels}")
+    if x.shape[0] < min_images:
+        raise ValueError(f"{name} has {x.shape[0]} images (shape {tuple(x.shape)}); expected at least {min_images}")
     return cast_finite(x, dtype, name)
 
 
@@ -211,7 +217,7 @@ class Conv2d(Module):
         self.x_shape = x.shape
         rows = im2row(x.transpose(0, 2, 3, 1), self.kernel_size, self.stride, self.padding)  # (N, Ho, Wo, k, k, C)
         Ho, Wo = rows.shape[1:3]
-        self.rows = rows.reshape(N * Ho * Wo, -1)  # (N Ho Wo, k k C)
+        self.rows = rows.reshape(N * Ho * Wo, math.prod(rows.shape[3:]))  # (N Ho Wo, k k C); no -1: N may be 0
         self.Wr = self.params["W"].transpose(0, 2, 3, 1).reshape(self.out_channels, -1)  # (F, k k C)
         Y = self.rows @ self.Wr.T  # (N Ho Wo, F)
         Y += self.params["b"]
@@ -315,7 +321,7 @@ class Flatten(Module):
 
     def forward(self, x):
         self.x_shape = x.shape
-        return x.reshape(x.shape[0], -1)
+        return x.reshape(x.shape[0], math.prod(x.shape[1:]))  # no -1: N may be 0
 
     def backward(self, dy):
         return dy.reshape(self.x_shape)

@@ -106,3 +106,13 @@ def test_float32_inputs_that_overflow_are_refused():
                          (ConvMoE1d(1, 2, 1, n_experts=2, dtype="float32"), (1, 1, 2))):
         with pytest.raises(ValueError, match="overflow the layer's dtype float32"):
             layer.forward(np.full(shape, 1e39))
+
+
+def test_an_empty_batch_gives_empty_outputs_and_zero_gradients():
+    # N = 0 (as torch's convolutions): empty outputs, zero gradients; before, a reshape of size 0 failed
+    for layer, shape in ((ConvMoE2d(2, 3, 3, n_experts=2, top_k=1, padding=1, seed=0), (0, 2, 4, 4)),
+                         (ConvMoE1d(2, 3, 3, n_experts=2, stride=2, seed=0), (0, 2, 7))):
+        y = layer.forward(np.zeros(shape))
+        assert y.shape == (0, 3) + ((4, 4) if len(shape) == 4 else (3,))
+        assert layer.backward(np.zeros(y.shape)).shape == shape
+        assert all(g.shape == layer.params[k].shape and not g.any() for k, g in layer.grads.items())

@@ -225,6 +225,19 @@ def test_float32_layer_refuses_inputs_that_overflow_float32():
         Conv2d(1, 1, 1, dtype="float32").forward(np.full((1, 1, 2, 2), np.inf))
 
 
+def test_an_empty_batch_gives_empty_outputs_and_zero_gradients():
+    # torch's conv2d, max_pool2d and flatten take N = 0; before, Conv2d and Flatten failed in a reshape
+    x = np.zeros((0, 2, 5, 5))
+    for layer in (Conv2d(2, 3, 3, padding=1, seed=0), Conv2d(2, 3, 2, stride=2, seed=0), MaxPool2d(2), Flatten()):
+        y = layer.forward(x)
+        assert y.shape[0] == 0
+        dx = layer.backward(np.zeros(y.shape))
+        assert dx.shape == x.shape
+        assert all(g.shape == layer.params[k].shape and not g.any() for k, g in layer.grads.items())
+    assert Conv2d(2, 3, 3, padding=1).forward(x).shape == (0, 3, 5, 5)
+    assert Flatten().forward(x).shape == (0, 50)
+
+
 @pytest.mark.parametrize("kwargs,err,match", [
     (dict(kernel_size=0), ValueError, "kernel_size=0"),
     (dict(stride=0), ValueError, "stride=0"),

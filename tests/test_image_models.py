@@ -185,3 +185,7 @@ def test_forward_errors():
         SparseMLP().forward(np.zeros((1, 3, 8, 8)))
     with pytest.raises(ValueError, match="4-D"):
         SparseMLP().forward(np.zeros((1, 64)))
+    # their MoE layers need a sample: an empty batch is refused by name (before, a reshape error inside)
+    for model in (SparseMLP(), ImageMoEClassifier(1, 8, hidden=8)):
+        with pytest.raises(ValueError, match=r"x has 0 images \(shape \(0, 1, 8, 8\)\); expected at least 1"):
+            model.forward(np.zeros((0, 1, 8, 8)))
