@@ -32,7 +32,7 @@ from . import functional as F
 from .backend import asarray, default_rng, get_array_module
 from .em import irls_softmax, weighted_least_squares
 from .layers import Module, normal_param, zeros_param
-from .validation import check_input, check_labels, check_positive_int
+from .validation import check_input, check_labels, check_positive_int, check_real
 
 EXPERTS = ("gaussian", "softmax")
 INIT_STD = 0.1
@@ -117,8 +117,8 @@ class HierarchicalMoE(Module):
         self.zero_grad()
 
     # ----- the pieces ----------------------------------------------------------------------------
-    def _with_bias(self, x):
-        x = check_input(x, self.n_features, self.dtype)
+    def _with_bias(self, x, min_rows=0):
+        x = check_input(x, self.n_features, self.dtype, min_rows=min_rows)
         xp = get_array_module(x)
         return xp.concatenate([x, xp.ones((x.shape[0], 1), dtype=x.dtype)], axis=1)  # (N, D+1)
 
@@ -243,7 +243,7 @@ class HierarchicalMoE(Module):
         ∂ℓ/∂log_var_e = h_e (‖y - W_e‖² / (2σ_e²) - O/2), and u = h for the gates.
         """
         xp = get_array_module(x)
-        x1 = self._with_bias(x)
+        x1 = self._with_bias(x, min_rows=1)  # a mean over the samples
         N = x1.shape[0]
         y = self._targets(y, N)
         g = self._gate_probs(x1)
@@ -270,10 +270,18 @@ class HierarchicalMoE(Module):
         With ``ridge`` > 0 every step maximises the expected complete log-likelihood minus
         :meth:`penalty`: a Gaussian expert's β given its old σ² (ridge σ²_old in the normal equations),
         then σ² given β (an ECM step, Meng & Rubin 1993), so EM still never decreases ℓ - penalty.
+        ridge : >= 0. var_floor : > 0, the smallest variance of a Gaussian expert (one that fits its samples
+        exactly would otherwise reach σ² = 0 and a log-likelihood of +inf).
         """
+        ridge = check_real(ridge, "ridge", 0)
+        var_floor = check_real(var_floor, "var_floor", 0, low_open=True)  # log σ² must stay finite
         xp = get_array_module(x)
         x1 = self._with_bias(x)
         y = self._targets(y, x1.shape[0])
+        h = asarray(h)
+        if tuple(h.shape) != (x1.shape[0], self.n_experts):
+            raise ValueError(f"h has shape {tuple(h.shape)}; expected {(x1.shape[0], self.n_experts)}, the "
+                             "responsibilities of each sample over the experts")
         for j in range(len(self.gates)):
             key = f"G{j}"
             self.params[key][...] = irls_softmax(x1, h @ self._members(j, xp).T, self.params[key], ridge)[0]
@@ -337,11 +345,9 @@ def fit_em(model, x, y, max_iter=200, tol=1e-8, ridge=1e-6, var_floor=1e-8, call
     "objective" (ℓ minus the ridge penalty, the quantity EM never decreases), "n_iter", "converged".
     """
     max_iter = check_positive_int(max_iter, "max_iter")
-    if not tol >= 0:
-        raise ValueError(f"tol={tol!r} must be >= 0")
-    if not ridge >= 0:
-        raise ValueError(f"ridge={ridge!r} must be >= 0")
-    N = model._with_bias(x).shape[0]
+    tol, ridge = check_real(tol, "tol", 0), check_real(ridge, "ridge", 0)
+    var_floor = check_real(var_floor, "var_floor", 0, low_open=True)
+    N = model._with_bias(x, min_rows=1).shape[0]  # the gain is per sample
     ll = model.log_likelihood(x, y)
     history = {"log_likelihood": [ll], "objective": [ll - model.penalty(ridge)], "n_iter": 0, "converged": False}
     for it in range(1, max_iter + 1):

@@ -157,6 +157,28 @@ def test_em_stops_at_tol_and_reports_it():
         fit_em(model, x, y, tol=-1)
 
 
+def test_empty_data_and_bad_em_arguments_are_refused_by_name():
+    x, y = random_problem(3, "gaussian", N=10)
+    model = HierarchicalMoE(2, 1, 2, seed=3)
+    # a mean over no sample: before, ZeroDivisionError from deep inside
+    with pytest.raises(ValueError, match=r"x has 0 rows \(shape \(0, 2\)\); expected at least 1"):
+        fit_em(model, x[:0], y[:0])
+    with pytest.raises(ValueError, match=r"x has 0 rows \(shape \(0, 2\)\); expected at least 1"):
+        model.nll_grads(x[:0], y[:0])
+    # var_floor = 0 let an expert that fits its points exactly reach σ² = 0: before, 'math domain error'
+    exact = HierarchicalMoE(1, 1, 2, seed=0)
+    with pytest.raises(ValueError, match="var_floor=0 must be a finite number > 0"):
+        fit_em(exact, np.array([[0.0], [1.0]]), np.array([0.0, 1.0]), ridge=0, var_floor=0)
+    with pytest.raises(ValueError, match="var_floor=-1 must be a finite number > 0"):
+        model.m_step(x, y, np.full((10, 2), 0.5), var_floor=-1)
+    with pytest.raises(TypeError, match="ridge='a' must be a finite number >= 0"):  # before: '>=' not supported
+        fit_em(model, x, y, ridge="a")
+    with pytest.raises(ValueError, match="ridge=-1 must be a finite number >= 0"):
+        model.m_step(x, y, np.full((10, 2), 0.5), ridge=-1)
+    with pytest.raises(ValueError, match=r"h has shape \(10, 3\); expected \(10, 2\)"):  # before: a matmul error
+        model.m_step(x, y, np.full((10, 3), 0.5))
+
+
 def test_em_recovers_two_lines_of_a_switching_regression():
     rng = np.random.default_rng(0)
     x = rng.uniform(-1, 1, (400, 1))
