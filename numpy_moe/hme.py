@@ -199,31 +199,34 @@ class HierarchicalMoE(Module):
         xp = get_array_module(x)
         x1 = self._with_bias(x)
         g = self._gate_probs(x1)
-        prior = xp.exp(self._log_prior(x1, g))  # (N, E)
+        log_prior = self._log_prior(x1, g)  # (N, E)
         W = xp.einsum("nd,edo->neo", x1, self.params["V"])  # (N, E, O)
-        self.cache = (x1, g, prior, W)
         if self.expert == "gaussian":
+            prior = xp.exp(log_prior)
+            self.cache = (x1, g, prior, W)
             return xp.einsum("ne,neo->no", prior, W)  # (N, O)
-        Q = F.softmax(W, axis=2)  # (N, E, C)
-        mix = xp.einsum("ne,nec->nc", prior, Q)  # (N, C)
-        self.cache += (Q, mix)
-        return xp.log(xp.maximum(mix, xp.finfo(mix.dtype).tiny))
+        # log Σ_e π_e softmax(W_e)_c through log-sum-exp: a class every expert gives less than the smallest
+        # float still gets its exact log-probability (and a finite gradient)
+        log_q = F.log_softmax(W, axis=2)  # (N, E, C)
+        joint = log_prior[:, :, None] + log_q  # (N, E, C)
+        out = F.logsumexp(joint, axis=1)  # (N, C)
+        self.cache = (x1, g, log_q, xp.exp(joint - out[:, None, :]))  # R: P(expert e | x, class c), (N, E, C)
+        return out
 
     def backward(self, dy):
-        """Gaussian: ∂/∂W_e = π_e dy, u_e = π_e <dy, W_e>. Softmax: with r = dy / mix,
-        ∂/∂Q_e = π_e r, u_e = π_e <r, Q_e>, then through each expert's softmax."""
+        """Gaussian: ∂/∂W_e = π_e dy, u_e = π_e <dy, W_e>. Softmax: with R_ec = π_e Q_ec / mix_c (the posterior
+        of expert e given class c), ∂/∂log Q_ec = R_ec dy_c, u_e = Σ_c R_ec dy_c, then each expert's log-softmax."""
         xp = get_array_module(dy)
-        x1, g, prior = self.cache[:3]
+        x1, g = self.cache[:2]
         if self.expert == "gaussian":
-            W = self.cache[3]
+            prior, W = self.cache[2:]
             dW = prior[:, :, None] * dy[:, None, :]  # (N, E, O)
             u = prior * xp.einsum("no,neo->ne", dy, W)
         else:
-            Q, mix = self.cache[4:]
-            r = dy / mix  # (N, C)
-            dQ = prior[:, :, None] * r[:, None, :]
-            dW = F.softmax_backward(dQ, Q, axis=2)
-            u = prior * xp.einsum("nc,nec->ne", r, Q)
+            log_q, R = self.cache[2:]
+            dlog_q = R * dy[:, None, :]  # (N, E, C)
+            dW = F.log_softmax_backward(dlog_q, log_q, axis=2)
+            u = dlog_q.sum(axis=2)
         return self._param_grads(x1, g, u, dW)
 
     def _param_grads(self, x1, g, u, dW):

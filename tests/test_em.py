@@ -227,6 +227,25 @@ def test_classification_forward_is_the_log_mixture_so_cross_entropy_is_the_mixtu
     assert cross_entropy(model.forward(x), y) == pytest.approx(-model.log_likelihood(x, y) / 9, rel=1e-12)
 
 
+def test_classification_forward_and_backward_stay_exact_where_every_expert_gives_a_class_almost_nothing():
+    # class 0's logit is x under both experts: at x = -800 its mixture probability e^-800 underflows. Before,
+    # forward clipped log p at log(tiny) = -708.4 and backward divided by the underflowed 0 (NaN gradients)
+    model = HierarchicalMoE(1, 2, 2, expert="softmax", seed=0)
+    model.params["V"][...] = 0
+    model.params["V"][:, 0, 0] = 1.0
+    x, y = np.array([[-800.0], [1.0]]), np.array([0, 1])
+    out = model.forward(x)
+    # by hand: log p(0 | x) = x - log(1 + e^x) = -800 - log1p(e^-800) = -800 to double precision
+    assert out[0, 0] == pytest.approx(-800.0, rel=1e-15)
+    assert out[1, 1] == pytest.approx(-np.log1p(np.e), rel=1e-15)
+    dx = model.backward(np.array([[-0.5, 0.0], [0.0, -0.5]]))  # the gradient of the mean NLL of y
+    assert np.isfinite(dx).all()
+    grads = {name: g.copy() for name, g in model.named_grads()}
+    model.nll_grads(x, y)  # the same loss by its own formula (computed through log-sum-exp)
+    for name, g in model.named_grads():
+        np.testing.assert_allclose(grads[name], g, rtol=1e-12, atol=1e-15, err_msg=name)
+
+
 # ----- the outside oracle: R's mixtools::hmeEM ------------------------------------------------------
 def compare_to_mixtools(d):
     model, x, y, start_ll, history = em_on_mixtools_example(d)
