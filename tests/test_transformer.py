@@ -240,6 +240,21 @@ def test_bad_input_names_the_argument():
         MoEFeedForward(MoE(4, 3, 2, top_k=1, seed=0))
 
 
+def test_no_position_or_no_sequence_is_refused_by_name():
+    # before: T = 0 failed in the attention's softmax ('zero-size array to reduction operation maximum') and
+    # B = 0 returned a NaN loss with only a RuntimeWarning
+    lm = TransformerLM(5, d_model=4, n_heads=2, n_layers=1, max_len=3, hidden=4, seed=0)
+    with pytest.raises(ValueError, match=r"tokens has T=0 positions \(shape \(2, 0\)\); expected at least 1"):
+        lm.forward(np.zeros((2, 0), dtype=int))
+    with pytest.raises(ValueError, match=r"x has T=0 positions \(shape \(2, 0, 4\)\); expected at least 1"):
+        CausalSelfAttention(4, 2, seed=0).forward(np.zeros((2, 0, 4)))
+    assert lm.forward(np.zeros((0, 3), dtype=int)).shape == (0, 3, 5)  # logits for no sequence: fine
+    with pytest.raises(ValueError, match="no token to average over"):
+        lm.loss_and_grads(np.zeros((0, 3), dtype=int), np.zeros((0, 3), dtype=int))
+    with pytest.raises(ValueError, match="no token to average over"):
+        F.token_cross_entropy_backward(np.zeros((0, 3, 5)), np.zeros((0, 3), dtype=int))
+
+
 @pytest.mark.parametrize("moe", [
     dict(n_experts=3),                                                      # dense softmax gate
     dict(n_experts=3, router="expert_choice", capacity_factor=2.0),         # expert choice

@@ -101,6 +101,8 @@ class TransformerLM(Module):
     def forward(self, tokens, mask=None):
         tokens = check_tokens(tokens, self.vocab_size)
         B, T = tokens.shape
+        if T == 0:
+            raise ValueError(f"tokens has T=0 positions (shape {tuple(tokens.shape)}); expected at least 1")
         if T > self.max_len:
             raise ValueError(f"tokens has T={T} positions; the model takes at most max_len={self.max_len}")
         if mask is not None:
