@@ -322,7 +322,11 @@ def init_responsibilities(x, y, n_experts, seed=None, task="regression"):
     E data rows are drawn as centres in the standardised joint space z = [x, y] (labels one-hot);
     h_ne ∝ exp(-‖z_n - z_centre(e)‖² / 2). Starting from random responsibilities, rather than from random
     weights, gives each expert a different region at once.
+    task : "regression" (y values) or "classification" (y integer labels, one-hot in z).
     """
+    if task not in ("regression", "classification"):  # another word would silently treat labels as values
+        raise ValueError(f"task={task!r} must be 'regression' or 'classification'")
+    n_experts = check_positive_int(n_experts, "n_experts")
     xp = get_array_module(x)
     y = xp.asarray(y)
     if task == "classification":

@@ -179,6 +179,15 @@ def test_empty_data_and_bad_em_arguments_are_refused_by_name():
         model.m_step(x, y, np.full((10, 3), 0.5))
 
 
+def test_init_responsibilities_refuses_an_unknown_task_and_no_expert():
+    x, y = random_problem(3, "softmax", N=10)
+    # before: task="classifier" silently standardised the labels as values instead of one-hot columns
+    with pytest.raises(ValueError, match="task='classifier' must be 'regression' or 'classification'"):
+        init_responsibilities(x, y, 2, seed=0, task="classifier")
+    with pytest.raises(ValueError, match="n_experts=0"):  # before: an empty (N, 0) array
+        init_responsibilities(x, y, 0, seed=0)
+
+
 def test_em_recovers_two_lines_of_a_switching_regression():
     rng = np.random.default_rng(0)
     x = rng.uniform(-1, 1, (400, 1))
