@@ -171,11 +171,17 @@ def test_models_are_seeded():
     (lambda: ImageMoEClassifier(top_k=5), "top_k=5"),
     (lambda: SparseMLP(image_size=8, patch_size=3), "patch_size=3 must divide image_size=8"),
     (lambda: SparseMLP(depth=2, sparse_blocks=(2,)), r"sparse_blocks=\(2,\)"),
+    (lambda: SparseMLP(depth=2, sparse_blocks=(1.5,)), r"sparse_blocks=\(1.5,\) must be block indices \(ints\)"),
     (lambda: SparseMLP(channels=0), "channels=0"),
 ])
 def test_constructor_errors(make, match):
     with pytest.raises(ValueError, match=match):
         make()
+
+
+def test_sparse_blocks_must_be_a_list():
+    with pytest.raises(TypeError, match="sparse_blocks=1 must be a list of block indices"):
+        SparseMLP(depth=2, sparse_blocks=1)
 
 
 def test_forward_errors():

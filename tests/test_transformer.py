@@ -236,6 +236,8 @@ def test_bad_input_names_the_argument():
         TransformerLM(5, d_model=4, n_heads=2, n_layers=2, moe=[shared, shared])
     with pytest.raises(ValueError, match="moe_layers"):
         TransformerLM(5, d_model=4, n_heads=2, n_layers=2, moe=dict(n_experts=2, top_k=1), moe_layers=[2])
+    with pytest.raises(ValueError, match=r"moe_layers=\[1.7\] must be block indices \(ints\)"):  # not block 1
+        TransformerLM(5, d_model=4, n_heads=2, n_layers=2, moe=dict(n_experts=2, top_k=1), moe_layers=[1.7])
     with pytest.raises(ValueError, match="out_features = in_features"):
         MoEFeedForward(MoE(4, 3, 2, top_k=1, seed=0))
 
