@@ -81,6 +81,18 @@ def test_weighted_least_squares_is_the_minimiser_of_the_weighted_error(rng):
     assert weighted_least_squares(X1, Y, np.zeros(N), ridge=1.0, var_floor=1e-3)[1] == 1e-3
 
 
+def test_weighted_least_squares_without_ridge_on_too_few_samples_is_the_minimum_norm_minimiser(rng):
+    # 2 samples, 4 coefficients, ridge 0: XᵀWX is singular and every β on a line fits exactly. Before: numpy's
+    # 'Singular matrix' LinAlgError, which also ended fit_em(..., ridge=0) on such data
+    X1, Y, w = design(rng, 2, 3), rng.standard_normal((2, 1)), np.array([0.3, 0.7])
+    beta, var = weighted_least_squares(X1, Y, w, var_floor=1e-8)
+    np.testing.assert_allclose(X1 @ beta, Y, atol=1e-12)  # a minimiser: zero weighted error
+    np.testing.assert_allclose(beta, np.linalg.pinv(X1) @ Y, atol=1e-12)  # the one of least norm
+    assert var == 1e-8  # the exact fit's variance, floored
+    history = fit_em(HierarchicalMoE(3, 1, 2, seed=0), X1[:, :-1], Y[:, 0], ridge=0, max_iter=5)
+    assert np.diff(history["log_likelihood"]).min() >= 0
+
+
 # ----- the tree ------------------------------------------------------------------------------------
 def test_parse_tree_numbers_leaves_depth_first():
     assert parse_tree(3) == ([[(0, 1), (1, 2), (2, 3)]], 3)
