@@ -25,7 +25,7 @@ import math
 from . import functional as F
 from .backend import asarray, default_rng, get_array_module, is_floating_dtype
 from .layers import Module, init_weight, ones_param, zeros_param
-from .validation import check_positive_int
+from .validation import check_positive_int, check_real
 
 
 def check_images(x, channels, dtype, name="x", min_images=0):
@@ -346,9 +346,7 @@ class LayerNorm(Module):
     def __init__(self, n_features, eps=1e-5, dtype="float64"):
         super().__init__(dtype)
         self.n_features = check_positive_int(n_features, "n_features")
-        if not eps > 0:
-            raise ValueError(f"eps={eps!r} must be > 0")
-        self.eps = float(eps)
+        self.eps = check_real(eps, "eps", 0, low_open=True)  # inf would flatten every output to beta
         self.params["gamma"] = ones_param(self.n_features, self.dtype)
         self.params["beta"] = zeros_param(self.n_features, self.dtype)
         self.zero_grad()

@@ -261,6 +261,10 @@ def test_pool_and_layernorm_errors():
         LayerNorm(4).forward(np.zeros((2, 3)))
     with pytest.raises(ValueError, match="eps=0"):
         LayerNorm(4, eps=0)
+    with pytest.raises(ValueError, match="eps=inf must be a finite number > 0"):  # before: accepted, y = beta
+        LayerNorm(4, eps=float("inf"))
+    with pytest.raises(TypeError, match="eps='1e-5' must be a finite number > 0"):  # before: '>' not supported
+        LayerNorm(4, eps="1e-5")
 
 
 @pytest.mark.parametrize("k,stride,padding,H,W", [(3, 1, 1, 5, 4), (3, 2, 1, 7, 6), (2, 2, 0, 6, 6), (1, 1, 0, 3, 3),
