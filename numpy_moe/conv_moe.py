@@ -91,10 +91,15 @@ class _ConvMoE(Module):
         return F.softmax(xp.where(rank < self.top_k, a, -xp.inf), axis=0)
 
     def gate(self, x):
-        """Per-position expert weights g (N, E, *output spatial shape)."""
-        self.forward(x)
-        E = self.n_experts
-        return self.g.reshape((E,) + self.out_shape).transpose((1, 0) + tuple(range(2, 2 + self.spatial)))
+        """Per-position expert weights g (N, E, *output spatial shape); what the last forward left for backward
+        is kept (the gates come from a forward of their own)."""
+        saved = {k: v for k, v in vars(self).items() if k in ("x_shape", "out_shape", "cols", "Y", "g")}
+        try:
+            self.forward(x)
+            E = self.n_experts
+            return self.g.reshape((E,) + self.out_shape).transpose((1, 0) + tuple(range(2, 2 + self.spatial)))
+        finally:
+            vars(self).update(saved)
 
     def forward(self, x):
         cols = self._to_cols(x)  # (C k^d, P)

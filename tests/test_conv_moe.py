@@ -116,3 +116,21 @@ def test_an_empty_batch_gives_empty_outputs_and_zero_gradients():
         assert y.shape == (0, 3) + ((4, 4) if len(shape) == 4 else (3,))
         assert layer.backward(np.zeros(y.shape)).shape == shape
         assert all(g.shape == layer.params[k].shape and not g.any() for k, g in layer.grads.items())
+
+
+def test_reading_the_gates_between_forward_and_backward_leaves_the_backward_alone(rng):
+    # gate(x) ran a forward of its own: before, gate(x2) after forward(x) made backward return x2's gradients
+    layer = ConvMoE2d(2, 3, 3, n_experts=3, padding=1, seed=0)
+    for p in layer.params.values():
+        p[...] = rng.standard_normal(p.shape)
+    x, x2 = rng.standard_normal((2, 2, 4, 4)), rng.standard_normal((1, 2, 5, 5))
+    dy = rng.standard_normal((2, 3, 4, 4))
+    layer.forward(x)
+    dx = layer.backward(dy)
+    grads = {k: g.copy() for k, g in layer.grads.items()}
+    layer.forward(x)
+    g2 = layer.gate(x2)
+    assert g2.shape == (1, 3, 5, 5) and np.allclose(g2.sum(axis=1), 1)
+    np.testing.assert_array_equal(layer.backward(dy), dx)
+    for k, g in layer.grads.items():
+        np.testing.assert_array_equal(g, grads[k])
