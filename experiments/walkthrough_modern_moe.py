@@ -105,14 +105,15 @@ progress.step("1. Mixtral gradient check")
 # 16 fine-grained routed SwiGLU experts in 4 groups, top-4 from the best 2 groups (a group scores by the
 # sum of its two best biased scores), sigmoid scores renormalised over the kept 4 and multiplied by 2.5, a
 # selection bias updated by `b_e += u sign(mean load - load_e)` after each step, one shared expert, and a
-# small sequence-wise balance loss computed per sequence of the batch.
+# small sequence-wise balance loss computed per sequence of the batch, counting each token's top-4 of the
+# unbiased scores as the paper's eq. 18 does (not the biased, group-limited choice).
 
 # %%
 v3 = MoE(gate=ScoreGate(D, 16, top_k=4, score="sigmoid", normalize=True, scale=2.5, n_groups=4, topk_groups=2,
                         group_score="top2", bias_update=1e-3, seed=0),
          experts=ExpertBank(16, D, O, hidden=8, seed=1, activation="swiglu"),
          shared=SharedExpert(D, O, hidden=8, seed=2),
-         balance=[B.SequenceBalance(1e-2)])
+         balance=[B.SequenceBalance(1e-2, counts="top_scores")])
 perturb(v3)
 seqs = [5, 7]  # the batch holds two sequences
 errors = check_module(v3, x, tol=1e-6, forward=frozen(v3, seq_lengths=seqs))
