@@ -7,6 +7,7 @@ an exception injected mid-write and then check the old file byte for byte.
 """
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -166,6 +167,33 @@ def test_a_real_deflated_entry_over_max_bytes_is_never_decompressed(tmp_path):
     peak = peak_bytes(lambda: errors.append(pytest.raises(ValueError, io.load, path, max_bytes=2 ** 20)))
     assert "more than max_bytes=1048576" in str(errors[0].value)
     assert peak < 2 ** 20, f"{peak} bytes allocated before refusing"
+
+
+def _with_raw_entries(path, out, headers):
+    """Copy the .npz ``path`` to ``out`` adding one entry per {name: .npy header dict}, with no data."""
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(out, "w") as dst:
+        for info in src.infolist():
+            dst.writestr(info, src.read(info))
+        for name, header in headers.items():
+            with dst.open(f"{name}.npy", "w") as f:
+                np.lib.format.write_array_header_1_0(f, header)
+    return out
+
+
+@pytest.mark.parametrize("header, message", [
+    ({"descr": "<f8", "fortran_order": False, "shape": (-2 ** 40,)}, "shape (-1099511627776,)"),
+    ({"descr": "<f8", "fortran_order": False, "shape": (3, -1)}, "shape (3, -1)"),
+    ({"descr": "<U0", "fortran_order": False, "shape": (10 ** 12,)}, "dtype <U0"),
+    ({"descr": "|S0", "fortran_order": False, "shape": (10 ** 12,)}, "dtype |S0"),
+])
+def test_headers_that_would_dodge_max_bytes_are_refused(header, message, tmp_path):
+    # Before, a negative dimension counted negative bytes, so one such entry let the others take 8 TiB more
+    # than max_bytes; an itemsize-0 string dtype counted 0 bytes for 10^12 elements (np.unique on them,
+    # as the classes_ check does, allocates 4 bytes per element).
+    record, arrays = good_moe_record(tmp_path)
+    path = _with_raw_entries(craft(tmp_path / "m.npz", record, arrays), tmp_path / "bad.npz", {"odd": header})
+    with pytest.raises(ValueError, match=r"bad.npz is not a valid numpy-moe .npz file: entry 'odd' .*" + re.escape(message)):
+        io.load(path)
 
 
 @pytest.mark.parametrize("key, value", [("hidden", 30_000_000), ("n_experts", 10 ** 9), ("in_features", 10 ** 12)])

@@ -7,8 +7,9 @@ behind.
 
 Reading never trusts the archive. :class:`Archive` lists the entries from the zip directory, reads each
 entry's ``.npy`` header (a few hundred bytes) and refuses the file, before decompressing any data, when an
-entry is not a plain array (object arrays would need pickle), when the arrays' sizes add up to more than
-``max_bytes``, or when the directory is malformed. Array data are decompressed only by :meth:`Archive.read`,
+entry is not a plain array (object arrays would need pickle), when a header is malformed (a negative
+dimension, a string dtype of itemsize 0), when the arrays' sizes add up to more than ``max_bytes``, or
+when the directory is malformed. Array data are decompressed only by :meth:`Archive.read`,
 which reads exactly the bytes the header announced: a deflated entry that expands to gigabytes costs no
 more memory than its header's shape.
 """
@@ -98,7 +99,13 @@ class Archive:
         if dtype.kind not in _ALLOWED_KINDS or dtype.hasobject or dtype.fields is not None:
             raise self._error(f"entry {name!r} has dtype {dtype}; only plain numeric and string arrays are "
                               "allowed (never pickled objects)")
-        return tuple(int(s) for s in shape), dtype
+        if dtype.itemsize == 0:  # <U0 / |S0: any number of elements in 0 bytes (NumPy never writes these)
+            raise self._error(f"entry {name!r} has dtype {dtype.str}, whose elements take no bytes; strings "
+                              "of at least one character are expected")
+        shape = tuple(int(s) for s in shape)
+        if any(s < 0 for s in shape):  # would count negative bytes against max_bytes
+            raise self._error(f"entry {name!r} has shape {shape}, with a negative dimension")
+        return shape, dtype
 
     def read(self, name):
         """The array ``name`` (already checked against ``max_bytes``), decompressed and CRC-checked."""
