@@ -196,6 +196,22 @@ def test_headers_that_would_dodge_max_bytes_are_refused(header, message, tmp_pat
         io.load(path)
 
 
+def test_a_transformer_claiming_a_huge_input_width_is_refused_before_its_check_row_is_allocated(tmp_path):
+    # A scaler that neither centres nor scales holds no array, so any n_features_in_ is consistent; checking
+    # it transforms one row of n_features_in_ zeros, which StandardScaler copies. Before, this 1.3 KB file
+    # made load allocate 8 n_features_in_ bytes whatever max_bytes said (16 GiB for 2^31).
+    n = 2 ** 24  # 128 MiB
+    obj = {"class": "sklearn.preprocessing._data:StandardScaler", "estimator": {"with_mean": False, "with_std": False},
+           "attributes": {"n_features_in_": n, "n_samples_seen_": 5, "mean_": None, "var_": None, "scale_": None}}
+    path = craft(tmp_path / "wide.npz", obj)
+    io.registered()  # the registry's imports are not the file's doing
+    errors = []
+    peak = peak_bytes(lambda: errors.append(pytest.raises(ValueError, io.load, path, max_bytes=2 ** 20)))
+    assert re.search(r"wide.npz: .*n_features_in_=16777216.*max_bytes=1048576", str(errors[0].value))
+    assert peak < 2 ** 20, f"{peak} bytes allocated before refusing"
+    assert io.load(path, max_bytes=2 ** 28).n_features_in_ == n  # within max_bytes it is a valid file
+
+
 @pytest.mark.parametrize("key, value", [("hidden", 30_000_000), ("n_experts", 10 ** 9), ("in_features", 10 ** 12)])
 def test_a_configuration_larger_than_the_stored_parameters_is_refused_before_allocating(key, value, tmp_path):
     record, arrays = good_moe_record(tmp_path)

@@ -41,10 +41,11 @@ class Archive:
     ----------
     headers : {entry name without ``.npy``: (shape, dtype)} for every entry.
     n_bytes : {entry name: bytes of the array in memory}.
+    max_bytes : as given (loading checks what else a file makes it allocate against it).
     """
 
     def __init__(self, path, max_bytes):
-        self.path = path
+        self.path, self.max_bytes = path, max_bytes
         if os.path.isdir(path):
             raise FileError(f"{path} is a directory, not a numpy-moe file")
         self._file = open(path, "rb")  # FileNotFoundError and PermissionError stay what they are

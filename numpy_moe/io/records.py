@@ -223,7 +223,7 @@ class Builder:
             est = cls(**self.value(record["estimator"]))
             for k, v in record["attributes"].items():
                 setattr(est, k, self.value(v))
-            check_fitted_state(est)
+            check_fitted_state(est, self.archive.max_bytes)
         except FileError:
             raise
         except Exception as err:
@@ -257,12 +257,13 @@ class _no_budget:
         return False
 
 
-def check_fitted_state(est):
+def check_fitted_state(est, max_bytes=None):
     """Validate a loaded estimator's parameters and fitted attributes (types, shapes, consistency).
 
     numpy_moe's estimators check themselves (``_check_fitted_state``); the others validate their
     parameters (scikit-learn's ``_validate_params``) and, when fitted, transform (or predict) one row of
-    zeros, which fails on attributes of the wrong type or shape.
+    zeros, which fails on attributes of the wrong type or shape. That row (float64, ``n_features_in_``
+    wide, which a transformer without arrays does not bound) must fit in ``max_bytes`` (None: no limit).
     """
     own = getattr(est, "_check_fitted_state", None)
     if callable(own):
@@ -279,6 +280,9 @@ def check_fitted_state(est):
     if n is not None:
         if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 2 ** 31:
             raise TypeError(f"n_features_in_={n!r} must be a positive int")
+        if max_bytes is not None and 8 * n > max_bytes:
+            raise ValueError(f"n_features_in_={n}: checking it takes a row of {n} float64 zeros ({8 * n} bytes), "
+                             f"more than max_bytes={max_bytes}; pass a larger max_bytes if you trust the file")
         if hasattr(est, "transform"):
             est.transform(numpy.zeros((1, n)))
         elif hasattr(est, "predict"):
