@@ -190,6 +190,8 @@ def test_regressor_fits_several_outputs(rng):
     ("learning_rate", "0.1", "learning_rate='0.1' must be a finite number > 0, not a str"),
     ("learning_rate", float("inf"), "learning_rate=inf must be a finite number > 0"),
     ("random_state", "seed", "random_state='seed' must be None, an int"),
+    ("random_state", -1, "random_state=-1 must be None, an int >= 0"),  # before: named "seed"
+    ("random_state", True, "random_state=True must be None, an int"),
     ("n_experts", 0, "n_experts=0 must be an integer >= 1"),
     ("hidden", -3, "hidden=-3 must be an integer >= 1"),
     ("top_k", 5, "top_k=5 must be between 1 and n_experts=4"),

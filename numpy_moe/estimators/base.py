@@ -16,11 +16,15 @@ from ..validation import check_real
 
 
 def _generator(random_state):
-    """A numpy Generator from None, an int, a Generator or a RandomState (never the global RNG)."""
+    """A numpy Generator from None, an int >= 0, a Generator or a RandomState (never the global RNG)."""
     if isinstance(random_state, numpy.random.RandomState):
         random_state = int(random_state.randint(numpy.iinfo(numpy.int32).max))
-    if random_state is not None and not isinstance(random_state, (int, numpy.integer, numpy.random.Generator)):
-        raise ValueError(f"random_state={random_state!r} must be None, an int, a numpy Generator or RandomState")
+    expected = "must be None, an int >= 0, a numpy Generator or RandomState"
+    if random_state is not None and (isinstance(random_state, (bool, numpy.bool_)) or not isinstance(
+            random_state, (int, numpy.integer, numpy.random.Generator))):
+        raise ValueError(f"random_state={random_state!r} {expected}")
+    if isinstance(random_state, (int, numpy.integer)) and random_state < 0:
+        raise ValueError(f"random_state={random_state!r} {expected}")
     return default_rng(random_state)
 
 

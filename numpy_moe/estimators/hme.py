@@ -24,10 +24,11 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .. import divergence
-from ..backend import default_rng, to_numpy
+from ..backend import to_numpy
 from ..hme import HierarchicalMoE, fit_em, init_responsibilities, parse_tree
 from ..optim import Adam
-from .base import _Transaction
+from ..validation import check_real
+from .base import _generator, _Transaction
 
 SOLVERS = ("em", "adam")
 
@@ -51,11 +52,9 @@ class _HMEEstimator(BaseEstimator):
         if isinstance(self.max_iter, bool) or not isinstance(self.max_iter, (int, numpy.integer)) \
                 or self.max_iter < 1:
             raise ValueError(f"max_iter={self.max_iter!r} must be an integer >= 1")
-        for name in ("tol", "ridge"):
-            if not getattr(self, name) >= 0:
-                raise ValueError(f"{name}={getattr(self, name)!r} must be >= 0")
-        if not self.learning_rate > 0:
-            raise ValueError(f"learning_rate={self.learning_rate!r} must be > 0")
+        check_real(self.tol, "tol", 0)
+        check_real(self.ridge, "ridge", 0)
+        check_real(self.learning_rate, "learning_rate", 0, low_open=True)
         parse_tree(self.tree)
 
     def fit(self, X, y):
@@ -70,10 +69,7 @@ class _HMEEstimator(BaseEstimator):
         self._check_params()
         X, y = validate_data(self, X, y, dtype=numpy.float64, **self._y_checks)
         y, n_outputs = self._encode(y)
-        seed = self.random_state
-        if isinstance(seed, numpy.random.RandomState):
-            seed = int(seed.randint(numpy.iinfo(numpy.int32).max))
-        rng = default_rng(seed)
+        rng = _generator(self.random_state)
         model = HierarchicalMoE(X.shape[1], n_outputs, self.tree, expert=self._expert, seed=rng)
         h = init_responsibilities(X, y, model.n_experts, seed=rng, task=self._task)
         model.m_step(X, y, h, self.ridge)
