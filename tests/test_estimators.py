@@ -209,6 +209,16 @@ def test_bad_parameters_are_named_when_fitting(param, value, message):
         clf.fit(X, y)
 
 
+@pytest.mark.parametrize("make", [MoEClassifier, MoERegressor, LocalExpertsClassifier])
+def test_a_validation_fraction_that_leaves_no_training_sample_is_named(make):
+    # ceil(0.9 * 5) = 5 rows held out; before, train_test_split's "test_size=5 should be ... smaller than
+    # the number of samples 5", which names no parameter of the estimator
+    X, y = np.arange(10.0).reshape(5, 2), np.array([0, 1, 0, 1, 0])
+    with pytest.raises(ValueError, match=r"validation_fraction=0.9 holds out all 5 samples.*early_stopping=False"):
+        make(validation_fraction=0.9, random_state=0).fit(X, y)
+    assert make(validation_fraction=0.9, early_stopping=False, epochs=2).fit(X, y).n_iter_ == 2
+
+
 def v_shape(rng, n=400):
     """MATH.md §7: r = 2x (x < 0.5), 2 - 2x otherwise, plus N(0, 0.1²) noise; x ~ U(0, 1)."""
     x = rng.uniform(0, 1, (n, 1))

@@ -223,6 +223,10 @@ class _Estimator(BaseEstimator):
     def _split(self, X, y):
         """Hold out ceil(validation_fraction N) rows, stratified when every class fits in both parts."""
         n_val = math.ceil(self.validation_fraction * len(y))
+        if n_val >= len(y):
+            raise ValueError(f"validation_fraction={self.validation_fraction!r} holds out all {len(y)} samples "
+                             "(ceil(validation_fraction N) of them), leaving none to train on: lower it, or pass "
+                             "early_stopping=False")
         counts = numpy.bincount(y) if self._task == "classification" else None
         stratify = counts is not None and counts.min() >= 2 and min(n_val, len(y) - n_val) >= len(counts)
         return train_test_split(X, y, test_size=n_val, random_state=int(self._rng.integers(2 ** 31 - 1)),
