@@ -27,7 +27,10 @@ def main(argv=None):
         print(f"wrote {len(args.preset or CONFIGS)} fixtures and manifest.json to {out} "
               f"in {time.perf_counter() - start:.1f} s")
         return 0
-    return 0 if check(args.dir, args.results) else 1
+    try:
+        return 0 if check(args.dir, args.results) else 1
+    except ValueError as err:  # a missing or unreadable fixture directory or results file: exit status 2
+        parser.error(str(err))
 
 
 if __name__ == "__main__":
