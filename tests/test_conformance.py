@@ -136,3 +136,14 @@ def test_non_numeric_results_fail_their_row_instead_of_crashing():
                                          "routing/experts": np.array([[0.0, 1.0], [2.0, 3.0]])})
     assert [(key, ok) for key, _, _, ok in rows] == [("output", False), ("routing/experts", True),
                                                      ("routing/weights", False)]
+
+
+def test_export_into_a_path_that_is_a_file_exits_2_with_a_message(tmp_path):
+    # before, a FileExistsError / NotADirectoryError traceback, and exit status 1
+    (tmp_path / "taken").write_text("mine")
+    for target in (tmp_path / "taken", tmp_path / "taken" / "fx"):
+        out = subprocess.run([sys.executable, "-m", "numpy_moe.conformance", "export", str(target), "--preset",
+                              "switch"], cwd=ROOT, capture_output=True, text=True)
+        assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+        assert f"cannot write the fixtures into {target}" in out.stderr
+    assert (tmp_path / "taken").read_text() == "mine"

@@ -24,6 +24,8 @@ def main(argv=None):
             out = export(args.dir, args.preset, args.seed)
         except ValueError as err:  # a bad --seed: the message names it, and nothing was written
             parser.error(str(err))
+        except OSError as err:  # DIR is a file, or not writable
+            parser.error(f"cannot write the fixtures into {args.dir}: {err}")
         print(f"wrote {len(args.preset or CONFIGS)} fixtures and manifest.json to {out} "
               f"in {time.perf_counter() - start:.1f} s")
         return 0
