@@ -396,6 +396,25 @@ def test_a_saved_file_keeps_the_mode_of_the_file_it_replaces(tmp_path):
     assert os.stat(path).st_mode & 0o777 == 0o640
 
 
+def test_a_bytes_path_saves_and_loads(tmp_path):
+    # save and load accept bytes paths (as open does); before, save failed with "Can't mix bytes and
+    # non-bytes in path components" from building the temporary file's name
+    path = os.fsencode(tmp_path / "model.npz")
+    assert io.save(Linear(2, 3, seed=0), path) == path
+    assert np.array_equal(io.load(path).params["W"], Linear(2, 3, seed=0).params["W"])
+    assert sorted(os.listdir(tmp_path)) == ["model.npz"]
+
+
+def test_a_symbolic_link_at_the_target_is_replaced_and_what_it_pointed_to_is_untouched(tmp_path):
+    (tmp_path / "elsewhere").mkdir()
+    victim = io.save(Linear(2, 2, seed=0), tmp_path / "elsewhere" / "victim.npz")
+    before = victim.read_bytes()
+    os.symlink(victim, tmp_path / "model.npz")
+    io.save(Linear(2, 2, seed=1), tmp_path / "model.npz")
+    assert not os.path.islink(tmp_path / "model.npz") and victim.read_bytes() == before
+    assert np.array_equal(io.load(tmp_path / "model.npz").params["W"], Linear(2, 2, seed=1).params["W"])
+
+
 # ----- 3. diverging fits ----------------------------------------------------------------------------
 def standard_data(task, seed=0):
     rng = np.random.default_rng(seed)

@@ -3,7 +3,7 @@
 Writing goes to a temporary file in the target's directory, which is flushed, synced to disk and then
 renamed over the target (``os.replace``, atomic on POSIX and Windows): a save that fails for any reason
 (a full disk, a file-size limit, Ctrl-C) leaves the previous file byte-identical and no temporary file
-behind.
+behind. A symbolic link at the target is itself replaced: the file it pointed to is never written.
 
 Reading never trusts the archive. :class:`Archive` lists the entries from the zip directory, reads each
 entry's ``.npy`` header (a few hundred bytes) and refuses the file, before decompressing any data, when an
@@ -156,7 +156,7 @@ def write_text_atomic(path, text):
 
 def _replace_atomic(path, write):
     """Call ``write(f)`` on a binary temporary file beside ``path``, then rename it over ``path``."""
-    path = os.fspath(path)
+    path = os.fsdecode(path)  # a bytes path too: the temporary file's name is built from str parts
     if os.path.isdir(path):
         raise IsADirectoryError(f"{path} is a directory; pass a file name")
     directory = os.path.dirname(os.path.abspath(path))
