@@ -396,6 +396,24 @@ def test_a_saved_file_keeps_the_mode_of_the_file_it_replaces(tmp_path):
     assert os.stat(path).st_mode & 0o777 == 0o640
 
 
+def test_a_pipeline_file_cannot_choose_a_cache_directory_to_write_into(tmp_path):
+    # Before, a file's Pipeline memory="<dir>" was loaded as is, and the first fit of the loaded pipeline
+    # created <dir> and wrote joblib's cache into it.
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+    record = {"class": "sklearn.pipeline:Pipeline", "attributes": {}, "estimator": {
+        "memory": str(tmp_path / "chosen"), "steps": [["s", {"__estimator__": {
+            "class": "sklearn.preprocessing._data:StandardScaler", "estimator": {}, "attributes": {}}}]]}}
+    with pytest.raises(ValueError, match=r"cache.npz: .*memory='.*chosen': a file may not name a cache directory"):
+        io.load(craft(tmp_path / "cache.npz", record))
+    pipe = Pipeline([("s", StandardScaler())], memory=str(tmp_path / "mine"))
+    with pytest.raises(ValueError, match="refusing to save a Pipeline with memory="):
+        io.save(pipe, tmp_path / "p.npz")
+    assert sorted(os.listdir(tmp_path)) == ["cache.npz"]
+    pipe.memory = None
+    assert io.load(io.save(pipe, tmp_path / "p.npz")).memory is None
+
+
 def test_a_bytes_path_saves_and_loads(tmp_path):
     # save and load accept bytes paths (as open does); before, save failed with "Can't mix bytes and
     # non-bytes in path components" from building the temporary file's name

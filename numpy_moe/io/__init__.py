@@ -37,7 +37,8 @@ decompressed, and a model is built under a parameter budget equal to the bytes t
 so a small file cannot claim gigabytes. Every malformed file gives a ``ValueError`` that names the file.
 
 What a file can still do: make you load a model whose weights compute whatever its author wanted, up to
-``max_bytes`` of memory, with the constructors of the registered classes. A class you register yourself
+``max_bytes`` of memory, with the constructors of the registered classes. It cannot name a directory to
+write into: a Pipeline's ``memory`` (joblib's cache, written on every fit) must be None. A class you register yourself
 is trusted with the arguments a file gives it: register only classes whose constructors build a model
 and do nothing else.
 
@@ -64,8 +65,9 @@ DEFAULT_MAX_BYTES = 2 * 2 ** 30
 def save(obj, path):
     """Write a Module or an estimator to ``path`` (the name is used as given), atomically; returns ``path``.
 
-    Raises TypeError for an object or an argument with no JSON form, ValueError for NaN or inf weights;
-    ``path`` is untouched then, and whenever writing fails.
+    Raises TypeError for an object or an argument with no JSON form, ValueError for NaN or inf weights
+    or a Pipeline with a ``memory`` cache directory (which loading refuses); ``path`` is untouched then,
+    and whenever writing fails.
     """
     _check_path(path)
     arrays = {}

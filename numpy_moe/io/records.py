@@ -45,6 +45,10 @@ def encode_module(m, arrays, prefix):
 
 def encode_estimator(est, arrays, prefix):
     """Record of an estimator: its parameters (fitted Pipeline steps included) and fitted attributes."""
+    if hasattr(est, "steps") and getattr(est, "memory", None) is not None:
+        raise ValueError(f"refusing to save a {type(est).__name__} with memory={est.memory!r}: loading refuses a "
+                         "cache directory (a file may not choose where a refit writes); set memory=None before "
+                         "saving and set it again after loading")
     fitted = {k: v for k, v in vars(est).items() if k.endswith("_") and not k.startswith("_")}
     return {"class": class_name(type(est)),
             "estimator": encode(est.get_params(deep=False), "parameters", arrays, f"{prefix}params/"),
@@ -272,6 +276,9 @@ def check_fitted_state(est, max_bytes=None):
     if getattr(est, "_parameter_constraints", None) is not None:  # scikit-learn's own classes
         est._validate_params()
     if hasattr(est, "steps"):  # a Pipeline: each step was checked when it was built
+        if getattr(est, "memory", None) is not None:  # joblib would create and fill it on every fit
+            raise ValueError(f"memory={est.memory!r}: a file may not name a cache directory for the pipeline to "
+                             "write into when it is refitted; set memory yourself after loading")
         if not all(isinstance(s, (list, tuple)) and len(s) == 2 and isinstance(s[0], str) for s in est.steps):
             raise ValueError("Pipeline steps must be (name, estimator) pairs")
         est.steps = [tuple(s) for s in est.steps]
