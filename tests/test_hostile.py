@@ -223,6 +223,24 @@ def test_a_configuration_larger_than_the_stored_parameters_is_refused_before_all
     assert peak < 2 ** 20, f"{peak} bytes allocated before refusing"
 
 
+@pytest.mark.parametrize("tree", [10 ** 9, [1] * 100_000, [[10 ** 8] * 3, 2]])
+def test_a_hierarchical_tree_larger_than_the_stored_parameters_is_refused_before_it_is_walked(tree, tmp_path):
+    # parse_tree builds one list entry per leaf; before, it ran before any parameter met the budget, so a
+    # 1.6 KB file with tree=10**7 took 1.5 GB before being refused (10**9: about 100 GB)
+    from numpy_moe.hme import HierarchicalMoE
+    path = io.save(HierarchicalMoE(3, 1, tree=2, seed=0), tmp_path / "h.npz")
+    with np.load(path) as npz:
+        arrays = dict(npz)
+    record = json.loads(str(arrays.pop("__meta__")))["object"]
+    record["config"]["tree"] = tree
+    path = craft(tmp_path / "big.npz", record, arrays)
+    io.registered()  # the registry's imports are not the file's doing
+    errors = []
+    peak = peak_bytes(lambda: errors.append(pytest.raises(ValueError, io.load, path)))
+    assert "needs more parameters than the file holds" in str(errors[0].value)
+    assert peak < 2 ** 20 + 20 * len(json.dumps(tree)), f"{peak} bytes allocated before refusing"
+
+
 # ----- 1. malformed metadata ------------------------------------------------------------------------
 def _deep(n):
     return "[" * n + "]" * n
