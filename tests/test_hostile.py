@@ -340,6 +340,57 @@ def test_tampered_fitted_attributes_are_refused(probe, fitted_classifier_file, t
         io.load(craft(tmp_path / "t.npz", record, arrays))
 
 
+@pytest.fixture(scope="module")
+def fitted_hme_classifier_file(tmp_path_factory):
+    from numpy_moe.estimators import HMEClassifier
+    X = np.random.default_rng(0).standard_normal((60, 3))
+    clf = HMEClassifier(tree=[2, 2], max_iter=5, random_state=0).fit(X, X[:, 0] > 0)
+    path = io.save(clf, tmp_path_factory.mktemp("hme") / "hme.npz")
+    with np.load(path) as npz:
+        arrays = dict(npz)
+    return json.loads(str(arrays.pop("__meta__")))["object"], arrays
+
+
+def _hme_model(config):
+    return {"__module__": {"class": "numpy_moe.hme:HierarchicalMoE", "params": "model_/",
+                           "config": {"n_features": 3, "n_outputs": 2, "tree": [2, 2], "expert": "softmax",
+                                      "dtype": "float64", **config}}}
+
+
+# Before, the HME estimators had no check of their own: only predicting a row of zeros, which each of these
+# passes (a Linear model_ loaded and gave "probabilities" summing to 1.9).
+TAMPERED_HME = {
+    "model_ a Linear": (lambda a, e: a.update(model_={"__module__": {"class": "numpy_moe.layers:Linear", "config": {
+        "in_features": 3, "out_features": 2}, "params": "model_/x/"}}) or e.update({"model_/x/W": np.zeros((3, 2)),
+                                                                                  "model_/x/b": np.zeros(2)}),
+        "model_ is a Linear; expected a HierarchicalMoE of 'softmax' experts"),
+    "another tree": (lambda a, e: a.update(model_=_hme_model({"tree": [[1, 1], 2]})), "model_ has tree=.*tree=.*2, 2"),
+    "classes_ of 3 labels": (lambda a, e: e.update({"classes_": np.array([0, 1, 2])}), "3 classes"),
+    "converged_ a string": (lambda a, e: a.update(converged_="yes"), "converged_='yes' must be True or False"),
+    "curve of another length": (lambda a, e: a.update(n_iter_=a["n_iter_"] + 1),
+                                "log_likelihood_curve_ must be a list of [0-9]+ numbers"),
+    "unknown attribute": (lambda a, e: a.update(coef_=1), r"unknown \['coef_'\]"),
+}
+
+
+def test_an_unfitted_hme_estimator_with_a_huge_tree_loads_without_walking_it(tmp_path):
+    obj = {"class": "numpy_moe.estimators.hme:HMERegressor", "estimator": {"tree": 10 ** 9}, "attributes": {}}
+    io.registered()  # the registry's imports are not the file's doing
+    peak = peak_bytes(lambda: io.load(craft(tmp_path / "tree.npz", obj)))
+    assert peak < 2 ** 20, f"{peak} bytes allocated"
+
+
+@pytest.mark.parametrize("probe", TAMPERED_HME)
+def test_tampered_hme_estimator_attributes_are_refused(probe, fitted_hme_classifier_file, tmp_path):
+    record, arrays = json.loads(json.dumps(fitted_hme_classifier_file[0])), dict(fitted_hme_classifier_file[1])
+    assert io.load(craft(tmp_path / "ok.npz", record, arrays)).predict_proba(np.zeros((1, 3))).sum() == \
+        pytest.approx(1)  # the untampered record loads
+    change, message = TAMPERED_HME[probe]
+    change(record["attributes"], arrays)
+    with pytest.raises(ValueError, match=message):
+        io.load(craft(tmp_path / "t.npz", record, arrays))
+
+
 def test_pickled_entries_and_directories_are_refused(tmp_path):
     record, arrays = good_moe_record(tmp_path)
     arrays["extra"] = np.array([{"a": 1}], dtype=object)
