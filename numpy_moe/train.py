@@ -31,17 +31,17 @@ class History:
     time: list = field(default_factory=list)       # seconds per epoch
 
 
-def _check_targets(y, loss, n_outputs, n_samples, dtype):
+def _check_targets(y, loss, n_outputs, n_samples, dtype, name="y"):
     if loss == "cross_entropy":
-        return check_labels(y, n_outputs, n_samples)
+        return check_labels(y, n_outputs, n_samples, name)
     y = asarray(y, dtype=dtype)
     xp = get_array_module(y)
     if y.ndim == 1:
         y = y[:, None]
     if y.shape != (n_samples, n_outputs):
-        raise ValueError(f"y has shape {tuple(y.shape)}; expected ({n_samples}, {n_outputs}) targets")
+        raise ValueError(f"{name} has shape {tuple(y.shape)}; expected ({n_samples}, {n_outputs}) targets")
     if not bool(xp.isfinite(y).all()):
-        raise ValueError("y contains NaN or inf; expected finite targets")
+        raise ValueError(f"{name} contains NaN or inf; expected finite targets")
     return y
 
 
@@ -80,14 +80,17 @@ def fit(model, X, y, loss="cross_entropy", optimizer=None, epochs=10, batch_size
         raise ValueError(f"loss={loss!r} must be one of {sorted(LOSSES)}")
     epochs = check_positive_int(epochs, "epochs")
     batch_size = check_positive_int(batch_size, "batch_size")
-    X = check_input(X, None, model.dtype, "X")
+    X = check_input(X, None, model.dtype, "X", min_rows=1)  # the epoch's loss is a mean over the rows
     N = X.shape[0]
     loss_f, loss_b = LOSSES[loss]
     n_out = predict(model, X[:1]).shape[1]
     y = _check_targets(y, loss, n_out, N, model.dtype)
+    if (X_val is None) != (y_val is None):
+        raise ValueError(f"X_val is {'None' if X_val is None else 'given'} and y_val is "
+                         f"{'None' if y_val is None else 'given'}; pass both (validation data) or neither")
     if X_val is not None:
-        X_val = check_input(X_val, X.shape[1], model.dtype, "X_val")
-        y_val = _check_targets(y_val, loss, n_out, X_val.shape[0], model.dtype)
+        X_val = check_input(X_val, X.shape[1], model.dtype, "X_val", min_rows=1)
+        y_val = _check_targets(y_val, loss, n_out, X_val.shape[0], model.dtype, "y_val")
     optimizer = optimizer or Adam(1e-3)
     rng = default_rng(seed)
     history = History()

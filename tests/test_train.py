@@ -117,12 +117,23 @@ def test_a_growing_loss_is_divergence(rng):
     (dict(loss="hinge"), ValueError, "loss='hinge' must be one of"),
     (dict(epochs=0), ValueError, "epochs=0 must be an integer >= 1"),
     (dict(batch_size=-1), ValueError, "batch_size=-1 must be an integer >= 1"),
+    # before: a ZeroDivisionError; "y has shape ()" (naming y for a missing y_val); y_val ignored without X_val;
+    # "y has shape" for a y_val of the wrong length
+    (dict(X=np.zeros((0, 2)), y=np.zeros(0, dtype=int), model=lambda: Linear(2, 3, seed=0)), ValueError,
+     r"X has 0 rows \(shape \(0, 2\)\); expected at least 1"),
+    (dict(X_val=np.zeros((4, 2))), ValueError, "X_val is given and y_val is None; pass both"),
+    (dict(y_val=np.zeros(4, dtype=int)), ValueError, "X_val is None and y_val is given; pass both"),
+    (dict(X_val=np.zeros((4, 2)), y_val=np.zeros(3, dtype=int)), ValueError, r"y_val has shape \(3,\); expected \(4,\)"),
+    (dict(X_val=np.zeros((4, 2)), y_val=np.zeros((4, 2)), y=np.zeros((120, 3)), loss="mse",
+          model=lambda: Linear(2, 3, seed=0)),
+     ValueError, r"y_val has shape \(4, 2\); expected \(4, 3\) targets"),
 ])
 def test_bad_arguments(kwargs, error, pattern, rng):
     X, y = blobs(rng)
-    args = dict(y=y) | kwargs
+    args = dict(X=X, y=y) | kwargs
+    model = args.pop("model", lambda: MoE(2, 3, 2, seed=0))()
     with pytest.raises(error, match=pattern):
-        fit(MoE(2, 3, 2, seed=0), X, **args)
+        fit(model, **args)
 
 
 @pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning", "ignore:invalid value:RuntimeWarning")
