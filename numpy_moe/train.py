@@ -17,7 +17,7 @@ from . import divergence
 from . import functional as F
 from .backend import asarray, default_rng, get_array_module
 from .optim import Adam
-from .validation import check_input, check_labels, check_positive_int
+from .validation import check_input, check_labels, check_positive_int, check_real
 
 LOSSES = {"cross_entropy": (F.cross_entropy, F.cross_entropy_backward), "mse": (F.mse, F.mse_backward)}
 
@@ -91,7 +91,14 @@ def fit(model, X, y, loss="cross_entropy", optimizer=None, epochs=10, batch_size
     if X_val is not None:
         X_val = check_input(X_val, X.shape[1], model.dtype, "X_val", min_rows=1)
         y_val = _check_targets(y_val, loss, n_out, X_val.shape[0], model.dtype, "y_val")
-    optimizer = optimizer or Adam(1e-3)
+    optimizer = Adam(1e-3) if optimizer is None else optimizer
+    if not all(callable(getattr(optimizer, m, None)) for m in ("step", "end_epoch")):
+        raise TypeError(f"optimizer={optimizer!r:.60} must be an optimiser of numpy_moe.optim (Adam(lr), SGD(lr), "
+                        "FTRL(alpha)) or an object with step(model) and end_epoch()")
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback={callback!r:.60} must be None or a function callback(epoch, model, history)")
+    if reference_loss is not None:
+        reference_loss = check_real(reference_loss, "reference_loss")  # NaN would switch the growth rule off
     rng = default_rng(seed)
     history = History()
     initial = float(loss_f(predict(model, X), y)) if reference_loss is None else float(reference_loss)

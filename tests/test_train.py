@@ -127,6 +127,12 @@ def test_a_growing_loss_is_divergence(rng):
     (dict(X_val=np.zeros((4, 2)), y_val=np.zeros((4, 2)), y=np.zeros((120, 3)), loss="mse",
           model=lambda: Linear(2, 3, seed=0)),
      ValueError, r"y_val has shape \(4, 2\); expected \(4, 3\) targets"),
+    # before: "vars() argument must have __dict__ attribute" after the first batch; "'int' object is not
+    # callable" after the first epoch; a NaN reference silently switched the growth rule off
+    (dict(optimizer="adam"), TypeError, "optimizer='adam' must be an optimiser of numpy_moe.optim"),
+    (dict(callback=3), TypeError, "callback=3 must be None or a function"),
+    (dict(reference_loss=float("nan")), ValueError, "reference_loss=nan must be a finite number"),
+    (dict(reference_loss="1.0"), TypeError, "reference_loss='1.0' must be a finite number"),
 ])
 def test_bad_arguments(kwargs, error, pattern, rng):
     X, y = blobs(rng)
