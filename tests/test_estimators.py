@@ -199,6 +199,11 @@ def test_regressor_fits_several_outputs(rng):
     ("noise", "gaussian", "noise='gaussian' must be one of"),
     ("noise", "vmoe", "noise='vmoe'.* need a sparse gate: pass top_k=K"),
     ("balance", "entropy", "balance has unknown loss 'entropy'"),
+    # before: a dict's weights were silently replaced by balance_weight, a repeated name counted once, 3 gave
+    # "'int' object is not iterable"
+    ("balance", {"importance": 1.0}, r"balance=\{'importance': 1.0\} must be None, a loss name or a list"),
+    ("balance", ["load", "load"], "must be None, a loss name or a list of distinct loss names"),
+    ("balance", 3, "balance=3 must be None, a loss name"),
     ("balance_weight", -0.1, "balance_weight=-0.1 must be a finite number >= 0"),
 ])
 def test_bad_parameters_are_named_when_fitting(param, value, message):

@@ -43,6 +43,11 @@ class _MoEModel(_Estimator):
             _positive_int(self.hidden, "hidden")
         if self.noise not in NOISES:
             raise ValueError(f"noise={self.noise!r} must be one of {NOISES}")
+        names = [self.balance] if isinstance(self.balance, str) else self.balance
+        if self.balance is not None and (not isinstance(names, (list, tuple)) or
+                                         not all(isinstance(n, str) for n in names) or len(set(names)) < len(names)):
+            raise TypeError(f"balance={self.balance!r:.80} must be None, a loss name or a list of distinct loss names; "
+                            "each is weighted by balance_weight")
         if self.top_k is not None:
             _positive_int(self.top_k, "top_k")
             if self.top_k > self.n_experts:
