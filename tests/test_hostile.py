@@ -223,6 +223,52 @@ def test_a_configuration_larger_than_the_stored_parameters_is_refused_before_all
     assert peak < 2 ** 20, f"{peak} bytes allocated before refusing"
 
 
+def _many_references(kind, n):
+    """A StandardScaler record whose n attributes all read the same arrays (1 MiB of zeros, a few KB deflated)."""
+    if kind == "one array read n times":
+        attributes, arrays = {f"a{i}_": {"__array__": "big"} for i in range(n)}, {"big": np.zeros(2 ** 17)}
+    else:
+        module = {"class": "numpy_moe.layers:Linear", "config": {"in_features": 256, "out_features": 512},
+                  "params": "m/"}
+        attributes = {f"a{i}_": {"__module__": module} for i in range(n)}
+        arrays = {"m/W": np.zeros((256, 512)), "m/b": np.zeros(512)}
+    if kind == "a module over another's parameters":
+        attributes = {"a_": {"__module__": {**module, "params": "m/"}}, "b_": {"__module__": {**module, "params": ""}}}
+    return {"class": "sklearn.preprocessing._data:StandardScaler", "estimator": {}, "attributes": attributes}, arrays
+
+
+@pytest.mark.parametrize("kind, message", [
+    ("one array read n times", "refers to array 'big', which object.a0_ already uses"),
+    ("one set of parameters rebuilt n times", "its parameters 'm/' overlap those of object.a"),
+    ("a module over another's parameters", "its parameters 'm/' overlap those of object.b_ \\(''\\)"),
+])
+def test_records_sharing_arrays_are_refused_before_anything_is_built(kind, message, tmp_path):
+    # Before, each reference was built or read again within max_bytes: with 300 references this 3 KB file,
+    # loaded with max_bytes=4 MiB, took 300 MB (an array) or 620 MB (a Linear) and loaded without an error.
+    obj, arrays = _many_references(kind, 300)
+    path = tmp_path / "shared.npz"
+    np.savez_compressed(path, __meta__=np.array(json.dumps({"format": "numpy-moe", "version": 2, "object": obj})),
+                        **arrays)
+    io.registered()  # the registry's imports are not the file's doing
+    errors = []
+    peak = peak_bytes(lambda: errors.append(pytest.raises(ValueError, io.load, path, max_bytes=4 * 2 ** 20)))
+    assert re.search(message, str(errors[0].value)), str(errors[0].value)
+    assert "every array of a file belongs to one record" in str(errors[0].value)
+    assert peak < 2 ** 20, f"{peak} bytes allocated before refusing"
+
+
+def test_buffers_stored_away_from_their_module_are_refused(tmp_path):
+    from numpy_moe.gates import ScoreGate
+    path = io.save(ScoreGate(4, 3, top_k=2, seed=0), tmp_path / "g.npz")
+    with np.load(path) as npz:
+        arrays = dict(npz)
+    record = json.loads(str(arrays.pop("__meta__")))["object"]
+    assert record["buffers"] == "buffer:"
+    record["buffers"] = "elsewhere:"
+    with pytest.raises(ValueError, match="buffers is 'elsewhere:'; a module's buffers are stored under its parameters"):
+        io.load(craft(tmp_path / "b.npz", record, arrays))
+
+
 @pytest.mark.parametrize("tree", [10 ** 9, [1] * 100_000, [[10 ** 8] * 3, 2]])
 def test_a_hierarchical_tree_larger_than_the_stored_parameters_is_refused_before_it_is_walked(tree, tmp_path):
     # parse_tree builds one list entry per leaf; before, it ran before any parameter met the budget, so a

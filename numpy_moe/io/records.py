@@ -11,6 +11,7 @@ Loading checks the whole record tree first (:func:`check_object`): its shape, it
 against the registry and every array reference against the archive. Nothing is constructed before that
 check has passed, and nothing outside the registry is ever constructed.
 """
+import bisect
 import re
 
 import numpy
@@ -91,9 +92,31 @@ class _Checker:
 
     def __init__(self, path, archive):
         self.path, self.archive = path, archive
+        self.prefixes, self.entries = [], []  # (params prefix, where) of modules with arrays; (entry, where)
 
     def fail(self, where, what):
         return FileError(f"{self.path}: {where}: {what}")
+
+    def claims(self):
+        """Each array of the file may be read by one record only: every ``__array__`` entry once, and no
+        module's parameter prefix inside another's or over an ``__array__`` entry. Otherwise a few KB of
+        records could rebuild the same parameters (or read the same array) any number of times, each within
+        max_bytes, together far past it."""
+        prefixes = sorted(self.prefixes)
+        for (a, where_a), (b, where_b) in zip(prefixes, prefixes[1:]):
+            if b.startswith(a):  # sorted: a prefix relation between any two shows between neighbours
+                raise self.fail(where_b, f"its parameters {b!r} overlap those of {where_a} ({a!r}); every array "
+                                         "of a file belongs to one record")
+        seen, keys = {}, [p for p, _ in prefixes]
+        for entry, where in self.entries:
+            if entry in seen:
+                raise self.fail(where, f"refers to array {entry!r}, which {seen[entry]} already uses; every array "
+                                       "of a file belongs to one record")
+            seen[entry] = where
+            i = bisect.bisect_right(keys, entry) - 1  # the only candidate once no prefix holds another
+            if i >= 0 and entry.startswith(keys[i]):
+                raise self.fail(where, f"refers to array {entry!r}, a parameter of {prefixes[i][1]}; every array "
+                                       "of a file belongs to one record")
 
     def object(self, record, where, depth, kind=None, with_arrays=True):
         """A module or estimator record; ``kind`` "module" or "estimator" restricts which."""
@@ -124,6 +147,11 @@ class _Checker:
             for key in ("params", "buffers"):
                 if key in record and not isinstance(record[key], str):
                     raise self.fail(where, f"{key} is {record[key]!r}, not an entry prefix")
+            if with_arrays:
+                self.prefixes.append((record["params"], where))
+                if "buffers" in record and record["buffers"] != record["params"] + BUFFER_TAG:
+                    raise self.fail(where, f"buffers is {record['buffers']!r}; a module's buffers are stored under "
+                                           f"its parameters, {record['params'] + BUFFER_TAG!r}")
             self.value(record["config"], f"{where}.config", depth + 1, ("__module__", "__tuple__"))
         else:
             if kind == "module":
@@ -178,13 +206,16 @@ class _Checker:
         elif tag == "__array__":
             if not isinstance(content, str) or content == "__meta__" or content not in self.archive.headers:
                 raise self.fail(where, f"refers to array {content!r}, which the file does not hold")
+            self.entries.append((content, where))
         elif not isinstance(content, list) or not all(isinstance(s, str) for s in content):
             raise self.fail(where, "__strings__ must be a list of strings")
 
 
 def check_object(record, path, archive):
     """Raise FileError unless ``record`` is a well-formed tree of registered classes and held arrays."""
-    _Checker(path, archive).object(record, "object", 0)
+    checker = _Checker(path, archive)
+    checker.object(record, "object", 0)
+    checker.claims()
 
 
 # ----- rebuilding ---------------------------------------------------------------------------------
