@@ -374,6 +374,15 @@ TAMPERED = {
     "missing model_": (lambda a, e: a.pop("model_"), r"missing \['model_'\]"),
     "model_ a Linear": (lambda a, e: a.update(model_={"__module__": {"class": "numpy_moe.layers:Linear", "config": {
         "in_features": 3, "out_features": 3}, "params": "model_/"}}), "does not match the architecture|model_ is a"),
+    # before, these loaded: a model_ other than the one the estimator's parameters build (with the same
+    # parameter shapes) predicted, and the next fit built another model
+    "model_ sparse for a dense estimator": (lambda a, e: a["model_"]["__module__"]["config"].update(top_k=2),
+                                            r"model_ is not the model this estimator builds: top_k=2 \(the "
+                                            r"estimator builds None\)"),
+    "model_ with a residual": (lambda a, e: a["model_"]["__module__"]["config"].update(residual=True),
+                               r"residual=True \(the estimator builds False\)"),
+    "model_ with another gate convention": (lambda a, e: a["model_"]["__module__"]["config"].update(
+        gate="topk_then_softmax"), "gate='topk_then_softmax'"),
 }
 
 

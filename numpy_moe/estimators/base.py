@@ -1,6 +1,7 @@
 """What the estimators share: the epoch loop with early stopping and the divergence rule, transactional
 fit, the fitted-state check numpy_moe.io runs on loading, and the classification / regression mixins."""
 import copy
+import inspect
 import math
 import time
 
@@ -68,6 +69,19 @@ def _check_number_list(values, name, max_len):
     if not isinstance(values, list) or len(values) > max_len or not all(
             isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values):
         raise TypeError(f"{name} must be a list of at most {max_len} finite numbers, found {values!r:.80}")
+
+
+def _check_model_config(model, expected):
+    """Raise ValueError unless ``model``'s configuration is ``expected`` (the arguments the estimator builds it
+    with), every other argument at its constructor's default: a file's model_ is the estimator's model."""
+    config = model.get_config()
+    defaults = inspect.signature(type(model).__init__).parameters
+    want = {k: p.default for k, p in defaults.items() if k in config and k != "seed"
+            and p.default is not inspect.Parameter.empty}
+    want.update(expected)
+    diff = [f"{k}={config.get(k)!r:.60} (the estimator builds {v!r:.60})" for k, v in want.items() if config.get(k) != v]
+    if diff:
+        raise ValueError(f"model_ is not the model this estimator builds: {'; '.join(diff)}")
 
 
 class _Estimator(BaseEstimator):
@@ -165,6 +179,7 @@ class _Estimator(BaseEstimator):
         if dims != (n, n_out, self.n_experts):
             raise ValueError(f"model_ maps {dims[0]} features to {dims[1]} outputs with {dims[2]} experts; the "
                              f"estimator has n_features_in_={n}, {n_out} outputs, n_experts={self.n_experts}")
+        _check_model_config(model, self._model_config(n, n_out))
         _check_number_list(self.loss_curve_, "loss_curve_", n_iter)
         _check_number_list(self.validation_loss_curve_, "validation_loss_curve_", n_iter)
         usage = self.expert_usage_
