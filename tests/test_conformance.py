@@ -147,3 +147,20 @@ def test_export_into_a_path_that_is_a_file_exits_2_with_a_message(tmp_path):
         assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
         assert f"cannot write the fixtures into {target}" in out.stderr
     assert (tmp_path / "taken").read_text() == "mine"
+
+
+def test_a_write_failing_midway_leaves_an_earlier_export_as_it_was(tmp_path, monkeypatch):
+    # before, the fixtures written before the failure were already replaced (new seed, old manifest)
+    conformance.export(tmp_path / "fx", ["qwen2_moe", "switch"], seed=0)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "fx").iterdir()}
+    savez, calls = np.savez, []
+
+    def disk_full(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        return savez(*args, **kwargs)
+    monkeypatch.setattr(np, "savez", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        conformance.export(tmp_path / "fx", ["qwen2_moe", "switch"], seed=5)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "fx").iterdir()} == before  # no temporary file either

@@ -36,7 +36,7 @@ from .. import presets as P
 from ..backend import to_numpy
 from ..balance import FrameworkBalance, MultiLayer, select_samples
 from ..gates import topk_indices
-from ..io.archive import write_atomic, write_text_atomic
+from ..io.archive import replace_together
 from ..validation import check_positive_int
 
 FORMAT = 1
@@ -142,9 +142,9 @@ def export(directory, presets=None, seed=0):
     """Write ``<preset>.npz`` for each preset and ``manifest.json`` into ``directory``; returns its path.
 
     Every preset and the seed (an integer >= 0) are checked, and every fixture computed, before anything
-    is written; each file is then replaced atomically, the manifest last. A bad argument leaves
-    ``directory`` as it was (not even created), so an earlier export there keeps its files and manifest
-    in agreement.
+    is written; every file is then written beside its target before any target is replaced (the manifest
+    last). A bad argument leaves ``directory`` as it was (not even created), and a failed write (a full
+    disk) leaves every earlier file there, so an earlier export keeps its files and manifest in agreement.
     """
     seed = check_positive_int(seed, "seed", minimum=0)
     for preset in presets or CONFIGS:
@@ -156,9 +156,9 @@ def export(directory, presets=None, seed=0):
                 "presets": {preset: entry for preset, (_, entry) in fixtures.items()}}
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
-    for arrays, entry in fixtures.values():
-        write_atomic(out / entry["file"], arrays)
-    write_text_atomic(out / "manifest.json", json.dumps(manifest, indent=1))
+    text = json.dumps(manifest, indent=1).encode("utf-8")
+    replace_together([(out / entry["file"], lambda f, a=a: np.savez(f, **a)) for a, entry in fixtures.values()]
+                     + [(out / "manifest.json", lambda f: f.write(text))])
     return out
 
 

@@ -154,8 +154,38 @@ def write_text_atomic(path, text):
     _replace_atomic(path, lambda f: f.write(text.encode("utf-8")))
 
 
+def replace_together(files):
+    """Write several files, then rename them into place in the given order (put an index last).
+
+    files : [(path, write)], ``write(f)`` filling a binary file. Every file is written to a temporary file
+    beside its target and synced before any target is replaced, so a failed write (a full disk, Ctrl-C)
+    leaves every target as it was and no temporary file behind; only the renames, which do not write
+    data, come after.
+    """
+    staged = []
+    try:
+        for path, write in files:
+            staged.append(_stage(path, write))
+        while staged:
+            tmp, path = staged[0]
+            os.replace(tmp, path)
+            staged.pop(0)
+            _sync_directory(os.path.dirname(os.path.abspath(path)))
+    finally:
+        for tmp, _ in staged:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+
+
 def _replace_atomic(path, write):
     """Call ``write(f)`` on a binary temporary file beside ``path``, then rename it over ``path``."""
+    replace_together([(path, write)])
+
+
+def _stage(path, write):
+    """(temporary file, path): ``write(f)`` into a synced temporary file beside ``path``, of ``path``'s mode."""
     path = os.fsdecode(path)  # a bytes path too: the temporary file's name is built from str parts
     if os.path.isdir(path):
         raise IsADirectoryError(f"{path} is a directory; pass a file name")
@@ -167,14 +197,13 @@ def _replace_atomic(path, write):
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, _mode_for(path))
-        os.replace(tmp, path)
     except BaseException:
         try:
             os.unlink(tmp)
         except OSError:
             pass
         raise
-    _sync_directory(directory)
+    return tmp, path
 
 
 def _mode_for(path):
