@@ -71,12 +71,15 @@ def _check_number_list(values, name, max_len):
         raise TypeError(f"{name} must be a list of at most {max_len} finite numbers, found {values!r:.80}")
 
 
+_NOT_ARCHITECTURE = ("seed", "dispatch")  # the initial draw; how the experts are run (the same function)
+
+
 def _check_model_config(model, expected):
     """Raise ValueError unless ``model``'s configuration is ``expected`` (the arguments the estimator builds it
     with), every other argument at its constructor's default: a file's model_ is the estimator's model."""
     config = model.get_config()
     defaults = inspect.signature(type(model).__init__).parameters
-    want = {k: p.default for k, p in defaults.items() if k in config and k != "seed"
+    want = {k: p.default for k, p in defaults.items() if k in config and k not in _NOT_ARCHITECTURE
             and p.default is not inspect.Parameter.empty}
     want.update(expected)
     diff = [f"{k}={config.get(k)!r:.60} (the estimator builds {v!r:.60})" for k, v in want.items() if config.get(k) != v]
