@@ -83,9 +83,9 @@ class LocalExperts(Module):
         self.zero_grad()
 
     # ----- the pieces of the model ---------------------------------------------------------------
-    def _with_bias(self, x):
-        """Validated x̃ = [x, 1] of shape (N, D+1)."""
-        x = check_input(x, self.n_features, self.dtype)
+    def _with_bias(self, x, min_rows=0):
+        """Validated x̃ = [x, 1] of shape (N, D+1); at least ``min_rows`` rows (1 for a mean over the batch)."""
+        x = check_input(x, self.n_features, self.dtype, min_rows=min_rows)
         xp = get_array_module(x)
         return xp.concatenate([x, xp.ones((x.shape[0], 1), dtype=x.dtype)], axis=1)  # (N, D+1)
 
@@ -158,7 +158,7 @@ class LocalExperts(Module):
         Cooperative: mean ½‖r - y‖² (regression) or mean -Σ r_i log o_i (classification, natural log).
         Competitive: mean log Σ_e g_e p_e.
         """
-        x1 = self._with_bias(x)
+        x1 = self._with_bias(x, min_rows=1)
         R = self._targets(r, x1.shape[0])
         h, w = self._parts(x1)
         if self.mode == "cooperative":
@@ -184,7 +184,7 @@ class LocalExperts(Module):
         dict with "V": ΔV (E, D+1, O) and "M": ΔM (D+1, E).
         """
         xp = get_array_module(x)
-        x1 = self._with_bias(x)
+        x1 = self._with_bias(x, min_rows=1)
         N = x1.shape[0]
         R = self._targets(r, N)
         h, w = self._parts(x1)
@@ -230,7 +230,7 @@ class LocalExperts(Module):
 def evaluate(model, X, y):
     """Mean log-loss in bits, -mean log2 o_{n, y_n} (classification), or the MSE (regression)."""
     xp = get_array_module(X)
-    out = model.forward(X)
+    out = model.forward(check_input(X, model.n_features, model.dtype, "X", min_rows=1))  # a mean: N >= 1
     R = model._targets(y, out.shape[0])
     if model.task == "classification":
         return float(-(R * xp.log2(xp.maximum(out, xp.finfo(out.dtype).tiny))).sum(axis=1).mean())
@@ -261,7 +261,7 @@ def train_epoch(model, X, y, optimizer, batch_size=1, seed=None, epoch=1):
     the same state as it always does (MATH.md §6.4).
     """
     batch_size = check_positive_int(batch_size, "batch_size")
-    X = check_input(X, model.n_features, model.dtype, "X")
+    X = check_input(X, model.n_features, model.dtype, "X", min_rows=1)
     N = X.shape[0]
     y = y if hasattr(y, "ndim") else asarray(y)
     R = model._targets(y, N)  # validate once, before any step

@@ -28,7 +28,7 @@ Y_e = Wm_e X + b_e, a = Wgm X + bg, y = Σ_e g_e ⊙ Y_e. Backward for dy (F, P)
 """
 from . import functional as F
 from .backend import asarray, default_rng, get_array_module, is_floating_dtype
-from .image_layers import col2im, image_columns, output_size
+from .image_layers import cast_finite, col2im, image_columns, output_size
 from .layers import Module, init_weight, zeros_param
 from .validation import check_positive_int
 
@@ -91,15 +91,20 @@ class _ConvMoE(Module):
         return F.softmax(xp.where(rank < self.top_k, a, -xp.inf), axis=0)
 
     def gate(self, x):
-        """Per-position expert weights g (N, E, *output spatial shape)."""
-        self.forward(x)
-        E = self.n_experts
-        return self.g.reshape((E,) + self.out_shape).transpose((1, 0) + tuple(range(2, 2 + self.spatial)))
+        """Per-position expert weights g (N, E, *output spatial shape); what the last forward left for backward
+        is kept (the gates come from a forward of their own)."""
+        saved = {k: v for k, v in vars(self).items() if k in ("x_shape", "out_shape", "cols", "Y", "g")}
+        try:
+            self.forward(x)
+            E = self.n_experts
+            return self.g.reshape((E,) + self.out_shape).transpose((1, 0) + tuple(range(2, 2 + self.spatial)))
+        finally:
+            vars(self).update(saved)
 
     def forward(self, x):
         cols = self._to_cols(x)  # (C k^d, P)
         E, Fo = self.n_experts, self.out_channels
-        Y = (self.params["W"].reshape(E * Fo, -1) @ cols).reshape(E, Fo, -1) + self.params["b"][:, :, None]
+        Y = (self.params["W"].reshape(E * Fo, -1) @ cols).reshape(E, Fo, cols.shape[1]) + self.params["b"][:, :, None]
         a = self.params["Wg"].reshape(E, -1) @ cols + self.params["bg"][:, None]  # (E, P)
         g = self._gate(a)
         self.cols, self.Y, self.g = cols, Y, g
@@ -139,7 +144,7 @@ class ConvMoE2d(_ConvMoE):
         self.x_shape, cols = image_columns(x, self.in_channels, self.dtype, self.kernel_size, self.stride,
                                            self.padding)  # (C, k, k, N, Ho, Wo)
         self.out_shape = cols.shape[3:]
-        return cols.reshape(-1, cols.shape[3] * cols.shape[4] * cols.shape[5])
+        return cols.reshape(self.in_channels * self.kernel_size ** 2, -1)  # (C k², P); P may be 0
 
     def _from_cols(self, dcols):
         k = self.kernel_size
@@ -156,14 +161,11 @@ class ConvMoE1d(_ConvMoE):
 
     def _to_cols(self, x):
         x = asarray(x)
-        xp = get_array_module(x)
         if not is_floating_dtype(x.dtype):
             raise TypeError(f"x has dtype {x.dtype}; expected a floating dtype (float32 or float64)")
         if x.ndim != 3 or x.shape[1] != self.in_channels:
             raise ValueError(f"x has shape {tuple(x.shape)}; expected sequences (N, {self.in_channels}, L)")
-        if not bool(xp.isfinite(x).all()):
-            raise ValueError("x contains NaN or inf; expected finite values")
-        x = xp.asarray(x, dtype=self.dtype)
+        x = cast_finite(x, self.dtype)
         k, s, p = self.kernel_size, self.stride, self.padding
         if x.shape[2] + 2 * p < k:
             raise ValueError(f"x has sequences of length {x.shape[2]}; kernel_size={k} with padding={p} "
@@ -171,7 +173,7 @@ class ConvMoE1d(_ConvMoE):
         self.x_shape = x.shape
         cols = im2col_1d(x, k, s, p)  # (C, k, N, Lo)
         self.out_shape = cols.shape[2:]
-        return cols.reshape(-1, cols.shape[2] * cols.shape[3])
+        return cols.reshape(self.in_channels * k, -1)  # (C k, P); P may be 0
 
     def _from_cols(self, dcols):
         k = self.kernel_size

@@ -28,13 +28,18 @@ def weighted_least_squares(X1, Y, w, ridge=0.0, var_floor=0.0):
 
     Returns
     -------
-    beta : (P, O), minimising Σ_n w_n ‖Y_n - X1_n β‖² + ridge ‖β‖².
+    beta : (P, O), minimising Σ_n w_n ‖Y_n - X1_n β‖² + ridge ‖β‖²; when that has many minimisers (ridge = 0
+        and fewer weighted samples than P), the one of least norm.
     var : float, Σ_n w_n ‖Y_n - X1_n β‖² / (O Σ_n w_n), at least var_floor (the MLE of σ² given β).
     """
     xp = get_array_module(X1)
     P, O = X1.shape[1], Y.shape[1]
     A = X1.T @ (w[:, None] * X1) + ridge * xp.eye(P, dtype=X1.dtype)  # (P, P)
-    beta = xp.linalg.solve(A, X1.T @ (w[:, None] * Y))  # (P, O)
+    rhs = X1.T @ (w[:, None] * Y)  # (P, O)
+    try:
+        beta = xp.linalg.solve(A, rhs)
+    except ValueError:  # numpy's LinAlgError('Singular matrix'): the normal equations hold on an affine set of β
+        beta = xp.linalg.lstsq(A, rhs, rcond=None)[0]
     total = float(w.sum())
     sse = float((w * ((Y - X1 @ beta) ** 2).sum(axis=1)).sum())
     return beta, max(sse / (O * total) if total > 0 else var_floor, var_floor)

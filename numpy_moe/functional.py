@@ -198,7 +198,8 @@ def token_cross_entropy(logits, target, mask=None):
     Parameters
     ----------
     logits : (..., C) scores, e.g. (B, T, V). target : (...) integer ids in [0, C).
-    mask : None or (...) bool, True for the tokens that count (False: padding); None counts all.
+    mask : None or (...) bool, True for the tokens that count (False: padding); None counts all. No token to
+        count (an empty target, or a mask False everywhere) is a ValueError: the mean over none is undefined.
 
     Returns
     -------
@@ -207,18 +208,34 @@ def token_cross_entropy(logits, target, mask=None):
     xp = get_array_module(logits)
     logp = log_softmax(logits)
     picked = xp.take_along_axis(logp, target[..., None], axis=-1)[..., 0]  # (...)
+    n = _n_counted(target, mask)
     if mask is None:
         return float(-picked.mean())
-    return float(-(picked * mask).sum() / mask.sum())
+    return float(-(picked * mask).sum() / n)
 
 
 def token_cross_entropy_backward(logits, target, mask=None):
-    """dlogits = (softmax(logits) - onehot(target)) m / n, m the mask (1 everywhere for None), n = sum m."""
+    """dlogits = (softmax(logits) - onehot(target)) m / n, m the mask (1 everywhere for None), n = sum m;
+    of the dtype of ``logits``."""
     xp = get_array_module(logits)
     d = softmax(logits) - (xp.arange(logits.shape[-1]) == target[..., None])  # (..., C)
+    n = _n_counted(target, mask)
     if mask is None:
-        return d / target.size
-    return d * (mask[..., None] / mask.sum())
+        return d / n
+    return d * (mask[..., None] / n).astype(d.dtype, copy=False)  # m / n alone is float64
+
+
+def _n_counted(target, mask):
+    """The number of tokens that count: every entry of ``target``, or the True entries of ``mask``;
+    ValueError when there is none."""
+    if mask is None:
+        if target.size == 0:
+            raise ValueError(f"target has shape {tuple(target.shape)}: no token to average over")
+        return target.size
+    n = int(mask.sum())
+    if n == 0:
+        raise ValueError("mask is False everywhere; at least one token must count")
+    return n
 
 
 def mse(pred, target):

@@ -32,7 +32,7 @@ from . import functional as F
 from .backend import asarray, default_rng, get_array_module
 from .em import irls_softmax, weighted_least_squares
 from .layers import Module, check_budget, normal_param, zeros_param
-from .validation import check_input, check_labels, check_positive_int
+from .validation import check_input, check_labels, check_positive_int, check_real
 
 EXPERTS = ("gaussian", "softmax")
 INIT_STD = 0.1
@@ -132,8 +132,8 @@ class HierarchicalMoE(Module):
         self.zero_grad()
 
     # ----- the pieces ----------------------------------------------------------------------------
-    def _with_bias(self, x):
-        x = check_input(x, self.n_features, self.dtype)
+    def _with_bias(self, x, min_rows=0):
+        x = check_input(x, self.n_features, self.dtype, min_rows=min_rows)
         xp = get_array_module(x)
         return xp.concatenate([x, xp.ones((x.shape[0], 1), dtype=x.dtype)], axis=1)  # (N, D+1)
 
@@ -214,31 +214,34 @@ class HierarchicalMoE(Module):
         xp = get_array_module(x)
         x1 = self._with_bias(x)
         g = self._gate_probs(x1)
-        prior = xp.exp(self._log_prior(x1, g))  # (N, E)
+        log_prior = self._log_prior(x1, g)  # (N, E)
         W = xp.einsum("nd,edo->neo", x1, self.params["V"])  # (N, E, O)
-        self.cache = (x1, g, prior, W)
         if self.expert == "gaussian":
+            prior = xp.exp(log_prior)
+            self.cache = (x1, g, prior, W)
             return xp.einsum("ne,neo->no", prior, W)  # (N, O)
-        Q = F.softmax(W, axis=2)  # (N, E, C)
-        mix = xp.einsum("ne,nec->nc", prior, Q)  # (N, C)
-        self.cache += (Q, mix)
-        return xp.log(xp.maximum(mix, xp.finfo(mix.dtype).tiny))
+        # log Σ_e π_e softmax(W_e)_c through log-sum-exp: a class every expert gives less than the smallest
+        # float still gets its exact log-probability (and a finite gradient)
+        log_q = F.log_softmax(W, axis=2)  # (N, E, C)
+        joint = log_prior[:, :, None] + log_q  # (N, E, C)
+        out = F.logsumexp(joint, axis=1)  # (N, C)
+        self.cache = (x1, g, log_q, xp.exp(joint - out[:, None, :]))  # R: P(expert e | x, class c), (N, E, C)
+        return out
 
     def backward(self, dy):
-        """Gaussian: ∂/∂W_e = π_e dy, u_e = π_e <dy, W_e>. Softmax: with r = dy / mix,
-        ∂/∂Q_e = π_e r, u_e = π_e <r, Q_e>, then through each expert's softmax."""
+        """Gaussian: ∂/∂W_e = π_e dy, u_e = π_e <dy, W_e>. Softmax: with R_ec = π_e Q_ec / mix_c (the posterior
+        of expert e given class c), ∂/∂log Q_ec = R_ec dy_c, u_e = Σ_c R_ec dy_c, then each expert's log-softmax."""
         xp = get_array_module(dy)
-        x1, g, prior = self.cache[:3]
+        x1, g = self.cache[:2]
         if self.expert == "gaussian":
-            W = self.cache[3]
+            prior, W = self.cache[2:]
             dW = prior[:, :, None] * dy[:, None, :]  # (N, E, O)
             u = prior * xp.einsum("no,neo->ne", dy, W)
         else:
-            Q, mix = self.cache[4:]
-            r = dy / mix  # (N, C)
-            dQ = prior[:, :, None] * r[:, None, :]
-            dW = F.softmax_backward(dQ, Q, axis=2)
-            u = prior * xp.einsum("nc,nec->ne", r, Q)
+            log_q, R = self.cache[2:]
+            dlog_q = R * dy[:, None, :]  # (N, E, C)
+            dW = F.log_softmax_backward(dlog_q, log_q, axis=2)
+            u = dlog_q.sum(axis=2)
         return self._param_grads(x1, g, u, dW)
 
     def _param_grads(self, x1, g, u, dW):
@@ -258,7 +261,7 @@ class HierarchicalMoE(Module):
         ∂ℓ/∂log_var_e = h_e (‖y - W_e‖² / (2σ_e²) - O/2), and u = h for the gates.
         """
         xp = get_array_module(x)
-        x1 = self._with_bias(x)
+        x1 = self._with_bias(x, min_rows=1)  # a mean over the samples
         N = x1.shape[0]
         y = self._targets(y, N)
         g = self._gate_probs(x1)
@@ -285,10 +288,18 @@ class HierarchicalMoE(Module):
         With ``ridge`` > 0 every step maximises the expected complete log-likelihood minus
         :meth:`penalty`: a Gaussian expert's β given its old σ² (ridge σ²_old in the normal equations),
         then σ² given β (an ECM step, Meng & Rubin 1993), so EM still never decreases ℓ - penalty.
+        ridge : >= 0. var_floor : > 0, the smallest variance of a Gaussian expert (one that fits its samples
+        exactly would otherwise reach σ² = 0 and a log-likelihood of +inf).
         """
+        ridge = check_real(ridge, "ridge", 0)
+        var_floor = check_real(var_floor, "var_floor", 0, low_open=True)  # log σ² must stay finite
         xp = get_array_module(x)
         x1 = self._with_bias(x)
         y = self._targets(y, x1.shape[0])
+        h = asarray(h)
+        if tuple(h.shape) != (x1.shape[0], self.n_experts):
+            raise ValueError(f"h has shape {tuple(h.shape)}; expected {(x1.shape[0], self.n_experts)}, the "
+                             "responsibilities of each sample over the experts")
         for j in range(len(self.gates)):
             key = f"G{j}"
             self.params[key][...] = irls_softmax(x1, h @ self._members(j, xp).T, self.params[key], ridge)[0]
@@ -326,7 +337,11 @@ def init_responsibilities(x, y, n_experts, seed=None, task="regression"):
     E data rows are drawn as centres in the standardised joint space z = [x, y] (labels one-hot);
     h_ne ∝ exp(-‖z_n - z_centre(e)‖² / 2). Starting from random responsibilities, rather than from random
     weights, gives each expert a different region at once.
+    task : "regression" (y values) or "classification" (y integer labels, one-hot in z).
     """
+    if task not in ("regression", "classification"):  # another word would silently treat labels as values
+        raise ValueError(f"task={task!r} must be 'regression' or 'classification'")
+    n_experts = check_positive_int(n_experts, "n_experts")
     xp = get_array_module(x)
     y = xp.asarray(y)
     if task == "classification":
@@ -352,11 +367,9 @@ def fit_em(model, x, y, max_iter=200, tol=1e-8, ridge=1e-6, var_floor=1e-8, call
     "objective" (ℓ minus the ridge penalty, the quantity EM never decreases), "n_iter", "converged".
     """
     max_iter = check_positive_int(max_iter, "max_iter")
-    if not tol >= 0:
-        raise ValueError(f"tol={tol!r} must be >= 0")
-    if not ridge >= 0:
-        raise ValueError(f"ridge={ridge!r} must be >= 0")
-    N = model._with_bias(x).shape[0]
+    tol, ridge = check_real(tol, "tol", 0), check_real(ridge, "ridge", 0)
+    var_floor = check_real(var_floor, "var_floor", 0, low_open=True)
+    N = model._with_bias(x, min_rows=1).shape[0]  # the gain is per sample
     ll = model.log_likelihood(x, y)
     history = {"log_likelihood": [ll], "objective": [ll - model.penalty(ridge)], "n_iter": 0, "converged": False}
     for it in range(1, max_iter + 1):

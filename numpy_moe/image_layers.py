@@ -19,16 +19,21 @@ strided views, so a conv - ReLU - pool - conv stack never transposes; only Flatt
 order of the features. The values are those of the NCHW formulas: only the order in which a matrix product
 adds its terms differs (rounding).
 """
+import contextlib
+import math
+
 from . import functional as F
 from .backend import asarray, default_rng, get_array_module, is_floating_dtype
 from .layers import Module, init_weight, ones_param, zeros_param
-from .validation import check_positive_int
+from .validation import check_positive_int, check_real
 
 
-def check_images(x, channels, dtype, name="x"):
-    """Validate a float batch of images (N, channels, H, W); return it as ``dtype`` (None: its own)."""
+def check_images(x, channels, dtype, name="x", min_images=0):
+    """Validate a float batch of images (N, channels, H, W); return it as ``dtype`` (None: its own).
+
+    min_images : the fewest images N allowed (a model with MoE layers needs 1, as they do).
+    """
     x = asarray(x)  # onto the current backend, as validation.check_input does
-    xp = get_array_module(x)
     if not is_floating_dtype(x.dtype):
         raise TypeError(f"{name} has dtype {x.dtype}; expected a floating dtype (float32 or float64)")
     if x.ndim != 4:
@@ -36,9 +41,29 @@ def check_images(x, channels, dtype, name="x"):
                          "expected a 4-D array of images (N, C, H, W)")
     if channels is not None and x.shape[1] != channels:
         raise ValueError(f"{name} has {x.shape[1]} channels (shape {tuple(x.shape)}); expected {channels}")
-    if not bool(xp.isfinite(x).all()):
+    if x.shape[0] < min_images:
+        raise ValueError(f"{name} has {x.shape[0]} images (shape {tuple(x.shape)}); expected at least {min_images}")
+    return cast_finite(x, dtype, name)
+
+
+def cast_finite(x, dtype, name="x"):
+    """``x`` as ``dtype`` (None: its own); ValueError if it holds NaN or inf, or finite values the cast overflows.
+
+    Checked after the cast, as validation.check_input does: 1e39 is finite in float64 but inf in float32.
+    """
+    xp = get_array_module(x)
+    if dtype is None or x.dtype == dtype:
+        cast = x
+    else:
+        errstate = getattr(xp, "errstate", None)  # the overflow is reported below, not as a RuntimeWarning
+        with errstate(over="ignore", invalid="ignore") if errstate else contextlib.nullcontext():
+            cast = xp.asarray(x, dtype=dtype)
+    if not bool(xp.isfinite(cast).all()):
+        if bool(xp.isfinite(x).all()):
+            raise ValueError(f"{name} has values up to {float(xp.abs(x).max()):.3g} that overflow the layer's "
+                             f"dtype {xp.dtype(dtype).name}; rescale the inputs or use float64")
         raise ValueError(f"{name} contains NaN or inf; expected finite values")
-    return xp.asarray(x, dtype=dtype)
+    return cast
 
 
 def output_size(size, k, stride, padding):
@@ -192,7 +217,7 @@ class Conv2d(Module):
         self.x_shape = x.shape
         rows = im2row(x.transpose(0, 2, 3, 1), self.kernel_size, self.stride, self.padding)  # (N, Ho, Wo, k, k, C)
         Ho, Wo = rows.shape[1:3]
-        self.rows = rows.reshape(N * Ho * Wo, -1)  # (N Ho Wo, k k C)
+        self.rows = rows.reshape(N * Ho * Wo, math.prod(rows.shape[3:]))  # (N Ho Wo, k k C); no -1: N may be 0
         self.Wr = self.params["W"].transpose(0, 2, 3, 1).reshape(self.out_channels, -1)  # (F, k k C)
         Y = self.rows @ self.Wr.T  # (N Ho Wo, F)
         Y += self.params["b"]
@@ -296,7 +321,7 @@ class Flatten(Module):
 
     def forward(self, x):
         self.x_shape = x.shape
-        return x.reshape(x.shape[0], -1)
+        return x.reshape(x.shape[0], math.prod(x.shape[1:]))  # no -1: N may be 0
 
     def backward(self, dy):
         return dy.reshape(self.x_shape)
@@ -321,9 +346,7 @@ class LayerNorm(Module):
     def __init__(self, n_features, eps=1e-5, dtype="float64"):
         super().__init__(dtype)
         self.n_features = check_positive_int(n_features, "n_features")
-        if not eps > 0:
-            raise ValueError(f"eps={eps!r} must be > 0")
-        self.eps = float(eps)
+        self.eps = check_real(eps, "eps", 0, low_open=True)  # inf would flatten every output to beta
         self.params["gamma"] = ones_param(self.n_features, self.dtype)
         self.params["beta"] = zeros_param(self.n_features, self.dtype)
         self.zero_grad()

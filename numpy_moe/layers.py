@@ -316,10 +316,21 @@ class Tanh(Module):
 
 
 class Sequential(Module):
-    """Layers applied in order; backward runs them in reverse."""
+    """Layers applied in order; backward runs them in reverse.
+
+    Each layer (and each module inside one) must be its own instance: a module keeps its last forward for its
+    backward, so one instance at two places would backpropagate the second place's input through both.
+    """
 
     def __init__(self, *layers):
         super().__init__(layers[0].dtype if layers else "float64")
+        seen = {}
+        for i, layer in enumerate(layers):
+            for m in layer.modules():
+                if id(m) in seen and seen[id(m)] != i:
+                    raise ValueError(f"layers {seen[id(m)]} and {i} are the same {type(m).__name__} (or hold it); "
+                                     "give each place its own instance")
+                seen[id(m)] = i
         self.layers = list(layers)
 
     def forward(self, x):

@@ -24,17 +24,18 @@ order or DeepSpeed's (by position only, or by the assignment's logit / probabili
 and renormalising the kept weights after dropping (fairseq, DeepSpeed; MATH.md §4.4).
 """
 from functools import partial
-from math import ceil
 from typing import NamedTuple
 
 from .backend import combine_rows, get_array_module, to_numpy
+from .gates.expert_choice import capacity_ceil
 from .validation import check_real
 from .workers import n_threads, run_blocks
 
 
 def expert_capacity(n_samples, top_k, n_experts, capacity_factor):
-    """C = ceil(N K capacity_factor / E), the most assignments one expert accepts."""
-    return ceil(n_samples * top_k * capacity_factor / n_experts)
+    """C = ceil(N K capacity_factor / E), the most assignments one expert accepts (the product read as the
+    decimal factor means it: :func:`~numpy_moe.gates.expert_choice.capacity_ceil`)."""
+    return capacity_ceil(n_samples * top_k * capacity_factor / n_experts)
 
 
 def apply_capacity(routing, capacity, batch_priority=False):

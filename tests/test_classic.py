@@ -225,6 +225,18 @@ def test_bad_inputs_and_targets_are_named():
         train_epoch(clf, x, np.zeros(4, dtype=int), SGD(0.1), batch_size=0)
 
 
+def test_an_empty_training_set_is_refused_by_name():
+    # every rule and loss is a mean over the batch: before, no sample gave NaN directions and a fit that
+    # reported "training diverged ... lower the learning rate"
+    model = LocalExperts(2, 3, 2, seed=0)
+    x, r = np.zeros((0, 2)), np.zeros(0, dtype=int)
+    for call in (lambda: model.update_directions(x, r), lambda: model.objective(x, r), lambda: evaluate(model, x, r),
+                 lambda: train_epoch(model, x, r, SGD(0.1)), lambda: fit_local_experts(model, x, r, epochs=1)):
+        with pytest.raises(ValueError, match=r"has 0 rows \(shape \(0, 2\)\); expected at least 1"):
+            call()
+    assert model.forward(x).shape == (0, 3)  # a prediction for no sample is still no prediction
+
+
 # ----- the batch-size-1 pass (classic._online_pass) against the checked loop ------------------------------
 # train_epoch runs one-sample steps without per-step checks for a LocalExperts with exactly SGD, Adam or
 # FTRL; a subclass of the optimiser (same rule) takes the checked loop. The two must agree bit for bit:

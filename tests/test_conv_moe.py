@@ -98,3 +98,39 @@ def test_bad_inputs_are_named(rng):
         ConvMoE1d(2, 2, 3).forward(rng.standard_normal((2, 3, 5)))
     with pytest.raises(ValueError, match="channels"):
         ConvMoE2d(2, 2, 3).forward(rng.standard_normal((2, 3, 5, 5)))
+
+
+def test_float32_inputs_that_overflow_are_refused():
+    # before: 1e39 became inf in the float32 cast and the output NaN, without a word
+    for layer, shape in ((ConvMoE2d(1, 2, 1, n_experts=2, dtype="float32"), (1, 1, 2, 2)),
+                         (ConvMoE1d(1, 2, 1, n_experts=2, dtype="float32"), (1, 1, 2))):
+        with pytest.raises(ValueError, match="overflow the layer's dtype float32"):
+            layer.forward(np.full(shape, 1e39))
+
+
+def test_an_empty_batch_gives_empty_outputs_and_zero_gradients():
+    # N = 0 (as torch's convolutions): empty outputs, zero gradients; before, a reshape of size 0 failed
+    for layer, shape in ((ConvMoE2d(2, 3, 3, n_experts=2, top_k=1, padding=1, seed=0), (0, 2, 4, 4)),
+                         (ConvMoE1d(2, 3, 3, n_experts=2, stride=2, seed=0), (0, 2, 7))):
+        y = layer.forward(np.zeros(shape))
+        assert y.shape == (0, 3) + ((4, 4) if len(shape) == 4 else (3,))
+        assert layer.backward(np.zeros(y.shape)).shape == shape
+        assert all(g.shape == layer.params[k].shape and not g.any() for k, g in layer.grads.items())
+
+
+def test_reading_the_gates_between_forward_and_backward_leaves_the_backward_alone(rng):
+    # gate(x) ran a forward of its own: before, gate(x2) after forward(x) made backward return x2's gradients
+    layer = ConvMoE2d(2, 3, 3, n_experts=3, padding=1, seed=0)
+    for p in layer.params.values():
+        p[...] = rng.standard_normal(p.shape)
+    x, x2 = rng.standard_normal((2, 2, 4, 4)), rng.standard_normal((1, 2, 5, 5))
+    dy = rng.standard_normal((2, 3, 4, 4))
+    layer.forward(x)
+    dx = layer.backward(dy)
+    grads = {k: g.copy() for k, g in layer.grads.items()}
+    layer.forward(x)
+    g2 = layer.gate(x2)
+    assert g2.shape == (1, 3, 5, 5) and np.allclose(g2.sum(axis=1), 1)
+    np.testing.assert_array_equal(layer.backward(dy), dx)
+    for k, g in layer.grads.items():
+        np.testing.assert_array_equal(g, grads[k])

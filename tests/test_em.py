@@ -81,6 +81,18 @@ def test_weighted_least_squares_is_the_minimiser_of_the_weighted_error(rng):
     assert weighted_least_squares(X1, Y, np.zeros(N), ridge=1.0, var_floor=1e-3)[1] == 1e-3
 
 
+def test_weighted_least_squares_without_ridge_on_too_few_samples_is_the_minimum_norm_minimiser(rng):
+    # 2 samples, 4 coefficients, ridge 0: XᵀWX is singular and every β on a line fits exactly. Before: numpy's
+    # 'Singular matrix' LinAlgError, which also ended fit_em(..., ridge=0) on such data
+    X1, Y, w = design(rng, 2, 3), rng.standard_normal((2, 1)), np.array([0.3, 0.7])
+    beta, var = weighted_least_squares(X1, Y, w, var_floor=1e-8)
+    np.testing.assert_allclose(X1 @ beta, Y, atol=1e-12)  # a minimiser: zero weighted error
+    np.testing.assert_allclose(beta, np.linalg.pinv(X1) @ Y, atol=1e-12)  # the one of least norm
+    assert var == 1e-8  # the exact fit's variance, floored
+    history = fit_em(HierarchicalMoE(3, 1, 2, seed=0), X1[:, :-1], Y[:, 0], ridge=0, max_iter=5)
+    assert np.diff(history["log_likelihood"]).min() >= 0
+
+
 # ----- the tree ------------------------------------------------------------------------------------
 def test_parse_tree_numbers_leaves_depth_first():
     assert parse_tree(3) == ([[(0, 1), (1, 2), (2, 3)]], 3)
@@ -157,6 +169,37 @@ def test_em_stops_at_tol_and_reports_it():
         fit_em(model, x, y, tol=-1)
 
 
+def test_empty_data_and_bad_em_arguments_are_refused_by_name():
+    x, y = random_problem(3, "gaussian", N=10)
+    model = HierarchicalMoE(2, 1, 2, seed=3)
+    # a mean over no sample: before, ZeroDivisionError from deep inside
+    with pytest.raises(ValueError, match=r"x has 0 rows \(shape \(0, 2\)\); expected at least 1"):
+        fit_em(model, x[:0], y[:0])
+    with pytest.raises(ValueError, match=r"x has 0 rows \(shape \(0, 2\)\); expected at least 1"):
+        model.nll_grads(x[:0], y[:0])
+    # var_floor = 0 let an expert that fits its points exactly reach σ² = 0: before, 'math domain error'
+    exact = HierarchicalMoE(1, 1, 2, seed=0)
+    with pytest.raises(ValueError, match="var_floor=0 must be a finite number > 0"):
+        fit_em(exact, np.array([[0.0], [1.0]]), np.array([0.0, 1.0]), ridge=0, var_floor=0)
+    with pytest.raises(ValueError, match="var_floor=-1 must be a finite number > 0"):
+        model.m_step(x, y, np.full((10, 2), 0.5), var_floor=-1)
+    with pytest.raises(TypeError, match="ridge='a' must be a finite number >= 0"):  # before: '>=' not supported
+        fit_em(model, x, y, ridge="a")
+    with pytest.raises(ValueError, match="ridge=-1 must be a finite number >= 0"):
+        model.m_step(x, y, np.full((10, 2), 0.5), ridge=-1)
+    with pytest.raises(ValueError, match=r"h has shape \(10, 3\); expected \(10, 2\)"):  # before: a matmul error
+        model.m_step(x, y, np.full((10, 3), 0.5))
+
+
+def test_init_responsibilities_refuses_an_unknown_task_and_no_expert():
+    x, y = random_problem(3, "softmax", N=10)
+    # before: task="classifier" silently standardised the labels as values instead of one-hot columns
+    with pytest.raises(ValueError, match="task='classifier' must be 'regression' or 'classification'"):
+        init_responsibilities(x, y, 2, seed=0, task="classifier")
+    with pytest.raises(ValueError, match="n_experts=0"):  # before: an empty (N, 0) array
+        init_responsibilities(x, y, 0, seed=0)
+
+
 def test_em_recovers_two_lines_of_a_switching_regression():
     rng = np.random.default_rng(0)
     x = rng.uniform(-1, 1, (400, 1))
@@ -203,6 +246,25 @@ def test_classification_forward_is_the_log_mixture_so_cross_entropy_is_the_mixtu
     model = HierarchicalMoE(2, 3, [2, 2], expert="softmax", seed=0)
     x, y = rng.standard_normal((9, 2)), rng.integers(0, 3, 9)
     assert cross_entropy(model.forward(x), y) == pytest.approx(-model.log_likelihood(x, y) / 9, rel=1e-12)
+
+
+def test_classification_forward_and_backward_stay_exact_where_every_expert_gives_a_class_almost_nothing():
+    # class 0's logit is x under both experts: at x = -800 its mixture probability e^-800 underflows. Before,
+    # forward clipped log p at log(tiny) = -708.4 and backward divided by the underflowed 0 (NaN gradients)
+    model = HierarchicalMoE(1, 2, 2, expert="softmax", seed=0)
+    model.params["V"][...] = 0
+    model.params["V"][:, 0, 0] = 1.0
+    x, y = np.array([[-800.0], [1.0]]), np.array([0, 1])
+    out = model.forward(x)
+    # by hand: log p(0 | x) = x - log(1 + e^x) = -800 - log1p(e^-800) = -800 to double precision
+    assert out[0, 0] == pytest.approx(-800.0, rel=1e-15)
+    assert out[1, 1] == pytest.approx(-np.log1p(np.e), rel=1e-15)
+    dx = model.backward(np.array([[-0.5, 0.0], [0.0, -0.5]]))  # the gradient of the mean NLL of y
+    assert np.isfinite(dx).all()
+    grads = {name: g.copy() for name, g in model.named_grads()}
+    model.nll_grads(x, y)  # the same loss by its own formula (computed through log-sum-exp)
+    for name, g in model.named_grads():
+        np.testing.assert_allclose(grads[name], g, rtol=1e-12, atol=1e-15, err_msg=name)
 
 
 # ----- the outside oracle: R's mixtools::hmeEM ------------------------------------------------------

@@ -186,12 +186,22 @@ def test_top1_renormalised_gives_the_router_no_task_gradient(score, rng):
     (dict(n_groups=4), "n_groups=4 must divide n_experts=6"),
     (dict(n_groups=3, topk_groups=4), "topk_groups=4 must be at most n_groups=3"),
     (dict(n_groups=3, topk_groups=1, top_k=3), "top_k=3 must be at most the 2 experts of the topk_groups=1"),
-    (dict(scale=-1.0), r"scale=-1.0 must be a number > 0"),
-    (dict(bias_update=-0.1), r"bias_update=-0.1 must be a number >= 0"),
-    (dict(jitter=1.0), r"jitter=1.0 must be a number in \[0, 1\)"),
+    (dict(scale=-1.0), r"scale=-1.0 must be a finite number > 0"),
+    (dict(scale=float("inf")), r"scale=inf must be a finite number > 0"),
+    (dict(bias_update=-0.1), r"bias_update=-0.1 must be a finite number >= 0"),
+    (dict(bias_update=float("inf")), r"bias_update=inf must be a finite number >= 0"),
+    (dict(norm_eps=float("inf")), r"norm_eps=inf must be a finite number >= 0"),
+    (dict(jitter=1.0), r"jitter=1.0 must be a finite number in \[0, 1\)"),
     (dict(score="relu"), "score='relu' must be one of"),
     (dict(n_groups=6, topk_groups=3, group_score="top2"), "group_score='top2' needs groups of at least 2"),
 ])
 def test_bad_arguments(kwargs, pattern):
     with pytest.raises(ValueError, match=pattern):
         ScoreGate(5, 6, **kwargs)
+
+
+def test_numeric_arguments_accept_any_real_number_type():
+    # NumPy scalars (a config read through NumPy, say) were refused as "not a number" unless float64
+    gate = ScoreGate(5, 6, scale=np.float32(2.5), bias_update=np.float32(0.5), jitter=np.float16(0.25))
+    assert (gate.scale, gate.bias_update, gate.jitter) == (2.5, 0.5, 0.25)
+    assert type(gate.scale) is float

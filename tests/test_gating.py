@@ -152,16 +152,18 @@ def test_routing_backward_wrt_logits_clean_and_sigma(convention, rng):
     (dict(top_k=1.5), TypeError, "top_k=1.5 must be an integer"),
     (dict(convention="topk"), ValueError, "gate='topk' must be one of"),
     (dict(noise="gauss"), ValueError, "noise='gauss' must be one of"),
-    (dict(noise="vmoe", noise_std=0.0), ValueError, "noise_std=0.0 must be > 0"),
+    (dict(noise="vmoe", noise_std=0.0), ValueError, "noise_std=0.0 must be a finite number > 0"),
+    (dict(noise="vmoe", noise_std=float("inf")), ValueError, "noise_std=inf must be a finite number > 0"),
 ])
 def test_topk_gate_rejects_bad_arguments(kwargs, error, pattern):
     with pytest.raises(error, match=pattern):
         TopKGate(5, 4, **kwargs)
 
 
-def test_expert_choice_rejects_bad_capacity():
-    with pytest.raises(ValueError, match="capacity_factor=0 must be > 0"):
-        ExpertChoiceGate(5, 4, capacity_factor=0)
+@pytest.mark.parametrize("cf", [0, float("inf")])
+def test_expert_choice_rejects_bad_capacity(cf):
+    with pytest.raises(ValueError, match=f"capacity_factor={cf} must be a finite number > 0"):
+        ExpertChoiceGate(5, 4, capacity_factor=cf)
 
 
 @pytest.mark.parametrize("n", [7, 3000])  # below and above FLAT_PAIRS / K: the fancy and the flat path
@@ -267,3 +269,50 @@ def test_noisy_or_small_topk_gates_route_in_one_pass(monkeypatch):
     TopKGate(4, 8, top_k=2, noise="vmoe", seed=0).forward(x)  # noise: one pass (the draw is for all rows)
     monkeypatch.setattr(softmax_gates, "SPLIT_ROUTE", 64 * 8 + 1)
     TopKGate(4, 8, top_k=2, seed=0).forward(x)  # below SPLIT_ROUTE logits
+
+
+@pytest.mark.parametrize("small", [True, False])  # the argsort path (N E <= SMALL_TOPK) and the K-pass path
+@pytest.mark.parametrize("K", [1, 2])
+def test_topk_indices_refuses_nan_by_name(small, K, monkeypatch):
+    # NaN has no rank: the K passes used to return the index E (out of range) for K = 1 and an IndexError
+    # for K > 1, and a router with a NaN weight crashed with "index 4 is out of bounds"
+    from numpy_moe.gates import base
+    if not small:
+        monkeypatch.setattr(base, "SMALL_TOPK", -1)
+    h = np.array([[0.1, 0.4, 0.3, 0.2], [0.1, np.nan, 0.3, 0.2]])
+    with pytest.raises(ValueError, match="NaN in 1 row.*first row 1"):
+        base.topk_indices(h, K)
+
+
+@pytest.mark.parametrize("small", [True, False])
+def test_topk_indices_rows_with_fewer_than_k_finite_values_stay_distinct(small, monkeypatch):
+    # a row with fewer than K entries above -inf: the K passes picked column 0 again once only -inf was left
+    from numpy_moe.gates import base
+    if not small:
+        monkeypatch.setattr(base, "SMALL_TOPK", -1)
+    h = np.array([[3.0, -np.inf, -np.inf, -np.inf], [-np.inf] * 4, [-np.inf, 2.0, np.inf, 1.0]])
+    idx = base.topk_indices(h, 3)
+    np.testing.assert_array_equal(idx, [[0, 1, 2], [0, 1, 2], [2, 1, 3]])  # largest first, then lowest index
+    np.testing.assert_array_equal(idx, np.argsort(-h, axis=1, kind="stable")[:, :3])
+
+
+@pytest.mark.parametrize("K", [1, 2])
+def test_a_router_with_a_nan_weight_fails_with_a_clear_error(K):
+    from numpy_moe.experts import ExpertBank
+    from numpy_moe.moe import MoE
+    gate = TopKGate(4, 4, top_k=K, seed=0)
+    moe = MoE(gate=gate, experts=ExpertBank(4, 4, 4, 8, seed=0))
+    gate.params["W"][0, 1] = np.nan  # a diverged step, say
+    with pytest.raises(ValueError, match="NaN"):
+        moe.forward(np.ones((3, 4)))
+
+
+def test_expert_choice_with_a_nan_weight_fails_with_a_clear_error():
+    # argsort ranks NaN last, so the experts took samples around it and the layer returned NaN without a word
+    from numpy_moe.experts import ExpertBank
+    from numpy_moe.moe import MoE
+    gate = ExpertChoiceGate(4, 4, capacity_factor=1.0, seed=0)
+    moe = MoE(gate=gate, experts=ExpertBank(4, 4, 4, 8, seed=0))
+    gate.params["W"][0, 1] = np.nan
+    with pytest.raises(ValueError, match="NaN in 6 of 6 rows"):
+        moe.forward(np.ones((6, 4)))

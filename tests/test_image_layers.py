@@ -217,6 +217,27 @@ def test_conv_input_errors(x, err, match):
         Conv2d(3, 2, 3).forward(x)
 
 
+def test_float32_layer_refuses_inputs_that_overflow_float32():
+    # 1e39 is finite in float64 but inf in float32: before, the cast made an inf (and -inf output) silently
+    with pytest.raises(ValueError, match="overflow the layer's dtype float32"):
+        Conv2d(1, 1, 1, dtype="float32").forward(np.full((1, 1, 2, 2), 1e39))
+    with pytest.raises(ValueError, match="NaN or inf"):
+        Conv2d(1, 1, 1, dtype="float32").forward(np.full((1, 1, 2, 2), np.inf))
+
+
+def test_an_empty_batch_gives_empty_outputs_and_zero_gradients():
+    # torch's conv2d, max_pool2d and flatten take N = 0; before, Conv2d and Flatten failed in a reshape
+    x = np.zeros((0, 2, 5, 5))
+    for layer in (Conv2d(2, 3, 3, padding=1, seed=0), Conv2d(2, 3, 2, stride=2, seed=0), MaxPool2d(2), Flatten()):
+        y = layer.forward(x)
+        assert y.shape[0] == 0
+        dx = layer.backward(np.zeros(y.shape))
+        assert dx.shape == x.shape
+        assert all(g.shape == layer.params[k].shape and not g.any() for k, g in layer.grads.items())
+    assert Conv2d(2, 3, 3, padding=1).forward(x).shape == (0, 3, 5, 5)
+    assert Flatten().forward(x).shape == (0, 50)
+
+
 @pytest.mark.parametrize("kwargs,err,match", [
     (dict(kernel_size=0), ValueError, "kernel_size=0"),
     (dict(stride=0), ValueError, "stride=0"),
@@ -240,6 +261,10 @@ def test_pool_and_layernorm_errors():
         LayerNorm(4).forward(np.zeros((2, 3)))
     with pytest.raises(ValueError, match="eps=0"):
         LayerNorm(4, eps=0)
+    with pytest.raises(ValueError, match="eps=inf must be a finite number > 0"):  # before: accepted, y = beta
+        LayerNorm(4, eps=float("inf"))
+    with pytest.raises(TypeError, match="eps='1e-5' must be a finite number > 0"):  # before: '>' not supported
+        LayerNorm(4, eps="1e-5")
 
 
 @pytest.mark.parametrize("k,stride,padding,H,W", [(3, 1, 1, 5, 4), (3, 2, 1, 7, 6), (2, 2, 0, 6, 6), (1, 1, 0, 3, 3),

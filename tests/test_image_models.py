@@ -171,11 +171,17 @@ def test_models_are_seeded():
     (lambda: ImageMoEClassifier(top_k=5), "top_k=5"),
     (lambda: SparseMLP(image_size=8, patch_size=3), "patch_size=3 must divide image_size=8"),
     (lambda: SparseMLP(depth=2, sparse_blocks=(2,)), r"sparse_blocks=\(2,\)"),
+    (lambda: SparseMLP(depth=2, sparse_blocks=(1.5,)), r"sparse_blocks=\(1.5,\) must be block indices \(ints\)"),
     (lambda: SparseMLP(channels=0), "channels=0"),
 ])
 def test_constructor_errors(make, match):
     with pytest.raises(ValueError, match=match):
         make()
+
+
+def test_sparse_blocks_must_be_a_list():
+    with pytest.raises(TypeError, match="sparse_blocks=1 must be a list of block indices"):
+        SparseMLP(depth=2, sparse_blocks=1)
 
 
 def test_forward_errors():
@@ -185,3 +191,7 @@ def test_forward_errors():
         SparseMLP().forward(np.zeros((1, 3, 8, 8)))
     with pytest.raises(ValueError, match="4-D"):
         SparseMLP().forward(np.zeros((1, 64)))
+    # their MoE layers need a sample: an empty batch is refused by name (before, a reshape error inside)
+    for model in (SparseMLP(), ImageMoEClassifier(1, 8, hidden=8)):
+        with pytest.raises(ValueError, match=r"x has 0 images \(shape \(0, 1, 8, 8\)\); expected at least 1"):
+            model.forward(np.zeros((0, 1, 8, 8)))

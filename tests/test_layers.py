@@ -105,3 +105,17 @@ def test_bad_constructor_arguments():
         Linear(2, 3, dtype="int32")
     with pytest.raises(ValueError, match="activation='gelu' must be one of"):
         MLP(2, 3, 1, activation="gelu")
+
+
+def test_sequential_refuses_a_module_it_already_holds(rng):
+    # a module keeps its last forward for its backward, so one instance at two places in a stack gets the
+    # second forward's cache in both backwards: before, the gradients of Sequential(lin, act, lin) and of a
+    # shared ReLU were wrong by 0.5-1.3 (relative) without a word, and an optimiser stepped lin twice
+    lin, act = Linear(3, 3, seed=0), ReLU()
+    with pytest.raises(ValueError, match=r"layers 0 and 2 are the same Linear"):
+        Sequential(lin, act, lin)
+    with pytest.raises(ValueError, match=r"layers 1 and 3 are the same ReLU"):
+        Sequential(Linear(3, 3, seed=0), act, Linear(3, 3, seed=1), act)
+    with pytest.raises(ValueError, match=r"layers 0 and 1 are the same Linear"):  # also inside a child
+        Sequential(Sequential(lin), lin)
+    check_module(Sequential(lin, act, Linear(3, 3, seed=1)), rng.standard_normal((4, 3)))  # distinct: fine

@@ -25,7 +25,8 @@ def block(name):
     if name == "deepseek_v3":
         return MoE(gate=ScoreGate(D, E, top_k=3, score="sigmoid", normalize=True, scale=2.5, n_groups=3,
                                   topk_groups=2, group_score="top2", bias_update=0.01, seed=0),
-                   experts=swiglu, shared=SharedExpert(D, O, 4, seed=2), balance=[B.SequenceBalance(0.5)])
+                   experts=swiglu, shared=SharedExpert(D, O, 4, seed=2),
+                   balance=[B.SequenceBalance(0.5, counts="top_scores")])
     if name == "deepseek_v2":
         return MoE(gate=ScoreGate(D, E, top_k=2, score="softmax", normalize=False, scale=16.0, n_groups=3,
                                   topk_groups=2, group_score="max", seed=0),
@@ -139,6 +140,24 @@ def test_sequence_balance_by_hand():
     # sigmoid scores are normalised per sample first: scaling a row's scores changes nothing
     assert B.SequenceBalance(0.1)(r._replace(scores=p * np.array([[2.0], [3.0], [0.5], [1.0]]))) == \
         pytest.approx(0.1 * (seq0 + seq1) / 2, rel=1e-15)
+
+
+def test_sequence_balance_counts_the_chosen_experts_or_the_top_k_scores_by_hand():
+    # the routing of the test above, except that sample 0 went to expert 1 (a selection bias, say), while its
+    # largest score is still expert 0's. "chosen" (DeepSeek-V2 eq. 24) counts expert 1 for it; "top_scores"
+    # (DeepSeek-V3 eq. 18, Megatron) counts expert 0, the top-1 of its scores, as if nothing had moved it
+    p = np.array([[0.7, 0.1, 0.1, 0.1], [0.4, 0.3, 0.2, 0.1], [0.1, 0.6, 0.2, 0.1], [0.2, 0.2, 0.5, 0.1]])
+    from numpy_moe.gates import Routing
+    r = Routing(sample=np.arange(4), expert=np.array([1, 0, 1, 2]), weight=np.ones(4), kept=np.ones(4, bool),
+                logits=np.log(p), clean=np.log(p), sigma=None, eps=None, probs=p, top_k=1, convention="scored",
+                scores=p, seq_lengths=[2, 2])
+    seq1 = 2 * (0.6 + 0.2) / 2 + 2 * (0.2 + 0.5) / 2
+    chosen0 = 2 * (0.7 + 0.4) / 2 + 2 * (0.1 + 0.3) / 2  # seq 0 counts (1, 1, 0, 0): f = (2, 2, 0, 0)
+    top0 = 4 * (0.7 + 0.4) / 2  # seq 0 counts (2, 0, 0, 0): f = (4, 0, 0, 0)
+    assert B.SequenceBalance(0.1)(r) == pytest.approx(0.1 * (chosen0 + seq1) / 2, rel=1e-15)
+    assert B.SequenceBalance(0.1, counts="top_scores")(r) == pytest.approx(0.1 * (top0 + seq1) / 2, rel=1e-15)
+    with pytest.raises(ValueError, match="counts='all'"):
+        B.SequenceBalance(0.1, counts="all")
 
 
 def test_sequence_balance_is_one_under_perfect_balance_and_is_k_times_smaller_than_hf_mixtral(rng):

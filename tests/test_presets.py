@@ -229,3 +229,39 @@ def test_gpt_oss_block_from_transformers_names_matches_the_published_forward(rng
     assert set(back) == set(sd)
     for k in sd:
         np.testing.assert_array_equal(back[k], sd[k], err_msg=k)
+
+
+def test_switch_refuses_transformers_integer_expert_capacity_without_a_factor(rng):
+    # transformers' SwitchTransformersConfig carries expert_capacity (64 by default) and no capacity_factor; the
+    # preset used to ignore it and never drop, where transformers drops beyond C tokens per expert and sequence
+    cfg = {"d_model": 6, "d_ff": 4, "num_experts": 4, "expert_capacity": 3}
+    with pytest.raises(ValueError, match=r"expert_capacity'\]=3 .*capacity_factor"):
+        P.build("switch", cfg)
+    # the conversion the message gives keeps exactly C slots
+    moe = P.build("switch", dict(cfg, capacity_factor=3 * 4 / 16), seed=0)
+    moe.eval()
+    moe.forward(rng.standard_normal((16, 6)))
+    assert moe.capacity.slots(16, 1, 4) == 3
+    assert P.build("switch", dict(cfg, capacity_factor=None)).capacity is None  # no limit, on purpose
+
+
+def test_deepseek_v3_sequence_loss_counts_the_top_k_scores_as_eq_18_says(rng):
+    # DeepSeek-V3 eq. 17-20: f_i = N_r / (K_r T) sum_t 1(s_{i,t} in Topk({s_{j,t}}, K_r)), the top-k of the
+    # scores s without the selection bias; P_i = mean_t s_{i,t} / sum_j s_{j,t}. The preset counted the
+    # experts chosen on s + bias within the kept groups, which differ as soon as the bias moves a choice
+    cfg = dict(CONFIGS["deepseek_v3"], aux_loss_alpha=0.01)
+    moe = P.build("deepseek_v3", cfg, seed=0)
+    moe.gate.buffers["bias"][:] = [0.0, 0.0, 0.0, 0.6, 0.0, 0.0, 0.0, -0.6]  # moves choices
+    moe.eval()
+    x = rng.standard_normal((12, 6))
+    moe.forward(x, seq_lengths=[5, 7])
+    s = 1 / (1 + np.exp(-x @ moe.gate.params["W"]))  # (N, E) sigmoid scores, no bias
+    K, E = 2, 8
+    top = np.argsort(-s, axis=1, kind="stable")[:, :K]
+    assert (np.sort(top, axis=1) != np.sort(moe.routing.expert.reshape(-1, K), axis=1)).any()  # the bias acted
+    per_seq = []
+    for lo, hi in [(0, 5), (5, 12)]:
+        f = np.bincount(top[lo:hi].ravel(), minlength=E) * E / (K * (hi - lo))
+        P_ = (s[lo:hi] / s[lo:hi].sum(axis=1, keepdims=True)).mean(axis=0)
+        per_seq.append((f * P_).sum())
+    assert moe.aux_loss == pytest.approx(0.01 * np.mean(per_seq), rel=1e-13)

@@ -57,6 +57,23 @@ def test_expert_capacity_formula():
     assert expert_capacity(10, 1, 4, 1.25) == 4  # ceil(3.125)
 
 
+def test_capacities_take_the_decimal_factor_at_its_word():
+    # 1.1 is stored as 1.1000000000000000888: in floating point 100 * 2 * 1.1 / 4 = 55.00000000000001, and the
+    # plain ceil gave 56 slots where ceil(N K cf / E) = 55 (one more than DeepSpeed and the formula give)
+    from fractions import Fraction
+    from math import ceil
+
+    from numpy_moe.gates import expert_choice_capacity
+    assert expert_capacity(100, 2, 4, 1.1) == 55
+    assert expert_choice_capacity(50, 5, 1.1) == 11  # 50 * 1.1 / 5 = 11.000000000000002
+    assert expert_capacity(199, 1, 16, 125 * 16 / 199) == 125  # a factor from an integer capacity C E / N
+    assert expert_capacity(10, 1, 4, 1.25 + 1e-6) == 4 and expert_capacity(8, 1, 4, 1.0 + 1e-6) == 3  # no snap
+    bad = [(N, K, E, cf) for N in range(1, 600) for K in (1, 2, 3) for E in (3, 4, 6, 8, 16)
+           for cf in ("0.7", "1.1", "1.2", "1.25", "1.3", "2.2")
+           if expert_capacity(N, K, E, float(cf)) != ceil(Fraction(cf) * N * K / E)]
+    assert bad == []  # 371 such cases before
+
+
 def test_group_by_expert_skips_dropped_and_sorts_stably():
     r = apply_capacity(route_topk(LOGITS, 2, "softmax_then_topk"), capacity=2)
     g = group_by_expert(r, 3)

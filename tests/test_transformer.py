@@ -124,6 +124,21 @@ def test_token_cross_entropy_gradient_and_mask(rng):
     assert np.all(F.token_cross_entropy_backward(logits, target, mask)[~mask] == 0)  # padding: no gradient
 
 
+def test_a_float32_model_under_a_mask_keeps_float32_gradients_and_a_mask_counting_nothing_is_refused(rng):
+    lm = TransformerLM(6, d_model=4, n_heads=2, n_layers=1, max_len=5, hidden=4, seed=0, dtype="float32")
+    tokens = rng.integers(0, 6, (2, 5))
+    mask = np.ones((2, 5), dtype=bool)
+    mask[1, 3:] = False
+    lm.loss_and_grads(tokens, tokens, mask)  # the mask's weights m / n must not promote the gradient
+    assert {name: g.dtype for name, g in lm.named_grads()} == {name: np.float32 for name, _ in lm.named_grads()}
+    logits = rng.standard_normal((2, 5, 6)).astype(np.float32)
+    assert F.token_cross_entropy_backward(logits, tokens, mask).dtype == np.float32
+    with pytest.raises(ValueError, match="mask is False everywhere"):  # before: a NaN loss and NaN gradients
+        lm.loss_and_grads(tokens, tokens, np.zeros((2, 5), dtype=bool))
+    with pytest.raises(ValueError, match="mask is False everywhere"):
+        F.token_cross_entropy_backward(logits, tokens, np.zeros((2, 5), dtype=bool))
+
+
 @pytest.mark.parametrize("activation", ["gelu", "relu"])
 def test_dense_feed_forward_and_block_gradients(activation, rng):
     ffn = perturbed(DenseFeedForward(4, 5, activation=activation, seed=0), rng)
@@ -221,8 +236,25 @@ def test_bad_input_names_the_argument():
         TransformerLM(5, d_model=4, n_heads=2, n_layers=2, moe=[shared, shared])
     with pytest.raises(ValueError, match="moe_layers"):
         TransformerLM(5, d_model=4, n_heads=2, n_layers=2, moe=dict(n_experts=2, top_k=1), moe_layers=[2])
+    with pytest.raises(ValueError, match=r"moe_layers=\[1.7\] must be block indices \(ints\)"):  # not block 1
+        TransformerLM(5, d_model=4, n_heads=2, n_layers=2, moe=dict(n_experts=2, top_k=1), moe_layers=[1.7])
     with pytest.raises(ValueError, match="out_features = in_features"):
         MoEFeedForward(MoE(4, 3, 2, top_k=1, seed=0))
+
+
+def test_no_position_or_no_sequence_is_refused_by_name():
+    # before: T = 0 failed in the attention's softmax ('zero-size array to reduction operation maximum') and
+    # B = 0 returned a NaN loss with only a RuntimeWarning
+    lm = TransformerLM(5, d_model=4, n_heads=2, n_layers=1, max_len=3, hidden=4, seed=0)
+    with pytest.raises(ValueError, match=r"tokens has T=0 positions \(shape \(2, 0\)\); expected at least 1"):
+        lm.forward(np.zeros((2, 0), dtype=int))
+    with pytest.raises(ValueError, match=r"x has T=0 positions \(shape \(2, 0, 4\)\); expected at least 1"):
+        CausalSelfAttention(4, 2, seed=0).forward(np.zeros((2, 0, 4)))
+    assert lm.forward(np.zeros((0, 3), dtype=int)).shape == (0, 3, 5)  # logits for no sequence: fine
+    with pytest.raises(ValueError, match="no token to average over"):
+        lm.loss_and_grads(np.zeros((0, 3), dtype=int), np.zeros((0, 3), dtype=int))
+    with pytest.raises(ValueError, match="no token to average over"):
+        F.token_cross_entropy_backward(np.zeros((0, 3, 5)), np.zeros((0, 3), dtype=int))
 
 
 @pytest.mark.parametrize("moe", [

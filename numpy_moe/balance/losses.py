@@ -266,10 +266,16 @@ class SequenceBalance(BalanceLoss):
         ``routing.seq_lengths`` (DeepSeek-V3's sequence-wise loss, DeepSeek-V2's ``seq_aux``), the whole
         batch being one sequence when the routing has no lengths; False: over the batch (DeepSeek-V2's
         batch loss, the Switch / GShard f·P loss for top-k routing).
+    counts : which experts f counts for a sample: "chosen" (the routing's K experts, chosen with the
+        selection bias and group limit if the gate has them: DeepSeek-V2 eq. 24 "token t selects expert i"
+        and its ``MoEGate``, which counts its group-limited ``topk_idx``) or "top_scores" (the K largest
+        scores s, without bias or group limit: DeepSeek-V3 eq. 18, 1(s_{i,t} in Topk({s_{j,t}}, K_r)), and
+        Megatron-core's ``compute_routing_scores_for_aux_loss``). The two agree for a gate without bias
+        and group limit.
 
     Notes
     -----
-    For a sequence of T samples: f_e = E / (K T) * #{t : e among t's K selected experts}
+    For a sequence of T samples: f_e = E / (K T) * #{t : e among t's K counted experts}
     (hard, no gradient; 1 for every expert under perfect balance), s' = s / sum_e s (the scores
     normalised per sample: softmax scores are unchanged, sigmoid scores are divided by their sum),
     P_e = mean_t s'_{t,e}, L = w mean over sequences of sum_e f_e P_e. Backward:
@@ -280,9 +286,14 @@ class SequenceBalance(BalanceLoss):
 
     name = "sequence"
 
-    def __init__(self, weight=1e-3, per_sequence=True):
+    COUNTS = ("chosen", "top_scores")
+
+    def __init__(self, weight=1e-3, per_sequence=True, counts="chosen"):
         super().__init__(weight)
         self.per_sequence = bool(per_sequence)
+        if counts not in self.COUNTS:
+            raise ValueError(f"counts={counts!r} must be one of {self.COUNTS}")
+        self.counts = counts
 
     def __call__(self, routing):
         xp = get_array_module(routing.logits)
@@ -299,7 +310,11 @@ class SequenceBalance(BalanceLoss):
         s = routing.scores if routing.scores is not None else routing.probs
         self.ssum = s.sum(axis=1, keepdims=True)  # (N, 1)
         self.sn = s / self.ssum  # (N, E)
-        counts = xp.bincount(self.seq[routing.sample] * E + routing.expert, minlength=S * E).reshape(S, E)
+        if self.counts == "chosen":
+            sample, expert = self.seq[routing.sample], routing.expert
+        else:  # the K largest scores of each sample, whatever the routing chose
+            sample, expert = xp.repeat(self.seq, K), topk_indices(s, K).reshape(-1)
+        counts = xp.bincount(sample * E + expert, minlength=S * E).reshape(S, E)
         self.f = counts * (E / K) / self.T[:, None]  # (S, E)
         member = (self.seq[None, :] == xp.arange(S)[:, None]).astype(s.dtype)  # (S, N), one row per sequence
         P = (member @ self.sn) / self.T[:, None]  # (S, E)

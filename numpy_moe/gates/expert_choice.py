@@ -5,13 +5,21 @@ from math import ceil
 from .. import functional as F
 from ..backend import default_rng, get_array_module
 from ..layers import Module, init_weight, zeros_param
-from ..validation import check_positive_int
+from ..validation import check_positive_int, check_real
 from .base import Routing, expert_major_logits, routing_backward, weight_grad
+
+
+def capacity_ceil(x):
+    """ceil(x) for a capacity x = N K cf / E computed in floating point, read as the decimal factor means it:
+    within 1e-9 (relative) of an integer, x is that integer. 1.1 is stored as 1.1000000000000000888, so
+    100 * 2 * 1.1 / 4 evaluates to 55.00000000000001, whose plain ceil is 56 where N K cf / E = 55."""
+    r = round(x)
+    return int(r) if abs(x - r) <= 1e-9 * max(1.0, abs(x)) else ceil(x)
 
 
 def expert_choice_capacity(n_samples, n_experts, capacity_factor):
     """Samples each expert takes in expert-choice routing: min(N, ceil(N * capacity_factor / E))."""
-    return min(n_samples, ceil(n_samples * capacity_factor / n_experts))
+    return min(n_samples, capacity_ceil(n_samples * capacity_factor / n_experts))
 
 
 class ExpertChoiceGate(Module):
@@ -35,9 +43,8 @@ class ExpertChoiceGate(Module):
         super().__init__(dtype)
         D = self.in_features = check_positive_int(in_features, "in_features")
         E = self.n_experts = check_positive_int(n_experts, "n_experts")
-        if not capacity_factor > 0:
-            raise ValueError(f"capacity_factor={capacity_factor!r} must be > 0")
-        self.capacity_factor = float(capacity_factor)
+        # finite: an infinite factor failed in the first forward with "cannot convert float infinity to integer"
+        self.capacity_factor = check_real(capacity_factor, "capacity_factor", 0, low_open=True)
         self.params["W"] = init_weight(default_rng(seed), D, E, (D, E), "glorot", self.dtype)
         self.params["b"] = zeros_param(E, self.dtype)
         self.zero_grad()
@@ -49,6 +56,10 @@ class ExpertChoiceGate(Module):
         self.x = x
         clean = expert_major_logits(x, self.params["W"], self.params["b"])  # (N, E)
         probs = F.softmax(clean)
+        if bool(xp.isnan(probs).any()):  # argsort would rank NaN last and route on the rest without a word
+            raise ValueError(f"ExpertChoiceGate: the router's probabilities hold NaN in "
+                             f"{int(xp.isnan(probs).any(axis=1).sum())} of {N} rows (its weights or input hold NaN, "
+                             "or its logits overflowed); experts cannot rank the samples")
         C = expert_choice_capacity(N, E, self.capacity_factor)
         chosen = xp.argsort(-probs, axis=0, kind="stable")[:C]  # (C, E), best first
         sample, expert = chosen.T.reshape(-1), xp.repeat(xp.arange(E), C)  # (E C,)

@@ -24,7 +24,7 @@ mean-centred update.
 from .. import functional as F
 from ..backend import asarray, default_rng, get_array_module
 from ..layers import Module, init_weight, zeros_param
-from ..validation import check_positive_int
+from ..validation import check_positive_int, check_real
 from .base import Routing, expert_major_logits, topk_indices, weight_grad
 
 SCORES = ("softmax", "sigmoid")
@@ -91,15 +91,13 @@ class ScoreGate(Module):
         if G > 1 and group_score == "top2" and E // G < 2:
             raise ValueError(f"group_score='top2' needs groups of at least 2 experts; n_experts={E}, "
                              f"n_groups={G} gives groups of 1 (use group_score='max')")
-        for name, value, ok, expect in [("scale", scale, scale > 0, "> 0"),
-                                        ("bias_update", bias_update, bias_update >= 0, ">= 0"),
-                                        ("jitter", jitter, 0 <= jitter < 1, "in [0, 1)"),
-                                        ("norm_eps", norm_eps, norm_eps >= 0, ">= 0")]:
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not ok:
-                raise ValueError(f"{name}={value!r} must be a number {expect}")
+        scale = check_real(scale, "scale", 0, low_open=True)  # finite: an infinite one gave inf or NaN weights
+        bias_update = check_real(bias_update, "bias_update", 0)
+        jitter = check_real(jitter, "jitter", 0, 1, high_open=True)
+        norm_eps = check_real(norm_eps, "norm_eps", 0)
         self.score, self.normalize, self.group_score = score, bool(normalize), group_score
-        self.scale, self.bias_update, self.bias_centered = float(scale), float(bias_update), bool(bias_centered)
-        self.jitter, self.norm_eps = float(jitter), float(norm_eps)
+        self.scale, self.bias_update, self.bias_centered = scale, bias_update, bool(bias_centered)
+        self.jitter, self.norm_eps = jitter, norm_eps
         self.rng = default_rng(seed)
         self.params["W"] = init_weight(self.rng, D, E, (D, E), "glorot", self.dtype)
         self.buffers["bias"] = zeros_param(E, self.dtype)  # not a parameter: no gradient, end_step moves it

@@ -9,7 +9,7 @@
 from .. import functional as F
 from ..backend import asarray, default_rng, get_array_module
 from ..layers import Module, init_weight, zeros_param
-from ..validation import check_positive_int
+from ..validation import check_positive_int, check_real
 from ..workers import n_threads, run_blocks
 from .base import Routing, expert_major_logits, pick_pairs, routing_backward, topk_indices, weight_grad
 
@@ -148,9 +148,8 @@ class TopKGate(Module):
             raise ValueError(f"gate={convention!r} must be one of {CONVENTIONS}")
         if noise not in NOISES:
             raise ValueError(f"noise={noise!r} must be one of {NOISES}")
-        if not noise_std > 0:
-            raise ValueError(f"noise_std={noise_std!r} must be > 0")
-        self.convention, self.noise, self.noise_std = convention, noise, float(noise_std)
+        self.convention, self.noise = convention, noise
+        self.noise_std = check_real(noise_std, "noise_std", 0, low_open=True)  # inf made every noisy logit NaN
         self.rng = default_rng(seed)
         self.params["W"] = init_weight(self.rng, D, E, (D, E), "glorot", self.dtype)
         self.params["b"] = zeros_param(E, self.dtype)

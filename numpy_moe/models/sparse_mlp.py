@@ -16,6 +16,8 @@ the re-represent layers: R_in projects channels C -> C1 and then tokens S -> S1,
 N C1 rows of length S1 (Sparse-MLP uses S1 = 2S, C1 = C / 2: half the rows, twice the width, which
 balances the cost of routing against the cost of the experts), and R_out projects back S1 -> S, C1 -> C.
 """
+import numbers
+
 from ..backend import default_rng, get_array_module
 from ..image_layers import GELU, Conv2d, LayerNorm, check_images
 from ..layers import Linear, Module, Sequential
@@ -134,6 +136,14 @@ class MixerBlock(Module):
         return dy + self.norm1.backward(self.token.backward(dy))
 
 
+def _indices(blocks):
+    """``blocks`` as a tuple; TypeError naming sparse_blocks when it is not a list of indices."""
+    try:
+        return tuple(blocks)
+    except TypeError:
+        raise TypeError(f"sparse_blocks={blocks!r} must be a list of block indices") from None
+
+
 class SparseMLP(Module):
     """Sparse-MLP classifier on NCHW images.
 
@@ -168,9 +178,10 @@ class SparseMLP(Module):
         C = check_positive_int(channels, "channels")
         depth = check_positive_int(depth, "depth")
         S = (image_size // patch_size) ** 2
-        self.sparse_blocks = tuple(range(depth // 2, depth) if sparse_blocks is None else sparse_blocks)
-        if any(not 0 <= b < depth for b in self.sparse_blocks):
-            raise ValueError(f"sparse_blocks={self.sparse_blocks} must be block indices in [0, {depth - 1}]")
+        self.sparse_blocks = tuple(range(depth // 2, depth) if sparse_blocks is None else _indices(sparse_blocks))
+        if any(isinstance(b, bool) or not isinstance(b, numbers.Integral) or not 0 <= b < depth
+               for b in self.sparse_blocks):  # 1.5 would match no block: a model with no MoE, silently
+            raise ValueError(f"sparse_blocks={self.sparse_blocks} must be block indices (ints) in [0, {depth - 1}]")
         S1 = 2 * S if tokens1 is None else check_positive_int(tokens1, "tokens1")
         C1 = max(1, C // 2) if channels1 is None else check_positive_int(channels1, "channels1")
         rng = default_rng(seed)
@@ -192,7 +203,7 @@ class SparseMLP(Module):
         self.head = Linear(C, check_positive_int(n_classes, "n_classes"), seed=rng, dtype=dtype)
 
     def forward(self, x):
-        x = check_images(x, self.in_channels, self.dtype)
+        x = check_images(x, self.in_channels, self.dtype, min_images=1)  # the MoE layers need a sample
         if x.shape[2:] != (self.image_size, self.image_size):
             raise ValueError(f"x has images of size {x.shape[2]}x{x.shape[3]}; "
                              f"expected {self.image_size}x{self.image_size}")

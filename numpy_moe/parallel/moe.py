@@ -36,7 +36,9 @@ on (top probability and choices; the router probabilities) and applies the singl
 Run it with ``mpiexec -n W python script.py``; wrap the script's body in
 :func:`numpy_moe.parallel.abort_on_error` so that an exception on one rank ends all of them.
 """
-from ..backend import get_array_module
+import hashlib
+
+from ..backend import default_rng, get_array_module, to_numpy
 from ..experts import ExpertBank
 from ..layers import Module
 from ..gating import Routing, expert_choice_capacity
@@ -124,9 +126,16 @@ class ExpertParallelMoE(Module):
         if any(c != configs[0] for c in configs):
             raise ValueError("every rank must build the layer with the same arguments; got "
                              + "; ".join(f"rank {r}: {c}" for r, c in enumerate(configs)))
+        if seed is None:  # one fresh draw for all ranks: the gate is replicated, the experts are one set
+            seed = self.comm.allgather(int(default_rng().integers(2 ** 63)) if self.rank == 0 else None)[0]
+        self.seed = seed
         ref = MoE(in_features, out_features, E, hidden, seed, dtype, top_k=top_k, gate=gate, noise=noise,
                   noise_std=noise_std, router=router, capacity_factor=capacity_factor,
                   batch_priority=batch_priority, balance=balance)
+        digest = hashlib.sha256(b"".join(to_numpy(p).tobytes() for _, p in ref.named_parameters())).hexdigest()
+        if len(set(self.comm.allgather(digest))) > 1:
+            raise ValueError(f"seed={seed!r} built different parameters on different ranks; pass the same int seed "
+                             "on every rank (or None: rank 0 draws one for all)")
         self.in_features, self.out_features, self.n_experts = ref.in_features, ref.out_features, E
         self.top_k, self.capacity_factor, self.mode = top_k, capacity_factor, mode
         self.router, self.batch_priority = router, bool(batch_priority)

@@ -1,7 +1,8 @@
 """Each framework's MoE block, built from its own configuration keys (docs/FRAMEWORKS.md has the flag map).
 
 A builder takes the framework's configuration (a dict with the framework's key names; a missing key takes
-the framework's default) and returns a :class:`numpy_moe.moe.MoE` computing that block's function in
+the builder's default, which is not always the default of transformers' config class: docs/FRAMEWORKS.md
+lists where they differ, so pass every key, as a config's ``to_dict()`` does, to compare) and returns a :class:`numpy_moe.moe.MoE` computing that block's function in
 evaluation mode. Each cites the reference file and function it follows. A reference implementation's
 known bugs (:data:`BUGS`) are reproduced on request (``build(..., bugs=[name])``); by default the
 intended formula is built.
@@ -125,7 +126,9 @@ def _deepseek(config, seed, dtype, version):
     n_shared = _get(config, "n_shared_experts") or 0
     shared = SharedExpert(D, D, H * n_shared, seed=seed, dtype=dtype) if n_shared else None
     alpha = _get(config, "aux_loss_alpha", 0.0)
-    losses = [B.SequenceBalance(alpha, per_sequence=bool(_get(config, "seq_aux", True)))] if alpha else []
+    counts = "chosen" if version == 2 else "top_scores"  # V2 counts its selection, V3 eq. 18 the top-k of s
+    losses = [B.SequenceBalance(alpha, per_sequence=bool(_get(config, "seq_aux", True)), counts=counts)] \
+        if alpha else []
     return MoE(gate=gate, experts=ExpertBank(E, D, D, H, seed=seed, dtype=dtype, activation="swiglu"),
                shared=shared, balance=losses, dtype=dtype)
 
@@ -148,7 +151,8 @@ def deepseek_v3(config, seed=None, dtype="float64"):
     transformers models/deepseek_v3/modeling_deepseek_v3.py, ``DeepseekV3TopkRouter`` and
     ``DeepseekV3MoE.route_tokens_to_experts``; the bias update (``bias_update_speed``, the paper's gamma) and
     the sequence-wise loss (``aux_loss_alpha``) are the paper's (DeepSeek-V3 report, auxiliary-loss-free
-    balancing), not in transformers.
+    balancing), not in transformers; the loss counts the top-k of the scores s, without the bias or the group
+    limit (eq. 18: ``SequenceBalance(counts="top_scores")``), where DeepSeek-V2's counts its choice.
     """
     return _deepseek(config, seed, dtype, 3)
 
@@ -161,6 +165,13 @@ def switch(config, seed=None, dtype="float64", bugs=()):
     ``SwitchTransformersTop1Router`` and ``SwitchTransformersSparseMLP``; Fedus et al. 2021 eq. 4 and the
     capacity ``expert_capacity = tokens * capacity_factor / E``. Pass ``capacity_factor`` (Switch's own
     key; numpy_moe keeps ceil(N cf / E) per expert, tokens in order) or leave it out for no limit.
+    transformers' config has an integer ``expert_capacity`` C per sequence instead: a config with it and
+    without ``capacity_factor`` is refused (it used to be ignored, so the block never dropped a token);
+    give ``capacity_factor = C E / S`` for sequences of S tokens, fed one sequence per forward, or
+    ``capacity_factor=None`` for no limit. transformers also takes the balance loss per sequence (f and P
+    of each sequence, the products averaged): :class:`~numpy_moe.balance.SwitchLoss` is that loss for one
+    sequence; for several, ``SequenceBalance(router_aux_loss_coef)`` with ``seq_lengths`` is transformers'
+    value (top-1: f_e = E count_e / S, P_e = mean softmax).
     Earlier transformers passed a dropped token through as ``router_prob * x`` (#37017, fixed by
     #37123); numpy_moe gives it 0, as transformers does now (the residual connection carries it).
     Bugs: "capacity_cumsum" (transformers 5.0 until #48421: the capacity cumsum ran over a singleton axis,
@@ -171,6 +182,10 @@ def switch(config, seed=None, dtype="float64", bugs=()):
     if _get(config, "router_bias", False):
         raise ValueError("config['router_bias']=True is not supported: the Switch preset's router has no bias")
     gate = _softmax_topk(config, D, E, 1, False, "router_jitter_noise", seed, dtype)
+    if _get(config, "expert_capacity") is not None and "capacity_factor" not in config:
+        raise ValueError(f"config['expert_capacity']={config['expert_capacity']!r} is transformers' integer capacity C "
+                         "per sequence; the switch preset takes a factor: pass capacity_factor = C * num_experts / "
+                         "tokens_per_sequence and one sequence per forward, or capacity_factor=None for no limit")
     z_loss = B.ProbsZLoss if "z_loss_on_probs" in bugs else B.ZLoss
     losses = [B.SwitchLoss(_get(config, "router_aux_loss_coef", 0.001)),
               z_loss(_get(config, "router_z_loss_coef", 0.001))]

@@ -1,7 +1,8 @@
 """Run under ``mpiexec -n 2``: bad input raises the same clear error on every rank, and nobody hangs.
 
 Each case makes one rank's input (or arguments) bad; every rank must raise a ValueError that names the
-failing rank, so no rank is left waiting in a collective. A rank with zero samples must just work. Each
+failing rank, so no rank is left waiting in a collective. A rank with zero samples must just work. The
+default seed=None gives every rank the same parameters, and a seed that would not is refused. Each
 rank prints ``OK rank r`` at the end; anything else raises and aborts every rank.
 """
 import numpy as np
@@ -27,6 +28,17 @@ def main():
                  lambda: ExpertParallelMoE(4, 2, 3, seed=0, top_k=1))
     expect_error(["every rank must build the layer with the same arguments", "rank 1"],
                  lambda: ExpertParallelMoE(4, 2, 4, hidden=3 + comm.rank, seed=0, top_k=1))
+    # the default seed=None must give every rank the same parameters (rank 0's draw), not one draw per rank
+    layer = ExpertParallelMoE(4, 2, 4, hidden=3, top_k=2, noise="vmoe")
+    for key, p in layer.gate.params.items():
+        copies = comm.allgather(p)
+        assert all(np.array_equal(copies[0], c) for c in copies), f"gate.{key} differs between the ranks"
+    x = rng.standard_normal((3, 4))
+    reference = ExpertParallelMoE(4, 2, 4, hidden=3, top_k=2, noise="vmoe", seed=comm.allgather(layer.seed)[0])
+    assert np.array_equal(layer.forward(x), reference.forward(x)), "seed=None is not the shared seed's layer"
+    # Generators in different states would build a different gate on each rank: refused on every rank
+    expect_error(["seed", "different parameters on different ranks"],
+                 lambda: ExpertParallelMoE(4, 2, 4, hidden=3, top_k=2, seed=np.random.default_rng(comm.rank)))
     layer = ExpertParallelMoE(4, 2, 4, hidden=3, seed=0, top_k=2)
     x = rng.standard_normal((5, 4 + comm.rank))  # rank 1 has 5 features
     expect_error(["rank 1: x has 5 features", "expected 4"], lambda: layer.forward(x))

@@ -46,6 +46,8 @@ class CausalSelfAttention(Module):
         if x.ndim != 3 or x.shape[2] != self.d_model:
             raise ValueError(f"x has shape {tuple(x.shape)}; expected (B, T, {self.d_model})")
         B, T, D = x.shape
+        if T == 0:  # a softmax over no position is undefined
+            raise ValueError(f"x has T=0 positions (shape {tuple(x.shape)}); expected at least 1")
         H = self.n_heads
         Dh = D // H
         qkv = self.qkv.forward(x.reshape(B * T, D)).reshape(B, T, 3, H, Dh).transpose(2, 0, 3, 1, 4)

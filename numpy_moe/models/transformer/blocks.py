@@ -27,8 +27,9 @@ class DenseFeedForward(Module):
 
     Parameters
     ----------
-    d_model : D. hidden : H (GPT-2: 4 D). activation : "gelu" (GPT-2) or "relu" (the activation of an
-        ExpertBank's MLP experts, for a dense baseline that differs from the experts in width only).
+    d_model : D. hidden : H (GPT-2: 4 D). activation : "gelu" (GPT-2's, but exact, x Φ(x): GPT-2 computes the
+        tanh approximation, transformers' "gelu_new", within 4.7e-4 of it; MATH.md §14.4) or "relu" (the
+        activation of an ExpertBank's MLP experts, for a dense baseline that differs from them in width only).
     seed : int or numpy Generator. dtype : float32 or float64.
 
     Shapes: x (B, T, D) -> y (B, T, D); net.layers.0 W (D, H), net.layers.2 W (H, D).

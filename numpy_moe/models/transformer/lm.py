@@ -10,6 +10,7 @@ model is gradient-checked in float64 with its routing held fixed (tests/test_tra
 Letters: B sequences, T positions, D model width, V vocabulary size, E experts.
 """
 import copy
+import numbers
 
 from ... import functional as F
 from ...backend import asarray, default_rng
@@ -81,9 +82,10 @@ class TransformerLM(Module):
                 raise ValueError(f"moe_layers={moe_layers!r} needs moe= (a dict of MoE arguments)")
             return [None] * L
         if isinstance(moe, dict):
-            where = range(L) if moe_layers is None else [int(i) for i in moe_layers]
-            if any(not 0 <= i < L for i in where):
-                raise ValueError(f"moe_layers={list(moe_layers)} must be block indices in [0, {L - 1}]")
+            where = range(L) if moe_layers is None else list(moe_layers)
+            if any(isinstance(i, bool) or not isinstance(i, numbers.Integral) or not 0 <= i < L
+                   for i in where):  # int(1.7) would silently pick block 1
+                raise ValueError(f"moe_layers={list(moe_layers)} must be block indices (ints) in [0, {L - 1}]")
             kwargs = moe if "experts" in moe else {"hidden": hidden} | moe  # an ExpertBank carries its own
             return [MoE(D, D, **copy.deepcopy(kwargs), seed=rng, dtype=dtype) if i in where else None
                     for i in range(L)]
@@ -101,6 +103,8 @@ class TransformerLM(Module):
     def forward(self, tokens, mask=None):
         tokens = check_tokens(tokens, self.vocab_size)
         B, T = tokens.shape
+        if T == 0:
+            raise ValueError(f"tokens has T=0 positions (shape {tuple(tokens.shape)}); expected at least 1")
         if T > self.max_len:
             raise ValueError(f"tokens has T={T} positions; the model takes at most max_len={self.max_len}")
         if mask is not None:
