@@ -677,6 +677,9 @@ ARGUMENTS = {
     "balance without top_k": (lambda: MoEClassifier(balance="importance").fit(*standard_data("classification")),
                               ValueError, "balance='importance' and noise=None need a sparse gate: pass top_k=K"),
     "io.load of a directory": (lambda: io.load(ROOT), ValueError, "is a directory, not a numpy-moe file"),
+    # before: "BaseEstimator.get_params() missing 1 required positional argument: 'self'"
+    "io.save of an estimator class": (lambda: io.save(MoEClassifier, os.devnull), TypeError,
+                                      r"cannot save the class MoEClassifier: pass an instance"),
 }
 
 

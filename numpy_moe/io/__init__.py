@@ -71,6 +71,8 @@ def save(obj, path):
     """
     _check_path(path)
     arrays = {}
+    if isinstance(obj, type):
+        raise TypeError(f"cannot save the class {obj.__name__}: pass an instance (a model, or a fitted estimator)")
     if isinstance(obj, Module):
         record = encode_module(obj, arrays, "")
     elif hasattr(obj, "get_params"):
