@@ -118,6 +118,17 @@ def test_loading_imports_no_module_the_file_names(tmp_path):
     assert out.stdout.split() == ["[]", "[]"], out.stdout
 
 
+def test_the_docs_list_exactly_the_loadable_scikit_learn_classes():
+    # before, the io docstring also listed PolynomialFeatures and SimpleImputer, which a file may not name
+    from numpy_moe.io.registry import SKLEARN_CLASSES
+    names = {name for _, name in SKLEARN_CLASSES}
+    readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    listed = {"docstring": re.search(r"scikit-learn classes \(([^)]*)\)", io.__doc__).group(1),
+              "README": re.search(r"a fixed list of scikit-learn classes\s+\(([^)]*)\)", readme).group(1)}
+    for where, text in listed.items():
+        assert set(re.findall(r"\w+", text)) == names, where
+
+
 def test_user_classes_load_only_once_registered(tmp_path):
     class Mine(Linear):
         pass

@@ -28,8 +28,8 @@ buffers) still load.
 Loading a file from someone else
 --------------------------------
 A file can only name classes of the registry (:mod:`numpy_moe.io.registry`): numpy_moe's own Modules
-and estimators, a fixed list of scikit-learn classes (Pipeline, the common scalers, PCA,
-PolynomialFeatures, SimpleImputer), and the classes your program registered with :func:`register`.
+and estimators, a fixed list of scikit-learn classes (Pipeline, StandardScaler, MinMaxScaler, MaxAbsScaler,
+RobustScaler, Normalizer, PCA), and the classes your program registered with :func:`register`.
 ``load`` never unpickles, never imports a module the file names and never looks up an attribute path;
 the whole record is checked against the registry before anything is constructed. The arrays' sizes are
 read from their headers and checked against ``max_bytes`` (default 2 GiB) before any data is
