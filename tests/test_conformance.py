@@ -164,3 +164,11 @@ def test_a_write_failing_midway_leaves_an_earlier_export_as_it_was(tmp_path, mon
     with pytest.raises(OSError, match="No space left"):
         conformance.export(tmp_path / "fx", ["qwen2_moe", "switch"], seed=5)
     assert {p.name: p.read_bytes() for p in (tmp_path / "fx").iterdir()} == before  # no temporary file either
+
+
+def test_a_preset_named_twice_is_written_and_counted_once(tmp_path):
+    # before: "wrote 2 fixtures" for the one file
+    out = subprocess.run([sys.executable, "-m", "numpy_moe.conformance", "export", str(tmp_path / "fx"), "--preset",
+                          "switch", "--preset", "switch"], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.startswith("wrote 1 fixtures"), out.stdout + out.stderr
+    assert sorted(p.name for p in (tmp_path / "fx").iterdir()) == ["manifest.json", "switch.npz"]

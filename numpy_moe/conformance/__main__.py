@@ -26,7 +26,7 @@ def main(argv=None):
             parser.error(str(err))
         except OSError as err:  # DIR is a file, or not writable
             parser.error(f"cannot write the fixtures into {args.dir}: {err}")
-        print(f"wrote {len(args.preset or CONFIGS)} fixtures and manifest.json to {out} "
+        print(f"wrote {len(set(args.preset or CONFIGS))} fixtures and manifest.json to {out} "
               f"in {time.perf_counter() - start:.1f} s")
         return 0
     try:
