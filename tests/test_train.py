@@ -4,7 +4,7 @@ import pytest
 
 from numpy_moe.layers import Linear
 from numpy_moe.moe import MoE
-from numpy_moe.optim import SGD, Adam
+from numpy_moe.optim import FTRL, SGD, Adam
 from numpy_moe.train import fit, predict
 
 
@@ -41,6 +41,26 @@ def test_same_seed_gives_bit_identical_training(rng):
         fit(model, X, y, optimizer=Adam(0.02), epochs=3, batch_size=16, seed=9)
         outs.append(predict(model, X))
     assert np.array_equal(outs[0], outs[1])
+
+
+@pytest.mark.parametrize("make_optimizer", [lambda: Adam(0.02), lambda: SGD(0.05, momentum=0.9, decay=0.8),
+                                            lambda: FTRL(0.5, l1=1e-3)], ids=["adam", "sgd", "ftrl"])
+def test_training_resumed_with_the_same_optimiser_and_generator_is_bit_identical(make_optimizer, rng):
+    # 2 + 2 epochs against 4: the optimiser's moments, step count and decayed rate, the shuffling
+    # Generator and the gate's aux-loss-free selection bias (a buffer moved by end_step) all carry over
+    from numpy_moe.gates import ScoreGate
+    X, y = blobs(rng)
+    runs = []
+    for split in ([4], [2, 2]):
+        model = MoE(gate=ScoreGate(2, 4, top_k=2, bias_update=0.01, seed=1), out_features=3, hidden=6, seed=5)
+        optimizer, shuffle = make_optimizer(), np.random.default_rng(9)
+        for epochs in split:
+            fit(model, X, y, optimizer=optimizer, epochs=epochs, batch_size=16, seed=shuffle)
+        runs.append(model)
+    assert np.abs(runs[0].gate.buffers["bias"]).max() > 0, "the selection bias must have moved"
+    for (name, p), (_, q) in zip(runs[0].named_parameters(), runs[1].named_parameters()):
+        assert np.array_equal(p, q), name
+    assert np.array_equal(runs[0].gate.buffers["bias"], runs[1].gate.buffers["bias"])
 
 
 @pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning", "ignore:invalid value:RuntimeWarning")
