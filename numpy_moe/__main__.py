@@ -1,4 +1,5 @@
 """``python -m numpy_moe``: the version, the array backend, and where the docs and the experiments are."""
+import argparse
 import sys
 from pathlib import Path
 
@@ -54,7 +55,12 @@ def report():
     return "\n".join(lines)
 
 
-def main():
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        prog="python -m numpy_moe", description="Print numpy_moe's version, the array backend, and where the "
+        "experiments and the documentation are. Takes no arguments: the experiments run with python -m "
+        "experiments (from the repository's root), the conformance fixtures with python -m numpy_moe.conformance.")
+    parser.parse_args(argv)  # --help, or exit status 2 naming an argument it does not take
     print(report())
     return 0
 

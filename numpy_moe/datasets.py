@@ -12,15 +12,16 @@ and standard deviation.
 import numpy as np
 
 from .backend import default_rng
-from .validation import check_positive_int
+from .validation import check_positive_int, check_real
 
 
 def _split(X, y, rng, test_size):
     """Shuffle with ``rng`` and split: the first ``round((1 - test_size) N)`` rows train."""
-    if not 0 < test_size < 1:
-        raise ValueError(f"test_size={test_size!r} must be in (0, 1)")
-    order = rng.permutation(len(X))
     n_train = int(round((1 - test_size) * len(X)))
+    if not 0 < n_train < len(X):
+        raise ValueError(f"test_size={test_size!r} of {len(X)} samples leaves "
+                         f"{'no test' if n_train == len(X) else 'no training'} sample; change test_size or n_samples")
+    order = rng.permutation(len(X))
     train, test = order[:n_train], order[n_train:]
     return X[train], X[test], y[train], y[test]
 
@@ -32,6 +33,7 @@ def make_circles(n_samples=1000, seed=None, test_size=0.3):
     Returns X_train (n, 2), X_test (N - n, 2), y_train (n,), y_test (N - n,).
     """
     N = check_positive_int(n_samples, "n_samples", 3)
+    check_real(test_size, "test_size", 0, 1, low_open=True, high_open=True)
     rng = default_rng(seed)
     n_inner = N // 3
     radius = np.where(np.arange(N) < n_inner, 2.0, 4.0)
@@ -47,6 +49,7 @@ def make_bands(n_samples=1000, seed=None, test_size=0.3):
     Half the points in each (post 003's linear set). Split 70/30. Shapes as for :func:`make_circles`.
     """
     N = check_positive_int(n_samples, "n_samples", 2)
+    check_real(test_size, "test_size", 0, 1, low_open=True, high_open=True)
     rng = default_rng(seed)
     y = (np.arange(N) >= N // 2).astype(np.int64)
     centre = np.stack([np.full(N, 5.0), np.where(y == 0, 2.0, 8.0)], axis=1)
@@ -61,8 +64,8 @@ def make_v_regression(n_samples=1000, seed=None, noise=0.1, test_size=0.3):
     Returns X_train (n, 1), X_test (N - n, 1), y_train (n,), y_test (N - n,) float targets.
     """
     N = check_positive_int(n_samples, "n_samples", 2)
-    if not noise >= 0:
-        raise ValueError(f"noise={noise!r} must be >= 0")
+    noise = check_real(noise, "noise", 0)  # finite: noise=inf made every target -inf or inf
+    check_real(test_size, "test_size", 0, 1, low_open=True, high_open=True)
     rng = default_rng(seed)
     x = rng.uniform(0, 1, N)
     r = np.where(x < 0.5, 2 * x, 2 - 2 * x) + noise * rng.standard_normal(N)
@@ -72,6 +75,8 @@ def make_v_regression(n_samples=1000, seed=None, noise=0.1, test_size=0.3):
 def standardizer(X_train):
     """A function mapping X (M, D) to (X - mean) / std with the mean and std of ``X_train`` (N, D)."""
     X_train = np.asarray(X_train, dtype=np.float64)
+    if not np.isfinite(X_train).all():
+        raise ValueError("X_train contains NaN or inf; cannot standardise it")
     mean, std = X_train.mean(axis=0), X_train.std(axis=0)
     if not (std > 0).all():
         raise ValueError(f"X_train has a constant column (std={std}); cannot standardise it")

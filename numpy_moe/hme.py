@@ -31,7 +31,7 @@ import math
 from . import functional as F
 from .backend import asarray, default_rng, get_array_module
 from .em import irls_softmax, weighted_least_squares
-from .layers import Module, normal_param, zeros_param
+from .layers import Module, check_budget, normal_param, zeros_param
 from .validation import check_input, check_labels, check_positive_int, check_real
 
 EXPERTS = ("gaussian", "softmax")
@@ -75,6 +75,18 @@ def parse_tree(tree):
     return [g for g in gates if len(g) > 1], n_leaves
 
 
+def _count_leaves(node, depth=0):
+    """The number of leaves of a tree spec, counted without building anything (what parse_tree refuses
+    counts 0: parse_tree then says why)."""
+    if depth > 32:
+        return 0
+    if isinstance(node, int) and not isinstance(node, bool):
+        return max(node, 0)
+    if isinstance(node, (list, tuple)):
+        return sum(_count_leaves(child, depth + 1) for child in node)
+    return 0
+
+
 class HierarchicalMoE(Module):
     """A (hierarchical) mixture of linear-Gaussian or softmax experts under a tree of softmax gates.
 
@@ -106,6 +118,9 @@ class HierarchicalMoE(Module):
         D = self.n_features = check_positive_int(n_features, "n_features")
         O = self.n_outputs = check_positive_int(n_outputs, "n_outputs", 2 if expert == "softmax" else 1)
         self.tree = tree
+        # parse_tree builds a list entry per leaf: bound the leaves by V's size in the parameter budget first
+        # (numpy_moe.io builds from files under one; tree=10**9 in a file would otherwise take ~100 GB)
+        check_budget((_count_leaves(tree), D + 1, O), self.dtype)
         self.gates, E = parse_tree(tree)
         self.n_experts = E
         rng = default_rng(seed)

@@ -207,17 +207,25 @@ def parameter_budget(n_bytes):
         _budget.reset(token)
 
 
-def _claim(shape, dtype):
-    """Charge a parameter of ``shape`` and ``dtype`` to the current budget, if any, before allocating it."""
-    left = _budget.get()
-    if left is None:
-        return
+def check_budget(shape, dtype):
+    """Raise :class:`ParameterBudgetError` if a parameter of ``shape`` and ``dtype`` would not fit in what is
+    left of the current :func:`parameter_budget` (if any), without charging it: for a constructor whose work
+    before creating that parameter grows with its size. Returns its size in bytes."""
     shape = (int(shape),) if isinstance(shape, int) else tuple(int(s) for s in shape)
     n_bytes = math.prod(shape) * result_dtype(dtype).itemsize
-    if n_bytes > left[0]:
+    left = _budget.get()
+    if left is not None and n_bytes > left[0]:
         raise ParameterBudgetError(f"a parameter of shape {shape} ({n_bytes} bytes) does "
                                    f"not fit in the {left[0]} bytes of parameters left in the budget")
-    left[0] -= n_bytes
+    return n_bytes
+
+
+def _claim(shape, dtype):
+    """Charge a parameter of ``shape`` and ``dtype`` to the current budget, if any, before allocating it."""
+    n_bytes = check_budget(shape, dtype)
+    left = _budget.get()
+    if left is not None:
+        left[0] -= n_bytes
 
 
 def zeros_param(shape, dtype):

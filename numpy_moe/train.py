@@ -17,7 +17,7 @@ from . import divergence
 from . import functional as F
 from .backend import asarray, default_rng, get_array_module
 from .optim import Adam
-from .validation import check_input, check_labels, check_positive_int
+from .validation import check_input, check_labels, check_positive_int, check_real
 
 LOSSES = {"cross_entropy": (F.cross_entropy, F.cross_entropy_backward), "mse": (F.mse, F.mse_backward)}
 
@@ -31,17 +31,17 @@ class History:
     time: list = field(default_factory=list)       # seconds per epoch
 
 
-def _check_targets(y, loss, n_outputs, n_samples, dtype):
+def _check_targets(y, loss, n_outputs, n_samples, dtype, name="y"):
     if loss == "cross_entropy":
-        return check_labels(y, n_outputs, n_samples)
+        return check_labels(y, n_outputs, n_samples, name)
     y = asarray(y, dtype=dtype)
     xp = get_array_module(y)
     if y.ndim == 1:
         y = y[:, None]
     if y.shape != (n_samples, n_outputs):
-        raise ValueError(f"y has shape {tuple(y.shape)}; expected ({n_samples}, {n_outputs}) targets")
+        raise ValueError(f"{name} has shape {tuple(y.shape)}; expected ({n_samples}, {n_outputs}) targets")
     if not bool(xp.isfinite(y).all()):
-        raise ValueError("y contains NaN or inf; expected finite targets")
+        raise ValueError(f"{name} contains NaN or inf; expected finite targets")
     return y
 
 
@@ -80,15 +80,25 @@ def fit(model, X, y, loss="cross_entropy", optimizer=None, epochs=10, batch_size
         raise ValueError(f"loss={loss!r} must be one of {sorted(LOSSES)}")
     epochs = check_positive_int(epochs, "epochs")
     batch_size = check_positive_int(batch_size, "batch_size")
-    X = check_input(X, None, model.dtype, "X")
+    X = check_input(X, None, model.dtype, "X", min_rows=1)  # the epoch's loss is a mean over the rows
     N = X.shape[0]
     loss_f, loss_b = LOSSES[loss]
     n_out = predict(model, X[:1]).shape[1]
     y = _check_targets(y, loss, n_out, N, model.dtype)
+    if (X_val is None) != (y_val is None):
+        raise ValueError(f"X_val is {'None' if X_val is None else 'given'} and y_val is "
+                         f"{'None' if y_val is None else 'given'}; pass both (validation data) or neither")
     if X_val is not None:
-        X_val = check_input(X_val, X.shape[1], model.dtype, "X_val")
-        y_val = _check_targets(y_val, loss, n_out, X_val.shape[0], model.dtype)
-    optimizer = optimizer or Adam(1e-3)
+        X_val = check_input(X_val, X.shape[1], model.dtype, "X_val", min_rows=1)
+        y_val = _check_targets(y_val, loss, n_out, X_val.shape[0], model.dtype, "y_val")
+    optimizer = Adam(1e-3) if optimizer is None else optimizer
+    if not all(callable(getattr(optimizer, m, None)) for m in ("step", "end_epoch")):
+        raise TypeError(f"optimizer={optimizer!r:.60} must be an optimiser of numpy_moe.optim (Adam(lr), SGD(lr), "
+                        "FTRL(alpha)) or an object with step(model) and end_epoch()")
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback={callback!r:.60} must be None or a function callback(epoch, model, history)")
+    if reference_loss is not None:
+        reference_loss = check_real(reference_loss, "reference_loss")  # NaN would switch the growth rule off
     rng = default_rng(seed)
     history = History()
     initial = float(loss_f(predict(model, X), y)) if reference_loss is None else float(reference_loss)

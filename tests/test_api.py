@@ -66,6 +66,18 @@ def test_python_m_numpy_moe_prints_version_backend_and_where_things_are():
     assert "make docs" in text or "index.html" in text
 
 
+@pytest.mark.parametrize("args", [["export", "fixtures"], ["--quick"]])
+def test_python_m_numpy_moe_refuses_arguments_it_does_not_take(args):
+    # before, any arguments were ignored (exit status 0), so a mistyped command seemed to have worked
+    out = subprocess.run([sys.executable, "-m", "numpy_moe", *args], cwd=ROOT, capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 2 and "unrecognized arguments: " + " ".join(args) in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr and out.stdout == ""
+    usage = subprocess.run([sys.executable, "-m", "numpy_moe", "--help"], cwd=ROOT, capture_output=True, text=True,
+                           timeout=60)
+    assert usage.returncode == 0 and usage.stdout.startswith("usage: python -m numpy_moe")
+
+
 def test_report_without_a_repository_says_where_the_experiments_are(monkeypatch):
     from numpy_moe import __main__ as entry
 

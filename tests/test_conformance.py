@@ -4,6 +4,7 @@ Measured time: about 2 s without torch (export takes about 0.1 s on the shared 2
 """
 import importlib.util
 import json
+import re
 import subprocess
 import sys
 import time
@@ -98,3 +99,76 @@ def test_the_command_line_refuses_a_negative_seed_without_a_traceback(tmp_path):
     assert rc.returncode == 2
     assert "seed=-1 must be an integer >= 0" in rc.stderr and "Traceback" not in rc.stderr
     assert not (tmp_path / "fx").exists()
+
+
+def _check_cli(fixtures, results):
+    return subprocess.run([sys.executable, "-m", "numpy_moe.conformance", "check", str(fixtures), str(results)],
+                          cwd=ROOT, capture_output=True, text=True)
+
+
+@pytest.mark.parametrize("case, message", [
+    ("no fixtures", r"fx/manifest.json is not the manifest of an export \(FileNotFoundError"),
+    ("no results directory", "results directory .*nowhere does not exist"),
+    ("a results file that is not a zip", r"results/switch.npz cannot be read as an .npz file of arrays"),
+    ("a pickled results array", r"results/switch.npz cannot be read as an .npz file of arrays.*Object arrays cannot be loaded"),
+])
+def test_check_on_unreadable_input_exits_2_with_a_message(case, message, tmp_path):
+    # before, each of these ended in a traceback (FileNotFoundError, BadZipFile, numpy's pickle refusal)
+    # with exit status 1, the status of results that do not conform
+    fx, results = tmp_path / "fx", tmp_path / "results"
+    results.mkdir()
+    if case != "no fixtures":
+        conformance.export(fx, ["switch"])
+    if case == "a results file that is not a zip":
+        (results / "switch.npz").write_bytes(b"not an npz")
+    if case == "a pickled results array":
+        np.savez(results / "switch.npz", output=np.array([{"a": 1}], dtype=object))
+    out = _check_cli(fx, tmp_path / "nowhere" if case == "no results directory" else results)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert re.search(message, out.stderr), out.stderr
+
+
+def test_non_numeric_results_fail_their_row_instead_of_crashing():
+    fixture = {"output": np.ones((2, 3)), "routing/experts": np.array([[0, 1], [2, 3]]),
+               "routing/weights": np.full((2, 2), 0.5)}
+    # before: numpy's "ufunc 'subtract' did not contain a loop" (strings), and take_along_axis on float experts
+    rows = conformance.compare(fixture, {"output": np.full((2, 3), "1"), "routing/weights": np.full((2, 2), 0.5),
+                                         "routing/experts": np.array([[0.0, 1.0], [2.0, 3.0]])})
+    assert [(key, ok) for key, _, _, ok in rows] == [("output", False), ("routing/experts", True),
+                                                     ("routing/weights", False)]
+
+
+def test_export_into_a_path_that_is_a_file_exits_2_with_a_message(tmp_path):
+    # before, a FileExistsError / NotADirectoryError traceback, and exit status 1
+    (tmp_path / "taken").write_text("mine")
+    for target in (tmp_path / "taken", tmp_path / "taken" / "fx"):
+        out = subprocess.run([sys.executable, "-m", "numpy_moe.conformance", "export", str(target), "--preset",
+                              "switch"], cwd=ROOT, capture_output=True, text=True)
+        assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+        assert f"cannot write the fixtures into {target}" in out.stderr
+    assert (tmp_path / "taken").read_text() == "mine"
+
+
+def test_a_write_failing_midway_leaves_an_earlier_export_as_it_was(tmp_path, monkeypatch):
+    # before, the fixtures written before the failure were already replaced (new seed, old manifest)
+    conformance.export(tmp_path / "fx", ["qwen2_moe", "switch"], seed=0)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "fx").iterdir()}
+    savez, calls = np.savez, []
+
+    def disk_full(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        return savez(*args, **kwargs)
+    monkeypatch.setattr(np, "savez", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        conformance.export(tmp_path / "fx", ["qwen2_moe", "switch"], seed=5)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "fx").iterdir()} == before  # no temporary file either
+
+
+def test_a_preset_named_twice_is_written_and_counted_once(tmp_path):
+    # before: "wrote 2 fixtures" for the one file
+    out = subprocess.run([sys.executable, "-m", "numpy_moe.conformance", "export", str(tmp_path / "fx"), "--preset",
+                          "switch", "--preset", "switch"], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.startswith("wrote 1 fixtures"), out.stdout + out.stderr
+    assert sorted(p.name for p in (tmp_path / "fx").iterdir()) == ["manifest.json", "switch.npz"]

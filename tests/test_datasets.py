@@ -61,7 +61,14 @@ def test_standardizer_uses_the_training_statistics():
     (lambda: make_bands(0), "n_samples=0"),
     (lambda: make_circles(100, test_size=1.5), "test_size=1.5"),
     (lambda: make_v_regression(100, noise=-1), "noise=-1"),
+    # before: an empty test set without a word; every target -inf or inf; "'<' not supported between
+    # instances of 'int' and 'str'"; a NaN column called "a constant column"
+    (lambda: make_circles(3, test_size=0.1), "test_size=0.1 of 3 samples leaves no test sample"),
+    (lambda: make_bands(4, test_size=0.9), "test_size=0.9 of 4 samples leaves no training sample"),
+    (lambda: make_v_regression(100, noise=float("inf")), "noise=inf must be a finite number >= 0"),
+    (lambda: make_bands(100, test_size="0.3"), "test_size='0.3' must be a finite number in"),
+    (lambda: standardizer(np.array([[1.0, np.nan], [2.0, 3.0]])), "X_train contains NaN or inf"),
 ])
 def test_bad_arguments_are_named(call, match):
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises((ValueError, TypeError), match=match):
         call()

@@ -190,6 +190,8 @@ def test_regressor_fits_several_outputs(rng):
     ("learning_rate", "0.1", "learning_rate='0.1' must be a finite number > 0, not a str"),
     ("learning_rate", float("inf"), "learning_rate=inf must be a finite number > 0"),
     ("random_state", "seed", "random_state='seed' must be None, an int"),
+    ("random_state", -1, "random_state=-1 must be None, an int >= 0"),  # before: named "seed"
+    ("random_state", True, "random_state=True must be None, an int"),
     ("n_experts", 0, "n_experts=0 must be an integer >= 1"),
     ("hidden", -3, "hidden=-3 must be an integer >= 1"),
     ("top_k", 5, "top_k=5 must be between 1 and n_experts=4"),
@@ -197,6 +199,11 @@ def test_regressor_fits_several_outputs(rng):
     ("noise", "gaussian", "noise='gaussian' must be one of"),
     ("noise", "vmoe", "noise='vmoe'.* need a sparse gate: pass top_k=K"),
     ("balance", "entropy", "balance has unknown loss 'entropy'"),
+    # before: a dict's weights were silently replaced by balance_weight, a repeated name counted once, 3 gave
+    # "'int' object is not iterable"
+    ("balance", {"importance": 1.0}, r"balance=\{'importance': 1.0\} must be None, a loss name or a list"),
+    ("balance", ["load", "load"], "must be None, a loss name or a list of distinct loss names"),
+    ("balance", 3, "balance=3 must be None, a loss name"),
     ("balance_weight", -0.1, "balance_weight=-0.1 must be a finite number >= 0"),
 ])
 def test_bad_parameters_are_named_when_fitting(param, value, message):
@@ -205,6 +212,16 @@ def test_bad_parameters_are_named_when_fitting(param, value, message):
     clf = MoEClassifier(**{**sparse, param: value})  # __init__ only stores: no error yet
     with pytest.raises((ValueError, TypeError), match=message):
         clf.fit(X, y)
+
+
+@pytest.mark.parametrize("make", [MoEClassifier, MoERegressor, LocalExpertsClassifier])
+def test_a_validation_fraction_that_leaves_no_training_sample_is_named(make):
+    # ceil(0.9 * 5) = 5 rows held out; before, train_test_split's "test_size=5 should be ... smaller than
+    # the number of samples 5", which names no parameter of the estimator
+    X, y = np.arange(10.0).reshape(5, 2), np.array([0, 1, 0, 1, 0])
+    with pytest.raises(ValueError, match=r"validation_fraction=0.9 holds out all 5 samples.*early_stopping=False"):
+        make(validation_fraction=0.9, random_state=0).fit(X, y)
+    assert make(validation_fraction=0.9, early_stopping=False, epochs=2).fit(X, y).n_iter_ == 2
 
 
 def v_shape(rng, n=400):

@@ -46,8 +46,16 @@ def test_em_classifier_in_a_pipeline_on_wine():
 
 @pytest.mark.parametrize("params,match", [({"solver": "lbfgs"}, "solver='lbfgs'"), ({"max_iter": 0}, "max_iter=0"),
                                           ({"tol": -1.0}, "tol=-1.0"), ({"ridge": -1}, "ridge=-1"),
-                                          ({"tree": [0]}, "tree="), ({"learning_rate": 0}, "learning_rate=0")])
+                                          ({"tree": [0]}, "tree="), ({"learning_rate": 0}, "learning_rate=0"),
+                                          # before, these raised from inside: a comparison of str and int,
+                                          # LAPACK's "SVD did not converge", or an error naming "seed"
+                                          ({"tol": "1e-3"}, "tol='1e-3' must be a finite number >= 0"),
+                                          ({"learning_rate": None}, "learning_rate=None must be a finite number"),
+                                          ({"ridge": float("inf")}, "ridge=inf must be a finite number >= 0"),
+                                          ({"tol": float("inf")}, "tol=inf must be a finite number >= 0"),
+                                          ({"random_state": -1}, "random_state=-1 must be None, an int >= 0"),
+                                          ({"random_state": "0"}, "random_state='0' must be None, an int")])
 def test_bad_parameters_are_named(params, match):
     X, y = np.random.default_rng(0).standard_normal((20, 2)), np.arange(20) % 2
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises((ValueError, TypeError), match=match):
         HMEClassifier(**params).fit(X, y)

@@ -7,6 +7,7 @@ an exception injected mid-write and then check the old file byte for byte.
 """
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -117,6 +118,17 @@ def test_loading_imports_no_module_the_file_names(tmp_path):
     assert out.stdout.split() == ["[]", "[]"], out.stdout
 
 
+def test_the_docs_list_exactly_the_loadable_scikit_learn_classes():
+    # before, the io docstring also listed PolynomialFeatures and SimpleImputer, which a file may not name
+    from numpy_moe.io.registry import SKLEARN_CLASSES
+    names = {name for _, name in SKLEARN_CLASSES}
+    readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    listed = {"docstring": re.search(r"scikit-learn classes \(([^)]*)\)", io.__doc__).group(1),
+              "README": re.search(r"a fixed list of scikit-learn classes\s+\(([^)]*)\)", readme).group(1)}
+    for where, text in listed.items():
+        assert set(re.findall(r"\w+", text)) == names, where
+
+
 def test_user_classes_load_only_once_registered(tmp_path):
     class Mine(Linear):
         pass
@@ -168,6 +180,49 @@ def test_a_real_deflated_entry_over_max_bytes_is_never_decompressed(tmp_path):
     assert peak < 2 ** 20, f"{peak} bytes allocated before refusing"
 
 
+def _with_raw_entries(path, out, headers):
+    """Copy the .npz ``path`` to ``out`` adding one entry per {name: .npy header dict}, with no data."""
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(out, "w") as dst:
+        for info in src.infolist():
+            dst.writestr(info, src.read(info))
+        for name, header in headers.items():
+            with dst.open(f"{name}.npy", "w") as f:
+                np.lib.format.write_array_header_1_0(f, header)
+    return out
+
+
+@pytest.mark.parametrize("header, message", [
+    ({"descr": "<f8", "fortran_order": False, "shape": (-2 ** 40,)}, "shape (-1099511627776,)"),
+    ({"descr": "<f8", "fortran_order": False, "shape": (3, -1)}, "shape (3, -1)"),
+    ({"descr": "<U0", "fortran_order": False, "shape": (10 ** 12,)}, "dtype <U0"),
+    ({"descr": "|S0", "fortran_order": False, "shape": (10 ** 12,)}, "dtype |S0"),
+])
+def test_headers_that_would_dodge_max_bytes_are_refused(header, message, tmp_path):
+    # Before, a negative dimension counted negative bytes, so one such entry let the others take 8 TiB more
+    # than max_bytes; an itemsize-0 string dtype counted 0 bytes for 10^12 elements (np.unique on them,
+    # as the classes_ check does, allocates 4 bytes per element).
+    record, arrays = good_moe_record(tmp_path)
+    path = _with_raw_entries(craft(tmp_path / "m.npz", record, arrays), tmp_path / "bad.npz", {"odd": header})
+    with pytest.raises(ValueError, match=r"bad.npz is not a valid numpy-moe .npz file: entry 'odd' .*" + re.escape(message)):
+        io.load(path)
+
+
+def test_a_transformer_claiming_a_huge_input_width_is_refused_before_its_check_row_is_allocated(tmp_path):
+    # A scaler that neither centres nor scales holds no array, so any n_features_in_ is consistent; checking
+    # it transforms one row of n_features_in_ zeros, which StandardScaler copies. Before, this 1.3 KB file
+    # made load allocate 8 n_features_in_ bytes whatever max_bytes said (16 GiB for 2^31).
+    n = 2 ** 24  # 128 MiB
+    obj = {"class": "sklearn.preprocessing._data:StandardScaler", "estimator": {"with_mean": False, "with_std": False},
+           "attributes": {"n_features_in_": n, "n_samples_seen_": 5, "mean_": None, "var_": None, "scale_": None}}
+    path = craft(tmp_path / "wide.npz", obj)
+    io.registered()  # the registry's imports are not the file's doing
+    errors = []
+    peak = peak_bytes(lambda: errors.append(pytest.raises(ValueError, io.load, path, max_bytes=2 ** 20)))
+    assert re.search(r"wide.npz: .*n_features_in_=16777216.*max_bytes=1048576", str(errors[0].value))
+    assert peak < 2 ** 20, f"{peak} bytes allocated before refusing"
+    assert io.load(path, max_bytes=2 ** 28).n_features_in_ == n  # within max_bytes it is a valid file
+
+
 @pytest.mark.parametrize("key, value", [("hidden", 30_000_000), ("n_experts", 10 ** 9), ("in_features", 10 ** 12)])
 def test_a_configuration_larger_than_the_stored_parameters_is_refused_before_allocating(key, value, tmp_path):
     record, arrays = good_moe_record(tmp_path)
@@ -177,6 +232,70 @@ def test_a_configuration_larger_than_the_stored_parameters_is_refused_before_all
     peak = peak_bytes(lambda: errors.append(pytest.raises(ValueError, io.load, path)))
     assert "needs more parameters than the file holds" in str(errors[0].value)
     assert peak < 2 ** 20, f"{peak} bytes allocated before refusing"
+
+
+def _many_references(kind, n):
+    """A StandardScaler record whose n attributes all read the same arrays (1 MiB of zeros, a few KB deflated)."""
+    if kind == "one array read n times":
+        attributes, arrays = {f"a{i}_": {"__array__": "big"} for i in range(n)}, {"big": np.zeros(2 ** 17)}
+    else:
+        module = {"class": "numpy_moe.layers:Linear", "config": {"in_features": 256, "out_features": 512},
+                  "params": "m/"}
+        attributes = {f"a{i}_": {"__module__": module} for i in range(n)}
+        arrays = {"m/W": np.zeros((256, 512)), "m/b": np.zeros(512)}
+    if kind == "a module over another's parameters":
+        attributes = {"a_": {"__module__": {**module, "params": "m/"}}, "b_": {"__module__": {**module, "params": ""}}}
+    return {"class": "sklearn.preprocessing._data:StandardScaler", "estimator": {}, "attributes": attributes}, arrays
+
+
+@pytest.mark.parametrize("kind, message", [
+    ("one array read n times", "refers to array 'big', which object.a0_ already uses"),
+    ("one set of parameters rebuilt n times", "its parameters 'm/' overlap those of object.a"),
+    ("a module over another's parameters", "its parameters 'm/' overlap those of object.b_ \\(''\\)"),
+])
+def test_records_sharing_arrays_are_refused_before_anything_is_built(kind, message, tmp_path):
+    # Before, each reference was built or read again within max_bytes: with 300 references this 3 KB file,
+    # loaded with max_bytes=4 MiB, took 300 MB (an array) or 620 MB (a Linear) and loaded without an error.
+    obj, arrays = _many_references(kind, 300)
+    path = tmp_path / "shared.npz"
+    np.savez_compressed(path, __meta__=np.array(json.dumps({"format": "numpy-moe", "version": 2, "object": obj})),
+                        **arrays)
+    io.registered()  # the registry's imports are not the file's doing
+    errors = []
+    peak = peak_bytes(lambda: errors.append(pytest.raises(ValueError, io.load, path, max_bytes=4 * 2 ** 20)))
+    assert re.search(message, str(errors[0].value)), str(errors[0].value)
+    assert "every array of a file belongs to one record" in str(errors[0].value)
+    assert peak < 2 ** 20, f"{peak} bytes allocated before refusing"
+
+
+def test_buffers_stored_away_from_their_module_are_refused(tmp_path):
+    from numpy_moe.gates import ScoreGate
+    path = io.save(ScoreGate(4, 3, top_k=2, seed=0), tmp_path / "g.npz")
+    with np.load(path) as npz:
+        arrays = dict(npz)
+    record = json.loads(str(arrays.pop("__meta__")))["object"]
+    assert record["buffers"] == "buffer:"
+    record["buffers"] = "elsewhere:"
+    with pytest.raises(ValueError, match="buffers is 'elsewhere:'; a module's buffers are stored under its parameters"):
+        io.load(craft(tmp_path / "b.npz", record, arrays))
+
+
+@pytest.mark.parametrize("tree", [10 ** 9, [1] * 100_000, [[10 ** 8] * 3, 2]])
+def test_a_hierarchical_tree_larger_than_the_stored_parameters_is_refused_before_it_is_walked(tree, tmp_path):
+    # parse_tree builds one list entry per leaf; before, it ran before any parameter met the budget, so a
+    # 1.6 KB file with tree=10**7 took 1.5 GB before being refused (10**9: about 100 GB)
+    from numpy_moe.hme import HierarchicalMoE
+    path = io.save(HierarchicalMoE(3, 1, tree=2, seed=0), tmp_path / "h.npz")
+    with np.load(path) as npz:
+        arrays = dict(npz)
+    record = json.loads(str(arrays.pop("__meta__")))["object"]
+    record["config"]["tree"] = tree
+    path = craft(tmp_path / "big.npz", record, arrays)
+    io.registered()  # the registry's imports are not the file's doing
+    errors = []
+    peak = peak_bytes(lambda: errors.append(pytest.raises(ValueError, io.load, path)))
+    assert "needs more parameters than the file holds" in str(errors[0].value)
+    assert peak < 2 ** 20 + 20 * len(json.dumps(tree)), f"{peak} bytes allocated before refusing"
 
 
 # ----- 1. malformed metadata ------------------------------------------------------------------------
@@ -266,6 +385,15 @@ TAMPERED = {
     "missing model_": (lambda a, e: a.pop("model_"), r"missing \['model_'\]"),
     "model_ a Linear": (lambda a, e: a.update(model_={"__module__": {"class": "numpy_moe.layers:Linear", "config": {
         "in_features": 3, "out_features": 3}, "params": "model_/"}}), "does not match the architecture|model_ is a"),
+    # before, these loaded: a model_ other than the one the estimator's parameters build (with the same
+    # parameter shapes) predicted, and the next fit built another model
+    "model_ sparse for a dense estimator": (lambda a, e: a["model_"]["__module__"]["config"].update(top_k=2),
+                                            r"model_ is not the model this estimator builds: top_k=2 \(the "
+                                            r"estimator builds None\)"),
+    "model_ with a residual": (lambda a, e: a["model_"]["__module__"]["config"].update(residual=True),
+                               r"residual=True \(the estimator builds False\)"),
+    "model_ with another gate convention": (lambda a, e: a["model_"]["__module__"]["config"].update(
+        gate="topk_then_softmax"), "gate='topk_then_softmax'"),
 }
 
 
@@ -273,6 +401,57 @@ TAMPERED = {
 def test_tampered_fitted_attributes_are_refused(probe, fitted_classifier_file, tmp_path):
     record, arrays = json.loads(json.dumps(fitted_classifier_file[0])), dict(fitted_classifier_file[1])
     change, message = TAMPERED[probe]
+    change(record["attributes"], arrays)
+    with pytest.raises(ValueError, match=message):
+        io.load(craft(tmp_path / "t.npz", record, arrays))
+
+
+@pytest.fixture(scope="module")
+def fitted_hme_classifier_file(tmp_path_factory):
+    from numpy_moe.estimators import HMEClassifier
+    X = np.random.default_rng(0).standard_normal((60, 3))
+    clf = HMEClassifier(tree=[2, 2], max_iter=5, random_state=0).fit(X, X[:, 0] > 0)
+    path = io.save(clf, tmp_path_factory.mktemp("hme") / "hme.npz")
+    with np.load(path) as npz:
+        arrays = dict(npz)
+    return json.loads(str(arrays.pop("__meta__")))["object"], arrays
+
+
+def _hme_model(config):
+    return {"__module__": {"class": "numpy_moe.hme:HierarchicalMoE", "params": "model_/",
+                           "config": {"n_features": 3, "n_outputs": 2, "tree": [2, 2], "expert": "softmax",
+                                      "dtype": "float64", **config}}}
+
+
+# Before, the HME estimators had no check of their own: only predicting a row of zeros, which each of these
+# passes (a Linear model_ loaded and gave "probabilities" summing to 1.9).
+TAMPERED_HME = {
+    "model_ a Linear": (lambda a, e: a.update(model_={"__module__": {"class": "numpy_moe.layers:Linear", "config": {
+        "in_features": 3, "out_features": 2}, "params": "model_/x/"}}) or e.update({"model_/x/W": np.zeros((3, 2)),
+                                                                                  "model_/x/b": np.zeros(2)}),
+        "model_ is a Linear; expected a HierarchicalMoE of 'softmax' experts"),
+    "another tree": (lambda a, e: a.update(model_=_hme_model({"tree": [[1, 1], 2]})), "model_ has tree=.*tree=.*2, 2"),
+    "classes_ of 3 labels": (lambda a, e: e.update({"classes_": np.array([0, 1, 2])}), "3 classes"),
+    "converged_ a string": (lambda a, e: a.update(converged_="yes"), "converged_='yes' must be True or False"),
+    "curve of another length": (lambda a, e: a.update(n_iter_=a["n_iter_"] + 1),
+                                "log_likelihood_curve_ must be a list of [0-9]+ numbers"),
+    "unknown attribute": (lambda a, e: a.update(coef_=1), r"unknown \['coef_'\]"),
+}
+
+
+def test_an_unfitted_hme_estimator_with_a_huge_tree_loads_without_walking_it(tmp_path):
+    obj = {"class": "numpy_moe.estimators.hme:HMERegressor", "estimator": {"tree": 10 ** 9}, "attributes": {}}
+    io.registered()  # the registry's imports are not the file's doing
+    peak = peak_bytes(lambda: io.load(craft(tmp_path / "tree.npz", obj)))
+    assert peak < 2 ** 20, f"{peak} bytes allocated"
+
+
+@pytest.mark.parametrize("probe", TAMPERED_HME)
+def test_tampered_hme_estimator_attributes_are_refused(probe, fitted_hme_classifier_file, tmp_path):
+    record, arrays = json.loads(json.dumps(fitted_hme_classifier_file[0])), dict(fitted_hme_classifier_file[1])
+    assert io.load(craft(tmp_path / "ok.npz", record, arrays)).predict_proba(np.zeros((1, 3))).sum() == \
+        pytest.approx(1)  # the untampered record loads
+    change, message = TAMPERED_HME[probe]
     change(record["attributes"], arrays)
     with pytest.raises(ValueError, match=message):
         io.load(craft(tmp_path / "t.npz", record, arrays))
@@ -350,6 +529,43 @@ def test_a_saved_file_keeps_the_mode_of_the_file_it_replaces(tmp_path):
     os.chmod(path, 0o640)
     io.save(MoE(4, 3, 2, seed=1), path)
     assert os.stat(path).st_mode & 0o777 == 0o640
+
+
+def test_a_pipeline_file_cannot_choose_a_cache_directory_to_write_into(tmp_path):
+    # Before, a file's Pipeline memory="<dir>" was loaded as is, and the first fit of the loaded pipeline
+    # created <dir> and wrote joblib's cache into it.
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+    record = {"class": "sklearn.pipeline:Pipeline", "attributes": {}, "estimator": {
+        "memory": str(tmp_path / "chosen"), "steps": [["s", {"__estimator__": {
+            "class": "sklearn.preprocessing._data:StandardScaler", "estimator": {}, "attributes": {}}}]]}}
+    with pytest.raises(ValueError, match=r"cache.npz: .*memory='.*chosen': a file may not name a cache directory"):
+        io.load(craft(tmp_path / "cache.npz", record))
+    pipe = Pipeline([("s", StandardScaler())], memory=str(tmp_path / "mine"))
+    with pytest.raises(ValueError, match="refusing to save a Pipeline with memory="):
+        io.save(pipe, tmp_path / "p.npz")
+    assert sorted(os.listdir(tmp_path)) == ["cache.npz"]
+    pipe.memory = None
+    assert io.load(io.save(pipe, tmp_path / "p.npz")).memory is None
+
+
+def test_a_bytes_path_saves_and_loads(tmp_path):
+    # save and load accept bytes paths (as open does); before, save failed with "Can't mix bytes and
+    # non-bytes in path components" from building the temporary file's name
+    path = os.fsencode(tmp_path / "model.npz")
+    assert io.save(Linear(2, 3, seed=0), path) == path
+    assert np.array_equal(io.load(path).params["W"], Linear(2, 3, seed=0).params["W"])
+    assert sorted(os.listdir(tmp_path)) == ["model.npz"]
+
+
+def test_a_symbolic_link_at_the_target_is_replaced_and_what_it_pointed_to_is_untouched(tmp_path):
+    (tmp_path / "elsewhere").mkdir()
+    victim = io.save(Linear(2, 2, seed=0), tmp_path / "elsewhere" / "victim.npz")
+    before = victim.read_bytes()
+    os.symlink(victim, tmp_path / "model.npz")
+    io.save(Linear(2, 2, seed=1), tmp_path / "model.npz")
+    assert not os.path.islink(tmp_path / "model.npz") and victim.read_bytes() == before
+    assert np.array_equal(io.load(tmp_path / "model.npz").params["W"], Linear(2, 2, seed=1).params["W"])
 
 
 # ----- 3. diverging fits ----------------------------------------------------------------------------
@@ -472,6 +688,9 @@ ARGUMENTS = {
     "balance without top_k": (lambda: MoEClassifier(balance="importance").fit(*standard_data("classification")),
                               ValueError, "balance='importance' and noise=None need a sparse gate: pass top_k=K"),
     "io.load of a directory": (lambda: io.load(ROOT), ValueError, "is a directory, not a numpy-moe file"),
+    # before: "BaseEstimator.get_params() missing 1 required positional argument: 'self'"
+    "io.save of an estimator class": (lambda: io.save(MoEClassifier, os.devnull), TypeError,
+                                      r"cannot save the class MoEClassifier: pass an instance"),
 }
 
 

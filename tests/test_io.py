@@ -290,6 +290,8 @@ def test_every_registered_module_class_round_trips_and_allocates_through_the_bud
         assert type(loaded) is type(model), name
         assert all(np.array_equal(p, q) for (_, p), (_, q) in zip(model.named_parameters(),
                                                                    loaded.named_parameters())), name
+        buffers, again = dict(model.named_buffers()), dict(loaded.named_buffers())  # a hash table, a selection bias
+        assert buffers.keys() == again.keys() and all(np.array_equal(b, again[k]) for k, b in buffers.items()), name
         if model.n_parameters():  # the same file without its arrays: rebuilding must stop at the first one
             rewrite(tmp_path / "m.npz", tmp_path / "empty.npz",
                     lambda e, m: [e.pop(k) for k in list(e) if k != "__meta__"])

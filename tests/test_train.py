@@ -4,7 +4,7 @@ import pytest
 
 from numpy_moe.layers import Linear
 from numpy_moe.moe import MoE
-from numpy_moe.optim import SGD, Adam
+from numpy_moe.optim import FTRL, SGD, Adam
 from numpy_moe.train import fit, predict
 
 
@@ -41,6 +41,26 @@ def test_same_seed_gives_bit_identical_training(rng):
         fit(model, X, y, optimizer=Adam(0.02), epochs=3, batch_size=16, seed=9)
         outs.append(predict(model, X))
     assert np.array_equal(outs[0], outs[1])
+
+
+@pytest.mark.parametrize("make_optimizer", [lambda: Adam(0.02), lambda: SGD(0.05, momentum=0.9, decay=0.8),
+                                            lambda: FTRL(0.5, l1=1e-3)], ids=["adam", "sgd", "ftrl"])
+def test_training_resumed_with_the_same_optimiser_and_generator_is_bit_identical(make_optimizer, rng):
+    # 2 + 2 epochs against 4: the optimiser's moments, step count and decayed rate, the shuffling
+    # Generator and the gate's aux-loss-free selection bias (a buffer moved by end_step) all carry over
+    from numpy_moe.gates import ScoreGate
+    X, y = blobs(rng)
+    runs = []
+    for split in ([4], [2, 2]):
+        model = MoE(gate=ScoreGate(2, 4, top_k=2, bias_update=0.01, seed=1), out_features=3, hidden=6, seed=5)
+        optimizer, shuffle = make_optimizer(), np.random.default_rng(9)
+        for epochs in split:
+            fit(model, X, y, optimizer=optimizer, epochs=epochs, batch_size=16, seed=shuffle)
+        runs.append(model)
+    assert np.abs(runs[0].gate.buffers["bias"]).max() > 0, "the selection bias must have moved"
+    for (name, p), (_, q) in zip(runs[0].named_parameters(), runs[1].named_parameters()):
+        assert np.array_equal(p, q), name
+    assert np.array_equal(runs[0].gate.buffers["bias"], runs[1].gate.buffers["bias"])
 
 
 @pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning", "ignore:invalid value:RuntimeWarning")
@@ -117,12 +137,29 @@ def test_a_growing_loss_is_divergence(rng):
     (dict(loss="hinge"), ValueError, "loss='hinge' must be one of"),
     (dict(epochs=0), ValueError, "epochs=0 must be an integer >= 1"),
     (dict(batch_size=-1), ValueError, "batch_size=-1 must be an integer >= 1"),
+    # before: a ZeroDivisionError; "y has shape ()" (naming y for a missing y_val); y_val ignored without X_val;
+    # "y has shape" for a y_val of the wrong length
+    (dict(X=np.zeros((0, 2)), y=np.zeros(0, dtype=int), model=lambda: Linear(2, 3, seed=0)), ValueError,
+     r"X has 0 rows \(shape \(0, 2\)\); expected at least 1"),
+    (dict(X_val=np.zeros((4, 2))), ValueError, "X_val is given and y_val is None; pass both"),
+    (dict(y_val=np.zeros(4, dtype=int)), ValueError, "X_val is None and y_val is given; pass both"),
+    (dict(X_val=np.zeros((4, 2)), y_val=np.zeros(3, dtype=int)), ValueError, r"y_val has shape \(3,\); expected \(4,\)"),
+    (dict(X_val=np.zeros((4, 2)), y_val=np.zeros((4, 2)), y=np.zeros((120, 3)), loss="mse",
+          model=lambda: Linear(2, 3, seed=0)),
+     ValueError, r"y_val has shape \(4, 2\); expected \(4, 3\) targets"),
+    # before: "vars() argument must have __dict__ attribute" after the first batch; "'int' object is not
+    # callable" after the first epoch; a NaN reference silently switched the growth rule off
+    (dict(optimizer="adam"), TypeError, "optimizer='adam' must be an optimiser of numpy_moe.optim"),
+    (dict(callback=3), TypeError, "callback=3 must be None or a function"),
+    (dict(reference_loss=float("nan")), ValueError, "reference_loss=nan must be a finite number"),
+    (dict(reference_loss="1.0"), TypeError, "reference_loss='1.0' must be a finite number"),
 ])
 def test_bad_arguments(kwargs, error, pattern, rng):
     X, y = blobs(rng)
-    args = dict(y=y) | kwargs
+    args = dict(X=X, y=y) | kwargs
+    model = args.pop("model", lambda: MoE(2, 3, 2, seed=0))()
     with pytest.raises(error, match=pattern):
-        fit(MoE(2, 3, 2, seed=0), X, **args)
+        fit(model, **args)
 
 
 @pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning", "ignore:invalid value:RuntimeWarning")

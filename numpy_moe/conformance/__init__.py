@@ -2,7 +2,8 @@
 
 ``python -m numpy_moe.conformance export DIR`` writes one ``<preset>.npz`` per preset (the presets with a
 weight name map: all but vmoe) and ``manifest.json``; ``python -m numpy_moe.conformance check DIR RESULTS``
-compares the arrays in ``RESULTS/<preset>.npz`` with them and prints a table (exit status 1 on a failure).
+compares the arrays in ``RESULTS/<preset>.npz`` with them and prints a table (exit status 1 on a failure,
+2 with a message when DIR, RESULTS or a results file cannot be read).
 
 A fixture holds, in float64, at non-uniform routing (the router weights scaled so that the softmax is far
 from uniform, and a few tokens padding):
@@ -26,6 +27,7 @@ max |a - b| / max |fixture| against the manifest's tolerance (1e-5: transformers
 float32 even in a float64 model; numpy_moe itself agrees with transformers to about 1e-7, tools/verify_hf.py).
 """
 import json
+import zipfile
 from pathlib import Path
 
 import numpy as np  # the edge: fixtures are files of NumPy arrays
@@ -34,7 +36,7 @@ from .. import presets as P
 from ..backend import to_numpy
 from ..balance import FrameworkBalance, MultiLayer, select_samples
 from ..gates import topk_indices
-from ..io.archive import write_atomic, write_text_atomic
+from ..io.archive import replace_together
 from ..validation import check_positive_int
 
 FORMAT = 1
@@ -140,9 +142,9 @@ def export(directory, presets=None, seed=0):
     """Write ``<preset>.npz`` for each preset and ``manifest.json`` into ``directory``; returns its path.
 
     Every preset and the seed (an integer >= 0) are checked, and every fixture computed, before anything
-    is written; each file is then replaced atomically, the manifest last. A bad argument leaves
-    ``directory`` as it was (not even created), so an earlier export there keeps its files and manifest
-    in agreement.
+    is written; every file is then written beside its target before any target is replaced (the manifest
+    last). A bad argument leaves ``directory`` as it was (not even created), and a failed write (a full
+    disk) leaves every earlier file there, so an earlier export keeps its files and manifest in agreement.
     """
     seed = check_positive_int(seed, "seed", minimum=0)
     for preset in presets or CONFIGS:
@@ -154,21 +156,34 @@ def export(directory, presets=None, seed=0):
                 "presets": {preset: entry for preset, (_, entry) in fixtures.items()}}
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
-    for arrays, entry in fixtures.values():
-        write_atomic(out / entry["file"], arrays)
-    write_text_atomic(out / "manifest.json", json.dumps(manifest, indent=1))
+    text = json.dumps(manifest, indent=1).encode("utf-8")
+    replace_together([(out / entry["file"], lambda f, a=a: np.savez(f, **a)) for a, entry in fixtures.values()]
+                     + [(out / "manifest.json", lambda f: f.write(text))])
     return out
 
 
 def load(directory):
-    """(manifest, {preset: {key: array}}) of an exported directory."""
+    """(manifest, {preset: {key: array}}) of an exported directory.
+
+    Raises ValueError naming the file when the manifest or a fixture is missing or cannot be read.
+    """
     d = Path(directory)
-    manifest = json.loads((d / "manifest.json").read_text())
-    fixtures = {}
-    for preset, entry in manifest["presets"].items():
-        with np.load(d / entry["file"]) as npz:
-            fixtures[preset] = dict(npz)
-    return manifest, fixtures
+    try:
+        manifest = json.loads((d / "manifest.json").read_text())
+        entries = {preset: entry["file"] for preset, entry in manifest["presets"].items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        raise ValueError(f"{d / 'manifest.json'} is not the manifest of an export ({type(err).__name__}: {err}); "
+                         f"write one with python -m numpy_moe.conformance export {d}") from err
+    return manifest, {preset: _read_npz(d / name) for preset, name in entries.items()}
+
+
+def _read_npz(path):
+    """{key: array} of an .npz file of plain arrays; ValueError naming it when it cannot be read."""
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return dict(npz)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        raise ValueError(f"{path} cannot be read as an .npz file of arrays ({type(err).__name__}: {err})") from err
 
 
 def _by_expert(experts, values):
@@ -183,7 +198,7 @@ def compare(fixture, results, tolerance=TOLERANCE):
         if key not in results or key.startswith(("weights/", "layer2/")) or key in ("input", "mask", "projection"):
             continue
         got = np.asarray(results[key])
-        if got.shape != want.shape:
+        if got.shape != want.shape or got.dtype.kind not in "biuf":  # strings, complex: no comparison
             rows.append((key, float("inf"), 0.0, False))
             continue
         if key == "routing/experts":
@@ -191,8 +206,11 @@ def compare(fixture, results, tolerance=TOLERANCE):
             rows.append((key, float(bad), 0.0, bad == 0))  # tokens whose expert set differs
             continue
         if key in ("routing/weights", "routing/dropped"):
-            experts = results.get("routing/experts", fixture["routing/experts"])
-            got, want = _by_expert(np.asarray(experts), got), _by_expert(fixture["routing/experts"], want)
+            experts = np.asarray(results.get("routing/experts", fixture["routing/experts"]))
+            if experts.shape != got.shape or experts.dtype.kind not in "iu":  # no expert order to match by
+                rows.append((key, float("inf"), 0.0, False))
+                continue
+            got, want = _by_expert(experts, got), _by_expert(fixture["routing/experts"], want)
         if want.dtype == bool:
             bad = int((got != want).sum())
             rows.append((key, float(bad), 0.0, bad == 0))
@@ -204,16 +222,21 @@ def compare(fixture, results, tolerance=TOLERANCE):
 
 
 def check(directory, results_dir, out=print):
-    """Compare ``results_dir/<preset>.npz`` with the fixtures in ``directory``; True when all pass."""
+    """Compare ``results_dir/<preset>.npz`` with the fixtures in ``directory``; True when all pass.
+
+    Raises ValueError naming the file or directory when the fixtures cannot be read, ``results_dir`` is
+    not a directory, or a results file is not an .npz of arrays.
+    """
     manifest, fixtures = load(directory)
+    if not Path(results_dir).is_dir():
+        raise ValueError(f"results directory {results_dir} does not exist (or is not a directory)")
     ok_all, seen = True, 0
     out(f"{'preset':<16} {'array':<46} {'error':>9} {'tolerance':>9}  result")
     for preset, fixture in fixtures.items():
         path = Path(results_dir) / f"{preset}.npz"
         if not path.exists():
             continue
-        with np.load(path) as npz:
-            results = dict(npz)
+        results = _read_npz(path)
         rows = compare(fixture, results, manifest["tolerance"])
         seen += 1
         for key, err, tol, ok in rows:

@@ -24,10 +24,15 @@ def main(argv=None):
             out = export(args.dir, args.preset, args.seed)
         except ValueError as err:  # a bad --seed: the message names it, and nothing was written
             parser.error(str(err))
-        print(f"wrote {len(args.preset or CONFIGS)} fixtures and manifest.json to {out} "
+        except OSError as err:  # DIR is a file, or not writable
+            parser.error(f"cannot write the fixtures into {args.dir}: {err}")
+        print(f"wrote {len(set(args.preset or CONFIGS))} fixtures and manifest.json to {out} "
               f"in {time.perf_counter() - start:.1f} s")
         return 0
-    return 0 if check(args.dir, args.results) else 1
+    try:
+        return 0 if check(args.dir, args.results) else 1
+    except ValueError as err:  # a missing or unreadable fixture directory or results file: exit status 2
+        parser.error(str(err))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """What the estimators share: the epoch loop with early stopping and the divergence rule, transactional
 fit, the fitted-state check numpy_moe.io runs on loading, and the classification / regression mixins."""
 import copy
+import inspect
 import math
 import time
 
@@ -16,11 +17,15 @@ from ..validation import check_real
 
 
 def _generator(random_state):
-    """A numpy Generator from None, an int, a Generator or a RandomState (never the global RNG)."""
+    """A numpy Generator from None, an int >= 0, a Generator or a RandomState (never the global RNG)."""
     if isinstance(random_state, numpy.random.RandomState):
         random_state = int(random_state.randint(numpy.iinfo(numpy.int32).max))
-    if random_state is not None and not isinstance(random_state, (int, numpy.integer, numpy.random.Generator)):
-        raise ValueError(f"random_state={random_state!r} must be None, an int, a numpy Generator or RandomState")
+    expected = "must be None, an int >= 0, a numpy Generator or RandomState"
+    if random_state is not None and (isinstance(random_state, (bool, numpy.bool_)) or not isinstance(
+            random_state, (int, numpy.integer, numpy.random.Generator))):
+        raise ValueError(f"random_state={random_state!r} {expected}")
+    if isinstance(random_state, (int, numpy.integer)) and random_state < 0:
+        raise ValueError(f"random_state={random_state!r} {expected}")
     return default_rng(random_state)
 
 
@@ -64,6 +69,22 @@ def _check_number_list(values, name, max_len):
     if not isinstance(values, list) or len(values) > max_len or not all(
             isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values):
         raise TypeError(f"{name} must be a list of at most {max_len} finite numbers, found {values!r:.80}")
+
+
+_NOT_ARCHITECTURE = ("seed", "dispatch")  # the initial draw; how the experts are run (the same function)
+
+
+def _check_model_config(model, expected):
+    """Raise ValueError unless ``model``'s configuration is ``expected`` (the arguments the estimator builds it
+    with), every other argument at its constructor's default: a file's model_ is the estimator's model."""
+    config = model.get_config()
+    defaults = inspect.signature(type(model).__init__).parameters
+    want = {k: p.default for k, p in defaults.items() if k in config and k not in _NOT_ARCHITECTURE
+            and p.default is not inspect.Parameter.empty}
+    want.update(expected)
+    diff = [f"{k}={config.get(k)!r:.60} (the estimator builds {v!r:.60})" for k, v in want.items() if config.get(k) != v]
+    if diff:
+        raise ValueError(f"model_ is not the model this estimator builds: {'; '.join(diff)}")
 
 
 class _Estimator(BaseEstimator):
@@ -161,6 +182,7 @@ class _Estimator(BaseEstimator):
         if dims != (n, n_out, self.n_experts):
             raise ValueError(f"model_ maps {dims[0]} features to {dims[1]} outputs with {dims[2]} experts; the "
                              f"estimator has n_features_in_={n}, {n_out} outputs, n_experts={self.n_experts}")
+        _check_model_config(model, self._model_config(n, n_out))
         _check_number_list(self.loss_curve_, "loss_curve_", n_iter)
         _check_number_list(self.validation_loss_curve_, "validation_loss_curve_", n_iter)
         usage = self.expert_usage_
@@ -219,6 +241,10 @@ class _Estimator(BaseEstimator):
     def _split(self, X, y):
         """Hold out ceil(validation_fraction N) rows, stratified when every class fits in both parts."""
         n_val = math.ceil(self.validation_fraction * len(y))
+        if n_val >= len(y):
+            raise ValueError(f"validation_fraction={self.validation_fraction!r} holds out all {len(y)} samples "
+                             "(ceil(validation_fraction N) of them), leaving none to train on: lower it, or pass "
+                             "early_stopping=False")
         counts = numpy.bincount(y) if self._task == "classification" else None
         stratify = counts is not None and counts.min() >= 2 and min(n_val, len(y) - n_val) >= len(counts)
         return train_test_split(X, y, test_size=n_val, random_state=int(self._rng.integers(2 ** 31 - 1)),

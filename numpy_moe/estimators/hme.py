@@ -24,12 +24,18 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .. import divergence
-from ..backend import default_rng, to_numpy
+from ..backend import to_numpy
 from ..hme import HierarchicalMoE, fit_em, init_responsibilities, parse_tree
 from ..optim import Adam
-from .base import _Transaction
+from ..validation import check_real
+from .base import _check_number_list, _generator, _Transaction
 
 SOLVERS = ("em", "adam")
+
+
+def _as_lists(tree):
+    """A tree spec with tuples as lists (a file stores the estimator's and model_'s trees separately)."""
+    return [_as_lists(node) for node in tree] if isinstance(tree, (list, tuple)) else tree
 
 
 class _HMEEstimator(BaseEstimator):
@@ -45,18 +51,74 @@ class _HMEEstimator(BaseEstimator):
         self.learning_rate = learning_rate
         self.random_state = random_state
 
-    def _check_params(self):
+    def _check_params(self, walk_tree=True):
+        """walk_tree=False skips parse_tree, whose work grows with the tree's leaves (an unfitted estimator
+        from a file: fit walks it)."""
         if self.solver not in SOLVERS:
             raise ValueError(f"solver={self.solver!r} must be one of {SOLVERS}")
         if isinstance(self.max_iter, bool) or not isinstance(self.max_iter, (int, numpy.integer)) \
                 or self.max_iter < 1:
             raise ValueError(f"max_iter={self.max_iter!r} must be an integer >= 1")
-        for name in ("tol", "ridge"):
-            if not getattr(self, name) >= 0:
-                raise ValueError(f"{name}={getattr(self, name)!r} must be >= 0")
-        if not self.learning_rate > 0:
-            raise ValueError(f"learning_rate={self.learning_rate!r} must be > 0")
-        parse_tree(self.tree)
+        check_real(self.tol, "tol", 0)
+        check_real(self.ridge, "ridge", 0)
+        check_real(self.learning_rate, "learning_rate", 0, low_open=True)
+        if walk_tree:
+            parse_tree(self.tree)
+
+    def _check_fitted_state(self):
+        """Check parameters and fitted attributes for consistency (numpy_moe.io calls this on loading).
+
+        Raises TypeError / ValueError naming the attribute; an estimator with no fitted attribute passes.
+        """
+        attrs = {k for k in vars(self) if k.endswith("_") and not k.startswith("_")}
+        if not attrs:
+            self._check_params(walk_tree=False)  # no model_ bounds the tree: fit will walk it
+            return
+        task = {"classes_"} if self._task == "classification" else {"n_outputs_"}
+        required = {"model_", "n_iter_", "log_likelihood_curve_", "converged_", "expert_usage_",
+                    "n_features_in_"} | task
+        missing, unknown = required - attrs, attrs - required - {"feature_names_in_"}
+        if missing or unknown:
+            raise ValueError(f"fitted attributes missing {sorted(missing)}, unknown {sorted(unknown)}")
+        model = self.model_
+        if type(model) is not HierarchicalMoE or model.expert != self._expert:
+            what = f" of {model.expert!r} experts" if type(model) is HierarchicalMoE else ""
+            raise TypeError(f"model_ is a {type(model).__name__}{what}; expected a HierarchicalMoE of "
+                            f"{self._expert!r} experts")
+        if _as_lists(model.tree) != _as_lists(self.tree):  # before parse_tree: model_'s tree is budget-bounded
+            raise ValueError(f"model_ has tree={model.tree!r}; the estimator has tree={self.tree!r}")
+        self._check_params()
+        n, n_iter = self.n_features_in_, self.n_iter_
+        for name, value in (("n_features_in_", n), ("n_iter_", n_iter)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < (name == "n_features_in_"):
+                raise TypeError(f"{name}={value!r:.80} must be a non-negative int")
+        if self._task == "classification":
+            c = self.classes_
+            if not isinstance(c, numpy.ndarray) or c.ndim != 1 or len(c) < 2 or \
+                    not numpy.array_equal(numpy.unique(c), c):
+                raise ValueError(f"classes_={c!r:.80} must be a 1-D array of at least 2 sorted, distinct labels")
+            n_out, outputs = len(c), f"{len(c)} classes"
+        else:
+            n_out = self.n_outputs_
+            if isinstance(n_out, bool) or not isinstance(n_out, int) or n_out < 1:
+                raise TypeError(f"n_outputs_={n_out!r:.80} must be a positive int")
+            outputs = f"{n_out} outputs"
+        if (model.n_features, model.n_outputs) != (n, n_out):
+            raise ValueError(f"model_ maps {model.n_features} features to {model.n_outputs} outputs; the estimator "
+                             f"has n_features_in_={n} and {outputs}")
+        _check_number_list(self.log_likelihood_curve_, "log_likelihood_curve_", n_iter + 1)
+        if len(self.log_likelihood_curve_) != n_iter + 1:
+            raise ValueError(f"log_likelihood_curve_ must be a list of {n_iter + 1} numbers (n_iter_={n_iter} "
+                             f"plus the start), found {len(self.log_likelihood_curve_)}")
+        if not isinstance(self.converged_, (bool, numpy.bool_)):
+            raise TypeError(f"converged_={self.converged_!r:.80} must be True or False")
+        usage = self.expert_usage_
+        if not isinstance(usage, numpy.ndarray) or usage.shape != (model.n_experts,) or usage.dtype.kind != "f":
+            raise TypeError(f"expert_usage_ must be a float array of shape ({model.n_experts},)")
+        names = getattr(self, "feature_names_in_", None)
+        if names is not None and (not isinstance(names, numpy.ndarray) or names.shape != (n,) or
+                                  not all(isinstance(v, str) for v in names)):
+            raise TypeError(f"feature_names_in_ must be an array of {n} strings")
 
     def fit(self, X, y):
         """Fit the mixture to X (N, D) and y by EM (or Adam); returns self.
@@ -70,10 +132,7 @@ class _HMEEstimator(BaseEstimator):
         self._check_params()
         X, y = validate_data(self, X, y, dtype=numpy.float64, **self._y_checks)
         y, n_outputs = self._encode(y)
-        seed = self.random_state
-        if isinstance(seed, numpy.random.RandomState):
-            seed = int(seed.randint(numpy.iinfo(numpy.int32).max))
-        rng = default_rng(seed)
+        rng = _generator(self.random_state)
         model = HierarchicalMoE(X.shape[1], n_outputs, self.tree, expert=self._expert, seed=rng)
         h = init_responsibilities(X, y, model.n_experts, seed=rng, task=self._task)
         model.m_step(X, y, h, self.ridge)

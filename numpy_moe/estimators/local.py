@@ -36,8 +36,13 @@ class _LocalModel(_Estimator):
         lr = self.learning_rate or self._learning_rates[self.optimizer]
         return SGD(lr) if self.optimizer == "sgd" else FTRL(lr)
 
+    def _model_config(self, n_features, n_outputs):
+        """The arguments of the LocalExperts this estimator builds (all but its seed)."""
+        return dict(n_features=n_features, n_outputs=n_outputs, n_experts=self.n_experts, mode=self.mode,
+                    task=self._task)
+
     def _build(self, n_features, n_outputs, rng):
-        return LocalExperts(n_features, n_outputs, self.n_experts, mode=self.mode, task=self._task, seed=rng)
+        return LocalExperts(**self._model_config(n_features, n_outputs), seed=rng)
 
     def _epoch(self, X, y, rng, epoch, reference):
         train_epoch(self.model_, X, y, self._optimizer, self.batch_size, rng, epoch)

@@ -43,6 +43,11 @@ class _MoEModel(_Estimator):
             _positive_int(self.hidden, "hidden")
         if self.noise not in NOISES:
             raise ValueError(f"noise={self.noise!r} must be one of {NOISES}")
+        names = [self.balance] if isinstance(self.balance, str) else self.balance
+        if self.balance is not None and (not isinstance(names, (list, tuple)) or
+                                         not all(isinstance(n, str) for n in names) or len(set(names)) < len(names)):
+            raise TypeError(f"balance={self.balance!r:.80} must be None, a loss name or a list of distinct loss names; "
+                            "each is weighted by balance_weight")
         if self.top_k is not None:
             _positive_int(self.top_k, "top_k")
             if self.top_k > self.n_experts:
@@ -64,10 +69,15 @@ class _MoEModel(_Estimator):
             return Adam(lr)
         return SGD(lr, momentum=0.9) if self.optimizer == "sgd" else FTRL(lr)
 
-    def _build(self, n_features, n_outputs, rng):
+    def _model_config(self, n_features, n_outputs):
+        """The arguments of the MoE this estimator builds (all but its seed)."""
         names = [self.balance] if isinstance(self.balance, str) else list(self.balance or [])
-        return MoE(n_features, n_outputs, self.n_experts, hidden=self.hidden, seed=rng, top_k=self.top_k,
-                   gate=self.gate, noise=self.noise, balance={name: self.balance_weight for name in names})
+        return dict(in_features=n_features, out_features=n_outputs, n_experts=self.n_experts, hidden=self.hidden,
+                    top_k=self.top_k, gate=self.gate, noise=self.noise,
+                    balance={name: self.balance_weight for name in names})
+
+    def _build(self, n_features, n_outputs, rng):
+        return MoE(**self._model_config(n_features, n_outputs), seed=rng)
 
     @property
     def _loss_name(self):

@@ -28,8 +28,8 @@ buffers) still load.
 Loading a file from someone else
 --------------------------------
 A file can only name classes of the registry (:mod:`numpy_moe.io.registry`): numpy_moe's own Modules
-and estimators, a fixed list of scikit-learn classes (Pipeline, the common scalers, PCA,
-PolynomialFeatures, SimpleImputer), and the classes your program registered with :func:`register`.
+and estimators, a fixed list of scikit-learn classes (Pipeline, StandardScaler, MinMaxScaler, MaxAbsScaler,
+RobustScaler, Normalizer, PCA), and the classes your program registered with :func:`register`.
 ``load`` never unpickles, never imports a module the file names and never looks up an attribute path;
 the whole record is checked against the registry before anything is constructed. The arrays' sizes are
 read from their headers and checked against ``max_bytes`` (default 2 GiB) before any data is
@@ -37,7 +37,8 @@ decompressed, and a model is built under a parameter budget equal to the bytes t
 so a small file cannot claim gigabytes. Every malformed file gives a ``ValueError`` that names the file.
 
 What a file can still do: make you load a model whose weights compute whatever its author wanted, up to
-``max_bytes`` of memory, with the constructors of the registered classes. A class you register yourself
+``max_bytes`` of memory, with the constructors of the registered classes. It cannot name a directory to
+write into: a Pipeline's ``memory`` (joblib's cache, written on every fit) must be None. A class you register yourself
 is trusted with the arguments a file gives it: register only classes whose constructors build a model
 and do nothing else.
 
@@ -64,11 +65,14 @@ DEFAULT_MAX_BYTES = 2 * 2 ** 30
 def save(obj, path):
     """Write a Module or an estimator to ``path`` (the name is used as given), atomically; returns ``path``.
 
-    Raises TypeError for an object or an argument with no JSON form, ValueError for NaN or inf weights;
-    ``path`` is untouched then, and whenever writing fails.
+    Raises TypeError for an object or an argument with no JSON form, ValueError for NaN or inf weights
+    or a Pipeline with a ``memory`` cache directory (which loading refuses); ``path`` is untouched then,
+    and whenever writing fails.
     """
     _check_path(path)
     arrays = {}
+    if isinstance(obj, type):
+        raise TypeError(f"cannot save the class {obj.__name__}: pass an instance (a model, or a fitted estimator)")
     if isinstance(obj, Module):
         record = encode_module(obj, arrays, "")
     elif hasattr(obj, "get_params"):

@@ -3,12 +3,13 @@
 Writing goes to a temporary file in the target's directory, which is flushed, synced to disk and then
 renamed over the target (``os.replace``, atomic on POSIX and Windows): a save that fails for any reason
 (a full disk, a file-size limit, Ctrl-C) leaves the previous file byte-identical and no temporary file
-behind.
+behind. A symbolic link at the target is itself replaced: the file it pointed to is never written.
 
 Reading never trusts the archive. :class:`Archive` lists the entries from the zip directory, reads each
 entry's ``.npy`` header (a few hundred bytes) and refuses the file, before decompressing any data, when an
-entry is not a plain array (object arrays would need pickle), when the arrays' sizes add up to more than
-``max_bytes``, or when the directory is malformed. Array data are decompressed only by :meth:`Archive.read`,
+entry is not a plain array (object arrays would need pickle), when a header is malformed (a negative
+dimension, a string dtype of itemsize 0), when the arrays' sizes add up to more than ``max_bytes``, or
+when the directory is malformed. Array data are decompressed only by :meth:`Archive.read`,
 which reads exactly the bytes the header announced: a deflated entry that expands to gigabytes costs no
 more memory than its header's shape.
 """
@@ -40,10 +41,11 @@ class Archive:
     ----------
     headers : {entry name without ``.npy``: (shape, dtype)} for every entry.
     n_bytes : {entry name: bytes of the array in memory}.
+    max_bytes : as given (loading checks what else a file makes it allocate against it).
     """
 
     def __init__(self, path, max_bytes):
-        self.path = path
+        self.path, self.max_bytes = path, max_bytes
         if os.path.isdir(path):
             raise FileError(f"{path} is a directory, not a numpy-moe file")
         self._file = open(path, "rb")  # FileNotFoundError and PermissionError stay what they are
@@ -98,7 +100,13 @@ class Archive:
         if dtype.kind not in _ALLOWED_KINDS or dtype.hasobject or dtype.fields is not None:
             raise self._error(f"entry {name!r} has dtype {dtype}; only plain numeric and string arrays are "
                               "allowed (never pickled objects)")
-        return tuple(int(s) for s in shape), dtype
+        if dtype.itemsize == 0:  # <U0 / |S0: any number of elements in 0 bytes (NumPy never writes these)
+            raise self._error(f"entry {name!r} has dtype {dtype.str}, whose elements take no bytes; strings "
+                              "of at least one character are expected")
+        shape = tuple(int(s) for s in shape)
+        if any(s < 0 for s in shape):  # would count negative bytes against max_bytes
+            raise self._error(f"entry {name!r} has shape {shape}, with a negative dimension")
+        return shape, dtype
 
     def read(self, name):
         """The array ``name`` (already checked against ``max_bytes``), decompressed and CRC-checked."""
@@ -146,9 +154,39 @@ def write_text_atomic(path, text):
     _replace_atomic(path, lambda f: f.write(text.encode("utf-8")))
 
 
+def replace_together(files):
+    """Write several files, then rename them into place in the given order (put an index last).
+
+    files : [(path, write)], ``write(f)`` filling a binary file. Every file is written to a temporary file
+    beside its target and synced before any target is replaced, so a failed write (a full disk, Ctrl-C)
+    leaves every target as it was and no temporary file behind; only the renames, which do not write
+    data, come after.
+    """
+    staged = []
+    try:
+        for path, write in files:
+            staged.append(_stage(path, write))
+        while staged:
+            tmp, path = staged[0]
+            os.replace(tmp, path)
+            staged.pop(0)
+            _sync_directory(os.path.dirname(os.path.abspath(path)))
+    finally:
+        for tmp, _ in staged:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+
+
 def _replace_atomic(path, write):
     """Call ``write(f)`` on a binary temporary file beside ``path``, then rename it over ``path``."""
-    path = os.fspath(path)
+    replace_together([(path, write)])
+
+
+def _stage(path, write):
+    """(temporary file, path): ``write(f)`` into a synced temporary file beside ``path``, of ``path``'s mode."""
+    path = os.fsdecode(path)  # a bytes path too: the temporary file's name is built from str parts
     if os.path.isdir(path):
         raise IsADirectoryError(f"{path} is a directory; pass a file name")
     directory = os.path.dirname(os.path.abspath(path))
@@ -159,14 +197,13 @@ def _replace_atomic(path, write):
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, _mode_for(path))
-        os.replace(tmp, path)
     except BaseException:
         try:
             os.unlink(tmp)
         except OSError:
             pass
         raise
-    _sync_directory(directory)
+    return tmp, path
 
 
 def _mode_for(path):

@@ -11,6 +11,7 @@ Loading checks the whole record tree first (:func:`check_object`): its shape, it
 against the registry and every array reference against the archive. Nothing is constructed before that
 check has passed, and nothing outside the registry is ever constructed.
 """
+import bisect
 import re
 
 import numpy
@@ -45,6 +46,10 @@ def encode_module(m, arrays, prefix):
 
 def encode_estimator(est, arrays, prefix):
     """Record of an estimator: its parameters (fitted Pipeline steps included) and fitted attributes."""
+    if hasattr(est, "steps") and getattr(est, "memory", None) is not None:
+        raise ValueError(f"refusing to save a {type(est).__name__} with memory={est.memory!r}: loading refuses a "
+                         "cache directory (a file may not choose where a refit writes); set memory=None before "
+                         "saving and set it again after loading")
     fitted = {k: v for k, v in vars(est).items() if k.endswith("_") and not k.startswith("_")}
     return {"class": class_name(type(est)),
             "estimator": encode(est.get_params(deep=False), "parameters", arrays, f"{prefix}params/"),
@@ -87,9 +92,31 @@ class _Checker:
 
     def __init__(self, path, archive):
         self.path, self.archive = path, archive
+        self.prefixes, self.entries = [], []  # (params prefix, where) of modules with arrays; (entry, where)
 
     def fail(self, where, what):
         return FileError(f"{self.path}: {where}: {what}")
+
+    def claims(self):
+        """Each array of the file may be read by one record only: every ``__array__`` entry once, and no
+        module's parameter prefix inside another's or over an ``__array__`` entry. Otherwise a few KB of
+        records could rebuild the same parameters (or read the same array) any number of times, each within
+        max_bytes, together far past it."""
+        prefixes = sorted(self.prefixes)
+        for (a, where_a), (b, where_b) in zip(prefixes, prefixes[1:]):
+            if b.startswith(a):  # sorted: a prefix relation between any two shows between neighbours
+                raise self.fail(where_b, f"its parameters {b!r} overlap those of {where_a} ({a!r}); every array "
+                                         "of a file belongs to one record")
+        seen, keys = {}, [p for p, _ in prefixes]
+        for entry, where in self.entries:
+            if entry in seen:
+                raise self.fail(where, f"refers to array {entry!r}, which {seen[entry]} already uses; every array "
+                                       "of a file belongs to one record")
+            seen[entry] = where
+            i = bisect.bisect_right(keys, entry) - 1  # the only candidate once no prefix holds another
+            if i >= 0 and entry.startswith(keys[i]):
+                raise self.fail(where, f"refers to array {entry!r}, a parameter of {prefixes[i][1]}; every array "
+                                       "of a file belongs to one record")
 
     def object(self, record, where, depth, kind=None, with_arrays=True):
         """A module or estimator record; ``kind`` "module" or "estimator" restricts which."""
@@ -120,6 +147,11 @@ class _Checker:
             for key in ("params", "buffers"):
                 if key in record and not isinstance(record[key], str):
                     raise self.fail(where, f"{key} is {record[key]!r}, not an entry prefix")
+            if with_arrays:
+                self.prefixes.append((record["params"], where))
+                if "buffers" in record and record["buffers"] != record["params"] + BUFFER_TAG:
+                    raise self.fail(where, f"buffers is {record['buffers']!r}; a module's buffers are stored under "
+                                           f"its parameters, {record['params'] + BUFFER_TAG!r}")
             self.value(record["config"], f"{where}.config", depth + 1, ("__module__", "__tuple__"))
         else:
             if kind == "module":
@@ -174,13 +206,16 @@ class _Checker:
         elif tag == "__array__":
             if not isinstance(content, str) or content == "__meta__" or content not in self.archive.headers:
                 raise self.fail(where, f"refers to array {content!r}, which the file does not hold")
+            self.entries.append((content, where))
         elif not isinstance(content, list) or not all(isinstance(s, str) for s in content):
             raise self.fail(where, "__strings__ must be a list of strings")
 
 
 def check_object(record, path, archive):
     """Raise FileError unless ``record`` is a well-formed tree of registered classes and held arrays."""
-    _Checker(path, archive).object(record, "object", 0)
+    checker = _Checker(path, archive)
+    checker.object(record, "object", 0)
+    checker.claims()
 
 
 # ----- rebuilding ---------------------------------------------------------------------------------
@@ -223,7 +258,7 @@ class Builder:
             est = cls(**self.value(record["estimator"]))
             for k, v in record["attributes"].items():
                 setattr(est, k, self.value(v))
-            check_fitted_state(est)
+            check_fitted_state(est, self.archive.max_bytes)
         except FileError:
             raise
         except Exception as err:
@@ -257,12 +292,13 @@ class _no_budget:
         return False
 
 
-def check_fitted_state(est):
+def check_fitted_state(est, max_bytes=None):
     """Validate a loaded estimator's parameters and fitted attributes (types, shapes, consistency).
 
     numpy_moe's estimators check themselves (``_check_fitted_state``); the others validate their
     parameters (scikit-learn's ``_validate_params``) and, when fitted, transform (or predict) one row of
-    zeros, which fails on attributes of the wrong type or shape.
+    zeros, which fails on attributes of the wrong type or shape. That row (float64, ``n_features_in_``
+    wide, which a transformer without arrays does not bound) must fit in ``max_bytes`` (None: no limit).
     """
     own = getattr(est, "_check_fitted_state", None)
     if callable(own):
@@ -271,6 +307,9 @@ def check_fitted_state(est):
     if getattr(est, "_parameter_constraints", None) is not None:  # scikit-learn's own classes
         est._validate_params()
     if hasattr(est, "steps"):  # a Pipeline: each step was checked when it was built
+        if getattr(est, "memory", None) is not None:  # joblib would create and fill it on every fit
+            raise ValueError(f"memory={est.memory!r}: a file may not name a cache directory for the pipeline to "
+                             "write into when it is refitted; set memory yourself after loading")
         if not all(isinstance(s, (list, tuple)) and len(s) == 2 and isinstance(s[0], str) for s in est.steps):
             raise ValueError("Pipeline steps must be (name, estimator) pairs")
         est.steps = [tuple(s) for s in est.steps]
@@ -279,6 +318,9 @@ def check_fitted_state(est):
     if n is not None:
         if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 2 ** 31:
             raise TypeError(f"n_features_in_={n!r} must be a positive int")
+        if max_bytes is not None and 8 * n > max_bytes:
+            raise ValueError(f"n_features_in_={n}: checking it takes a row of {n} float64 zeros ({8 * n} bytes), "
+                             f"more than max_bytes={max_bytes}; pass a larger max_bytes if you trust the file")
         if hasattr(est, "transform"):
             est.transform(numpy.zeros((1, n)))
         elif hasattr(est, "predict"):
