@@ -142,6 +142,27 @@ def test_sequence_balance_by_hand():
         pytest.approx(0.1 * (seq0 + seq1) / 2, rel=1e-15)
 
 
+def test_sequence_balance_of_scores_that_all_underflow_is_finite():
+    # float32 sigmoid scores of logits below about -104 are all exactly 0; the score sum gets Megatron's
+    # 1e-20, so such a sample has s' = 0 (it adds nothing to P) where 0 / 0 gave a NaN loss and gradient
+    gate = ScoreGate(4, 4, top_k=2, score="sigmoid", normalize=False, seed=0, dtype="float32")
+    gate.params["W"][:] = np.array([-1.0, -0.5, -0.25, -0.75], dtype=np.float32) / 4  # logits t (-1, -.5, -.25, -.75)
+    x = np.array([[1000.0], [1.0], [2.0]], dtype=np.float32) * np.ones((1, 4), dtype=np.float32)
+    r = gate.forward(x)
+    assert not r.scores[0].any() and r.scores[1:].all()  # sample 0's scores all underflowed
+    loss = B.SequenceBalance(0.1)
+    value = loss(r)
+    assert np.isfinite(value)
+    ds = loss.backward()["scores"]
+    assert np.isfinite(ds).all()  # 1 / 1e-20 times ds' at sample 0, which the sigmoid's s (1 - s) = 0 then zeroes
+    dx = gate.backward({"scores": ds})
+    assert np.isfinite(dx).all() and not dx[0].any()
+    # the other samples' loss is the loss without the zero sample's scores, as if s'[0] = 0
+    sn = r.scores / r.scores.sum(axis=1, keepdims=True, dtype=np.float64).clip(1e-300)
+    counts = np.bincount(r.expert, minlength=4)
+    assert value == pytest.approx(0.1 * float((counts * 4 / (2 * 3) * sn.mean(axis=0)).sum()), rel=1e-6)
+
+
 def test_sequence_balance_counts_the_chosen_experts_or_the_top_k_scores_by_hand():
     # the routing of the test above, except that sample 0 went to expert 1 (a selection bias, say), while its
     # largest score is still expert 0's. "chosen" (DeepSeek-V2 eq. 24) counts expert 1 for it; "top_scores"

@@ -280,6 +280,10 @@ class SequenceBalance(BalanceLoss):
     normalised per sample: softmax scores are unchanged, sigmoid scores are divided by their sum),
     P_e = mean_t s'_{t,e}, L = w mean over sequences of sum_e f_e P_e. Backward:
     ds'_{t,e} = w f_e / (S T) for t in a sequence (S sequences), ds = (ds' - sum_e ds'_e s'_e) / sum_e s.
+    The sum gets 1e-20 added, as Megatron-core's ``compute_routing_scores_for_aux_loss`` does (the
+    paper has none): a sample whose sigmoid scores all underflow to 0 (float32 logits below about -104)
+    then has s' = 0 instead of 0 / 0 = NaN; any other sum is at least 1e-38 (float32) and, for softmax
+    scores, 1, so the term changes nothing else beyond rounding.
     HuggingFace's Mixtral / Qwen2-MoE loss is E sum_e (count_e / N) P_e = K times this with
     per_sequence=False (modeling_mixtral.py, ``load_balancing_loss_func``).
     """
@@ -287,6 +291,7 @@ class SequenceBalance(BalanceLoss):
     name = "sequence"
 
     COUNTS = ("chosen", "top_scores")
+    EPS = 1e-20  # added to each sample's score sum (Megatron-core), so all-zero scores give s' = 0, not NaN
 
     def __init__(self, weight=1e-3, per_sequence=True, counts="chosen"):
         super().__init__(weight)
@@ -308,7 +313,7 @@ class SequenceBalance(BalanceLoss):
         S = len(lengths)
         self.seq = xp.repeat(xp.arange(S), lengths)  # (N,) the sequence of each sample
         s = routing.scores if routing.scores is not None else routing.probs
-        self.ssum = s.sum(axis=1, keepdims=True)  # (N, 1)
+        self.ssum = s.sum(axis=1, keepdims=True) + self.EPS  # (N, 1)
         self.sn = s / self.ssum  # (N, E)
         if self.counts == "chosen":
             sample, expert = self.seq[routing.sample], routing.expert
