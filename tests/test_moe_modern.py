@@ -163,6 +163,30 @@ def test_sequence_balance_of_scores_that_all_underflow_is_finite():
     assert value == pytest.approx(0.1 * float((counts * 4 / (2 * 3) * sn.mean(axis=0)).sum()), rel=1e-6)
 
 
+def test_sequence_balance_over_many_short_sequences_takes_memory_of_the_batch_only(rng):
+    # P per sequence is a sum over each sequence's rows; an (S, N) membership matrix took S N floats (2 GiB
+    # for 16384 sequences of one token, 34 GiB at 65536): here 4096 x 4096 float64 = 128 MiB
+    import tracemalloc
+    N, E, K = 4096, 4, 2
+    p = default_rng(0).dirichlet(np.ones(E), size=N)
+    idx = np.argsort(-p, axis=1, kind="stable")[:, :K]
+    from numpy_moe.gates import Routing
+    r = Routing(sample=np.repeat(np.arange(N), K), expert=idx.reshape(-1), weight=np.ones(N * K),
+                kept=np.ones(N * K, bool), logits=np.log(p), clean=np.log(p), sigma=None, eps=None, probs=p,
+                top_k=K, convention="scored", scores=p, seq_lengths=[1] * N)
+    loss = B.SequenceBalance(0.1)
+    tracemalloc.start()
+    try:
+        value = loss(r)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 * N * E * 8  # a few (N, E) arrays
+    # one token per sequence: f_e = E / K at its K experts, P = its scores, so L = w E / K (sum of its top K)
+    per_token = (E / K) * np.take_along_axis(p, idx, axis=1).sum(axis=1)
+    assert value == pytest.approx(0.1 * per_token.mean(), rel=1e-12)
+
+
 def test_sequence_balance_counts_the_chosen_experts_or_the_top_k_scores_by_hand():
     # the routing of the test above, except that sample 0 went to expert 1 (a selection bias, say), while its
     # largest score is still expert 0's. "chosen" (DeepSeek-V2 eq. 24) counts expert 1 for it; "top_scores"

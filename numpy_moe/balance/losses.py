@@ -25,6 +25,8 @@ The post-000 loss counts hard selections, so it is piecewise constant in every p
 gradient is exactly zero and adding it to the training loss changes nothing (the post's bug; its
 ``backward`` returns an empty gradient, and tests/test_balance.py proves the zero by finite differences).
 """
+from itertools import accumulate
+
 from .. import functional as F
 from ..backend import get_array_module, ndtr
 from ..gates.base import topk_indices
@@ -321,8 +323,8 @@ class SequenceBalance(BalanceLoss):
             sample, expert = xp.repeat(self.seq, K), topk_indices(s, K).reshape(-1)
         counts = xp.bincount(sample * E + expert, minlength=S * E).reshape(S, E)
         self.f = counts * (E / K) / self.T[:, None]  # (S, E)
-        member = (self.seq[None, :] == xp.arange(S)[:, None]).astype(s.dtype)  # (S, N), one row per sequence
-        P = (member @ self.sn) / self.T[:, None]  # (S, E)
+        starts = xp.asarray([0] + list(accumulate(lengths))[:-1])  # (S,) first sample of each sequence
+        P = xp.add.reduceat(self.sn, starts, axis=0) / self.T[:, None]  # (S, E), sums over each (non-empty) sequence
         return self.weight * float((self.f * P).sum(axis=1).mean())
 
     def backward(self):
