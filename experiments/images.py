@@ -12,8 +12,8 @@ time per epoch; draws the accuracy per epoch over the seeds and the expert usage
 
 With ``--cifar DIR`` (a folder holding the CIFAR-10 binary batches data_batch_1.bin ... test_batch.bin)
 it also trains the post's exact layout on CIFAR-10 (32x32x3, experts 4096 -> 512 -> 512, the post's
-loss, pixels scaled to [-1, 1] as the seed does), in float32 for speed, for ``--cifar-epochs`` epochs
-(default 10, as the seed) and draws plots/images_cifar10.png. Nothing is downloaded.
+loss, pixels scaled to [-1, 1] as the post does), in float32 for speed, for ``--cifar-epochs`` epochs
+(default 10, as the post) and draws plots/images_cifar10.png. Nothing is downloaded.
 
 BLAS runs on one thread: on the 2-core machine these figures were made on, two threads made a digits
 epoch 5 times slower (6 s against 1.1 s, the matrices are tiny) and a CIFAR-10 step 6 times slower

@@ -170,7 +170,7 @@ for data_seed in data_seeds:
               f"accuracy {(m.predict(scale(X_test)) == y_test).mean():.3f}")
 
 # %% [markdown]
-# **The prediction.** The code the seed summarises trains competitively and then predicts with the
+# **The prediction.** The code the post summarises trains competitively and then predicts with the
 # cooperative output softmax(Σ_e g_e w_e). The competitive rule never trained that quantity: each expert's
 # softmax was fitted on its own, so blending logits is the wrong model. Compare the two on the same
 # trained competitive model (4 experts, FTRL):

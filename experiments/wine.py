@@ -1,7 +1,7 @@
 """Post 002 on wine: a dense MoE beside LogisticRegression, then 5-fold CV of five models via the estimators.
 
-Part 1 reproduces the seed: standardised wine, 80/20 split with random_state 42, a dense MoE of 5 MLP
-experts (hidden 10) trained with Adam. The seed trains full-batch for 100 epochs at lr 1e-3; here
+Part 1 reproduces post 002: standardised wine, 80/20 split with random_state 42, a dense MoE of 5 MLP
+experts (hidden 10) trained with Adam. The post trains full-batch for 100 epochs at lr 1e-3; here
 mini-batches of 16 at lr 1e-2 for 100 epochs (the same data passes, more steps), which converges in a
 fraction of a second. The split is fixed; the MoE is trained with ten seeds (initial weights and batches),
 beside LogisticRegression. Prints test precision, recall and F1 (macro), mean ± std and min-max over

@@ -16,7 +16,7 @@ table of values at uniform and collapsed routing):
 (uniform: count_e = N K / E and P_e = 1 / E; collapsed: every sample picks the same K experts and puts its
 whole probability on the first.) "megablocks" and "megatron" are the same per-layer value; MegaBlocks
 averages it over layers (``MultiLayer(loss, "mean")``), HuggingFace concatenates the layers
-(``MultiLayer(loss, "concat")``). DeepSeek's sequence-wise loss is :class:`SequenceBalance`.
+(``MultiLayer(loss, "concat")``). DeepSeek's sequence-wise loss is :class:`.SequenceBalance`.
 """
 from .. import functional as F
 from ..backend import get_array_module

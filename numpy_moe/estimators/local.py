@@ -73,11 +73,11 @@ class LocalExpertsClassifier(_Classifier, _LocalModel):
     optimizer : "sgd" (the update rules as they are, learning rate η) or "ftrl" (FTRL-Proximal, alpha).
     learning_rate : None for the default (SGD 0.5, FTRL alpha 0.5).
     batch_size, epochs, early_stopping, validation_fraction, n_iter_no_change, tol, random_state, verbose :
-        as for :class:`MoEClassifier`.
+        as for :class:`.MoEClassifier`.
 
     Attributes
     ----------
-    As :class:`MoEClassifier`; ``model_`` is a numpy_moe.classic.LocalExperts and ``loss_curve_`` holds
+    As :class:`.MoEClassifier`; ``model_`` is a numpy_moe.classic.LocalExperts and ``loss_curve_`` holds
     the mode's loss on the training data after each epoch (cross-entropy, or minus the log-likelihood).
 
     Notes

@@ -220,7 +220,7 @@ def check_object(record, path, archive):
 
 # ----- rebuilding ---------------------------------------------------------------------------------
 class Builder:
-    """Rebuilds checked records from an :class:`Archive`; parameters are read only after their shapes and
+    """Rebuilds checked records from an :class:`.Archive`; parameters are read only after their shapes and
     dtypes match the rebuilt model's."""
 
     def __init__(self, path, archive):

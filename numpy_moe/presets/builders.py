@@ -276,7 +276,7 @@ def deepspeed_topk(config, seed=None, dtype="float64"):
 
 def megablocks(config, seed=None, dtype="float64"):
     """MegaBlocks dMoE: softmax top-k, weights not renormalised (``moe_normalize_expert_weights`` None),
-    SwiGLU (``mlp_type='glu'``) or GELU-MLP experts; no capacity (dropless).
+    SwiGLU (``mlp_type='glu'``) or ReLU-MLP experts (MegaBlocks' GELU is not modelled); no capacity (dropless).
 
     databricks/megablocks megablocks/layers/router.py ``LearnedRouter`` and layers/moe.py
     ``batched_load_balancing_loss`` (the "megablocks" convention, averaged over layers). Keys:
