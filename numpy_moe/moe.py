@@ -113,7 +113,8 @@ class MoE(Module):
         its noise from the same generator). dtype : float32 or float64 (composed parts must have it).
     top_k : None (default) for the dense softmax gate; K (1 <= K <= E) for a top-k gate.
     gate : "softmax_then_topk" (post 000, V-MoE) or "topk_then_softmax" (Shazeer), top-k only; or a gate
-        object (SoftmaxGate, TopKGate, ExpertChoiceGate, ScoreGate) configured on itself, in which case
+        object (SoftmaxGate, TopKGate, ExpertChoiceGate, ScoreGate, BaseGate, SinkhornGate, HashGate)
+        configured on itself, in which case
         top_k, noise, noise_std and router stay at their defaults.
     noise : None, "shazeer" (learned scale) or "vmoe" (std noise_std / E). Top-k only, training mode only.
     noise_std : V-MoE noise std before dividing by E.
@@ -125,7 +126,7 @@ class MoE(Module):
     batch_priority : with a capacity, serve samples with a larger max_e p[n, e] first (V-MoE BPR)
         instead of by position.
     capacity : None, or a :class:`numpy_moe.routing.Capacity` (or its ``to_dict()``) for top-k gates: the
-        factor, the drop policy ("gshard", "batch_priority", "position", "logits"), a minimum capacity and
+        factor, the drop policy ("gshard", "batch_priority", "position", "logits", "probs"), a minimum capacity and
         renormalisation of the kept weights after dropping (fairseq, DeepSpeed). ``capacity_factor=cf,
         batch_priority=b`` is its short form; give one or the other.
     balance : None, a dict name -> weight (names in BALANCE_NAMES, see the module docstring), or a list of
