@@ -103,12 +103,22 @@ def parse_args(argv, doc, extra=None, notebook=False, name=None):
 
 
 def savefig(fig, args, name):
-    """Save ``fig`` as ``args.out/name`` and close it; returns the path."""
+    """Save ``fig`` as ``args.out/name`` and close it; returns the path.
+
+    The figure goes to a hidden file beside it first and then replaces ``name`` in one step
+    (``os.replace``), so a failure while writing (a full disk, an interrupt) leaves the previous
+    figure whole instead of a truncated PNG.
+    """
     import matplotlib.pyplot as plt
 
     path = args.out / name
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
+    partial = path.with_name(f".{path.stem}.partial-{os.getpid()}{path.suffix}")
+    try:
+        fig.savefig(partial, dpi=110, bbox_inches="tight")
+        os.replace(partial, path)
+    finally:
+        plt.close(fig)
+        partial.unlink(missing_ok=True)
     print(f"wrote {path}", flush=True)
     return path
 

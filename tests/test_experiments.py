@@ -136,3 +136,34 @@ def test_counts_on_the_command_line_must_be_positive(name, flag, value, message,
         module.main([flag, value, "--quick", "--out", str(tmp_path)])  # a broken check runs it: not into plots/
     assert stop.value.code == 2
     assert f"argument {flag}: {message}" in capsys.readouterr().err
+
+
+def test_a_failed_write_leaves_the_previous_figure_whole(tmp_path, monkeypatch):
+    # before, savefig wrote straight into plots/NAME.png: a write that failed half-way (a full disk, an
+    # interrupt) left a truncated PNG in place of the committed figure
+    import types
+
+    import matplotlib.pyplot as plt
+    from PIL import Image, PngImagePlugin  # noqa: F401  (registers the PNG writer)
+
+    from experiments._common import savefig
+
+    def full_disk(image, fp, filename, *args, **kwargs):
+        fp.write(b"\x89PNG half")
+        raise OSError(28, "No space left on device")
+
+    (tmp_path / "figure.png").write_bytes(b"the committed figure")
+    monkeypatch.setitem(Image.SAVE, "PNG", full_disk)
+    fig, ax = plt.subplots()
+    ax.plot([0, 1])
+    with pytest.raises(OSError, match="No space"):
+        savefig(fig, types.SimpleNamespace(out=tmp_path), "figure.png")
+    assert (tmp_path / "figure.png").read_bytes() == b"the committed figure"
+    assert [p.name for p in tmp_path.iterdir()] == ["figure.png"]  # no partial file left behind
+    assert not plt.get_fignums()  # the figure is closed all the same
+    monkeypatch.undo()
+    fig, ax = plt.subplots()
+    ax.plot([0, 1])
+    path = savefig(fig, types.SimpleNamespace(out=tmp_path), "figure.png")
+    assert path.read_bytes().startswith(b"\x89PNG") and [p.name for p in tmp_path.iterdir()] == ["figure.png"]
+
