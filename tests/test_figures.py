@@ -34,3 +34,69 @@ def test_top_1_share_and_share_of_the_assignments_are_described_apart():
     assert "top-1 share" in estimators.__doc__
     assert "N K" in MoE.diagnostics.__doc__ and "top-1 share" in MoE.diagnostics.__doc__
     assert "share of samples per expert" not in (ROOT / "README.md").read_text()
+
+
+# The titles below state a result; they are computed from the runs, and say otherwise when a run disagrees
+# (before, each was a fixed sentence that a rerun with other seeds or settings could contradict).
+
+def test_the_tree_title_says_which_gate_comes_closer_from_the_gap():
+    from experiments.em import tree_title
+
+    assert "the two-level HME comes closer" in tree_title(1.384, 0.043) and "by 0.043" in tree_title(1.384, 0.043)
+    worse = tree_title(1.384, -0.02)
+    assert "HME comes closer" not in worse and "flat gate comes as close or closer" in worse and "-0.020" in worse
+
+
+def test_sparse_mlps_title_calls_every_expert_busy_only_when_no_expert_is_idle_in_any_seed():
+    from experiments.sparse_mlp import busy_claim
+
+    busy = {"usage": np.array([[[5, 6, 7, 8], [3, 3, 3, 3]]])}  # (epochs, layers, E)
+    idle = {"usage": np.array([[[5, 6, 7, 8], [3, 0, 3, 3]]])}
+    assert busy_claim([busy, busy]) == "every expert of every MoE layer is busy"
+    assert busy_claim([busy, idle]) == "some MoE layer leaves an expert without rows in 1 of 2 seeds"
+
+
+def _sweep(accuracy, maxvio):
+    """A balance sweep of both losses with the given mean accuracy and MaxVio per weight (one seed)."""
+    from experiments.balance import NOISY_IL, SWITCH, WEIGHTS
+
+    sweep = {loss: {w: f"{loss}, {w}" for w in WEIGHTS} for loss in (NOISY_IL, SWITCH)}
+    stats = {sweep[loss][w]: dict(accuracy=np.array([a]), maxvio=np.array([m]))
+             for loss in sweep for w, a, m in zip(WEIGHTS, accuracy[loss], maxvio[loss])}
+    return sweep, stats
+
+
+def test_the_balance_sweeps_title_is_computed_from_the_sweep():
+    from experiments.balance import NOISY_IL, SWITCH, sweep_title
+
+    # the committed figure's means: balanced 0.935-0.944, collapsed 0.916-0.925, so 1.0 to 2.8 points
+    acc = {NOISY_IL: [0.916, 0.918, 0.935, 0.936], SWITCH: [0.923, 0.925, 0.944, 0.935]}
+    mv = {NOISY_IL: [0.77, 0.82, 0.17, 0.08], SWITCH: [0.87, 0.86, 0.28, 0.44]}
+    acc = {k: v[:1] + v[1:2] + [0.5] + v[2:] for k, v in acc.items()}  # w = 0.01 plays no part
+    mv = {k: v[:1] + v[1:2] + [0.6] + v[2:] for k, v in mv.items()}
+    title = sweep_title(*_sweep(acc, mv), seeds=range(5))
+    assert "5 seeds" in title and "the noise alone (w = 0) does not balance the experts, a loss weight of 0.1 does;" \
+        in title and "are 1-3 points more accurate than the collapsed ones" in title
+    # a run where the collapsed models are the more accurate and the noise alone balances
+    acc = {k: [0.95, 0.95, 0.5, 0.93, 0.94] for k in (NOISY_IL, SWITCH)}
+    mv = {NOISY_IL: [0.3, 0.3, 0.3, 0.2, 0.1], SWITCH: [0.9, 0.9, 0.6, 0.7, 0.2]}
+    title = sweep_title(*_sweep(acc, mv), seeds=range(5))
+    assert "noise alone (w = 0) balances the experts, a loss weight of 0.1 does not;" in title
+    assert "more accurate" not in title and "differ by -2.0 to -1.0 points" in title
+
+
+def test_the_balance_shares_title_lists_the_idle_experts_when_the_runs_disagree_with_the_story():
+    from experiments.balance import RUNS, shares_title
+
+    def run(final, w=0.0):
+        model = types.SimpleNamespace(named_parameters=lambda: [("w", np.full(2, w))])
+        return (model, np.array([[0.25] * 4, final]), 0.9, None)
+
+    story = [0.5, 0.5, 0.0, 0.0], [0.5, 0.5, 0.0, 0.0], [0.4, 0.3, 0.3, 0.0], [0.3, 0.2, 0.2, 0.3], [0.25] * 4
+    results = {name: [run(np.array(f))] for name, f in zip(RUNS, story)}
+    assert shares_title(results, [0]).startswith("Without a differentiable balance loss one expert gets no sample")
+    results["(e) Switch loss"] = [run(np.array([0.5, 0.5, 0.0, 0.0]))]  # Switch leaves two experts idle
+    results["(b) post-000 loss"] = [run(np.array(story[1]), w=1.0)]  # and (b) trained differently from (a)
+    title = shares_title(results, [0])
+    assert "keep all four busy" not in title and "(e) 2" in title and "(a) 2" in title
+    assert "post 000's loss changes the training" in title
