@@ -100,3 +100,29 @@ def test_the_balance_shares_title_lists_the_idle_experts_when_the_runs_disagree_
     title = shares_title(results, [0])
     assert "keep all four busy" not in title and "(e) 2" in title and "(a) 2" in title
     assert "post 000's loss changes the training" in title
+
+
+def test_the_routers_title_checks_each_sentence_against_the_table():
+    from experiments.routers import ROUTERS, title
+
+    def table(changes=()):
+        row = dict(accuracy=0.95, balanced_accuracy=0.97, max_mean=1.0, dropped=0.0, ms_per_step=2.0)
+        rows = {name: dict(row) for name in ROUTERS}
+        rows["aux-free bias"]["accuracy"] = 0.975
+        rows["top-k softmax"].update(dropped=0.29, max_mean=1.75)
+        rows["BASE"]["ms_per_step"] = 17.0
+        for (name, key), value in dict(changes).items():
+            rows[name][key] = value
+        return {name: {k: (v, 0.0) for k, v in r.items()} for name, r in rows.items()}
+
+    story = title(table(), range(3))
+    assert story == ("Eight routers, the same 8 experts, digits as 16 tokens, 3 seeds (mean ± std).\n"
+                     "Balancing by a loss or by the aux-free bias is the most accurate; plain top-k drops the most;\n"
+                     "expert choice, Soft MoE, BASE and the balanced hash are balanced in training by construction;\n"
+                     "BASE and Sinkhorn lose accuracy by routing greedily in evaluation; BASE is the slowest")
+    other = title(table({("Soft MoE", "accuracy"): 0.99, ("Sinkhorn", "dropped"): 0.4,
+                           ("hash (balanced)", "max_mean"): 1.3, ("Sinkhorn", "balanced_accuracy"): 0.9,
+                           ("hash (balanced)", "ms_per_step"): 30.0}), range(1))
+    assert "Soft MoE is the most accurate; Sinkhorn drops the most" in other
+    assert "hash (balanced) 1.30" in other and "by construction" not in other
+    assert "-0.020 (BASE), +0.050 (Sinkhorn)" in other and other.endswith("hash (balanced) is the slowest")
