@@ -126,3 +126,40 @@ def test_the_routers_title_checks_each_sentence_against_the_table():
     assert "Soft MoE is the most accurate; Sinkhorn drops the most" in other
     assert "hash (balanced) 1.30" in other and "by construction" not in other
     assert "-0.020 (BASE), +0.050 (Sinkhorn)" in other and other.endswith("hash (balanced) is the slowest")
+
+
+def test_em_vs_gradients_title_is_computed_from_the_iterations_each_method_needed():
+    from experiments.em import gradient_title
+
+    rows = [("V", 0, 0.9, 0.8, 12, 0.01, None, None), ("circles", 0, -0.1, -0.2, 31, 0.05, None, None)]
+    assert gradient_title(rows, 2000, 5) == ("EM reaches its maximum in tens of iterations; full-batch Adam is "
+                                             "still short of it after 2000 steps (same model, same start; 5 seeds)")
+    rows[1] = ("circles", 0, -0.1, -0.1, 140, 0.5, 900, 1.0)  # EM slow, Adam there in one run
+    title = gradient_title(rows, 2000, 5)
+    assert "within 140 iterations" in title and "Adam gets within 1e-3 of it in 1 of 2 runs" in title
+
+
+def test_the_bands_title_says_who_separates_and_whose_loss_falls_faster_from_the_runs():
+    from experiments.local_experts import bands_title
+
+    def run(accuracy, test):
+        return types.SimpleNamespace(accuracy=accuracy, history={"test": test})
+
+    assert bands_title({"SGD": run(1.0, [1, 0.1, 0.01]), "FTRL": run(1.0, [1, 0.01, 0.001])}) == (
+        "Bands, 2 competitive linear experts: both optimisers separate the classes; FTRL's log-loss falls faster")
+    title = bands_title({"SGD": run(0.99, [1, 0.1, 0.01]), "FTRL": run(1.0, [1, 0.2, 0.001])})
+    assert "both" not in title and "0.990 with SGD" in title and "lower in 1 of 2 epochs" in title
+
+
+def test_wine_calls_the_models_on_a_par_only_when_their_means_are_within_one_wine_per_fold(tmp_path, monkeypatch):
+    import experiments.wine as wine
+
+    titles = []
+    monkeypatch.setattr(wine, "savefig", lambda fig, args, name: titles.append(fig.axes[0].get_title()))
+    close = {"a": (np.full((1, 5), 0.97), 0.1), "b": (np.full((1, 5), 0.98), 0.1)}
+    wine.plot(close, types.SimpleNamespace(out=tmp_path))
+    wine.plot({**close, "c": (np.full((1, 5), 0.90), 0.1)}, types.SimpleNamespace(out=tmp_path))
+    assert titles[0].endswith("so the models are on a par")
+    assert titles[1].endswith("so the models are not on a par (0.08 apart)")
+    import matplotlib.pyplot as plt
+    plt.close("all")
