@@ -163,3 +163,25 @@ def test_wine_calls_the_models_on_a_par_only_when_their_means_are_within_one_win
     assert titles[1].endswith("so the models are not on a par (0.08 apart)")
     import matplotlib.pyplot as plt
     plt.close("all")
+
+
+def test_the_aux_free_title_is_computed_from_the_runs():
+    from experiments.aux_free import title
+
+    def run(late, test_maxvio, accuracy, start=5.5):
+        return [(np.array([start] + [late] * 5), test_maxvio, accuracy)]
+
+    # the committed figure's means (training MaxVio of the last 5 epochs, test MaxVio, test accuracy)
+    table = {"(a) no balancing": (4.98, 5.00, 0.966), "(b) aux loss 0.01": (2.67, 2.63, 0.950),
+             "(b) aux loss 0.1": (0.79, 1.01, 0.959), "(b) aux loss 1": (0.48, 0.53, 0.946),
+             "(c) bias u=0.001": (3.64, 3.57, 0.932), "(c) bias u=0.01": (0.69, 0.64, 0.958),
+             "(c) bias u=0.03": (0.69, 0.60, 0.958)}
+    results = {name: run(*row) for name, row in table.items()}
+    assert title(results, 5) == (
+        "16 experts, top-2, sigmoid router, digits, 5 seeds: the loss (alpha >= 0.1) and the bias (u >= 0.01)\n"
+        "cut MaxVio from 5 to under 1; at equal balance the bias keeps more accuracy than the loss,\n"
+        "but the unbalanced model is as accurate or more")
+    results["(b) aux loss 0.1"] = run(1.2, 0.9, 0.970)  # balanced on the test set, more accurate, not under 1
+    text = title(results, 5)
+    assert "under 1" not in text and "to 1.20, 0.48, 0.69, 0.69" in text
+    assert "the bias keeps no more accuracy than the loss" in text and "unbalanced model is less accurate" in text
