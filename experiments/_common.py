@@ -75,11 +75,28 @@ def positive_int(text):
     return value
 
 
+def out_folder(text):
+    """argparse type of ``--out``: a folder path, not empty (an empty one meant the current directory)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path is not a folder; give the folder for the figures")
+    return Path(text)
+
+
+def _run_as_script(name):
+    """True when ``sys.argv[0]`` is the experiment's own file (``python -m experiments NAME``, ``python
+    experiments/NAME.py``, the docs' gallery): its arguments are then the user's, not a cell runner's."""
+    return bool(name) and bool(sys.argv) and bool(sys.argv[0]) and Path(sys.argv[0]).stem == name
+
+
 def parse_args(argv, doc, extra=None, notebook=False, name=None):
     """Parse ``--quick`` and ``--out`` (plus whatever ``extra(parser)`` adds) from ``argv``.
 
     ``argv=None`` reads ``sys.argv[1:]``, except inside a Jupyter kernel (the downloadable notebooks of
-    the docs), whose own arguments are ignored. ``notebook=True`` ignores arguments it does not know.
+    the docs), whose own arguments are ignored. ``notebook=True`` ignores arguments it does not know
+    when the file runs cell by cell in an editor's console (whose ``sys.argv`` is the console's own);
+    run as a script, a walk-through refuses them like every study (a mistyped ``--qiuck`` used to run
+    the full walk-through and overwrite its committed figure). A bad ``--out`` (empty, or a path that
+    is a file or cannot be created) is refused at the command line too (exit status 2).
     The usage line names the command to type, ``python -m experiments NAME``.
     """
     in_kernel = "ipykernel" in sys.modules
@@ -93,22 +110,37 @@ def parse_args(argv, doc, extra=None, notebook=False, name=None):
         epilog="Run from the root of the repository: experiments/ is a folder of it, not part of the "
                "installed package.")
     parser.add_argument("--quick", action="store_true", help="a small, fast run (used by the tests and the docs)")
-    parser.add_argument("--out", type=Path, default=PLOTS, help="folder for figures (default: plots/)")
+    parser.add_argument("--out", type=out_folder, default=PLOTS, help="folder for figures (default: plots/)")
     if extra is not None:
         extra(parser)
-    args = parser.parse_known_args(argv)[0] if notebook or in_kernel else parser.parse_args(argv)
-    args.out.mkdir(parents=True, exist_ok=True)
+    tolerant = in_kernel or (notebook and not _run_as_script(name))
+    args = parser.parse_known_args(argv)[0] if tolerant else parser.parse_args(argv)
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        parser.error(f"argument --out: cannot use {str(args.out)!r} as the folder for the figures: "
+                     f"{error.strerror or error}")
     use_style()
     return args
 
 
 def savefig(fig, args, name):
-    """Save ``fig`` as ``args.out/name`` and close it; returns the path."""
+    """Save ``fig`` as ``args.out/name`` and close it; returns the path.
+
+    The figure goes to a hidden file beside it first and then replaces ``name`` in one step
+    (``os.replace``), so a failure while writing (a full disk, an interrupt) leaves the previous
+    figure whole instead of a truncated PNG.
+    """
     import matplotlib.pyplot as plt
 
     path = args.out / name
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
+    partial = path.with_name(f".{path.stem}.partial-{os.getpid()}{path.suffix}")
+    try:
+        fig.savefig(partial, dpi=110, bbox_inches="tight")
+        os.replace(partial, path)
+    finally:
+        plt.close(fig)
+        partial.unlink(missing_ok=True)
     print(f"wrote {path}", flush=True)
     return path
 

@@ -25,10 +25,11 @@ import io
 
 import numpy as np
 
-from experiments._common import Progress
+from experiments._common import Progress, parse_args
 from numpy_moe.moe import MoE
 from numpy_moe.parallel import Comm, ExpertParallelMoE
 
+args = parse_args(sys.argv[1:], __doc__, notebook=True)  # --quick and --out change nothing: it draws no figure
 np.set_printoptions(precision=3, suppress=True)
 comm = Comm()
 W, rank = comm.size, comm.rank

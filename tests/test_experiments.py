@@ -136,3 +136,84 @@ def test_counts_on_the_command_line_must_be_positive(name, flag, value, message,
         module.main([flag, value, "--quick", "--out", str(tmp_path)])  # a broken check runs it: not into plots/
     assert stop.value.code == 2
     assert f"argument {flag}: {message}" in capsys.readouterr().err
+
+
+def test_a_failed_write_leaves_the_previous_figure_whole(tmp_path, monkeypatch):
+    # before, savefig wrote straight into plots/NAME.png: a write that failed half-way (a full disk, an
+    # interrupt) left a truncated PNG in place of the committed figure
+    import types
+
+    import matplotlib.pyplot as plt
+    from PIL import Image, PngImagePlugin  # noqa: F401  (registers the PNG writer)
+
+    from experiments._common import savefig
+
+    def full_disk(image, fp, filename, *args, **kwargs):
+        fp.write(b"\x89PNG half")
+        raise OSError(28, "No space left on device")
+
+    (tmp_path / "figure.png").write_bytes(b"the committed figure")
+    monkeypatch.setitem(Image.SAVE, "PNG", full_disk)
+    fig, ax = plt.subplots()
+    ax.plot([0, 1])
+    with pytest.raises(OSError, match="No space"):
+        savefig(fig, types.SimpleNamespace(out=tmp_path), "figure.png")
+    assert (tmp_path / "figure.png").read_bytes() == b"the committed figure"
+    assert [p.name for p in tmp_path.iterdir()] == ["figure.png"]  # no partial file left behind
+    assert not plt.get_fignums()  # the figure is closed all the same
+    monkeypatch.undo()
+    fig, ax = plt.subplots()
+    ax.plot([0, 1])
+    path = savefig(fig, types.SimpleNamespace(out=tmp_path), "figure.png")
+    assert path.read_bytes().startswith(b"\x89PNG") and [p.name for p in tmp_path.iterdir()] == ["figure.png"]
+
+
+@pytest.mark.parametrize("name", ["tutorial_dense", "walkthrough_sparse", "walkthrough_modern_moe",
+                                  "walkthrough_expert_parallel"])
+def test_a_walk_through_run_as_a_script_refuses_an_unknown_argument(name, tmp_path, capsys):
+    # before, these walk-throughs ignored what they did not know: a mistyped --qiuck ran the full
+    # walk-through and overwrote its committed figure
+    with pytest.raises(SystemExit) as stop:
+        run(name, ["--qiuck", "--out", str(tmp_path)])
+    assert stop.value.code == 2
+    assert "unrecognized arguments: --qiuck" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_walk_through_run_cell_by_cell_in_a_console_ignores_the_consoles_arguments(monkeypatch, tmp_path):
+    from experiments._common import parse_args
+
+    monkeypatch.setattr("sys.argv", ["pydevconsole.py", "--port", "5000"])  # an editor's console, not the script
+    args = parse_args(["--port", "5000", "--out", str(tmp_path)], "doc", notebook=True, name="tutorial_dense")
+    assert args.out == tmp_path and not args.quick
+
+
+@pytest.mark.parametrize("out, message", [("", "an empty path is not a folder"),
+                                          ("a_file", "cannot use"), ("a_file/sub", "cannot use")])
+def test_a_bad_out_folder_is_refused_at_the_command_line(out, message, tmp_path, capsys, monkeypatch):
+    # before, --out "" wrote the figures into the current directory and a file as --out raised
+    # FileExistsError from deep inside pathlib
+    from experiments._common import parse_args
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a_file").write_text("not a folder")
+    with pytest.raises(SystemExit) as stop:
+        parse_args(["--out", out], "doc", name="wine")
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --out" in err and message in err
+
+
+@pytest.mark.parametrize("make, message", [(lambda p: p / "none", "is not a folder"),
+                                           (lambda p: p, "lacks data_batch_1.bin")])
+def test_a_wrong_cifar_folder_is_refused_before_the_digits_study_trains(make, message, tmp_path, capsys,
+                                                                         monkeypatch):
+    # before, the digits study trained in full and only then load_cifar10 raised FileNotFoundError
+    import experiments.images as images
+
+    monkeypatch.setattr(images, "run_digits", lambda args: pytest.fail("trained before checking --cifar"))
+    with pytest.raises(SystemExit) as stop:
+        images.main(["--cifar", str(make(tmp_path)), "--quick", "--out", str(tmp_path / "figures")])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --cifar" in err and message in err
