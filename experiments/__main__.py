@@ -55,8 +55,9 @@ def usage(names):
              "",
              "Run from the root of the repository (the folder holding experiments/ and plots/).",
              "Options every experiment takes (and all passes on to each):",
-             "  --quick      a small, fast run (the tests and the docs use it)",
-             "  --out DIR    write the figures to DIR instead of plots/",
+             "  --quick      a small, fast run (the tests and the docs use it); its figures go to",
+             "               plots/quick/ (git-ignored), never over the committed ones in plots/",
+             "  --out DIR    write the figures to DIR instead",
              "",
              "experiments (and their own options):"]
     for name in names:

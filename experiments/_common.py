@@ -96,7 +96,9 @@ def parse_args(argv, doc, extra=None, notebook=False, name=None):
     when the file runs cell by cell in an editor's console (whose ``sys.argv`` is the console's own);
     run as a script, a walk-through refuses them like every study (a mistyped ``--qiuck`` used to run
     the full walk-through and overwrite its committed figure). A bad ``--out`` (empty, or a path that
-    is a file or cannot be created) is refused at the command line too (exit status 2).
+    is a file or cannot be created) is refused at the command line too (exit status 2). Without ``--out``
+    the figures go to plots/, or with ``--quick`` to plots/quick/ (git-ignored): a small run used to
+    replace the committed full-run figures.
     The usage line names the command to type, ``python -m experiments NAME``.
     """
     in_kernel = "ipykernel" in sys.modules
@@ -110,11 +112,15 @@ def parse_args(argv, doc, extra=None, notebook=False, name=None):
         epilog="Run from the root of the repository: experiments/ is a folder of it, not part of the "
                "installed package.")
     parser.add_argument("--quick", action="store_true", help="a small, fast run (used by the tests and the docs)")
-    parser.add_argument("--out", type=out_folder, default=PLOTS, help="folder for figures (default: plots/)")
+    parser.add_argument("--out", type=out_folder, default=None,
+                        help="folder for figures (default: plots/, or plots/quick/ with --quick, which git ignores, so "
+                             "that a small run never replaces the committed figures of the full runs)")
     if extra is not None:
         extra(parser)
     tolerant = in_kernel or (notebook and not _run_as_script(name))
     args = parser.parse_known_args(argv)[0] if tolerant else parser.parse_args(argv)
+    if args.out is None:
+        args.out = PLOTS / "quick" if args.quick else PLOTS
     try:
         args.out.mkdir(parents=True, exist_ok=True)
     except OSError as error:

@@ -217,3 +217,16 @@ def test_a_wrong_cifar_folder_is_refused_before_the_digits_study_trains(make, me
     assert stop.value.code == 2
     err = capsys.readouterr().err
     assert "argument --cifar" in err and message in err
+
+
+def test_a_quick_run_without_out_writes_beside_the_committed_figures_not_over_them(tmp_path):
+    # before, --quick without --out wrote into plots/, so `python -m experiments all --quick` replaced every
+    # committed full-run figure with a small run's; now plots/quick/ (git-ignored) takes them
+    from pathlib import Path
+
+    from experiments._common import PLOTS, parse_args
+    assert parse_args(["--quick"], "doc", name="x").out == PLOTS / "quick"
+    assert parse_args([], "doc", name="x").out == PLOTS
+    assert parse_args(["--quick", "--out", str(tmp_path)], "doc", name="x").out == tmp_path
+    ignored = (Path(__file__).resolve().parents[1] / ".gitignore").read_text().splitlines()
+    assert "/plots/quick/" in ignored, "plots/quick/ must be ignored by git"
