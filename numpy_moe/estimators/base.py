@@ -65,6 +65,21 @@ class _Transaction:
         return False
 
 
+def _fitted_names(est):
+    """The names of ``est``'s fitted attributes (public, ending in ``_``)."""
+    return {k for k in vars(est) if k.endswith("_") and not k.startswith("_")}
+
+
+def _check_fitted_names(est, required):
+    """ValueError unless ``est``'s fitted attributes are ``required`` plus its task's (``classes_`` or
+    ``n_outputs_``), and at most ``feature_names_in_`` besides."""
+    attrs = _fitted_names(est)
+    required = required | ({"classes_"} if est._task == "classification" else {"n_outputs_"})
+    missing, unknown = required - attrs, attrs - required - {"feature_names_in_"}
+    if missing or unknown:
+        raise ValueError(f"fitted attributes missing {sorted(missing)}, unknown {sorted(unknown)}")
+
+
 def _check_number_list(values, name, max_len):
     if not isinstance(values, list) or len(values) > max_len or not all(
             isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values):
@@ -152,15 +167,10 @@ class _Estimator(BaseEstimator):
         Raises TypeError / ValueError naming the attribute; an estimator with no fitted attribute passes.
         """
         self._check_params()
-        attrs = {k for k in vars(self) if k.endswith("_") and not k.startswith("_")}
-        if not attrs:
+        if not _fitted_names(self):
             return
-        task = {"classes_"} if self._task == "classification" else {"n_outputs_"}
-        required = {"model_", "loss_curve_", "validation_loss_curve_", "n_iter_", "n_features_in_",
-                    "expert_usage_"} | task
-        missing, unknown = required - attrs, attrs - required - {"feature_names_in_"}
-        if missing or unknown:
-            raise ValueError(f"fitted attributes missing {sorted(missing)}, unknown {sorted(unknown)}")
+        _check_fitted_names(self, {"model_", "loss_curve_", "validation_loss_curve_", "n_iter_", "n_features_in_",
+                                   "expert_usage_"})
         n, n_iter = self.n_features_in_, self.n_iter_
         for name, value in (("n_features_in_", n), ("n_iter_", n_iter)):
             if isinstance(value, bool) or not isinstance(value, int) or value < (name == "n_features_in_"):

@@ -28,7 +28,7 @@ from ..backend import to_numpy
 from ..hme import HierarchicalMoE, fit_em, init_responsibilities, parse_tree
 from ..optim import Adam
 from ..validation import check_real
-from .base import _check_number_list, _generator, _Transaction
+from .base import _check_fitted_names, _check_number_list, _fitted_names, _generator, _Transaction
 
 SOLVERS = ("em", "adam")
 
@@ -70,16 +70,11 @@ class _HMEEstimator(BaseEstimator):
 
         Raises TypeError / ValueError naming the attribute; an estimator with no fitted attribute passes.
         """
-        attrs = {k for k in vars(self) if k.endswith("_") and not k.startswith("_")}
-        if not attrs:
+        if not _fitted_names(self):
             self._check_params(walk_tree=False)  # no model_ bounds the tree: fit will walk it
             return
-        task = {"classes_"} if self._task == "classification" else {"n_outputs_"}
-        required = {"model_", "n_iter_", "log_likelihood_curve_", "converged_", "expert_usage_",
-                    "n_features_in_"} | task
-        missing, unknown = required - attrs, attrs - required - {"feature_names_in_"}
-        if missing or unknown:
-            raise ValueError(f"fitted attributes missing {sorted(missing)}, unknown {sorted(unknown)}")
+        _check_fitted_names(self, {"model_", "n_iter_", "log_likelihood_curve_", "converged_", "expert_usage_",
+                                   "n_features_in_"})
         model = self.model_
         if type(model) is not HierarchicalMoE or model.expert != self._expert:
             what = f" of {model.expert!r} experts" if type(model) is HierarchicalMoE else ""
