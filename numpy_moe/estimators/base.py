@@ -80,6 +80,17 @@ def _check_fitted_names(est, required):
         raise ValueError(f"fitted attributes missing {sorted(missing)}, unknown {sorted(unknown)}")
 
 
+def _check_usage_and_names(est, n_experts, n_features):
+    """TypeError unless ``est.expert_usage_`` is a float (E,) array and ``feature_names_in_``, if any, D strings."""
+    usage = est.expert_usage_
+    if not isinstance(usage, numpy.ndarray) or usage.shape != (n_experts,) or usage.dtype.kind != "f":
+        raise TypeError(f"expert_usage_ must be a float array of shape ({n_experts},)")
+    names = getattr(est, "feature_names_in_", None)
+    if names is not None and (not isinstance(names, numpy.ndarray) or names.shape != (n_features,) or
+                              not all(isinstance(v, str) for v in names)):
+        raise TypeError(f"feature_names_in_ must be an array of {n_features} strings")
+
+
 def _check_number_list(values, name, max_len):
     if not isinstance(values, list) or len(values) > max_len or not all(
             isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values):
@@ -195,13 +206,7 @@ class _Estimator(BaseEstimator):
         _check_model_config(model, self._model_config(n, n_out))
         _check_number_list(self.loss_curve_, "loss_curve_", n_iter)
         _check_number_list(self.validation_loss_curve_, "validation_loss_curve_", n_iter)
-        usage = self.expert_usage_
-        if not isinstance(usage, numpy.ndarray) or usage.shape != (self.n_experts,) or usage.dtype.kind != "f":
-            raise TypeError(f"expert_usage_ must be a float array of shape ({self.n_experts},)")
-        names = getattr(self, "feature_names_in_", None)
-        if names is not None and (not isinstance(names, numpy.ndarray) or names.shape != (n,) or
-                                  not all(isinstance(v, str) for v in names)):
-            raise TypeError(f"feature_names_in_ must be an array of {n} strings")
+        _check_usage_and_names(self, self.n_experts, n)
 
     def _train(self, X, y, epochs, stop):
         """Run up to ``epochs`` epochs; with ``stop`` apply the tol / n_iter_no_change rule."""

@@ -28,7 +28,8 @@ from ..backend import to_numpy
 from ..hme import HierarchicalMoE, fit_em, init_responsibilities, parse_tree
 from ..optim import Adam
 from ..validation import check_real
-from .base import _check_fitted_names, _check_number_list, _fitted_names, _generator, _Transaction
+from .base import (_check_fitted_names, _check_number_list, _check_usage_and_names, _fitted_names, _generator,
+                   _Transaction)
 
 SOLVERS = ("em", "adam")
 
@@ -107,13 +108,7 @@ class _HMEEstimator(BaseEstimator):
                              f"plus the start), found {len(self.log_likelihood_curve_)}")
         if not isinstance(self.converged_, (bool, numpy.bool_)):
             raise TypeError(f"converged_={self.converged_!r:.80} must be True or False")
-        usage = self.expert_usage_
-        if not isinstance(usage, numpy.ndarray) or usage.shape != (model.n_experts,) or usage.dtype.kind != "f":
-            raise TypeError(f"expert_usage_ must be a float array of shape ({model.n_experts},)")
-        names = getattr(self, "feature_names_in_", None)
-        if names is not None and (not isinstance(names, numpy.ndarray) or names.shape != (n,) or
-                                  not all(isinstance(v, str) for v in names)):
-            raise TypeError(f"feature_names_in_ must be an array of {n} strings")
+        _check_usage_and_names(self, model.n_experts, n)
 
     def fit(self, X, y):
         """Fit the mixture to X (N, D) and y by EM (or Adam); returns self.
