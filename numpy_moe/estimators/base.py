@@ -80,6 +80,23 @@ def _check_fitted_names(est, required):
         raise ValueError(f"fitted attributes missing {sorted(missing)}, unknown {sorted(unknown)}")
 
 
+def _check_sizes(est):
+    """Check ``est``'s n_features_in_, n_iter_ and classes_ (or n_outputs_); returns the output count."""
+    for name in ("n_features_in_", "n_iter_"):
+        value = getattr(est, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < (name == "n_features_in_"):
+            raise TypeError(f"{name}={value!r:.80} must be a non-negative int")
+    if est._task == "classification":
+        c = est.classes_
+        if not isinstance(c, numpy.ndarray) or c.ndim != 1 or len(c) < 2 or not numpy.array_equal(numpy.unique(c), c):
+            raise ValueError(f"classes_={c!r:.80} must be a 1-D array of at least 2 sorted, distinct labels")
+        return len(c)
+    n_out = est.n_outputs_
+    if isinstance(n_out, bool) or not isinstance(n_out, int) or n_out < 1:
+        raise TypeError(f"n_outputs_={n_out!r:.80} must be a positive int")
+    return n_out
+
+
 def _check_usage_and_names(est, n_experts, n_features):
     """TypeError unless ``est.expert_usage_`` is a float (E,) array and ``feature_names_in_``, if any, D strings."""
     usage = est.expert_usage_
@@ -183,22 +200,10 @@ class _Estimator(BaseEstimator):
         _check_fitted_names(self, {"model_", "loss_curve_", "validation_loss_curve_", "n_iter_", "n_features_in_",
                                    "expert_usage_"})
         n, n_iter = self.n_features_in_, self.n_iter_
-        for name, value in (("n_features_in_", n), ("n_iter_", n_iter)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < (name == "n_features_in_"):
-                raise TypeError(f"{name}={value!r:.80} must be a non-negative int")
+        n_out = _check_sizes(self)
         model = self.model_
         if type(model) is not self._model_class:
             raise TypeError(f"model_ is a {type(model).__name__}; expected a {self._model_class.__name__}")
-        if self._task == "classification":
-            c = self.classes_
-            if not isinstance(c, numpy.ndarray) or c.ndim != 1 or len(c) < 2 or \
-                    not numpy.array_equal(numpy.unique(c), c):
-                raise ValueError(f"classes_={c!r:.80} must be a 1-D array of at least 2 sorted, distinct labels")
-            n_out = len(c)
-        else:
-            n_out = self.n_outputs_
-            if isinstance(n_out, bool) or not isinstance(n_out, int) or n_out < 1:
-                raise TypeError(f"n_outputs_={n_out!r:.80} must be a positive int")
         dims = self._model_dims(model)
         if dims != (n, n_out, self.n_experts):
             raise ValueError(f"model_ maps {dims[0]} features to {dims[1]} outputs with {dims[2]} experts; the "

@@ -28,8 +28,8 @@ from ..backend import to_numpy
 from ..hme import HierarchicalMoE, fit_em, init_responsibilities, parse_tree
 from ..optim import Adam
 from ..validation import check_real
-from .base import (_check_fitted_names, _check_number_list, _check_usage_and_names, _fitted_names, _generator,
-                   _Transaction)
+from .base import (_check_fitted_names, _check_number_list, _check_sizes, _check_usage_and_names, _fitted_names,
+                   _generator, _Transaction)
 
 SOLVERS = ("em", "adam")
 
@@ -85,20 +85,8 @@ class _HMEEstimator(BaseEstimator):
             raise ValueError(f"model_ has tree={model.tree!r}; the estimator has tree={self.tree!r}")
         self._check_params()
         n, n_iter = self.n_features_in_, self.n_iter_
-        for name, value in (("n_features_in_", n), ("n_iter_", n_iter)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < (name == "n_features_in_"):
-                raise TypeError(f"{name}={value!r:.80} must be a non-negative int")
-        if self._task == "classification":
-            c = self.classes_
-            if not isinstance(c, numpy.ndarray) or c.ndim != 1 or len(c) < 2 or \
-                    not numpy.array_equal(numpy.unique(c), c):
-                raise ValueError(f"classes_={c!r:.80} must be a 1-D array of at least 2 sorted, distinct labels")
-            n_out, outputs = len(c), f"{len(c)} classes"
-        else:
-            n_out = self.n_outputs_
-            if isinstance(n_out, bool) or not isinstance(n_out, int) or n_out < 1:
-                raise TypeError(f"n_outputs_={n_out!r:.80} must be a positive int")
-            outputs = f"{n_out} outputs"
+        n_out = _check_sizes(self)
+        outputs = f"{n_out} classes" if self._task == "classification" else f"{n_out} outputs"
         if (model.n_features, model.n_outputs) != (n, n_out):
             raise ValueError(f"model_ maps {model.n_features} features to {model.n_outputs} outputs; the estimator "
                              f"has n_features_in_={n} and {outputs}")
