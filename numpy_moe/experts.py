@@ -26,7 +26,7 @@ Two forward/backward pairs serve the two ways an MoE layer uses its experts:
 from . import functional as F
 from .backend import check_rows, default_rng, get_array_module, take_rows
 from .layers import Module, init_weight, zeros_param
-from .validation import check_positive_int, check_real
+from .validation import check_input, check_positive_int, check_real
 from .workers import n_threads, run_blocks
 
 SERIAL_BELOW = 1 << 16  # grouped rows x widest layer below which the experts run in order, not on threads
@@ -424,8 +424,8 @@ class SharedExpert(Module):
         self.zero_grad()
 
     def forward(self, x):
-        """x (N, D) -> (N, O)."""
-        self.x = x
+        """x (N, D) -> (N, O), of the expert's dtype."""
+        x = self.x = check_input(x, self.in_features, self.dtype)
         self.y = self.mlp.forward(x)[0]  # (N, O)
         if not self.gated:
             return self.y

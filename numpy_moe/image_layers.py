@@ -352,8 +352,12 @@ class LayerNorm(Module):
         self.zero_grad()
 
     def forward(self, x):
+        x = asarray(x)
+        if not is_floating_dtype(x.dtype):
+            raise TypeError(f"x has dtype {x.dtype}; expected a floating dtype (float32 or float64)")
         if x.ndim < 1 or x.shape[-1] != self.n_features:
             raise ValueError(f"x has shape {tuple(x.shape)}; expected a last axis of length {self.n_features}")
+        x = cast_finite(x, self.dtype)  # the layer's dtype, as check_input gives the other layers
         mu = x.mean(axis=-1, keepdims=True)
         var = ((x - mu) ** 2).mean(axis=-1, keepdims=True)
         self.inv_std = 1 / (var + self.eps) ** 0.5  # (..., 1)

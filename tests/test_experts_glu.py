@@ -59,3 +59,16 @@ def test_shared_expert_formula_and_gradients(gated, rng):
 def test_bad_arguments(kwargs, error, pattern):
     with pytest.raises(error, match=pattern):
         ExpertBank(3, 4, 2, **kwargs)
+
+
+def test_shared_expert_checks_its_input_and_takes_its_own_dtype():
+    # before, float64 input to a float32 SharedExpert came out float64 and NaN or integers went through
+    shared = SharedExpert(3, 2, 4, gated=True, seed=0, dtype="float32")
+    x = np.linspace(-1, 1, 6).reshape(2, 3)
+    assert shared.forward(x).dtype == np.float32
+    with pytest.raises(TypeError, match="dtype int64"):
+        shared.forward(np.ones((2, 3), dtype=np.int64))
+    with pytest.raises(ValueError, match="NaN or inf"):
+        shared.forward(np.full((2, 3), np.nan))
+    with pytest.raises(ValueError, match="4 features"):
+        shared.forward(np.ones((2, 4)))

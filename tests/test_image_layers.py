@@ -310,3 +310,17 @@ def test_conv_relu_pool_stack_keeps_channels_last_memory_and_values():
     np.testing.assert_allclose(y, conv_loop(x, conv.params["W"], conv.params["b"], 1, 1), rtol=1e-12, atol=1e-12)
     dz = pool.backward(rng.standard_normal(z.shape))
     assert dz.shape == y.shape and dz.transpose(0, 2, 3, 1).flags.c_contiguous
+
+
+def test_layer_norm_takes_its_own_dtype_and_refuses_integers_and_nan():
+    # before, float64 input to a float32 LayerNorm came out float64 (every other layer casts to its dtype),
+    # integer input was normalised without a word, and NaN went through
+    norm = LayerNorm(3, dtype="float32")
+    x = np.arange(12, dtype=np.float64).reshape(2, 2, 3)
+    y = norm.forward(x)
+    assert y.dtype == np.float32
+    np.testing.assert_allclose(y, LayerNorm(3).forward(x), rtol=1e-6, atol=1e-6)
+    with pytest.raises(TypeError, match="dtype int64"):
+        norm.forward(np.ones((2, 3), dtype=np.int64))
+    with pytest.raises(ValueError, match="NaN or inf"):
+        norm.forward(np.full((2, 3), np.nan))
