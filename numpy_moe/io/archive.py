@@ -146,12 +146,7 @@ def write_atomic(path, arrays):
     umask). On any exception, KeyboardInterrupt included, the temporary file is removed and the exception
     re-raised; ``path`` is then exactly what it was.
     """
-    _replace_atomic(path, lambda f: numpy.savez(f, **arrays))
-
-
-def write_text_atomic(path, text):
-    """Write the str ``text`` (UTF-8) at ``path``, atomically, as :func:`write_atomic` does."""
-    _replace_atomic(path, lambda f: f.write(text.encode("utf-8")))
+    replace_together([(path, lambda f: numpy.savez(f, **arrays))])
 
 
 def replace_together(files):
@@ -177,11 +172,6 @@ def replace_together(files):
                 os.unlink(tmp)
             except OSError:
                 pass
-
-
-def _replace_atomic(path, write):
-    """Call ``write(f)`` on a binary temporary file beside ``path``, then rename it over ``path``."""
-    replace_together([(path, write)])
 
 
 def _stage(path, write):
