@@ -17,6 +17,7 @@ from .validation import check_positive_int, check_real
 
 def _split(X, y, rng, test_size):
     """Shuffle with ``rng`` and split: the first ``round((1 - test_size) N)`` rows train."""
+    check_real(test_size, "test_size", 0, 1, low_open=True, high_open=True)
     n_train = int(round((1 - test_size) * len(X)))
     if not 0 < n_train < len(X):
         raise ValueError(f"test_size={test_size!r} of {len(X)} samples leaves "
@@ -33,7 +34,6 @@ def make_circles(n_samples=1000, seed=None, test_size=0.3):
     Returns X_train (n, 2), X_test (N - n, 2), y_train (n,), y_test (N - n,).
     """
     N = check_positive_int(n_samples, "n_samples", 3)
-    check_real(test_size, "test_size", 0, 1, low_open=True, high_open=True)
     rng = default_rng(seed)
     n_inner = N // 3
     radius = np.where(np.arange(N) < n_inner, 2.0, 4.0)
@@ -49,7 +49,6 @@ def make_bands(n_samples=1000, seed=None, test_size=0.3):
     Half the points in each (post 003's linear set). Split 70/30. Shapes as for :func:`make_circles`.
     """
     N = check_positive_int(n_samples, "n_samples", 2)
-    check_real(test_size, "test_size", 0, 1, low_open=True, high_open=True)
     rng = default_rng(seed)
     y = (np.arange(N) >= N // 2).astype(np.int64)
     centre = np.stack([np.full(N, 5.0), np.where(y == 0, 2.0, 8.0)], axis=1)
@@ -65,7 +64,6 @@ def make_v_regression(n_samples=1000, seed=None, noise=0.1, test_size=0.3):
     """
     N = check_positive_int(n_samples, "n_samples", 2)
     noise = check_real(noise, "noise", 0)  # finite: noise=inf made every target -inf or inf
-    check_real(test_size, "test_size", 0, 1, low_open=True, high_open=True)
     rng = default_rng(seed)
     x = rng.uniform(0, 1, N)
     r = np.where(x < 0.5, 2 * x, 2 - 2 * x) + noise * rng.standard_normal(N)
