@@ -36,9 +36,10 @@ each measurement is the median of ``--repeats`` (7) interleaved repeats after a 
 
 ``--threads T`` limits BLAS (and numpy_moe's expert threads, numpy_moe.workers) to T threads; torch gets T
 intra-op threads. numpy_moe runs its experts on threads only where OpenBLAS's idle threads stop spinning
-soon after a product: start the benchmark with ``OPENBLAS_THREAD_TIMEOUT=20`` in the environment for that
-(the README's main table), without it (as ``make experiments`` runs it) to see the experts run in order;
-numpy_moe/workers.py explains why, and the header says which. ``--backend cupy`` runs the layer on the GPU, synchronising around each timing (the
+soon after a product, so the benchmark first makes them sleep within 2**20 cycles, as
+``OPENBLAS_THREAD_TIMEOUT=20`` would (``numpy_moe.workers.set_blas_spin``), and puts OpenBLAS's setting back
+at the end; ``--blas-spin loaded`` keeps OpenBLAS's spin as loaded (2**28 cycles unless the environment says
+otherwise) to see the experts run in order. numpy_moe/workers.py explains why, and the header says which. ``--backend cupy`` runs the layer on the GPU, synchronising around each timing (the
 torch, sweep and model sections are then skipped). ``--quick`` uses tiny sizes, one round, one repeat.
 """
 import json
@@ -87,6 +88,9 @@ def options(parser):
     parser.add_argument("--threads", type=positive_int, default=None, help="BLAS / expert / torch threads (default: BLAS's own)")
     parser.add_argument("--torch-python", default=None, help="a Python with torch for the torch columns")
     parser.add_argument("--only", choices=["layer", "sweep", "models"], default=None, help="run one section")
+    parser.add_argument("--blas-spin", choices=["short", "loaded"], default="short",
+                        help="short (default): OpenBLAS's idle threads sleep within 2**20 cycles for the run "
+                             "(numpy_moe.workers.set_blas_spin); loaded: as OpenBLAS was loaded")
 
 
 def find_torch_python(given):
@@ -445,14 +449,32 @@ def main(argv=None):
     torch_python = None if args.backend == "cupy" or args.quick else find_torch_python(args.torch_python)
     from numpy_moe import workers
     spin = workers.blas_spin_exponent()
+    restore = None
+    if args.blas_spin == "short" and spin is not None and spin > workers.SHORT_SPIN:
+        restore = workers.set_blas_spin(workers.SHORT_SPIN)  # put back at the end: studies may follow in-process
+        spin = workers.blas_spin_exponent()
+    try:
+        return _run(args, xp, sync, threads, rounds, repeats, torch_python, workers, spin, restore)
+    finally:
+        if restore is not None:
+            workers.set_blas_spin(restore)
+
+
+def _run(args, xp, sync, threads, rounds, repeats, torch_python, workers, spin, restore):
     print(f"numpy_moe benchmark: backend {args.backend}, {threads} BLAS threads"
           f"{', torch too' if torch_python else ''}, "
           f"{workers.n_threads()} expert threads (numpy_moe.workers), {rounds} rounds x {repeats} repeats"
           + ("" if torch_python else "; torch not found: no torch columns"))
-    print("OpenBLAS's idle threads spin " + ("(not OpenBLAS with pthreads: unknown)" if spin is None else
-          f"2**{spin} cycles after a product" + (" (its default; OPENBLAS_THREAD_TIMEOUT=20 lets the experts run on "
-                                                 "threads, see numpy_moe/workers.py)" if spin > workers.SHORT_SPIN
-                                                 else " (OPENBLAS_THREAD_TIMEOUT)")))
+    if spin is None:
+        how = "(not OpenBLAS with pthreads: unknown)"
+    elif restore is not None:
+        how = f"2**{spin} cycles after a product (set for this run by workers.set_blas_spin; 2**{restore} as loaded)"
+    elif spin > workers.SHORT_SPIN:
+        how = (f"2**{spin} cycles after a product (as loaded; --blas-spin short, the default, lets the experts run "
+               "on threads, see numpy_moe/workers.py)")
+    else:
+        how = f"2**{spin} cycles after a product (OPENBLAS_THREAD_TIMEOUT, as loaded)"
+    print("OpenBLAS's idle threads spin " + how)
     targets = []
     try:
         if args.only in (None, "layer"):

@@ -21,7 +21,9 @@ within 0.1 s of a two-threaded product, against 6.7 ms on one thread; and the wh
 threads was slower than in order (79 against 62 ms at N=16384, E=16). Setting ``OPENBLAS_THREAD_TIMEOUT=n``
 in the environment before Python starts makes OpenBLAS's threads sleep after 2**n cycles (n >= 4; OpenBLAS
 reads it once, when NumPy loads it). With n <= 20 (under a millisecond) the same layer took 47 ms on two
-threads, its GEMM floor 31 ms.
+threads, its GEMM floor 31 ms. :func:`set_blas_spin` sets the same from inside a running program (OpenBLAS
+rereads its environment and restarts its threads), for a program that cannot set the environment
+before it starts; call it where no other thread is inside BLAS, at the program's start, say.
 
 So :func:`n_threads` decides:
 
@@ -50,6 +52,7 @@ any call of the parent that was running (without this, its first call on threads
 for a pool thread that does not exist in it).
 """
 import ctypes
+import operator
 import os
 import queue
 import threading
@@ -99,6 +102,82 @@ def blas_spin_exponent():
             found.append(DEFAULT_SPIN if value <= 0 else min(max(value, 4), 30))
         _state["spin"] = max(found) if found else -1
     return None if _state["spin"] < 0 else _state["spin"]
+
+
+def set_blas_spin(exponent=SHORT_SPIN):
+    """Make OpenBLAS's idle threads busy-wait at most 2**exponent cycles after a product, from now on.
+
+    The effect of starting Python with ``OPENBLAS_THREAD_TIMEOUT=exponent``, for every OpenBLAS loaded in
+    this process: each rereads its environment with the variable set (``openblas_read_env``) and stops
+    its threads (``blas_thread_shutdown_``, what OpenBLAS itself does before a ``fork``); its next
+    multi-threaded product starts them again with the new timeout. The process's environment is left as
+    it was, so programs it starts are not affected; a ``fork`` child keeps the setting, as OpenBLAS's
+    own does. With ``exponent <= SHORT_SPIN`` :func:`n_threads` then runs blocks on BLAS's threads.
+
+    Parameters
+    ----------
+    exponent : int, 4 to 30
+        OpenBLAS's range for ``OPENBLAS_THREAD_TIMEOUT``. 20 (the default) is under a millisecond at
+        1 GHz or more; 28 is OpenBLAS's own default (about 0.1 s).
+
+    Returns
+    -------
+    int
+        The exponent in force before the call (:func:`blas_spin_exponent`).
+
+    Raises
+    ------
+    RuntimeError
+        When a BLAS loaded here is not OpenBLAS with its own (pthreads) threads exporting these two
+        functions (nothing is changed then), or when a :func:`run_blocks` call is running.
+
+    Notes
+    -----
+    Stopping OpenBLAS's threads while another thread of the program is inside a multi-threaded BLAS call
+    would leave that call waiting for ever, and no library can see such a call from outside: call this
+    where no other thread uses BLAS (at the start of a program, before starting threads). numpy_moe's own
+    blocks are checked. The measured effect on the sparse layer is in the README's "Benchmark" section.
+    """
+    try:
+        if isinstance(exponent, bool):
+            raise TypeError
+        exponent = operator.index(exponent)  # int or NumPy integer; not float, str or bool
+    except TypeError:
+        raise TypeError(f"exponent must be an integer, got {exponent!r}") from None
+    if not 4 <= exponent <= 30:
+        raise ValueError(f"exponent must be between 4 and 30 (OpenBLAS's range), got {exponent}")
+    before = blas_spin_exponent()
+    libraries = []
+    for c in _blas_controllers():
+        dynlib = getattr(c, "dynlib", None)
+        found = [getattr(dynlib, name, None) for name in ("openblas_read_env", "blas_thread_shutdown_")]
+        if (getattr(c, "internal_api", None) != "openblas" or getattr(c, "threading_layer", None) != "pthreads"
+                or None in found):
+            raise RuntimeError(f"cannot set the spin of {getattr(c, 'filepath', c)!s}: only OpenBLAS with its own "
+                               "(pthreads) threads has one to set, through openblas_read_env and "
+                               "blas_thread_shutdown_; nothing was changed")
+        for fn in found:
+            fn.argtypes, fn.restype = [], None
+        libraries.append(found)
+    if before is None:  # no BLAS found at all: nothing to set
+        raise RuntimeError("no OpenBLAS with its own threads is loaded in this process: no spin to set")
+    with _held_lock:
+        if _held["count"]:
+            raise RuntimeError("set_blas_spin called while numpy_moe runs blocks on threads (run_blocks): "
+                               "call it where no other thread uses BLAS")
+        saved = os.environ.get("OPENBLAS_THREAD_TIMEOUT")
+        try:
+            os.environ["OPENBLAS_THREAD_TIMEOUT"] = str(exponent)
+            for read_env, shutdown in libraries:
+                read_env()  # rereads every OPENBLAS_* / OMP_NUM_THREADS setting; only the timeout differs
+                shutdown()  # the threads restart, with the new timeout, at the next threaded product
+        finally:
+            if saved is None:
+                del os.environ["OPENBLAS_THREAD_TIMEOUT"]
+            else:
+                os.environ["OPENBLAS_THREAD_TIMEOUT"] = saved
+        _state["spin"] = None  # read again from the libraries
+    return before
 
 
 def n_threads():

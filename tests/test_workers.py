@@ -278,3 +278,101 @@ def test_a_child_forked_during_a_call_gets_blas_threads_back(monkeypatch):
         assert counts == before, "the child kept the one BLAS thread of its parent's running call"
         assert met == [True, True]
         assert [c.num_threads for c in workers._blas_controllers()] == before
+
+
+_SPIN_SCRIPT = r"""
+import glob, json, os, sys, threading, time
+import numpy as np
+from numpy_moe import workers
+
+def states():
+    me = str(threading.get_native_id())
+    return [open(p).read().rsplit(")", 1)[1].split()[0] for p in glob.glob("/proc/self/task/*/stat")
+            if p.split("/")[-2] != me]
+
+def asleep_after(product):
+    # seconds from the end of a product until every other thread is seen asleep (at most 1 s). A thread
+    # that busy-waits is runnable ("R"), a sleeping one waits ("S"). 2**28 cycles, OpenBLAS's default
+    # spin, take at least 67 ms at 4 GHz; 2**20 cycles take at most 1 ms at 1 GHz
+    product()
+    start = time.monotonic()
+    while time.monotonic() - start < 1.0 and "R" in states():
+        time.sleep(0.002)
+    return time.monotonic() - start
+
+rng = np.random.default_rng(0)
+a, b = rng.standard_normal((512, 512)).astype(np.float32), rng.standard_normal((512, 512)).astype(np.float32)
+expected = a @ b
+result = {"spin": workers.blas_spin_exponent(), "threads": workers.n_threads(),
+          "asleep": asleep_after(lambda: a @ b)}
+result["returned"] = workers.set_blas_spin(int(sys.argv[1]))
+result["after"] = workers.blas_spin_exponent()
+result["threads_after"] = workers.n_threads()
+result["env"] = os.environ.get("OPENBLAS_THREAD_TIMEOUT")
+result["asleep_after"] = asleep_after(lambda: a @ b)
+result["same_product"] = bool(np.array_equal(a @ b, expected))
+print(json.dumps(result))
+"""
+
+
+def _run_spin_script(exponent):
+    import json
+    import subprocess
+    import sys
+    if workers.blas_spin_exponent() is None:
+        pytest.skip("NumPy's BLAS here is not OpenBLAS with pthreads: there is no spin to set")
+    if min(c.num_threads for c in workers._blas_controllers()) < 2:
+        pytest.skip("BLAS runs on one thread here: no idle BLAS thread whose spin could be seen")
+    if not os.path.isdir("/proc/self/task"):
+        pytest.skip("no /proc/self/task here to see whether BLAS's threads spin or sleep")
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("OPENBLAS_THREAD_TIMEOUT", "NUMPY_MOE_THREADS", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")}
+    out = subprocess.run([sys.executable, "-c", _SPIN_SCRIPT, str(exponent)], env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_set_blas_spin_makes_openblas_threads_sleep_soon_in_a_running_program():
+    r = _run_spin_script(20)
+    # as loaded (no OPENBLAS_THREAD_TIMEOUT): OpenBLAS's 2**28 cycles, BLAS's threads spin 67 ms or more
+    assert (r["spin"], r["threads"]) == (28, 1)
+    assert r["asleep"] >= 0.05
+    # after the call: 2**20 cycles, asleep within a few ms (50 leaves room for a busy host), the experts go
+    # to BLAS's threads, and the environment is as it was
+    assert (r["returned"], r["after"], r["env"]) == (28, 20, None)
+    assert r["asleep_after"] < 0.05
+    assert r["threads_after"] >= 2
+    assert r["same_product"]
+
+
+def test_set_blas_spin_back_to_openblas_default_spins_again():
+    r = _run_spin_script(28)
+    assert (r["returned"], r["after"], r["threads_after"]) == (28, 28, 1)
+    assert r["asleep_after"] >= 0.05
+    assert r["same_product"]
+
+
+@pytest.mark.parametrize("exponent, error", [(3, ValueError), (31, ValueError), (20.0, TypeError), ("20", TypeError),
+                                             (True, TypeError), (None, TypeError)])
+def test_set_blas_spin_refuses_exponents_outside_openblas_range(exponent, error):
+    with pytest.raises(error, match="exponent"):
+        workers.set_blas_spin(exponent)
+
+
+def test_set_blas_spin_refuses_a_blas_without_the_setting_and_changes_nothing(monkeypatch):
+    class OtherBlas:
+        internal_api, threading_layer, filepath, num_threads = "mkl", "intel", "libmkl_rt.so", 2
+    monkeypatch.setattr(workers, "_blas_controllers", lambda: [OtherBlas()])
+    monkeypatch.setitem(workers._state, "spin", 28)
+    with pytest.raises(RuntimeError, match="libmkl_rt.so.*nothing was changed"):
+        workers.set_blas_spin(20)
+    assert workers._state["spin"] == 28
+
+
+def test_set_blas_spin_refuses_while_blocks_run(monkeypatch):
+    if workers.blas_spin_exponent() is None:
+        pytest.skip("NumPy's BLAS here is not OpenBLAS with pthreads: the call is refused before this check")
+    monkeypatch.setitem(workers._held, "count", 1)  # as while a run_blocks call holds BLAS at one thread
+    with pytest.raises(RuntimeError, match="run_blocks"):
+        workers.set_blas_spin(20)
