@@ -65,7 +65,7 @@ def _report(rows, tol):
     head = f"{'tensor':<28} {'shape':<16} {'rel error':>10} {'worst at':<14} {'analytic':>13} {'numeric':>13}"
     lines = [head, "-" * len(head)]
     for name, shape, err, idx, a, n in rows:
-        flag = "  FAIL" if err > tol else ""
+        flag = "" if err <= tol else "  FAIL"  # NaN fails: NaN <= tol is False
         lines.append(f"{name:<28} {str(shape):<16} {err:>10.2e} {str(idx):<14} {a:>13.6e} {n:>13.6e}{flag}")
     return "\n".join(lines)
 
@@ -90,7 +90,8 @@ def check_module(module, x, h=1e-6, tol=1e-7, seed=0, forward=None, check_input=
 
     Raises
     ------
-    AssertionError with the table of worst errors per tensor when any error exceeds ``tol``.
+    AssertionError with the table of worst errors per tensor when any error exceeds ``tol`` or is NaN (a
+    NaN or inf in the analytic or numerical gradient).
 
     Notes
     -----
@@ -121,7 +122,9 @@ def check_module(module, x, h=1e-6, tol=1e-7, seed=0, forward=None, check_input=
         rows.append((name, tuple(a.shape), err, idx, float(a[idx]) if a.size else 0.0,
                      float(n[idx]) if a.size else 0.0))
     table = _report(rows, tol)
-    if any(err > tol for err in errors.values()):
+    # `not err <= tol` rather than `err > tol`: a NaN error (a NaN or inf gradient, or a NaN loss) compares
+    # False with everything and must fail, not pass
+    if not all(err <= tol for err in errors.values()):
         raise AssertionError(f"gradient check failed (tol={tol:.0e}, h={h:.0e}):\n{table}")
     if verbose:
         print(table)

@@ -49,3 +49,27 @@ def test_check_module_fails_with_a_table_on_a_wrong_gradient(rng):
     assert "gradient check failed" in message and "rel error" in message
     failing = [line for line in message.splitlines() if line.endswith("FAIL")]
     assert len(failing) == 1 and failing[0].startswith("b "), message
+
+
+class NaNLinear(Linear):
+    """Linear whose bias gradient is NaN: a NaN error must fail the check, not pass it."""
+
+    def backward(self, dy):
+        dx = super().backward(dy)
+        self.grads["b"] = self.grads["b"] * np.nan
+        return dx
+
+
+class NaNOutputLinear(Linear):
+    """Linear whose output (so the loss and every numerical gradient) is NaN."""
+
+    def forward(self, x):
+        return super().forward(x) * np.nan
+
+
+@pytest.mark.parametrize("layer", [NaNLinear, NaNOutputLinear])
+def test_check_module_fails_on_a_nan_gradient(layer, rng):
+    # Before: rel_error was NaN and `NaN > tol` is False, so check_module returned {'b': nan, ...} as a pass
+    with pytest.raises(AssertionError, match="gradient check failed") as info:
+        check_module(layer(4, 3, seed=0), rng.standard_normal((5, 4)))
+    assert any(line.endswith("FAIL") for line in str(info.value).splitlines())
