@@ -91,7 +91,8 @@ def check_module(module, x, h=1e-6, tol=1e-7, seed=0, forward=None, check_input=
     Raises
     ------
     AssertionError with the table of worst errors per tensor when any error exceeds ``tol`` or is NaN (a
-    NaN or inf in the analytic or numerical gradient).
+    NaN or inf in the analytic or numerical gradient); naming the tensor when a gradient's shape is not
+    that of its tensor.
 
     Notes
     -----
@@ -111,6 +112,10 @@ def check_module(module, x, h=1e-6, tol=1e-7, seed=0, forward=None, check_input=
     analytic = {"input": dx} if check_input else {}
     analytic.update({name: g.copy() for name, g in module.named_grads()})
     params = dict(module.named_parameters())
+    wrong = [f"{name} {tuple(a.shape)}, expected {tuple((x if name == 'input' else params[name]).shape)}"
+             for name, a in analytic.items() if tuple(a.shape) != tuple((x if name == "input" else params[name]).shape)]
+    if wrong:  # compared by broadcasting they could pass, or fail with an IndexError in the table
+        raise AssertionError(f"gradient check failed: gradients of the wrong shape: {'; '.join(wrong)}")
     rows, errors = [], {}
     for name, a in analytic.items():
         target = x if name == "input" else params[name]

@@ -73,3 +73,27 @@ def test_check_module_fails_on_a_nan_gradient(layer, rng):
     with pytest.raises(AssertionError, match="gradient check failed") as info:
         check_module(layer(4, 3, seed=0), rng.standard_normal((5, 4)))
     assert any(line.endswith("FAIL") for line in str(info.value).splitlines())
+
+
+class RowBiasLinear(Linear):
+    """Linear whose bias gradient has the right numbers in the wrong shape (1, O) instead of (O,)."""
+
+    def backward(self, dy):
+        dx = super().backward(dy)
+        self.grads["b"] = self.grads["b"][None, :]
+        return dx
+
+
+class FlatInputLinear(Linear):
+    """Linear whose input gradient comes back flattened, (N D,) instead of (N, D)."""
+
+    def backward(self, dy):
+        return super().backward(dy).ravel()
+
+
+@pytest.mark.parametrize("layer,pattern", [(RowBiasLinear, r"b \(1, 3\), expected \(3,\)"),
+                                           (FlatInputLinear, r"input \(8,\), expected \(2, 4\)")])
+def test_check_module_names_a_gradient_of_the_wrong_shape(layer, pattern, rng):
+    # Before: an IndexError from building the table (compared by broadcasting, the values may even agree)
+    with pytest.raises(AssertionError, match=pattern):
+        check_module(layer(4, 3, seed=0), rng.standard_normal((2, 4)))
