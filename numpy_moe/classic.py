@@ -363,6 +363,16 @@ def fit_local_experts(model, X, y, optimizer=None, epochs=50, batch_size=1, seed
     """
     epochs = check_positive_int(epochs, "epochs")
     optimizer = SGD(lr=0.1, decay=0.99) if optimizer is None else optimizer
+    # checked before the first epoch, as train.fit does: otherwise a wrong optimiser or callback fails only after
+    # training has changed the model, and y_test without X_test is silently ignored
+    if not all(callable(getattr(optimizer, m, None)) for m in ("step", "end_epoch")):
+        raise TypeError(f"optimizer={optimizer!r:.60} must be an optimiser of numpy_moe.optim (SGD(lr), Adam(lr), "
+                        "FTRL(alpha)) or an object with step(model) and end_epoch()")
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback={callback!r:.60} must be None or a function callback(epoch, model, history)")
+    if (X_test is None) != (y_test is None):
+        raise ValueError(f"X_test is {'None' if X_test is None else 'given'} and y_test is "
+                         f"{'None' if y_test is None else 'given'}; pass both (held-out data) or neither")
     rng = default_rng(seed)
     sets = {"train": (X, y)} if X_test is None else {"train": (X, y), "test": (X_test, y_test)}
     history = {name: [evaluate(model, *data)] for name, data in sets.items()}
