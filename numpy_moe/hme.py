@@ -369,6 +369,8 @@ def fit_em(model, x, y, max_iter=200, tol=1e-8, ridge=1e-6, var_floor=1e-8, call
     max_iter = check_positive_int(max_iter, "max_iter")
     tol, ridge = check_real(tol, "tol", 0), check_real(ridge, "ridge", 0)
     var_floor = check_real(var_floor, "var_floor", 0, low_open=True)
+    if callback is not None and not callable(callback):  # before the first EM step changes the model
+        raise TypeError(f"callback={callback!r:.60} must be None or a function callback(iteration, model)")
     N = model._with_bias(x, min_rows=1).shape[0]  # the gain is per sample
     ll = model.log_likelihood(x, y)
     history = {"log_likelihood": [ll], "objective": [ll - model.penalty(ridge)], "n_iter": 0, "converged": False}

@@ -189,6 +189,11 @@ def test_empty_data_and_bad_em_arguments_are_refused_by_name():
         model.m_step(x, y, np.full((10, 2), 0.5), ridge=-1)
     with pytest.raises(ValueError, match=r"h has shape \(10, 3\); expected \(10, 2\)"):  # before: a matmul error
         model.m_step(x, y, np.full((10, 3), 0.5))
+    before = {k: p.copy() for k, p in model.params.items()}
+    with pytest.raises(TypeError, match="callback=3 must be None or a function"):  # before: after an EM step
+        fit_em(model, x, y, callback=3)
+    for key, p in model.params.items():  # refused before the first EM step changed the model
+        np.testing.assert_array_equal(p, before[key], err_msg=key)
 
 
 def test_init_responsibilities_refuses_an_unknown_task_and_no_expert():
