@@ -300,6 +300,8 @@ class HierarchicalMoE(Module):
         if tuple(h.shape) != (x1.shape[0], self.n_experts):
             raise ValueError(f"h has shape {tuple(h.shape)}; expected {(x1.shape[0], self.n_experts)}, the "
                              "responsibilities of each sample over the experts")
+        if not bool(xp.isfinite(h).all()) or bool((h < 0).any()):  # before any parameter is changed
+            raise ValueError("h contains NaN, inf or negative values; expected responsibilities: finite weights >= 0")
         for j in range(len(self.gates)):
             key = f"G{j}"
             self.params[key][...] = irls_softmax(x1, h @ self._members(j, xp).T, self.params[key], ridge)[0]

@@ -190,6 +190,13 @@ def test_empty_data_and_bad_em_arguments_are_refused_by_name():
     with pytest.raises(ValueError, match=r"h has shape \(10, 3\); expected \(10, 2\)"):  # before: a matmul error
         model.m_step(x, y, np.full((10, 3), 0.5))
     before = {k: p.copy() for k, p in model.params.items()}
+    # before: NaN or inf printed LAPACK's "DLASCL parameter number 4 had an illegal value" and raised "SVD did
+    # not converge" from the gate's IRLS; negative weights were accepted without a word
+    for bad in (np.nan, np.inf, -0.5):
+        h = np.full((10, 2), 0.5)
+        h[3, 1] = bad
+        with pytest.raises(ValueError, match="h contains NaN, inf or negative values"):
+            model.m_step(x, y, h)
     with pytest.raises(TypeError, match="callback=3 must be None or a function"):  # before: after an EM step
         fit_em(model, x, y, callback=3)
     for key, p in model.params.items():  # refused before the first EM step changed the model
