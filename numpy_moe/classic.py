@@ -25,7 +25,7 @@ from . import functional as F
 from .backend import asarray, default_rng, get_array_module
 from .layers import Module, normal_param
 from .optim import FTRL, SGD, Adam
-from .validation import check_input, check_labels, check_positive_int
+from .validation import check_input, check_labels, check_positive_int, check_real
 
 MODES = ("cooperative", "competitive")
 TASKS = ("classification", "regression")
@@ -177,13 +177,14 @@ class LocalExperts(Module):
 
         Parameters
         ----------
-        x : (N, D). r : targets (see the class docstring). lr : η.
+        x : (N, D). r : targets (see the class docstring). lr : η, a finite number > 0.
 
         Returns
         -------
         dict with "V": ΔV (E, D+1, O) and "M": ΔM (D+1, E).
         """
         xp = get_array_module(x)
+        lr = check_real(lr, "lr", 0, low_open=True)  # as SGD's lr: NaN made every direction NaN without a word
         x1 = self._with_bias(x, min_rows=1)
         N = x1.shape[0]
         R = self._targets(r, N)
@@ -212,7 +213,8 @@ class LocalExperts(Module):
             raise ValueError(f"seed_cooperative_update needs mode='cooperative'; "
                              f"this model has mode={self.mode!r}")
         xp = get_array_module(x)
-        x1 = self._with_bias(x)
+        lr = check_real(lr, "lr", 0, low_open=True)
+        x1 = self._with_bias(x, min_rows=1)
         N = x1.shape[0]
         R = self._targets(r, N)
         h, w = self._parts(x1)

@@ -373,3 +373,16 @@ def test_fit_refuses_bad_arguments_before_training(kwargs, error, pattern):
         fit_local_experts(model, X, y, epochs=2, **kwargs)
     for key, p in model.params.items():
         np.testing.assert_array_equal(p, before[key], err_msg=key)
+
+
+@pytest.mark.parametrize("lr,error,pattern", [
+    (float("nan"), ValueError, "lr=nan must be a finite number > 0"),  # before: NaN directions, no word
+    (float("inf"), ValueError, "lr=inf must be a finite number > 0"),
+    (-0.1, ValueError, r"lr=-0.1 must be a finite number > 0"),
+    ("0.1", TypeError, "lr='0.1' must be a finite number > 0"),  # before: numpy's UFuncTypeError
+])
+def test_update_rules_refuse_a_bad_learning_rate(lr, error, pattern):
+    model, x, r = problem("cooperative", "classification")
+    for rule in (model.update_directions, model.seed_cooperative_update):
+        with pytest.raises(error, match=pattern):
+            rule(x, r, lr=lr)
