@@ -340,14 +340,24 @@ def init_responsibilities(x, y, n_experts, seed=None, task="regression"):
     h_ne ∝ exp(-‖z_n - z_centre(e)‖² / 2). Starting from random responsibilities, rather than from random
     weights, gives each expert a different region at once.
     task : "regression" (y values) or "classification" (y integer labels, one-hot in z).
+    x : (N, D) finite floats, N >= 1. y : (N,) or (N, O) finite values, or (N,) integer labels >= 0.
     """
     if task not in ("regression", "classification"):  # another word would silently treat labels as values
         raise ValueError(f"task={task!r} must be 'regression' or 'classification'")
     n_experts = check_positive_int(n_experts, "n_experts")
+    x = asarray(x)
+    x = check_input(x, None, x.dtype, "x", min_rows=1)  # NaN or inf would give NaN responsibilities
     xp = get_array_module(x)
-    y = xp.asarray(y)
+    N = x.shape[0]
     if task == "classification":
-        y = xp.eye(int(y.max()) + 1, dtype=x.dtype)[y]
+        y = asarray(y)
+        n_classes = int(y.max()) + 1 if y.dtype.kind in "iu" and y.size else 1  # labels >= 0, one column each
+        y = xp.eye(n_classes, dtype=x.dtype)[check_labels(y, n_classes, N)]
+    else:
+        y = asarray(y)
+        if y.ndim not in (1, 2) or y.shape[0] != N:
+            raise ValueError(f"y has shape {tuple(y.shape)}; expected ({N},) or ({N}, O) targets, one per row of x")
+        y = check_input(y.reshape(N, -1), None, x.dtype, "y")
     z = xp.concatenate([x, y.reshape(len(x), -1).astype(x.dtype)], axis=1)
     z = (z - z.mean(axis=0)) / xp.maximum(z.std(axis=0), 1e-12)
     centres = z[asarray(default_rng(seed).choice(len(z), size=n_experts, replace=len(z) < n_experts))]

@@ -212,6 +212,27 @@ def test_init_responsibilities_refuses_an_unknown_task_and_no_expert():
         init_responsibilities(x, y, 0, seed=0)
 
 
+
+@pytest.mark.parametrize("change,task,error,pattern", [
+    # before: NaN responsibilities without a word (inf: a RuntimeWarning, then NaN)
+    (lambda x, y: (np.where(np.arange(10)[:, None] == 3, np.nan, x), y), "regression", ValueError,
+     "x contains NaN or inf"),
+    (lambda x, y: (x, np.where(np.arange(10) == 4, np.inf, y)), "regression", ValueError, "y contains NaN or inf"),
+    # before: "cannot reshape array of size 4 into shape (10,newaxis)"
+    (lambda x, y: (x, y[:4]), "regression", ValueError, r"y has shape \(4,\); expected \(10,\) or \(10, O\)"),
+    # before: IndexError "arrays used as indices must be of integer (or boolean) type"
+    (lambda x, y: (x, y + 0.5), "classification", TypeError, "y has dtype float64; expected integer class labels"),
+    # before: -1 picked the last one-hot row, a class that is not there
+    (lambda x, y: (x, np.where(np.arange(10) == 2, -1, y)), "classification", ValueError, r"y has labels in \[-1"),
+])
+def test_init_responsibilities_refuses_bad_data_by_name(change, task, error, pattern):
+    x, y = random_problem(3, "softmax", N=10)
+    y = y if task == "classification" else y.astype(float)
+    x, y = change(x, y)
+    with pytest.raises(error, match=pattern):
+        init_responsibilities(x, y, 2, seed=0, task=task)
+
+
 def test_em_recovers_two_lines_of_a_switching_regression():
     rng = np.random.default_rng(0)
     x = rng.uniform(-1, 1, (400, 1))
