@@ -160,12 +160,14 @@ class HierarchicalMoE(Module):
         """g_j = softmax(x̃ G_j) for every gate: list of (N, children)."""
         return [F.softmax(x1 @ self.params[f"G{j}"]) for j in range(len(self.gates))]
 
-    def _log_prior(self, x1, g):
-        """log π (N, E): the sum over each leaf's path of log g_{j,c}."""
+    def _log_prior(self, x1):
+        """log π (N, E): the sum over each leaf's path of log g_{j,c}, from the logits by log-softmax (the log
+        of an underflowed g, clipped at log(tiny) = -708, put a far-away expert's log prior at -708 where it
+        is, say, -35000, and so gave it the sample and a log-likelihood hundreds of nats too high)."""
         xp = get_array_module(x1)
         logp = xp.zeros((x1.shape[0], self.n_experts), dtype=self.dtype)
-        for j, gj in enumerate(g):
-            logp = logp + xp.log(xp.maximum(gj, xp.finfo(gj.dtype).tiny)) @ self._members(j, xp)
+        for j in range(len(self.gates)):
+            logp = logp + F.log_softmax(x1 @ self.params[f"G{j}"]) @ self._members(j, xp)
         return logp
 
     def _gate_logit_grads(self, u, g, xp):
@@ -190,7 +192,7 @@ class HierarchicalMoE(Module):
         """π(x) (N, E): each expert's prior weight, the product of the gates on its path."""
         xp = get_array_module(x)
         x1 = self._with_bias(x)
-        return xp.exp(self._log_prior(x1, self._gate_probs(x1)))
+        return xp.exp(self._log_prior(x1))
 
     def expert_outputs(self, x):
         """x̃ V_e (N, E, O): each expert's mean (gaussian) or logits (softmax)."""
@@ -201,20 +203,20 @@ class HierarchicalMoE(Module):
         """Σ_n log p(y_n | x_n), the total log-likelihood (natural log)."""
         x1 = self._with_bias(x)
         lp, _ = self._expert_log_lik(x1, self._targets(y, x1.shape[0]))
-        return float(F.logsumexp(self._log_prior(x1, self._gate_probs(x1)) + lp).sum())
+        return float(F.logsumexp(self._log_prior(x1) + lp).sum())
 
     def posterior(self, x, y):
         """h (N, E): P(expert e | x, y), the E-step's responsibilities."""
         x1 = self._with_bias(x)
         lp, _ = self._expert_log_lik(x1, self._targets(y, x1.shape[0]))
-        return F.softmax(self._log_prior(x1, self._gate_probs(x1)) + lp)
+        return F.softmax(self._log_prior(x1) + lp)
 
     # ----- prediction and its gradient -----------------------------------------------------------
     def forward(self, x):
         xp = get_array_module(x)
         x1 = self._with_bias(x)
         g = self._gate_probs(x1)
-        log_prior = self._log_prior(x1, g)  # (N, E)
+        log_prior = self._log_prior(x1)  # (N, E)
         W = xp.einsum("nd,edo->neo", x1, self.params["V"])  # (N, E, O)
         if self.expert == "gaussian":
             prior = xp.exp(log_prior)
@@ -266,7 +268,7 @@ class HierarchicalMoE(Module):
         y = self._targets(y, N)
         g = self._gate_probs(x1)
         lp, W = self._expert_log_lik(x1, y)
-        joint = self._log_prior(x1, g) + lp
+        joint = self._log_prior(x1) + lp
         h = F.softmax(joint)  # (N, E)
         if self.expert == "softmax":
             R = xp.eye(self.n_outputs, dtype=self.dtype)[y][:, None, :] - F.softmax(W, axis=2)

@@ -123,6 +123,30 @@ def test_priors_multiply_along_the_path_and_the_posterior_is_bayes_rule_by_hand(
     assert model.log_likelihood(x, [1.0]) == pytest.approx(np.log(joint.sum() / np.sqrt(2 * np.pi)), rel=1e-12)
 
 
+def test_log_prior_of_an_expert_the_gate_all_but_shuts_out_is_exact():
+    # Two experts; at x = 1 the gate's logits differ by 1000, so log π = (-log1p(e^-1000), -1000 - log1p(e^-1000))
+    # = (0, -1000) to double precision. Expert 0 predicts 0, expert 1 predicts 10, both with σ² = 0.01; y = 10,
+    # so log p_0 = c - 5000, log p_1 = c with c = -½ log(2π 0.01): ℓ = logsumexp(c - 5000, c - 1000) = c - 1000
+    # and the posterior is all on expert 1. Before: log π_1 was log(max(g_1, tiny)) = -708.4 (g_1 underflows),
+    # so ℓ came out c - 708.4, 292 nats too high (fitted gates reach such logits: -866 on the V regression)
+    model = HierarchicalMoE(1, 1, 2)
+    model.params["G0"][...] = [[1000.0, 0.0], [0.0, 0.0]]
+    model.params["V"][...] = 0
+    model.params["V"][1, 1, 0] = 10.0
+    model.params["log_var"][...] = np.log(0.01)
+    x, y = np.array([[1.0]]), np.array([10.0])
+    c = -0.5 * np.log(2 * np.pi * 0.01)
+    assert model.log_likelihood(x, y) == pytest.approx(c - 1000, rel=1e-12)
+    np.testing.assert_allclose(model.posterior(x, y), [[0.0, 1.0]], atol=1e-300)
+    model.params["G0"][0] = [0.0, 1000.0]  # now expert 0 is the one shut out, and the one that fits badly
+    assert model.log_likelihood(x, y) == pytest.approx(c, rel=1e-12)
+    soft = HierarchicalMoE(1, 2, 2, expert="softmax")  # the same log prior under softmax experts
+    soft.params["G0"][...] = [[1000.0, 0.0], [0.0, 0.0]]
+    soft.params["V"][...] = 0
+    soft.params["V"][0, 1] = [0.0, -2000.0]  # expert 0 gives class 1 log-probability -2000, expert 1 log 1/2
+    assert soft.log_likelihood(x, [1]) == pytest.approx(-1000 - np.log(2), rel=1e-12)
+
+
 # ----- EM ------------------------------------------------------------------------------------------
 def random_problem(seed, expert, N=120, D=2):
     rng = np.random.default_rng(seed)
