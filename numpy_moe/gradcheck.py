@@ -21,7 +21,7 @@ def numerical_gradient(f, x, h=1e-6):
     Parameters
     ----------
     f : callable, ``f(x) -> float``; it may read ``x`` directly (x is perturbed in place).
-    x : float array of any shape, perturbed in place one coordinate at a time and restored.
+    x : float64 array of any shape (C-contiguous), perturbed in place one coordinate at a time and restored.
     h : step.
 
     Returns
@@ -29,6 +29,9 @@ def numerical_gradient(f, x, h=1e-6):
     grad : array of x's shape, dF/dx.
     """
     xp = get_array_module(x)
+    if x.dtype != xp.float64:  # an integer x keeps x ± h at x, x - 1: garbage; float32 rounds h by percents
+        raise TypeError(f"x has dtype {x.dtype}; finite differences need a float64 array (MATH.md §8: in float32 "
+                        "the step h = 1e-6 is rounded by percents), e.g. a module built with dtype='float64'")
     grad = xp.zeros_like(x)
     if not x.flags.c_contiguous:
         raise ValueError("x must be C-contiguous so that it can be perturbed in place")

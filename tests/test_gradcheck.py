@@ -97,3 +97,14 @@ def test_check_module_names_a_gradient_of_the_wrong_shape(layer, pattern, rng):
     # Before: an IndexError from building the table (compared by broadcasting, the values may even agree)
     with pytest.raises(AssertionError, match=pattern):
         check_module(layer(4, 3, seed=0), rng.standard_normal((2, 4)))
+
+
+@pytest.mark.parametrize("dtype", [np.int64, np.float32])
+def test_numerical_gradient_refuses_arrays_that_are_not_float64(dtype):
+    # Before: for the integers [1, 2, 3], x + h was stored as x and x - h as x - 1, so the "gradient" of
+    # sum(x²) came out [5e5, 1.5e6, 2.5e6]; in float32 it was [1.967, 3.815, 5.722] for [2, 4, 6], and
+    # check_module on a correct float32 layer reported FAIL
+    with pytest.raises(TypeError, match=f"x has dtype {np.dtype(dtype)}; finite differences need a float64"):
+        numerical_gradient(lambda v: float((v.astype(float) ** 2).sum()), np.array([1, 2, 3], dtype=dtype))
+    with pytest.raises(TypeError, match="finite differences need a float64"):
+        check_module(Linear(4, 3, seed=0, dtype="float32"), np.ones((2, 4), dtype=np.float32))
