@@ -25,7 +25,7 @@ from . import functional as F
 from .backend import asarray, default_rng, get_array_module
 from .layers import Module, normal_param
 from .optim import FTRL, SGD, Adam
-from .validation import check_input, check_labels, check_positive_int
+from .validation import check_input, check_labels, check_positive_int, check_real
 
 MODES = ("cooperative", "competitive")
 TASKS = ("classification", "regression")
@@ -177,13 +177,14 @@ class LocalExperts(Module):
 
         Parameters
         ----------
-        x : (N, D). r : targets (see the class docstring). lr : η.
+        x : (N, D). r : targets (see the class docstring). lr : η, a finite number > 0.
 
         Returns
         -------
         dict with "V": ΔV (E, D+1, O) and "M": ΔM (D+1, E).
         """
         xp = get_array_module(x)
+        lr = check_real(lr, "lr", 0, low_open=True)  # as SGD's lr: NaN made every direction NaN without a word
         x1 = self._with_bias(x, min_rows=1)
         N = x1.shape[0]
         R = self._targets(r, N)
@@ -212,7 +213,8 @@ class LocalExperts(Module):
             raise ValueError(f"seed_cooperative_update needs mode='cooperative'; "
                              f"this model has mode={self.mode!r}")
         xp = get_array_module(x)
-        x1 = self._with_bias(x)
+        lr = check_real(lr, "lr", 0, low_open=True)
+        x1 = self._with_bias(x, min_rows=1)
         N = x1.shape[0]
         R = self._targets(r, N)
         h, w = self._parts(x1)
@@ -363,6 +365,16 @@ def fit_local_experts(model, X, y, optimizer=None, epochs=50, batch_size=1, seed
     """
     epochs = check_positive_int(epochs, "epochs")
     optimizer = SGD(lr=0.1, decay=0.99) if optimizer is None else optimizer
+    # checked before the first epoch, as train.fit does: otherwise a wrong optimiser or callback fails only after
+    # training has changed the model, and y_test without X_test is silently ignored
+    if not all(callable(getattr(optimizer, m, None)) for m in ("step", "end_epoch")):
+        raise TypeError(f"optimizer={optimizer!r:.60} must be an optimiser of numpy_moe.optim (SGD(lr), Adam(lr), "
+                        "FTRL(alpha)) or an object with step(model) and end_epoch()")
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback={callback!r:.60} must be None or a function callback(epoch, model, history)")
+    if (X_test is None) != (y_test is None):
+        raise ValueError(f"X_test is {'None' if X_test is None else 'given'} and y_test is "
+                         f"{'None' if y_test is None else 'given'}; pass both (held-out data) or neither")
     rng = default_rng(seed)
     sets = {"train": (X, y)} if X_test is None else {"train": (X, y), "test": (X_test, y_test)}
     history = {name: [evaluate(model, *data)] for name, data in sets.items()}

@@ -21,7 +21,7 @@ def numerical_gradient(f, x, h=1e-6):
     Parameters
     ----------
     f : callable, ``f(x) -> float``; it may read ``x`` directly (x is perturbed in place).
-    x : float array of any shape, perturbed in place one coordinate at a time and restored.
+    x : float64 array of any shape (C-contiguous), perturbed in place one coordinate at a time and restored.
     h : step.
 
     Returns
@@ -29,6 +29,9 @@ def numerical_gradient(f, x, h=1e-6):
     grad : array of x's shape, dF/dx.
     """
     xp = get_array_module(x)
+    if x.dtype != xp.float64:  # an integer x keeps x ± h at x, x - 1: garbage; float32 rounds h by percents
+        raise TypeError(f"x has dtype {x.dtype}; finite differences need a float64 array (MATH.md §8: in float32 "
+                        "the step h = 1e-6 is rounded by percents), e.g. a module built with dtype='float64'")
     grad = xp.zeros_like(x)
     if not x.flags.c_contiguous:
         raise ValueError("x must be C-contiguous so that it can be perturbed in place")
@@ -65,7 +68,7 @@ def _report(rows, tol):
     head = f"{'tensor':<28} {'shape':<16} {'rel error':>10} {'worst at':<14} {'analytic':>13} {'numeric':>13}"
     lines = [head, "-" * len(head)]
     for name, shape, err, idx, a, n in rows:
-        flag = "  FAIL" if err > tol else ""
+        flag = "" if err <= tol else "  FAIL"  # NaN fails: NaN <= tol is False
         lines.append(f"{name:<28} {str(shape):<16} {err:>10.2e} {str(idx):<14} {a:>13.6e} {n:>13.6e}{flag}")
     return "\n".join(lines)
 
@@ -90,7 +93,9 @@ def check_module(module, x, h=1e-6, tol=1e-7, seed=0, forward=None, check_input=
 
     Raises
     ------
-    AssertionError with the table of worst errors per tensor when any error exceeds ``tol``.
+    AssertionError with the table of worst errors per tensor when any error exceeds ``tol`` or is NaN (a
+    NaN or inf in the analytic or numerical gradient); naming the tensor when a gradient's shape is not
+    that of its tensor.
 
     Notes
     -----
@@ -110,6 +115,10 @@ def check_module(module, x, h=1e-6, tol=1e-7, seed=0, forward=None, check_input=
     analytic = {"input": dx} if check_input else {}
     analytic.update({name: g.copy() for name, g in module.named_grads()})
     params = dict(module.named_parameters())
+    wrong = [f"{name} {tuple(a.shape)}, expected {tuple((x if name == 'input' else params[name]).shape)}"
+             for name, a in analytic.items() if tuple(a.shape) != tuple((x if name == "input" else params[name]).shape)]
+    if wrong:  # compared by broadcasting they could pass, or fail with an IndexError in the table
+        raise AssertionError(f"gradient check failed: gradients of the wrong shape: {'; '.join(wrong)}")
     rows, errors = [], {}
     for name, a in analytic.items():
         target = x if name == "input" else params[name]
@@ -121,7 +130,9 @@ def check_module(module, x, h=1e-6, tol=1e-7, seed=0, forward=None, check_input=
         rows.append((name, tuple(a.shape), err, idx, float(a[idx]) if a.size else 0.0,
                      float(n[idx]) if a.size else 0.0))
     table = _report(rows, tol)
-    if any(err > tol for err in errors.values()):
+    # `not err <= tol` rather than `err > tol`: a NaN error (a NaN or inf gradient, or a NaN loss) compares
+    # False with everything and must fail, not pass
+    if not all(err <= tol for err in errors.values()):
         raise AssertionError(f"gradient check failed (tol={tol:.0e}, h={h:.0e}):\n{table}")
     if verbose:
         print(table)

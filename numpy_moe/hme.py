@@ -160,12 +160,14 @@ class HierarchicalMoE(Module):
         """g_j = softmax(x̃ G_j) for every gate: list of (N, children)."""
         return [F.softmax(x1 @ self.params[f"G{j}"]) for j in range(len(self.gates))]
 
-    def _log_prior(self, x1, g):
-        """log π (N, E): the sum over each leaf's path of log g_{j,c}."""
+    def _log_prior(self, x1):
+        """log π (N, E): the sum over each leaf's path of log g_{j,c}, from the logits by log-softmax (the log
+        of an underflowed g, clipped at log(tiny) = -708, put a far-away expert's log prior at -708 where it
+        is, say, -35000, and so gave it the sample and a log-likelihood hundreds of nats too high)."""
         xp = get_array_module(x1)
         logp = xp.zeros((x1.shape[0], self.n_experts), dtype=self.dtype)
-        for j, gj in enumerate(g):
-            logp = logp + xp.log(xp.maximum(gj, xp.finfo(gj.dtype).tiny)) @ self._members(j, xp)
+        for j in range(len(self.gates)):
+            logp = logp + F.log_softmax(x1 @ self.params[f"G{j}"]) @ self._members(j, xp)
         return logp
 
     def _gate_logit_grads(self, u, g, xp):
@@ -190,7 +192,7 @@ class HierarchicalMoE(Module):
         """π(x) (N, E): each expert's prior weight, the product of the gates on its path."""
         xp = get_array_module(x)
         x1 = self._with_bias(x)
-        return xp.exp(self._log_prior(x1, self._gate_probs(x1)))
+        return xp.exp(self._log_prior(x1))
 
     def expert_outputs(self, x):
         """x̃ V_e (N, E, O): each expert's mean (gaussian) or logits (softmax)."""
@@ -201,20 +203,20 @@ class HierarchicalMoE(Module):
         """Σ_n log p(y_n | x_n), the total log-likelihood (natural log)."""
         x1 = self._with_bias(x)
         lp, _ = self._expert_log_lik(x1, self._targets(y, x1.shape[0]))
-        return float(F.logsumexp(self._log_prior(x1, self._gate_probs(x1)) + lp).sum())
+        return float(F.logsumexp(self._log_prior(x1) + lp).sum())
 
     def posterior(self, x, y):
         """h (N, E): P(expert e | x, y), the E-step's responsibilities."""
         x1 = self._with_bias(x)
         lp, _ = self._expert_log_lik(x1, self._targets(y, x1.shape[0]))
-        return F.softmax(self._log_prior(x1, self._gate_probs(x1)) + lp)
+        return F.softmax(self._log_prior(x1) + lp)
 
     # ----- prediction and its gradient -----------------------------------------------------------
     def forward(self, x):
         xp = get_array_module(x)
         x1 = self._with_bias(x)
         g = self._gate_probs(x1)
-        log_prior = self._log_prior(x1, g)  # (N, E)
+        log_prior = self._log_prior(x1)  # (N, E)
         W = xp.einsum("nd,edo->neo", x1, self.params["V"])  # (N, E, O)
         if self.expert == "gaussian":
             prior = xp.exp(log_prior)
@@ -266,7 +268,7 @@ class HierarchicalMoE(Module):
         y = self._targets(y, N)
         g = self._gate_probs(x1)
         lp, W = self._expert_log_lik(x1, y)
-        joint = self._log_prior(x1, g) + lp
+        joint = self._log_prior(x1) + lp
         h = F.softmax(joint)  # (N, E)
         if self.expert == "softmax":
             R = xp.eye(self.n_outputs, dtype=self.dtype)[y][:, None, :] - F.softmax(W, axis=2)
@@ -300,6 +302,8 @@ class HierarchicalMoE(Module):
         if tuple(h.shape) != (x1.shape[0], self.n_experts):
             raise ValueError(f"h has shape {tuple(h.shape)}; expected {(x1.shape[0], self.n_experts)}, the "
                              "responsibilities of each sample over the experts")
+        if not bool(xp.isfinite(h).all()) or bool((h < 0).any()):  # before any parameter is changed
+            raise ValueError("h contains NaN, inf or negative values; expected responsibilities: finite weights >= 0")
         for j in range(len(self.gates)):
             key = f"G{j}"
             self.params[key][...] = irls_softmax(x1, h @ self._members(j, xp).T, self.params[key], ridge)[0]
@@ -338,14 +342,24 @@ def init_responsibilities(x, y, n_experts, seed=None, task="regression"):
     h_ne ∝ exp(-‖z_n - z_centre(e)‖² / 2). Starting from random responsibilities, rather than from random
     weights, gives each expert a different region at once.
     task : "regression" (y values) or "classification" (y integer labels, one-hot in z).
+    x : (N, D) finite floats, N >= 1. y : (N,) or (N, O) finite values, or (N,) integer labels >= 0.
     """
     if task not in ("regression", "classification"):  # another word would silently treat labels as values
         raise ValueError(f"task={task!r} must be 'regression' or 'classification'")
     n_experts = check_positive_int(n_experts, "n_experts")
+    x = asarray(x)
+    x = check_input(x, None, x.dtype, "x", min_rows=1)  # NaN or inf would give NaN responsibilities
     xp = get_array_module(x)
-    y = xp.asarray(y)
+    N = x.shape[0]
     if task == "classification":
-        y = xp.eye(int(y.max()) + 1, dtype=x.dtype)[y]
+        y = asarray(y)
+        n_classes = int(y.max()) + 1 if y.dtype.kind in "iu" and y.size else 1  # labels >= 0, one column each
+        y = xp.eye(n_classes, dtype=x.dtype)[check_labels(y, n_classes, N)]
+    else:
+        y = asarray(y)
+        if y.ndim not in (1, 2) or y.shape[0] != N:
+            raise ValueError(f"y has shape {tuple(y.shape)}; expected ({N},) or ({N}, O) targets, one per row of x")
+        y = check_input(y.reshape(N, -1), None, x.dtype, "y")
     z = xp.concatenate([x, y.reshape(len(x), -1).astype(x.dtype)], axis=1)
     z = (z - z.mean(axis=0)) / xp.maximum(z.std(axis=0), 1e-12)
     centres = z[asarray(default_rng(seed).choice(len(z), size=n_experts, replace=len(z) < n_experts))]
@@ -369,6 +383,8 @@ def fit_em(model, x, y, max_iter=200, tol=1e-8, ridge=1e-6, var_floor=1e-8, call
     max_iter = check_positive_int(max_iter, "max_iter")
     tol, ridge = check_real(tol, "tol", 0), check_real(ridge, "ridge", 0)
     var_floor = check_real(var_floor, "var_floor", 0, low_open=True)
+    if callback is not None and not callable(callback):  # before the first EM step changes the model
+        raise TypeError(f"callback={callback!r:.60} must be None or a function callback(iteration, model)")
     N = model._with_bias(x, min_rows=1).shape[0]  # the gain is per sample
     ll = model.log_likelihood(x, y)
     history = {"log_likelihood": [ll], "objective": [ll - model.penalty(ridge)], "n_iter": 0, "converged": False}

@@ -34,12 +34,18 @@ class History:
 def _check_targets(y, loss, n_outputs, n_samples, dtype, name="y"):
     if loss == "cross_entropy":
         return check_labels(y, n_outputs, n_samples, name)
-    y = asarray(y, dtype=dtype)
+    try:
+        y = asarray(y, dtype=dtype)
+    except (TypeError, ValueError):  # numpy's message ("could not convert string to float") names no argument
+        raise TypeError(f"{name} must be an array of numbers (float targets for loss='mse'), got "
+                        f"{type(y).__name__} {y!r:.60}") from None
     xp = get_array_module(y)
+    shape = tuple(y.shape)  # as given: the message names it, not the (N, 1) a 1-D y becomes
     if y.ndim == 1:
         y = y[:, None]
     if y.shape != (n_samples, n_outputs):
-        raise ValueError(f"{name} has shape {tuple(y.shape)}; expected ({n_samples}, {n_outputs}) targets")
+        raise ValueError(f"{name} has shape {shape}; expected ({n_samples}, {n_outputs}) targets"
+                         + (f" or ({n_samples},)" if n_outputs == 1 else ""))
     if not bool(xp.isfinite(y).all()):
         raise ValueError(f"{name} contains NaN or inf; expected finite targets")
     return y

@@ -354,3 +354,35 @@ def test_batch_size_1_fit_puts_back_the_last_good_epoch():
     with np.errstate(all="ignore"), pytest.raises(FloatingPointError, match=r"epoch 1, batch \d+: .*at the start"):
         fit_local_experts(model, X, y, SGD(0.1), epochs=2, batch_size=1, seed=0)
     assert all(np.array_equal(p, start[k]) for k, p in model.params.items())
+
+
+@pytest.mark.parametrize("kwargs,error,pattern", [
+    # before: "vars() argument must have __dict__ attribute" from the divergence snapshot
+    (dict(optimizer="sgd"), TypeError, "optimizer='sgd' must be an optimiser of numpy_moe.optim"),
+    # before: "'int' object is not callable" after the first epoch had already trained the model
+    (dict(callback=3), TypeError, "callback=3 must be None or a function"),
+    # before: y_test without X_test was silently ignored; X_test without y_test said "r has shape ()"
+    (dict(y_test=np.zeros(4, dtype=int)), ValueError, "X_test is None and y_test is given; pass both"),
+    (dict(X_test=np.zeros((4, 2))), ValueError, "X_test is given and y_test is None; pass both"),
+])
+def test_fit_refuses_bad_arguments_before_training(kwargs, error, pattern):
+    X, y = make_bands(40, seed=0)[:2]
+    model = LocalExperts(2, 2, 2, seed=0)
+    before = {k: p.copy() for k, p in model.params.items()}
+    with pytest.raises(error, match=pattern):
+        fit_local_experts(model, X, y, epochs=2, **kwargs)
+    for key, p in model.params.items():
+        np.testing.assert_array_equal(p, before[key], err_msg=key)
+
+
+@pytest.mark.parametrize("lr,error,pattern", [
+    (float("nan"), ValueError, "lr=nan must be a finite number > 0"),  # before: NaN directions, no word
+    (float("inf"), ValueError, "lr=inf must be a finite number > 0"),
+    (-0.1, ValueError, r"lr=-0.1 must be a finite number > 0"),
+    ("0.1", TypeError, "lr='0.1' must be a finite number > 0"),  # before: numpy's UFuncTypeError
+])
+def test_update_rules_refuse_a_bad_learning_rate(lr, error, pattern):
+    model, x, r = problem("cooperative", "classification")
+    for rule in (model.update_directions, model.seed_cooperative_update):
+        with pytest.raises(error, match=pattern):
+            rule(x, r, lr=lr)

@@ -123,6 +123,30 @@ def test_priors_multiply_along_the_path_and_the_posterior_is_bayes_rule_by_hand(
     assert model.log_likelihood(x, [1.0]) == pytest.approx(np.log(joint.sum() / np.sqrt(2 * np.pi)), rel=1e-12)
 
 
+def test_log_prior_of_an_expert_the_gate_all_but_shuts_out_is_exact():
+    # Two experts; at x = 1 the gate's logits differ by 1000, so log π = (-log1p(e^-1000), -1000 - log1p(e^-1000))
+    # = (0, -1000) to double precision. Expert 0 predicts 0, expert 1 predicts 10, both with σ² = 0.01; y = 10,
+    # so log p_0 = c - 5000, log p_1 = c with c = -½ log(2π 0.01): ℓ = logsumexp(c - 5000, c - 1000) = c - 1000
+    # and the posterior is all on expert 1. Before: log π_1 was log(max(g_1, tiny)) = -708.4 (g_1 underflows),
+    # so ℓ came out c - 708.4, 292 nats too high (fitted gates reach such logits: -866 on the V regression)
+    model = HierarchicalMoE(1, 1, 2)
+    model.params["G0"][...] = [[1000.0, 0.0], [0.0, 0.0]]
+    model.params["V"][...] = 0
+    model.params["V"][1, 1, 0] = 10.0
+    model.params["log_var"][...] = np.log(0.01)
+    x, y = np.array([[1.0]]), np.array([10.0])
+    c = -0.5 * np.log(2 * np.pi * 0.01)
+    assert model.log_likelihood(x, y) == pytest.approx(c - 1000, rel=1e-12)
+    np.testing.assert_allclose(model.posterior(x, y), [[0.0, 1.0]], atol=1e-300)
+    model.params["G0"][0] = [0.0, 1000.0]  # now expert 0 is the one shut out, and the one that fits badly
+    assert model.log_likelihood(x, y) == pytest.approx(c, rel=1e-12)
+    soft = HierarchicalMoE(1, 2, 2, expert="softmax")  # the same log prior under softmax experts
+    soft.params["G0"][...] = [[1000.0, 0.0], [0.0, 0.0]]
+    soft.params["V"][...] = 0
+    soft.params["V"][0, 1] = [0.0, -2000.0]  # expert 0 gives class 1 log-probability -2000, expert 1 log 1/2
+    assert soft.log_likelihood(x, [1]) == pytest.approx(-1000 - np.log(2), rel=1e-12)
+
+
 # ----- EM ------------------------------------------------------------------------------------------
 def random_problem(seed, expert, N=120, D=2):
     rng = np.random.default_rng(seed)
@@ -189,6 +213,18 @@ def test_empty_data_and_bad_em_arguments_are_refused_by_name():
         model.m_step(x, y, np.full((10, 2), 0.5), ridge=-1)
     with pytest.raises(ValueError, match=r"h has shape \(10, 3\); expected \(10, 2\)"):  # before: a matmul error
         model.m_step(x, y, np.full((10, 3), 0.5))
+    before = {k: p.copy() for k, p in model.params.items()}
+    # before: NaN or inf printed LAPACK's "DLASCL parameter number 4 had an illegal value" and raised "SVD did
+    # not converge" from the gate's IRLS; negative weights were accepted without a word
+    for bad in (np.nan, np.inf, -0.5):
+        h = np.full((10, 2), 0.5)
+        h[3, 1] = bad
+        with pytest.raises(ValueError, match="h contains NaN, inf or negative values"):
+            model.m_step(x, y, h)
+    with pytest.raises(TypeError, match="callback=3 must be None or a function"):  # before: after an EM step
+        fit_em(model, x, y, callback=3)
+    for key, p in model.params.items():  # refused before the first EM step changed the model
+        np.testing.assert_array_equal(p, before[key], err_msg=key)
 
 
 def test_init_responsibilities_refuses_an_unknown_task_and_no_expert():
@@ -198,6 +234,27 @@ def test_init_responsibilities_refuses_an_unknown_task_and_no_expert():
         init_responsibilities(x, y, 2, seed=0, task="classifier")
     with pytest.raises(ValueError, match="n_experts=0"):  # before: an empty (N, 0) array
         init_responsibilities(x, y, 0, seed=0)
+
+
+
+@pytest.mark.parametrize("change,task,error,pattern", [
+    # before: NaN responsibilities without a word (inf: a RuntimeWarning, then NaN)
+    (lambda x, y: (np.where(np.arange(10)[:, None] == 3, np.nan, x), y), "regression", ValueError,
+     "x contains NaN or inf"),
+    (lambda x, y: (x, np.where(np.arange(10) == 4, np.inf, y)), "regression", ValueError, "y contains NaN or inf"),
+    # before: "cannot reshape array of size 4 into shape (10,newaxis)"
+    (lambda x, y: (x, y[:4]), "regression", ValueError, r"y has shape \(4,\); expected \(10,\) or \(10, O\)"),
+    # before: IndexError "arrays used as indices must be of integer (or boolean) type"
+    (lambda x, y: (x, y + 0.5), "classification", TypeError, "y has dtype float64; expected integer class labels"),
+    # before: -1 picked the last one-hot row, a class that is not there
+    (lambda x, y: (x, np.where(np.arange(10) == 2, -1, y)), "classification", ValueError, r"y has labels in \[-1"),
+])
+def test_init_responsibilities_refuses_bad_data_by_name(change, task, error, pattern):
+    x, y = random_problem(3, "softmax", N=10)
+    y = y if task == "classification" else y.astype(float)
+    x, y = change(x, y)
+    with pytest.raises(error, match=pattern):
+        init_responsibilities(x, y, 2, seed=0, task=task)
 
 
 def test_em_recovers_two_lines_of_a_switching_regression():

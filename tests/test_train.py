@@ -149,6 +149,9 @@ def test_a_growing_loss_is_divergence(rng):
      ValueError, r"y_val has shape \(4, 2\); expected \(4, 3\) targets"),
     # before: "vars() argument must have __dict__ attribute" after the first batch; "'int' object is not
     # callable" after the first epoch; a NaN reference silently switched the growth rule off
+    # before: "y has shape (120, 1)" for the (120,) y given, and numpy's "could not convert string to float"
+    (dict(y=np.zeros(120), loss="mse"), ValueError, r"y has shape \(120,\); expected \(120, 3\) targets$"),
+    (dict(y=np.array(["a"] * 120), loss="mse"), TypeError, "y must be an array of numbers"),
     (dict(optimizer="adam"), TypeError, "optimizer='adam' must be an optimiser of numpy_moe.optim"),
     (dict(callback=3), TypeError, "callback=3 must be None or a function"),
     (dict(reference_loss=float("nan")), ValueError, "reference_loss=nan must be a finite number"),
