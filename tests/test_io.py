@@ -397,3 +397,21 @@ def test_a_fitted_estimator_saved_under_its_version_1_name_still_loads(tmp_path,
     old = rewrite(path, tmp_path / "old.npz", lambda e, m: m.update(version=1)
                   or m["object"].update({"class": "numpy_moe.estimators:MoEClassifier"}))
     np.testing.assert_array_equal(io.load(old).predict_proba(X), est.predict_proba(X))
+
+
+def test_load_into_takes_a_file_that_names_a_moved_class_by_its_old_module(tmp_path, rng):
+    # A version-1 file names the top-k gate numpy_moe.gating:TopKGate, at the top and inside the MoE's
+    # configuration. load() maps the old name through registry.MOVED; load_into compared the raw names and
+    # refused the file as "another class" / "another architecture".
+    from numpy_moe.experts import ExpertBank
+    from numpy_moe.gates import TopKGate
+    gate = perturbed(TopKGate(5, 4, 2, seed=0), rng)
+    layer = perturbed(MoE(gate=TopKGate(5, 4, 2, seed=0), experts=ExpertBank(4, 5, 3, 7, seed=1)), rng)
+    for model, name in [(gate, "g"), (layer, "m")]:
+        old = rewrite(io.save(model, tmp_path / f"{name}.npz"), tmp_path / f"{name}_old.npz",
+                      lambda e, meta: meta.update(json.loads(json.dumps(meta).replace(
+                          "numpy_moe.gates.softmax:TopKGate", "numpy_moe.gating:TopKGate"))))
+        assert "numpy_moe.gating:TopKGate" in str(np.load(old)["__meta__"])
+        target = type(model).from_config(model.get_config())
+        assert io.load_into(target, old) is target
+        assert all(np.array_equal(p, q) for (_, p), (_, q) in zip(model.named_parameters(), target.named_parameters()))
