@@ -293,7 +293,6 @@ class MoE(Module):
         routing_grad : None or a dict, a gradient of ``self.routing`` from outside the layer (a
         numpy_moe.balance.MultiLayer loss), added to the gate's.
         """
-        self._check_forwarded("backward(dy)")
         if tuple(getattr(dy, "shape", ())) != self.y_shape:
             raise ValueError(f"dy has shape {tuple(getattr(dy, 'shape', ()))}; expected {self.y_shape}, the shape of "
                              "the last forward's output")
