@@ -94,6 +94,7 @@ class _ConvMoE(Module):
         """Per-position expert weights g (N, E, *output spatial shape); what the last forward left for backward
         is kept (the gates come from a forward of their own)."""
         saved = {k: v for k, v in vars(self).items() if k in ("x_shape", "out_shape", "cols", "Y", "g")}
+        saved["_ran_forward"] = vars(self).get("_ran_forward", False)  # what backward may differentiate (layers.Module)
         try:
             self.forward(x)
             E = self.n_experts

@@ -28,6 +28,7 @@ Glorot (std sqrt(2 / (fan_in + fan_out))) otherwise.
 """
 import contextlib
 import contextvars
+import functools
 import inspect
 import math
 
@@ -36,8 +37,65 @@ from .backend import asarray, default_rng, get_array_module, result_dtype
 from .validation import check_input, check_positive_int
 
 
+class NoForwardPassError(RuntimeError, ValueError):
+    """``backward`` called on a module with no forward pass to differentiate: none has run, or the last one
+    raised. A ValueError too, which MoE and SoftMoE raised for it before every module checked it."""
+
+
+# each forward pass and the backward that differentiates it; a balance loss's forward is its __call__
+_PASSES = {"forward": "backward", "__call__": "backward", "forward_grouped": "backward_grouped"}
+_FORWARD_OF = {"backward": "forward", "backward_grouped": "forward_grouped"}
+
+
+def _records_forward(method, backward):
+    """``method`` (a forward pass) that records in the module whether it ran to the end, for ``backward``."""
+    flag = "_ran_" + _FORWARD_OF[backward]
+
+    @functools.wraps(method)
+    def forward(self, *args, **kwargs):
+        state = self.__dict__
+        state[flag] = False  # until it returns: a forward that raises may have replaced part of the cache
+        out = method(self, *args, **kwargs)
+        state[flag] = True
+        return out
+
+    forward._pass_checked = True
+    return forward
+
+
+def _needs_forward(method):
+    """``method`` (a backward pass) that raises NoForwardPassError unless its forward pass has run."""
+    name = method.__name__
+    flag = "_ran_" + _FORWARD_OF[name]
+
+    @functools.wraps(method)
+    def backward(self, *args, **kwargs):
+        if not self.__dict__.get(flag):
+            raise NoForwardPassError(f"{type(self).__name__}.{name} called before {_FORWARD_OF[name]}: it needs a "
+                                     "forward pass first (none has run, or the last one raised)")
+        return method(self, *args, **kwargs)
+
+    backward._pass_checked = True
+    return backward
+
+
 class Module:
-    """Base class: parameter bookkeeping, child traversal, train/eval mode, construction config."""
+    """Base class: parameter bookkeeping, child traversal, train/eval mode, construction config.
+
+    Every subclass's forward and backward passes are checked in one place (``__init_subclass__``): a
+    backward called before its forward (or after a forward that raised) raises :class:`NoForwardPassError`
+    naming the class, instead of an AttributeError about a missing cache. The pairs are ``forward`` (or
+    ``__call__``, a balance loss's forward) / ``backward`` and ``forward_grouped`` / ``backward_grouped``.
+    """
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        for name, wrap in [(f, lambda m, b=b: _records_forward(m, b)) for f, b in _PASSES.items()] + \
+                [(b, _needs_forward) for b in _FORWARD_OF]:
+            method = getattr(cls, name, None)  # its own, or a plain base class's (ExpertBank's GroupedPasses)
+            if callable(method) and not getattr(method, "_pass_checked", False) \
+                    and method is not getattr(Module, name, None):
+                setattr(cls, name, wrap(method))
 
     def __new__(cls, *args, **kwargs):
         self = super().__new__(cls)

@@ -676,7 +676,7 @@ ARGUMENTS = {
     "Adam(lr=inf)": (lambda: Adam(float("inf")), ValueError, "lr=inf must be a finite number > 0"),
     "estimator learning_rate='0.1'": (lambda: MoEClassifier(learning_rate="0.1").fit(*standard_data("classification")),
                                       TypeError, "learning_rate='0.1' must be a finite number > 0"),
-    "backward before forward": (_backward_first, ValueError, r"backward\(dy\) needs a forward pass first"),
+    "backward before forward": (_backward_first, RuntimeError, r"MoE.backward called before forward"),
     "diagnostics before forward": (_diagnostics_first, ValueError, "diagnostics needs a forward pass first"),
     "dy of the wrong shape": (_wrong_dy, ValueError, r"dy has shape \(4, 3\); expected \(4, 2\)"),
     "a SciPy sparse x": (lambda: MoE(3, 2, 2).forward(scipy.sparse.csr_matrix(np.ones((4, 3)))), TypeError,

@@ -1,6 +1,7 @@
 """Saving and loading: bit-exact round trips for every kind of model, and clear errors for files of another
 architecture, truncated or corrupt files and files with NaN weights. No file is ever unpickled."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -397,3 +398,48 @@ def test_a_fitted_estimator_saved_under_its_version_1_name_still_loads(tmp_path,
     old = rewrite(path, tmp_path / "old.npz", lambda e, m: m.update(version=1)
                   or m["object"].update({"class": "numpy_moe.estimators:MoEClassifier"}))
     np.testing.assert_array_equal(io.load(old).predict_proba(X), est.predict_proba(X))
+
+
+def test_load_into_takes_a_file_that_names_a_moved_class_by_its_old_module(tmp_path, rng):
+    # A version-1 file names the top-k gate numpy_moe.gating:TopKGate, at the top and inside the MoE's
+    # configuration. load() maps the old name through registry.MOVED; load_into compared the raw names and
+    # refused the file as "another class" / "another architecture".
+    from numpy_moe.experts import ExpertBank
+    from numpy_moe.gates import TopKGate
+    gate = perturbed(TopKGate(5, 4, 2, seed=0), rng)
+    layer = perturbed(MoE(gate=TopKGate(5, 4, 2, seed=0), experts=ExpertBank(4, 5, 3, 7, seed=1)), rng)
+    for model, name in [(gate, "g"), (layer, "m")]:
+        old = rewrite(io.save(model, tmp_path / f"{name}.npz"), tmp_path / f"{name}_old.npz",
+                      lambda e, meta: meta.update(json.loads(json.dumps(meta).replace(
+                          "numpy_moe.gates.softmax:TopKGate", "numpy_moe.gating:TopKGate"))))
+        assert "numpy_moe.gating:TopKGate" in str(np.load(old)["__meta__"])
+        target = type(model).from_config(model.get_config())
+        assert io.load_into(target, old) is target
+        assert all(np.array_equal(p, q) for (_, p), (_, q) in zip(model.named_parameters(), target.named_parameters()))
+
+
+def test_a_file_written_before_the_experts_and_image_layers_became_packages_loads_with_the_same_outputs(tmp_path):
+    # Written by the code of commit 31ae36d (tests/fixtures/old_module_paths.py): its records name
+    # numpy_moe.experts:ExpertBank, numpy_moe.image_layers:Conv2d, ..., numpy_moe.gates.sinkhorn:SinkhornGate.
+    # The classes moved into modules of their packages; load and load_into must still read the file, and
+    # the loaded model must give that code's output (rtol 1e-12: the same operations, up to the BLAS's rounding).
+    from numpy_moe.experts import ExpertBank, SharedExpert
+    from numpy_moe.gates import SinkhornGate
+    from numpy_moe.image_layers import GELU, Conv2d, Flatten, LayerNorm, MaxPool2d, Unflatten
+    path = Path(__file__).parent / "fixtures" / "old_module_paths.npz"
+    with np.load(path) as npz:
+        meta = str(npz["__meta__"])
+    for old in ("numpy_moe.experts:ExpertBank", "numpy_moe.experts:SharedExpert", "numpy_moe.image_layers:Conv2d",
+                "numpy_moe.image_layers:LayerNorm", "numpy_moe.gates.sinkhorn:SinkhornGate"):
+        assert f'"{old}"' in meta, old
+    with np.load(Path(__file__).parent / "fixtures" / "old_module_paths_io.npz") as npz:
+        x, y = npz["x"], npz["y"]
+    model = io.load(path)
+    layers = [type(m) for m in model.layers]
+    assert layers == [Unflatten, Conv2d, MaxPool2d, Flatten, LayerNorm, GELU, MoE]
+    moe = model.layers[-1]
+    assert (type(moe.gate), type(moe.experts), type(moe.shared)) == (SinkhornGate, ExpertBank, SharedExpert)
+    np.testing.assert_allclose(model.eval().forward(x), y, rtol=1e-12, atol=0)
+    fresh = type(model).from_config(model.get_config())
+    io.load_into(fresh, path)
+    np.testing.assert_allclose(fresh.eval().forward(x), y, rtol=1e-12, atol=0)

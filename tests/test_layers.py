@@ -1,9 +1,11 @@
 """Linear, activations, MLP and Sequential: gradients, the Module contract, init, dtype, bad input."""
+import inspect
+
 import numpy as np
 import pytest
 
 from numpy_moe.gradcheck import check_module
-from numpy_moe.layers import MLP, Linear, ReLU, Sequential, Tanh
+from numpy_moe.layers import MLP, Linear, Module, NoForwardPassError, ReLU, Sequential, Tanh
 
 TOL_LAYER, TOL_MODEL = 1e-7, 1e-6  # MATH.md §8: single layers, composed models
 
@@ -119,3 +121,72 @@ def test_sequential_refuses_a_module_it_already_holds(rng):
     with pytest.raises(ValueError, match=r"layers 0 and 1 are the same Linear"):  # also inside a child
         Sequential(Sequential(lin), lin)
     check_module(Sequential(lin, act, Linear(3, 3, seed=1)), rng.standard_normal((4, 3)))  # distinct: fine
+
+
+def _required_args(method):
+    """Arguments for each required positional parameter of ``method`` (any value: the check comes first)."""
+    params = inspect.signature(method).parameters.values()
+    return [np.ones((2, 3)) for p in params if p.default is p.empty and p.kind == p.POSITIONAL_OR_KEYWORD]
+
+
+def test_backward_before_forward_raises_a_runtime_error_naming_the_class_for_every_registered_module():
+    # Every backward read a cache its forward leaves (self.x, self.routing, ...): called first it raised an
+    # AttributeError about that attribute (MoE and SoftMoE a ValueError of their own). Module checks it once
+    # for every subclass: the forward records that it ran.
+    from test_io import _examples
+    wrong, without = {}, []
+    for name, model in _examples().items():
+        if type(model).backward is Module.backward:  # no backward at all (LocalExperts, the BalanceLoss base)
+            without.append(name)
+            continue
+        try:
+            model.backward(*_required_args(model.backward))
+        except RuntimeError as err:
+            if not str(err).startswith(f"{type(model).__name__}.backward called before forward"):
+                wrong[name] = f"RuntimeError: {err}"
+        except Exception as err:  # noqa: BLE001 (the old AttributeErrors are what the test is about)
+            wrong[name] = f"{type(err).__name__}: {err}"
+        else:
+            wrong[name] = "no error"
+    assert not wrong, wrong
+    assert sorted(without) == ["numpy_moe.balance.losses:BalanceLoss", "numpy_moe.classic:LocalExperts"]
+
+
+def test_backward_after_a_forward_that_raised_is_refused_and_a_good_forward_allows_it_again():
+    layer = Linear(3, 2, seed=0)
+    x = np.ones((4, 3))
+    layer.forward(x)
+    layer.backward(np.ones((4, 2)))
+    with pytest.raises(ValueError):
+        layer.forward(np.ones((4, 5)))  # the wrong width: what the cache holds is no longer this forward's
+    with pytest.raises(NoForwardPassError, match="Linear.backward called before forward"):
+        layer.backward(np.ones((4, 2)))
+    layer.forward(x)
+    np.testing.assert_array_equal(layer.backward(np.ones((4, 2))), np.ones((4, 2)) @ layer.params["W"].T)
+
+
+def test_the_grouped_pass_and_a_class_of_your_own_are_checked_too():
+    from numpy_moe.conv_moe import ConvMoE2d
+    from numpy_moe.experts import ExpertBank
+    bank = ExpertBank(3, 4, 2, hidden=5, seed=0)
+    with pytest.raises(NoForwardPassError, match="ExpertBank.backward_grouped called before forward_grouped"):
+        bank.backward_grouped(np.ones((2, 2)))
+    bank.forward_grouped(np.ones((2, 4)), [0, 1, 2, 2])
+    assert bank.backward_grouped(np.ones((2, 2))).shape == (2, 4)
+    with pytest.raises(NoForwardPassError, match="ExpertBank.backward called before forward"):
+        bank.backward(np.ones((3, 2, 2)))  # the dense pass has not run
+
+    class Double(Module):  # defined by a user: no code of its own for the check
+        def forward(self, x):
+            self.x = x
+            return 2 * x
+
+        def backward(self, dy):
+            return 2 * dy
+
+    with pytest.raises(NoForwardPassError, match="Double.backward called before forward"):
+        Double().backward(np.ones(2))
+    conv = ConvMoE2d(1, 2, 3, n_experts=2, seed=0)  # its gate() runs a forward of its own and puts the cache back
+    conv.gate(np.ones((1, 1, 4, 4)))
+    with pytest.raises(NoForwardPassError, match="ConvMoE2d.backward called before forward"):
+        conv.backward(np.ones((1, 2, 2, 2)))

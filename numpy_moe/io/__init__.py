@@ -54,7 +54,7 @@ import numpy
 from ..layers import Module
 from .archive import Archive, FileError, write_atomic
 from .records import Builder, assign, check_object, encode_estimator, encode_module, non_finite_weights
-from .registry import register, registered
+from .registry import MOVED, register, registered
 
 __all__ = ["save", "load", "load_into", "register", "registered", "FileError", "DEFAULT_MAX_BYTES"]
 
@@ -112,7 +112,7 @@ def load_into(model, path, *, max_bytes=DEFAULT_MAX_BYTES):
         if "config" not in record:
             raise FileError(f"{path} holds an estimator ({record['class']}), not a module: use load(path)")
         mine = encode_module(model, None, "")
-        if mine["class"] != record["class"]:
+        if _untuple(record)["class"] != mine["class"]:  # a moved class's old name is the same class
             raise FileError(f"{path} holds a {record['class']}; the model is a {mine['class']}")
         stored, ours = _untuple(record["config"]), _untuple(mine["config"])  # version 1 wrote tuples as lists
         keys = sorted(set(stored) | set(ours))
@@ -166,10 +166,14 @@ def _read_record(path, archive):
 
 
 def _untuple(value):
+    """A record or configuration as it compares: tuples as lists (version 1 wrote them as lists) and every
+    record's class under its current name (registry.MOVED: files name a moved class by its old module)."""
     if isinstance(value, list):
         return [_untuple(v) for v in value]
     if isinstance(value, dict):
-        return _untuple(value["__tuple__"]) if set(value) == {"__tuple__"} else {k: _untuple(v) for k, v in value.items()}
+        if set(value) == {"__tuple__"}:
+            return _untuple(value["__tuple__"])
+        return {k: MOVED.get(v, v) if k == "class" and isinstance(v, str) else _untuple(v) for k, v in value.items()}
     return value
 
 

@@ -23,22 +23,30 @@ from ..layers import Module
 
 BUILTIN_MODULES = (
     "numpy_moe.layers", "numpy_moe.gates.softmax", "numpy_moe.gates.expert_choice", "numpy_moe.gates.scored",
-    "numpy_moe.gates.balanced", "numpy_moe.gates.sinkhorn", "numpy_moe.gates.hash", "numpy_moe.soft_moe",
-    "numpy_moe.experts", "numpy_moe.balance.losses", "numpy_moe.balance.conventions", "numpy_moe.moe",
-    "numpy_moe.classic",
-    "numpy_moe.image_layers", "numpy_moe.models.image_moe", "numpy_moe.models.sparse_mlp", "numpy_moe.hme",
+    "numpy_moe.gates.balanced", "numpy_moe.gates.sinkhorn_gate", "numpy_moe.gates.hash", "numpy_moe.soft_moe",
+    "numpy_moe.experts.bank", "numpy_moe.experts.shared", "numpy_moe.balance.losses", "numpy_moe.balance.conventions",
+    "numpy_moe.moe", "numpy_moe.classic",
+    "numpy_moe.image_layers.conv", "numpy_moe.image_layers.shape", "numpy_moe.image_layers.norm",
+    "numpy_moe.models.image_moe", "numpy_moe.models.sparse_mlp", "numpy_moe.hme",
     "numpy_moe.models.mmoe", "numpy_moe.conv_moe",
     "numpy_moe.models.transformer.embedding", "numpy_moe.models.transformer.attention",
     "numpy_moe.models.transformer.blocks", "numpy_moe.models.transformer.lm",
 )
-# Classes that moved: the names version-1 files used for them (the gates lived in numpy_moe.gating).
-# Classes that moved: the names version-1 files used for them (the gates lived in numpy_moe.gating, the
-# estimators in one module numpy_moe.estimators).
+# Classes that moved, under the names older files use for them: the gates lived in numpy_moe.gating and the
+# estimators in one module numpy_moe.estimators (version-1 files); the experts and the image layers were
+# one module each, numpy_moe.experts and numpy_moe.image_layers, and SinkhornGate lived in
+# numpy_moe.gates.sinkhorn, a name the function numpy_moe.gates.sinkhorn hid (version 2).
+# io.load and io.load_into read a moved name as the class's current one.
 MOVED = {f"numpy_moe.{old}:{name}": f"numpy_moe.{new}:{name}" for old, new, name in (
     ("gating", "gates.softmax", "SoftmaxGate"), ("gating", "gates.softmax", "TopKGate"),
     ("gating", "gates.expert_choice", "ExpertChoiceGate"), ("estimators", "estimators.moe", "MoEClassifier"),
     ("estimators", "estimators.moe", "MoERegressor"), ("estimators", "estimators.local", "LocalExpertsClassifier"),
-    ("estimators", "estimators.local", "LocalExpertsRegressor"))}
+    ("estimators", "estimators.local", "LocalExpertsRegressor"),
+    ("experts", "experts.bank", "ExpertBank"), ("experts", "experts.shared", "SharedExpert"),
+    ("image_layers", "image_layers.conv", "Conv2d"), ("image_layers", "image_layers.conv", "MaxPool2d"),
+    ("image_layers", "image_layers.shape", "Flatten"), ("image_layers", "image_layers.shape", "Unflatten"),
+    ("image_layers", "image_layers.norm", "LayerNorm"), ("image_layers", "image_layers.norm", "GELU"),
+    ("gates.sinkhorn", "gates.sinkhorn_gate", "SinkhornGate"))}
 BUILTIN_ESTIMATORS = ("MoEClassifier", "MoERegressor", "LocalExpertsClassifier", "LocalExpertsRegressor",
                       "HMERegressor", "HMEClassifier")
 SKLEARN_CLASSES = (

@@ -73,32 +73,27 @@ batches with many experts, as in GShard's and Switch's dispatch tensors, which p
 sparse weights blend the outputs): the same function, E / K times the work, kept for the benchmark and
 for the test that the dispatches agree. All three give the same values up to rounding (tested);
 ``moe.dispatch_now`` says which one the last forward used.
-"""
-from . import balance as B
-from .backend import default_rng, get_array_module, to_numpy
-from .dispatch import cheapest_dispatch, padded_backward, padded_forward
-from .experts import ExpertBank, SharedExpert
-from .gates import (CONVENTIONS, NOISES, BaseGate, ExpertChoiceGate, HashGate, ScoreGate, SinkhornGate, SoftmaxGate,
-                    TopKGate)
-from .layers import Module
-from .routing import Capacity, combine_topk, layer_capacity, group_by_expert, renormalize_backward, scatter_add
-from .validation import check_input, check_mask, check_positive_int, check_real, check_seq_lengths
-from .workers import run_blocks
 
-ROUTERS = ("topk", "expert_choice")
+This package holds the layer itself (here: routing, dispatch, combine and their backward) and
+:mod:`numpy_moe.moe.compose` (how the layer is put together: the gate of the keyword forms, the checks on
+a composed gate, experts and shared expert).
+"""
+from .. import balance as B
+from ..backend import default_rng, get_array_module, to_numpy
+from ..dispatch import cheapest_dispatch, padded_backward, padded_forward
+from ..experts import ExpertBank, SharedExpert
+from ..gates import (CONVENTIONS, NOISES, BaseGate, ExpertChoiceGate, HashGate, ScoreGate, SinkhornGate, SoftmaxGate,
+                     TopKGate)
+from ..layers import Module
+from ..routing import Capacity, combine_topk, layer_capacity, group_by_expert, renormalize_backward, scatter_add
+from ..validation import check_input, check_mask, check_positive_int, check_real, check_seq_lengths
+from ..workers import run_blocks
+from .compose import GATES, ROUTERS, check_gate_object, check_parts, keyword_gate, router_trains
+
+_router_trains = router_trains  # its name before the layer became a package
 DISPATCHES = ("auto", "sparse", "dense", "padded")
 OVERLAP_FROM = 1 << 16  # experts' input-gradient values from which the combine runs beside the gate's backward
 BALANCE_NAMES = B.NAMES
-GATES = (SoftmaxGate, TopKGate, ExpertChoiceGate, ScoreGate, BaseGate, SinkhornGate, HashGate)
-
-
-def _router_trains(gate, losses):
-    """False when the gate's weights are constant (top-1 renormalised) and no loss gives the router a gradient."""
-    constant = getattr(gate, "top_k", None) == 1 and (getattr(gate, "convention", None) == "topk_then_softmax"
-                                    or isinstance(gate, ScoreGate) and gate.normalize)
-    useful = [loss for loss in losses if loss.weight > 0 and not isinstance(loss, B.Seed000Loss)
-              and not (isinstance(loss, B.Importance) and loss.source == "gates")]
-    return not constant or bool(useful)
 
 
 class MoE(Module):
@@ -173,11 +168,12 @@ class MoE(Module):
             raise TypeError(f"shared={shared!r} must be a numpy_moe.experts.SharedExpert")
         rng = default_rng(seed)
         if isinstance(gate, Module):
-            self._compose_gate(gate, top_k, noise, noise_std, router, capacity_factor)
+            check_gate_object(gate, top_k, noise, noise_std, router, capacity_factor)
+            self.gate = gate
             convention, noise = getattr(gate, "convention", "scored"), getattr(gate, "noise", None)
         elif isinstance(gate, str):
-            convention = self._keyword_gate(gate, top_k, noise, noise_std, router, capacity_factor, balance,
-                                            in_features, n_experts, rng)
+            self.gate, convention = keyword_gate(gate, top_k, noise, noise_std, router, capacity_factor, balance,
+                                                 in_features, n_experts, rng, self.dtype)
         else:
             raise TypeError(f"gate={gate!r} must be a convention name {CONVENTIONS} or a gate object {GATES}")
         D, E = self.gate.in_features, self.gate.n_experts
@@ -187,20 +183,7 @@ class MoE(Module):
         if experts is None:
             out_features = check_positive_int(out_features, "out_features")
             experts = ExpertBank(E, D, out_features, hidden, seed=rng, dtype=dtype)
-        for name, have, want in [("n_experts", experts.n_experts, E), ("in_features", experts.in_features, D),
-                                 ("out_features", experts.out_features, out_features or experts.out_features)]:
-            if have != want:
-                raise ValueError(f"experts has {name}={have}; expected {want} (from the gate or the arguments)")
-        if shared is not None and (shared.in_features, shared.out_features) != (D, experts.out_features):
-            raise ValueError(f"shared maps {shared.in_features} -> {shared.out_features} features; expected "
-                             f"{D} -> {experts.out_features}")
-        for name, part in [("gate", self.gate), ("experts", experts), ("shared", shared)]:
-            if part is not None and part.dtype != self.dtype:
-                raise ValueError(f"{name} has dtype {part.dtype} but the layer has dtype={self.dtype}: pass "
-                                 f"dtype='{part.dtype}' to MoE as well")
-        if residual and experts.out_features != D:
-            raise ValueError(f"residual=True adds x to the output, so out_features ({experts.out_features}) must "
-                             f"equal in_features ({D})")
+        check_parts(self.gate, experts, shared, residual, out_features, self.dtype)
         self.residual = bool(residual)
         self.in_features, self.out_features, self.n_experts = D, experts.out_features, E
         self.experts, self.shared = experts, shared
@@ -210,7 +193,7 @@ class MoE(Module):
         if self.dense and balance:
             raise ValueError(f"balance={balance!r} needs a sparse gate: pass top_k=K or router='expert_choice'")
         self.losses = B.from_names(balance, convention, noise)
-        if not self.dense and not _router_trains(self.gate, self.losses):
+        if not self.dense and not router_trains(self.gate, self.losses):
             raise ValueError("gate: top_k=1 with renormalised weights (topk_then_softmax, or ScoreGate with "
                              "normalize=True) gives every sample the weight 1, so the router gets no gradient "
                              "from the task loss, and no balance loss here trains it; use softmax_then_topk / "
@@ -224,48 +207,6 @@ class MoE(Module):
         if isinstance(config.get("capacity"), Capacity):
             config["capacity"] = config["capacity"].to_dict()
         return config
-
-    def _keyword_gate(self, gate, top_k, noise, noise_std, router, capacity_factor, balance, D, E, rng):
-        """Build the gate of the short keyword forms; returns the balance convention."""
-        D = check_positive_int(D, "in_features")
-        E = check_positive_int(E, "n_experts")
-        if router not in ROUTERS:
-            raise ValueError(f"router={router!r} must be one of {ROUTERS}")
-        if gate not in CONVENTIONS:
-            raise ValueError(f"gate={gate!r} must be one of {CONVENTIONS}")
-        if noise not in NOISES:
-            raise ValueError(f"noise={noise!r} must be one of {NOISES}")
-        dense = router == "topk" and top_k is None
-        if dense and (noise is not None or capacity_factor is not None or balance):
-            raise ValueError(f"noise={noise!r}, capacity_factor={capacity_factor!r} and balance={balance!r} "
-                             "need a sparse gate: pass top_k=K or router='expert_choice'")
-        if router == "expert_choice" and (top_k is not None or noise is not None or capacity_factor is None):
-            raise ValueError(f"router='expert_choice' takes capacity_factor (got {capacity_factor!r}) and "
-                             f"no top_k or noise (got top_k={top_k!r}, noise={noise!r})")
-        if dense:
-            self.gate = SoftmaxGate(D, E, seed=rng, dtype=self.dtype)
-        elif router == "expert_choice":
-            self.gate = ExpertChoiceGate(D, E, capacity_factor, seed=rng, dtype=self.dtype)
-        else:
-            self.gate = TopKGate(D, E, top_k, gate, noise, noise_std, seed=rng, dtype=self.dtype)
-        return gate if router == "topk" else "expert_choice"
-
-    def _compose_gate(self, gate, top_k, noise, noise_std, router, capacity_factor):
-        """Take a gate object; refuse the keywords that belong on it, saying where they go."""
-        if not isinstance(gate, GATES):
-            raise TypeError(f"gate={gate!r} must be one of {[g.__name__ for g in GATES]}")
-        moved = {k: v for k, v, default in [("top_k", top_k, None), ("noise", noise, None),
-                                             ("noise_std", noise_std, 1.0), ("router", router, "topk")]
-                 if v != default}
-        if moved:
-            raise ValueError(f"{moved} configure the gate; with a gate object set them on it "
-                             f"(for example TopKGate(D, E, top_k=2, noise='vmoe') or ScoreGate(D, E, top_k=2))")
-        if isinstance(gate, SoftmaxGate) and capacity_factor is not None:
-            raise ValueError(f"capacity_factor={capacity_factor!r} needs a sparse gate, not a SoftmaxGate")
-        if isinstance(gate, ExpertChoiceGate) and capacity_factor is not None:
-            raise ValueError(f"capacity_factor={capacity_factor!r}: an ExpertChoiceGate carries its own "
-                             "capacity_factor; leave the layer's at None")
-        self.gate = gate
 
     @property
     def aux_loss(self):
@@ -352,7 +293,6 @@ class MoE(Module):
         routing_grad : None or a dict, a gradient of ``self.routing`` from outside the layer (a
         numpy_moe.balance.MultiLayer loss), added to the gate's.
         """
-        self._check_forwarded("backward(dy)")
         if tuple(getattr(dy, "shape", ())) != self.y_shape:
             raise ValueError(f"dy has shape {tuple(getattr(dy, 'shape', ()))}; expected {self.y_shape}, the shape of "
                              "the last forward's output")
