@@ -449,10 +449,15 @@ def main(argv=None):
     torch_python = None if args.backend == "cupy" or args.quick else find_torch_python(args.torch_python)
     from numpy_moe import workers
     spin = workers.blas_spin_exponent()
-    restore = None
+    restore, refused = None, None
     if args.blas_spin == "short" and spin is not None and spin > workers.SHORT_SPIN:
-        restore = workers.set_blas_spin(workers.SHORT_SPIN)  # put back at the end: studies may follow in-process
+        try:
+            restore = workers.set_blas_spin(workers.SHORT_SPIN)  # put back at the end: studies may follow in-process
+        except RuntimeError as err:  # an OpenBLAS without the two functions (older builds): measure as loaded
+            refused = str(err)
         spin = workers.blas_spin_exponent()
+    if refused:
+        print(f"--blas-spin short not possible here ({refused}): OpenBLAS's spin stays as loaded")
     try:
         return _run(args, xp, sync, threads, rounds, repeats, torch_python, workers, spin, restore)
     finally:

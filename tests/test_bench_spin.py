@@ -33,3 +33,18 @@ def test_bench_sets_the_short_spin_for_its_run_and_puts_it_back(tmp_path, choice
     assert out.returncode == 0, out.stderr
     assert header in out.stdout
     assert [line for line in out.stdout.splitlines() if line.startswith("SPIN")] == ["SPIN 28 28 1"]
+
+
+def test_bench_measures_with_the_spin_as_loaded_where_it_cannot_be_set(monkeypatch, tmp_path, capsys):
+    from experiments import bench
+
+    def refuse(exponent=20):
+        raise RuntimeError("an OpenBLAS without openblas_read_env; nothing was changed")
+
+    monkeypatch.setattr(workers, "blas_spin_exponent", lambda: 28)
+    monkeypatch.setattr(workers, "set_blas_spin", refuse)
+    monkeypatch.setenv("NUMPY_MOE_TORCH_PYTHON", "")
+    bench.main(["--quick", "--only", "layer", "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert "--blas-spin short not possible here (an OpenBLAS without openblas_read_env" in out
+    assert "2**28 cycles after a product (as loaded" in out
