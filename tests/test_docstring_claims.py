@@ -4,6 +4,7 @@ Found by the docstring audit: every test here checks one sentence of a docstring
 does; the docstring it pins is named in the test's own docstring. Measured time: under 2 s.
 """
 import numpy as np
+import pytest
 
 import numpy_moe as nm
 from numpy_moe.routing import Capacity
@@ -27,3 +28,17 @@ def test_moe_diagnostics_importance_is_taken_before_capacity_even_with_renormali
     r = free.routing
     want = np.bincount(r.expert[mask[r.sample]], weights=r.weight[mask[r.sample]], minlength=4)
     np.testing.assert_allclose(layer.diagnostics["importance"], want, rtol=1e-12)
+
+
+def test_moe_diagnostics_after_a_forward_that_raised_says_a_forward_is_needed():
+    """MoE.diagnostics: "Routing statistics of the last forward"; with no forward to report it raises the
+    ValueError "needs a forward pass first". A first forward that raised (a bad mask) had already stored the
+    output shape, so diagnostics went on to an AttributeError about the layer's missing expert outputs."""
+    layer = nm.MoE(4, 3, 4, top_k=2, seed=0)
+    x = np.random.default_rng(0).standard_normal((8, 4))
+    with pytest.raises(ValueError, match="mask"):
+        layer.forward(x, mask=np.zeros(8, bool))
+    with pytest.raises(ValueError, match="needs a forward pass first"):
+        layer.diagnostics
+    layer.forward(x)
+    assert layer.diagnostics["samples_per_expert"].sum() == 16

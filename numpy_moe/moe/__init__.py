@@ -279,8 +279,9 @@ class MoE(Module):
         return self._add_shared(x, y)
 
     def _check_forwarded(self, what):
-        if not hasattr(self, "y_shape"):
-            raise ValueError(f"{what} needs a forward pass first: call forward(x) before {what}")
+        if not self.__dict__.get("_ran_forward"):  # set by Module when a forward returned; False after one raised
+            raise ValueError(f"{what} needs a forward pass first: call forward(x) before {what} (none has run, or "
+                             "the last one raised)")
 
     def _add_shared(self, x, y):
         if self.shared is not None:
