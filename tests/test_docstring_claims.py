@@ -42,3 +42,35 @@ def test_moe_diagnostics_after_a_forward_that_raised_says_a_forward_is_needed():
         layer.diagnostics
     layer.forward(x)
     assert layer.diagnostics["samples_per_expert"].sum() == 16
+
+
+def test_batch_priority_orders_samples_by_their_largest_probability_not_their_first_choices():
+    """routing.apply_capacity / Capacity("batch_priority") / MoE(batch_priority=True): "samples with a larger
+    top probability max_e p[n, e] first" (MATH.md §4.2; fairseq's ``gates.max(dim=1)``). The code read the
+    probability of each sample's first choice, which is max_e p only when the gate chooses the argmax of
+    p; a ScoreGate with a selection bias (or a group limit) chooses otherwise."""
+    from numpy_moe.gates import Routing, ScoreGate
+    from numpy_moe.routing import apply_capacity
+    probs = np.array([[0.9, 0.1], [0.4, 0.6]])  # sample 0 chose expert 1 (a bias moved it), p = 0.1 there
+    r = Routing(sample=np.arange(2), expert=np.array([1, 1]), weight=np.array([0.1, 0.6]), kept=np.ones(2, bool),
+                logits=np.log(probs), clean=np.log(probs), sigma=None, eps=None, probs=probs, top_k=1,
+                convention="scored", scores=probs)
+    # one slot for expert 1: sample 0's max_e p = 0.9 beats sample 1's 0.6
+    np.testing.assert_array_equal(apply_capacity(r, 1, batch_priority=True).kept, [True, False])
+    # through the layer: a ScoreGate with a selection bias, against the rule written out with loops
+    x = np.random.default_rng(3).standard_normal((12, 4))
+    gate = ScoreGate(4, 4, top_k=1, score="softmax", normalize=False, seed=0)
+    gate.buffers["bias"][:] = [0.0, 0.0, 0.0, 0.4]
+    layer = nm.MoE(gate=gate, experts=nm.ExpertBank(4, 4, 3, 5, seed=0), capacity_factor=0.5,
+                   batch_priority=True, balance=[nm.balance.SwitchLoss(0.01)])
+    layer.forward(x)
+    r = layer.routing
+    C = int(np.ceil(12 * 0.5 / 4))
+    order = sorted(range(12), key=lambda n: (-r.probs[n].max(), n))
+    used, want = np.zeros(4, int), np.zeros(12, bool)
+    for n in order:
+        e = r.expert[n]
+        want[n] = used[e] < C
+        used[e] += 1
+    assert (r.probs[np.arange(12), r.expert] < r.probs.max(axis=1)).any()  # the case the fix is about
+    np.testing.assert_array_equal(r.kept, want)
