@@ -74,3 +74,20 @@ def test_batch_priority_orders_samples_by_their_largest_probability_not_their_fi
         used[e] += 1
     assert (r.probs[np.arange(12), r.expert] < r.probs.max(axis=1)).any()  # the case the fix is about
     np.testing.assert_array_equal(r.kept, want)
+
+
+def test_from_state_dict_refuses_nan_weights_naming_the_entry():
+    """presets.from_state_dict: "every value must be a finite number, or ValueError names the entry". A
+    checkpoint entry holding NaN was copied in without a word (numpy_moe.io refuses such a model), so the
+    block computed NaN from a file someone else wrote."""
+    from numpy_moe import presets as P
+    cfg = {"hidden_size": 8, "intermediate_size": 16, "num_local_experts": 4, "num_experts_per_tok": 2}
+    sd = P.to_state_dict("mixtral", P.build("mixtral", cfg, seed=0))
+    key = "experts.1.w2.weight"
+    bad = sd[key].copy()
+    bad[0, 0] = np.nan
+    with pytest.raises(ValueError, match=rf"state_dict\['{key}'\] has 1 NaN or inf"):
+        P.from_state_dict("mixtral", {**sd, key: bad}, cfg)
+    with pytest.raises(ValueError, match="dtype"):
+        P.from_state_dict("mixtral", {**sd, key: sd[key].astype(str)}, cfg)
+    P.from_state_dict("mixtral", sd, cfg)  # the finite one still loads
