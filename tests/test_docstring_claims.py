@@ -91,3 +91,24 @@ def test_from_state_dict_refuses_nan_weights_naming_the_entry():
     with pytest.raises(ValueError, match="dtype"):
         P.from_state_dict("mixtral", {**sd, key: sd[key].astype(str)}, cfg)
     P.from_state_dict("mixtral", sd, cfg)  # the finite one still loads
+
+
+def test_a_float32_layer_with_sequence_balance_keeps_float32_gradients():
+    """MoE: "dtype : float32 or float64" (and the Module contract: backward returns dx like x). With
+    SequenceBalance (the DeepSeek presets' loss) a float32 layer returned a float64 dx and a float64 gate
+    gradient: the loss's score gradient was float64 (its f comes from integer counts), unlike every other
+    balance loss, whose gradients take the routing's dtype."""
+    from numpy_moe import balance as B
+    from numpy_moe.gates import ScoreGate, TopKGate
+    x = np.random.default_rng(0).standard_normal((16, 6)).astype(np.float32)
+    for gate in (ScoreGate(6, 4, top_k=2, dtype="float32"), TopKGate(6, 4, 2, dtype="float32")):
+        for counts in B.SequenceBalance.COUNTS:
+            loss = B.SequenceBalance(0.1, counts=counts)
+            layer = nm.MoE(gate=gate, experts=nm.ExpertBank(4, 6, 5, 3, dtype="float32"), balance=[loss],
+                           dtype="float32")
+            y = layer.forward(x, seq_lengths=[8, 8])
+            dx = layer.backward(np.ones_like(y))
+            assert dx.dtype == np.float32
+            assert {k: g.dtype for k, g in layer.named_grads()} == {k: np.dtype(np.float32)
+                                                                  for k, _ in layer.named_grads()}
+            assert loss.backward()["scores"].dtype == np.float32

@@ -328,7 +328,7 @@ class SequenceBalance(BalanceLoss):
         return self.weight * float((self.f * P).sum(axis=1).mean())
 
     def backward(self):
-        dP = self.weight * self.f / self.f.shape[0]  # (S, E)
+        dP = (self.weight * self.f / self.f.shape[0]).astype(self.sn.dtype)  # (S, E); f is float64 (int counts)
         dsn = (dP / self.T[:, None])[self.seq]  # (N, E)
         ds = (dsn - (dsn * self.sn).sum(axis=1, keepdims=True)) / self.ssum
         return {"scores": ds}
