@@ -11,8 +11,6 @@ batched matmul per layer; there is no Python list of expert objects on the hot p
 
 Two forward/backward pairs serve the two ways an MoE layer uses its experts:
 
-Two forward/backward pairs serve the two ways an MoE layer uses its experts:
-
 - ``forward(x) -> (E, N, O)`` / ``backward(dout) -> dx``: every expert on every sample (dense MoE); with
   x of shape (E, C, D), expert e on its own C rows x[e] (the sparse layer's padded dispatch).
 - ``forward_grouped(x, offsets) -> (M, O)`` / ``backward_grouped(dout) -> dx``: rows of ``x`` are grouped
