@@ -50,7 +50,8 @@ class ScoreGate(Module):
     bias_update : u >= 0, the auxiliary-loss-free bias's update rate (0: the bias stays as it is).
     bias_centered : subtract the update's mean, so the biases keep summing to zero (torchtitan).
     jitter : eps in [0, 1): in training the router sees x * U(1 - eps, 1 + eps) (Switch Transformer;
-        Mixtral's ``router_jitter_noise``). The experts see x unchanged.
+        Mixtral's ``router_jitter_noise``). The experts see x unchanged, as in Switch; HF's Mixtral feeds
+        the jittered x to its experts too (MATH.md §10.2).
     norm_eps : added to the sum of the kept scores before dividing (1e-20 as in DeepSeek-V3).
     seed : int or numpy Generator; the weight is drawn from it, then the jitter, forward after forward.
     dtype : float32 or float64.
