@@ -178,8 +178,8 @@ def check_rows(index, n_rows, name="rows"):
 def default_rng(seed=None):
     """A ``numpy.random.Generator``: ``seed`` may be None, an int >= 0 or a Generator (returned as is).
 
-    A SeedSequence or BitGenerator is accepted as NumPy accepts it; anything else is a TypeError naming
-    ``seed``.
+    A SeedSequence or BitGenerator is accepted as NumPy accepts it; a negative int is a ValueError and
+    anything else a TypeError, each naming ``seed``.
     """
     if isinstance(seed, (numpy.random.Generator, numpy.random.SeedSequence, numpy.random.BitGenerator)):
         return numpy.random.default_rng(seed)

@@ -16,7 +16,8 @@ Training:
 
 - :func:`fit_em` runs :meth:`HierarchicalMoE.em_step`: E-step posteriors h (N, E) over the leaves, then
   each expert by weighted least squares (Gaussian) or IRLS (softmax) with weights h_e, and each gate j by
-  IRLS on the posterior masses of its children (numpy_moe.em). The log-likelihood never decreases.
+  IRLS on the posterior masses of its children (numpy_moe.em). The log-likelihood minus the ridge penalty
+  never decreases (the log-likelihood itself when ridge=0; with a ridge it can dip slightly, MATH.md §11.3).
 - gradient training: :meth:`HierarchicalMoE.nll_grads` sets ``grads`` to the gradient of the mean
   negative log-likelihood, for any numpy_moe optimiser. ``forward`` / ``backward`` are the prediction and
   its hand-derived gradient (the mixture mean, or the log of the mixture's class probabilities, which
@@ -367,12 +368,14 @@ def init_responsibilities(x, y, n_experts, seed=None, task="regression"):
 
 
 def fit_em(model, x, y, max_iter=200, tol=1e-8, ridge=1e-6, var_floor=1e-8, callback=None):
-    """Run EM on ``model`` in place until the mean log-likelihood gains less than ``tol`` per iteration.
+    """Run EM on ``model`` in place until the objective (the log-likelihood minus the ridge penalty) gains
+    less than ``tol`` per sample in an iteration.
 
     Parameters
     ----------
     model : HierarchicalMoE. x : (N, D). y : targets. max_iter : most EM iterations (>= 1).
-    tol : >= 0, stop when (ℓ_t - ℓ_{t-1}) / N < tol. ridge, var_floor : see :meth:`HierarchicalMoE.m_step`.
+    tol : >= 0, stop when (o_t - o_{t-1}) / N < tol, o = ℓ - ``model.penalty(ridge)`` (the "objective" below).
+    ridge, var_floor : see :meth:`HierarchicalMoE.m_step`.
     callback : optional ``callback(iteration, model)`` after each iteration.
 
     Returns

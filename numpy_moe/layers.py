@@ -327,7 +327,7 @@ class Linear(Module):
 
     Notes
     -----
-    dW = xᵀ dy, db = sum_n dy, dx = dy Wᵀ.
+    dW = xᵀ dy, db = sum_n dy, dx = dy Wᵀ (MATH.md §1.1 derives them).
     """
 
     def __init__(self, in_features, out_features, init="glorot", seed=None, dtype="float64"):

@@ -61,7 +61,7 @@ def apply_capacity(routing, capacity, batch_priority=False):
     K = routing.top_k
     position = xp.arange(N)
     if batch_priority:
-        top = routing.probs[position, routing.expert.reshape(N, K)[:, 0]]  # max_e p[n, e], (N,)
+        top = routing.probs.max(axis=1)  # max_e p[n, e], (N,): a gate's first choice need not be its argmax
         position = priority_positions(top)
     return routing._replace(kept=capacity_mask(routing.expert, position, K, E, capacity) & routing.kept)
 

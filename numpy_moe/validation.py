@@ -52,7 +52,8 @@ def check_input(x, n_features, dtype, name="x", min_rows=0):
 
 
 def check_positive_int(value, name, minimum=1):
-    """Return ``value`` if it is an integer >= ``minimum``; raise ValueError naming ``name`` otherwise."""
+    """Return ``value`` if it is an integer >= ``minimum``; otherwise raise, naming ``name``, TypeError for a
+    value that is not an integer (a bool, a float such as 2.0) and ValueError for one below ``minimum``."""
     if isinstance(value, bool) or not isinstance(value, int) and not hasattr(value, "__index__"):
         raise TypeError(f"{name}={value!r} must be an integer >= {minimum}")
     if value < minimum:

@@ -7,10 +7,11 @@
 - :class:`HMERegressor`: linear-Gaussian experts, each with its own variance; predicts the mixture mean.
 - :class:`HMEClassifier`: softmax (multinomial logit) experts; ``predict_proba`` is the mixture.
 
-``solver="em"`` (default) runs EM (Jordan & Jacobs 1994) until the mean log-likelihood per sample gains
-less than ``tol`` in one iteration or ``max_iter`` iterations have run; ``solver="adam"`` takes full-batch
-Adam steps on the mean negative log-likelihood of the same model with the same stopping rule (for
-comparison). Both start from the M-step of spatially coherent random responsibilities
+``solver="em"`` (default) runs EM (Jordan & Jacobs 1994) until the mean log-likelihood per sample, minus
+the ridge penalty over N (:func:`numpy_moe.hme.fit_em`'s objective), gains less than ``tol`` in one
+iteration or ``max_iter`` iterations have run; ``solver="adam"`` takes full-batch Adam steps on the mean
+negative log-likelihood of the same model until the mean log-likelihood changes by less than ``tol`` (up or
+down) in one step (for comparison). Both start from the M-step of spatially coherent random responsibilities
 (:func:`numpy_moe.hme.init_responsibilities`) drawn from ``random_state``.
 
 Fitted attributes: ``model_`` (a HierarchicalMoE), ``n_iter_``, ``log_likelihood_curve_`` (mean
@@ -160,7 +161,8 @@ class HMERegressor(RegressorMixin, _HMEEstimator):
         [2, 2] the two-level binary tree of Jordan & Jacobs.
     solver : "em" (default) or "adam" (gradient ascent on the log-likelihood, learning_rate).
     max_iter : most iterations (default 200). tol : stop when the mean log-likelihood per sample gains
-        less than tol in an iteration (default 1e-6).
+        less than tol in an iteration (default 1e-6): for EM, minus the ridge penalty over N; for Adam, the
+        absolute change.
     ridge : the M-steps' L2 stabiliser (default 1e-6, numpy_moe.em). learning_rate : Adam's (default 0.05).
     random_state : None, int, numpy Generator or RandomState: the starting responsibilities.
 

@@ -11,8 +11,6 @@ batched matmul per layer; there is no Python list of expert objects on the hot p
 
 Two forward/backward pairs serve the two ways an MoE layer uses its experts:
 
-Two forward/backward pairs serve the two ways an MoE layer uses its experts:
-
 - ``forward(x) -> (E, N, O)`` / ``backward(dout) -> dx``: every expert on every sample (dense MoE); with
   x of shape (E, C, D), expert e on its own C rows x[e] (the sparse layer's padded dispatch).
 - ``forward_grouped(x, offsets) -> (M, O)`` / ``backward_grouped(dout) -> dx``: rows of ``x`` are grouped
@@ -62,7 +60,7 @@ class ExpertBank(GroupedPasses, GatedLinearPasses, Module):
     s = sigmoid(g) for SiLU, Φ(g) + g φ(g) for GELU. gpt-oss (transformers models/gpt_oss/modeling_gpt_oss.py
     ``GptOssExperts._apply_gate``; openai/gpt-oss gpt_oss/torch/model.py ``swiglu``): act(G) = g σ(α g),
     g = min(G, limit), act' = σ(α g) (1 + α g (1 - σ(α g))) [G <= limit]; U enters as clip(U, ±limit) + 1,
-    whose derivative is [|U| <= limit] (the clamps pass no gradient outside their range).
+    whose derivative is ``[|U| <= limit]`` (the clamps pass no gradient outside their range).
     """
 
     ACTIVATIONS = ("relu", "swiglu", "geglu", "gptoss_swiglu")

@@ -27,9 +27,11 @@ class Routing(NamedTuple):
     eps : (N, E) the standard normal draw (logits = clean + eps * sigma), or None when no noise was added.
     probs : (N, E) softmax(logits).
     top_k : K, or None for expert choice.
-    convention : "softmax_then_topk", "topk_then_softmax", "expert_choice" or "scored" (ScoreGate).
-    scores : (N, E) the scores the gate ranks and weights with: softmax(logits) (the same array as
-        ``probs``) for the softmax gates, softmax or sigmoid of the logits for ScoreGate.
+    convention : "softmax_then_topk", "topk_then_softmax", "expert_choice", "scored" (ScoreGate), "base"
+        (BaseGate), "sinkhorn" (SinkhornGate) or "hash" (HashGate).
+    scores : (N, E) the scores the gate weights with: softmax(logits) (the same array as ``probs``) for
+        the softmax gates, softmax or sigmoid of the logits for ScoreGate and SinkhornGate, sigmoid for
+        BaseGate, uniform 1 / E for HashGate (whose weights are 1).
     seq_lengths : None, or the lengths of the sequences the N samples form, in order (they sum to N);
         the sequence-wise balance loss reads it.
 

@@ -3,14 +3,16 @@ without a loss, renormalised and scaled weights, input jitter (MATH.md §10).
 
 One class, :class:`ScoreGate`, covers the routers of Mixtral, Qwen2/3-MoE, DeepSeek-V2 and DeepSeek-V3:
 
-| model        | ScoreGate arguments                                                                        |
-|--------------|--------------------------------------------------------------------------------------------|
-| Mixtral      | score="softmax", normalize=True (a softmax over the K kept logits); jitter in training     |
-| Qwen2-MoE    | score="softmax", normalize=norm_topk_prob (False in Qwen1.5-MoE, True in Qwen3-MoE)        |
-| DeepSeek-V2  | score="softmax", normalize=False, scale=routed_scaling_factor, n_groups, topk_groups,      |
-|              | group_score="max" (device-limited routing)                                                 |
-| DeepSeek-V3  | score="sigmoid", normalize=True, scale=routed_scaling_factor, n_groups, topk_groups,       |
-|              | group_score="top2", bias_update=u (auxiliary-loss-free balancing)                          |
+::
+
+    | model        | ScoreGate arguments                                                                        |
+    |--------------|--------------------------------------------------------------------------------------------|
+    | Mixtral      | score="softmax", normalize=True (a softmax over the K kept logits); jitter in training     |
+    | Qwen2-MoE    | score="softmax", normalize=norm_topk_prob (False in Qwen1.5-MoE, True in Qwen3-MoE)        |
+    | DeepSeek-V2  | score="softmax", normalize=False, scale=routed_scaling_factor, n_groups, topk_groups,      |
+    |              | group_score="max" (device-limited routing)                                                 |
+    | DeepSeek-V3  | score="sigmoid", normalize=True, scale=routed_scaling_factor, n_groups, topk_groups,       |
+    |              | group_score="top2", bias_update=u (auxiliary-loss-free balancing)                          |
 
 Sources: DeepSeek-V3 technical report (2024) §2.1.1-2.1.2 and its reference code
 (deepseek-ai/DeepSeek-V3, inference/model.py, ``Gate.forward``); HuggingFace transformers
@@ -48,7 +50,8 @@ class ScoreGate(Module):
     bias_update : u >= 0, the auxiliary-loss-free bias's update rate (0: the bias stays as it is).
     bias_centered : subtract the update's mean, so the biases keep summing to zero (torchtitan).
     jitter : eps in [0, 1): in training the router sees x * U(1 - eps, 1 + eps) (Switch Transformer;
-        Mixtral's ``router_jitter_noise``). The experts see x unchanged.
+        Mixtral's ``router_jitter_noise``). The experts see x unchanged, as in Switch; HF's Mixtral feeds
+        the jittered x to its experts too (MATH.md §10.2).
     norm_eps : added to the sum of the kept scores before dividing (1e-20 as in DeepSeek-V3).
     seed : int or numpy Generator; the weight is drawn from it, then the jitter, forward after forward.
     dtype : float32 or float64.

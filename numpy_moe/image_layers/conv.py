@@ -37,7 +37,7 @@ class Conv2d(Module):
     -----
     With X = im2col(x) reshaped to (C k², N Ho Wo) and Wm = W reshaped to (F, C k²):
     Y = Wm X + b, y = Y reshaped to (F, N, Ho, Wo) and transposed to NCHW.
-    Backward: dWm = dY Xᵀ, db = sum of dY over its columns, dx = col2im(Wmᵀ dY).
+    Backward: dWm = dY Xᵀ, db = sum of dY over its columns, dx = col2im(Wmᵀ dY) (MATH.md §14.1).
 
     Computed channels-last (module docstring): R = im2row(x) as (N Ho Wo, k k C), Wr = W transposed to
     (F, k, k, C) as (F, k k C), Y = R Wrᵀ + b is the output (N Ho Wo, F) in NHWC memory; dWr = dYᵀ R,
@@ -98,7 +98,7 @@ class MaxPool2d(Module):
 
     Notes
     -----
-    y[n, c, a, b] = max over the window; the gradient goes to the window's maximum (the first one in
+    y[n, c, a, b] = max over the window (MATH.md §14.2); the gradient goes to the window's maximum (the first one in
     row-major order on a tie) and is summed where overlapping windows share that pixel. After forward,
     ``arg`` (N, C, Ho, Wo) holds the position of that maximum in its window, i k + j.
 

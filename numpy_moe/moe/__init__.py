@@ -235,13 +235,15 @@ class MoE(Module):
         else:
             r = self.gate.forward(x)
         self.denominator = None
+        gate_weight = r.weight  # (M,) before capacity: renormalising after dropping divides the weights
         if self.capacity is not None and r.top_k is not None:
             r, self.denominator = self.capacity.apply(r)
         r = self.routing = r._replace(seq_lengths=seq_lengths)
         if self.mask is None:
-            self.counted = r
+            self.counted, self.gate_weight = r, gate_weight
         else:
             self.counted, self.counted_index = B.select_samples(r, self.mask)
+            self.gate_weight = gate_weight[self.counted_index]
         self._aux = sum(loss(self.counted) for loss in self.losses)
         mode = self.dispatch
         if r.top_k is None and mode == "padded":
@@ -277,8 +279,9 @@ class MoE(Module):
         return self._add_shared(x, y)
 
     def _check_forwarded(self, what):
-        if not hasattr(self, "y_shape"):
-            raise ValueError(f"{what} needs a forward pass first: call forward(x) before {what}")
+        if not self.__dict__.get("_ran_forward"):  # set by Module when a forward returned; False after one raised
+            raise ValueError(f"{what} needs a forward pass first: call forward(x) before {what} (none has run, or "
+                             "the last one raised)")
 
     def _add_shared(self, x, y):
         if self.shared is not None:
@@ -376,5 +379,5 @@ class MoE(Module):
                     "dropped": 0}
         r = self.counted
         return {"samples_per_expert": to_numpy(xp.bincount(r.expert[r.kept], minlength=E)),
-                "importance": to_numpy(xp.bincount(r.expert, weights=r.weight, minlength=E)),
+                "importance": to_numpy(xp.bincount(r.expert, weights=self.gate_weight, minlength=E)),
                 "dropped": int(r.kept.size - int(r.kept.sum()))}

@@ -191,7 +191,7 @@ class ExpertParallelMoE(Module):
         M = r.expert.shape[0]
         if self.batch_priority:
             N = M // K
-            top = r.probs[xp.arange(N), r.expert.reshape(N, K)[:, 0]]  # (N,) max_e p[n, e]
+            top = r.probs.max(axis=1)  # (N,) max_e p[n, e] (as routing.apply_capacity)
             top_all = xp.concatenate(self.comm.allgather(top))
             expert_all = xp.concatenate(self.comm.allgather(r.expert))
             kept = capacity_mask(expert_all, priority_positions(top_all), K, E, C)

@@ -48,8 +48,8 @@ def build(preset, config, seed=None, dtype="float64", bugs=()):
 
 def from_state_dict(preset, state_dict, config, dtype="float64", prefix=""):
     """The ``preset`` block with the framework's weights: ``state_dict`` maps the framework's parameter names
-    (after ``prefix``) to NumPy arrays, per-expert or fused (detected). Every name must be used and every
-    shape must match the config, or ValueError names the entry."""
+    (after ``prefix``) to NumPy arrays, per-expert or fused (detected). Every name must be used, every
+    shape must match the config and every value must be a finite number, or ValueError names the entry."""
     if not isinstance(state_dict, dict):
         raise TypeError(f"state_dict must be a dict name -> array; got {type(state_dict).__name__}")
     moe = build(preset, config, seed=0, dtype=dtype)

@@ -134,7 +134,7 @@ def interleaved(gate, up):
 
 
 def import_weights(preset, moe, state_dict, prefix=""):
-    """Copy a framework state dict (name -> NumPy array) into ``moe``; names and shapes are checked."""
+    """Copy a framework state dict (name -> NumPy array) into ``moe``; names, shapes and finiteness are checked."""
     layout = detect_layout(preset, state_dict, prefix)
     targets = dict(moe.named_parameters())
     targets.update(moe.named_buffers())
@@ -144,7 +144,13 @@ def import_weights(preset, moe, state_dict, prefix=""):
         if missing:
             raise ValueError(f"state_dict lacks {missing[:3]} for the {preset!r} preset (it has "
                              f"{sorted(state_dict)[:6]}...)")
-        value = to_ours([to_numpy(state_dict[prefix + k]) for k in keys])
+        arrays = [to_numpy(state_dict[prefix + k]) for k in keys]
+        for k, a in zip(keys, arrays):  # as numpy_moe.io refuses a diverged model: no NaN weights in silence
+            if a.dtype.kind not in "biuf" or not np.isfinite(a).all():
+                what = f"dtype {a.dtype}" if a.dtype.kind not in "biuf" else \
+                    f"{int((~np.isfinite(a)).sum())} NaN or inf values"
+                raise ValueError(f"state_dict[{prefix + k!r}] has {what}; expected finite numbers")
+        value = to_ours(arrays)
         if path not in targets:
             raise ValueError(f"the {preset!r} block has no parameter {path!r}; check the config")
         target = targets[path]
