@@ -33,10 +33,14 @@ So :func:`n_threads` decides:
   ``threadpoolctl.threadpool_limits(1)`` or ``OPENBLAS_NUM_THREADS=1`` also means one thread here);
 - otherwise 1: blocks run one after the other in the calling thread, each with BLAS's own threads.
 
-On CuPy, or with one thread, blocks run one after the other in the calling thread. Results are identical
-either way: each block writes only its own rows and its own expert's gradients, and every block computes
-exactly what it computes alone (a row's logits from a product over a block of rows are the row of the
-whole product: OpenBLAS does not split the sum over D by rows; tested bit for bit). A block that calls
+On CuPy, or with one thread, blocks run one after the other in the calling thread. Results on threads are
+identical to the blocks run in order with BLAS on one thread, as each block's BLAS runs: each block writes
+only its own rows and its own expert's gradients, and every block computes exactly what it computes alone
+(a row's logits from a product over a block of rows are the row of the whole product: OpenBLAS does not
+split the sum over D by rows; tested bit for bit). Against blocks run in order with BLAS on several
+threads, a weight gradient Xᵀ D summed over many rows can differ in its last bits, as OpenBLAS's threads
+sum it in another order (measured at N = 8192, D = 64, H = 32, E = 16, float32: relative 1.5e-7 and
+1.9e-7 on the experts' two weight gradients; outputs, dx and the gate's gradients identical). A block that calls
 ``run_blocks`` itself runs that call's blocks in order in its own thread: the others are busy with its
 siblings, and a call handed to them would wait for a thread that waits for it.
 
