@@ -119,8 +119,9 @@ class Capacity:
     renormalize : False, or True to divide each sample's weights by the sum of its KEPT weights after
         dropping, the denominator clamped at the dtype's eps (fairseq ``top2gating`` with
         ``normalize_gate_prob_before_dropping=False``, DeepSpeed ``top2gating`` / ``topkgating``); a sample
-        whose second choice was dropped then puts weight 1 on its first. Use it with an unnormalised gate
-        (MATH.md §4.4 has the backward).
+        whose second choice was dropped then puts weight 1 on its first. A dropped assignment keeps its
+        gate weight, as without renormalising. Use it with an unnormalised gate (MATH.md §4.4 has the
+        backward).
 
     ``MoE(capacity_factor=cf, batch_priority=b)`` is short for ``MoE(capacity=Capacity(cf, "batch_priority"
     if b else "gshard"))``. ``to_dict()`` / ``Capacity(**d)`` round-trip it (io saves the dict).
@@ -153,9 +154,9 @@ class Capacity:
     def apply(self, routing):
         """Drop the assignments beyond each expert's C in this policy's order; renormalise if asked.
 
-        Returns the new Routing (``kept`` False for a dropped assignment; with ``renormalize`` its
-        ``weight`` is w / max(sum of the sample's kept w, eps)) and the denominators (N, 1) or None, which
-        :meth:`renormalize_backward` needs.
+        Returns the new Routing (``kept`` False for a dropped assignment; with ``renormalize`` a kept
+        assignment's ``weight`` is w / max(sum of the sample's kept w, eps), a dropped one's stays w) and the
+        denominators (N, 1) or None, which :func:`renormalize_backward` needs.
         """
         N, E = routing.logits.shape
         K = routing.top_k
@@ -208,25 +209,29 @@ def ordered_keep(expert, score, n_samples, top_k, n_experts, capacity):
 
 
 def renormalize_kept(routing):
-    """w'_m = w_m / d_n, d_n = max(sum of sample n's kept w, eps): (the routing with w', d (N, 1))."""
+    """w'_m = w_m / d_n for a kept assignment, d_n = max(sum of sample n's kept w, eps); a dropped one keeps
+    w'_m = w_m, as without renormalising (the combine ignores it; a loss that reads the weights, such as
+    Importance over the gates, sees the gate's value). Returns (the routing with w', d (N, 1))."""
     xp = get_array_module(routing.weight)
     N, K = routing.logits.shape[0], routing.top_k
     w = routing.weight.reshape(N, K)
-    s = (w * routing.kept.reshape(N, K)).sum(axis=1, keepdims=True)  # (N, 1)
+    kept = routing.kept.reshape(N, K)
+    s = (w * kept).sum(axis=1, keepdims=True)  # (N, 1)
     d = xp.maximum(s, xp.finfo(w.dtype).eps)
-    return routing._replace(weight=(w / d).reshape(-1)), d
+    return routing._replace(weight=xp.where(kept, w / d, w).reshape(-1)), d
 
 
 def renormalize_backward(dweight, routing, d):
-    """dw from dw' for :func:`renormalize_kept` (MATH.md §4.4): dw_m = (dw'_m - kept_m [s_n > eps]
-    sum_j dw'_j w'_j) / d_n, where routing holds w' (the denominator is constant where it was clamped)."""
+    """dw from dw' for :func:`renormalize_kept` (MATH.md §4.4): for a kept m, dw_m = (dw'_m - [s_n > eps]
+    sum over n's kept j of dw'_j w'_j) / d_n (the denominator is constant where it was clamped); for a
+    dropped m, dw_m = dw'_m. ``routing`` holds w'."""
     xp = get_array_module(dweight)
     N, K = d.shape[0], routing.top_k
     kept = routing.kept.reshape(N, K)
     dw = dweight.reshape(N, K)
-    inner = (dw * routing.weight.reshape(N, K)).sum(axis=1, keepdims=True)  # (N, 1)
+    inner = (dw * routing.weight.reshape(N, K) * kept).sum(axis=1, keepdims=True)  # (N, 1), kept j only
     active = d > xp.finfo(d.dtype).eps  # the unclamped denominators; s = d there
-    return ((dw - kept * (active * inner)) / d).reshape(-1)
+    return xp.where(kept, (dw - active * inner) / d, dw).reshape(-1)
 
 
 class Groups(NamedTuple):

@@ -104,11 +104,42 @@ def test_renormalised_weights_sum_to_one_over_the_kept_and_clamp_at_eps(rng):
     some = r.kept.reshape(16, 3).any(axis=1)
     np.testing.assert_allclose(w[some].sum(axis=1), 1.0, rtol=1e-14)
     assert moe.diagnostics["dropped"] > 0
-    # a token with every choice dropped: sum = 0, clamped at eps, weights w / eps (all multiplied by kept = 0)
+    # a token with every choice dropped: sum = 0, clamped at eps; dropped assignments keep their gate weight
     from numpy_moe.routing import renormalize_kept
     r0 = r._replace(kept=np.zeros_like(r.kept))
     r1, d = renormalize_kept(r0)
     np.testing.assert_array_equal(d, np.finfo(float).eps)
+    np.testing.assert_array_equal(r1.weight, r0.weight)
+    # and in the layer: kept weights divided, dropped ones as the gate gave them
+    w0 = moe.gate.forward(moe.routing.logits).weight  # the identity router: x = logits
+    np.testing.assert_array_equal(r.weight[~r.kept], w0[~r.kept])
+
+
+def test_importance_over_the_gates_with_renormalisation_reads_the_gate_weight_of_dropped_choices(rng):
+    """A sample with every choice dropped used to carry the weights w / eps (up to 4.5e15 here, float64), which
+    Importance over the gates summed, so one such sample decided the loss. Dropped choices now keep their
+    gate weight (kept ones are divided by their sum), and the gradient through the layer checks."""
+    logits = np.tile(np.array([[3.0, 2.0, 0.0, -1.0]]), (6, 1))  # all pick experts 0 and 1; C = 1 drops most
+    logits = logits + 0.1 * rng.standard_normal(logits.shape)
+    balance = [B.Importance(0.5, source="gates")]
+    moe = layer(4, 4, 2, Capacity(0.25, "position", renormalize=True), balance=balance)
+    moe.gate.params["W"][...] = np.eye(4)
+    moe.forward(logits)
+    r = moe.routing
+    none_kept = ~r.kept.reshape(6, 2).any(axis=1)
+    assert none_kept.any(), "some sample must lose both choices"
+    w = moe.gate.forward(logits).weight.reshape(6, 2)
+    kept = r.kept.reshape(6, 2)
+    expected = np.where(kept, w / np.maximum((w * kept).sum(1, keepdims=True), np.finfo(float).eps), w)
+    np.testing.assert_allclose(r.weight.reshape(6, 2), expected, rtol=1e-15)
+    assert np.abs(r.weight).max() <= 1.0
+    imp = np.bincount(r.expert, weights=r.weight, minlength=4)
+    np.testing.assert_allclose(moe.aux_loss, 0.5 * imp.var(ddof=0) / (imp.mean() ** 2 + 1e-10), rtol=1e-12)  # CV², MATH §3.1
+    x = rng.standard_normal((12, 4))
+    moe = layer(4, 4, 2, Capacity(0.5, "position", renormalize=True), rng=rng, balance=balance)
+    errors = check_module(moe, x, tol=TOL, forward=frozen_forward(moe))
+    assert max(errors.values()) < TOL
+    assert (~moe.routing.kept).any()
 
 
 @pytest.mark.parametrize("policy", ["gshard", "position", "logits"])
