@@ -129,9 +129,17 @@ class FTRL(Optimizer):
 
     def __init__(self, alpha=1.0, beta=0.2, l1=0.0, l2=0.0):
         super().__init__(alpha, "alpha")
-        self.alpha = self.lr
         self.beta, self.l1, self.l2 = (check_real(v, name, 0) for name, v in (("beta", beta), ("l1", l1), ("l2", l2)))
         self.z, self.n = {}, {}
+
+    @property
+    def alpha(self):
+        """α, which is the optimiser's ``lr``: a schedule that sets ``lr`` (as the other optimisers') sets α."""
+        return self.lr
+
+    @alpha.setter
+    def alpha(self, value):
+        self.lr = check_real(value, "alpha", 0, low_open=True)
 
     def update(self, name, p, g):
         xp = get_array_module(p)

@@ -163,3 +163,23 @@ def test_state_is_keyed_by_dotted_names_for_any_module():
 def test_bad_hyperparameters_are_named(kwargs, match):
     with pytest.raises(ValueError, match=match):
         FTRL(**kwargs)
+
+
+def test_a_schedule_that_sets_lr_sets_alpha():
+    # the other optimisers' learning rate is ``lr`` and schedules set it (experiments/lm_moe.py does for Adam);
+    # FTRL's is alpha. Before, FTRL kept a copy of alpha, so setting lr changed nothing. Hand-worked with
+    # beta = 1, no lambdas, from w = 0: step 1 at alpha = 2, g = 3: sigma = 3 / 2, z = 3, n = 9,
+    # w = -3 / ((1 + 3) / 2) = -1.5. Then lr = 1 and g = 4: sigma = (5 - 3) / 1 = 2, z = 3 + 4 - 2 * (-1.5) = 10,
+    # n = 25, w = -10 / (1 + 5) = -5/3 (with alpha still 2 it would be -10 / 3 = -3.33).
+    opt = FTRL(alpha=2, beta=1)
+    model = Weights([0.0])
+    run(opt, model, [(3.0,)])
+    np.testing.assert_allclose(model.params["w"], [-1.5], rtol=1e-15)
+    opt.lr = 1.0
+    assert opt.alpha == 1.0
+    run(opt, model, [(4.0,)])
+    np.testing.assert_allclose(model.params["w"], [-5 / 3], rtol=1e-15)
+    opt.alpha = 0.5
+    assert opt.lr == 0.5
+    with pytest.raises(ValueError, match="alpha"):
+        opt.alpha = -1.0
