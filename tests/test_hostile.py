@@ -626,7 +626,7 @@ def test_a_refit_that_fails_on_bad_input_keeps_the_fitted_model():
     X, y = standard_data("classification")
     est = MoEClassifier(epochs=5, random_state=0).fit(X, y)
     before = est.predict_proba(X)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="y has 1 class"):
         est.fit(X[:, :2], np.full(90, 7))  # one class: refused after validate_data reset n_features_in_
     assert est.n_features_in_ == 3
     np.testing.assert_array_equal(est.predict_proba(X), before)
