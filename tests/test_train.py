@@ -96,6 +96,27 @@ def test_divergence_in_a_later_epoch_puts_back_the_end_of_the_last_good_epoch(rn
         assert np.array_equal(p, kept[name]), f"{name} is not the end-of-epoch-2 weight"
 
 
+@pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning", "ignore:invalid value:RuntimeWarning")
+def test_divergence_puts_back_the_buffers_of_the_last_good_epoch(rng):
+    # the test above has no buffers: here the selection bias moves after every step of the diverging epoch
+    # (end_step) and must be put back with the weights
+    from numpy_moe.gates import ScoreGate
+    X, y = blobs(rng)
+    model = MoE(gate=ScoreGate(2, 4, top_k=2, bias_update=0.01, seed=1), out_features=3, hidden=4, seed=0)
+    kept = {}
+
+    def blow_up(epoch, model, history):
+        kept.update({n: b.copy() for n, b in model.named_buffers()})
+        if epoch == 1:
+            X[:] *= 1e300
+            y[:] = (y + 1) % 3
+    with pytest.raises(FloatingPointError, match=r"at epoch 3.*as they were at the end of epoch 2"):
+        fit(model, X, y, optimizer=SGD(0.1), epochs=5, batch_size=16, seed=0, callback=blow_up)
+    assert np.abs(kept["gate.bias"]).max() > 0, "the selection bias must have moved by then"
+    for name, b in model.named_buffers():
+        assert np.array_equal(b, kept[name]), f"{name} is not the end-of-epoch-2 buffer"
+
+
 class Exploding(Linear):
     """A linear model whose gradients are multiplied by ``scale``: finite, but a step makes weights inf."""
 
