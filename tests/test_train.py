@@ -150,6 +150,18 @@ def test_a_growing_loss_is_divergence(rng):
         fit(model, X, y, loss="mse", optimizer=SGD(1e-3), epochs=3, batch_size=64, seed=0, callback=jump)
 
 
+def test_the_growth_rule_compares_with_at_least_one():
+    """MATH.md §6.4: L_t > 1000 max(L_1, 1); a loss near 0 may grow by more than 1000 times without
+    having diverged (the fits above only exercise references above 1)."""
+    from numpy_moe import divergence
+    divergence.check_epoch(999.0, 1e-6, 2)  # 1e9 times the reference, under 1000 * 1
+    with pytest.raises(FloatingPointError, match="more than 1000 times"):
+        divergence.check_epoch(1000.5, 1e-6, 2)
+    divergence.check_epoch(1999.0, 2.0, 2)
+    with pytest.raises(FloatingPointError, match="more than 1000 times"):
+        divergence.check_epoch(2000.5, 2.0, 2)
+
+
 @pytest.mark.parametrize("kwargs,error,pattern", [
     (dict(y=np.array([0, 1, 3] * 40)), ValueError, r"y has labels in \[0, 3\]; expected labels in \[0, 2\]"),
     (dict(y=np.array([0, 1, -1] * 40)), ValueError, r"y has labels in \[-1, 1\]"),
