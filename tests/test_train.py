@@ -162,6 +162,21 @@ def test_the_growth_rule_compares_with_at_least_one():
         divergence.check_epoch(2000.5, 2.0, 2)
 
 
+def test_the_aux_loss_history_is_the_sample_weighted_mean_over_uneven_batches(rng):
+    # 120 samples in batches of 50, 50, 20; a step of lr 1e-300 changes no weight, so every batch's
+    # aux loss is that of the starting model on its samples, in fit's shuffled order
+    X, y = blobs(rng)
+    model = MoE(2, 3, n_experts=4, hidden=5, top_k=2, seed=0, balance={"importance": 0.5})
+    order = np.random.default_rng(0).permutation(len(X))
+    aux = []
+    for start in range(0, len(X), 50):
+        model.forward(X[order[start:start + 50]])
+        aux.append(float(model.aux_loss) * len(order[start:start + 50]))
+    assert len(set(aux)) == 3
+    history = fit(model, X, y, optimizer=SGD(1e-300), epochs=1, batch_size=50, seed=0)
+    assert history.aux_loss[0] == pytest.approx(sum(aux) / len(X), rel=1e-12)
+
+
 @pytest.mark.parametrize("kwargs,error,pattern", [
     (dict(y=np.array([0, 1, 3] * 40)), ValueError, r"y has labels in \[0, 3\]; expected labels in \[0, 2\]"),
     (dict(y=np.array([0, 1, -1] * 40)), ValueError, r"y has labels in \[-1, 1\]"),
