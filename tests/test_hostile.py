@@ -180,6 +180,13 @@ def test_a_real_deflated_entry_over_max_bytes_is_never_decompressed(tmp_path):
     assert peak < 2 ** 20, f"{peak} bytes allocated before refusing"
 
 
+def test_max_bytes_is_a_budget_for_all_entries_together(tmp_path):
+    # the two tests above have one entry over the limit; here each of two fits alone, not both together
+    path = craft(tmp_path / "two.npz", {}, {"W": np.zeros(2 ** 16), "V": np.zeros(2 ** 16)})  # 512 KiB each
+    with pytest.raises(ValueError, match=r"more than max_bytes=786432 bytes"):
+        io.load(path, max_bytes=3 * 2 ** 18)
+
+
 def _with_raw_entries(path, out, headers):
     """Copy the .npz ``path`` to ``out`` adding one entry per {name: .npy header dict}, with no data."""
     with zipfile.ZipFile(path) as src, zipfile.ZipFile(out, "w") as dst:
