@@ -75,6 +75,17 @@ def test_min_capacity_floors_the_capacity():
         assert moe.routing.kept.sum() == 2 * per_expert  # experts 0 and 1 keep min(C, 6) tokens each
 
 
+@pytest.mark.parametrize("policy, kept", [("logits", [0, 2]), ("probs", [0, 2]), ("position", [0, 1])])
+def test_score_policies_break_ties_by_position(policy, kept):
+    """Hand-worked: 3 tokens all pick expert 0 (K = 1), C = ceil(3 * 1 * 2 / 3) = 2. By score token 2 comes
+    first, then tokens 0 and 1 tie and the earlier token wins (DeepSpeed topkgating, routing.ordered_keep);
+    by position tokens 0 and 1. Random logits never tie, so the comparison with deepspeed_keep above
+    cannot see the tie rule."""
+    logits = np.array([[1.0, 0.0, -1.0], [1.0, 0.0, -1.0], [3.0, 0.0, -1.0]])
+    r = identity_router(logits, 1, Capacity(2.0, policy)).routing
+    assert r.expert.tolist() == [0, 0, 0]
+    assert np.flatnonzero(r.kept).tolist() == kept
+
 def test_a_token_whose_second_choice_is_dropped_puts_weight_one_on_its_first():
     """Hand-worked: 2 tokens, 3 experts, K = 2, capacity C = ceil(2 * 2 * 0.5 / 3) = 1, gshard order.
     Token 0 picks (0, 1), token 1 picks (1, 2): expert 1's slot goes to token 1's FIRST choice (first choices

@@ -181,6 +181,16 @@ def test_em_without_ridge_never_decreases_the_log_likelihood(rng):
     assert history["n_iter"] == 40 and not history["converged"]
 
 
+def test_em_with_a_large_ridge_on_large_targets_never_decreases_the_objective():
+    # the Gaussian expert's beta given its old variance needs ridge * var_old in the normal equations (ECM);
+    # with ridge 1e-3 and unit-scale targets a plain ridge decreases nothing measurable, with ridge 1 and
+    # targets x10 (variances ~ 1e1) it decreases the objective by up to ~10
+    for seed in range(3):
+        x, y = random_problem(seed, "gaussian")
+        history = fit_em(HierarchicalMoE(2, 1, [2, 2], seed=seed), x, 10 * y, max_iter=25, tol=0, ridge=1.0)
+        assert np.diff(history["objective"]).min() > -1e-9, seed
+
+
 def test_em_stops_at_tol_and_reports_it():
     x, y = random_problem(3, "gaussian")
     model = HierarchicalMoE(2, 1, 2, seed=3)

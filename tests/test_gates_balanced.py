@@ -42,6 +42,9 @@ def test_balanced_assignment_moves_tokens_off_a_crowded_expert_and_breaks_ties_d
     a = balanced_assignment(scores)
     assert np.bincount(a, minlength=3).tolist() == [2, 2, 2]
     assert a[0] == 0 and a[3] == 0
+    # E not dividing N: 7 tokens on 3 experts load (3, 2, 2), never (3, 3, 1), which scores more here
+    crowded = balanced_assignment(np.tile([3.0, 2.0, 0.0], (7, 1)))
+    assert np.bincount(crowded, minlength=3).tolist() == [3, 2, 2]
     ties = np.zeros((6, 3))
     first = balanced_assignment(ties)
     assert np.bincount(first, minlength=3).tolist() == [2, 2, 2]

@@ -37,6 +37,14 @@ def test_deepseek_v3_weights_by_hand():
     np.testing.assert_allclose(gate.forward(x).weight, 2.5 * s[[3, 1]], rtol=1e-15)
 
 
+def test_norm_eps_is_added_to_the_renormalising_sum():
+    # the default 1e-20 changes nothing visible, so a large one: w = scale s_kept / (sum s_kept + norm_eps)
+    h = np.array([[0.0, 1.0, -1.0, 2.0]])
+    gate, x = gate_with_logits(h, top_k=2, score="sigmoid", normalize=True, scale=2.5, norm_eps=0.5)
+    s = expit(h[0])
+    np.testing.assert_allclose(gate.forward(x).weight, 2.5 * s[[3, 1]] / (s[3] + s[1] + 0.5), rtol=1e-15)
+
+
 def test_softmax_renormalised_is_mixtral_and_shazeer_topk_then_softmax(rng):
     # Mixtral: softmax over all E, keep K, divide by their sum = a softmax over the K kept logits
     x = rng.standard_normal((9, 5))
@@ -148,6 +156,7 @@ def test_bias_updates_spread_a_collapsed_load():
     dict(score="softmax", normalize=True),
     dict(score="softmax", normalize=False, scale=16.0, n_groups=3, topk_groups=2, group_score="max"),
     dict(score="sigmoid", normalize=True, n_groups=3, topk_groups=2, jitter=0.1),
+    dict(score="sigmoid", normalize=True, norm_eps=0.5),  # the eps in the backward's denominators
 ], ids=str)
 def test_gradients(kwargs, rng):
     gate = ScoreGate(5, 6, top_k=2, seed=0, **kwargs)

@@ -294,6 +294,9 @@ def test_topk_indices_rows_with_fewer_than_k_finite_values_stay_distinct(small, 
     idx = base.topk_indices(h, 3)
     np.testing.assert_array_equal(idx, [[0, 1, 2], [0, 1, 2], [2, 1, 3]])  # largest first, then lowest index
     np.testing.assert_array_equal(idx, np.argsort(-h, axis=1, kind="stable")[:, :3])
+    # without the all -inf row the first pass sees a finite maximum in every row: only the check in the last
+    # pass finds row 0 (its second and third picks are -inf)
+    np.testing.assert_array_equal(base.topk_indices(h[[0, 2]], 3), [[0, 1, 2], [2, 1, 3]])
 
 
 @pytest.mark.parametrize("K", [1, 2])

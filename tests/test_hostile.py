@@ -180,6 +180,13 @@ def test_a_real_deflated_entry_over_max_bytes_is_never_decompressed(tmp_path):
     assert peak < 2 ** 20, f"{peak} bytes allocated before refusing"
 
 
+def test_max_bytes_is_a_budget_for_all_entries_together(tmp_path):
+    # the two tests above have one entry over the limit; here each of two fits alone, not both together
+    path = craft(tmp_path / "two.npz", {}, {"W": np.zeros(2 ** 16), "V": np.zeros(2 ** 16)})  # 512 KiB each
+    with pytest.raises(ValueError, match=r"more than max_bytes=786432 bytes"):
+        io.load(path, max_bytes=3 * 2 ** 18)
+
+
 def _with_raw_entries(path, out, headers):
     """Copy the .npz ``path`` to ``out`` adding one entry per {name: .npy header dict}, with no data."""
     with zipfile.ZipFile(path) as src, zipfile.ZipFile(out, "w") as dst:
@@ -626,7 +633,7 @@ def test_a_refit_that_fails_on_bad_input_keeps_the_fitted_model():
     X, y = standard_data("classification")
     est = MoEClassifier(epochs=5, random_state=0).fit(X, y)
     before = est.predict_proba(X)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="y has 1 class"):
         est.fit(X[:, :2], np.full(90, 7))  # one class: refused after validate_data reset n_features_in_
     assert est.n_features_in_ == 3
     np.testing.assert_array_equal(est.predict_proba(X), before)

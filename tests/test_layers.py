@@ -157,7 +157,7 @@ def test_backward_after_a_forward_that_raised_is_refused_and_a_good_forward_allo
     x = np.ones((4, 3))
     layer.forward(x)
     layer.backward(np.ones((4, 2)))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="x has 5 features"):
         layer.forward(np.ones((4, 5)))  # the wrong width: what the cache holds is no longer this forward's
     with pytest.raises(NoForwardPassError, match="Linear.backward called before forward"):
         layer.backward(np.ones((4, 2)))

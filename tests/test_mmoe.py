@@ -43,8 +43,14 @@ def test_forward_is_the_formula_of_the_paper(rng):
 def test_one_gate_gives_every_task_the_same_mixture(rng):
     m = MMoE(4, n_tasks=3, n_experts=3, gates="one", seed=0)
     assert m.params["Wg"].shape == (1, 4, 3)
-    m.forward(rng.standard_normal((5, 4)))
-    assert m.gate(rng.standard_normal((5, 4))).shape == (1, 5, 3)
+    m.params["Wg"][...] = rng.standard_normal((1, 4, 3))  # not the uniform gate it starts as
+    x = rng.standard_normal((5, 4))
+    y = m.forward(x)
+    assert m.gate(x).shape == (1, 5, 3)
+    g = F.softmax(x @ m.params["Wg"][0])  # (N, E), the one gate
+    f = sum(g[:, [k]] * np.maximum(x @ m.params["W"][k] + m.params["b"][k], 0) for k in range(3))
+    for t in range(3):  # every tower reads the same mixture f
+        np.testing.assert_allclose(y[:, [t]], m.towers[t].forward(f), rtol=1e-12)
 
 
 def test_mmoe_learns_two_unrelated_tasks(rng):

@@ -117,6 +117,27 @@ def test_deepseek_v2_scales_only_what_it_does_not_renormalise():
     assert gate.scale == 1.5 and not gate.normalize and gate.group_score == "max"
 
 
+def test_missing_keys_take_the_documented_defaults_and_given_loss_weights_are_used():
+    """docs/FRAMEWORKS.md "Missing keys": a key missing from the config takes the builder's default (some
+    differ from transformers' config classes on purpose); a key that is given is used. The transcription
+    tests set or fix these keys, so without this a default could change unseen."""
+    renormalised = {"mixtral": True, "qwen2_moe": False, "qwen3_moe": True, "olmoe": False}  # norm_topk_prob
+    aux = {"mixtral": 0.02, "qwen2_moe": 0.001, "qwen3_moe": 0.001, "olmoe": 0.01, "gpt_oss": 0.001}
+    for preset, weight in aux.items():
+        moe = P.build(preset, CONFIGS[preset])
+        assert [type(loss).__name__ for loss in moe.losses][0] == "FrameworkBalance", preset
+        assert moe.losses[0].weight == weight, preset
+        assert P.build(preset, dict(CONFIGS[preset], router_aux_loss_coef=0.37)).losses[0].weight == 0.37, preset
+        if preset in renormalised:
+            assert moe.gate.normalize is renormalised[preset], preset
+        if preset in renormalised and preset != "mixtral":  # Mixtral always renormalises: no such key
+            flipped = P.build(preset, dict(CONFIGS[preset], norm_topk_prob=not renormalised[preset]))
+            assert flipped.gate.normalize is not renormalised[preset], preset
+    switch = P.build("switch", CONFIGS["switch"])  # SwitchTransformersConfig: 0.001 and 0.001
+    assert [(type(loss).__name__, loss.weight) for loss in switch.losses] == [("SwitchLoss", 0.001), ("ZLoss", 0.001)]
+    switch = P.build("switch", dict(CONFIGS["switch"], router_aux_loss_coef=0.2, router_z_loss_coef=0.3))
+    assert [loss.weight for loss in switch.losses] == [0.2, 0.3]
+
 @pytest.mark.parametrize("preset", P.PRESETS)
 def test_every_preset_passes_the_gradient_check(preset, rng):
     """Every parameter and the input against central differences, aux losses included (tolerance 1e-6, a

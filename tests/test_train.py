@@ -96,6 +96,27 @@ def test_divergence_in_a_later_epoch_puts_back_the_end_of_the_last_good_epoch(rn
         assert np.array_equal(p, kept[name]), f"{name} is not the end-of-epoch-2 weight"
 
 
+@pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning", "ignore:invalid value:RuntimeWarning")
+def test_divergence_puts_back_the_buffers_of_the_last_good_epoch(rng):
+    # the test above has no buffers: here the selection bias moves after every step of the diverging epoch
+    # (end_step) and must be put back with the weights
+    from numpy_moe.gates import ScoreGate
+    X, y = blobs(rng)
+    model = MoE(gate=ScoreGate(2, 4, top_k=2, bias_update=0.01, seed=1), out_features=3, hidden=4, seed=0)
+    kept = {}
+
+    def blow_up(epoch, model, history):
+        kept.update({n: b.copy() for n, b in model.named_buffers()})
+        if epoch == 1:
+            X[:] *= 1e300
+            y[:] = (y + 1) % 3
+    with pytest.raises(FloatingPointError, match=r"at epoch 3.*as they were at the end of epoch 2"):
+        fit(model, X, y, optimizer=SGD(0.1), epochs=5, batch_size=16, seed=0, callback=blow_up)
+    assert np.abs(kept["gate.bias"]).max() > 0, "the selection bias must have moved by then"
+    for name, b in model.named_buffers():
+        assert np.array_equal(b, kept[name]), f"{name} is not the end-of-epoch-2 buffer"
+
+
 class Exploding(Linear):
     """A linear model whose gradients are multiplied by ``scale``: finite, but a step makes weights inf."""
 
@@ -127,6 +148,33 @@ def test_a_growing_loss_is_divergence(rng):
             y[:] *= 1e3  # the targets the closure shares with fit: epoch 2's MSE is ~1e6 times epoch 1's
     with pytest.raises(FloatingPointError, match=r"at epoch 2: the training loss .* is more than 1000 times"):
         fit(model, X, y, loss="mse", optimizer=SGD(1e-3), epochs=3, batch_size=64, seed=0, callback=jump)
+
+
+def test_the_growth_rule_compares_with_at_least_one():
+    """MATH.md §6.4: L_t > 1000 max(L_1, 1); a loss near 0 may grow by more than 1000 times without
+    having diverged (the fits above only exercise references above 1)."""
+    from numpy_moe import divergence
+    divergence.check_epoch(999.0, 1e-6, 2)  # 1e9 times the reference, under 1000 * 1
+    with pytest.raises(FloatingPointError, match="more than 1000 times"):
+        divergence.check_epoch(1000.5, 1e-6, 2)
+    divergence.check_epoch(1999.0, 2.0, 2)
+    with pytest.raises(FloatingPointError, match="more than 1000 times"):
+        divergence.check_epoch(2000.5, 2.0, 2)
+
+
+def test_the_aux_loss_history_is_the_sample_weighted_mean_over_uneven_batches(rng):
+    # 120 samples in batches of 50, 50, 20; a step of lr 1e-300 changes no weight, so every batch's
+    # aux loss is that of the starting model on its samples, in fit's shuffled order
+    X, y = blobs(rng)
+    model = MoE(2, 3, n_experts=4, hidden=5, top_k=2, seed=0, balance={"importance": 0.5})
+    order = np.random.default_rng(0).permutation(len(X))
+    aux = []
+    for start in range(0, len(X), 50):
+        model.forward(X[order[start:start + 50]])
+        aux.append(float(model.aux_loss) * len(order[start:start + 50]))
+    assert len(set(aux)) == 3
+    history = fit(model, X, y, optimizer=SGD(1e-300), epochs=1, batch_size=50, seed=0)
+    assert history.aux_loss[0] == pytest.approx(sum(aux) / len(X), rel=1e-12)
 
 
 @pytest.mark.parametrize("kwargs,error,pattern", [
