@@ -142,6 +142,34 @@ def test_sequence_balance_by_hand():
         pytest.approx(0.1 * (seq0 + seq1) / 2, rel=1e-15)
 
 
+@pytest.mark.parametrize("counts", ["chosen", "top_scores"])
+def test_sequence_balance_gradient_over_sequences_of_different_lengths(counts, rng):
+    # the loss alone, with respect to its scores: three sequences of 2, 3 and 4 samples (each its own 1 / T and
+    # the mean over S = 3), sigmoid-like positive scores normalised per sample, K = 2 of E = 4, the chosen
+    # experts not always the top-2 scores (so the two counting rules differ). Float64 central differences,
+    # h = 1e-6, single-function mark 1e-7 (MATH.md §8); the counts are piecewise constant and no score is near
+    # a tie, so the differences never move them.
+    from numpy_moe.gates import Routing
+    N, E, K = 9, 4, 2
+    p = rng.uniform(0.05, 1.0, (N, E))
+    chosen = np.array([rng.permutation(E)[:K] for _ in range(N)])
+    r = Routing(sample=np.repeat(np.arange(N), K), expert=chosen.reshape(-1), weight=np.ones(N * K),
+                kept=np.ones(N * K, bool), logits=np.log(p), clean=np.log(p), sigma=None, eps=None, probs=p,
+                top_k=K, convention="scored", scores=p, seq_lengths=[2, 3, 4])
+    loss = B.SequenceBalance(0.3, counts=counts)
+    value = loss(r)
+    analytic = loss.backward()["scores"]
+    numeric = numerical_gradient(lambda s: loss(r._replace(scores=s)), p.copy())
+    assert np.abs(analytic).max() > 1e-3  # a gradient worth checking
+    assert rel_error(analytic, numeric) < 1e-7
+    # the 1 / S: the mean over sequences, each sequence's loss from its own rows alone
+    parts = [B.SequenceBalance(0.3, counts=counts)(r._replace(
+        sample=np.repeat(np.arange(hi - lo), K), expert=chosen[lo:hi].reshape(-1), weight=np.ones((hi - lo) * K),
+        kept=np.ones((hi - lo) * K, bool), logits=np.log(p[lo:hi]), clean=np.log(p[lo:hi]), probs=p[lo:hi],
+        scores=p[lo:hi], seq_lengths=None)) for lo, hi in ((0, 2), (2, 5), (5, 9))]
+    assert value == pytest.approx(np.mean(parts), rel=1e-14)
+
+
 def test_sequence_balance_of_scores_that_all_underflow_is_finite():
     # float32 sigmoid scores of logits below about -104 are all exactly 0; the score sum gets Megatron's
     # 1e-20, so such a sample has s' = 0 (it adds nothing to P) where 0 / 0 gave a NaN loss and gradient
