@@ -187,6 +187,53 @@ def test_max_bytes_is_a_budget_for_all_entries_together(tmp_path):
         io.load(path, max_bytes=3 * 2 ** 18)
 
 
+def _zip_of_empty_entries(path, names, end_entries=None, end_directory=None, zip64=False):
+    """A zip of empty stored entries, written byte by byte (zipfile takes seconds for 10^5 of them); the end
+    record may claim another entry count or directory size, or come in its Zip64 form."""
+    import struct
+    local, central = bytearray(), bytearray()
+    for name in names:
+        raw = name.encode()
+        central += struct.pack("<4s6H3L5H2L", b"PK\x01\x02", 20, 20, 0, 0, 0, 0, 0, 0, 0, len(raw), 0, 0, 0, 0, 0,
+                               len(local)) + raw
+        local += struct.pack("<4s5H3L2H", b"PK\x03\x04", 20, 0, 0, 0, 0, 0, 0, 0, len(raw), 0) + raw
+    n = len(names) if end_entries is None else end_entries
+    size = len(central) if end_directory is None else end_directory
+    end = b""
+    if zip64:
+        end += struct.pack("<4sQ2H2L4Q", b"PK\x06\x06", 44, 45, 45, 0, 0, n, n, size, len(local))
+        end += struct.pack("<4sLQL", b"PK\x06\x07", 0, len(local) + len(central), 1)
+        n, size = 0xFFFF, 0xFFFFFFFF
+    end += struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, min(n, 0xFFFF), min(n, 0xFFFF), min(size, 0xFFFFFFFF),
+                       min(len(local), 0xFFFFFFFF), 0)
+    path.write_bytes(bytes(local + central + end))
+    return path
+
+
+def test_a_zip_directory_of_too_many_entries_is_refused_before_it_is_parsed(tmp_path):
+    # 150 000 empty entries (more than 65 535, so the count is in the Zip64 end record, as zip writers put it):
+    # 14 MB of file, whose directory zipfile parses into 150 000 ZipInfo objects (74 MB measured) before the
+    # entry count could be checked; the end record announces the count first
+    names = [f"{i:07d}.npy" for i in range(150_000)]
+    path = _zip_of_empty_entries(tmp_path / "many.npz", names, zip64=True)
+    errors = []
+    peak = peak_bytes(lambda: errors.append(pytest.raises(ValueError, io.load, path)))
+    assert "150000 entries, more than the 100000 allowed" in str(errors[0].value)
+    assert peak < 2 ** 20, f"{peak} bytes allocated before refusing"
+
+
+def test_an_end_record_that_understates_the_entries_is_bounded_by_its_directory_size(tmp_path):
+    # an end record may claim one entry for a directory of 20 MB: zipfile parses as many bytes as the
+    # record's directory size says, whatever the count, so the size is checked too (at most 16 MiB, whose
+    # objects take at most about 9 times that)
+    names = [f"{i:07d}" + "x" * 200 + ".npy" for i in range(80_000)]
+    path = _zip_of_empty_entries(tmp_path / "liar.npz", names, end_entries=1)
+    errors = []
+    peak = peak_bytes(lambda: errors.append(pytest.raises(ValueError, io.load, path)))
+    assert re.search(r"a zip directory of \d+ bytes, more than the 16777216 allowed", str(errors[0].value))
+    assert peak < 2 ** 20, f"{peak} bytes allocated before refusing"
+
+
 def _with_raw_entries(path, out, headers):
     """Copy the .npz ``path`` to ``out`` adding one entry per {name: .npy header dict}, with no data."""
     with zipfile.ZipFile(path) as src, zipfile.ZipFile(out, "w") as dst:

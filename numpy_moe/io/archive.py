@@ -5,7 +5,9 @@ renamed over the target (``os.replace``, atomic on POSIX and Windows): a save th
 (a full disk, a file-size limit, Ctrl-C) leaves the previous file byte-identical and no temporary file
 behind. A symbolic link at the target is itself replaced: the file it pointed to is never written.
 
-Reading never trusts the archive. :class:`Archive` lists the entries from the zip directory, reads each
+Reading never trusts the archive. Before zipfile parses the zip directory (into objects of about nine
+times its size), the directory's end record must announce at most ``MAX_ENTRIES`` entries and a directory
+of at most ``MAX_DIRECTORY_BYTES``. :class:`Archive` then lists the entries from the directory, reads each
 entry's ``.npy`` header (a few hundred bytes) and refuses the file, before decompressing any data, when an
 entry is not a plain array (object arrays would need pickle), when a header is malformed (a negative
 dimension, a string dtype of itemsize 0), when the arrays' sizes add up to more than ``max_bytes``, or
@@ -15,6 +17,7 @@ more memory than its header's shape.
 """
 import math
 import os
+import struct
 import tempfile
 import zipfile
 
@@ -22,7 +25,11 @@ import numpy
 from numpy.lib import format as npy_format
 
 MAX_ENTRIES = 100_000
+MAX_DIRECTORY_BYTES = 16 * 2 ** 20  # the zip directory zipfile parses whole, about 10x its size in objects
 MAX_META_BYTES = 64 * 2 ** 20
+_END = struct.Struct("<4s4H2LH")  # end of central directory: signature, disks, entries, size, offset, comment
+_END64_LOCATOR = struct.Struct("<4sLQL")
+_END64 = struct.Struct("<4sQ2H2L4Q")
 _ALLOWED_KINDS = "biufcUS"  # bool, integers, floats, complex, str, bytes: never object, void or datetime
 
 
@@ -59,6 +66,7 @@ class Archive:
         return FileError(f"{self.path} is not a valid numpy-moe .npz file: {what}")
 
     def _open(self, max_bytes):
+        self._check_directory()
         try:
             self._zip = zipfile.ZipFile(self._file)
             infos = self._zip.infolist()
@@ -82,6 +90,42 @@ class Archive:
                                 f"(entry {name!r} alone is {shape} {dtype}, {size} bytes); refusing to load it. "
                                 "Pass a larger max_bytes if you trust the file")
             self.headers[name], self.n_bytes[name] = (shape, dtype), size
+
+    def _check_directory(self):
+        """Refuse a zip directory of more than MAX_ENTRIES entries or MAX_DIRECTORY_BYTES bytes from its end
+        record alone, before zipfile parses the whole directory into objects (about ten times its size in
+        memory: a file of millions of empty entries would cost gigabytes before the entry count was seen).
+
+        The end record is found where zipfile finds it (the last 22 bytes, else the last signature in the
+        final 64 KiB); its Zip64 form is read when the record points to one. A file with no end record is
+        left to zipfile, which refuses it.
+        """
+        fp = self._file
+        fp.seek(0, os.SEEK_END)
+        size = fp.tell()
+        tail_start = max(0, size - _END.size - 0xFFFF)
+        fp.seek(tail_start)
+        tail = fp.read()
+        at = len(tail) - _END.size
+        if not (at >= 0 and tail[at:at + 4] == b"PK\x05\x06" and tail[-2:] == b"\x00\x00"):
+            at = tail.rfind(b"PK\x05\x06")
+        if at < 0 or at + _END.size > len(tail):
+            return
+        record = _END.unpack_from(tail, at)
+        entries, directory = record[4], record[5]
+        locator_at = at - _END64_LOCATOR.size
+        if locator_at >= 0 and tail[locator_at:locator_at + 4] == b"PK\x06\x07":
+            offset = _END64_LOCATOR.unpack_from(tail, locator_at)[2]
+            fp.seek(offset)
+            data = fp.read(_END64.size)
+            if len(data) == _END64.size and data[:4] == b"PK\x06\x06":
+                end64 = _END64.unpack(data)
+                entries, directory = end64[7], end64[8]
+        fp.seek(0)
+        if entries > MAX_ENTRIES:
+            raise self._error(f"{entries} entries, more than the {MAX_ENTRIES} allowed")
+        if directory > MAX_DIRECTORY_BYTES:
+            raise self._error(f"a zip directory of {directory} bytes, more than the {MAX_DIRECTORY_BYTES} allowed")
 
     def _header(self, name, info):
         """(shape, dtype) from the ``.npy`` header of one entry, without reading its data."""
