@@ -55,7 +55,13 @@ def _records_forward(method, backward):
     def forward(self, *args, **kwargs):
         state = self.__dict__
         state[flag] = False  # until it returns: a forward that raises may have replaced part of the cache
-        out = method(self, *args, **kwargs)
+        try:
+            out = method(self, *args, **kwargs)
+        except BaseException:
+            # False again: a forward that called super().forward (or another checked forward of the module)
+            # which returned, and then raised itself, would otherwise leave the inner call's True
+            state[flag] = False
+            raise
         state[flag] = True
         return out
 

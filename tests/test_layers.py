@@ -190,3 +190,24 @@ def test_the_grouped_pass_and_a_class_of_your_own_are_checked_too():
     conv.gate(np.ones((1, 1, 4, 4)))
     with pytest.raises(NoForwardPassError, match="ConvMoE2d.backward called before forward"):
         conv.backward(np.ones((1, 2, 2, 2)))
+
+
+def test_a_forward_that_raises_after_its_super_forward_returned_is_refused_too():
+    # The subclass's forward and Linear's are both checked: Linear's recorded that it returned, then the
+    # subclass's own check raised, and the backward went on with that half-finished pass (review of the
+    # check: it set the flag only on return, so the inner call's True stayed).
+    class Bounded(Linear):
+        def forward(self, x):
+            y = super().forward(x)
+            if np.abs(y).max() > 1e3:
+                raise ValueError("output out of range")
+            return y
+
+    layer = Bounded(3, 2, seed=0)
+    layer.forward(np.ones((4, 3)))
+    with pytest.raises(ValueError, match="out of range"):
+        layer.forward(np.full((4, 3), 1e6))
+    with pytest.raises(NoForwardPassError, match="Bounded.backward called before forward"):
+        layer.backward(np.ones((4, 2)))
+    layer.forward(np.ones((4, 3)))  # a good forward allows it again
+    assert layer.backward(np.ones((4, 2))).shape == (4, 3)
