@@ -63,7 +63,7 @@ def irls_softmax(X1, T, W, ridge=0.0, max_iter=50, tol=1e-10):
     ----------
     X1 : (N, P) design. T : (N, K) soft counts >= 0 (rows need not sum to 1: row n weighs s_n = Σ_k T_nk).
     W : (P, K) starting weights (not modified). ridge : >= 0 (> 0 makes the optimum unique and finite).
-    max_iter : most Newton steps. tol : stop when a step raises the objective by less than ``tol (1 + |f|)``.
+    max_iter : most Newton steps. tol : stop when a step raises the objective by less than tol (1 + |f|).
 
     Returns
     -------

@@ -81,7 +81,7 @@ def tanh_backward(dy, y):
 
 
 def sigmoid(x):
-    """y = 1 / (1 + exp(-x)); with ``z = exp(-|x|) <= 1``: 1 / (1 + z) for x >= 0, z / (1 + z) otherwise."""
+    """y = 1 / (1 + exp(-x)); with z = exp(-|x|) <= 1: 1 / (1 + z) for x >= 0, z / (1 + z) otherwise."""
     xp = get_array_module(x)
     z = xp.exp(-xp.abs(x))
     return xp.where(x >= 0, 1 / (1 + z), z / (1 + z))
@@ -93,7 +93,7 @@ def sigmoid_backward(dy, y):
 
 
 def softplus(x):
-    """y = log(1 + exp(x)) = ``max(x, 0) + log1p(exp(-|x|))``."""
+    """y = log(1 + exp(x)) = max(x, 0) + log1p(exp(-|x|))."""
     xp = get_array_module(x)
     return xp.maximum(x, 0) + xp.log1p(xp.exp(-xp.abs(x)))
 

@@ -105,7 +105,7 @@ class FTRL(Optimizer):
     Per coordinate, with state z and n keyed by parameter name (any Module can be trained):
 
     - after the gradient g at the current weight w: σ = (sqrt(n + g²) - sqrt(n)) / α; z += g - σ w; n += g²
-    - then w = 0 if ``|z| <= λ1``, else w = -(z - sign(z) λ1) / ((β + sqrt(n)) / α + λ2)
+    - then w = 0 if |z| <= λ1, else w = -(z - sign(z) λ1) / ((β + sqrt(n)) / α + λ2)
 
     Parameters
     ----------
@@ -123,7 +123,7 @@ class FTRL(Optimizer):
 
     With λ1 = λ2 = 0 the update is online gradient descent w <- w - η g with the per-coordinate rate
     η = α / (β + sqrt(n)) (n after adding g²), as the paper notes; when β >> sqrt(n) the rate is the
-    constant α / β and FTRL is plain SGD. With λ1 > 0 coordinates with ``|z| <= λ1`` are exactly zero.
+    constant α / β and FTRL is plain SGD. With λ1 > 0 coordinates with |z| <= λ1 are exactly zero.
     Keras' Ftrl differs (n starts at 0.1, its l2 is λ2 / 2, extra shrinkage); this follows the paper.
     """
 

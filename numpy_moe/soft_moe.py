@@ -58,7 +58,7 @@ class SoftMoE(Module):
     Notes
     -----
     Per group X (m, D) (the vmoe reference ``vmoe/projects/soft_moe/router.py``, ``SoftRouter``):
-    ``X̂ = X / sqrt(|x_i|^2 + 1e-6)`` row-wise, ``Φ̂ = Φ / sqrt(|φ_j|^2 + 1e-6)`` column-wise,
+    X̂ = X / sqrt(|x_i|^2 + 1e-6) row-wise, Φ̂ = Φ / sqrt(|φ_j|^2 + 1e-6) column-wise,
     L = scale X̂ Φ̂ (m, n) (scale learned, initialised to 1; Φ drawn N(0, 1/D), LeCun normal);
     dispatch D = softmax of L over the tokens (axis m), combine C = softmax of L over the slots (axis n);
     slot inputs X̃ = Dᵀ X (n, D) from the raw X; Ỹ_j = f_{e(j)}(X̃_j); Y = C Ỹ (m, O).

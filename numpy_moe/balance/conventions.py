@@ -5,15 +5,13 @@ Every framework's balance loss is one formula, w c(E, K) sum_e (count_e / N) P_e
 the first only; the frameworks differ in c and in which choices they count (docs/FRAMEWORKS.md has the
 table of values at uniform and collapsed routing):
 
-::
-
-    | convention       | counts       | c(E, K) | uniform | collapsed | source                                   |
-    |------------------|--------------|---------|---------|-----------|------------------------------------------|
-    | "hf"             | all K        | E       | K       | E         | transformers load_balancing_loss_func    |
-    | "gshard"         | first choice | E       | 1       | E         | fairseq top2gating; DeepSpeed top1/top2gating |
-    | "deepspeed_topk" | all K        | E / K   | 1       | E / K     | DeepSpeed sharded_moe.py topkgating      |
-    | "megablocks"     | all K        | E / K   | 1       | E / K     | megablocks batched_load_balancing_loss   |
-    | "megatron"       | all K        | E / K   | 1       | E / K     | Megatron-core switch_load_balancing_loss_func |
+| convention       | counts       | c(E, K) | uniform | collapsed | source                                   |
+|------------------|--------------|---------|---------|-----------|------------------------------------------|
+| "hf"             | all K        | E       | K       | E         | transformers load_balancing_loss_func    |
+| "gshard"         | first choice | E       | 1       | E         | fairseq top2gating; DeepSpeed top1/top2gating |
+| "deepspeed_topk" | all K        | E / K   | 1       | E / K     | DeepSpeed sharded_moe.py topkgating      |
+| "megablocks"     | all K        | E / K   | 1       | E / K     | megablocks batched_load_balancing_loss   |
+| "megatron"       | all K        | E / K   | 1       | E / K     | Megatron-core switch_load_balancing_loss_func |
 
 (uniform: count_e = N K / E and P_e = 1 / E; collapsed: every sample picks the same K experts and puts its
 whole probability on the first.) "megablocks" and "megatron" are the same per-layer value; MegaBlocks

@@ -11,17 +11,15 @@ goes through ``loss.total``: the identity in one process. An expert-parallel lay
 value and the factor each sample's gradient is scaled by are those of the concatenated batch
 (MATH.md §2.6).
 
-::
-
-    | class           | value                                                         | source               |
-    |-----------------|---------------------------------------------------------------|----------------------|
-    | Seed000Loss     | w std(c / sum c), c = hard counts of selections (ddof=1)      | post 000             |
-    | Importance      | w CV²(Imp), Imp_e = sum_n G_{n,e}                             | Shazeer 2017, V-MoE  |
-    | ShazeerLoad     | w CV²(sum_n Φ((clean - kth_excluding(h, K, e)) / sigma))      | Shazeer 2017         |
-    | VMoELoad        | w CV²(mean_n Φ((clean - T_n) / sigma)), T_n the K-th h of row | V-MoE (post 004)     |
-    | SwitchLoss      | w E sum_e f_e P_e                                             | Switch Transformer   |
-    | ZLoss           | w mean_n logsumexp(h_n)²                                      | ST-MoE               |
-    | SequenceBalance | w mean_seq sum_e f_e P_e, f_e = E/(K T) count_e, P_e = mean s' | DeepSeek-V2/V3      |
+| class           | value                                                         | source               |
+|-----------------|---------------------------------------------------------------|----------------------|
+| Seed000Loss     | w std(c / sum c), c = hard counts of selections (ddof=1)      | post 000             |
+| Importance      | w CV²(Imp), Imp_e = sum_n G_{n,e}                             | Shazeer 2017, V-MoE  |
+| ShazeerLoad     | w CV²(sum_n Φ((clean - kth_excluding(h, K, e)) / sigma))      | Shazeer 2017         |
+| VMoELoad        | w CV²(mean_n Φ((clean - T_n) / sigma)), T_n the K-th h of row | V-MoE (post 004)     |
+| SwitchLoss      | w E sum_e f_e P_e                                             | Switch Transformer   |
+| ZLoss           | w mean_n logsumexp(h_n)²                                      | ST-MoE               |
+| SequenceBalance | w mean_seq sum_e f_e P_e, f_e = E/(K T) count_e, P_e = mean s' | DeepSeek-V2/V3      |
 
 The post-000 loss counts hard selections, so it is piecewise constant in every parameter: its
 gradient is exactly zero and adding it to the training loss changes nothing (the post's bug; its

@@ -23,7 +23,7 @@ from uniform, and a few tokens padding):
 
 ``check`` compares what a results file holds and skips the rest: routing experts as sets per token (a
 framework may not sort its top-k), routing weights and drops matched by expert; floats by
-``max |a - b| / max |fixture|`` against the manifest's tolerance (1e-5: transformers computes its routers in
+max |a - b| / max |fixture| against the manifest's tolerance (1e-5: transformers computes its routers in
 float32 even in a float64 model; numpy_moe itself agrees with transformers to about 1e-7, tools/verify_hf.py).
 """
 import json

@@ -60,7 +60,7 @@ class ExpertBank(GroupedPasses, GatedLinearPasses, Module):
     s = sigmoid(g) for SiLU, Φ(g) + g φ(g) for GELU. gpt-oss (transformers models/gpt_oss/modeling_gpt_oss.py
     ``GptOssExperts._apply_gate``; openai/gpt-oss gpt_oss/torch/model.py ``swiglu``): act(G) = g σ(α g),
     g = min(G, limit), act' = σ(α g) (1 + α g (1 - σ(α g))) [G <= limit]; U enters as clip(U, ±limit) + 1,
-    whose derivative is ``[|U| <= limit]`` (the clamps pass no gradient outside their range).
+    whose derivative is [|U| <= limit] (the clamps pass no gradient outside their range).
     """
 
     ACTIVATIONS = ("relu", "swiglu", "geglu", "gptoss_swiglu")

@@ -3,16 +3,14 @@ without a loss, renormalised and scaled weights, input jitter (MATH.md §10).
 
 One class, :class:`ScoreGate`, covers the routers of Mixtral, Qwen2/3-MoE, DeepSeek-V2 and DeepSeek-V3:
 
-::
-
-    | model        | ScoreGate arguments                                                                        |
-    |--------------|--------------------------------------------------------------------------------------------|
-    | Mixtral      | score="softmax", normalize=True (a softmax over the K kept logits); jitter in training     |
-    | Qwen2-MoE    | score="softmax", normalize=norm_topk_prob (False in Qwen1.5-MoE, True in Qwen3-MoE)        |
-    | DeepSeek-V2  | score="softmax", normalize=False, scale=routed_scaling_factor, n_groups, topk_groups,      |
-    |              | group_score="max" (device-limited routing)                                                 |
-    | DeepSeek-V3  | score="sigmoid", normalize=True, scale=routed_scaling_factor, n_groups, topk_groups,       |
-    |              | group_score="top2", bias_update=u (auxiliary-loss-free balancing)                          |
+| model        | ScoreGate arguments                                                                        |
+|--------------|--------------------------------------------------------------------------------------------|
+| Mixtral      | score="softmax", normalize=True (a softmax over the K kept logits); jitter in training     |
+| Qwen2-MoE    | score="softmax", normalize=norm_topk_prob (False in Qwen1.5-MoE, True in Qwen3-MoE)        |
+| DeepSeek-V2  | score="softmax", normalize=False, scale=routed_scaling_factor, n_groups, topk_groups,      |
+|              | group_score="max" (device-limited routing)                                                 |
+| DeepSeek-V3  | score="sigmoid", normalize=True, scale=routed_scaling_factor, n_groups, topk_groups,       |
+|              | group_score="top2", bias_update=u (auxiliary-loss-free balancing)                          |
 
 Sources: DeepSeek-V3 technical report (2024) §2.1.1-2.1.2 and its reference code
 (deepseek-ai/DeepSeek-V3, inference/model.py, ``Gate.forward``); HuggingFace transformers

@@ -37,15 +37,15 @@ def sinkhorn(logits, tol=1e-4, max_iter=1000):
     -----
     Megatron-core (``megatron/core/transformer/moe/moe_utils.py``, ``sinkhorn``): c = exp(logits),
     d0 = 1_N, d1 = 1_E, then repeat d0 = 1 / (N (c d1 + eps)), d1 = 1 / (E (d0ᵀ c + eps)),
-    ``error = mean |d1 - d1_old|`` until error <= tol; the plan is P = diag(d0) c diag(d1). Computed as
+    error = mean |d1 - d1_old| until error <= tol; the plan is P = diag(d0) c diag(d1). Computed as
     Megatron does, except that logits above :data:`MAX_EXP` are first shifted down by (max - MAX_EXP) so
     exp cannot overflow (a constant factor in c moves into d0; only eps's relative size changes).
     Because of eps the iteration has no exact fixed point: (d0, d1) drifts slowly along (a d0, d1 / a),
     so the error stops falling at a floor of order eps / (c d1) (about 3e-8 for unit-variance logits); a
     tol below the floor never converges and takes the max_iter fallback. The stated tolerance on the marginals:
     after the last d1 update the columns sum to 1/E (exactly, up to eps); the rows sum to (1/N)(1 + delta_n)
-    with ``|delta_n| <= sum_e |d1_e - d1old_e| / min_e d1old_e`` (row n's sum uses the d1 of the step before),
-    so when converged ``|N rowsum_n - 1| <= E tol / (min_e d1_e - E tol)`` (plus an eps term).
+    with |delta_n| <= sum_e |d1_e - d1old_e| / min_e d1old_e (row n's sum uses the d1 of the step before),
+    so when converged |N rowsum_n - 1| <= E tol / (min_e d1_e - E tol) (plus an eps term).
     """
     xp = get_array_module(logits)
     N, E = logits.shape
