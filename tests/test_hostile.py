@@ -222,6 +222,18 @@ def test_a_zip_directory_of_too_many_entries_is_refused_before_it_is_parsed(tmp_
     assert peak < 2 ** 20, f"{peak} bytes allocated before refusing"
 
 
+def test_a_zip64_locator_pointing_past_the_end_of_the_file_is_a_file_error(tmp_path):
+    # the locator's offset is a 64-bit field: 2**64 - 1 cannot even be seeked to (OverflowError)
+    import struct
+    path = _zip_of_empty_entries(tmp_path / "far.npz", ["a.npy"], zip64=True)
+    data = bytearray(path.read_bytes())
+    at = data.rfind(b"PK\x06\x07")
+    data[at + 8:at + 16] = struct.pack("<Q", 2 ** 64 - 1)
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="far.npz"):
+        io.load(path)
+
+
 def test_an_end_record_that_understates_the_entries_is_bounded_by_its_directory_size(tmp_path):
     # an end record may claim one entry for a directory of 20 MB: zipfile parses as many bytes as the
     # record's directory size says, whatever the count, so the size is checked too (at most 16 MiB, whose

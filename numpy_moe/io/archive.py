@@ -101,6 +101,18 @@ class Archive:
         left to zipfile, which refuses it.
         """
         fp = self._file
+        try:
+            entries, directory = self._directory_size(fp)
+        finally:
+            fp.seek(0)
+        if entries > MAX_ENTRIES:
+            raise self._error(f"{entries} entries, more than the {MAX_ENTRIES} allowed")
+        if directory > MAX_DIRECTORY_BYTES:
+            raise self._error(f"a zip directory of {directory} bytes, more than the {MAX_DIRECTORY_BYTES} allowed")
+
+    @staticmethod
+    def _directory_size(fp):
+        """(entries, directory bytes) that the end record of the zip in ``fp`` announces; (0, 0) without one."""
         fp.seek(0, os.SEEK_END)
         size = fp.tell()
         tail_start = max(0, size - _END.size - 0xFFFF)
@@ -110,22 +122,20 @@ class Archive:
         if not (at >= 0 and tail[at:at + 4] == b"PK\x05\x06" and tail[-2:] == b"\x00\x00"):
             at = tail.rfind(b"PK\x05\x06")
         if at < 0 or at + _END.size > len(tail):
-            return
+            return 0, 0
         record = _END.unpack_from(tail, at)
         entries, directory = record[4], record[5]
         locator_at = at - _END64_LOCATOR.size
         if locator_at >= 0 and tail[locator_at:locator_at + 4] == b"PK\x06\x07":
             offset = _END64_LOCATOR.unpack_from(tail, locator_at)[2]
-            fp.seek(offset)
-            data = fp.read(_END64.size)
+            data = b""
+            if offset + _END64.size <= size:  # a crafted offset past the end (up to 2**64) is not seekable
+                fp.seek(offset)
+                data = fp.read(_END64.size)
             if len(data) == _END64.size and data[:4] == b"PK\x06\x06":
                 end64 = _END64.unpack(data)
                 entries, directory = end64[7], end64[8]
-        fp.seek(0)
-        if entries > MAX_ENTRIES:
-            raise self._error(f"{entries} entries, more than the {MAX_ENTRIES} allowed")
-        if directory > MAX_DIRECTORY_BYTES:
-            raise self._error(f"a zip directory of {directory} bytes, more than the {MAX_DIRECTORY_BYTES} allowed")
+        return entries, directory
 
     def _header(self, name, info):
         """(shape, dtype) from the ``.npy`` header of one entry, without reading its data."""
