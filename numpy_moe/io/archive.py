@@ -70,7 +70,7 @@ class Archive:
         try:
             self._zip = zipfile.ZipFile(self._file)
             infos = self._zip.infolist()
-        except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError) as err:
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError, NotImplementedError) as err:
             raise self._error(f"not a zip archive ({err}); truncated or corrupt?") from err
         if len(infos) > MAX_ENTRIES:
             raise self._error(f"{len(infos)} entries, more than the {MAX_ENTRIES} allowed")
