@@ -56,13 +56,13 @@ any call of the parent that was running (without this, its first call on threads
 for a pool thread that does not exist in it).
 """
 import ctypes
-import operator
 import os
 import queue
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
 from . import backend  # noqa: F401  (loads NumPy, hence the BLAS library that _blas_controllers inspects)
+from .validation import check_positive_int
 
 _state = {"blas": None, "pool": None, "size": 0, "spin": None, "setters": {}}
 _lock = threading.Lock()
@@ -142,14 +142,9 @@ def set_blas_spin(exponent=SHORT_SPIN):
     where no other thread uses BLAS (at the start of a program, before starting threads). numpy_moe's own
     blocks are checked. The measured effect on the sparse layer is in the README's "Benchmark" section.
     """
-    try:
-        if isinstance(exponent, bool):
-            raise TypeError
-        exponent = operator.index(exponent)  # int or NumPy integer; not float, str or bool
-    except TypeError:
-        raise TypeError(f"exponent must be an integer, got {exponent!r}") from None
-    if not 4 <= exponent <= 30:
-        raise ValueError(f"exponent must be between 4 and 30 (OpenBLAS's range), got {exponent}")
+    exponent = check_positive_int(exponent, "exponent", 4)  # int or NumPy integer; not float, str or bool
+    if exponent > 30:
+        raise ValueError(f"exponent={exponent} must be between 4 and 30 (OpenBLAS's range)")
     before = blas_spin_exponent()
     libraries = []
     for c in _blas_controllers():
