@@ -1,0 +1,255 @@
+"""Array hygiene of every Module class: dtypes kept end to end, any memory layout accepted, the caller's arrays
+never written, returned arrays never overwritten by a later call.
+
+Each case builds one module of a registered class in float32 or float64 and draws its input; the cases cover
+every Module class that numpy_moe.io registers (tested below). The Module contract in numpy_moe/layers.py
+says what the tests hold the layers to.
+"""
+import numpy as np
+import pytest
+
+from numpy_moe import balance as B
+from numpy_moe import functional as F
+from numpy_moe import io, optim
+from numpy_moe.classic import LocalExperts
+from numpy_moe.conv_moe import ConvMoE1d, ConvMoE2d
+from numpy_moe.experts import ExpertBank, SharedExpert
+from numpy_moe.gates import BaseGate, ExpertChoiceGate, HashGate, ScoreGate, SinkhornGate, SoftmaxGate, TopKGate
+from numpy_moe.gates.base import Routing
+from numpy_moe.hme import HierarchicalMoE
+from numpy_moe.image_layers import GELU, Conv2d, Flatten, LayerNorm, MaxPool2d, Unflatten
+from numpy_moe.layers import MLP, Linear, Module, ReLU, Sequential, Tanh
+from numpy_moe.models import ImageMoEClassifier, SparseMLP
+from numpy_moe.models import transformer as tr
+from numpy_moe.models.mmoe import MMoE, SharedBottom
+from numpy_moe.models.sparse_mlp import ChannelMixing, MixerBlock, ReRepresentedTokenMixing, TokenMixing
+from numpy_moe.moe import MoE
+from numpy_moe.soft_moe import SoftMoE
+
+
+def floats(*shape):
+    return lambda rng: rng.standard_normal(shape)
+
+
+def ids(*shape):
+    draw = lambda rng: rng.integers(0, 7, shape)  # noqa: E731
+    draw.token_ids = True
+    return draw
+
+
+def every_loss():
+    return [B.Seed000Loss(0.1), B.Importance(0.1), B.ShazeerLoad(0.1), B.VMoELoad(0.1), B.SwitchLoss(0.1),
+            B.ZLoss(0.1), B.SequenceBalance(0.1), B.FrameworkBalance(0.1, "gshard"), B.ProbsZLoss(0.1)]
+
+
+# name -> (build(dtype), input(rng)[, forward keyword arguments(rng)])
+CASES = {
+    "Linear": (lambda d: Linear(5, 3, seed=0, dtype=d), floats(6, 5)),
+    "MLP": (lambda d: MLP(5, (4, 6), 3, activation="tanh", seed=0, dtype=d), floats(6, 5)),
+    "Sequential": (lambda d: Sequential(Linear(5, 8, seed=0, dtype=d), ReLU(d), MLP(8, 4, 3, seed=1, dtype=d)),
+                   floats(6, 5)),
+    "ReLU": (ReLU, floats(6, 5)), "Tanh": (Tanh, floats(6, 5)), "GELU": (GELU, floats(6, 5)),
+    "Flatten": (Flatten, floats(3, 2, 2, 2)), "Unflatten": (lambda d: Unflatten((2, 3)), floats(4, 6)),
+    "LayerNorm": (lambda d: LayerNorm(4, dtype=d), floats(6, 4)),
+    "Conv2d": (lambda d: Conv2d(2, 3, 3, padding=1, seed=0, dtype=d), floats(2, 2, 5, 5)),
+    "MaxPool2d": (lambda d: MaxPool2d(2), floats(2, 3, 4, 4)),
+    "MaxPool2d overlapping": (lambda d: MaxPool2d(2, stride=1), floats(2, 3, 4, 4)),
+    "MoE dense": (lambda d: MoE(5, 3, 4, hidden=7, seed=0, dtype=d), floats(6, 5)),
+    "MoE every balance loss": (lambda d: MoE(5, 3, 4, hidden=6, seed=0, top_k=2, noise="shazeer", dtype=d,
+                                             balance=every_loss()), floats(8, 5),
+                               lambda rng: dict(seq_lengths=[3, 5])),
+    "MoE top-1 capacity": (lambda d: MoE(5, 3, 4, seed=0, top_k=1, noise="vmoe", capacity_factor=1.25,
+                                         batch_priority=True, balance={"switch": 0.01}, dtype=d), floats(8, 5)),
+    "MoE expert choice": (lambda d: MoE(5, 3, 4, hidden=7, seed=0, router="expert_choice", capacity_factor=2,
+                                        dtype=d), floats(8, 5)),
+    "MoE dense dispatch": (lambda d: MoE(5, 3, 4, hidden=7, seed=0, top_k=2, dispatch="dense", dtype=d),
+                           floats(8, 5)),
+    "MoE padded, mask": (lambda d: MoE(5, 3, 4, hidden=7, seed=0, top_k=2, dispatch="padded", dtype=d,
+                                       balance={"importance": 0.1}), floats(8, 5),
+                         lambda rng: dict(mask=np.array([1, 1, 1, 0, 1, 1, 0, 1], bool))),
+    "MoE score gate, shared, residual": (
+        lambda d: MoE(gate=ScoreGate(5, 4, top_k=2, score="sigmoid", bias_update=0.01, jitter=0.01, seed=1, dtype=d),
+                      out_features=5, hidden=6, residual=True, seed=0, dtype=d, balance=[B.SequenceBalance(0.01)],
+                      shared=SharedExpert(5, 5, 6, gated=True, seed=2, dtype=d)),
+        floats(8, 5), lambda rng: dict(seq_lengths=[3, 5])),
+    "MoE swiglu, hash": (lambda d: MoE(gate=HashGate(5, 3, 7, kind="balanced", seed=0, dtype=d), dtype=d, seed=0,
+                                       experts=ExpertBank(3, 5, 3, 4, seed=0, activation="swiglu", dtype=d)),
+                         floats(8, 5), lambda rng: dict(keys=rng.integers(0, 7, 8))),
+    "MoE BASE": (lambda d: MoE(gate=BaseGate(5, 4, seed=0, dtype=d), out_features=5, hidden=4, seed=0, dtype=d,
+                               residual=True), floats(8, 5)),
+    "MoE Sinkhorn": (lambda d: MoE(gate=SinkhornGate(5, 4, top_k=2, seed=0, dtype=d), out_features=3, hidden=4,
+                                   seed=0, dtype=d), floats(8, 5)),
+    "LocalExperts": (lambda d: LocalExperts(5, 3, 4, mode="competitive", seed=0, dtype=d), floats(6, 5)),
+    "SoftmaxGate": (lambda d: SoftmaxGate(4, 3, seed=0, dtype=d), floats(6, 4)),
+    "TopKGate": (lambda d: TopKGate(4, 3, 2, noise="shazeer", seed=0, dtype=d), floats(6, 4)),
+    "ExpertChoiceGate": (lambda d: ExpertChoiceGate(4, 3, 1.5, seed=0, dtype=d), floats(6, 4)),
+    "ScoreGate": (lambda d: ScoreGate(8, 8, top_k=2, score="sigmoid", n_groups=4, topk_groups=2, jitter=0.01,
+                                      seed=0, dtype=d), floats(6, 8)),
+    "BaseGate": (lambda d: BaseGate(4, 3, seed=0, dtype=d), floats(6, 4)),
+    "SinkhornGate": (lambda d: SinkhornGate(4, 3, top_k=2, tol=1e-5, max_iter=50, seed=0, dtype=d), floats(6, 4)),
+    "HashGate": (lambda d: HashGate(4, 3, 7, kind="balanced", seed=0, dtype=d), floats(6, 4),
+                 lambda rng: dict(keys=rng.integers(0, 7, 6))),
+    "ExpertBank": (lambda d: ExpertBank(3, 4, 2, hidden=5, seed=0, dtype=d), floats(6, 4)),
+    "ExpertBank gpt-oss": (lambda d: ExpertBank(4, 5, 3, 6, seed=0, activation="gptoss_swiglu", dtype=d),
+                           floats(6, 5)),
+    "SharedExpert": (lambda d: SharedExpert(4, 3, 5, gated=True, seed=0, dtype=d), floats(6, 4)),
+    "ImageMoEClassifier": (lambda d: ImageMoEClassifier(in_channels=1, image_size=4, channels=(2, 3), hidden=4,
+                                                        n_classes=3, seed=0, dtype=d), floats(3, 1, 4, 4)),
+    "SparseMLP": (lambda d: SparseMLP(image_size=4, in_channels=1, n_classes=3, patch_size=2, channels=4, depth=2,
+                                      token_hidden=3, channel_hidden=5, n_experts=3, top_k=2, seed=0, dtype=d),
+                  floats(2, 1, 4, 4)),
+    "TokenMixing": (lambda d: TokenMixing(Linear(4, 4, seed=0, dtype=d)), floats(2, 4, 3)),
+    "ChannelMixing": (lambda d: ChannelMixing(Linear(4, 4, seed=0, dtype=d)), floats(2, 3, 4)),
+    "ReRepresentedTokenMixing": (lambda d: ReRepresentedTokenMixing(MLP(2, 3, 2, seed=0, dtype=d), n_tokens=4,
+                                                                    channels=4, tokens1=2, channels1=3, seed=0,
+                                                                    dtype=d), floats(2, 4, 4)),
+    "MixerBlock": (lambda d: MixerBlock(TokenMixing(Linear(4, 4, seed=0, dtype=d)),
+                                        ChannelMixing(Linear(4, 4, seed=1, dtype=d)), channels=4, dtype=d),
+                   floats(2, 4, 4)),
+    "HierarchicalMoE": (lambda d: HierarchicalMoE(3, 1, tree=[2, 2], seed=0, dtype=d), floats(6, 3)),
+    "HierarchicalMoE softmax": (lambda d: HierarchicalMoE(3, 3, tree=[2, 2], expert="softmax", seed=0, dtype=d),
+                                floats(6, 3)),
+    "MMoE": (lambda d: MMoE(4, n_experts=3, expert_hidden=5, seed=0, dtype=d), floats(6, 4)),
+    "SharedBottom": (lambda d: SharedBottom(4, bottom=6, seed=0, dtype=d), floats(6, 4)),
+    "ConvMoE2d": (lambda d: ConvMoE2d(2, 3, 3, n_experts=2, padding=1, seed=0, dtype=d), floats(2, 2, 4, 4)),
+    "ConvMoE1d": (lambda d: ConvMoE1d(2, 3, 3, n_experts=2, top_k=1, seed=0, dtype=d), floats(2, 2, 6)),
+    "SoftMoE": (lambda d: SoftMoE(4, 3, 2, slots=3, group_size=5, hidden=6, seed=0, dtype=d), floats(10, 4)),
+    "Embedding": (lambda d: tr.Embedding(7, 4, seed=0, dtype=d), ids(2, 3)),
+    "PositionEmbedding": (lambda d: tr.PositionEmbedding(5, 4, seed=0, dtype=d), floats(2, 3, 4)),
+    "CausalSelfAttention": (lambda d: tr.CausalSelfAttention(4, 2, seed=0, dtype=d), floats(2, 3, 4)),
+    "DenseFeedForward": (lambda d: tr.DenseFeedForward(4, 6, seed=0, dtype=d), floats(2, 3, 4)),
+    "MoEFeedForward": (lambda d: tr.MoEFeedForward(MoE(4, 4, 3, hidden=5, top_k=2, seed=0, dtype=d)),
+                       floats(2, 3, 4)),
+    "TransformerBlock": (lambda d: tr.TransformerBlock(4, 2, tr.DenseFeedForward(4, 6, seed=1, dtype=d), seed=0,
+                                                       dtype=d), floats(2, 3, 4)),
+    "TransformerLM": (lambda d: tr.TransformerLM(7, d_model=4, n_heads=2, n_layers=2, max_len=5, hidden=6, seed=0,
+                                                 tied=False, dtype=d,
+                                                 moe=[MoE(gate=ScoreGate(4, 3, top_k=2, seed=1, dtype=d), hidden=5,
+                                                          out_features=4, seed=0, dtype=d,
+                                                          balance=[B.SequenceBalance(0.01)]), None]), ids(2, 3)),
+    "TransformerLM tied": (lambda d: tr.TransformerLM(7, d_model=4, n_heads=2, n_layers=1, max_len=5, hidden=6,
+                                                      seed=0, tied=True, dtype=d), ids(2, 3)),
+}
+# layers without parameters compute in the dtype they are given (the Module contract)
+KEEP_INPUT_DTYPE = {"ReLU", "Tanh", "GELU", "Flatten", "Unflatten", "MaxPool2d", "MaxPool2d overlapping"}
+FLOAT_INPUT = [name for name, case in CASES.items() if not getattr(case[1], "token_ids", False)]
+
+
+def arrays(obj, prefix="y"):
+    """(name, array) for every array in a forward or backward result: an array, a Routing, a dict, None."""
+    if isinstance(obj, Routing):
+        obj = {f: getattr(obj, f) for f in obj._fields}
+    if isinstance(obj, np.ndarray):
+        yield prefix, obj
+    elif isinstance(obj, dict):
+        for key, value in obj.items():
+            yield from arrays(value, f"{prefix}.{key}")
+
+
+def inputs(name, dtype, seed=0):
+    """The case's input in ``dtype`` (token ids stay integers) and its forward keyword arguments."""
+    case = CASES[name]
+    rng = np.random.default_rng(seed)
+    x = case[1](rng)
+    return (x.astype(dtype) if x.dtype.kind == "f" else x), (case[2](rng) if len(case) > 2 else {})
+
+
+def output_grad(y, dtype=None, seed=7):
+    """A random gradient for the output ``y``: an array of its shape, or a routing gradient (dweight), in
+    ``dtype`` (None: y's)."""
+    rng = np.random.default_rng(seed)
+    if isinstance(y, Routing):
+        return {"weight": rng.standard_normal(y.weight.shape).astype(dtype or y.weight.dtype)}
+    return rng.standard_normal(y.shape).astype(dtype or y.dtype)
+
+
+def backward(model, x, y, dy):
+    """model.backward(dy), or for LocalExperts (trained by its own rule) its compute_grads on labels."""
+    if isinstance(model, LocalExperts):
+        model.compute_grads(x, np.arange(x.shape[0]) % 3)
+        return None
+    return model.backward(dy)
+
+
+def run(name, dtype, x=None, kwargs=None, dy=None):
+    """Forward and backward of a fresh model of the case; returns (model, y, dx), copies of y and dx."""
+    model = CASES[name][0](dtype)
+    x0, kw = inputs(name, dtype)
+    x = x0 if x is None else x
+    y = model.forward(x, **(kw if kwargs is None else kwargs))
+    ys = {k: a.copy() for k, a in arrays(y)}
+    dx = backward(model, x, y, output_grad(y) if dy is None else dy)
+    return model, ys, {k: a.copy() for k, a in arrays(dx, "dx")}
+
+
+def test_the_cases_cover_every_registered_module_class():
+    covered = {io.registry.class_name(type(m)) for name in CASES for m in CASES[name][0]("float64").modules()}
+    builtin = {n for n, cls in io.registered().items() if n.startswith("numpy_moe.") and issubclass(cls, Module)}
+    # the base class of the balance losses has no loss of its own to compute
+    assert builtin - covered == {"numpy_moe.balance.losses:BalanceLoss"}
+
+
+# ----- 1. dtypes --------------------------------------------------------------------------------------------
+
+
+def _float_arrays_of(model, y, dx):
+    """Every floating array a forward and backward left: y, dx, grads and what the modules keep for backward."""
+    found = [(k, a) for k, a in arrays(y)] + [(k, a) for k, a in arrays(dx, "dx")]
+    found += [("grads." + k, g) for k, g in model.named_grads()]
+    for m in model.modules():
+        for key, value in vars(m).items():
+            found += [(f"{type(m).__name__}.{key}{k[1:]}", a) for k, a in arrays(value, "_")]
+    return [(k, a) for k, a in found if a.dtype.kind == "f"]
+
+
+# statistics a balance loss keeps in float64 on purpose: (E,) counts turned into fractions, cast when they
+# enter a gradient (SwitchLoss.f, SequenceBalance.f, Importance.imp)
+FLOAT64_STATISTICS = ("SwitchLoss.f", "SequenceBalance.f", "Importance.imp", "FrameworkBalance.f")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_a_model_keeps_its_dtype_through_forward_backward_and_training_steps(name, dtype):
+    model, _, _ = run(name, dtype)
+    x, kw = inputs(name, dtype)
+    y = model.forward(x, **kw)
+    dx = backward(model, x, y, output_grad(y, dtype))
+    wrong = [k for k, a in _float_arrays_of(model, y, dx) if a.dtype != dtype and not k.startswith(FLOAT64_STATISTICS)]
+    assert not wrong, f"{name} {dtype}: arrays of another dtype: {wrong}"
+    for opt in (optim.SGD(0.01, momentum=0.9), optim.Adam(0.01), optim.FTRL(0.5, l1=0.01, l2=0.01)):
+        model = CASES[name][0](dtype)
+        for step in range(3):
+            x, kw = inputs(name, dtype, seed=step)
+            y = model.forward(x, **kw)
+            backward(model, x, y, output_grad(y, dtype, seed=step))
+            opt.step(model)
+            model.end_step()
+        state = [(k, a) for attr in ("velocity", "m", "v", "z", "n") for k, a in getattr(opt, attr, {}).items()]
+        wrong = [k for k, a in list(model.named_parameters()) + list(model.named_buffers()) + state
+                 if a.dtype.kind == "f" and a.dtype != dtype]
+        assert not wrong, f"{name} {dtype} after 3 {type(opt).__name__} steps: {wrong}"
+
+
+@pytest.mark.parametrize("name", FLOAT_INPUT)
+def test_float64_input_to_a_float32_model_is_converted_to_float32(name):
+    """A float32 model given float64 (or float16) input computes in float32: the outputs, dx and grads are those
+    of the input cast first; never a float64 output from a float32 model. Layers without parameters compute in
+    the dtype they are given."""
+    x32, kw = inputs(name, "float32")
+    for other in ("float64",) if name in KEEP_INPUT_DTYPE else ("float64", "float16"):
+        x = x32.astype(other)
+        model, y, dx = run(name, "float32", x=x)
+        keep = other if name in KEEP_INPUT_DTYPE else "float32"
+        wrong = [k for k, a in list(y.items()) + list(dx.items()) + list(model.named_grads())
+                 if a.dtype.kind == "f" and a.dtype != keep]
+        assert not wrong, f"{name}: float32 model given {other} x leaves {wrong} in another dtype than {keep}"
+        if name not in KEEP_INPUT_DTYPE:
+            _, y_cast, _ = run(name, "float32", x=x.astype("float32"))
+            assert all(np.array_equal(y[k], y_cast[k]) for k in y), f"{name} {other}: not the cast input's result"
+
+
+@pytest.mark.parametrize("name", sorted(set(FLOAT_INPUT) - KEEP_INPUT_DTYPE - {"HashGate"}))
+def test_integer_input_to_a_layer_with_parameters_is_refused(name):
+    x, kw = inputs(name, "float32")
+    with pytest.raises(TypeError, match=r"x has dtype int64; expected a floating dtype"):
+        CASES[name][0]("float32").forward(np.round(x * 3).astype(np.int64), **kw)
