@@ -48,8 +48,10 @@ _FORWARD_OF = {"backward": "forward", "backward_grouped": "forward_grouped"}
 
 
 def _records_forward(method, backward):
-    """``method`` (a forward pass) that records in the module whether it ran to the end, for ``backward``."""
+    """``method`` (a forward pass) that records in the module whether it ran to the end, and the dtype of what it
+    returned (None for a Routing or a float), for ``backward``."""
     flag = "_ran_" + _FORWARD_OF[backward]
+    out_dtype = flag + "_dtype"
 
     @functools.wraps(method)
     def forward(self, *args, **kwargs):
@@ -63,22 +65,44 @@ def _records_forward(method, backward):
             state[flag] = False
             raise
         state[flag] = True
+        dtype = getattr(out, "dtype", None)
+        if dtype is None:  # a gate's Routing: the dtype of its weights, for the gradient dict its backward takes
+            dtype = getattr(getattr(out, "weight", None), "dtype", None)
+        state[out_dtype] = dtype
         return out
 
     forward._pass_checked = True
     return forward
 
 
+def _other_float(a, dtype):
+    """True for an array of a float dtype other than ``dtype``."""
+    given = getattr(a, "dtype", None)
+    return given is not None and given != dtype and given.kind == "f"
+
+
 def _needs_forward(method):
-    """``method`` (a backward pass) that raises NoForwardPassError unless its forward pass has run."""
+    """``method`` (a backward pass) that raises NoForwardPassError unless its forward pass has run, and that
+    converts an output gradient of another float dtype to the dtype of the forward's output (a float64 dy
+    given to a float32 model would otherwise make float64 gradients and a float64 dx)."""
     name = method.__name__
     flag = "_ran_" + _FORWARD_OF[name]
+    out_dtype = flag + "_dtype"
 
     @functools.wraps(method)
     def backward(self, *args, **kwargs):
-        if not self.__dict__.get(flag):
+        state = self.__dict__
+        if not state.get(flag):
             raise NoForwardPassError(f"{type(self).__name__}.{name} called before {_FORWARD_OF[name]}: it needs a "
                                      "forward pass first (none has run, or the last one raised)")
+        dtype = state.get(out_dtype)
+        if args and dtype is not None:
+            dy = args[0]
+            if isinstance(dy, dict):  # a routing gradient: "weight", "logits", ... arrays
+                if any(_other_float(g, dtype) for g in dy.values()):
+                    args = ({k: g.astype(dtype) if _other_float(g, dtype) else g for k, g in dy.items()},) + args[1:]
+            elif _other_float(dy, dtype):
+                args = (dy.astype(dtype),) + args[1:]
         return method(self, *args, **kwargs)
 
     backward._pass_checked = True

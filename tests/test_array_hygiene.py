@@ -253,3 +253,33 @@ def test_integer_input_to_a_layer_with_parameters_is_refused(name):
     x, kw = inputs(name, "float32")
     with pytest.raises(TypeError, match=r"x has dtype int64; expected a floating dtype"):
         CASES[name][0]("float32").forward(np.round(x * 3).astype(np.int64), **kw)
+
+
+@pytest.mark.parametrize("name", sorted(set(CASES) - {"LocalExperts"}))
+def test_an_output_gradient_of_another_dtype_is_converted_to_the_output_dtype(name):
+    """dy = mse_backward(y32, target64) is float64: backward takes it as float32 (the dtype of y), so dx and the
+    grads are float32 and equal to those of the float32 dy; before, they came out float64."""
+    x, kw = inputs(name, "float32")
+    model = CASES[name][0]("float32")
+    dy32 = output_grad(model.forward(x, **kw))
+    dx = {k: a.copy() for k, a in arrays(model.backward(dy32), "dx")}
+    grads = {k: g.copy() for k, g in model.named_grads()}
+    model = CASES[name][0]("float32")  # a fresh one: the same noise and jitter draws
+    model.forward(x, **kw)
+    dy64 = {k: g.astype(np.float64) for k, g in dy32.items()} if isinstance(dy32, dict) else dy32.astype(np.float64)
+    again = {k: a.copy() for k, a in arrays(model.backward(dy64), "dx")}
+    wrong = [k for k, a in list(again.items()) + list(model.named_grads()) if a.dtype != np.float32]
+    assert not wrong, f"{name}: a float64 dy made {wrong} float64"
+    assert all(np.array_equal(again[k], dx[k]) for k in dx)
+    assert all(np.array_equal(g, grads[k]) for k, g in model.named_grads())
+
+
+def test_sgd_momentum_keeps_float32_velocity_when_trained_on_float64_targets(rng):
+    """The trap the conversion closes: a float32 regression model, float64 targets, a hand-written loop."""
+    model, opt = MLP(4, 5, 2, seed=0, dtype="float32"), optim.SGD(0.01, momentum=0.9)
+    X, target = rng.standard_normal((8, 4)).astype(np.float32), rng.standard_normal((8, 2))
+    for _ in range(2):
+        model.backward(F.mse_backward(model.forward(X), target))
+        opt.step(model)
+    assert {str(v.dtype) for v in opt.velocity.values()} == {"float32"}
+
