@@ -408,10 +408,14 @@ class Sequential(Module):
 
     Each layer (and each module inside one) must be its own instance: a module keeps its last forward for its
     backward, so one instance at two places would backpropagate the second place's input through both.
+
+    ``dtype`` is that of the first layer with parameters (a layer without any, Unflatten or ReLU() in front,
+    computes in the dtype it is given, whatever its label), float64 when no layer has parameters.
     """
 
     def __init__(self, *layers):
-        super().__init__(layers[0].dtype if layers else "float64")
+        with_params = [layer for layer in layers if any(True for _ in layer.named_parameters())]
+        super().__init__(with_params[0].dtype if with_params else layers[0].dtype if layers else "float64")
         seen = {}
         for i, layer in enumerate(layers):
             for m in layer.modules():

@@ -283,3 +283,12 @@ def test_sgd_momentum_keeps_float32_velocity_when_trained_on_float64_targets(rng
         opt.step(model)
     assert {str(v.dtype) for v in opt.velocity.values()} == {"float32"}
 
+
+def test_a_sequential_takes_the_dtype_of_its_first_layer_with_parameters(rng):
+    """Sequential(Unflatten(...), model), the README's way to fit an image model on rows, is as float32 as the
+    model: its dtype was the label of Unflatten (float64), so fit converted X and the targets to float64."""
+    model = ImageMoEClassifier(in_channels=1, image_size=4, channels=(2, 3), hidden=4, n_classes=3, seed=0,
+                               dtype="float32")
+    assert Sequential(Unflatten((1, 4, 4)), model).dtype == np.float32
+    assert Sequential(ReLU(), Linear(3, 2, dtype="float32")).dtype == np.float32
+    assert Sequential(ReLU("float32"), Tanh("float32")).dtype == np.float32  # no parameters: the first layer's
