@@ -16,6 +16,22 @@ a dict beside ``params`` with no gradient: ``named_buffers()`` lists it, numpy_m
 ``end_step()``, which the training loops call after every optimiser step in training mode, is where a
 module updates it (the default passes the call on to the children).
 
+Arrays. ``forward`` keeps references to what ``backward`` needs, without copying: the input x (and the
+mask, keys or token ids it was given) and, in some layers, the array it returned (Tanh's y, the arrays of a
+gate's Routing). Do not modify them in place between a forward and its backward (copy first, or write
+``y = y + b`` rather than ``y += b``): the backward would differentiate the modified values without a word.
+The other way round is safe: no layer writes an array it is given (read-only arrays work) or reuses an
+array it returned in a later call, so y, dx and the ``grads`` entries can be kept. Flatten, Unflatten and
+PositionEmbedding's backward return views of what they are given, as NumPy's reshape does. Any memory
+layout (views, negative strides, Fortran order, ``np.broadcast_to``) gives the contiguous input's result,
+up to the order in which a matrix product sums (rounding).
+
+Dtypes. A module with parameters computes in its ``dtype``: an input of another float dtype is converted
+to it (check_input, or ``to_dtype`` for the layers other layers call unchecked), integer input is refused,
+and ``backward`` converts an output gradient of another float dtype to the dtype of the forward's output,
+so a float32 model never returns or stores float64. Layers without parameters (ReLU, Tanh, GELU, Flatten,
+Unflatten, MaxPool2d) compute in the float32 or float64 they are given, whatever their ``dtype`` label.
+
 Every parameter is created through :func:`init_weight`, :func:`zeros_param`, :func:`ones_param` or
 :func:`normal_param`. Each checks its size against the budget of :func:`parameter_budget` *before* it
 allocates anything, so numpy_moe.io can build a model from an untrusted configuration without a huge

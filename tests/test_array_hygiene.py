@@ -292,3 +292,98 @@ def test_a_sequential_takes_the_dtype_of_its_first_layer_with_parameters(rng):
     assert Sequential(Unflatten((1, 4, 4)), model).dtype == np.float32
     assert Sequential(ReLU(), Linear(3, 2, dtype="float32")).dtype == np.float32
     assert Sequential(ReLU("float32"), Tanh("float32")).dtype == np.float32  # no parameters: the first layer's
+
+
+# ----- 2. memory layout -------------------------------------------------------------------------------------
+
+
+def layouts(x):
+    """(name, the values of x in another memory layout), every one equal to x."""
+    flipped = x[..., ::-1].copy()
+    read_only = x.copy()
+    read_only.flags.writeable = False
+    return [("Fortran order", np.asfortranarray(x)), ("transposed view", np.ascontiguousarray(x.T).T),
+            ("negative strides", flipped[..., ::-1]), ("every other row", np.repeat(x, 2, axis=0)[::2]),
+            ("strided last axis", np.stack([x, x], axis=-1)[..., 0]), ("read-only", read_only)]
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_any_memory_layout_gives_the_contiguous_result(name):
+    """Equal to rounding, not bitwise: BLAS may sum in another order for another layout (SharedExpert, SoftMoE,
+    HierarchicalMoE differ in the last bits). np.broadcast_to's read-only, zero-stride view gives the result of
+    the same values made contiguous."""
+    x, kw = inputs(name, "float64")
+    _, y, dx = run(name, "float64", x=x)
+    tol = dict(rtol=1e-12, atol=1e-12)
+    for label, other in layouts(x) + [("broadcast", None)]:
+        if label == "broadcast":
+            other = np.broadcast_to(x[:1], x.shape)
+            _, y, dx = run(name, "float64", x=np.ascontiguousarray(other))
+        model, y2, dx2 = run(name, "float64", x=other)
+        for k in y:
+            np.testing.assert_allclose(y2[k], y[k], **tol, err_msg=f"{name}, {label}: {k}")
+        for k in dx:
+            np.testing.assert_allclose(dx2[k], dx[k], **tol, err_msg=f"{name}, {label}: {k}")
+
+
+# ----- 3. the caller's arrays -------------------------------------------------------------------------------
+
+
+def read_only(a):
+    a = np.array(a, copy=True)
+    a.flags.writeable = False
+    return a
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_forward_and_backward_never_write_the_callers_arrays(name):
+    """x, dy, mask, keys, seq_lengths all read-only: a layer that wrote one would raise here."""
+    x, kw = inputs(name, "float32")
+    kw = {k: read_only(v) if isinstance(v, np.ndarray) else v for k, v in kw.items()}
+    model = CASES[name][0]("float32")
+    y = model.forward(read_only(x), **kw)
+    dy = output_grad(y)
+    backward(model, x, y, {k: read_only(g) for k, g in dy.items()} if isinstance(dy, dict) else read_only(dy))
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_returned_arrays_survive_the_next_forward_and_backward(name):
+    """A user who keeps y, dx or a grads entry keeps its values: no layer returns a buffer it reuses."""
+    model = CASES[name][0]("float32")
+    x, kw = inputs(name, "float32")
+    y = model.forward(x, **kw)
+    kept_y = {k: (a, a.copy()) for k, a in arrays(y)}
+    dx = backward(model, x, y, output_grad(y))
+    kept_dx = {k: (a, a.copy()) for k, a in arrays(dx, "dx")}
+    kept_grads = {k: (g, g.copy()) for k, g in model.named_grads()}
+    x2, _ = inputs(name, "float32", seed=1)
+    y2 = model.forward(x2, **kw)
+    backward(model, x2, y2, output_grad(y2, seed=8))
+    for what, kept in [("y", kept_y), ("dx", kept_dx), ("grads", kept_grads)]:
+        changed = [k for k, (a, copy) in kept.items() if not np.array_equal(a, copy)]
+        assert not changed, f"{name}: the second call overwrote the first's {what}: {changed}"
+
+
+def test_estimators_losses_and_optimisers_never_write_their_arguments(rng):
+    from numpy_moe.estimators import HMEClassifier, LocalExpertsRegressor, MoEClassifier
+    X, labels = read_only(rng.standard_normal((30, 4))), read_only(np.arange(30) % 3)
+    for est, y in [(MoEClassifier(epochs=2, top_k=2, random_state=0), labels),
+                   (LocalExpertsRegressor(epochs=2, optimizer="ftrl", random_state=0), read_only(X[:, 0] - X[:, 1])),
+                   (HMEClassifier(tree=[2], max_iter=3, random_state=0), labels)]:
+        est.fit(X, y).predict(X)
+        est.score(X, y)
+    logits, target = read_only(rng.standard_normal((6, 3))), read_only(rng.standard_normal((6, 3)))
+    for f, args in [(F.cross_entropy, (logits, labels[:6])), (F.cross_entropy_backward, (logits, labels[:6])),
+                    (F.mse, (logits, target)), (F.mse_backward, (logits, target)),
+                    (F.token_cross_entropy, (logits.reshape(2, 3, 3), labels[:6].reshape(2, 3))),
+                    (F.token_cross_entropy_backward, (logits.reshape(2, 3, 3), labels[:6].reshape(2, 3)))]:
+        f(*args)
+    for opt in (optim.SGD(0.1, momentum=0.9), optim.Adam(0.1), optim.FTRL(0.5, l1=0.01, l2=0.1)):
+        model = MoE(4, 3, 3, hidden=5, top_k=2, seed=0)
+        for _ in range(2):
+            model.backward(np.ones_like(model.forward(X[:8])))
+            for m in model.modules():
+                m.grads = {k: read_only(g) for k, g in m.grads.items()}
+            opt.step(model)  # the momentum velocity, Adam's moments, FTRL's z and n are its own arrays
+        assert not any(np.shares_memory(a, g) for attr in ("velocity", "m", "v", "z", "n")
+                       for a in getattr(opt, attr, {}).values() for _, g in model.named_grads())
