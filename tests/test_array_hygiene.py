@@ -387,3 +387,23 @@ def test_estimators_losses_and_optimisers_never_write_their_arguments(rng):
             opt.step(model)  # the momentum velocity, Adam's moments, FTRL's z and n are its own arrays
         assert not any(np.shares_memory(a, g) for attr in ("velocity", "m", "v", "z", "n")
                        for a in getattr(opt, attr, {}).values() for _, g in model.named_grads())
+
+
+def test_the_gradient_check_takes_read_only_and_strided_inputs_and_restores_what_it_perturbs(rng):
+    from numpy_moe.gradcheck import check_module, numerical_gradient
+    x = rng.standard_normal((4, 5))
+    for other in (read_only(x), np.asfortranarray(x), np.repeat(x, 2, axis=0)[::2]):
+        assert max(check_module(Linear(5, 3, seed=0), other).values()) < 1e-7
+        np.testing.assert_array_equal(other, x)
+    with pytest.raises(ValueError, match=r"x is read-only; it is perturbed in place: pass a writeable copy"):
+        numerical_gradient(lambda z: float(z.sum()), read_only(x))
+    calls, before = [], x.copy()
+
+    def fails_on_the_third_call(z):
+        calls.append(1)
+        if len(calls) == 3:
+            raise AssertionError("a finite-difference step changed the routing")
+        return float(z.sum())
+    with pytest.raises(AssertionError, match="changed the routing"):
+        numerical_gradient(fails_on_the_third_call, x)
+    np.testing.assert_array_equal(x, before)  # the coordinate being perturbed is put back
