@@ -407,3 +407,12 @@ def test_the_gradient_check_takes_read_only_and_strided_inputs_and_restores_what
     with pytest.raises(AssertionError, match="changed the routing"):
         numerical_gradient(fails_on_the_third_call, x)
     np.testing.assert_array_equal(x, before)  # the coordinate being perturbed is put back
+
+
+def test_public_readouts_of_a_float32_model_are_float32_for_float64_input(rng):
+    x = rng.standard_normal((6, 4))
+    assert MMoE(4, n_experts=3, expert_hidden=5, seed=0, dtype="float32").gate(x).dtype == np.float32
+    local = LocalExperts(4, 3, 2, seed=0, dtype="float32")
+    assert {local.gate(x).dtype, local.posterior(x, np.arange(6) % 3).dtype} == {np.dtype(np.float32)}
+    hme = HierarchicalMoE(4, 1, tree=[2, 2], seed=0, dtype="float32")
+    assert hme.posterior(x, x[:, 0]).dtype == np.float32
