@@ -418,3 +418,15 @@ def test_public_readouts_of_a_float32_model_are_float32_for_float64_input(rng):
     assert {local.gate(x).dtype, local.posterior(x, np.arange(6) % 3).dtype} == {np.dtype(np.float32)}
     hme = HierarchicalMoE(4, 1, tree=[2, 2], seed=0, dtype="float32")
     assert hme.posterior(x, x[:, 0]).dtype == np.float32
+
+
+def test_importing_float64_framework_weights_into_a_float32_block_refuses_what_overflows():
+    from numpy_moe.presets import builders, weights
+    config = {"hidden_size": 4, "intermediate_size": 6, "num_local_experts": 3, "num_experts_per_tok": 2}
+    moe = builders.mixtral(config, seed=0, dtype="float32")
+    state = {k: v.astype(np.float64) for k, v in weights.export_weights("mixtral", moe).items()}
+    weights.import_weights("mixtral", builders.mixtral(config, seed=1, dtype="float32"), state)  # converted
+    state["gate.weight"][0, 0] = 1e39  # finite in float64, inf in float32
+    with pytest.raises(ValueError, match=r"state_dict\['gate.weight'\] has values up to 1e\+39 that overflow the "
+                                         r"block's dtype float32"):
+        weights.import_weights("mixtral", builders.mixtral(config, seed=1, dtype="float32"), state)
