@@ -21,7 +21,8 @@ def numerical_gradient(f, x, h=1e-6):
     Parameters
     ----------
     f : callable, ``f(x) -> float``; it may read ``x`` directly (x is perturbed in place).
-    x : float64 array of any shape (C-contiguous), perturbed in place one coordinate at a time and restored.
+    x : float64 array of any shape (C-contiguous, writeable), perturbed in place one coordinate at a time and
+        restored, also when ``f`` raises.
     h : step.
 
     Returns
@@ -35,14 +36,18 @@ def numerical_gradient(f, x, h=1e-6):
     grad = xp.zeros_like(x)
     if not x.flags.c_contiguous:
         raise ValueError("x must be C-contiguous so that it can be perturbed in place")
+    if not getattr(x.flags, "writeable", True):
+        raise ValueError("x is read-only; it is perturbed in place: pass a writeable copy (x.copy())")
     flat, gflat = x.reshape(-1), grad.reshape(-1)
     for i in range(flat.size):
         old = float(flat[i])
-        flat[i] = old + h
-        fp = f(x)
-        flat[i] = old - h
-        fm = f(x)
-        flat[i] = old
+        try:
+            flat[i] = old + h
+            fp = f(x)
+            flat[i] = old - h
+            fm = f(x)
+        finally:  # an f that raises (a check that the routing held) must not leave the caller's x moved by h
+            flat[i] = old
         gflat[i] = (fp - fm) / (2 * h)
     return grad
 
@@ -79,7 +84,8 @@ def check_module(module, x, h=1e-6, tol=1e-7, seed=0, forward=None, check_input=
     Parameters
     ----------
     module : a Module (``forward``, ``backward``, ``named_parameters``, ``named_grads``, ``aux_loss``).
-    x : float64 input of shape (N, ...), perturbed in place during the check.
+    x : float64 input of shape (N, ...), perturbed in place during the check and restored; a read-only or
+        non-contiguous x is checked through a copy.
     h : finite-difference step. tol : pass mark for every tensor's :func:`rel_error`.
     seed : seeds the fixed random projection R that turns the output into a scalar.
     forward : callable ``forward(x) -> y`` to use instead of ``module.forward``, e.g. one that resets
@@ -104,6 +110,8 @@ def check_module(module, x, h=1e-6, tol=1e-7, seed=0, forward=None, check_input=
     """
     fwd = forward or module.forward
     xp = get_array_module(x)
+    if not (x.flags.c_contiguous and getattr(x.flags, "writeable", True)):  # numerical_gradient perturbs it in place
+        x = xp.array(x, order="C", copy=True)
     y = fwd(x)
     R = xp.asarray(default_rng(seed).standard_normal(y.shape), dtype=y.dtype)
 

@@ -16,6 +16,22 @@ a dict beside ``params`` with no gradient: ``named_buffers()`` lists it, numpy_m
 ``end_step()``, which the training loops call after every optimiser step in training mode, is where a
 module updates it (the default passes the call on to the children).
 
+Arrays. ``forward`` keeps references to what ``backward`` needs, without copying: the input x (and the
+mask, keys or token ids it was given) and, in some layers, the array it returned (Tanh's y, the arrays of a
+gate's Routing). Do not modify them in place between a forward and its backward (copy first, or write
+``y = y + b`` rather than ``y += b``): the backward would differentiate the modified values without a word.
+The other way round is safe: no layer writes an array it is given (read-only arrays work) or reuses an
+array it returned in a later call, so y, dx and the ``grads`` entries can be kept. Flatten, Unflatten and
+PositionEmbedding's backward return views of what they are given, as NumPy's reshape does. Any memory
+layout (views, negative strides, Fortran order, ``np.broadcast_to``) gives the contiguous input's result,
+up to the order in which a matrix product sums (rounding).
+
+Dtypes. A module with parameters computes in its ``dtype``: an input of another float dtype is converted
+to it (check_input, or ``to_dtype`` for the layers other layers call unchecked), integer input is refused,
+and ``backward`` converts an output gradient of another float dtype to the dtype of the forward's output,
+so a float32 model never returns or stores float64. Layers without parameters (ReLU, Tanh, GELU, Flatten,
+Unflatten, MaxPool2d) compute in the float32 or float64 they are given, whatever their ``dtype`` label.
+
 Every parameter is created through :func:`init_weight`, :func:`zeros_param`, :func:`ones_param` or
 :func:`normal_param`. Each checks its size against the budget of :func:`parameter_budget` *before* it
 allocates anything, so numpy_moe.io can build a model from an untrusted configuration without a huge
@@ -48,8 +64,10 @@ _FORWARD_OF = {"backward": "forward", "backward_grouped": "forward_grouped"}
 
 
 def _records_forward(method, backward):
-    """``method`` (a forward pass) that records in the module whether it ran to the end, for ``backward``."""
+    """``method`` (a forward pass) that records in the module whether it ran to the end, and the dtype of what it
+    returned (None for a Routing or a float), for ``backward``."""
     flag = "_ran_" + _FORWARD_OF[backward]
+    out_dtype = flag + "_dtype"
 
     @functools.wraps(method)
     def forward(self, *args, **kwargs):
@@ -63,22 +81,44 @@ def _records_forward(method, backward):
             state[flag] = False
             raise
         state[flag] = True
+        dtype = getattr(out, "dtype", None)
+        if dtype is None:  # a gate's Routing: the dtype of its weights, for the gradient dict its backward takes
+            dtype = getattr(getattr(out, "weight", None), "dtype", None)
+        state[out_dtype] = dtype
         return out
 
     forward._pass_checked = True
     return forward
 
 
+def _other_float(a, dtype):
+    """True for an array of a float dtype other than ``dtype``."""
+    given = getattr(a, "dtype", None)
+    return given is not None and given != dtype and given.kind == "f"
+
+
 def _needs_forward(method):
-    """``method`` (a backward pass) that raises NoForwardPassError unless its forward pass has run."""
+    """``method`` (a backward pass) that raises NoForwardPassError unless its forward pass has run, and that
+    converts an output gradient of another float dtype to the dtype of the forward's output (a float64 dy
+    given to a float32 model would otherwise make float64 gradients and a float64 dx)."""
     name = method.__name__
     flag = "_ran_" + _FORWARD_OF[name]
+    out_dtype = flag + "_dtype"
 
     @functools.wraps(method)
     def backward(self, *args, **kwargs):
-        if not self.__dict__.get(flag):
+        state = self.__dict__
+        if not state.get(flag):
             raise NoForwardPassError(f"{type(self).__name__}.{name} called before {_FORWARD_OF[name]}: it needs a "
                                      "forward pass first (none has run, or the last one raised)")
+        dtype = state.get(out_dtype)
+        if args and dtype is not None:
+            dy = args[0]
+            if isinstance(dy, dict):  # a routing gradient: "weight", "logits", ... arrays
+                if any(_other_float(g, dtype) for g in dy.values()):
+                    args = ({k: g.astype(dtype) if _other_float(g, dtype) else g for k, g in dy.items()},) + args[1:]
+            elif _other_float(dy, dtype):
+                args = (dy.astype(dtype),) + args[1:]
         return method(self, *args, **kwargs)
 
     backward._pass_checked = True
@@ -384,10 +424,14 @@ class Sequential(Module):
 
     Each layer (and each module inside one) must be its own instance: a module keeps its last forward for its
     backward, so one instance at two places would backpropagate the second place's input through both.
+
+    ``dtype`` is that of the first layer with parameters (a layer without any, Unflatten or ReLU() in front,
+    computes in the dtype it is given, whatever its label), float64 when no layer has parameters.
     """
 
     def __init__(self, *layers):
-        super().__init__(layers[0].dtype if layers else "float64")
+        with_params = [layer for layer in layers if any(True for _ in layer.named_parameters())]
+        super().__init__(with_params[0].dtype if with_params else layers[0].dtype if layers else "float64")
         seen = {}
         for i, layer in enumerate(layers):
             for m in layer.modules():

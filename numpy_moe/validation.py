@@ -51,6 +51,43 @@ def check_input(x, n_features, dtype, name="x", min_rows=0):
     return cast
 
 
+def cast_finite(x, dtype, name="x"):
+    """``x`` as ``dtype`` (None: its own); ValueError if it holds NaN or inf, or finite values the cast overflows.
+
+    Checked after the cast, as :func:`check_input` does: 1e39 is finite in float64 but inf in float32.
+    """
+    xp = get_array_module(x)
+    if dtype is None or x.dtype == dtype:
+        cast = x
+    else:
+        errstate = getattr(xp, "errstate", None)  # the overflow is reported below, not as a RuntimeWarning
+        with errstate(over="ignore", invalid="ignore") if errstate else contextlib.nullcontext():
+            cast = xp.asarray(x, dtype=dtype)
+    if not bool(xp.isfinite(cast).all()):
+        if bool(xp.isfinite(x).all()):
+            raise ValueError(f"{name} has values up to {float(xp.abs(x).max()):.3g} that overflow the layer's "
+                             f"dtype {xp.dtype(dtype).name}; rescale the inputs or use float64")
+        raise ValueError(f"{name} contains NaN or inf; expected finite values")
+    return cast
+
+
+def to_dtype(x, dtype, name="x"):
+    """``x`` as an array of the layer's parameter ``dtype``, for the layers that other layers call without checks
+    (the gates, the experts, the residual blocks) but that are public too.
+
+    An array already of ``dtype`` is returned as it is, unchecked, at the cost of one comparison (the calls
+    between layers); any other must have a floating dtype (TypeError otherwise) and is cast, NaN, inf and
+    overflow refused as :func:`check_input` refuses them. A float32 layer given float64 input so computes,
+    returns and keeps float32, as the layers that call check_input do.
+    """
+    if getattr(x, "dtype", None) == dtype:
+        return x
+    x = asarray(x)
+    if not is_floating_dtype(x.dtype):
+        raise TypeError(f"{name} has dtype {x.dtype}; expected a floating dtype (float32 or float64)")
+    return cast_finite(x, dtype, name)
+
+
 def check_positive_int(value, name, minimum=1):
     """Return ``value`` if it is an integer >= ``minimum``; otherwise raise, naming ``name``, TypeError for a
     value that is not an integer (a bool, a float such as 2.0) and ValueError for one below ``minimum``."""

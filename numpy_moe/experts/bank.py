@@ -26,7 +26,7 @@ This module holds the bank (its parameters) and the dense pair; the grouped pair
 from .. import functional as F
 from ..backend import default_rng
 from ..layers import Module, init_weight, zeros_param
-from ..validation import check_positive_int, check_real
+from ..validation import check_positive_int, check_real, to_dtype
 from .gated import GatedLinearPasses
 from .grouped import GroupedPasses
 
@@ -125,6 +125,7 @@ class ExpertBank(GroupedPasses, GatedLinearPasses, Module):
     def forward(self, x):
         """x (N, D) -> out (E, N, O), out[e] = E_e(x); or x (E, C, D), a batch per expert (the sparse layer's
         padded dispatch) -> out (E, C, O), out[e] = E_e(x[e])."""
+        x = to_dtype(x, self.dtype)  # float64 x into float32 experts: float32 outputs and grads
         if self.glu:
             return self._glu_forward(x)
         self.x = x

@@ -8,6 +8,7 @@ in :mod:`numpy_moe.experts.gated`. :class:`GroupedPasses` is a base class of
 :class:`numpy_moe.experts.ExpertBank`, not a module of its own: it reads the bank's parameters.
 """
 from ..backend import check_rows, get_array_module, take_rows
+from ..validation import to_dtype
 from ..workers import n_threads, run_blocks
 
 SERIAL_BELOW = 1 << 16  # grouped rows x widest layer below which the experts run in order, not on threads
@@ -30,6 +31,7 @@ class GroupedPasses:
         U with one product per expert, x_e [W_gate_e W_up_e] -> (rows, 2H), and their activation once
         over each chunk's rows.
         """
+        x = to_dtype(x, self.dtype)  # float64 x into float32 experts: float32 outputs and grads
         xp = get_array_module(x)
         self.offsets = [int(o) for o in offsets]
         M = x.shape[0] if rows is None else rows.shape[0]

@@ -5,7 +5,7 @@ from math import ceil
 from .. import functional as F
 from ..backend import default_rng, get_array_module
 from ..layers import Module, init_weight, zeros_param
-from ..validation import check_positive_int, check_real
+from ..validation import check_positive_int, check_real, to_dtype
 from .base import Routing, expert_major_logits, routing_backward, weight_grad
 
 
@@ -51,6 +51,7 @@ class ExpertChoiceGate(Module):
 
     def forward(self, x):
         """x (N, D) -> Routing."""
+        x = to_dtype(x, self.dtype)  # float64 x into a float32 gate: a float32 routing and float32 grads
         xp = get_array_module(x)
         N, E = x.shape[0], self.n_experts
         self.x = x

@@ -24,7 +24,7 @@ mean-centred update.
 from .. import functional as F
 from ..backend import asarray, default_rng, get_array_module
 from ..layers import Module, init_weight, zeros_param
-from ..validation import check_positive_int, check_real
+from ..validation import check_positive_int, check_real, to_dtype
 from .base import Routing, expert_major_logits, topk_indices, weight_grad
 
 SCORES = ("softmax", "sigmoid")
@@ -120,6 +120,7 @@ class ScoreGate(Module):
 
     def forward(self, x, mask=None):
         """x (N, D) -> Routing. ``mask`` (N,) bool: samples that count in the load (None: all)."""
+        x = to_dtype(x, self.dtype)  # float64 x into a float32 gate: a float32 routing and float32 grads
         xp = get_array_module(x)
         N, E, K = x.shape[0], self.n_experts, self.top_k
         self.u = None

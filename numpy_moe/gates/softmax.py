@@ -9,7 +9,7 @@
 from .. import functional as F
 from ..backend import asarray, default_rng, get_array_module
 from ..layers import Module, init_weight, zeros_param
-from ..validation import check_positive_int, check_real
+from ..validation import check_positive_int, check_real, to_dtype
 from ..workers import n_threads, run_blocks
 from .base import Routing, expert_major_logits, pick_pairs, routing_backward, topk_indices, weight_grad
 
@@ -42,7 +42,7 @@ class SoftmaxGate(Module):
         self.zero_grad()
 
     def forward(self, x):
-        self.x = x
+        self.x = x = to_dtype(x, self.dtype)  # float64 x into a float32 gate: float32 weights and grads
         self.g = F.softmax(x @ self.params["W"] + self.params["b"])  # (N, E)
         return self.g
 
@@ -160,7 +160,7 @@ class TopKGate(Module):
     def forward(self, x):
         """x (N, D) -> Routing."""
         xp = get_array_module(x)
-        self.x = x
+        self.x = x = to_dtype(x, self.dtype)
         threads = n_threads() if xp.__name__ == "numpy" and x.shape[0] * self.n_experts >= SPLIT_ROUTE else 1
         if self.noise is None and threads > 1:
             self.routing = route_topk_blocks(x, self.params["W"], self.params["b"], self.top_k, self.convention,

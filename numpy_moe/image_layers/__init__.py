@@ -8,7 +8,7 @@ channels of a convolution and k its kernel size.
   when windows overlap), with their memory layout.
 - :mod:`.windows`: :func:`im2col` / :func:`col2im`, :func:`im2row` / :func:`row2im`, :func:`output_size`,
   :func:`image_columns`.
-- :mod:`.checks`: :func:`check_images`, :func:`cast_finite`, :func:`check_image_size`.
+- :mod:`.checks`: :func:`check_images`, :func:`check_image_size`; :func:`cast_finite` (from numpy_moe.validation).
 - :mod:`.shape`: :class:`Flatten`, :class:`Unflatten`.
 - :mod:`.norm`: :class:`LayerNorm`, :class:`GELU` (MLP-Mixer, the transformer).
 """

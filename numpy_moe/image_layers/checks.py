@@ -1,8 +1,7 @@
 """Input checks of the image layers: a float batch of NCHW images, finite in the layer's dtype, large
 enough for a kernel."""
-import contextlib
-
-from ..backend import asarray, get_array_module, is_floating_dtype
+from ..backend import asarray, is_floating_dtype
+from ..validation import cast_finite
 
 
 def check_images(x, channels, dtype, name="x", min_images=0):
@@ -21,26 +20,6 @@ def check_images(x, channels, dtype, name="x", min_images=0):
     if x.shape[0] < min_images:
         raise ValueError(f"{name} has {x.shape[0]} images (shape {tuple(x.shape)}); expected at least {min_images}")
     return cast_finite(x, dtype, name)
-
-
-def cast_finite(x, dtype, name="x"):
-    """``x`` as ``dtype`` (None: its own); ValueError if it holds NaN or inf, or finite values the cast overflows.
-
-    Checked after the cast, as validation.check_input does: 1e39 is finite in float64 but inf in float32.
-    """
-    xp = get_array_module(x)
-    if dtype is None or x.dtype == dtype:
-        cast = x
-    else:
-        errstate = getattr(xp, "errstate", None)  # the overflow is reported below, not as a RuntimeWarning
-        with errstate(over="ignore", invalid="ignore") if errstate else contextlib.nullcontext():
-            cast = xp.asarray(x, dtype=dtype)
-    if not bool(xp.isfinite(cast).all()):
-        if bool(xp.isfinite(x).all()):
-            raise ValueError(f"{name} has values up to {float(xp.abs(x).max()):.3g} that overflow the layer's "
-                             f"dtype {xp.dtype(dtype).name}; rescale the inputs or use float64")
-        raise ValueError(f"{name} contains NaN or inf; expected finite values")
-    return cast
 
 
 def check_image_size(x, k, padding):

@@ -16,7 +16,7 @@ experts and gates by one ReLU layer that every tower reads. Outputs of the T tas
 from .. import functional as F
 from ..backend import default_rng, get_array_module
 from ..layers import MLP, Linear, Module, ReLU, init_weight, zeros_param
-from ..validation import check_input, check_positive_int
+from ..validation import check_input, check_positive_int, to_dtype
 
 GATES = ("multi", "one")
 
@@ -79,6 +79,7 @@ class MMoE(Module):
 
     def gate(self, x):
         """g (number of gates, N, E): each gate's weights over the experts."""
+        x = to_dtype(x, self.dtype)  # float64 x: the float32 model's gates in float32
         return F.softmax(get_array_module(x).einsum("nd,gde->gne", x, self.params["Wg"]), axis=2)
 
     def forward(self, x):

@@ -22,7 +22,7 @@ from ..backend import default_rng, get_array_module
 from ..image_layers import GELU, Conv2d, LayerNorm, check_images
 from ..layers import Linear, Module, Sequential
 from ..moe import MoE
-from ..validation import check_positive_int
+from ..validation import check_positive_int, to_dtype
 
 
 def feed_forward(D, H, seed, dtype):
@@ -128,6 +128,7 @@ class MixerBlock(Module):
         self.channel = channel
 
     def forward(self, x):
+        x = to_dtype(x, self.dtype)  # the residual sum of a float32 block stays float32 for float64 x
         x = x + self.token.forward(self.norm1.forward(x))
         return x + self.channel.forward(self.norm2.forward(x))
 

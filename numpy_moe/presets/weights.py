@@ -157,6 +157,14 @@ def import_weights(preset, moe, state_dict, prefix=""):
         if tuple(value.shape) != tuple(target.shape):
             raise ValueError(f"state_dict[{prefix + keys[0]!r}] gives {path} the shape {tuple(value.shape)}; "
                              f"the config makes it {tuple(target.shape)}")
+        if value.dtype != target.dtype:  # a float64 state dict into a float32 block: refuse what the cast overflows
+            with np.errstate(over="ignore"):
+                cast = value.astype(target.dtype)
+            if not np.isfinite(cast).all():
+                raise ValueError(f"state_dict[{prefix + keys[0]!r}] has values up to {float(np.abs(value).max()):.3g} "
+                                 f"that overflow the block's dtype {np.dtype(target.dtype).name} (inf weights); "
+                                 "build the block with dtype='float64'")
+            value = cast
         target[...] = value
         used.update(prefix + k for k in keys)
     unused = sorted(k for k in state_dict if k.startswith(prefix) and k not in used)

@@ -12,7 +12,7 @@ from ...gates import HashGate
 from ...image_layers import GELU, LayerNorm
 from ...layers import Linear, Module, ReLU, Sequential
 from ...moe import MoE
-from ...validation import check_positive_int
+from ...validation import check_positive_int, to_dtype
 from .attention import CausalSelfAttention
 
 
@@ -129,6 +129,7 @@ class TransformerBlock(Module):
         self.ffn = ffn
 
     def forward(self, x, mask=None, tokens=None):
+        x = to_dtype(x, self.dtype)  # the residual sum of a float32 block stays float32 for float64 x
         u = x + self.attn.forward(self.norm1.forward(x))
         return u + self.ffn.forward(self.norm2.forward(u), mask=mask, tokens=tokens)
 

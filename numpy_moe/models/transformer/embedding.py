@@ -7,7 +7,7 @@ position that read row v (MATH.md §15.1).
 """
 from ...backend import asarray, default_rng, get_array_module
 from ...layers import Module, normal_param
-from ...validation import check_positive_int, check_real
+from ...validation import check_positive_int, check_real, to_dtype
 
 
 def check_tokens(tokens, vocab_size, name="tokens"):
@@ -84,6 +84,7 @@ class PositionEmbedding(Module):
         self.zero_grad()
 
     def forward(self, x):
+        x = to_dtype(x, self.dtype)  # float64 x: a float32 table adds in float32; integer x is refused
         if x.ndim != 3 or x.shape[2] != self.dim:
             raise ValueError(f"x has shape {tuple(x.shape)}; expected (B, T, {self.dim})")
         if x.shape[1] > self.max_len:
