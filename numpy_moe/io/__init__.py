@@ -22,8 +22,8 @@ A file is an ordinary ``.npz`` archive, readable with ``numpy.load(path, allow_p
 Loading rebuilds a module with ``Cls.from_config(config)`` and overwrites every parameter, so no new
 Module subclass needs saving code. The ``seed`` argument is not stored: it only drew the initial weights,
 which the stored ones replace. Training state that is not a parameter or a buffer (an optimiser's
-moments) is not saved: ``partial_fit`` after loading starts a fresh optimiser. Version 1 files (no
-buffers) still load.
+moments) is not saved: ``partial_fit`` after loading starts a fresh optimiser, and a fresh generator
+from ``random_state`` for the shuffling and the gate's noise. Version 1 files (no buffers) still load.
 
 Loading a file from someone else
 --------------------------------
