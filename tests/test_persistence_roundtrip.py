@@ -14,6 +14,7 @@ import pytest
 
 from numpy_moe import io
 from numpy_moe.estimators import MoEClassifier, MoERegressor
+from numpy_moe.moe import MoE
 
 
 # ----- estimators ---------------------------------------------------------------------------------
@@ -31,3 +32,29 @@ def test_a_loaded_noisy_estimator_continues_training_reproducibly_from_its_rando
     for (name, p), (_, q) in zip(first.model_.named_parameters(), second.model_.named_parameters()):
         assert np.array_equal(p, q), name
     assert first.model_.gate.rng is first._rng  # the noise follows random_state, as in a fitted estimator
+
+
+# ----- a save that fails leaves the target as it was and no temporary file -------------------------
+def _listing(directory):
+    return sorted(str(p.relative_to(directory)) for p in directory.rglob("*"))
+
+
+@pytest.mark.parametrize("target, error, message", [
+    ("", ValueError, "path='' is empty; pass a file name"),
+    ("m.npz/", IsADirectoryError, "ends with a path separator"),
+    ("gone/m.npz", FileNotFoundError, "cannot write .*m.npz: its directory .*gone does not exist"),
+])
+def test_a_save_to_a_path_that_cannot_be_a_file_writes_nothing_anywhere(target, error, message, tmp_path,
+                                                                           monkeypatch):
+    # An empty name or one ending in "/" has no file name: the temporary file was written, whole, into the
+    # working directory's parent ("" -> abspath's dirname) or beside the directory, and only the rename
+    # failed, with a message naming the temporary file ("No such file or directory: '/x/..a1b2.tmp' -> ''").
+    # A missing directory gave that temporary file's name too, not the target's.
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    io.save(MoE(5, 3, 4, seed=0), work / "m.npz")
+    before, files = (work / "m.npz").read_bytes(), _listing(tmp_path)
+    with pytest.raises(error, match=message):
+        io.save(MoE(5, 3, 4, seed=1), target)
+    assert _listing(tmp_path) == files and (work / "m.npz").read_bytes() == before

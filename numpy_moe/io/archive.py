@@ -231,10 +231,17 @@ def replace_together(files):
 def _stage(path, write):
     """(temporary file, path): ``write(f)`` into a synced temporary file beside ``path``, of ``path``'s mode."""
     path = os.fsdecode(path)  # a bytes path too: the temporary file's name is built from str parts
+    if not path:  # abspath("") is the working directory: the temporary file would go into its parent
+        raise ValueError("path='' is empty; pass a file name")
     if os.path.isdir(path):
         raise IsADirectoryError(f"{path} is a directory; pass a file name")
+    if not os.path.basename(path):  # "out/": no file name, and a rename onto it fails only after writing
+        raise IsADirectoryError(f"{path} ends with a path separator; pass a file name")
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    except FileNotFoundError as err:  # its message names the temporary file, not the target
+        raise FileNotFoundError(err.errno, f"cannot write {path}: its directory {directory} does not exist") from err
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
