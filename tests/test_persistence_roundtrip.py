@@ -12,9 +12,12 @@ import pickle
 import numpy as np
 import pytest
 
+from numpy_moe import functional as F
 from numpy_moe import io
 from numpy_moe.estimators import MoEClassifier, MoERegressor
 from numpy_moe.moe import MoE
+from numpy_moe.optim import FTRL, SGD, Adam
+from numpy_moe.train import fit
 
 
 # ----- estimators ---------------------------------------------------------------------------------
@@ -58,3 +61,25 @@ def test_a_save_to_a_path_that_cannot_be_a_file_writes_nothing_anywhere(target, 
     with pytest.raises(error, match=message):
         io.save(MoE(5, 3, 4, seed=1), target)
     assert _listing(tmp_path) == files and (work / "m.npz").read_bytes() == before
+
+
+# ----- an optimiser step that fails changes nothing ------------------------------------------------
+def _state(optimizer):
+    return pickle.dumps(vars(optimizer))  # every moment, accumulator and counter, bit for bit
+
+
+@pytest.mark.parametrize("make", [lambda: Adam(0.01), lambda: SGD(0.01, momentum=0.9), lambda: FTRL(0.1, l1=0.01)])
+def test_an_optimiser_step_that_fails_changes_neither_the_model_nor_the_optimiser(make, rng):
+    # An optimiser keeps state per parameter name. Reused on a model whose experts have another width (the
+    # same names, other shapes), its step updated the gate, then failed on the experts with numpy's
+    # "operands could not be broadcast together": half the model stepped, t and the gate's moments advanced.
+    X, y = rng.standard_normal((20, 5)), np.arange(20) % 3
+    optimizer = make()
+    fit(MoE(5, 3, 4, hidden=7, seed=0), X, y, optimizer=optimizer, epochs=1, seed=0)
+    other = MoE(5, 3, 4, hidden=9, seed=1)
+    other.backward(F.cross_entropy_backward(other.forward(X), y))
+    params, state = {k: p.copy() for k, p in other.named_parameters()}, _state(optimizer)
+    with pytest.raises(ValueError, match=r"holds state for 'experts.W1' of shape \(4, 5, 7\); the parameter "
+                                         r"has shape \(4, 5, 9\)"):
+        optimizer.step(other)
+    assert all(np.array_equal(p, params[k]) for k, p in other.named_parameters()) and _state(optimizer) == state
