@@ -7,18 +7,21 @@ generator must end where uninterrupted training ends, bit for bit. A save, a loa
 that fails must leave what was there before as it was.
 """
 import copy
+import errno
 import functools
 import pickle
 
 import numpy as np
 import pytest
+from sklearn.base import clone
 
 from numpy_moe import functional as F
 from numpy_moe import io
 from numpy_moe.balance import BalanceLoss
-from numpy_moe.estimators import MoEClassifier, MoERegressor
+from numpy_moe.estimators import (HMEClassifier, HMERegressor, LocalExpertsClassifier, LocalExpertsRegressor,
+                                  MoEClassifier, MoERegressor)
 from numpy_moe.gates import Routing, TopKGate
-from numpy_moe.io import registry
+from numpy_moe.io import archive, registry
 from numpy_moe.io.records import encode_module
 from numpy_moe.layers import Module
 from numpy_moe.moe import MoE
@@ -152,7 +155,7 @@ def _copy_generators(source, target):
 def test_every_module_class_after_training_round_trips_bit_for_bit(dtype, tmp_path):
     """Every registered class (test_io's examples) and three whose end_step and noise change state, trained
     three steps, in both modes: io.load, copy.deepcopy and pickle give a model whose forward, backward and
-    three more training steps are those of the original, bit for bit, with the same configuration and
+    two more training steps are those of the original, bit for bit, with the same configuration and
     dtypes. io stores no noise generator and no mode: the loaded model is in training mode, and the test
     copies the generators itself."""
     failures = []
@@ -170,15 +173,16 @@ def test_every_module_class_after_training_round_trips_bit_for_bit(dtype, tmp_pa
             loaded.train(training)
             _copy_generators(model, loaded)
             copies = {"io": loaded, "deepcopy": copy.deepcopy(model), "pickle": pickle.loads(pickle.dumps(model))}
+            original = copy.deepcopy(model)  # the model itself stays as trained, for the other mode
+            state = [a.copy() for a in _state_arrays(original)]
+            arrays = _pass(name, original, np.random.default_rng(7))
+            _train(name, original, np.random.default_rng(8), steps=2)
             for kind, other in copies.items():
-                original = copy.deepcopy(model)  # the model itself stays as trained, for the next copy
-                if not _bitwise(_state_arrays(other), _state_arrays(original)):
+                if not _bitwise(_state_arrays(other), state):
                     failures.append(f"{name} {dtype} training={training} {kind}: parameters or buffers")
-                if not _bitwise(_pass(name, other, np.random.default_rng(7)), _pass(name, original,
-                                                                                     np.random.default_rng(7))):
+                if not _bitwise(_pass(name, other, np.random.default_rng(7)), arrays):
                     failures.append(f"{name} {dtype} training={training} {kind}: forward / backward")
-                _train(name, other, np.random.default_rng(8))
-                _train(name, original, np.random.default_rng(8))
+                _train(name, other, np.random.default_rng(8), steps=2)
                 if not _bitwise(_state_arrays(other), _state_arrays(original)):
                     failures.append(f"{name} {dtype} training={training} {kind}: further training")
     assert not failures, failures
@@ -195,6 +199,46 @@ def test_the_stateful_examples_do_change_their_buffers_and_draw_noise():
         assert [g.rng.bit_generator.state["state"]["state"] for g in gates] != draws, name
         buffers = [b for _, b in model.named_buffers()]
         assert all(np.any(b != 0) for b in buffers), name
+
+
+# ----- resuming training --------------------------------------------------------------------------
+RESUMABLE = {
+    "MoE top-2 V-MoE noise": lambda: MoE(5, 3, 4, hidden=6, top_k=2, noise="vmoe", seed=0, balance={"switch": 0.01}),
+    "MoE ScoreGate bias_update jitter": lambda: MoE(gate=__import__("numpy_moe.gates", fromlist=["x"]).ScoreGate(
+        5, 4, top_k=2, bias_update=0.05, jitter=0.1, seed=1), experts=None, out_features=3, hidden=6, seed=2),
+}
+OPTIMIZERS = {"Adam": lambda: Adam(0.01), "SGD momentum decay": lambda: SGD(0.05, momentum=0.9, decay=0.9),
+              "FTRL l1 l2": lambda: FTRL(0.1, l1=1e-3, l2=1e-3)}
+
+
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
+@pytest.mark.parametrize("model", RESUMABLE)
+@pytest.mark.parametrize("how", ["pickle", "io"])
+def test_training_resumed_from_a_copy_ends_where_uninterrupted_training_ends(how, model, optimizer, tmp_path, rng):
+    """Four epochs of train.fit equal two, a save, a load into fresh objects and two more, bit for bit:
+    weights, buffers (ScoreGate's selection bias) and optimiser state (moments, step count, FTRL's z and n,
+    SGD's decayed rate). The state that io does not hold (the optimiser, the shuffling and noise generators)
+    travels by pickle; ``how`` says how the model does."""
+    X, y = rng.standard_normal((48, 5)), np.arange(48) % 3
+    whole, whole_opt, whole_rng = RESUMABLE[model](), OPTIMIZERS[optimizer](), np.random.default_rng(3)
+    fit(whole, X, y, optimizer=whole_opt, epochs=4, batch_size=16, seed=whole_rng)
+    first, first_opt, first_rng = RESUMABLE[model](), OPTIMIZERS[optimizer](), np.random.default_rng(3)
+    fit(first, X, y, optimizer=first_opt, epochs=2, batch_size=16, seed=first_rng)
+    generators = [m.rng for m in first.modules() if hasattr(m, "rng")]
+    moved = any(np.any(b != 0) for _, b in first.named_buffers())
+    blob = pickle.dumps((first, first_opt, first_rng) if how == "pickle" else (first_opt, first_rng, generators))
+    if how == "pickle":
+        again, again_opt, again_rng = pickle.loads(blob)
+    else:
+        again = io.load(io.save(first, tmp_path / "m.npz"))
+        again_opt, again_rng, generators = pickle.loads(blob)
+        for m, generator in zip([m for m in again.modules() if hasattr(m, "rng")], generators):
+            m.rng = generator
+    del first, first_opt, first_rng
+    fit(again, X, y, optimizer=again_opt, epochs=2, batch_size=16, seed=again_rng)
+    assert _bitwise(_state_arrays(again), _state_arrays(whole))
+    assert pickle.dumps(vars(again_opt)) == pickle.dumps(vars(whole_opt)) and again_opt.t == 12  # 4 epochs of 3 batches
+    assert moved or "ScoreGate" not in model  # the bias the copy carried was not its initial zero
 
 
 # ----- estimators ---------------------------------------------------------------------------------
@@ -240,6 +284,61 @@ def test_a_save_to_a_path_that_cannot_be_a_file_writes_nothing_anywhere(target, 
     assert _listing(tmp_path) == files and (work / "m.npz").read_bytes() == before
 
 
+@pytest.mark.parametrize("failure", ["disk full", "interrupt", "not serialisable", "NaN weights"])
+def test_a_save_that_fails_midway_leaves_the_previous_file_and_no_temporary_file(failure, tmp_path, monkeypatch):
+    model = MoE(5, 3, 4, hidden=6, seed=0)
+    path = io.save(model, tmp_path / "m.npz")
+    before = path.read_bytes()
+    new = MoE(5, 3, 4, hidden=6, seed=1)
+    error = {"disk full": OSError, "interrupt": KeyboardInterrupt, "not serialisable": TypeError,
+             "NaN weights": ValueError}[failure]
+    if failure in ("disk full", "interrupt"):
+        def savez(f, **arrays):  # half the bytes reach the temporary file, then the write fails
+            f.write(before[: len(before) // 2])
+            raise KeyboardInterrupt if failure == "interrupt" else OSError(errno.ENOSPC, "No space left on device")
+        monkeypatch.setattr(archive.numpy, "savez", savez)
+    elif failure == "not serialisable":
+        new._init_args = ((), {"in_features": 5, "out_features": 3, "n_experts": 4, "hidden": 6, "seed": 1,
+                               "balance": {"importance": object()}})
+    else:
+        new.experts.params["W2"][0, 0, 0] = np.nan
+    with pytest.raises(error):
+        io.save(new, path)
+    assert path.read_bytes() == before and _listing(tmp_path) == ["m.npz"]
+
+
+def test_a_load_into_that_fails_on_its_last_array_leaves_every_parameter_and_buffer_as_it_was(tmp_path, rng):
+    from numpy_moe.gates import ScoreGate
+    source = MoE(gate=ScoreGate(5, 4, top_k=2, bias_update=0.05, seed=1), experts=None, out_features=3, hidden=6,
+                 seed=2)
+    fit(source, rng.standard_normal((32, 5)), np.arange(32) % 3, epochs=1, batch_size=8, seed=0)
+    data = bytearray(io.save(source, tmp_path / "m.npz").read_bytes())
+    bias = source.gate.buffers["bias"].tobytes()  # the buffer is the last entry: the others are read first
+    data[data.rindex(bias) + 3] ^= 0xFF
+    (tmp_path / "bad.npz").write_bytes(bytes(data))
+    target = MoE(gate=ScoreGate(5, 4, top_k=2, bias_update=0.05, seed=3), experts=None, out_features=3, hidden=6,
+                 seed=4)
+    target.gate.buffers["bias"][...] = [0.5, -0.5, 0.25, 0.0]
+    before = [a.copy() for a in _state_arrays(target)]
+    with pytest.raises(ValueError, match=r"bad.npz is not a valid numpy-moe .npz file: entry 'buffer:gate.bias'.*CRC"):
+        io.load_into(target, tmp_path / "bad.npz")
+    assert _bitwise(_state_arrays(target), before)
+
+
+def test_a_failing_framework_import_leaves_the_callers_state_dict_as_it_was():
+    # from_state_dict builds a new block, so a failure leaves no half-imported model behind; the state
+    # dict it was given must not be changed either.
+    from numpy_moe import presets
+    cfg = {"hidden_size": 8, "intermediate_size": 6, "num_local_experts": 4, "num_experts_per_tok": 2}
+    state = presets.to_state_dict("mixtral", presets.build("mixtral", cfg, seed=0), layout="fused")
+    state["experts.down_proj"] = state["experts.down_proj"].copy()
+    state["experts.down_proj"][1, 2, 3] = np.inf  # read after the router's and gate_up_proj's weights
+    before = {k: v.copy() for k, v in state.items()}
+    with pytest.raises(ValueError, match=r"state_dict\['experts.down_proj'\] has 1 NaN or inf values"):
+        presets.from_state_dict("mixtral", state, cfg)
+    assert state.keys() == before.keys() and all(np.array_equal(state[k], before[k]) for k in state)
+
+
 # ----- an optimiser step that fails changes nothing ------------------------------------------------
 def _state(optimizer):
     return pickle.dumps(vars(optimizer))  # every moment, accumulator and counter, bit for bit
@@ -260,3 +359,37 @@ def test_an_optimiser_step_that_fails_changes_neither_the_model_nor_the_optimise
                                          r"has shape \(4, 5, 9\)"):
         optimizer.step(other)
     assert all(np.array_equal(p, params[k]) for k, p in other.named_parameters()) and _state(optimizer) == state
+
+
+ESTIMATORS = {
+    "MoEClassifier noise": (lambda: MoEClassifier(top_k=2, noise="vmoe", epochs=2, random_state=0), "classes"),
+    "MoERegressor sgd": (lambda: MoERegressor(optimizer="sgd", epochs=2, random_state=0), "values"),
+    "MoEClassifier ftrl": (lambda: MoEClassifier(optimizer="ftrl", epochs=2, random_state=0), "classes"),
+    "LocalExpertsClassifier": (lambda: LocalExpertsClassifier(epochs=2, random_state=0), "classes"),
+    "LocalExpertsRegressor": (lambda: LocalExpertsRegressor(epochs=2, random_state=0), "values"),
+    "HMEClassifier": (lambda: HMEClassifier(tree=[2, 2], max_iter=3, random_state=0), "classes"),
+    "HMERegressor": (lambda: HMERegressor(tree=[2, 2], max_iter=3, random_state=0), "values"),
+}
+
+
+@pytest.mark.parametrize("name", ESTIMATORS)
+def test_fitted_estimators_copy_pickle_and_clone(name, rng):
+    """pickle and deepcopy keep everything, the private optimiser and generator included: predictions are the
+    same and partial_fit continues bit for bit. clone gives an unfitted estimator of the same parameters, and
+    get_params / set_params round-trip."""
+    make, task = ESTIMATORS[name]
+    X = rng.standard_normal((40, 4))
+    y = np.arange(40) % 3 if task == "classes" else X[:, 0] - 0.5 * X[:, 1]
+    est = make().fit(X, y)
+    clone_ = clone(est)
+    assert clone_.get_params() == est.get_params() and not [k for k in vars(clone_) if k.endswith("_")]
+    assert make().set_params(**est.get_params()).get_params() == est.get_params()
+    for other in (pickle.loads(pickle.dumps(est)), copy.deepcopy(est)):
+        assert type(other) is type(est) and other.get_params() == est.get_params()
+        np.testing.assert_array_equal(other.predict(X), est.predict(X))
+        if hasattr(est, "predict_proba"):
+            np.testing.assert_array_equal(other.predict_proba(X), est.predict_proba(X))
+        if hasattr(est, "partial_fit"):
+            ahead = copy.deepcopy(est).partial_fit(X, y)
+            other.partial_fit(X, y)
+            assert _bitwise(_state_arrays(other.model_), _state_arrays(ahead.model_)) and other.n_iter_ == ahead.n_iter_
