@@ -30,11 +30,11 @@ class Optimizer:
         for name, p in params:
             self.update(name, p, grads[name])
 
-    def _check_shapes(self, params, grads):
-        """ValueError naming the parameter when a gradient, or this optimiser's state for it (kept from another
-        model with the same parameter names), does not have the parameter's shape."""
+    def _check_shapes(self, params, grads=None):
+        """ValueError naming the parameter when a gradient (of ``grads``, when given), or this optimiser's state
+        for it (kept from another model with the same parameter names), does not have the parameter's shape."""
         for name, p in params:
-            if tuple(grads[name].shape) != tuple(p.shape):
+            if grads is not None and tuple(grads[name].shape) != tuple(p.shape):
                 raise ValueError(f"the gradient of {name!r} has shape {tuple(grads[name].shape)}; the parameter "
                                  f"has shape {tuple(p.shape)}")
             for key in self._state:

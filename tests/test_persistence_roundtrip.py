@@ -18,6 +18,7 @@ from sklearn.base import clone
 from numpy_moe import functional as F
 from numpy_moe import io
 from numpy_moe.balance import BalanceLoss
+from numpy_moe.classic import LocalExperts, fit_local_experts
 from numpy_moe.estimators import (HMEClassifier, HMERegressor, LocalExpertsClassifier, LocalExpertsRegressor,
                                   MoEClassifier, MoERegressor)
 from numpy_moe.gates import Routing, TopKGate
@@ -393,3 +394,18 @@ def test_fitted_estimators_copy_pickle_and_clone(name, rng):
             ahead = copy.deepcopy(est).partial_fit(X, y)
             other.partial_fit(X, y)
             assert _bitwise(_state_arrays(other.model_), _state_arrays(ahead.model_)) and other.n_iter_ == ahead.n_iter_
+
+
+@pytest.mark.parametrize("make", [lambda: Adam(0.01), lambda: SGD(0.05, momentum=0.9), lambda: FTRL(0.1)])
+def test_the_online_pass_of_the_classic_trainer_checks_the_optimiser_state_first_too(make, rng):
+    # Batch size 1 runs a fused pass that calls update() without step(): an optimiser kept from a model with
+    # another number of outputs failed there with the broadcast error, its step count advanced.
+    X, y = rng.standard_normal((20, 5)), np.arange(20) % 3
+    optimizer = make()
+    fit_local_experts(LocalExperts(5, 3, 4, seed=0), X, y, optimizer=optimizer, epochs=1, seed=0)
+    other = LocalExperts(5, 2, 4, seed=1)
+    params, state = {k: p.copy() for k, p in other.named_parameters()}, _state(optimizer)
+    with pytest.raises(ValueError, match=r"holds state for 'V' of shape \(4, 6, 3\); the parameter has shape "
+                                         r"\(4, 6, 2\)"):
+        fit_local_experts(other, X, y % 2, optimizer=optimizer, epochs=1, seed=0)
+    assert all(np.array_equal(p, params[k]) for k, p in other.named_parameters()) and _state(optimizer) == state
