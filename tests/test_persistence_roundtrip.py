@@ -22,7 +22,7 @@ from numpy_moe.classic import LocalExperts, fit_local_experts
 from numpy_moe.estimators import (HMEClassifier, HMERegressor, LocalExpertsClassifier, LocalExpertsRegressor,
                                   MoEClassifier, MoERegressor)
 from numpy_moe.gates import Routing, TopKGate
-from numpy_moe.io import archive, registry
+from numpy_moe.io import archive
 from numpy_moe.io.records import encode_module
 from numpy_moe.layers import Module
 from numpy_moe.moe import MoE
@@ -31,30 +31,28 @@ from numpy_moe.train import fit
 
 
 # ----- every module class: io, deepcopy and pickle keep everything a forward and a backward read -----
-def _rebuild(value, dtype):
-    """A config value of an io record with every ``dtype`` set to ``dtype`` (nested modules rebuilt)."""
-    if isinstance(value, list):
-        return [_rebuild(v, dtype) for v in value]
+def _with_dtype(value, dtype):
+    """A configuration value with every ``dtype`` set to ``dtype``, and every module in it rebuilt so."""
+    if isinstance(value, Module):
+        return type(value).from_config(_with_dtype(value.get_config(), dtype))
+    if isinstance(value, (list, tuple)):
+        return type(value)(_with_dtype(v, dtype) for v in value)
     if isinstance(value, dict):
-        if "__module__" in value:
-            record = value["__module__"]
-            return registry.lookup(record["class"]).from_config(_rebuild(record["config"], dtype))
-        if "__tuple__" in value:
-            return tuple(_rebuild(v, dtype) for v in value["__tuple__"])
-        return {k: dtype if k == "dtype" else _rebuild(v, dtype) for k, v in value.items()}
+        return {k: dtype if k == "dtype" else _with_dtype(v, dtype) for k, v in value.items()}
     return value
 
 
 def _in_dtype(model, dtype):
-    """A new model of ``model``'s architecture in ``dtype`` (every nested module too)."""
-    config = _rebuild(encode_module(model, None, "")["config"], dtype)
-    return type(model).from_config(config | ({"seed": 3} if "seed" in model.get_config() else {}))
+    """A new model of ``model``'s architecture in ``dtype`` (every nested module too), from the same seeds (a
+    copy: a Generator given as a seed is not advanced, so every call gives the same weights)."""
+    return _with_dtype(copy.deepcopy(model), dtype)
 
 
 def _stateful_examples():
     """Modules whose end_step and noise change state that is not a parameter (the examples of test_io keep
-    ScoreGate's selection bias at zero): they must round-trip too."""
+    ScoreGate's selection bias at zero), one with tied embedding and output weights: they must round-trip too."""
     from numpy_moe.gates import ScoreGate
+    from numpy_moe.models.transformer import TransformerLM
     return {
         "ScoreGate bias_update jitter": lambda: ScoreGate(8, 8, top_k=2, n_groups=4, topk_groups=2, bias_update=0.05,
                                                           bias_centered=True, jitter=0.1, seed=0),
@@ -62,6 +60,10 @@ def _stateful_examples():
                                                  experts=None, out_features=3, hidden=6, seed=2),
         "MoE top-2 Shazeer noise": lambda: MoE(5, 3, 4, hidden=6, top_k=2, noise="shazeer", seed=0,
                                                balance={"importance": 0.1, "load": 0.1}),
+        "TransformerLM tied, ScoreGate bias_update": lambda: TransformerLM(
+            7, d_model=4, n_heads=2, n_layers=1, max_len=5, hidden=6, seed=0, tied=True,
+            moe=[MoE(gate=ScoreGate(4, 3, top_k=2, bias_update=0.05, jitter=0.1, seed=1), experts=None,
+                     out_features=4, hidden=5)]),
     }
 
 
