@@ -204,6 +204,31 @@ def test_the_stateful_examples_do_change_their_buffers_and_draw_noise():
         assert all(np.any(b != 0) for b in buffers), name
 
 
+def _preset_blocks():
+    from numpy_moe import presets
+    from numpy_moe.conformance import CONFIGS
+    return [pytest.param(preset, bugs, id=f"{preset}-{'+'.join(bugs) or 'intended'}")
+            for preset in CONFIGS for bugs in [()] + [(b,) for b in presets.BUGS.get(preset, ())]]
+
+
+@pytest.mark.parametrize("preset, bugs", _preset_blocks())
+def test_every_framework_block_round_trips_bit_for_bit(preset, bugs, tmp_path):
+    """A preset's block is an MoE whose framework conventions (and reproduced bugs) are constructor arguments:
+    a saved and loaded block, trained on, computes what the original computes, bit for bit."""
+    from numpy_moe import presets
+    from numpy_moe.conformance import CONFIGS
+    model = presets.build(preset, CONFIGS[preset], seed=0, bugs=bugs)
+    _train("block", model, np.random.default_rng(1), steps=2)
+    loaded = io.load(io.save(model, tmp_path / "m.npz"))
+    _copy_generators(model, loaded)
+    assert encode_module(loaded, None, "") == encode_module(model, None, "")
+    assert _bitwise(_pass("block", loaded, np.random.default_rng(7)), _pass("block", model, np.random.default_rng(7)))
+    assert loaded.aux_loss == model.aux_loss
+    _train("block", loaded, np.random.default_rng(8), steps=2)
+    _train("block", model, np.random.default_rng(8), steps=2)
+    assert _bitwise(_state_arrays(loaded), _state_arrays(model))
+
+
 # ----- resuming training --------------------------------------------------------------------------
 RESUMABLE = {
     "MoE top-2 V-MoE noise": lambda: MoE(5, 3, 4, hidden=6, top_k=2, noise="vmoe", seed=0, balance={"switch": 0.01}),
