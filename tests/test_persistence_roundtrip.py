@@ -24,7 +24,7 @@ from numpy_moe.estimators import (HMEClassifier, HMERegressor, LocalExpertsClass
 from numpy_moe.gates import Routing, TopKGate
 from numpy_moe.io import archive
 from numpy_moe.io.records import encode_module
-from numpy_moe.layers import Module
+from numpy_moe.layers import MLP, Module
 from numpy_moe.moe import MoE
 from numpy_moe.optim import FTRL, SGD, Adam
 from numpy_moe.train import fit
@@ -436,3 +436,24 @@ def test_the_online_pass_of_the_classic_trainer_checks_the_optimiser_state_first
                                          r"\(4, 6, 2\)"):
         fit_local_experts(other, X, y % 2, optimizer=optimizer, epochs=1, seed=0)
     assert all(np.array_equal(p, params[k]) for k, p in other.named_parameters()) and _state(optimizer) == state
+
+
+# ----- the configuration is the model's, not the caller's lists and dicts -------------------------
+def test_changing_the_lists_and_dicts_a_model_was_built_from_changes_neither_its_configuration_nor_its_file(
+        tmp_path, rng):
+    # get_config() returned the very dict and list objects passed to the constructor: a caller who reused
+    # them (balance weights for the next model, a list of widths) changed the configuration of a model
+    # already built, so its file rebuilt another model (another balance loss: a different aux loss and
+    # gradient, silently) or could not be loaded at all (an MLP with a layer its file has no weights for).
+    balance, hidden = {"importance": 0.1}, [4, 6]
+    moe, mlp = MoE(5, 3, 4, top_k=2, balance=balance, seed=0), MLP(5, hidden, 3, seed=0)
+    balance["importance"], balance["switch"] = 5.0, 1.0
+    hidden.append(7)
+    assert moe.get_config()["balance"] == {"importance": 0.1} and mlp.get_config()["hidden"] == [4, 6]
+    moe.get_config()["balance"]["z_loss"] = 1.0  # nor does changing what get_config returned
+    assert moe.get_config()["balance"] == {"importance": 0.1}
+    x = rng.standard_normal((8, 5))
+    for model in (moe, mlp):
+        loaded = io.load(io.save(model, tmp_path / "m.npz")).eval()
+        np.testing.assert_array_equal(loaded.forward(x), model.eval().forward(x))
+        assert loaded.aux_loss == model.aux_loss
