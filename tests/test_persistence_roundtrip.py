@@ -457,3 +457,19 @@ def test_changing_the_lists_and_dicts_a_model_was_built_from_changes_neither_its
         loaded = io.load(io.save(model, tmp_path / "m.npz")).eval()
         np.testing.assert_array_equal(loaded.forward(x), model.eval().forward(x))
         assert loaded.aux_loss == model.aux_loss
+
+
+@pytest.mark.parametrize("make", [lambda: TopKGate(5, 4, 2, noise="shazeer", seed=0),
+                                  lambda: __import__("numpy_moe.gates", fromlist=["x"]).ExpertChoiceGate(5, 4, 1.5,
+                                                                                                         seed=0)])
+def test_a_routing_survives_deepcopy_and_pickle_and_its_backward_is_the_same(make, rng):
+    gate = make()
+    routing = gate.forward(rng.standard_normal((12, 5)))
+    grad = {"weight": rng.standard_normal(routing.expert.shape)}
+    dx = gate.backward(grad)
+    for other in (copy.deepcopy(routing), pickle.loads(pickle.dumps(routing))):
+        assert type(other) is type(routing) and other._fields == routing._fields
+        assert _bitwise(_arrays(other), _arrays(routing)) and (other.top_k, other.convention) == (routing.top_k,
+                                                                                                   routing.convention)
+        gate.routing = other  # the backward reads the routing of its forward
+        assert _bitwise([gate.backward(grad)], [dx])
