@@ -9,7 +9,9 @@ that fails must leave what was there before as it was.
 import copy
 import errno
 import functools
+import os
 import pickle
+import stat
 
 import numpy as np
 import pytest
@@ -473,3 +475,14 @@ def test_a_routing_survives_deepcopy_and_pickle_and_its_backward_is_the_same(mak
                                                                                                    routing.convention)
         gate.routing = other  # the backward reads the routing of its forward
         assert _bitwise([gate.backward(grad)], [dx])
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX (os.mkfifo)")
+def test_a_save_over_a_special_file_refuses_instead_of_replacing_it(tmp_path):
+    # A save writes a temporary file and renames it over the target: over a named pipe (or, for root,
+    # os.devnull) that replaced the special file itself with a regular file.
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)
+    with pytest.raises(ValueError, match="pipe exists and is not a regular file"):
+        io.save(MoE(5, 3, 4, seed=0), pipe)
+    assert stat.S_ISFIFO(os.stat(pipe).st_mode) and _listing(tmp_path) == ["pipe"]

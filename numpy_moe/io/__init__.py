@@ -71,9 +71,10 @@ DEFAULT_MAX_BYTES = 2 * 2 ** 30
 def save(obj, path):
     """Write a Module or an estimator to ``path`` (the name is used as given), atomically; returns ``path``.
 
-    Raises TypeError for an object or an argument with no JSON form, ValueError for NaN or inf weights
-    or a Pipeline with a ``memory`` cache directory (which loading refuses); ``path`` is untouched then,
-    and whenever writing fails.
+    Raises TypeError for an object or an argument with no JSON form, ValueError for NaN or inf weights,
+    a Pipeline with a ``memory`` cache directory (which loading refuses), an empty ``path`` or one that
+    exists and is not a regular file (a pipe, a device); ``path`` is untouched then, and whenever writing
+    fails.
     """
     _check_path(path)
     arrays = {}

@@ -3,7 +3,9 @@
 Writing goes to a temporary file in the target's directory, which is flushed, synced to disk and then
 renamed over the target (``os.replace``, atomic on POSIX and Windows): a save that fails for any reason
 (a full disk, a file-size limit, Ctrl-C) leaves the previous file byte-identical and no temporary file
-behind. A symbolic link at the target is itself replaced: the file it pointed to is never written.
+behind. A symbolic link at the target is itself replaced: the file it pointed to is never written. A
+target that exists and is not a regular file (a pipe, a device such as os.devnull) is refused: the rename
+would replace it.
 
 Reading never trusts the archive. Before zipfile parses the zip directory (into objects of about nine
 times its size), the directory's end record must announce at most ``MAX_ENTRIES`` entries and a directory
@@ -237,6 +239,9 @@ def _stage(path, write):
         raise IsADirectoryError(f"{path} is a directory; pass a file name")
     if not os.path.basename(path):  # "out/": no file name, and a rename onto it fails only after writing
         raise IsADirectoryError(f"{path} ends with a path separator; pass a file name")
+    if os.path.exists(path) and not os.path.isfile(path):  # the rename would replace a pipe, os.devnull, ...
+        raise ValueError(f"{path} exists and is not a regular file (a pipe or a device?): saving replaces the "
+                         "target with a new file; pass the name of a regular file")
     directory = os.path.dirname(os.path.abspath(path))
     try:
         fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
