@@ -486,3 +486,17 @@ def test_a_save_over_a_special_file_refuses_instead_of_replacing_it(tmp_path):
     with pytest.raises(ValueError, match="pipe exists and is not a regular file"):
         io.save(MoE(5, 3, 4, seed=0), pipe)
     assert stat.S_ISFIFO(os.stat(pipe).st_mode) and _listing(tmp_path) == ["pipe"]
+
+
+def test_a_new_file_gets_the_umask_mode_without_the_save_changing_the_umask(tmp_path, monkeypatch):
+    # The mode for a new file was read by setting the umask to 0 and back: os.umask is process-wide, so a
+    # file another thread created in between was created world-writable.
+    umask = os.umask(0o022)
+    os.umask(umask)
+    calls = []
+    monkeypatch.setattr(os, "umask", lambda mask: calls.append(mask) or umask)
+    path = io.save(MoE(5, 3, 4, seed=0), tmp_path / "new.npz")
+    assert calls == [] and os.stat(path).st_mode & 0o777 == 0o666 & ~umask
+    os.chmod(path, 0o640)  # and a file replaced keeps its mode
+    io.save(MoE(5, 3, 4, seed=1), path)
+    assert os.stat(path).st_mode & 0o777 == 0o640 and _listing(tmp_path) == ["new.npz"]
