@@ -206,6 +206,22 @@ def test_the_stateful_examples_do_change_their_buffers_and_draw_noise():
         assert all(np.any(b != 0) for b in buffers), name
 
 
+@pytest.mark.parametrize("make", [lambda: TopKGate(5, 4, 2, noise="shazeer", seed=0),
+                                  lambda: __import__("numpy_moe.gates", fromlist=["x"]).ExpertChoiceGate(5, 4, 1.5,
+                                                                                                         seed=0)])
+def test_a_routing_survives_deepcopy_and_pickle_and_its_backward_is_the_same(make, rng):
+    gate = make()
+    routing = gate.forward(rng.standard_normal((12, 5)))
+    grad = {"weight": rng.standard_normal(routing.expert.shape)}
+    dx = gate.backward(grad)
+    for other in (copy.deepcopy(routing), pickle.loads(pickle.dumps(routing))):
+        assert type(other) is type(routing) and other._fields == routing._fields
+        assert _bitwise(_arrays(other), _arrays(routing)) and (other.top_k, other.convention) == (routing.top_k,
+                                                                                                   routing.convention)
+        gate.routing = other  # the backward reads the routing of its forward
+        assert _bitwise([gate.backward(grad)], [dx])
+
+
 def _preset_blocks():
     from numpy_moe import presets
     from numpy_moe.conformance import CONFIGS
@@ -286,6 +302,40 @@ def test_a_loaded_noisy_estimator_continues_training_reproducibly_from_its_rando
     for (name, p), (_, q) in zip(first.model_.named_parameters(), second.model_.named_parameters()):
         assert np.array_equal(p, q), name
     assert first.model_.gate.rng is first._rng  # the noise follows random_state, as in a fitted estimator
+
+
+ESTIMATORS = {
+    "MoEClassifier noise": (lambda: MoEClassifier(top_k=2, noise="vmoe", epochs=2, random_state=0), "classes"),
+    "MoERegressor sgd": (lambda: MoERegressor(optimizer="sgd", epochs=2, random_state=0), "values"),
+    "MoEClassifier ftrl": (lambda: MoEClassifier(optimizer="ftrl", epochs=2, random_state=0), "classes"),
+    "LocalExpertsClassifier": (lambda: LocalExpertsClassifier(epochs=2, random_state=0), "classes"),
+    "LocalExpertsRegressor": (lambda: LocalExpertsRegressor(epochs=2, random_state=0), "values"),
+    "HMEClassifier": (lambda: HMEClassifier(tree=[2, 2], max_iter=3, random_state=0), "classes"),
+    "HMERegressor": (lambda: HMERegressor(tree=[2, 2], max_iter=3, random_state=0), "values"),
+}
+
+
+@pytest.mark.parametrize("name", ESTIMATORS)
+def test_fitted_estimators_copy_pickle_and_clone(name, rng):
+    """pickle and deepcopy keep everything, the private optimiser and generator included: predictions are the
+    same and partial_fit continues bit for bit. clone gives an unfitted estimator of the same parameters, and
+    get_params / set_params round-trip."""
+    make, task = ESTIMATORS[name]
+    X = rng.standard_normal((40, 4))
+    y = np.arange(40) % 3 if task == "classes" else X[:, 0] - 0.5 * X[:, 1]
+    est = make().fit(X, y)
+    clone_ = clone(est)
+    assert clone_.get_params() == est.get_params() and not [k for k in vars(clone_) if k.endswith("_")]
+    assert make().set_params(**est.get_params()).get_params() == est.get_params()
+    for other in (pickle.loads(pickle.dumps(est)), copy.deepcopy(est)):
+        assert type(other) is type(est) and other.get_params() == est.get_params()
+        np.testing.assert_array_equal(other.predict(X), est.predict(X))
+        if hasattr(est, "predict_proba"):
+            np.testing.assert_array_equal(other.predict_proba(X), est.predict_proba(X))
+        if hasattr(est, "partial_fit"):
+            ahead = copy.deepcopy(est).partial_fit(X, y)
+            other.partial_fit(X, y)
+            assert _bitwise(_state_arrays(other.model_), _state_arrays(ahead.model_)) and other.n_iter_ == ahead.n_iter_
 
 
 # ----- a save that fails leaves the target as it was and no temporary file -------------------------
@@ -369,6 +419,31 @@ def test_a_failing_framework_import_leaves_the_callers_state_dict_as_it_was():
     assert state.keys() == before.keys() and all(np.array_equal(state[k], before[k]) for k in state)
 
 
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX (os.mkfifo)")
+def test_a_save_over_a_special_file_refuses_instead_of_replacing_it(tmp_path):
+    # A save writes a temporary file and renames it over the target: over a named pipe (or, for root,
+    # os.devnull) that replaced the special file itself with a regular file.
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)
+    with pytest.raises(ValueError, match="pipe exists and is not a regular file"):
+        io.save(MoE(5, 3, 4, seed=0), pipe)
+    assert stat.S_ISFIFO(os.stat(pipe).st_mode) and _listing(tmp_path) == ["pipe"]
+
+
+def test_a_new_file_gets_the_umask_mode_without_the_save_changing_the_umask(tmp_path, monkeypatch):
+    # The mode for a new file was read by setting the umask to 0 and back: os.umask is process-wide, so a
+    # file another thread created in between was created world-writable.
+    umask = os.umask(0o022)
+    os.umask(umask)
+    calls = []
+    monkeypatch.setattr(os, "umask", lambda mask: calls.append(mask) or umask)
+    path = io.save(MoE(5, 3, 4, seed=0), tmp_path / "new.npz")
+    assert calls == [] and os.stat(path).st_mode & 0o777 == 0o666 & ~umask
+    os.chmod(path, 0o640)  # and a file replaced keeps its mode
+    io.save(MoE(5, 3, 4, seed=1), path)
+    assert os.stat(path).st_mode & 0o777 == 0o640 and _listing(tmp_path) == ["new.npz"]
+
+
 # ----- an optimiser step that fails changes nothing ------------------------------------------------
 def _state(optimizer):
     return pickle.dumps(vars(optimizer))  # every moment, accumulator and counter, bit for bit
@@ -389,40 +464,6 @@ def test_an_optimiser_step_that_fails_changes_neither_the_model_nor_the_optimise
                                          r"has shape \(4, 5, 9\)"):
         optimizer.step(other)
     assert all(np.array_equal(p, params[k]) for k, p in other.named_parameters()) and _state(optimizer) == state
-
-
-ESTIMATORS = {
-    "MoEClassifier noise": (lambda: MoEClassifier(top_k=2, noise="vmoe", epochs=2, random_state=0), "classes"),
-    "MoERegressor sgd": (lambda: MoERegressor(optimizer="sgd", epochs=2, random_state=0), "values"),
-    "MoEClassifier ftrl": (lambda: MoEClassifier(optimizer="ftrl", epochs=2, random_state=0), "classes"),
-    "LocalExpertsClassifier": (lambda: LocalExpertsClassifier(epochs=2, random_state=0), "classes"),
-    "LocalExpertsRegressor": (lambda: LocalExpertsRegressor(epochs=2, random_state=0), "values"),
-    "HMEClassifier": (lambda: HMEClassifier(tree=[2, 2], max_iter=3, random_state=0), "classes"),
-    "HMERegressor": (lambda: HMERegressor(tree=[2, 2], max_iter=3, random_state=0), "values"),
-}
-
-
-@pytest.mark.parametrize("name", ESTIMATORS)
-def test_fitted_estimators_copy_pickle_and_clone(name, rng):
-    """pickle and deepcopy keep everything, the private optimiser and generator included: predictions are the
-    same and partial_fit continues bit for bit. clone gives an unfitted estimator of the same parameters, and
-    get_params / set_params round-trip."""
-    make, task = ESTIMATORS[name]
-    X = rng.standard_normal((40, 4))
-    y = np.arange(40) % 3 if task == "classes" else X[:, 0] - 0.5 * X[:, 1]
-    est = make().fit(X, y)
-    clone_ = clone(est)
-    assert clone_.get_params() == est.get_params() and not [k for k in vars(clone_) if k.endswith("_")]
-    assert make().set_params(**est.get_params()).get_params() == est.get_params()
-    for other in (pickle.loads(pickle.dumps(est)), copy.deepcopy(est)):
-        assert type(other) is type(est) and other.get_params() == est.get_params()
-        np.testing.assert_array_equal(other.predict(X), est.predict(X))
-        if hasattr(est, "predict_proba"):
-            np.testing.assert_array_equal(other.predict_proba(X), est.predict_proba(X))
-        if hasattr(est, "partial_fit"):
-            ahead = copy.deepcopy(est).partial_fit(X, y)
-            other.partial_fit(X, y)
-            assert _bitwise(_state_arrays(other.model_), _state_arrays(ahead.model_)) and other.n_iter_ == ahead.n_iter_
 
 
 @pytest.mark.parametrize("make", [lambda: Adam(0.01), lambda: SGD(0.05, momentum=0.9), lambda: FTRL(0.1)])
@@ -459,44 +500,3 @@ def test_changing_the_lists_and_dicts_a_model_was_built_from_changes_neither_its
         loaded = io.load(io.save(model, tmp_path / "m.npz")).eval()
         np.testing.assert_array_equal(loaded.forward(x), model.eval().forward(x))
         assert loaded.aux_loss == model.aux_loss
-
-
-@pytest.mark.parametrize("make", [lambda: TopKGate(5, 4, 2, noise="shazeer", seed=0),
-                                  lambda: __import__("numpy_moe.gates", fromlist=["x"]).ExpertChoiceGate(5, 4, 1.5,
-                                                                                                         seed=0)])
-def test_a_routing_survives_deepcopy_and_pickle_and_its_backward_is_the_same(make, rng):
-    gate = make()
-    routing = gate.forward(rng.standard_normal((12, 5)))
-    grad = {"weight": rng.standard_normal(routing.expert.shape)}
-    dx = gate.backward(grad)
-    for other in (copy.deepcopy(routing), pickle.loads(pickle.dumps(routing))):
-        assert type(other) is type(routing) and other._fields == routing._fields
-        assert _bitwise(_arrays(other), _arrays(routing)) and (other.top_k, other.convention) == (routing.top_k,
-                                                                                                   routing.convention)
-        gate.routing = other  # the backward reads the routing of its forward
-        assert _bitwise([gate.backward(grad)], [dx])
-
-
-@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX (os.mkfifo)")
-def test_a_save_over_a_special_file_refuses_instead_of_replacing_it(tmp_path):
-    # A save writes a temporary file and renames it over the target: over a named pipe (or, for root,
-    # os.devnull) that replaced the special file itself with a regular file.
-    pipe = tmp_path / "pipe"
-    os.mkfifo(pipe)
-    with pytest.raises(ValueError, match="pipe exists and is not a regular file"):
-        io.save(MoE(5, 3, 4, seed=0), pipe)
-    assert stat.S_ISFIFO(os.stat(pipe).st_mode) and _listing(tmp_path) == ["pipe"]
-
-
-def test_a_new_file_gets_the_umask_mode_without_the_save_changing_the_umask(tmp_path, monkeypatch):
-    # The mode for a new file was read by setting the umask to 0 and back: os.umask is process-wide, so a
-    # file another thread created in between was created world-writable.
-    umask = os.umask(0o022)
-    os.umask(umask)
-    calls = []
-    monkeypatch.setattr(os, "umask", lambda mask: calls.append(mask) or umask)
-    path = io.save(MoE(5, 3, 4, seed=0), tmp_path / "new.npz")
-    assert calls == [] and os.stat(path).st_mode & 0o777 == 0o666 & ~umask
-    os.chmod(path, 0o640)  # and a file replaced keeps its mode
-    io.save(MoE(5, 3, 4, seed=1), path)
-    assert os.stat(path).st_mode & 0o777 == 0o640 and _listing(tmp_path) == ["new.npz"]
