@@ -500,3 +500,15 @@ def test_changing_the_lists_and_dicts_a_model_was_built_from_changes_neither_its
         loaded = io.load(io.save(model, tmp_path / "m.npz")).eval()
         np.testing.assert_array_equal(loaded.forward(x), model.eval().forward(x))
         assert loaded.aux_loss == model.aux_loss
+
+
+def test_a_layer_that_holds_part_of_a_model_is_refused_before_anything_is_written(tmp_path):
+    # ExpertParallelMoE is deliberately not loadable (each rank holds only its own experts), but io.save
+    # wrote it, over any file already there, and only loading said "not registered ... register it".
+    from numpy_moe.parallel import ExpertParallelMoE
+    path = io.save(MoE(5, 3, 4, seed=0), tmp_path / "m.npz")
+    before = path.read_bytes()
+    layer = ExpertParallelMoE.__new__(ExpertParallelMoE)  # without MPI: save refuses the class, not the object
+    with pytest.raises(TypeError, match="cannot save ExpertParallelMoE: each rank holds only its own experts"):
+        io.save(layer, path)
+    assert path.read_bytes() == before and _listing(tmp_path) == ["m.npz"]
