@@ -271,6 +271,7 @@ def train_epoch(model, X, y, optimizer, batch_size=1, seed=None, epoch=1):
     xp = get_array_module(X)
     if (batch_size == 1 and type(model) is LocalExperts and type(optimizer) in (SGD, Adam, FTRL)
             and xp.__name__ == "numpy"):
+        optimizer._check_shapes(list(model.named_parameters()))  # as step does, before the pass changes anything
         saved = divergence.snapshot(model, optimizer)
         X1 = xp.concatenate([X, xp.ones((N, 1), dtype=X.dtype)], axis=1)[order]  # rows x̃ in visiting order
         try:

@@ -125,6 +125,16 @@ def _needs_forward(method):
     return backward
 
 
+def _copy_containers(value):
+    """``value`` with its lists, tuples and dicts (nested) copied; anything else (a child module, a
+    generator, a balance loss) is the same object."""
+    if type(value) in (list, tuple):
+        return type(value)(_copy_containers(v) for v in value)
+    if type(value) is dict:
+        return {k: _copy_containers(v) for k, v in value.items()}
+    return value
+
+
 class Module:
     """Base class: parameter bookkeeping, child traversal, train/eval mode, construction config.
 
@@ -145,16 +155,19 @@ class Module:
 
     def __new__(cls, *args, **kwargs):
         self = super().__new__(cls)
-        self._init_args = (args, kwargs)  # what the caller passed to the constructor, for get_config()
+        # what the caller passed to the constructor, for get_config(); lists and dicts copied, so that a
+        # caller who changes them afterwards does not change the configuration (and the saved file)
+        self._init_args = (_copy_containers(args), _copy_containers(kwargs))
         return self
 
     def get_config(self):
         """The constructor's arguments by name, defaults filled in: ``type(m).from_config(m.get_config())``
-        builds a module of the same architecture (with freshly drawn parameters)."""
+        builds a module of the same architecture (with freshly drawn parameters). Lists, tuples and dicts
+        are copies: changing them changes neither the module nor its configuration."""
         args, kwargs = self._init_args
         bound = inspect.signature(type(self).__init__).bind(self, *args, **kwargs)
         bound.apply_defaults()
-        return dict(list(bound.arguments.items())[1:])  # without self
+        return _copy_containers(dict(list(bound.arguments.items())[1:]))  # without self
 
     @classmethod
     def from_config(cls, config):

@@ -10,17 +10,39 @@ from .validation import check_real
 
 
 class Optimizer:
-    """Base: ``step(model)`` calls ``update(name, param, grad)`` for every parameter."""
+    """Base: ``step(model)`` calls ``update(name, param, grad)`` for every parameter.
+
+    ``step`` checks every gradient and every piece of per-parameter state (the dicts named in ``_state``)
+    against its parameter's shape before it changes anything: a step that raises leaves the model and the
+    optimiser as they were.
+    """
+    _state = ()  # the attributes holding per-parameter state: dicts parameter name -> array
 
     def __init__(self, lr, name="lr"):
         self.lr = check_real(lr, name, 0, low_open=True)  # finite: lr=inf turns every weight into NaN
         self.t = 0
 
     def step(self, model):
-        self.t += 1
         grads = dict(model.named_grads())
-        for name, p in model.named_parameters():
+        params = list(model.named_parameters())
+        self._check_shapes(params, grads)
+        self.t += 1
+        for name, p in params:
             self.update(name, p, grads[name])
+
+    def _check_shapes(self, params, grads=None):
+        """ValueError naming the parameter when a gradient (of ``grads``, when given), or this optimiser's state
+        for it (kept from another model with the same parameter names), does not have the parameter's shape."""
+        for name, p in params:
+            if grads is not None and tuple(grads[name].shape) != tuple(p.shape):
+                raise ValueError(f"the gradient of {name!r} has shape {tuple(grads[name].shape)}; the parameter "
+                                 f"has shape {tuple(p.shape)}")
+            for key in self._state:
+                s = getattr(self, key).get(name)
+                if s is not None and tuple(s.shape) != tuple(p.shape):
+                    raise ValueError(f"this {type(self).__name__} holds state for {name!r} of shape "
+                                     f"{tuple(s.shape)}; the parameter has shape {tuple(p.shape)}: the state was "
+                                     "kept from another model, so use a new optimiser for each model")
 
     def update(self, name, p, g):
         raise NotImplementedError
@@ -36,6 +58,7 @@ class SGD(Optimizer):
     -----
     v <- momentum v + g; w <- w - lr v (momentum 0: w <- w - lr g); after each epoch lr <- lr * decay.
     """
+    _state = ("velocity",)
 
     def __init__(self, lr=0.01, momentum=0.0, decay=1.0):
         super().__init__(lr)
@@ -69,6 +92,7 @@ class Adam(Optimizer):
     (a quarter faster on the 1 MB expert weights of post 000's image model).
     """
     chunk = 65536
+    _state = ("m", "v")
 
     def __init__(self, lr=0.001, beta1=0.9, beta2=0.999, eps=1e-8):
         super().__init__(lr)
@@ -126,6 +150,7 @@ class FTRL(Optimizer):
     constant α / β and FTRL is plain SGD. With λ1 > 0 coordinates with |z| <= λ1 are exactly zero.
     Keras' Ftrl differs (n starts at 0.1, its l2 is λ2 / 2, extra shrinkage); this follows the paper.
     """
+    _state = ("z", "n")
 
     def __init__(self, alpha=1.0, beta=0.2, l1=0.0, l2=0.0):
         super().__init__(alpha, "alpha")

@@ -29,6 +29,17 @@ def _generator(random_state):
     return default_rng(random_state)
 
 
+def _share_generator(model, rng):
+    """Give every module of ``model`` that draws noise (a noisy gate's ``rng``) the generator ``rng``.
+
+    A built model shares the estimator's generator (``_build`` seeds it with it); a loaded one was rebuilt
+    without a seed, so its noise would come from an unseeded generator and ignore ``random_state``.
+    """
+    for m in model.modules():
+        if isinstance(getattr(m, "rng", None), numpy.random.Generator):
+            m.rng = rng
+
+
 def _positive_int(value, name):
     if isinstance(value, bool) or not isinstance(value, (int, numpy.integer)):
         raise TypeError(f"{name}={value!r} must be an integer >= 1, not a {type(value).__name__}")
@@ -160,6 +171,7 @@ class _Estimator(BaseEstimator):
             y = self._start(X, y, classes) if first else self._targets(y, False, classes)[0]
             if not hasattr(self, "_optimizer"):  # a loaded estimator: optimiser state is not saved
                 self._rng, self._optimizer = _generator(self.random_state), self._new_optimizer()
+                _share_generator(self.model_, self._rng)
             return self._train(X, y, 1, stop=False)
 
     def _transaction(self):

@@ -20,10 +20,16 @@ A file is an ordinary ``.npz`` archive, readable with ``numpy.load(path, allow_p
   named ``<prefix>buffer:<dotted name>``.
 
 Loading rebuilds a module with ``Cls.from_config(config)`` and overwrites every parameter, so no new
-Module subclass needs saving code. The ``seed`` argument is not stored: it only drew the initial weights,
-which the stored ones replace. Training state that is not a parameter or a buffer (an optimiser's
-moments) is not saved: ``partial_fit`` after loading starts a fresh optimiser. Version 1 files (no
-buffers) still load.
+Module subclass needs saving code. The ``seed`` argument is not stored: it drew the initial weights,
+which the stored ones replace, and it seeded the generator a noisy gate draws its noise from
+(``TopKGate(noise=...)``, ``ScoreGate(jitter=...)``), whose state a file does not hold either: a loaded
+gate draws from a fresh, unseeded generator (assign a seeded one to its ``rng`` to replay a run). Nor is
+the mode: a loaded module is in training mode, as a newly built one is; call ``eval()`` before
+predicting with a noisy gate. Training state that is not a parameter or a buffer (an optimiser's
+moments) is not saved: ``partial_fit`` after loading starts a fresh optimiser, and a fresh generator
+from ``random_state`` for the shuffling and the gate's noise. To resume training bit for bit, keep the
+model, the optimiser and the generators together (``copy.deepcopy``, or pickle into a file only you
+write: a pickle runs code when loaded). Version 1 files (no buffers) still load.
 
 Loading a file from someone else
 --------------------------------
@@ -65,9 +71,10 @@ DEFAULT_MAX_BYTES = 2 * 2 ** 30
 def save(obj, path):
     """Write a Module or an estimator to ``path`` (the name is used as given), atomically; returns ``path``.
 
-    Raises TypeError for an object or an argument with no JSON form, ValueError for NaN or inf weights
-    or a Pipeline with a ``memory`` cache directory (which loading refuses); ``path`` is untouched then,
-    and whenever writing fails.
+    Raises TypeError for an object or an argument with no JSON form, ValueError for NaN or inf weights,
+    a Pipeline with a ``memory`` cache directory (which loading refuses), an empty ``path`` or one that
+    exists and is not a regular file (a pipe, a device); ``path`` is untouched then, and whenever writing
+    fails.
     """
     _check_path(path)
     arrays = {}

@@ -3,7 +3,9 @@
 Writing goes to a temporary file in the target's directory, which is flushed, synced to disk and then
 renamed over the target (``os.replace``, atomic on POSIX and Windows): a save that fails for any reason
 (a full disk, a file-size limit, Ctrl-C) leaves the previous file byte-identical and no temporary file
-behind. A symbolic link at the target is itself replaced: the file it pointed to is never written.
+behind. A symbolic link at the target is itself replaced: the file it pointed to is never written. A
+target that exists and is not a regular file (a pipe, a device such as os.devnull) is refused: the rename
+would replace it.
 
 Reading never trusts the archive. Before zipfile parses the zip directory (into objects of about nine
 times its size), the directory's end record must announce at most ``MAX_ENTRIES`` entries and a directory
@@ -15,10 +17,11 @@ when the directory is malformed. Array data are decompressed only by :meth:`Arch
 which reads exactly the bytes the header announced: a deflated entry that expands to gigabytes costs no
 more memory than its header's shape.
 """
+import errno
 import math
 import os
+import secrets
 import struct
-import tempfile
 import zipfile
 
 import numpy
@@ -231,16 +234,29 @@ def replace_together(files):
 def _stage(path, write):
     """(temporary file, path): ``write(f)`` into a synced temporary file beside ``path``, of ``path``'s mode."""
     path = os.fsdecode(path)  # a bytes path too: the temporary file's name is built from str parts
+    if not path:  # abspath("") is the working directory: the temporary file would go into its parent
+        raise ValueError("path='' is empty; pass a file name")
     if os.path.isdir(path):
         raise IsADirectoryError(f"{path} is a directory; pass a file name")
+    if not os.path.basename(path):  # "out/": no file name, and a rename onto it fails only after writing
+        raise IsADirectoryError(f"{path} ends with a path separator; pass a file name")
+    if os.path.exists(path) and not os.path.isfile(path):  # the rename would replace a pipe, os.devnull, ...
+        raise ValueError(f"{path} exists and is not a regular file (a pipe or a device?): saving replaces the "
+                         "target with a new file; pass the name of a regular file")
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    try:
+        fd, tmp = _create_beside(path, directory)
+    except FileNotFoundError as err:  # its message names the temporary file, not the target
+        raise FileNotFoundError(err.errno, f"cannot write {path}: its directory {directory} does not exist") from err
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, _mode_for(path))
+        try:
+            os.chmod(tmp, os.stat(path).st_mode & 0o7777)  # the mode of the file it replaces
+        except FileNotFoundError:
+            pass  # a new file: the mode it was created with
     except BaseException:
         try:
             os.unlink(tmp)
@@ -250,13 +266,22 @@ def _stage(path, write):
     return tmp, path
 
 
-def _mode_for(path):
-    try:
-        return os.stat(path).st_mode & 0o7777
-    except FileNotFoundError:
-        umask = os.umask(0)
-        os.umask(umask)
-        return 0o666 & ~umask
+def _create_beside(path, directory):
+    """(descriptor, name) of a new temporary file in ``directory``, open for writing.
+
+    Created with mode 0666, which the process's umask reduces: the mode of any new file, without reading
+    the umask (``os.umask`` sets it for every thread of the process at once, so reading it by setting it
+    made files that other threads created meanwhile world-writable). ``O_EXCL``: never an existing file or
+    a symbolic link planted under the name.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0) | getattr(os, "O_NOFOLLOW", 0)
+    for _ in range(100):
+        tmp = os.path.join(directory, f".{os.path.basename(path)}.{secrets.token_hex(4)}.tmp")
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, f"cannot write {path}: no free temporary file name in {directory}")
 
 
 def _sync_directory(directory):

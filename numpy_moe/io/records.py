@@ -19,7 +19,7 @@ import numpy
 from ..backend import asarray, to_numpy
 from ..layers import Module, ParameterBudgetError, parameter_budget
 from .archive import FileError
-from .registry import class_name, lookup
+from .registry import UNSAVABLE, class_name, lookup
 
 MAX_DEPTH = 64
 BUFFER_TAG = "buffer:"
@@ -30,6 +30,9 @@ _TAGS = ("__module__", "__estimator__", "__array__", "__strings__", "__tuple__")
 # ----- writing ------------------------------------------------------------------------------------
 def encode_module(m, arrays, prefix):
     """Record of a Module; with an ``arrays`` dict, its parameters and buffers are stored there."""
+    reason = UNSAVABLE.get(class_name(type(m)))
+    if reason is not None:
+        raise TypeError(f"cannot save {type(m).__name__}: {reason}")
     config = {k: v for k, v in m.get_config().items() if k != "seed"}
     record = {"class": class_name(type(m)), "config": encode(config, "config", None, prefix)}
     if arrays is not None:

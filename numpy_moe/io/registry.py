@@ -14,7 +14,7 @@ The registry holds
 - what the program registers itself with :func:`register` (a Module defined in your own code).
 
 numpy_moe.parallel's ExpertParallelMoE is not registered: each rank holds only its own experts, so a
-file written by one rank would be a partial model.
+file written by one rank would be a partial model; io.save refuses it (:data:`UNSAVABLE`).
 """
 import importlib
 import inspect
@@ -59,6 +59,14 @@ SKLEARN_CLASSES = (
     ("sklearn.decomposition", "PCA"),
 )  # transformers whose whole fitted state is public attributes (PolynomialFeatures, SimpleImputer keep
 #    private ones, which a file does not hold)
+
+# Classes io.save refuses, with the reason: a file of one would be a model no one can load.
+UNSAVABLE = {
+    "numpy_moe.parallel.moe:ExpertParallelMoE": "each rank holds only its own experts, so a file would hold part "
+                                                "of the layer (and io does not load it); copy the gate and every "
+                                                "rank's experts into a numpy_moe.moe.MoE of the same arguments and "
+                                                "save that",
+}
 
 _registry = {}
 _builtins_loaded = []
