@@ -37,3 +37,57 @@ def test_capacity_ceil_reads_products_as_their_decimal_factor():
     assert 100 * 2 * 1.1 / 4 != 55 and capacity_ceil(100 * 2 * 1.1 / 4) == 55
     assert capacity_ceil(0.0) == 0 and capacity_ceil(1.0) == 1 and capacity_ceil(1.5) == 2
     assert capacity_ceil(0.9999999999999999) == 1 and capacity_ceil(2.0000001) == 3
+
+
+# ----- Sinkhorn with far-apart logits (MATH.md §10.11) ---------------------------------------------------------
+
+def log_sinkhorn(h, iters=2000):
+    """The reference: Sinkhorn's plan of exp(h) in the log domain, float64, without Megatron's eps (nothing
+    underflows): log P = h + a_n + b_e with rows summing to 1/N and columns to 1/E."""
+    from scipy.special import logsumexp
+    N, E = h.shape
+    h = np.asarray(h, dtype=np.float64)
+    a, b = np.zeros(N), np.zeros(E)
+    for _ in range(iters):
+        a = -np.log(N) - logsumexp(h + b, axis=1)
+        b = -np.log(E) - logsumexp(h + a[:, None], axis=0)
+    return h + a[:, None] + b
+
+
+def test_sinkhorn_balances_an_expert_whose_exp_underflows_everywhere():
+    """Every sample ranks expert 2 about 800 below the others, so exp underflows to 0 in its whole column in
+    float64: Sinkhorn's plan (a row and column scaling of exp(h)) still gives it 1/E of the mass, as the
+    log-domain reference does. The old plan left the column at 0 (no sample routed there) and reported
+    convergence."""
+    from numpy_moe.gates.sinkhorn_gate import sinkhorn
+    h = np.random.default_rng(0).standard_normal((9, 3)) + np.array([0.0, 0.0, -800.0])
+    res = sinkhorn(h)
+    assert res.converged
+    np.testing.assert_allclose(res.plan.sum(axis=0), 1 / 3, rtol=1e-6)  # the columns: 1/E up to eps
+    np.testing.assert_allclose(res.plan.sum(axis=1), 1 / 9, rtol=1e-3)  # the rows: 1/N up to E tol / min d1
+    ref = log_sinkhorn(h)
+    np.testing.assert_array_equal(res.plan.argmax(axis=1), ref.argmax(axis=1))
+    assert np.bincount(res.plan.argmax(axis=1), minlength=3)[2] > 0  # the old plan sent none there
+
+
+def test_sinkhorn_gate_routes_a_sample_whose_exp_underflows_by_its_own_logits():
+    """float32: one sample's logits all lie ~200 below the others' (exp underflows to 0 on its whole row). It
+    must go where the log-domain reference plan sends it, not to expert 0 by the tie rule of an all-zero row."""
+    from numpy_moe.gates import SinkhornGate
+    E = 4
+    gate = SinkhornGate(E, E, top_k=1, dtype="float32", seed=0)
+    gate.params["W"][...] = np.eye(E, dtype=np.float32)  # the logits are the input
+    x = np.random.default_rng(1).standard_normal((8, E)).astype(np.float32)
+    x[3] = np.array([-200.0, -197.0, -199.0, -198.5], dtype=np.float32)
+    r = gate.forward(x)
+    ref = log_sinkhorn(x).argmax(axis=1)
+    assert ref[3] != 0
+    np.testing.assert_array_equal(r.expert, ref)
+
+
+def test_sinkhorn_refuses_a_row_without_any_finite_logit():
+    from numpy_moe.gates.sinkhorn_gate import sinkhorn
+    h = np.zeros((3, 2))
+    h[1] = -np.inf
+    with pytest.raises(ValueError, match="sample .* -inf throughout"):
+        sinkhorn(h)
