@@ -109,3 +109,69 @@ def test_float32_shazeer_load_over_a_long_batch_matches_float64():
         loss(route_topk(c, 1, "softmax_then_topk", c, np.full_like(c, 0.25), None))
         loads.append(loss.load.astype(np.float64))
     assert np.abs(loads[0] - loads[1]).max() / loads[1].max() < 1e-6
+
+
+# ----- optimisers at zero and huge gradients (MATH.md §6.2, §6.3) ------------------------------------------
+
+class OneTensor:
+    """The smallest model an optimiser steps: one parameter "w" and its gradient."""
+
+    def __init__(self, w, g):
+        self.w, self.g = w, g
+
+    def named_parameters(self):
+        yield "w", self.w
+
+    def named_grads(self):
+        yield "w", self.g
+
+
+def adam_reference(w, grads, lr, beta1=0.9, beta2=0.999, eps=1e-8):
+    """Adam's update (Kingma & Ba 2015, Algorithm 1) in Python floats for one coordinate, with the gradient
+    scaled by s = 1 / max|g| first: m / sqrt(v) is unchanged by the scale, eps becomes eps s."""
+    s = 1.0 / max(abs(g) for g in grads)
+    m = v = 0.0
+    for t, g in enumerate(grads, 1):
+        m = beta1 * m + (1 - beta1) * g * s
+        v = beta2 * v + (1 - beta2) * (g * s) ** 2
+        w -= lr * (m / (1 - beta1 ** t)) / ((v / (1 - beta2 ** t)) ** 0.5 + eps * s)
+    return w
+
+
+def test_adam_refuses_a_gradient_whose_square_overflows_its_second_moment():
+    """float32 |g| = 1e21: (1 - β2) g² = 1e39 is past float32's range, so v = inf and the update m / inf = 0, at
+    this step and (v staying inf) at every later one: the old Adam left the weight frozen without a word. It
+    now raises, naming the parameter, with the weight and its moments as they were."""
+    from numpy_moe.optim import Adam
+    w = np.array([1.0, -2.0], dtype=np.float32)
+    model, opt = OneTensor(w, np.array([1e21, 1.0], dtype=np.float32)), Adam(0.1)
+    with pytest.raises(FloatingPointError, match="'w'.*second moment.*overflow float32"):
+        opt.step(model)
+    np.testing.assert_array_equal(w, [1.0, -2.0])
+    assert not opt.v["w"].any() and not opt.m["w"].any()
+    model.g[...] = 1.0  # an ordinary step afterwards moves the weights as a first step
+    opt.step(model)
+    np.testing.assert_allclose(w, [0.9, -2.1], rtol=1e-6)
+
+
+def test_adam_takes_huge_gradients_whose_second_moment_fits():
+    """|g| = 1e20 in float32: g² = 1e40 overflows but (1 - β2) g² = 1e37 fits, so v is exact and the steps are
+    Adam's (about lr each); the check's slow path must let them through unchanged."""
+    from numpy_moe.optim import Adam
+    grads = [1e20, -3e20, 2e20]
+    w = np.array([1.0], dtype=np.float32)
+    model, opt = OneTensor(w, np.zeros(1, dtype=np.float32)), Adam(0.1)
+    for g in grads:
+        model.g[0] = g
+        opt.step(model)
+    assert w[0] == pytest.approx(adam_reference(1.0, grads, 0.1), rel=1e-6)
+
+
+def test_ftrl_refuses_a_gradient_whose_square_overflows_n():
+    """float32 |g| = 1e20: g² overflows n, and the old weight became NaN (sqrt(inf) - sqrt(0) = inf times w, then
+    -inf / inf). Now FloatingPointError naming the parameter, the weight unchanged."""
+    from numpy_moe.optim import FTRL
+    w = np.array([1.0, 2.0], dtype=np.float32)
+    with pytest.raises(FloatingPointError, match="'w'.*sum of squared gradients n would overflow float32"):
+        FTRL().step(OneTensor(w, np.array([1e20, 0.0], dtype=np.float32)))
+    np.testing.assert_array_equal(w, [1.0, 2.0])
