@@ -141,6 +141,9 @@ class FTRL(Optimizer):
     constant α / β and FTRL is plain SGD. With λ1 > 0 coordinates with |z| <= λ1 are exactly zero.
     Keras' Ftrl differs (n starts at 0.1, its l2 is λ2 / 2, extra shrinkage); this follows the paper.
 
+    With β = λ2 = 0, a coordinate whose gradients have all been 0 has n = 0 and z = 0: the closed form's
+    denominator is 0 there and the weight is the paper's w = 0 (|z| <= λ1), computed without dividing 0 by 0
+    (which warned, or raised under ``numpy.seterr(all="raise")``).
     A gradient whose square overflows n (|g| > 1.8e19 in float32) would make the weight NaN: the step raises
     FloatingPointError naming the parameter before changing it.
     """
@@ -184,6 +187,8 @@ class FTRL(Optimizer):
             denom /= self.alpha
         if self.l2:
             denom += self.l2
+        elif not self.beta:  # denom = 0 where n = 0; where z = 0 too, w = 0 below, not 0 / 0
+            denom[(denom == 0) & (z == 0)] = 1
         xp.divide(z - xp.sign(z) * self.l1 if self.l1 else z, denom, out=p)
         xp.negative(p, out=p)  # -(a / b) == (-a) / b exactly
         p[xp.abs(z) <= self.l1] = 0

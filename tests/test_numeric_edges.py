@@ -167,6 +167,26 @@ def test_adam_takes_huge_gradients_whose_second_moment_fits():
     assert w[0] == pytest.approx(adam_reference(1.0, grads, 0.1), rel=1e-6)
 
 
+def test_ftrl_with_beta_zero_keeps_an_untouched_coordinate_at_zero_without_dividing_zero_by_zero():
+    """β = λ2 = 0 and a coordinate whose gradients are all 0: n = z = 0, so the closed form is 0 / 0 while McMahan
+    et al.'s Algorithm 1 says w = 0 (|z| <= λ1). The old update computed 0 / 0 (a RuntimeWarning, and under
+    numpy.seterr(all="raise") a FloatingPointError that the training loops took for divergence). The other
+    coordinate follows the paper's recursion, computed here in Python floats."""
+    from numpy_moe.optim import FTRL
+    w = np.array([0.7, 0.0])
+    model, opt = OneTensor(w, np.array([0.0, 0.5])), FTRL(alpha=1.0, beta=0.0)
+    z = n = 0.0  # coordinate 1 (w0 = 0, β = 0: z0 = 0)
+    wr = 0.0
+    for g in (0.5, -0.25, 0.5):
+        model.g[1] = g
+        with np.errstate(all="raise"):
+            opt.step(model)
+        sigma = ((n + g * g) ** 0.5 - n ** 0.5) / 1.0
+        z, n = z + g - sigma * wr, n + g * g
+        wr = -z / (n ** 0.5)
+        assert w[0] == 0.0 and w[1] == pytest.approx(wr, rel=1e-12)
+
+
 def test_ftrl_refuses_a_gradient_whose_square_overflows_n():
     """float32 |g| = 1e20: g² overflows n, and the old weight became NaN (sqrt(inf) - sqrt(0) = inf times w, then
     -inf / inf). Now FloatingPointError naming the parameter, the weight unchanged."""
