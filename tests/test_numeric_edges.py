@@ -195,3 +195,38 @@ def test_ftrl_refuses_a_gradient_whose_square_overflows_n():
     with pytest.raises(FloatingPointError, match="'w'.*sum of squared gradients n would overflow float32"):
         FTRL().step(OneTensor(w, np.array([1e20, 0.0], dtype=np.float32)))
     np.testing.assert_array_equal(w, [1.0, 2.0])
+
+
+# ----- Soft MoE with huge tokens (MATH.md §10.9) ---------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype,scale", [("float64", 1e160), ("float32", 1e20)])
+def test_soft_moe_routes_huge_tokens_by_their_direction(dtype, scale):
+    """The logits see x / sqrt(|x|² + 1e-6): for |x| = 1e160 (float64) or 1e20 (float32) that is x / |x|, the
+    direction of a moderate token s x (s = 1e3, where the 1e-6 is negligible too), so the dispatch and combine
+    weights must be those of s x. |x|² overflowed, the old normalised token was 0 and every weight uniform."""
+    from numpy_moe.soft_moe import SoftMoE
+    x = np.random.default_rng(0).standard_normal((6, 3))
+    layer = SoftMoE(3, 2, 2, slots=2, seed=0, dtype=dtype)
+    layer.forward((x * scale).astype(dtype))
+    huge = layer.routing
+    layer.forward((x * 1e3).astype(dtype))
+    tol = 1e-10 if dtype == "float64" else 1e-5
+    np.testing.assert_allclose(huge.dispatch, layer.routing.dispatch, atol=tol)
+    np.testing.assert_allclose(huge.combine, layer.routing.combine, atol=tol)
+
+
+def test_soft_moe_input_gradient_at_huge_tokens():
+    """float64, tokens of norm 1e110: the input gradient against central differences with a step of 1e104 (the
+    same relative step as h = 1e-6 at unit scale; pass mark 1e-6 as for the layer's other checks). Through the
+    normalisation it is r da - a r³ (a · da) with r = 1 / |a|: r³ = 1e-330 underflowed to 0 in the old backward,
+    which dropped the second term (a relative error of 0.76)."""
+    from numpy_moe.gradcheck import numerical_gradient, rel_error
+    from numpy_moe.soft_moe import SoftMoE
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((6, 3)) * 1e110
+    layer = SoftMoE(3, 2, 2, slots=2, seed=0)
+    R = rng.standard_normal((6, 2))
+    layer.forward(x)
+    analytic = layer.backward(R)
+    numeric = numerical_gradient(lambda z: float((R * layer.forward(z)).sum()), x, h=1e104)
+    assert rel_error(analytic, numeric) < 1e-6
