@@ -230,3 +230,18 @@ def test_soft_moe_input_gradient_at_huge_tokens():
     analytic = layer.backward(R)
     numeric = numerical_gradient(lambda z: float((R * layer.forward(z)).sum()), x, h=1e104)
     assert rel_error(analytic, numeric) < 1e-6
+
+
+def test_balanced_assignment_of_scores_near_the_float64_limit():
+    """BASE's assignment is the balanced one of largest total score, unchanged by scaling every score by the same
+    positive factor: at scores of 1e307 it must be that of the scores / 1e307 (checked against every balanced
+    assignment). The old bonus N (max - min) + 1 overflowed to inf and scipy refused the matrix ("invalid
+    numeric entries")."""
+    from itertools import product
+
+    from numpy_moe.gates.balanced import balanced_assignment
+    h = np.random.default_rng(0).standard_normal((6, 3))
+    best = max((c for c in product(range(3), repeat=6) if np.bincount(c, minlength=3).tolist() == [2, 2, 2]),
+               key=lambda c: sum(h[n, e] for n, e in enumerate(c)))
+    np.testing.assert_array_equal(balanced_assignment(h * 1e307), best)
+    np.testing.assert_array_equal(balanced_assignment(h), best)
