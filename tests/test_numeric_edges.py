@@ -298,3 +298,32 @@ def test_expert_choice_with_capacity_at_least_n_is_the_dense_moe():
         b[...] = a
     np.testing.assert_allclose(ec.forward(x), dense.forward(x), rtol=1e-13, atol=1e-15)
     np.testing.assert_allclose(ec.backward(np.ones((7, 2))), dense.backward(np.ones((7, 2))), rtol=1e-12, atol=1e-15)
+
+
+# ----- smooth load estimators when the noise scale vanishes (MATH.md §3.4, §3.5) ------------------------------
+
+@pytest.mark.parametrize("loss_name", ["ShazeerLoad", "VMoELoad"])
+def test_load_losses_at_a_noise_scale_of_zero_take_their_limit(loss_name):
+    """Shazeer's noise scale softplus(x W_noise) underflows to exactly 0 below x W_noise ~ -745 (float64; -104 in
+    float32), and V-MoE's noise_std / E can be tiny. As sigma -> 0, Φ((clean - t) / sigma) becomes 0 or 1 and
+    its derivatives phi(d / sigma) / sigma and phi(d / sigma) d / sigma² vanish: at sigma = 0 the loss and the
+    gradients the gate receives (numpy_moe.gates.base.routing_backward: d clean, d sigma) must be those at
+    sigma = 1e-30, where the formulas are exact (phi underflows to 0, and the 1 / sigma partials of an expert
+    compared with its own noisy logit cancel between "clean" and "logits"). The old backward computed 0 / 0
+    and 0 inf: NaN gradients beside a finite loss."""
+    from numpy_moe import balance as B
+    from numpy_moe.gates.base import routing_backward
+    from numpy_moe.gates.softmax import route_topk
+    clean = np.random.default_rng(0).standard_normal((6, 4))
+    out = []
+    for scale in (1e-30, 0.0):
+        sigma = np.full_like(clean, scale)
+        routing = route_topk(clean.copy(), 2, "softmax_then_topk", clean, sigma, np.zeros_like(clean))
+        loss = getattr(B, loss_name)(0.5)
+        value = loss(routing)
+        out.append((value, routing_backward(routing, loss.backward())))
+    (v_small, g_small), (v_zero, g_zero) = out
+    assert v_zero == v_small
+    for a, b in zip(g_zero, g_small):
+        assert np.isfinite(a).all()
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-12)
