@@ -327,3 +327,18 @@ def test_load_losses_at_a_noise_scale_of_zero_take_their_limit(loss_name):
     for a, b in zip(g_zero, g_small):
         assert np.isfinite(a).all()
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-12)
+
+
+def test_the_post_000_loss_refuses_a_single_expert():
+    """Post 000's loss is torch.std (ddof=1) of the E expert shares: for E = 1 that is 0 / 0 (torch.std gives nan).
+    The old loss returned NaN, and training then stopped as "diverged ... lower the learning rate"; now the
+    forward says why. With two experts it is the sample standard deviation, computed here by hand."""
+    from numpy_moe import balance as B
+    layer = MoE(3, 2, 1, hidden=4, top_k=1, seed=0, balance={"seed000": 0.01})
+    with pytest.raises(ValueError, match="sample standard deviation.*n_experts=1"):
+        layer.forward(np.zeros((5, 3)))
+    from numpy_moe.gates.softmax import route_topk
+    logits = np.array([[1.0, 0.0], [2.0, 0.0], [0.0, 1.0]])
+    shares = np.array([2 / 3, 1 / 3])
+    expected = 0.01 * float(np.sqrt(((shares - 0.5) ** 2).sum() / (2 - 1)))
+    assert B.Seed000Loss(0.01)(route_topk(logits, 1, "softmax_then_topk")) == pytest.approx(expected, rel=1e-15)

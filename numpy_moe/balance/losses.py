@@ -66,14 +66,18 @@ class BalanceLoss(Module):
 class Seed000Loss(BalanceLoss):
     """Post 000's ``balance_loss``: w * std(c / sum c) over the hard top-k selection counts c (E,).
 
-    torch.std is the sample standard deviation (ddof=1), reproduced here. The value depends on the
-    routing only through integer counts, so its gradient is zero: ``backward`` returns {}.
+    torch.std is the sample standard deviation (ddof=1), reproduced here; for one expert it is 0 / 0 (NaN in
+    torch), refused with a ValueError. The value depends on the routing only through integer counts, so its
+    gradient is zero: ``backward`` returns {}.
     """
 
     name = "seed000"
 
     def __call__(self, routing):
         xp = get_array_module(routing.logits)
+        if routing.logits.shape[1] < 2:  # std with ddof=1 of one value: 0 / 0 (torch.std gives nan as well)
+            raise ValueError(f"the post-000 balance loss is the sample standard deviation (ddof=1) of the experts' "
+                             f"shares, undefined for n_experts={routing.logits.shape[1]}: use it with 2 or more experts")
         c = self.total(xp.bincount(routing.expert, minlength=routing.logits.shape[1]))  # (E,)
         return self.weight * float((c / c.sum()).std(ddof=1))
 
