@@ -342,3 +342,25 @@ def test_the_post_000_loss_refuses_a_single_expert():
     shares = np.array([2 / 3, 1 / 3])
     expected = 0.01 * float(np.sqrt(((shares - 0.5) ** 2).sum() / (2 - 1)))
     assert B.Seed000Loss(0.01)(route_topk(logits, 1, "softmax_then_topk")) == pytest.approx(expected, rel=1e-15)
+
+
+# ----- the task loss with masked classes -------------------------------------------------------------------------
+
+def test_cross_entropy_with_a_masked_class_is_finite():
+    """A class masked with a logit of -inf has probability 0; where its target is 0 it costs nothing (0 log 0 = 0),
+    as torch.nn.functional.cross_entropy gives for integer labels (0.2573 here). The old loss multiplied the
+    one-hot target into log softmax: 0 (-inf) = NaN. The reference is written out with math.log / math.exp."""
+    import math
+
+    from numpy_moe import functional as F
+    z = np.array([[2.0, -np.inf, 0.5], [0.0, 1.0, -np.inf]])
+    y = np.array([0, 1])
+
+    def logp(row, c):
+        finite = [v for v in row if v > -math.inf]
+        return row[c] - math.log(sum(math.exp(v) for v in finite))
+
+    expected = -(logp(z[0], 0) + logp(z[1], 1)) / 2
+    assert F.cross_entropy(z, y) == pytest.approx(expected, rel=1e-15)
+    assert F.cross_entropy(z, np.eye(3)[y]) == pytest.approx(expected, rel=1e-15)  # probability rows
+    assert np.isfinite(F.cross_entropy_backward(z, y)).all()
