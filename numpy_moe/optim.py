@@ -171,7 +171,8 @@ class FTRL(Optimizer):
         # The formulas of the docstring, computed in place and with the exact no-ops skipped (x / 1 and
         # x + 0 for alpha = 1 and l2 = 0; z - sign(z) 0 for l1 = 0), so every bit is that of the formulas.
         top = float(xp.finfo(p.dtype).max)
-        if not _largest(g) <= (top - (float(n.max()) if n.size else 0.0)) ** 0.5:  # else n + g² <= max(n) + max(g)² fits
+        # below this bound n + g² <= max(n) + max(g)² fits
+        if not _largest(g) <= (top - (float(n.max()) if n.size else 0.0)) ** 0.5:
             _check_moment(name, "FTRL's sum of squared gradients n", g, xp.abs(g), xp.sqrt(top - n), "NaN")
         g2 = g * g
         sigma = xp.sqrt(n + g2)
@@ -213,6 +214,6 @@ def _check_moment(name, what, g, size, room, effect):
                  f"largest entry is {_largest(g):.3g})")
     else:
         return
-    raise FloatingPointError(f"optimiser step on {name!r}: {cause}, which would leave the weight {effect}. This parameter "
-                             "and its state were left as they were (the training loops put back the whole step), "
-                             "scale the loss down or clip the gradients")
+    raise FloatingPointError(f"optimiser step on {name!r}: {cause}, which would leave the weight {effect}. "
+                             "This parameter and its state were left as they were (the training loops put back the "
+                             "whole step), scale the loss down or clip the gradients")

@@ -76,8 +76,9 @@ class Seed000Loss(BalanceLoss):
     def __call__(self, routing):
         xp = get_array_module(routing.logits)
         if routing.logits.shape[1] < 2:  # std with ddof=1 of one value: 0 / 0 (torch.std gives nan as well)
-            raise ValueError(f"the post-000 balance loss is the sample standard deviation (ddof=1) of the experts' "
-                             f"shares, undefined for n_experts={routing.logits.shape[1]}: use it with 2 or more experts")
+            raise ValueError(f"the post-000 balance loss is the sample standard deviation (ddof=1) of the "
+                             f"experts' shares, undefined for n_experts={routing.logits.shape[1]}: use it with 2 or "
+                             "more experts")
         c = self.total(xp.bincount(routing.expert, minlength=routing.logits.shape[1]))  # (E,)
         return self.weight * float((c / c.sum()).std(ddof=1))
 
