@@ -284,8 +284,7 @@ def train_epoch(model, X, y, optimizer, batch_size=1, seed=None, epoch=1):
         idx = order[start:start + batch_size]
         model.compute_grads(X[idx], y[idx])
         divergence.check_step(model, None, epoch, b + 1)
-        optimizer.step(model)
-        divergence.check_weights(model, epoch, b + 1)
+        divergence.step(optimizer, model, epoch, b + 1)
         model.end_step()
 
 

@@ -4,7 +4,8 @@ Training has diverged, and stops with ``FloatingPointError`` naming the epoch an
 
 1. the loss of a batch is NaN or inf, or a gradient holds NaN or inf (checked *before* the optimiser
    step, so that step is never applied);
-2. a weight is NaN or inf after an optimiser step (a finite gradient times a huge learning rate);
+2. a weight is NaN or inf after an optimiser step (a finite gradient times a huge learning rate), or the
+   optimiser refuses a step whose state would overflow (:func:`step`);
 3. the training loss of an epoch exceeds ``GROWTH_FACTOR`` (1000) times a reference, or 1000 when the
    reference is below 1 (a loss that was already near 0 may wander by rounding without having diverged).
    The reference is the training loss of the first epoch; for the first epoch itself it is the loss of
@@ -43,6 +44,16 @@ def check_weights(model, epoch, batch):
     if bad:
         raise FloatingPointError(f"training diverged at epoch {epoch}, batch {batch}: the optimiser step made "
                                  f"weights {bad[:3]} NaN or inf (learning rate too large?)")
+
+
+def step(optimizer, model, epoch, batch):
+    """``optimizer.step(model)``, then rule 2. An update the optimiser refuses (FloatingPointError: a gradient
+    whose square overflows Adam's or FTRL's state, numpy_moe.optim) is a divergence at this epoch and batch."""
+    try:
+        optimizer.step(model)
+    except FloatingPointError as err:
+        raise FloatingPointError(f"training diverged at epoch {epoch}, batch {batch}: {err}") from None
+    check_weights(model, epoch, batch)
 
 
 def check_epoch(loss, reference, epoch):

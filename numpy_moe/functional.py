@@ -180,10 +180,15 @@ def cross_entropy(logits, target):
 
     Returns
     -------
-    float: -(1/N) sum_n sum_c t_{n,c} log softmax(logits)_{n,c}
+    float: -(1/N) sum_n sum_c t_{n,c} log softmax(logits)_{n,c}, with 0 log 0 = 0: a class masked with a logit
+    of -inf costs nothing where its target is 0 (as t log p it was 0 (-inf) = NaN; torch's cross_entropy gives
+    the finite value for integer labels). The terms with t = 0 are the only ones changed, so finite logits
+    give the same sums as before, labels and one-hot rows alike.
     """
+    xp = get_array_module(logits)
     N = logits.shape[0]
-    return float(-(_target_probs(logits, target) * log_softmax(logits)).sum() / N)
+    t = _target_probs(logits, target)
+    return float(-(t * xp.where(t == 0, 0, log_softmax(logits))).sum() / N)
 
 
 def cross_entropy_backward(logits, target):

@@ -13,8 +13,11 @@ class Optimizer:
     """Base: ``step(model)`` calls ``update(name, param, grad)`` for every parameter.
 
     ``step`` checks every gradient and every piece of per-parameter state (the dicts named in ``_state``)
-    against its parameter's shape before it changes anything: a step that raises leaves the model and the
-    optimiser as they were.
+    against its parameter's shape before it changes anything: a shape that does not fit raises ValueError with
+    the model and the optimiser as they were. An update that refuses its gradient (Adam's and FTRL's
+    overflow checks: FloatingPointError) leaves its own parameter, its state and the step count unchanged; the
+    parameters updated before it in the walk stay updated, and the training loops put the whole step back
+    (:mod:`numpy_moe.divergence`).
     """
     _state = ()  # the attributes holding per-parameter state: dicts parameter name -> array
 
@@ -27,8 +30,12 @@ class Optimizer:
         params = list(model.named_parameters())
         self._check_shapes(params, grads)
         self.t += 1
-        for name, p in params:
-            self.update(name, p, grads[name])
+        try:
+            for name, p in params:
+                self.update(name, p, grads[name])
+        except FloatingPointError:  # an update refused (see Adam, FTRL): the step count stays that of the steps taken
+            self.t -= 1
+            raise
 
     def _check_shapes(self, params, grads=None):
         """ValueError naming the parameter when a gradient (of ``grads``, when given), or this optimiser's state
@@ -90,6 +97,12 @@ class Adam(Optimizer):
     same operations on consecutive slices (so the same numbers): the dozen passes of the update then find
     w, g, m, v and the temporaries in the CPU's cache instead of streaming megabytes through it each pass
     (a quarter faster on the 1 MB expert weights of post 000's image model).
+
+    A gradient entry whose square exceeds the dtype's range (|g| > 1.8e19 in float32, 1.3e154 in float64) can
+    make v overflow to inf, after which that weight's update is m / inf = 0 at this step and every later one:
+    the weight would freeze without a word. The step then raises FloatingPointError naming the parameter
+    before changing it (the training loops put the previous state back). Below that bound v cannot overflow
+    (v_new <= max(v, g²)), so the check costs one max and one min of g.
     """
     chunk = 65536
     _state = ("m", "v")
@@ -106,6 +119,11 @@ class Adam(Optimizer):
         if name not in self.m:
             self.m[name], self.v[name] = xp.zeros_like(p), xp.zeros_like(p)
         m, v = self.m[name], self.v[name]
+        if not _largest(g) <= float(xp.finfo(p.dtype).max) ** 0.5:  # else v_new <= max(v, g²) fits
+            # v_new = b2 v + (1 - b2) g² overflows where |g| sqrt(1 - b2) > sqrt(max - b2 v)
+            _check_moment(name, "Adam's second moment v", g, xp.abs(g) * (1 - self.beta2) ** 0.5,
+                          xp.sqrt(float(xp.finfo(p.dtype).max) - self.beta2 * v),
+                          "frozen (an update of m / inf = 0, now and at every later step)")
         parts = [(p, g, m, v)]
         if p.size > self.chunk and xp.__name__ == "numpy" and all(a.flags.c_contiguous for a in (p, m, v)):
             flat = [a.reshape(-1) for a in (p, g, m, v)]  # views of p, m, v (contiguous), so updates land
@@ -149,6 +167,12 @@ class FTRL(Optimizer):
     η = α / (β + sqrt(n)) (n after adding g²), as the paper notes; when β >> sqrt(n) the rate is the
     constant α / β and FTRL is plain SGD. With λ1 > 0 coordinates with |z| <= λ1 are exactly zero.
     Keras' Ftrl differs (n starts at 0.1, its l2 is λ2 / 2, extra shrinkage); this follows the paper.
+
+    With β = λ2 = 0, a coordinate whose gradients have all been 0 has n = 0 and z = 0: the closed form's
+    denominator is 0 there and the weight is the paper's w = 0 (|z| <= λ1), computed without dividing 0 by 0
+    (which warned, or raised under ``numpy.seterr(all="raise")``).
+    A gradient whose square overflows n (|g| > 1.8e19 in float32) would make the weight NaN: the step raises
+    FloatingPointError naming the parameter before changing it.
     """
     _state = ("z", "n")
 
@@ -174,6 +198,10 @@ class FTRL(Optimizer):
         z, n = self.z[name], self.n[name]
         # The formulas of the docstring, computed in place and with the exact no-ops skipped (x / 1 and
         # x + 0 for alpha = 1 and l2 = 0; z - sign(z) 0 for l1 = 0), so every bit is that of the formulas.
+        top = float(xp.finfo(p.dtype).max)
+        # below this bound n + g² <= max(n) + max(g)² fits
+        if not _largest(g) <= (top - (float(n.max()) if n.size else 0.0)) ** 0.5:
+            _check_moment(name, "FTRL's sum of squared gradients n", g, xp.abs(g), xp.sqrt(top - n), "NaN")
         g2 = g * g
         sigma = xp.sqrt(n + g2)
         sigma -= xp.sqrt(n)
@@ -188,6 +216,32 @@ class FTRL(Optimizer):
             denom /= self.alpha
         if self.l2:
             denom += self.l2
+        elif not self.beta:  # denom = 0 where n = 0; where z = 0 too, w = 0 below, not 0 / 0
+            denom[(denom == 0) & (z == 0)] = 1
         xp.divide(z - xp.sign(z) * self.l1 if self.l1 else z, denom, out=p)
         xp.negative(p, out=p)  # -(a / b) == (-a) / b exactly
         p[xp.abs(z) <= self.l1] = 0
+
+
+def _largest(g):
+    """max |g| as a float (NaN if g holds NaN; 0 for an empty g), from one max and one min (no |g| array)."""
+    if g.size == 0:
+        return 0.0
+    hi, lo = float(g.max()), float(g.min())
+    return hi if hi != hi else max(hi, -lo)
+
+
+def _check_moment(name, what, g, size, room, effect):
+    """Raise FloatingPointError if g holds NaN, or if ``size`` > ``room`` anywhere (the state ``what`` would
+    overflow there); both computed without overflowing."""
+    xp = get_array_module(g)
+    if bool(xp.isnan(g).any()):
+        cause = "the gradient holds NaN"
+    elif bool((size > room).any()):
+        cause = (f"{what} would overflow {g.dtype} (range up to {float(xp.finfo(g.dtype).max):.3g}, the gradient's "
+                 f"largest entry is {_largest(g):.3g})")
+    else:
+        return
+    raise FloatingPointError(f"optimiser step on {name!r}: {cause}, which would leave the weight {effect}. "
+                             "This parameter and its state were left as they were (the training loops put back the "
+                             "whole step), scale the loss down or clip the gradients")

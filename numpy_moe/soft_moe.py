@@ -29,15 +29,28 @@ class SoftRouting(NamedTuple):
 
 
 def _normalize(a, axis):
-    """a / sqrt(sum a^2 + eps) along ``axis`` and the factor r = (sum a^2 + eps)^(-1/2)."""
+    """a / sqrt(sum a^2 + eps) along ``axis`` and the factor r = (sum a^2 + eps)^(-1/2).
+
+    When sum a^2 could overflow (|a| beyond about 1e19 in float32, 1e154 in float64: squared directly, the sum
+    was inf, r = 0 and the normalised vector 0, not a / |a|), r is computed from a / c, c = max |a| along the
+    axis (where it exceeds 1): r = 1 / (c sqrt(sum (a/c)^2 + eps / c^2)), the same number. One max of |a|
+    decides; ordinary inputs take the plain formula, bit for bit."""
     xp = get_array_module(a)
-    r = 1.0 / xp.sqrt((a * a).sum(axis=axis, keepdims=True) + NORM_EPS)
+    top = float(xp.abs(a).max()) if a.size else 0.0
+    if top * top * a.shape[axis] < 0.5 * float(xp.finfo(a.dtype).max):
+        return a * (r := 1.0 / xp.sqrt((a * a).sum(axis=axis, keepdims=True) + NORM_EPS)), r
+    c = xp.abs(a).max(axis=axis, keepdims=True)
+    c = xp.where(c > 1, c, 1)  # vectors of max |a| <= 1 keep the plain formula (eps / c^2 cannot overflow)
+    b = a / c
+    r = 1.0 / (c * xp.sqrt((b * b).sum(axis=axis, keepdims=True) + NORM_EPS / c / c))
     return a * r, r
 
 
-def _normalize_backward(da, a, r, axis):
-    """Gradient through a r with r = (sum a^2 + eps)^(-1/2): r da - a r^3 sum(a da)."""
-    return r * da - a * (r ** 3) * (a * da).sum(axis=axis, keepdims=True)
+def _normalize_backward(da, ah, r, axis):
+    """Gradient through ah = a r with r = (sum a^2 + eps)^(-1/2): r da - a r^3 sum(a da), computed as
+    r (da - ah sum(ah da)) from the normalised ah (the same expression; r^3 underflowed to 0 for |a| beyond
+    about 1e13 in float32, 1e103 in float64, and lost the second term)."""
+    return r * (da - ah * (ah * da).sum(axis=axis, keepdims=True))
 
 
 class SoftMoE(Module):
@@ -64,7 +77,8 @@ class SoftMoE(Module):
     slot inputs X̃ = Dᵀ X (n, D) from the raw X; Ỹ_j = f_{e(j)}(X̃_j); Y = C Ỹ (m, O).
     Backward: dC = dY Ỹᵀ, dỸ = Cᵀ dY, dX̃ = experts' backward, dX = D dX̃ + (normalisation path),
     dD = X dX̃ᵀ, dL = softmax'_n(dC) + softmax'_m(dD), dscale = sum dL ⊙ X̂Φ̂, dX̂ = scale dL Φ̂ᵀ,
-    dΦ̂ = scale sum_g X̂ᵀ dL, and through a normalisation a r: d a = r da - a r^3 (a · da).
+    dΦ̂ = scale sum_g X̂ᵀ dL, and through a normalisation â = a r: d a = r da - a r^3 (a · da)
+    = r (da - â (â · da)).
     """
 
     def __init__(self, in_features, out_features, n_experts, slots=1, group_size=None, hidden=None,
@@ -151,8 +165,8 @@ class SoftMoE(Module):
         self.grads["scale"] = xp.reshape((dL * self.sim).sum(), (1,)).astype(self.dtype)
         dXh = scale * (dL @ self.Ph.T)  # (G, m, D)
         dPh = scale * xp.einsum("gmd,gmn->dn", self.Xh, dL)  # (D, n)
-        self.grads["phi"] = _normalize_backward(dPh, self.params["phi"], self.rp, axis=0)
-        dX += _normalize_backward(dXh, self.X, self.rx, axis=2)
+        self.grads["phi"] = _normalize_backward(dPh, self.Ph, self.rp, axis=0)
+        dX += _normalize_backward(dXh, self.Xh, self.rx, axis=2)
         return dX.reshape(G * m, -1)
 
     @property

@@ -148,8 +148,7 @@ def _epoch(model, X, y, loss_f, loss_b, optimizer, batch_size, rng, epoch):
         value = float(loss_f(out, yb)) + aux
         model.backward(loss_b(out, yb))
         divergence.check_step(model, value, epoch, b + 1)
-        optimizer.step(model)
-        divergence.check_weights(model, epoch, b + 1)
+        divergence.step(optimizer, model, epoch, b + 1)
         model.end_step()  # state that is not a gradient (a selection bias) updates after the step
         total += value * len(idx)
         aux_total += aux * len(idx)

@@ -66,14 +66,19 @@ class BalanceLoss(Module):
 class Seed000Loss(BalanceLoss):
     """Post 000's ``balance_loss``: w * std(c / sum c) over the hard top-k selection counts c (E,).
 
-    torch.std is the sample standard deviation (ddof=1), reproduced here. The value depends on the
-    routing only through integer counts, so its gradient is zero: ``backward`` returns {}.
+    torch.std is the sample standard deviation (ddof=1), reproduced here; for one expert it is 0 / 0 (NaN in
+    torch), refused with a ValueError. The value depends on the routing only through integer counts, so its
+    gradient is zero: ``backward`` returns {}.
     """
 
     name = "seed000"
 
     def __call__(self, routing):
         xp = get_array_module(routing.logits)
+        if routing.logits.shape[1] < 2:  # std with ddof=1 of one value: 0 / 0 (torch.std gives nan as well)
+            raise ValueError(f"the post-000 balance loss is the sample standard deviation (ddof=1) of the "
+                             f"experts' shares, undefined for n_experts={routing.logits.shape[1]}: use it with 2 or "
+                             "more experts")
         c = self.total(xp.bincount(routing.expert, minlength=routing.logits.shape[1]))  # (E,)
         return self.weight * float((c / c.sum()).std(ddof=1))
 
@@ -128,6 +133,34 @@ def _noisy_load_check(routing, name):
                          f"got top_k={routing.top_k}, sigma={'None' if routing.sigma is None else 'set'}")
 
 
+def _noise_z(d, sigma):
+    """z = d / sigma (N, E) of a smooth load estimator, and whether sigma > 0 and z is finite everywhere.
+
+    Where the noise scale is 0 (Shazeer's softplus(x W_noise) underflows below x W_noise ~ -104 in float32,
+    -745 in float64) z takes its limit as sigma -> 0: +-inf for d != 0 (Phi = 1 or 0: the choice no longer
+    depends on the noise), 0 for d = 0; where sigma is tiny, d / sigma may overflow to +-inf, the same limit.
+    """
+    xp = get_array_module(d)
+    if bool((sigma > 0).all()):
+        z = d / sigma
+        return z, bool(xp.isfinite(z).all())
+    z = xp.where(sigma > 0, d / xp.where(sigma > 0, sigma, 1), xp.where(d == 0, 0, xp.copysign(xp.inf, d)))
+    return z, False
+
+
+def _noise_grads(dz, z, sigma, regular):
+    """dclean = dz / sigma and dsigma = -dz z / sigma, with dz = dLoad phi(z); ``regular`` from :func:`_noise_z`.
+    Where z is infinite or sigma is 0 both are 0, their limit (phi(d / sigma) d / sigma^2 -> 0 as sigma -> 0;
+    at d = 0 and sigma = 0 the choice is held fixed): computed as written they were 0 / 0 and 0 inf there,
+    NaN gradients beside a finite loss."""
+    if regular:  # ordinary inputs: the formulas as written
+        return dz / sigma, -dz * z / sigma
+    xp = get_array_module(dz)
+    ok = xp.isfinite(z) & (sigma > 0)
+    s, dz, z = xp.where(ok, sigma, 1), xp.where(ok, dz, 0), xp.where(ok, z, 0)
+    return dz / s, -dz * z / s
+
+
 class ShazeerLoad(BalanceLoss):
     """Shazeer's smooth load estimator, w * CV²(Load) (Shazeer et al. 2017 appendix A).
 
@@ -151,12 +184,15 @@ class ShazeerLoad(BalanceLoss):
             raise ValueError(f"the Shazeer load loss needs top_k < n_experts; got top_k={K}, n_experts={E}")
         rows = xp.arange(N)[:, None]
         order = topk_indices(r.logits, K + 1)  # (N, K+1), the routing's top K and the next one
-        self.in_top = xp.zeros((N, E), dtype=bool)
+        # expert-major (the layout of the gate's logits), so z is too and the sum over the N samples below runs
+        # along contiguous memory, where NumPy sums pairwise: summed row by row instead, float32 loads lost
+        # digits with N (a relative error of 2e-5 at N = 1e6, against 1e-8 now)
+        self.in_top = xp.zeros((E, N), dtype=bool).T
         self.in_top[rows, order[:, :K]] = True
         self.jk, self.jk1 = order[:, K - 1], order[:, K]  # K-th and (K+1)-th ranked expert, (N,)
         n = xp.arange(N)
         t = xp.where(self.in_top, r.logits[n, self.jk1][:, None], r.logits[n, self.jk][:, None])  # (N, E)
-        self.z = (r.clean - t) / r.sigma  # (N, E)
+        self.z, self.finite = _noise_z(r.clean - t, r.sigma)  # (N, E)
         self.load = self.total(ndtr(self.z).sum(axis=0))  # (E,)
         self.routing = r
         return self.weight * float(F.cv_squared(self.load))
@@ -167,13 +203,13 @@ class ShazeerLoad(BalanceLoss):
         N = self.z.shape[0]
         dload = F.cv_squared_backward(self.weight, self.load).astype(self.z.dtype)  # (E,)
         dz = F.normal_cdf_backward(dload, self.z)  # (N, E)
-        dclean = dz / r.sigma
+        dclean, dsigma = _noise_grads(dz, self.z, r.sigma, self.finite)
         dt = -dclean
         dlogits = xp.zeros_like(r.logits)
         n = xp.arange(N)
         dlogits[n, self.jk1] = (dt * self.in_top).sum(axis=1)
         dlogits[n, self.jk] = (dt * ~self.in_top).sum(axis=1)
-        return {"clean": dclean, "sigma": -dz * self.z / r.sigma, "logits": dlogits}
+        return {"clean": dclean, "sigma": dsigma, "logits": dlogits}
 
 
 class VMoELoad(BalanceLoss):
@@ -197,7 +233,7 @@ class VMoELoad(BalanceLoss):
         self.n = self.n_total(r)
         self.jk = r.expert.reshape(N, r.top_k)[:, -1]  # K-th ranked expert, (N,)
         T = r.logits[xp.arange(N), self.jk]  # (N,)
-        self.z = (r.clean - T[:, None]) / r.sigma  # (N, E)
+        self.z, self.finite = _noise_z(r.clean - T[:, None], r.sigma)  # (N, E)
         self.load = self.total(ndtr(self.z).sum(axis=0)) / self.n  # (E,)
         return self.weight * float(F.cv_squared(self.load))
 
@@ -207,10 +243,10 @@ class VMoELoad(BalanceLoss):
         N = self.z.shape[0]
         dload = F.cv_squared_backward(self.weight, self.load).astype(self.z.dtype) / self.n  # (E,)
         dz = F.normal_cdf_backward(dload, self.z)  # (N, E)
-        dclean = dz / r.sigma
+        dclean, dsigma = _noise_grads(dz, self.z, r.sigma, self.finite)
         dlogits = xp.zeros_like(r.logits)
         dlogits[xp.arange(N), self.jk] = -dclean.sum(axis=1)
-        return {"clean": dclean, "sigma": -dz * self.z / r.sigma, "logits": dlogits}
+        return {"clean": dclean, "sigma": dsigma, "logits": dlogits}
 
 
 class SwitchLoss(BalanceLoss):

@@ -140,8 +140,7 @@ class _HMEEstimator(BaseEstimator):
         for it in range(1, self.max_iter + 1):
             model.nll_grads(X, y)
             divergence.check_step(model, -curve[-1] / len(y), it, 1)
-            optimizer.step(model)
-            divergence.check_weights(model, it, 1)
+            divergence.step(optimizer, model, it, 1)
             curve.append(model.log_likelihood(X, y))
             if abs(curve[-1] - curve[-2]) / len(y) < self.tol:
                 return curve, it, True

@@ -34,7 +34,9 @@ def balanced_assignment(scores):
     assignment that leaves a mandatory slot empty scores less than every assignment that fills all E f of
     them. ``linear_sum_assignment(value, maximize=True)`` on the (N, E f [+ E]) matrix then returns the
     best assignment with every load in {f, f + 1}. Ties: the solver is deterministic, so equal inputs
-    give equal outputs; which of several optimal assignments it returns is the solver's choice.
+    give equal outputs; which of several optimal assignments it returns is the solver's choice. Scores so
+    large that score + B would overflow (|score| near 1e308 / N) are divided by their largest magnitude
+    first, which leaves the best assignment unchanged.
     """
     host = to_numpy(scores).astype("float64")
     hp = get_array_module(host)  # NumPy: the assignment runs on the host
@@ -43,6 +45,9 @@ def balanced_assignment(scores):
     N, E = host.shape
     f, r = divmod(N, E)
     bonus = N * float(host.max() - host.min()) + 1.0
+    if not bonus + float(hp.abs(host).max()) < float("inf"):  # scores near 1e308: scale them (same assignment)
+        host = host / float(hp.abs(host).max())
+        bonus = N * float(host.max() - host.min()) + 1.0
     cols = [hp.repeat(host + bonus, f, axis=1).reshape(N, E, f)]  # expert-major: column e f + j
     if r:
         cols.append(host[:, :, None])

@@ -12,9 +12,11 @@ from .base import Routing, expert_major_logits, routing_backward, weight_grad
 def capacity_ceil(x):
     """ceil(x) for a capacity x = N K cf / E computed in floating point, read as the decimal factor means it:
     within 1e-9 (relative) of an integer, x is that integer. 1.1 is stored as 1.1000000000000000888, so
-    100 * 2 * 1.1 / 4 evaluates to 55.00000000000001, whose plain ceil is 56 where N K cf / E = 55."""
+    100 * 2 * 1.1 / 4 evaluates to 55.00000000000001, whose plain ceil is 56 where N K cf / E = 55. The
+    tolerance is relative to x itself, so a positive x below 1e-9 (a tiny factor) is 1 slot, as ceil says,
+    not 0."""
     r = round(x)
-    return int(r) if abs(x - r) <= 1e-9 * max(1.0, abs(x)) else ceil(x)
+    return int(r) if abs(x - r) <= 1e-9 * abs(x) else ceil(x)
 
 
 def expert_choice_capacity(n_samples, n_experts, capacity_factor):

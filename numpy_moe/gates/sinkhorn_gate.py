@@ -46,10 +46,21 @@ def sinkhorn(logits, tol=1e-4, max_iter=1000):
     after the last d1 update the columns sum to 1/E (exactly, up to eps); the rows sum to (1/N)(1 + delta_n)
     with |delta_n| <= sum_e |d1_e - d1old_e| / min_e d1old_e (row n's sum uses the d1 of the step before),
     so when converged |N rowsum_n - 1| <= E tol / (min_e d1_e - E tol) (plus an eps term).
+
+    Far-apart logits. When exp underflows to 0 on a whole row or column (a sample whose every logit lies
+    more than ~745 (float64) or ~104 (float32) below the largest, an expert every sample ranks that far
+    down), no scaling of that c can give it mass: the row would be routed by the top-k tie rule whatever
+    its logits, the column would get no sample while the columns' sums still "converged". The plan is
+    unchanged (for eps -> 0) by scaling c's rows and columns, so then c = exp(h - a_n - b_e) instead, with
+    a_n = max_e h_{n,e} and b_e = max_n (h_{n,e} - a_n) <= 0: every entry is <= 1 and every row and column
+    holds a 1 (only eps's relative size changes, as for the shift above). A row or column that is -inf
+    throughout has no plan (ValueError). Ordinary logits never take this branch.
     """
     xp = get_array_module(logits)
     N, E = logits.shape
     c = xp.exp(logits - max(0.0, float(logits.max()) - MAX_EXP))
+    if not (bool((c.max(axis=1) > 0).all()) and bool((c.max(axis=0) > 0).all())):
+        c = _rescaled_exp(logits)
     d0, d1 = xp.ones(N, dtype=c.dtype), xp.ones(E, dtype=c.dtype)
     error, it = float("inf"), 0
     while error > tol and it < max_iter:
@@ -62,6 +73,20 @@ def sinkhorn(logits, tol=1e-4, max_iter=1000):
         warnings.warn(f"sinkhorn did not converge in max_iter={max_iter} iterations (mean change of d1 "
                       f"{error:.2e} > tol={tol:.0e}); routing on the last iterate", RuntimeWarning, stacklevel=2)
     return SinkhornResult(d0[:, None] * c * d1, d0, d1, it, converged)
+
+
+def _rescaled_exp(logits):
+    """exp(h - a_n - b_e) (N, E) with a_n = max_e h_{n,e}, b_e = max_n (h_{n,e} - a_n): a row and column scaling
+    of exp(h) whose every row and column holds a 1 (see :func:`sinkhorn`); ValueError for a row or column
+    that is -inf throughout."""
+    xp = get_array_module(logits)
+    for axis, what in ((1, "sample (row)"), (0, "expert (column)")):
+        dead = xp.flatnonzero(~(logits > -xp.inf).any(axis=axis))
+        if dead.size:
+            raise ValueError(f"sinkhorn: the logits of {int(dead.size)} {what}(s), the first {int(dead[0])}, are -inf "
+                             "throughout: no plan can give it mass")
+    z = logits - logits.max(axis=1, keepdims=True)
+    return xp.exp(z - z.max(axis=0, keepdims=True))
 
 
 class SinkhornGate(Module):
