@@ -31,6 +31,7 @@ import contextvars
 import functools
 import inspect
 import math
+import operator
 
 from . import functional as F
 from .backend import asarray, default_rng, get_array_module, result_dtype
@@ -275,7 +276,8 @@ def check_budget(shape, dtype):
     """Raise :class:`ParameterBudgetError` if a parameter of ``shape`` and ``dtype`` would not fit in what is
     left of the current :func:`parameter_budget` (if any), without charging it: for a constructor whose work
     before creating that parameter grows with its size. Returns its size in bytes."""
-    shape = (int(shape),) if isinstance(shape, int) else tuple(int(s) for s in shape)
+    # a size may be any integer (a NumPy integer from an array's shape, arithmetic on sizes): operator.index
+    shape = (operator.index(shape),) if hasattr(shape, "__index__") else tuple(int(s) for s in shape)
     n_bytes = math.prod(shape) * result_dtype(dtype).itemsize
     left = _budget.get()
     if left is not None and n_bytes > left[0]:

@@ -1,0 +1,39 @@
+"""Invalid input at the public API: a clear TypeError / ValueError naming the argument, never an obscure error
+from deep inside or a silently wrong value; and the legitimate neighbours of each bad value (NumPy integers
+where a Python int is expected) keep working.
+
+Each test is a bug a throwaway fuzzer found (every public constructor and function, every argument, against
+a catalogue of wrong types, bools, floats, NumPy scalars, zeros, negatives, huge values, NaN, inf and bad
+arrays); the commit that added it says what the old code did.
+"""
+import numpy as np
+import pytest
+
+from numpy_moe.gates import SoftmaxGate
+from numpy_moe.layers import Linear
+from numpy_moe.models import ImageMoEClassifier, MMoE, SparseMLP
+
+# ----- NumPy integers are integers -------------------------------------------------------------------------
+# A size that comes out of an array (x.shape[1], np.unique(y).size, an np.arange of widths) is a NumPy integer.
+NUMPY_INT_SIZES = {
+    "Linear out_features": (Linear, dict(in_features=3, out_features=2), "out_features", (6, 3)),
+    "SoftmaxGate n_experts": (SoftmaxGate, dict(in_features=3, n_experts=4), "n_experts", (6, 3)),
+    "MMoE n_outputs": (MMoE, dict(n_features=3, n_experts=3, expert_hidden=4, tower_hidden=3, n_outputs=2),
+                       "n_outputs", (6, 3)),
+    "ImageMoEClassifier n_classes": (ImageMoEClassifier, dict(in_channels=1, image_size=8, channels=(2, 3),
+                                                              hidden=8, n_classes=3), "n_classes", (2, 1, 8, 8)),
+    "SparseMLP token_hidden": (SparseMLP, dict(image_size=4, patch_size=2, channels=4, depth=2, token_hidden=4,
+                                               channel_hidden=4, n_experts=2, top_k=1), "token_hidden", (2, 1, 4, 4)),
+}
+
+
+@pytest.mark.parametrize("case", NUMPY_INT_SIZES)
+@pytest.mark.parametrize("np_int", [np.int64, np.int32])
+def test_a_numpy_integer_size_builds_the_same_module_as_the_python_int(case, np_int):
+    # the old check_budget took only a Python int as a 1-D parameter's shape: "'numpy.int64' object is not
+    # iterable" from the bias of every layer whose width was a NumPy integer
+    cls, kwargs, arg, x_shape = NUMPY_INT_SIZES[case]
+    x = np.random.default_rng(0).standard_normal(x_shape)
+    expected = cls(**kwargs, seed=0).forward(x)
+    got = cls(**{**kwargs, arg: np_int(kwargs[arg])}, seed=0).forward(x)
+    np.testing.assert_array_equal(got, expected)  # the same seed draws the same weights: exactly equal
