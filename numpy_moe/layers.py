@@ -428,7 +428,13 @@ class MLP(Sequential):
         if activation not in _ACTIVATIONS:
             raise ValueError(f"activation={activation!r} must be one of {sorted(_ACTIVATIONS)}")
         act, init = _ACTIVATIONS[activation]
-        widths = (hidden,) if isinstance(hidden, int) else tuple(hidden)
+        if hasattr(hidden, "__index__"):  # an int, a NumPy integer (a bool too: refused below, by name)
+            widths = (hidden,)
+        elif isinstance(hidden, (str, bytes, dict)) or not hasattr(hidden, "__iter__"):
+            raise TypeError(f"hidden={hidden!r} must be an integer >= 1 or a list or tuple of them")
+        else:
+            widths = tuple(hidden)
+        widths = tuple(check_positive_int(h, "hidden") for h in widths)
         rng = default_rng(seed)
         sizes = (in_features,) + widths + (out_features,)
         layers = []

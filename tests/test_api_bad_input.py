@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from numpy_moe.gates import SoftmaxGate
-from numpy_moe.layers import Linear
+from numpy_moe.layers import MLP, Linear
 from numpy_moe.models import ImageMoEClassifier, MMoE, SparseMLP
 
 # ----- NumPy integers are integers -------------------------------------------------------------------------
@@ -37,3 +37,21 @@ def test_a_numpy_integer_size_builds_the_same_module_as_the_python_int(case, np_
     expected = cls(**kwargs, seed=0).forward(x)
     got = cls(**{**kwargs, arg: np_int(kwargs[arg])}, seed=0).forward(x)
     np.testing.assert_array_equal(got, expected)  # the same seed draws the same weights: exactly equal
+
+
+@pytest.mark.parametrize("hidden", [np.int64(4), [np.int32(4), 5], range(4, 6)])
+def test_mlp_takes_numpy_integer_widths(hidden):
+    # the old MLP took a width as one layer only when it was a Python int: np.int64(4) raised "'numpy.int64'
+    # object is not iterable"
+    widths = [int(h) for h in np.atleast_1d(list(hidden) if isinstance(hidden, (list, range)) else hidden)]
+    x = np.random.default_rng(0).standard_normal((5, 3))
+    np.testing.assert_array_equal(MLP(3, hidden, 2, seed=0).forward(x), MLP(3, tuple(widths), 2, seed=0).forward(x))
+
+
+@pytest.mark.parametrize("hidden, error", [(2.5, TypeError), ("4", TypeError), (None, TypeError), (True, TypeError),
+                                           ([4, 2.0], TypeError), ([4, 0], ValueError)])
+def test_mlp_names_hidden_when_a_width_is_not_a_positive_integer(hidden, error):
+    # the old MLP raised "'float' object is not iterable" for 2.5 and None, and blamed "out_features" (the
+    # argument of the Linear layer it was building) for "4", True, 2.0 and 0
+    with pytest.raises(error, match=r"hidden=.* must be an integer >= 1"):
+        MLP(3, hidden, 2)
