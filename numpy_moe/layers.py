@@ -64,6 +64,10 @@ def _records_forward(method, backward):
             state[flag] = False
             raise
         state[flag] = True
+        # the shape backward's gradient must have (an array output only: a gate's Routing, a loss's float
+        # have none)
+        state[flag + "_shape"] = tuple(out.shape) if hasattr(out, "dtype") and isinstance(
+            getattr(out, "shape", None), tuple) else None
         return out
 
     forward._pass_checked = True
@@ -74,16 +78,39 @@ def _needs_forward(method):
     """``method`` (a backward pass) that raises NoForwardPassError unless its forward pass has run."""
     name = method.__name__
     flag = "_ran_" + _FORWARD_OF[name]
+    grad_name = next(iter(list(inspect.signature(method).parameters)[1:]), None)  # dy, dout, dlogits
 
     @functools.wraps(method)
     def backward(self, *args, **kwargs):
-        if not self.__dict__.get(flag):
+        state = self.__dict__
+        if not state.get(flag):
             raise NoForwardPassError(f"{type(self).__name__}.{name} called before {_FORWARD_OF[name]}: it needs a "
                                      "forward pass first (none has run, or the last one raised)")
+        shape = state.get(flag + "_shape")
+        if name == "backward" and shape is not None and (args or grad_name in kwargs):
+            args, kwargs = _check_grad(self, args, kwargs, grad_name, shape)
         return method(self, *args, **kwargs)
 
     backward._pass_checked = True
     return backward
+
+
+def _check_grad(module, args, kwargs, grad_name, shape):
+    """``args, kwargs`` of ``module.backward`` with its gradient checked against the output's ``shape``: a
+    gradient of another shape would broadcast into wrong parameter gradients (dy (N, 1) for (N, D)) or fail
+    deep inside; one that is not a real array would fail there with an AttributeError."""
+    dy = args[0] if args else kwargs[grad_name]
+    if not (hasattr(dy, "dtype") and isinstance(getattr(dy, "shape", None), tuple)):
+        dy = asarray(dy)  # a nested list of the right shape is a gradient too
+    if dy.dtype.kind not in "fiu":
+        raise TypeError(f"{grad_name} has dtype {dy.dtype}; expected a real-valued array, the gradient of "
+                        f"{type(module).__name__}.forward's output")
+    if tuple(dy.shape) != shape:
+        raise ValueError(f"{grad_name} has shape {tuple(dy.shape)}; expected {shape}, the shape of "
+                         f"{type(module).__name__}.forward's output")
+    if args:
+        return (dy,) + args[1:], kwargs
+    return args, {**kwargs, grad_name: dy}
 
 
 class Module:
@@ -91,8 +118,10 @@ class Module:
 
     Every subclass's forward and backward passes are checked in one place (``__init_subclass__``): a
     backward called before its forward (or after a forward that raised) raises :class:`NoForwardPassError`
-    naming the class, instead of an AttributeError about a missing cache. The pairs are ``forward`` (or
-    ``__call__``, a balance loss's forward) / ``backward`` and ``forward_grouped`` / ``backward_grouped``.
+    naming the class, instead of an AttributeError about a missing cache; a ``backward`` whose forward
+    returned an array takes a real gradient of that array's shape only (TypeError / ValueError naming it
+    otherwise). The pairs are ``forward`` (or ``__call__``, a balance loss's forward) / ``backward`` and
+    ``forward_grouped`` / ``backward_grouped``.
     """
 
     def __init_subclass__(cls, **kwargs):

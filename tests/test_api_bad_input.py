@@ -9,7 +9,10 @@ arrays); the commit that added it says what the old code did.
 import numpy as np
 import pytest
 
+from numpy_moe.experts import ExpertBank
 from numpy_moe.gates import SoftmaxGate
+from numpy_moe.hme import HierarchicalMoE
+from numpy_moe.image_layers import Conv2d, LayerNorm
 from numpy_moe.layers import MLP, Linear
 from numpy_moe.models import ImageMoEClassifier, MMoE, SparseMLP
 
@@ -55,3 +58,38 @@ def test_mlp_names_hidden_when_a_width_is_not_a_positive_integer(hidden, error):
     # argument of the Linear layer it was building) for "4", True, 2.0 and 0
     with pytest.raises(error, match=r"hidden=.* must be an integer >= 1"):
         MLP(3, hidden, 2)
+
+
+# ----- backward's gradient has the shape of forward's output ----------------------------------------------
+BAD_GRADIENTS = {  # module, input shape, the gradient handed to backward (y: forward's output), error
+    "Linear, dy (1, N, O): parameter gradients of the wrong shape": (
+        lambda: Linear(3, 2, seed=0), (6, 3), lambda y: y[None], ValueError),
+    "LayerNorm, dy (N, 1): broadcast into wrong gradients": (
+        lambda: LayerNorm(3), (6, 3), lambda y: y[:, :1], ValueError),
+    "HierarchicalMoE, dy (N, 1) for O = 2": (
+        lambda: HierarchicalMoE(3, 2, seed=0), (6, 3), lambda y: y[:, :1], ValueError),
+    "MMoE, dy (N,): IndexError": (lambda: MMoE(3, n_experts=2, seed=0), (6, 3), lambda y: y[:, 0], ValueError),
+    "Conv2d, dy None: AttributeError": (lambda: Conv2d(2, 3, 3, seed=0), (2, 2, 5, 5), lambda y: None, TypeError),
+    "ExpertBank, dy complex": (lambda: ExpertBank(2, 3, 2, seed=0), (6, 3), lambda y: y.astype(complex), TypeError),
+}
+
+
+@pytest.mark.parametrize("case", BAD_GRADIENTS)
+def test_backward_refuses_a_gradient_that_is_not_shaped_like_the_output(case):
+    # before: the first three were accepted (Linear's dW came out (1, D, O), LayerNorm's and the hierarchical
+    # mixture's dy broadcast over the features), MMoE raised an IndexError, Conv2d an AttributeError, and the
+    # complex gradient was accepted into complex parameter gradients
+    factory, x_shape, bad, error = BAD_GRADIENTS[case]
+    module = factory()
+    y = module.forward(np.random.default_rng(0).standard_normal(x_shape))
+    with pytest.raises(error, match=r"(dy|dout) has (shape|dtype) .*forward's output"):
+        module.backward(bad(y))
+
+
+def test_backward_takes_a_nested_list_gradient_of_the_right_shape():
+    x = np.random.default_rng(0).standard_normal((6, 3))
+    module = Linear(3, 2, seed=0)
+    dy = np.random.default_rng(1).standard_normal(module.forward(x).shape)
+    expected = module.backward(dy)
+    module.forward(x)
+    np.testing.assert_array_equal(module.backward(dy.tolist()), expected)
