@@ -28,7 +28,7 @@ from typing import NamedTuple
 
 from .backend import combine_rows, get_array_module, to_numpy
 from .gates.expert_choice import capacity_ceil
-from .validation import check_real
+from .validation import check_positive_int, check_real
 from .workers import n_threads, run_blocks
 
 
@@ -131,8 +131,7 @@ class Capacity:
         self.factor = check_real(factor, "factor", 0, low_open=True)
         if policy not in POLICIES:
             raise ValueError(f"policy={policy!r} must be one of {POLICIES}")
-        if isinstance(min_capacity, bool) or not isinstance(min_capacity, int) or min_capacity < 0:
-            raise ValueError(f"min_capacity={min_capacity!r} must be an integer >= 0")
+        min_capacity = check_positive_int(min_capacity, "min_capacity", minimum=0)  # np.int64 too, stored as int
         if renormalize not in (True, False):
             raise TypeError(f"renormalize={renormalize!r} must be True or False")
         self.policy, self.min_capacity, self.renormalize = policy, min_capacity, bool(renormalize)

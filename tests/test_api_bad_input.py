@@ -15,6 +15,7 @@ from numpy_moe.hme import HierarchicalMoE
 from numpy_moe.image_layers import Conv2d, LayerNorm
 from numpy_moe.layers import MLP, Linear
 from numpy_moe.models import ImageMoEClassifier, MMoE, SparseMLP
+from numpy_moe.routing import Capacity
 
 # ----- NumPy integers are integers -------------------------------------------------------------------------
 # A size that comes out of an array (x.shape[1], np.unique(y).size, an np.arange of widths) is a NumPy integer.
@@ -93,3 +94,16 @@ def test_backward_takes_a_nested_list_gradient_of_the_right_shape():
     expected = module.backward(dy)
     module.forward(x)
     np.testing.assert_array_equal(module.backward(dy.tolist()), expected)
+
+
+@pytest.mark.parametrize("min_capacity", [np.int64(3), np.int32(3)])
+def test_capacity_takes_a_numpy_integer_min_capacity(min_capacity):
+    # the old check wanted a Python int: "min_capacity=np.int64(3) must be an integer >= 0"
+    capacity = Capacity(0.1, min_capacity=min_capacity)
+    assert capacity.slots(16, 2, 8) == 3 and type(capacity.to_dict()["min_capacity"]) is int  # JSON-able
+
+
+@pytest.mark.parametrize("min_capacity, error", [(-1, ValueError), (2.0, TypeError), (True, TypeError)])
+def test_capacity_refuses_a_min_capacity_that_is_not_a_count(min_capacity, error):
+    with pytest.raises(error, match=r"min_capacity=.* must be an integer >= 0"):
+        Capacity(1.0, min_capacity=min_capacity)
