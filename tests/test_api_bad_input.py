@@ -9,6 +9,7 @@ arrays); the commit that added it says what the old code did.
 import numpy as np
 import pytest
 
+from numpy_moe.estimators import HMERegressor
 from numpy_moe.experts import ExpertBank
 from numpy_moe.gates import SoftmaxGate
 from numpy_moe.hme import HierarchicalMoE
@@ -107,3 +108,16 @@ def test_capacity_takes_a_numpy_integer_min_capacity(min_capacity):
 def test_capacity_refuses_a_min_capacity_that_is_not_a_count(min_capacity, error):
     with pytest.raises(error, match=r"min_capacity=.* must be an integer >= 0"):
         Capacity(1.0, min_capacity=min_capacity)
+
+
+@pytest.mark.parametrize("tree", [np.int64(3), [np.int64(2), 2], (np.int32(2), [2, np.int64(2)])])
+def test_a_hierarchical_tree_takes_numpy_integers(tree):
+    # the old parse_tree took a node as a gate's expert count only when it was a Python int: "tree=np.int64(3):
+    # every node must be an int >= 1 or a non-empty list of nodes, got np.int64(3)"
+    def plain(node):
+        return int(node) if isinstance(node, (int, np.integer)) else [plain(child) for child in node]
+
+    x = np.random.default_rng(0).standard_normal((6, 3))
+    np.testing.assert_array_equal(HierarchicalMoE(3, 1, tree, seed=0).forward(x),
+                                  HierarchicalMoE(3, 1, plain(tree), seed=0).forward(x))
+    HMERegressor(tree=tree, max_iter=2).fit(x, x[:, 0])
