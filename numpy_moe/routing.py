@@ -23,6 +23,7 @@ assignment contributes zero to its sample's output. :class:`Capacity` configures
 order or DeepSpeed's (by position only, or by the assignment's logit / probability), a minimum capacity,
 and renormalising the kept weights after dropping (fairseq, DeepSpeed; MATH.md §4.4).
 """
+import math
 from functools import partial
 from typing import NamedTuple
 
@@ -35,7 +36,10 @@ from .workers import n_threads, run_blocks
 def expert_capacity(n_samples, top_k, n_experts, capacity_factor):
     """C = ceil(N K capacity_factor / E), the most assignments one expert accepts (the product read as the
     decimal factor means it: :func:`~numpy_moe.gates.expert_choice.capacity_ceil`)."""
-    return capacity_ceil(n_samples * top_k * capacity_factor / n_experts)
+    capacity = n_samples * top_k * capacity_factor / n_experts
+    # a finite factor near 1e308 overflows the product to inf, which no int holds: the capacity is then
+    # N K, which no expert can exceed either (it gets at most every assignment)
+    return n_samples * top_k if math.isinf(capacity) else capacity_ceil(capacity)
 
 
 def apply_capacity(routing, capacity, batch_priority=False):

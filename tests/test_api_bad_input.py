@@ -16,6 +16,8 @@ from numpy_moe.hme import HierarchicalMoE
 from numpy_moe.image_layers import Conv2d, LayerNorm
 from numpy_moe.layers import MLP, Linear
 from numpy_moe.models import ImageMoEClassifier, MMoE, SparseMLP
+from numpy_moe.moe import MoE
+from numpy_moe.parallel import ExpertParallelMoE
 from numpy_moe.routing import Capacity
 
 # ----- NumPy integers are integers -------------------------------------------------------------------------
@@ -121,3 +123,19 @@ def test_a_hierarchical_tree_takes_numpy_integers(tree):
     np.testing.assert_array_equal(HierarchicalMoE(3, 1, tree, seed=0).forward(x),
                                   HierarchicalMoE(3, 1, plain(tree), seed=0).forward(x))
     HMERegressor(tree=tree, max_iter=2).fit(x, x[:, 0])
+
+
+# ----- a huge but finite capacity factor is no capacity limit ------------------------------------------------
+@pytest.mark.parametrize("router", ["topk", "expert_choice", "parallel"])
+def test_a_capacity_factor_near_the_float_maximum_drops_nothing(router):
+    # N K cf / E overflowed to inf and the old capacity_ceil raised "OverflowError: cannot convert float infinity
+    # to integer" from every forward; check_real had accepted the factor (it is finite)
+    x = np.random.default_rng(0).standard_normal((6, 3))
+    if router == "expert_choice":  # cf = E already lets every expert take every sample
+        layers = [MoE(3, 2, 4, router="expert_choice", capacity_factor=cf, seed=0) for cf in (1e308, 4.0)]
+    elif router == "parallel":
+        layers = [ExpertParallelMoE(3, 2, 4, top_k=2, seed=0, mode="padded", capacity_factor=1e308),
+                  ExpertParallelMoE(3, 2, 4, top_k=2, seed=0, mode="dropless")]
+    else:
+        layers = [MoE(3, 2, 4, top_k=2, capacity_factor=cf, seed=0) for cf in (1e308, None)]
+    np.testing.assert_array_equal(layers[0].forward(x), layers[1].forward(x))

@@ -1,6 +1,6 @@
 """Expert-choice routing: each expert picks its C best samples (Zhou et al. 2022, "Mixture-of-experts
 with expert choice routing"; MATH.md §4.3)."""
-from math import ceil
+from math import ceil, isinf
 
 from .. import functional as F
 from ..backend import default_rng, get_array_module
@@ -19,7 +19,8 @@ def capacity_ceil(x):
 
 def expert_choice_capacity(n_samples, n_experts, capacity_factor):
     """Samples each expert takes in expert-choice routing: min(N, ceil(N * capacity_factor / E))."""
-    return min(n_samples, capacity_ceil(n_samples * capacity_factor / n_experts))
+    capacity = n_samples * capacity_factor / n_experts
+    return n_samples if isinf(capacity) else min(n_samples, capacity_ceil(capacity))  # inf: a factor near 1e308
 
 
 class ExpertChoiceGate(Module):
