@@ -9,13 +9,14 @@ arrays); the commit that added it says what the old code did.
 import numpy as np
 import pytest
 
+from numpy_moe.balance import FrameworkBalance, SequenceBalance
 from numpy_moe.estimators import HMERegressor
-from numpy_moe.experts import ExpertBank
-from numpy_moe.gates import SoftmaxGate
+from numpy_moe.experts import ExpertBank, SharedExpert
+from numpy_moe.gates import ScoreGate, SoftmaxGate
 from numpy_moe.hme import HierarchicalMoE
 from numpy_moe.image_layers import Conv2d, LayerNorm
 from numpy_moe.layers import MLP, Linear
-from numpy_moe.models import ImageMoEClassifier, MMoE, SparseMLP
+from numpy_moe.models import ImageMoEClassifier, MMoE, SparseMLP, TransformerLM
 from numpy_moe.moe import MoE
 from numpy_moe.parallel import ExpertParallelMoE
 from numpy_moe.routing import Capacity
@@ -139,3 +140,32 @@ def test_a_capacity_factor_near_the_float_maximum_drops_nothing(router):
     else:
         layers = [MoE(3, 2, 4, top_k=2, capacity_factor=cf, seed=0) for cf in (1e308, None)]
     np.testing.assert_array_equal(layers[0].forward(x), layers[1].forward(x))
+
+
+# ----- flags are True or False -----------------------------------------------------------------------------
+FLAGS = {  # (class, the other arguments, the flag)
+    "MoE batch_priority": (MoE, dict(in_features=3, out_features=2, n_experts=4, top_k=2, capacity_factor=1.0),
+                           "batch_priority"),
+    "MoE residual": (MoE, dict(in_features=3, out_features=3, n_experts=4), "residual"),
+    "ScoreGate normalize": (ScoreGate, dict(in_features=3, n_experts=4), "normalize"),
+    "ScoreGate bias_centered": (ScoreGate, dict(in_features=3, n_experts=4, bias_update=1e-3), "bias_centered"),
+    "SharedExpert gated": (SharedExpert, dict(in_features=3, out_features=2, hidden=4), "gated"),
+    "TransformerLM tied": (TransformerLM, dict(vocab_size=10, d_model=4, n_layers=1, max_len=8, hidden=8), "tied"),
+    "SequenceBalance per_sequence": (SequenceBalance, dict(weight=1e-3), "per_sequence"),
+    "FrameworkBalance double_softmax": (FrameworkBalance, dict(), "double_softmax"),
+}
+
+
+@pytest.mark.parametrize("value", ["false", None, 0.5])
+@pytest.mark.parametrize("case", FLAGS)
+def test_a_flag_that_is_not_a_bool_is_refused_by_name(case, value):
+    # each was read as bool(value) before: "false" turned the option on, None and 0.5 were taken without a word
+    cls, kwargs, flag = FLAGS[case]
+    with pytest.raises(TypeError, match=rf"{flag}={value!r} must be True or False"):
+        cls(**kwargs, **{flag: value})
+
+
+@pytest.mark.parametrize("case", FLAGS)
+def test_a_numpy_bool_flag_is_a_bool(case):
+    cls, kwargs, flag = FLAGS[case]
+    assert getattr(cls(**kwargs, **{flag: np.bool_(True)}), flag) is True

@@ -6,7 +6,7 @@ expert scaled by sigmoid(x w).
 from .. import functional as F
 from ..backend import default_rng
 from ..layers import Module, init_weight
-from ..validation import check_input, check_positive_int
+from ..validation import check_bool, check_input, check_positive_int
 from .bank import ExpertBank
 
 
@@ -38,7 +38,7 @@ class SharedExpert(Module):
         rng = default_rng(seed)
         self.mlp = ExpertBank(1, in_features, out_features, hidden, seed=rng, dtype=dtype, activation=activation,
                               bias=bias)
-        self.gated = bool(gated)
+        self.gated = check_bool(gated, "gated")
         if self.gated:
             self.params["w"] = init_weight(rng, in_features, 1, (in_features, 1), "glorot", self.dtype)
         self.zero_grad()

@@ -24,7 +24,7 @@ mean-centred update.
 from .. import functional as F
 from ..backend import asarray, default_rng, get_array_module
 from ..layers import Module, init_weight, zeros_param
-from ..validation import check_positive_int, check_real
+from ..validation import check_bool, check_positive_int, check_real
 from .base import Routing, expert_major_logits, topk_indices, weight_grad
 
 SCORES = ("softmax", "sigmoid")
@@ -96,8 +96,9 @@ class ScoreGate(Module):
         bias_update = check_real(bias_update, "bias_update", 0)
         jitter = check_real(jitter, "jitter", 0, 1, high_open=True)
         norm_eps = check_real(norm_eps, "norm_eps", 0)
-        self.score, self.normalize, self.group_score = score, bool(normalize), group_score
-        self.scale, self.bias_update, self.bias_centered = scale, bias_update, bool(bias_centered)
+        self.score, self.normalize, self.group_score = score, check_bool(normalize, "normalize"), group_score
+        self.scale, self.bias_update = scale, bias_update
+        self.bias_centered = check_bool(bias_centered, "bias_centered")
         self.jitter, self.norm_eps = jitter, norm_eps
         self.rng = default_rng(seed)
         self.params["W"] = init_weight(self.rng, D, E, (D, E), "glorot", self.dtype)

@@ -86,7 +86,7 @@ from ..gates import (CONVENTIONS, NOISES, BaseGate, ExpertChoiceGate, HashGate, 
                      TopKGate)
 from ..layers import Module
 from ..routing import Capacity, combine_topk, layer_capacity, group_by_expert, renormalize_backward, scatter_add
-from ..validation import check_input, check_mask, check_positive_int, check_real, check_seq_lengths
+from ..validation import check_bool, check_input, check_mask, check_positive_int, check_real, check_seq_lengths
 from ..workers import run_blocks
 from .compose import GATES, ROUTERS, check_gate_object, check_parts, keyword_gate, router_trains
 
@@ -183,11 +183,12 @@ class MoE(Module):
         if experts is None:
             out_features = check_positive_int(out_features, "out_features")
             experts = ExpertBank(E, D, out_features, hidden, seed=rng, dtype=dtype)
+        residual, batch_priority = check_bool(residual, "residual"), check_bool(batch_priority, "batch_priority")
         check_parts(self.gate, experts, shared, residual, out_features, self.dtype)
-        self.residual = bool(residual)
+        self.residual = residual
         self.in_features, self.out_features, self.n_experts = D, experts.out_features, E
         self.experts, self.shared = experts, shared
-        self.capacity_factor, self.batch_priority, self.dispatch = capacity_factor, bool(batch_priority), dispatch
+        self.capacity_factor, self.batch_priority, self.dispatch = capacity_factor, batch_priority, dispatch
         self.capacity = layer_capacity(capacity, capacity_factor, batch_priority, getattr(self.gate, "top_k", None))
         self.dense = isinstance(self.gate, SoftmaxGate)
         if self.dense and balance:
