@@ -13,6 +13,7 @@ from numpy_moe.balance import FrameworkBalance, SequenceBalance
 from numpy_moe.estimators import HMERegressor
 from numpy_moe.experts import ExpertBank, SharedExpert
 from numpy_moe.gates import ScoreGate, SoftmaxGate
+from numpy_moe.gradcheck import check_module
 from numpy_moe.hme import HierarchicalMoE
 from numpy_moe.image_layers import Conv2d, LayerNorm
 from numpy_moe.layers import MLP, Linear
@@ -169,3 +170,18 @@ def test_a_flag_that_is_not_a_bool_is_refused_by_name(case, value):
 def test_a_numpy_bool_flag_is_a_bool(case):
     cls, kwargs, flag = FLAGS[case]
     assert getattr(cls(**kwargs, **{flag: np.bool_(True)}), flag) is True
+
+
+# ----- the gradient checker's own arguments ----------------------------------------------------------------
+@pytest.mark.parametrize("kwargs, error, match", [
+    (dict(h=0), ValueError, "h=0 must be a finite number > 0"),           # was ZeroDivisionError
+    (dict(h=True), TypeError, "h=True must be"),                          # was h = 1: a failed check
+    (dict(h=float("nan")), ValueError, "h=nan must be"),                  # was a failed check, all NaN
+    (dict(tol=-1e-7), ValueError, "tol=-1e-07 must be a finite number >= 0"),  # a failed check blaming the module
+    (dict(tol=float("nan")), ValueError, "tol=nan must be"),
+    (dict(x=[[0.5, -1.0, 2.0]]), TypeError, "x is a list; check_module perturbs x in place"),  # AttributeError
+])
+def test_check_module_names_a_bad_step_tolerance_or_input(kwargs, error, match):
+    x = np.random.default_rng(0).standard_normal((4, 3))
+    with pytest.raises(error, match=match):
+        check_module(Linear(3, 2, seed=0), **{"x": x, **kwargs})
