@@ -12,7 +12,7 @@ import pytest
 from numpy_moe.balance import FrameworkBalance, SequenceBalance
 from numpy_moe.estimators import HMERegressor
 from numpy_moe.experts import ExpertBank, SharedExpert
-from numpy_moe.gates import ScoreGate, SoftmaxGate
+from numpy_moe.gates import BaseGate, ExpertChoiceGate, HashGate, ScoreGate, SinkhornGate, SoftmaxGate, TopKGate
 from numpy_moe.gradcheck import check_module
 from numpy_moe.hme import HierarchicalMoE
 from numpy_moe.image_layers import Conv2d, LayerNorm
@@ -185,3 +185,38 @@ def test_check_module_names_a_bad_step_tolerance_or_input(kwargs, error, match):
     x = np.random.default_rng(0).standard_normal((4, 3))
     with pytest.raises(error, match=match):
         check_module(Linear(3, 2, seed=0), **{"x": x, **kwargs})
+
+
+# ----- a gate called directly checks its input as the MoE layer does ---------------------------------------
+GATES = {
+    "SoftmaxGate": lambda: SoftmaxGate(3, 4, seed=0),
+    "TopKGate": lambda: TopKGate(3, 4, top_k=2, seed=0),
+    "ExpertChoiceGate": lambda: ExpertChoiceGate(3, 4, seed=0),
+    "ScoreGate": lambda: ScoreGate(3, 4, seed=0),
+    "BaseGate": lambda: BaseGate(3, 2, seed=0),
+    "SinkhornGate": lambda: SinkhornGate(3, 4, seed=0),
+    "HashGate": lambda: HashGate(3, 4, n_keys=10, seed=0),
+}
+
+
+def route(gate, x):
+    out = gate.forward(x, keys=np.arange(len(x))) if isinstance(gate, HashGate) else gate.forward(x)
+    return out if isinstance(out, np.ndarray) else out.weight
+
+
+@pytest.mark.parametrize("name", GATES)
+def test_a_gate_takes_a_nested_list_as_its_array(name):
+    # an AttributeError ("'list' object has no attribute 'shape'") from every gate but SoftmaxGate before
+    x = np.random.default_rng(0).standard_normal((6, 3))
+    np.testing.assert_array_equal(route(GATES[name](), x.tolist()), route(GATES[name](), x))
+
+
+@pytest.mark.parametrize("bad, match", [(lambda x: np.where(x > 1, np.nan, x), "x contains NaN or inf"),
+                                        (lambda x: x[:, :2], r"x has 2 features .*expected 3")])
+@pytest.mark.parametrize("name", GATES)
+def test_a_gate_refuses_nan_and_the_wrong_width_by_name(name, bad, match):
+    # before: SoftmaxGate and HashGate routed NaN rows without a word, HashGate took any width, the others
+    # failed inside NumPy (a matmul's core-dimension error) or the top-k selection
+    x = np.random.default_rng(0).standard_normal((6, 3))
+    with pytest.raises(ValueError, match=match):
+        route(GATES[name](), bad(x))

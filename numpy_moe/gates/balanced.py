@@ -10,7 +10,7 @@ the combine weight is sigmoid(h_{n,e}) (this gate) and the residual is ``MoE(...
 from .. import functional as F
 from ..backend import asarray, default_rng, get_array_module, linear_sum_assignment, to_numpy
 from ..layers import Module, init_weight
-from ..validation import check_positive_int
+from ..validation import check_input, check_positive_int
 from .base import Routing, expert_major_logits, fixed_selection_backward, topk_indices, weight_grad
 
 
@@ -87,6 +87,7 @@ class BaseGate(Module):
     def forward(self, x, mask=None):
         """x (N, D) -> Routing (one expert per sample). ``mask`` (N,) bool: the samples that count; the
         balanced assignment is over those alone, the others (padding) take their greedy choice."""
+        x = check_input(x, self.in_features, self.dtype)  # a public layer: called directly, not only by MoE
         xp = get_array_module(x)
         N = x.shape[0]
         self.x = x

@@ -5,7 +5,7 @@ from math import ceil, isinf
 from .. import functional as F
 from ..backend import default_rng, get_array_module
 from ..layers import Module, init_weight, zeros_param
-from ..validation import check_positive_int, check_real
+from ..validation import check_input, check_positive_int, check_real
 from .base import Routing, expert_major_logits, routing_backward, weight_grad
 
 
@@ -52,6 +52,7 @@ class ExpertChoiceGate(Module):
 
     def forward(self, x):
         """x (N, D) -> Routing."""
+        x = check_input(x, self.in_features, self.dtype)  # a public layer: called directly, not only by MoE
         xp = get_array_module(x)
         N, E = x.shape[0], self.n_experts
         self.x = x

@@ -4,7 +4,7 @@ import heapq
 
 from ..backend import asarray, default_rng, get_array_module, to_numpy
 from ..layers import Module, zeros_param
-from ..validation import check_positive_int
+from ..validation import check_input, check_positive_int
 from .base import Routing
 
 HASHES = ("random", "balanced")
@@ -89,6 +89,7 @@ class HashGate(Module):
 
     def forward(self, x, keys=None):
         """x (N, D), keys (N,) ints -> Routing."""
+        x = check_input(x, self.in_features, self.dtype)  # a public layer: called directly, not only by MoE
         xp = get_array_module(x)
         N, E = x.shape[0], self.n_experts
         keys = self.check_keys(keys, N)

@@ -24,7 +24,7 @@ mean-centred update.
 from .. import functional as F
 from ..backend import asarray, default_rng, get_array_module
 from ..layers import Module, init_weight, zeros_param
-from ..validation import check_bool, check_positive_int, check_real
+from ..validation import check_bool, check_input, check_positive_int, check_real
 from .base import Routing, expert_major_logits, topk_indices, weight_grad
 
 SCORES = ("softmax", "sigmoid")
@@ -121,6 +121,7 @@ class ScoreGate(Module):
 
     def forward(self, x, mask=None):
         """x (N, D) -> Routing. ``mask`` (N,) bool: samples that count in the load (None: all)."""
+        x = check_input(x, self.in_features, self.dtype)  # a public layer: called directly, not only by MoE
         xp = get_array_module(x)
         N, E, K = x.shape[0], self.n_experts, self.top_k
         self.u = None

@@ -7,7 +7,7 @@ from typing import NamedTuple
 from .. import functional as F
 from ..backend import default_rng, get_array_module
 from ..layers import Module, init_weight
-from ..validation import check_positive_int, check_real
+from ..validation import check_input, check_positive_int, check_real
 from .base import Routing, expert_major_logits, fixed_selection_backward, topk_indices, weight_grad
 
 SINKHORN_EPS = 1e-8  # Megatron-core's eps in the two divisions
@@ -104,6 +104,7 @@ class SinkhornGate(Module):
     def forward(self, x, mask=None):
         """x (N, D) -> Routing. ``mask`` (N,) bool: the samples that count; Sinkhorn balances those alone,
         the others (padding) take their plain top-k."""
+        x = check_input(x, self.in_features, self.dtype)  # a public layer: called directly, not only by MoE
         xp = get_array_module(x)
         N, K = x.shape[0], self.top_k
         self.x = x

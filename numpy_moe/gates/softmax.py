@@ -9,7 +9,7 @@
 from .. import functional as F
 from ..backend import asarray, default_rng, get_array_module
 from ..layers import Module, init_weight, zeros_param
-from ..validation import check_positive_int, check_real
+from ..validation import check_input, check_positive_int, check_real
 from ..workers import n_threads, run_blocks
 from .base import Routing, expert_major_logits, pick_pairs, routing_backward, topk_indices, weight_grad
 
@@ -42,6 +42,7 @@ class SoftmaxGate(Module):
         self.zero_grad()
 
     def forward(self, x):
+        x = check_input(x, self.in_features, self.dtype)  # a public layer: called directly, not only by MoE
         self.x = x
         self.g = F.softmax(x @ self.params["W"] + self.params["b"])  # (N, E)
         return self.g
@@ -159,6 +160,7 @@ class TopKGate(Module):
 
     def forward(self, x):
         """x (N, D) -> Routing."""
+        x = check_input(x, self.in_features, self.dtype)  # a public layer: called directly, not only by MoE
         xp = get_array_module(x)
         self.x = x
         threads = n_threads() if xp.__name__ == "numpy" and x.shape[0] * self.n_experts >= SPLIT_ROUTE else 1
