@@ -9,6 +9,7 @@ arrays); the commit that added it says what the old code did.
 import numpy as np
 import pytest
 
+from numpy_moe import data_text
 from numpy_moe.balance import FrameworkBalance, SequenceBalance
 from numpy_moe.estimators import HMERegressor
 from numpy_moe.experts import ExpertBank, SharedExpert
@@ -220,3 +221,20 @@ def test_a_gate_refuses_nan_and_the_wrong_width_by_name(name, bad, match):
     x = np.random.default_rng(0).standard_normal((6, 3))
     with pytest.raises(ValueError, match=match):
         route(GATES[name](), bad(x))
+
+
+# ----- token ids -------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("ids, error, match", [
+    ([3, -1], ValueError, r"ids has values in \[-1, 3\]; expected ids in \[0, "),  # was "0<": VOCAB[-1]
+    ([3, 10 ** 6], ValueError, r"ids has values in \[3, 1000000\]"),               # was an IndexError
+    ([3.7, 4.2], TypeError, "ids has dtype float64; expected integer token ids"),  # was "01": truncated
+    ([True, False], TypeError, "ids has dtype bool"),                               # was "^"
+])
+def test_decode_refuses_ids_outside_the_vocabulary(ids, error, match):
+    with pytest.raises(error, match=match):
+        data_text.decode(ids)
+
+
+def test_decode_still_reads_numpy_ids_of_any_integer_type():
+    ids = data_text.encode("^12+7=19$")
+    assert data_text.decode(ids.astype(np.uint8)) == data_text.decode(list(ids)) == "^12+7=19$"
