@@ -13,7 +13,8 @@ from numpy_moe import data_text
 from numpy_moe.balance import FrameworkBalance, SequenceBalance
 from numpy_moe.estimators import HMERegressor
 from numpy_moe.experts import ExpertBank, SharedExpert
-from numpy_moe.gates import BaseGate, ExpertChoiceGate, HashGate, ScoreGate, SinkhornGate, SoftmaxGate, TopKGate
+from numpy_moe.gates import (BaseGate, ExpertChoiceGate, HashGate, ScoreGate, SinkhornGate, SoftmaxGate, TopKGate,
+                             sinkhorn)
 from numpy_moe.gradcheck import check_module
 from numpy_moe.hme import HierarchicalMoE
 from numpy_moe.image_layers import Conv2d, LayerNorm
@@ -238,3 +239,17 @@ def test_decode_refuses_ids_outside_the_vocabulary(ids, error, match):
 def test_decode_still_reads_numpy_ids_of_any_integer_type():
     ids = data_text.encode("^12+7=19$")
     assert data_text.decode(ids.astype(np.uint8)) == data_text.decode(list(ids)) == "^12+7=19$"
+
+
+# ----- the standalone Sinkhorn balancing -------------------------------------------------------------------
+@pytest.mark.parametrize("kwargs, error, match", [
+    (dict(tol=float("inf")), ValueError, "tol=inf must be a finite number > 0"),  # was exp(logits), "converged"
+    (dict(tol=-1e-4), ValueError, "tol=-0.0001 must be"),          # was max_iter iterations and a warning
+    (dict(max_iter=2.7), TypeError, "max_iter=2.7 must be an integer >= 1"),   # ran 3 iterations
+    (dict(max_iter=0), ValueError, "max_iter=0 must be an integer >= 1"),      # no iteration, a warning
+    (dict(logits=[[0.0, np.nan], [1.0, 2.0]]), ValueError, "logits contains NaN or inf"),  # a NaN plan
+    (dict(logits=np.zeros(4)), ValueError, "logits has ndim=1"),   # ValueError: not enough values to unpack
+])
+def test_sinkhorn_checks_its_arguments_as_the_gate_does(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        sinkhorn(**{"logits": np.random.default_rng(0).standard_normal((6, 3)), **kwargs})

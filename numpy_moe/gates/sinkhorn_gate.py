@@ -5,7 +5,7 @@ import warnings
 from typing import NamedTuple
 
 from .. import functional as F
-from ..backend import default_rng, get_array_module
+from ..backend import asarray, default_rng, get_array_module
 from ..layers import Module, init_weight
 from ..validation import check_input, check_positive_int, check_real
 from .base import Routing, expert_major_logits, fixed_selection_backward, topk_indices, weight_grad
@@ -47,6 +47,10 @@ def sinkhorn(logits, tol=1e-4, max_iter=1000):
     with |delta_n| <= sum_e |d1_e - d1old_e| / min_e d1old_e (row n's sum uses the d1 of the step before),
     so when converged |N rowsum_n - 1| <= E tol / (min_e d1_e - E tol) (plus an eps term).
     """
+    logits = asarray(logits)  # a public function: checked as the gate's constructor checks tol and max_iter
+    logits = check_input(logits, None, logits.dtype, name="logits")  # NaN logits gave a NaN plan
+    tol = check_real(tol, "tol", 0, low_open=True)  # tol=inf returned exp(logits), unscaled, as converged
+    max_iter = check_positive_int(max_iter, "max_iter")  # 2.7 ran 3 iterations, True one
     xp = get_array_module(logits)
     N, E = logits.shape
     c = xp.exp(logits - max(0.0, float(logits.max()) - MAX_EXP))
