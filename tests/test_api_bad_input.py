@@ -9,7 +9,7 @@ arrays); the commit that added it says what the old code did.
 import numpy as np
 import pytest
 
-from numpy_moe import data_text
+from numpy_moe import data_text, io
 from numpy_moe.balance import FrameworkBalance, SequenceBalance
 from numpy_moe.estimators import HMERegressor
 from numpy_moe.experts import ExpertBank, SharedExpert
@@ -253,3 +253,12 @@ def test_decode_still_reads_numpy_ids_of_any_integer_type():
 def test_sinkhorn_checks_its_arguments_as_the_gate_does(kwargs, error, match):
     with pytest.raises(error, match=match):
         sinkhorn(**{"logits": np.random.default_rng(0).standard_normal((6, 3)), **kwargs})
+
+
+def test_io_load_takes_a_numpy_integer_max_bytes(tmp_path):
+    # refused before: "max_bytes=np.int64(1048576) must be a positive int"
+    path = io.save(Linear(3, 2, seed=0), tmp_path / "linear.npz")
+    for load in (lambda m: io.load(path, max_bytes=m), lambda m: io.load_into(Linear(3, 2, seed=1), path, max_bytes=m)):
+        np.testing.assert_array_equal(load(np.int64(2 ** 20)).params["W"], Linear(3, 2, seed=0).params["W"])
+    with pytest.raises(TypeError, match=r"max_bytes=2.5 must be a positive int"):
+        io.load(path, max_bytes=2.5)
