@@ -20,6 +20,7 @@ from numpy_moe.hme import HierarchicalMoE
 from numpy_moe.image_layers import Conv2d, LayerNorm
 from numpy_moe.layers import MLP, Linear
 from numpy_moe.models import ImageMoEClassifier, MMoE, SparseMLP, TransformerLM
+from numpy_moe.models.transformer import CausalSelfAttention, DenseFeedForward, PositionEmbedding
 from numpy_moe.moe import MoE
 from numpy_moe.parallel import ExpertParallelMoE
 from numpy_moe.routing import Capacity
@@ -262,3 +263,27 @@ def test_io_load_takes_a_numpy_integer_max_bytes(tmp_path):
         np.testing.assert_array_equal(load(np.int64(2 ** 20)).params["W"], Linear(3, 2, seed=0).params["W"])
     with pytest.raises(TypeError, match=r"max_bytes=2.5 must be a positive int"):
         io.load(path, max_bytes=2.5)
+
+
+# ----- token states (B, T, D) of the transformer's parts ---------------------------------------------------
+STATE_LAYERS = {
+    "CausalSelfAttention": lambda: CausalSelfAttention(4, 2, seed=0),
+    "DenseFeedForward": lambda: DenseFeedForward(4, 6, seed=0),
+    "PositionEmbedding": lambda: PositionEmbedding(8, 4, seed=0),
+}
+
+
+@pytest.mark.parametrize("name", STATE_LAYERS)
+def test_a_transformer_part_takes_nested_lists_as_its_array(name):
+    # "'list' object has no attribute 'ndim'" before
+    x = np.random.default_rng(0).standard_normal((2, 5, 4))
+    np.testing.assert_array_equal(STATE_LAYERS[name]().forward(x.tolist()), STATE_LAYERS[name]().forward(x))
+
+
+@pytest.mark.parametrize("bad, error, match", [(lambda x: np.where(x > 1, np.inf, x), ValueError, "x contains NaN or inf"),
+                                               (lambda x: (x > 0).astype(int), TypeError, "x has dtype int64")])
+def test_position_embedding_refuses_non_finite_and_integer_states(bad, error, match):
+    # PositionEmbedding added its table to them without a word (the other parts refuse them in their Linear)
+    x = np.random.default_rng(0).standard_normal((2, 5, 4))
+    with pytest.raises(error, match=match):
+        PositionEmbedding(8, 4, seed=0).forward(bad(x))
