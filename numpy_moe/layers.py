@@ -177,10 +177,11 @@ class Module:
         self.training = True
 
     def forward(self, x):
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} defines no forward pass")
 
     def backward(self, dy):
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} defines no backward pass (numpy_moe.classic.LocalExperts "
+                                  "trains by its own rules: fit_local_experts)")
 
     def __call__(self, x):
         return self.forward(x)

@@ -11,6 +11,7 @@ import pytest
 
 from numpy_moe import data_text, io
 from numpy_moe.balance import FrameworkBalance, SequenceBalance
+from numpy_moe.classic import LocalExperts
 from numpy_moe.estimators import HMERegressor
 from numpy_moe.experts import ExpertBank, SharedExpert
 from numpy_moe.gates import (BaseGate, ExpertChoiceGate, HashGate, ScoreGate, SinkhornGate, SoftmaxGate, TopKGate,
@@ -24,6 +25,7 @@ from numpy_moe.models.transformer import CausalSelfAttention, DenseFeedForward, 
 from numpy_moe.moe import MoE
 from numpy_moe.parallel import ExpertParallelMoE
 from numpy_moe.routing import Capacity
+from numpy_moe.train import fit
 
 # ----- NumPy integers are integers -------------------------------------------------------------------------
 # A size that comes out of an array (x.shape[1], np.unique(y).size, an np.arange of widths) is a NumPy integer.
@@ -287,3 +289,10 @@ def test_position_embedding_refuses_non_finite_and_integer_states(bad, error, ma
     x = np.random.default_rng(0).standard_normal((2, 5, 4))
     with pytest.raises(error, match=match):
         PositionEmbedding(8, 4, seed=0).forward(bad(x))
+
+
+def test_training_a_module_without_a_backward_pass_names_it():
+    # a bare NotImplementedError() from nm.fit(LocalExperts(...)) before
+    x = np.random.default_rng(0).standard_normal((8, 3))
+    with pytest.raises(NotImplementedError, match="LocalExperts defines no backward pass .*fit_local_experts"):
+        fit(LocalExperts(3, 2, 2, seed=0), x, np.arange(8) % 2, epochs=1)
