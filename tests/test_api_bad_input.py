@@ -296,3 +296,13 @@ def test_training_a_module_without_a_backward_pass_names_it():
     x = np.random.default_rng(0).standard_normal((8, 3))
     with pytest.raises(NotImplementedError, match="LocalExperts defines no backward pass .*fit_local_experts"):
         fit(LocalExperts(3, 2, 2, seed=0), x, np.arange(8) % 2, epochs=1)
+
+
+@pytest.mark.parametrize("routing_grad", ["weight", [1.0], {"weights": np.ones(12)}])
+def test_moe_backward_refuses_a_routing_gradient_it_would_not_read(routing_grad):
+    # a string or list raised "'str' object has no attribute 'items'"; a misspelt key was ignored, so the
+    # gradient it carried was dropped without a word
+    layer = MoE(3, 2, 4, top_k=2, seed=0)
+    y = layer.forward(np.random.default_rng(0).standard_normal((6, 3)))
+    with pytest.raises(TypeError, match=r"routing_grad=.* must be None or a dict with keys among \['clean'"):
+        layer.backward(np.ones_like(y), routing_grad=routing_grad)

@@ -92,6 +92,7 @@ from .compose import GATES, ROUTERS, check_gate_object, check_parts, keyword_gat
 
 _router_trains = router_trains  # its name before the layer became a package
 DISPATCHES = ("auto", "sparse", "dense", "padded")
+ROUTING_GRAD_KEYS = frozenset({"weight", "logits", "clean", "sigma", "scores"})  # what the gates differentiate
 OVERLAP_FROM = 1 << 16  # experts' input-gradient values from which the combine runs beside the gate's backward
 BALANCE_NAMES = B.NAMES
 
@@ -295,8 +296,11 @@ class MoE(Module):
         """dy (N, O) -> dx (N, D); fills the gate's and the experts' grads, balance losses included.
 
         routing_grad : None or a dict, a gradient of ``self.routing`` from outside the layer (a
-        numpy_moe.balance.MultiLayer loss), added to the gate's.
+        numpy_moe.balance.MultiLayer loss), added to the gate's; its keys among ROUTING_GRAD_KEYS.
         """
+        if routing_grad is not None and (not isinstance(routing_grad, dict) or set(routing_grad) - ROUTING_GRAD_KEYS):
+            raise TypeError(f"routing_grad={routing_grad!r:.200} must be None or a dict with keys among "
+                            f"{sorted(ROUTING_GRAD_KEYS)} (another key would be ignored)")
         if tuple(getattr(dy, "shape", ())) != self.y_shape:
             raise ValueError(f"dy has shape {tuple(getattr(dy, 'shape', ()))}; expected {self.y_shape}, the shape of "
                              "the last forward's output")
