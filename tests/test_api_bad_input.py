@@ -306,3 +306,18 @@ def test_moe_backward_refuses_a_routing_gradient_it_would_not_read(routing_grad)
     y = layer.forward(np.random.default_rng(0).standard_normal((6, 3)))
     with pytest.raises(TypeError, match=r"routing_grad=.* must be None or a dict with keys among \['clean'"):
         layer.backward(np.ones_like(y), routing_grad=routing_grad)
+
+
+# ----- an error names the argument the caller gave, not that of a layer built from it ---------------------
+@pytest.mark.parametrize("cls, kwargs, arg, value, error", [
+    (ImageMoEClassifier, dict(in_channels=1, image_size=8, channels=(2, 3)), "hidden", 2.5, TypeError),
+    (ImageMoEClassifier, dict(in_channels=1, image_size=8, channels=(2, 3), hidden=8), "n_classes", 0, ValueError),
+    (ImageMoEClassifier, dict(in_channels=1, image_size=8, hidden=8), "channels", 4, ValueError),
+    (SparseMLP, dict(image_size=4, patch_size=2, channels=4, depth=2), "token_hidden", True, TypeError),
+    (SparseMLP, dict(image_size=4, patch_size=2, channels=4, depth=2), "channel_hidden", -1, ValueError),
+])
+def test_a_model_names_its_own_argument(cls, kwargs, arg, value, error):
+    # before: "out_features=2.5 must be an integer >= 1" (the Linear or MoE being built), and for channels=4
+    # "object of type 'int' has no len()"
+    with pytest.raises(error, match=rf"^{arg}={value!r} must be"):
+        cls(**kwargs, **{arg: value})
