@@ -321,3 +321,10 @@ def test_a_model_names_its_own_argument(cls, kwargs, arg, value, error):
     # "object of type 'int' has no len()"
     with pytest.raises(error, match=rf"^{arg}={value!r} must be"):
         cls(**kwargs, **{arg: value})
+
+
+@pytest.mark.parametrize("balance", ["switch", 0.01, True])
+def test_moe_names_balance_when_it_is_neither_a_dict_nor_a_list(balance):
+    # before: "balance contains 's'" for the string, "'float' object is not iterable" for the number
+    with pytest.raises(TypeError, match=rf"balance={balance!r} must be None, a dict name -> weight"):
+        MoE(3, 2, 4, top_k=2, balance=balance)
