@@ -455,7 +455,7 @@ class MLP(Sequential):
     """
 
     def __init__(self, in_features, hidden, out_features, activation="relu", seed=None, dtype="float64"):
-        if activation not in _ACTIVATIONS:
+        if not isinstance(activation, str) or activation not in _ACTIVATIONS:  # a list: 'unhashable type'
             raise ValueError(f"activation={activation!r} must be one of {sorted(_ACTIVATIONS)}")
         act, init = _ACTIVATIONS[activation]
         if hasattr(hidden, "__index__"):  # an int, a NumPy integer (a bool too: refused below, by name)

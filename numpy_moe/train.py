@@ -82,7 +82,7 @@ def fit(model, X, y, loss="cross_entropy", optimizer=None, epochs=10, batch_size
     -------
     History
     """
-    if loss not in LOSSES:
+    if not isinstance(loss, str) or loss not in LOSSES:  # a list: 'unhashable type'
         raise ValueError(f"loss={loss!r} must be one of {sorted(LOSSES)}")
     epochs = check_positive_int(epochs, "epochs")
     batch_size = check_positive_int(batch_size, "batch_size")

@@ -9,7 +9,7 @@ arrays); the commit that added it says what the old code did.
 import numpy as np
 import pytest
 
-from numpy_moe import data_text, io
+from numpy_moe import data_text, io, presets
 from numpy_moe.balance import FrameworkBalance, SequenceBalance
 from numpy_moe.classic import LocalExperts
 from numpy_moe.estimators import HMERegressor
@@ -328,3 +328,22 @@ def test_moe_names_balance_when_it_is_neither_a_dict_nor_a_list(balance):
     # before: "balance contains 's'" for the string, "'float' object is not iterable" for the number
     with pytest.raises(TypeError, match=rf"balance={balance!r} must be None, a dict name -> weight"):
         MoE(3, 2, 4, top_k=2, balance=balance)
+
+
+# ----- an option named by a string ------------------------------------------------------------------------
+X6 = np.random.default_rng(0).standard_normal((6, 3))
+STRING_OPTIONS = {
+    "MLP activation": ("activation", lambda v: MLP(3, 4, 2, activation=v)),
+    "FrameworkBalance convention": ("convention", lambda v: FrameworkBalance(convention=v)),
+    "presets.build preset": ("preset", lambda v: presets.build(v, {})),
+    "fit loss": ("loss", lambda v: fit(MoE(3, 2, 2, seed=0), X6, np.arange(6) % 2, loss=v, epochs=1)),
+}
+
+
+@pytest.mark.parametrize("value", [["relu"], {"name": "relu"}])
+@pytest.mark.parametrize("case", STRING_OPTIONS)
+def test_a_string_option_given_a_list_or_dict_names_the_option(case, value):
+    # "unhashable type: 'list'" (a dict lookup) before, naming nothing
+    arg, make = STRING_OPTIONS[case]
+    with pytest.raises(ValueError, match=rf"{arg}=.* must be one of"):
+        make(value)

@@ -50,7 +50,7 @@ class FrameworkBalance(BalanceLoss):
 
     def __init__(self, weight=0.01, convention="hf", double_softmax=False):
         super().__init__(weight)
-        if convention not in CONVENTIONS:
+        if not isinstance(convention, str) or convention not in CONVENTIONS:  # a list: 'unhashable type'
             raise ValueError(f"convention={convention!r} must be one of {tuple(CONVENTIONS)}")
         self.convention, self.double_softmax = convention, check_bool(double_softmax, "double_softmax")
 
