@@ -36,6 +36,9 @@ from .workers import n_threads, run_blocks
 def expert_capacity(n_samples, top_k, n_experts, capacity_factor):
     """C = ceil(N K capacity_factor / E), the most assignments one expert accepts (the product read as the
     decimal factor means it: :func:`~numpy_moe.gates.expert_choice.capacity_ceil`)."""
+    n_samples = check_positive_int(n_samples, "n_samples", minimum=0)  # public: n_experts=0 divided by zero,
+    top_k, n_experts = check_positive_int(top_k, "top_k"), check_positive_int(n_experts, "n_experts")  # 2.7 ran
+    capacity_factor = check_real(capacity_factor, "capacity_factor", 0, low_open=True)
     capacity = n_samples * top_k * capacity_factor / n_experts
     # a finite factor near 1e308 overflows the product to inf, which no int holds: the capacity is then
     # N K, which no expert can exceed either (it gets at most every assignment)

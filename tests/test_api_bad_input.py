@@ -24,7 +24,7 @@ from numpy_moe.models import ImageMoEClassifier, MMoE, SparseMLP, TransformerLM
 from numpy_moe.models.transformer import CausalSelfAttention, DenseFeedForward, PositionEmbedding
 from numpy_moe.moe import MoE
 from numpy_moe.parallel import ExpertParallelMoE
-from numpy_moe.routing import Capacity
+from numpy_moe.routing import Capacity, expert_capacity
 from numpy_moe.train import fit
 
 # ----- NumPy integers are integers -------------------------------------------------------------------------
@@ -347,3 +347,15 @@ def test_a_string_option_given_a_list_or_dict_names_the_option(case, value):
     arg, make = STRING_OPTIONS[case]
     with pytest.raises(ValueError, match=rf"{arg}=.* must be one of"):
         make(value)
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    (dict(n_experts=0), ValueError, "n_experts=0 must be an integer >= 1"),             # ZeroDivisionError
+    (dict(top_k=2.7), TypeError, "top_k=2.7 must be an integer >= 1"),                   # a capacity of 14
+    (dict(n_samples=-10), ValueError, "n_samples=-10 must be an integer >= 0"),          # a capacity of -5
+    (dict(capacity_factor=-1.0), ValueError, "capacity_factor=-1.0 must be a finite number > 0"),
+    (dict(capacity_factor=float("inf")), ValueError, "capacity_factor=inf must be"),     # OverflowError
+])
+def test_expert_capacity_checks_its_arguments(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        expert_capacity(**{"n_samples": 10, "top_k": 2, "n_experts": 4, "capacity_factor": 1.0, **kwargs})
