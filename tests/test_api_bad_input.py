@@ -18,7 +18,7 @@ from numpy_moe.gates import (BaseGate, ExpertChoiceGate, HashGate, ScoreGate, Si
                              sinkhorn)
 from numpy_moe.gradcheck import check_module
 from numpy_moe.hme import HierarchicalMoE
-from numpy_moe.image_layers import Conv2d, LayerNorm
+from numpy_moe.image_layers import Conv2d, Flatten, LayerNorm, Unflatten
 from numpy_moe.layers import MLP, Linear
 from numpy_moe.models import ImageMoEClassifier, MMoE, SparseMLP, TransformerLM
 from numpy_moe.models.transformer import CausalSelfAttention, DenseFeedForward, PositionEmbedding
@@ -359,3 +359,17 @@ def test_a_string_option_given_a_list_or_dict_names_the_option(case, value):
 def test_expert_capacity_checks_its_arguments(kwargs, error, match):
     with pytest.raises(error, match=match):
         expert_capacity(**{"n_samples": 10, "top_k": 2, "n_experts": 4, "capacity_factor": 1.0, **kwargs})
+
+
+def test_flatten_and_unflatten_take_nested_lists():
+    # "'list' object has no attribute 'shape'" / "... 'ndim'" before
+    x = np.random.default_rng(0).standard_normal((2, 1, 3))
+    np.testing.assert_array_equal(Flatten().forward(x.tolist()), x.reshape(2, 3))
+    np.testing.assert_array_equal(Unflatten((1, 3)).forward(x.reshape(2, 3).tolist()), x)
+
+
+@pytest.mark.parametrize("shape", [3, None, "13"])
+def test_unflatten_names_a_shape_that_is_not_a_tuple(shape):
+    # "'int' object is not iterable" for 3 and None; "13" was read as ('1', '3') and refused as shape='1'
+    with pytest.raises(TypeError, match=rf"shape={shape!r} must be a tuple of integers >= 1"):
+        Unflatten(shape)
