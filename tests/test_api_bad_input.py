@@ -373,3 +373,24 @@ def test_unflatten_names_a_shape_that_is_not_a_tuple(shape):
     # "'int' object is not iterable" for 3 and None; "13" was read as ('1', '3') and refused as shape='1'
     with pytest.raises(TypeError, match=rf"shape={shape!r} must be a tuple of integers >= 1"):
         Unflatten(shape)
+
+
+@pytest.mark.parametrize("bad, error, match", [
+    (lambda x: np.where(x > 1, np.nan, x), ValueError, "x contains NaN or inf"),   # NaN outputs, no word
+    (lambda x: x.astype(complex), TypeError, "x has dtype complex128"),            # complex outputs
+    (lambda x: x[:, :2], ValueError, "x has 2 features"),                          # a matmul error inside
+    (lambda x: x[None], ValueError, r"x has shape \(1, 6, 3\); expected \(N, 3\) or"),  # 1 expert's batch of 2
+])
+def test_expert_bank_checks_its_input(bad, error, match):
+    x = np.random.default_rng(0).standard_normal((6, 3))
+    with pytest.raises(error, match=match):
+        ExpertBank(2, 3, 2, hidden=4, seed=0).forward(bad(x))
+
+
+def test_expert_bank_takes_a_nested_list():
+    # its backward raised "'list' object has no attribute 'ndim'" before
+    x = np.random.default_rng(0).standard_normal((6, 3))
+    banks = [ExpertBank(2, 3, 2, hidden=4, seed=0) for _ in range(2)]
+    outs = [banks[0].forward(x), banks[1].forward(x.tolist())]
+    np.testing.assert_array_equal(outs[1], outs[0])
+    np.testing.assert_array_equal(banks[1].backward(np.ones_like(outs[1])), banks[0].backward(np.ones_like(outs[0])))
