@@ -394,3 +394,10 @@ def test_expert_bank_takes_a_nested_list():
     outs = [banks[0].forward(x), banks[1].forward(x.tolist())]
     np.testing.assert_array_equal(outs[1], outs[0])
     np.testing.assert_array_equal(banks[1].backward(np.ones_like(outs[1])), banks[0].backward(np.ones_like(outs[0])))
+
+
+@pytest.mark.parametrize("x", [None, 3.0])
+def test_flatten_names_a_scalar(x):
+    # an IndexError ("tuple index out of range") before
+    with pytest.raises(ValueError, match="x has ndim=0"):
+        Flatten().forward(x)

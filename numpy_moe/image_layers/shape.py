@@ -11,6 +11,8 @@ class Flatten(Module):
 
     def forward(self, x):
         x = asarray(x)  # a nested list raised "'list' object has no attribute 'shape'"
+        if x.ndim == 0:
+            raise ValueError(f"x has ndim=0 (x={x!r:.40}); expected a batch (N, ...)")
         self.x_shape = x.shape
         return x.reshape(x.shape[0], math.prod(x.shape[1:]))  # no -1: N may be 0
 
