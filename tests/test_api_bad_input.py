@@ -25,7 +25,7 @@ from numpy_moe.models.transformer import CausalSelfAttention, DenseFeedForward, 
 from numpy_moe.moe import MoE
 from numpy_moe.parallel import ExpertParallelMoE
 from numpy_moe.routing import Capacity, expert_capacity
-from numpy_moe.train import fit
+from numpy_moe.train import fit, predict
 
 # ----- NumPy integers are integers -------------------------------------------------------------------------
 # A size that comes out of an array (x.shape[1], np.unique(y).size, an np.arange of widths) is a NumPy integer.
@@ -401,3 +401,14 @@ def test_flatten_names_a_scalar(x):
     # an IndexError ("tuple index out of range") before
     with pytest.raises(ValueError, match="x has ndim=0"):
         Flatten().forward(x)
+
+
+@pytest.mark.parametrize("call", ["fit", "predict"])
+@pytest.mark.parametrize("model", [None, "MoE", [Linear(3, 2, seed=0)]])
+def test_fit_and_predict_name_a_model_that_is_not_a_module(call, model):
+    # an AttributeError ("'NoneType' object has no attribute 'training'" / "... 'dtype'") before
+    with pytest.raises(TypeError, match=r"model=.* must be a numpy_moe Module"):
+        if call == "fit":
+            fit(model, X6, np.arange(6) % 2, epochs=1)
+        else:
+            predict(model, X6)
