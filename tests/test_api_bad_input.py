@@ -412,3 +412,10 @@ def test_fit_and_predict_name_a_model_that_is_not_a_module(call, model):
             fit(model, X6, np.arange(6) % 2, epochs=1)
         else:
             predict(model, X6)
+
+
+def test_saving_into_a_missing_directory_names_the_file_asked_for(tmp_path):
+    # the FileNotFoundError named a temporary file the caller never asked for ('.model.npz.k3j2h1.tmp')
+    target = tmp_path / "missing" / "model.npz"
+    with pytest.raises(FileNotFoundError, match=rf"^{target}: the directory .*missing does not exist"):
+        io.save(Linear(3, 2, seed=0), target)

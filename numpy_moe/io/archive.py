@@ -234,6 +234,8 @@ def _stage(path, write):
     if os.path.isdir(path):
         raise IsADirectoryError(f"{path} is a directory; pass a file name")
     directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):  # mkstemp's error named the temporary file, not the one asked for
+        raise FileNotFoundError(f"{path}: the directory {directory} does not exist")
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
