@@ -419,3 +419,12 @@ def test_saving_into_a_missing_directory_names_the_file_asked_for(tmp_path):
     target = tmp_path / "missing" / "model.npz"
     with pytest.raises(FileNotFoundError, match=rf"^{target}: the directory .*missing does not exist"):
         io.save(Linear(3, 2, seed=0), target)
+
+
+def test_top_k_gate_names_convention_its_own_argument():
+    # "gate='topk' must be one of ..." before: the name MoE gives the same choice, not TopKGate's (MoE(gate=...)
+    # still says gate=, from its own check)
+    with pytest.raises(ValueError, match=r"^convention='topk' must be one of"):
+        TopKGate(3, 4, convention="topk")
+    with pytest.raises(ValueError, match=r"^gate='topk' must be one of"):
+        MoE(3, 2, 4, top_k=2, gate="topk")

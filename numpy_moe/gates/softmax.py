@@ -146,7 +146,7 @@ class TopKGate(Module):
         if self.top_k > E:
             raise ValueError(f"top_k={top_k} must be between 1 and n_experts={E}")
         if convention not in CONVENTIONS:
-            raise ValueError(f"gate={convention!r} must be one of {CONVENTIONS}")
+            raise ValueError(f"convention={convention!r} must be one of {CONVENTIONS}")
         if noise not in NOISES:
             raise ValueError(f"noise={noise!r} must be one of {NOISES}")
         self.convention, self.noise = convention, noise
