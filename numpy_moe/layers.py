@@ -35,7 +35,7 @@ import operator
 
 from . import functional as F
 from .backend import asarray, default_rng, get_array_module, result_dtype
-from .validation import check_input, check_positive_int
+from .validation import check_bool, check_input, check_positive_int
 
 
 class NoForwardPassError(RuntimeError, ValueError):
@@ -269,6 +269,7 @@ class Module:
                 m.grads[key] = p * 0
 
     def train(self, mode=True):
+        mode = check_bool(mode, "mode")  # train("eval") would have left every module training
         for m in self.modules():
             m.training = mode
         return self

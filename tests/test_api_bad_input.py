@@ -428,3 +428,10 @@ def test_top_k_gate_names_convention_its_own_argument():
         TopKGate(3, 4, convention="topk")
     with pytest.raises(ValueError, match=r"^gate='topk' must be one of"):
         MoE(3, 2, 4, top_k=2, gate="topk")
+
+
+@pytest.mark.parametrize("mode", ["eval", None, 0.0])
+def test_module_train_refuses_a_mode_that_is_not_a_bool(mode):
+    # train("eval") set training = "eval", which is truthy: noise and balance statistics stayed on
+    with pytest.raises(TypeError, match=rf"mode={mode!r} must be True or False"):
+        MoE(3, 2, 4, top_k=2, seed=0).train(mode)
