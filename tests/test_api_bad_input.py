@@ -435,3 +435,28 @@ def test_module_train_refuses_a_mode_that_is_not_a_bool(mode):
     # train("eval") set training = "eval", which is truthy: noise and balance statistics stayed on
     with pytest.raises(TypeError, match=rf"mode={mode!r} must be True or False"):
         MoE(3, 2, 4, top_k=2, seed=0).train(mode)
+
+
+# ----- framework weights -----------------------------------------------------------------------------------
+MIXTRAL = {"hidden_size": 4, "intermediate_size": 6, "num_local_experts": 4, "num_experts_per_tok": 2}
+
+
+@pytest.mark.parametrize("preset, moe, error, match", [
+    ("switch", lambda: presets.build("mixtral", MIXTRAL, seed=0), ValueError,
+     r"moe is not a 'switch' block .*lacks \['experts.W1', 'experts.W2'\]"),           # KeyError 'experts.W1'
+    ("qwen2_moe", lambda: presets.build("mixtral", MIXTRAL, seed=0), ValueError,
+     r"moe is not a 'qwen2_moe' block .*lacks \['shared.mlp.W_down'"),                 # KeyError
+    ("mixtral", lambda: MoE(4, 4, 4, hidden=6, top_k=2, seed=0), ValueError,
+     r"moe is not a 'mixtral' block"),                                                 # KeyError 'experts.W_gate'
+    ("mixtral", lambda: None, TypeError, r"moe=None must be a numpy_moe MoE built by presets.build"),  # AttributeError
+])
+def test_exporting_a_block_of_another_preset_names_what_does_not_fit(preset, moe, error, match):
+    with pytest.raises(error, match=match):
+        presets.to_state_dict(preset, moe())
+
+
+def test_exporting_a_block_of_its_own_preset_still_works():
+    moe = presets.build("mixtral", MIXTRAL, seed=0)
+    back = presets.from_state_dict("mixtral", presets.to_state_dict("mixtral", moe), MIXTRAL)
+    for (name, p), (_, q) in zip(moe.named_parameters(), back.named_parameters()):
+        np.testing.assert_array_equal(q, p, err_msg=name)
