@@ -9,7 +9,7 @@ arrays); the commit that added it says what the old code did.
 import numpy as np
 import pytest
 
-from numpy_moe import data_text, io, presets
+from numpy_moe import conformance, data_text, io, presets
 from numpy_moe.balance import FrameworkBalance, SequenceBalance
 from numpy_moe.classic import LocalExperts
 from numpy_moe.estimators import HMERegressor
@@ -23,6 +23,7 @@ from numpy_moe.layers import MLP, Linear
 from numpy_moe.models import ImageMoEClassifier, MMoE, SparseMLP, TransformerLM
 from numpy_moe.models.transformer import CausalSelfAttention, DenseFeedForward, PositionEmbedding
 from numpy_moe.moe import MoE
+from numpy_moe.optim import FTRL, SGD, Adam
 from numpy_moe.parallel import ExpertParallelMoE
 from numpy_moe.routing import Capacity, expert_capacity
 from numpy_moe.train import fit, predict
@@ -460,3 +461,19 @@ def test_exporting_a_block_of_its_own_preset_still_works():
     back = presets.from_state_dict("mixtral", presets.to_state_dict("mixtral", moe), MIXTRAL)
     for (name, p), (_, q) in zip(moe.named_parameters(), back.named_parameters()):
         np.testing.assert_array_equal(q, p, err_msg=name)
+
+
+@pytest.mark.parametrize("preset", ["nope", None])
+def test_make_fixture_names_an_unknown_preset(preset):
+    # a bare KeyError: 'nope' before
+    with pytest.raises(ValueError, match=rf"preset={preset!r} must be one of \["):
+        conformance.make_fixture(preset)
+
+
+@pytest.mark.parametrize("optimizer", [SGD, Adam, FTRL])
+def test_an_optimizer_step_names_a_model_that_is_not_a_module(optimizer):
+    # "'NoneType' object has no attribute 'named_grads'" before, and the step count had already advanced
+    opt = optimizer()
+    with pytest.raises(TypeError, match=r"model=None must be a numpy_moe Module"):
+        opt.step(None)
+    assert opt.t == 0

@@ -81,6 +81,8 @@ def _shape(preset):
 
 def make_fixture(preset, seed=0):
     """(arrays, manifest entry) of one preset's fixture."""
+    if not isinstance(preset, str) or preset not in CONFIGS:  # a KeyError naming only the value before
+        raise ValueError(f"preset={preset!r} must be one of {sorted(CONFIGS)}")
     cfg = CONFIGS[preset]
     rng = np.random.default_rng(seed)
     moe = P.build(preset, cfg, seed=seed)
