@@ -17,6 +17,8 @@ class Optimizer:
         self.t = 0
 
     def step(self, model):
+        if not (callable(getattr(model, "named_parameters", None)) and callable(getattr(model, "named_grads", None))):
+            raise TypeError(f"model={model!r:.80} must be a numpy_moe Module (named_parameters, named_grads)")
         self.t += 1
         grads = dict(model.named_grads())
         for name, p in model.named_parameters():
