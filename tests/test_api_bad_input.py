@@ -9,7 +9,7 @@ arrays); the commit that added it says what the old code did.
 import numpy as np
 import pytest
 
-from numpy_moe import conformance, data_text, io, presets
+from numpy_moe import conformance, data_images, data_text, io, presets
 from numpy_moe.balance import FrameworkBalance, SequenceBalance
 from numpy_moe.classic import LocalExperts
 from numpy_moe.estimators import HMERegressor
@@ -477,3 +477,16 @@ def test_an_optimizer_step_names_a_model_that_is_not_a_module(optimizer):
     with pytest.raises(TypeError, match=r"model=None must be a numpy_moe Module"):
         opt.step(None)
     assert opt.t == 0
+
+
+# ----- data sets -------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("kwargs, error, match", [
+    (dict(dtype="int64"), TypeError, "dtype='int64' must be a float dtype"),          # float64 images, silently
+    (dict(dtype="complex128"), TypeError, "dtype='complex128' must be a float dtype"),  # complex images
+    (dict(seed=True), TypeError, "seed=True must be None, an int >= 0"),              # taken as seed 1
+    (dict(seed=[1, 2]), TypeError, r"seed=\[1, 2\] must be None"),                     # taken by NumPy
+    (dict(test_size="a"), TypeError, "test_size='a' must be a finite number in"),     # '<' not supported
+])
+def test_load_digits_images_checks_its_arguments(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        data_images.load_digits_images(**kwargs)
