@@ -9,7 +9,7 @@ arrays); the commit that added it says what the old code did.
 import numpy as np
 import pytest
 
-from numpy_moe import conformance, data_images, data_text, io, presets
+from numpy_moe import conformance, data_images, data_text, datasets, io, presets
 from numpy_moe.balance import FrameworkBalance, SequenceBalance
 from numpy_moe.classic import LocalExperts
 from numpy_moe.estimators import HMERegressor
@@ -490,3 +490,14 @@ def test_an_optimizer_step_names_a_model_that_is_not_a_module(optimizer):
 def test_load_digits_images_checks_its_arguments(kwargs, error, match):
     with pytest.raises(error, match=match):
         data_images.load_digits_images(**kwargs)
+
+
+@pytest.mark.parametrize("X_train, X, error, match", [
+    (X6[:, 0], X6, ValueError, r"X_train has shape \(6,\); expected \(N, D\)"),  # one mean for every column
+    (X6, X6[:, :2], ValueError, r"X has shape \(6, 2\); expected \(N, 3\)"),       # broadcast: (6, 2) vs (3,)
+    (X6, X6[:, :1], ValueError, r"X has shape \(6, 1\); expected \(N, 3\)"),       # broadcast to (6, 3) silently
+    (X6 + 1j, X6, TypeError, "X_train has dtype complex128; expected real numbers"),  # imaginary part dropped
+])
+def test_standardizer_refuses_rows_of_another_shape(X_train, X, error, match):
+    with pytest.raises(error, match=match):
+        datasets.standardizer(X_train)(X)
