@@ -501,3 +501,16 @@ def test_load_digits_images_checks_its_arguments(kwargs, error, match):
 def test_standardizer_refuses_rows_of_another_shape(X_train, X, error, match):
     with pytest.raises(error, match=match):
         datasets.standardizer(X_train)(X)
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    (dict(tolerance=1e-5), ValueError, r"tolerance=1e-05 must be a dict with keys among \['aux'"),  # AttributeError
+    (dict(tolerance={"outptu": 1e-3}), ValueError, r"tolerance=\{'outptu': 0.001\} must be a dict"),  # ignored
+    (dict(tolerance={"output": -1.0}), ValueError, r"tolerance\['output'\]=-1.0 must be a finite number >= 0"),
+    (dict(tolerance={"output": "a"}), TypeError, r"tolerance\['output'\]='a' must be"),  # '<=' not supported
+    (dict(results="output"), TypeError, "results must be a dict name -> array; got str"),  # str indices
+])
+def test_conformance_compare_checks_its_arguments(kwargs, error, match):
+    fixture = conformance.make_fixture("mixtral")[0]
+    with pytest.raises(error, match=match):
+        conformance.compare(fixture, **{"results": fixture, **kwargs})
