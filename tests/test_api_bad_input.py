@@ -283,8 +283,10 @@ def test_a_transformer_part_takes_nested_lists_as_its_array(name):
     np.testing.assert_array_equal(STATE_LAYERS[name]().forward(x.tolist()), STATE_LAYERS[name]().forward(x))
 
 
-@pytest.mark.parametrize("bad, error, match", [(lambda x: np.where(x > 1, np.inf, x), ValueError, "x contains NaN or inf"),
-                                               (lambda x: (x > 0).astype(int), TypeError, "x has dtype int64")])
+@pytest.mark.parametrize("bad, error, match", [
+    (lambda x: np.where(x > 1, np.inf, x), ValueError, "x contains NaN or inf"),
+    (lambda x: (x > 0).astype(int), TypeError, "x has dtype int64"),
+])
 def test_position_embedding_refuses_non_finite_and_integer_states(bad, error, match):
     # PositionEmbedding added its table to them without a word (the other parts refuse them in their Linear)
     x = np.random.default_rng(0).standard_normal((2, 5, 4))
