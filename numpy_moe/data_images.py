@@ -15,6 +15,9 @@ from pathlib import Path
 
 import numpy
 
+from .backend import default_rng, is_floating_dtype
+from .validation import check_real
+
 CIFAR_TRAIN_FILES = tuple(f"data_batch_{i}.bin" for i in range(1, 6))
 CIFAR_TEST_FILE = "test_batch.bin"
 CIFAR_RECORD_BYTES = 1 + 3 * 32 * 32
@@ -36,12 +39,14 @@ def load_digits_images(seed=0, test_size=0.25, dtype="float64"):
     """
     from sklearn.datasets import load_digits
 
-    if not 0 < test_size < 1:
-        raise ValueError(f"test_size={test_size!r} must be a fraction in (0, 1)")
+    check_real(test_size, "test_size", 0, 1, low_open=True, high_open=True)  # "a": a TypeError from '<'
+    if not is_floating_dtype(dtype):  # "int64" gave float64 images, "complex128" complex ones
+        raise TypeError(f"dtype={dtype!r} must be a float dtype (float32 or float64)")
+    rng = default_rng(seed)  # the house check: numpy's took True and [1, 2] as seeds
     digits = load_digits()
     X = digits.images[:, None].astype(dtype)  # (1797, 1, 8, 8)
     y = digits.target.astype(numpy.int64)
-    order = numpy.random.default_rng(seed).permutation(len(y))
+    order = rng.permutation(len(y))
     n_test = max(1, round(test_size * len(y)))
     test, train = order[:n_test], order[n_test:]
     m, s = X[train].mean(), X[train].std()

@@ -41,8 +41,14 @@ def encode(text):
 
 
 def decode(ids):
-    """Ids -> characters, padding dropped."""
-    return "".join(VOCAB[int(i)] for i in np.asarray(ids).ravel() if int(i) != 0)
+    """Ids -> characters, padding dropped; every id must be an integer in [0, len(VOCAB))."""
+    ids = np.asarray(ids)
+    if ids.dtype.kind not in "iu":  # 1.7 would be truncated to 1, True read as 1
+        raise TypeError(f"ids has dtype {ids.dtype}; expected integer token ids")
+    if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= len(VOCAB)):  # -1 would read VOCAB from the end
+        raise ValueError(f"ids has values in [{int(ids.min())}, {int(ids.max())}]; expected ids in "
+                         f"[0, {len(VOCAB) - 1}]")
+    return "".join(VOCAB[int(i)] for i in ids.ravel() if int(i) != 0)
 
 
 def token_types():

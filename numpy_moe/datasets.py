@@ -72,10 +72,21 @@ def make_v_regression(n_samples=1000, seed=None, noise=0.1, test_size=0.3):
 
 def standardizer(X_train):
     """A function mapping X (M, D) to (X - mean) / std with the mean and std of ``X_train`` (N, D)."""
-    X_train = np.asarray(X_train, dtype=np.float64)
+    X_train = _real_rows(X_train, None, "X_train")
     if not np.isfinite(X_train).all():
         raise ValueError("X_train contains NaN or inf; cannot standardise it")
     mean, std = X_train.mean(axis=0), X_train.std(axis=0)
     if not (std > 0).all():
         raise ValueError(f"X_train has a constant column (std={std}); cannot standardise it")
-    return lambda X: (np.asarray(X, dtype=np.float64) - mean) / std
+    return lambda X: (_real_rows(X, X_train.shape[1], "X") - mean) / std
+
+
+def _real_rows(X, D, name):
+    """``X`` as float64 rows (N, D) (D None: any width); a 1-D X or another width broadcast against the mean
+    and std into nonsense, a complex X lost its imaginary part."""
+    X = np.asarray(X)
+    if X.dtype.kind not in "biuf":
+        raise TypeError(f"{name} has dtype {X.dtype}; expected real numbers")
+    if X.ndim != 2 or D is not None and X.shape[1] != D:
+        raise ValueError(f"{name} has shape {X.shape}; expected (N, {'D' if D is None else D})")
+    return X.astype(np.float64)

@@ -13,6 +13,7 @@ Work in float64: with h = 1e-6 the truncation error is O(h²) ~ 1e-12 and the ro
 ~ 1e-16 / h ~ 1e-10 relative, well under the 1e-7 pass mark.
 """
 from .backend import default_rng, get_array_module, to_numpy
+from .validation import check_real
 
 
 def numerical_gradient(f, x, h=1e-6):
@@ -29,7 +30,10 @@ def numerical_gradient(f, x, h=1e-6):
     -------
     grad : array of x's shape, dF/dx.
     """
+    h = check_real(h, "h", 0, low_open=True)  # h = 0 divided by zero; h < 0 flips no sign but is not a step
     xp = get_array_module(x)
+    if not hasattr(x, "dtype"):  # a list cannot be perturbed in place
+        raise TypeError(f"x is a {type(x).__name__}; finite differences need a float64 array")
     if x.dtype != xp.float64:  # an integer x keeps x ± h at x, x - 1: garbage; float32 rounds h by percents
         raise TypeError(f"x has dtype {x.dtype}; finite differences need a float64 array (MATH.md §8: in float32 "
                         "the step h = 1e-6 is rounded by percents), e.g. a module built with dtype='float64'")
@@ -108,6 +112,10 @@ def check_module(module, x, h=1e-6, tol=1e-7, seed=0, forward=None, check_input=
     L = sum(R * y) + module.aux_loss, so dL/dy = R and ``module.backward(R)`` must return dL/dx and
     fill ``grads`` including the auxiliary loss's gradient.
     """
+    h, tol = check_real(h, "h", 0, low_open=True), check_real(tol, "tol", 0)  # h = 0: ZeroDivisionError
+    if not hasattr(x, "dtype"):  # perturbed in place: an array (a list raised an AttributeError midway)
+        raise TypeError(f"x is a {type(x).__name__}; check_module perturbs x in place, so it must be a float64 "
+                        "array")
     fwd = forward or module.forward
     xp = get_array_module(x)
     if not (x.flags.c_contiguous and getattr(x.flags, "writeable", True)):  # numerical_gradient perturbs it in place

@@ -28,6 +28,7 @@ order; ``V`` (E, D+1, O); ``log_var`` (E,) for Gaussian experts (σ_e² = exp(lo
 steps keep it positive).
 """
 import math
+import numbers
 
 from . import functional as F
 from .backend import asarray, default_rng, get_array_module
@@ -52,12 +53,13 @@ def parse_tree(tree):
     def walk(node, start, depth):
         if depth > 32:
             raise ValueError(f"tree={tree!r} is nested deeper than 32 levels")
-        if isinstance(node, bool) or not isinstance(node, (int, list, tuple)):
+        if isinstance(node, bool) or not isinstance(node, (numbers.Integral, list, tuple)):  # np.int64 too
             raise TypeError(f"tree={tree!r}: every node must be an int >= 1 or a non-empty list of nodes, "
                             f"got {node!r}")
         slot = len(gates)
         gates.append(None)
-        if isinstance(node, int):
+        if isinstance(node, numbers.Integral):
+            node = int(node)
             if node < 1:
                 raise ValueError(f"tree={tree!r}: a gate needs at least 1 expert, got {node}")
             gates[slot] = [(start + i, start + i + 1) for i in range(node)]
@@ -81,8 +83,8 @@ def _count_leaves(node, depth=0):
     counts 0: parse_tree then says why)."""
     if depth > 32:
         return 0
-    if isinstance(node, int) and not isinstance(node, bool):
-        return max(node, 0)
+    if isinstance(node, numbers.Integral) and not isinstance(node, bool):
+        return max(int(node), 0)
     if isinstance(node, (list, tuple)):
         return sum(_count_leaves(child, depth + 1) for child in node)
     return 0

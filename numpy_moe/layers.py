@@ -47,10 +47,11 @@ import contextvars
 import functools
 import inspect
 import math
+import operator
 
 from . import functional as F
 from .backend import asarray, default_rng, get_array_module, result_dtype
-from .validation import check_input, check_positive_int
+from .validation import check_bool, check_input, check_positive_int
 
 
 class NoForwardPassError(RuntimeError, ValueError):
@@ -64,8 +65,8 @@ _FORWARD_OF = {"backward": "forward", "backward_grouped": "forward_grouped"}
 
 
 def _records_forward(method, backward):
-    """``method`` (a forward pass) that records in the module whether it ran to the end, and the dtype of what it
-    returned (None for a Routing or a float), for ``backward``."""
+    """``method`` (a forward pass) that records in the module whether it ran to the end, and the dtype and shape of
+    what it returned (the dtype of a Routing's weights; None for a float), for ``backward``."""
     flag = "_ran_" + _FORWARD_OF[backward]
     out_dtype = flag + "_dtype"
 
@@ -85,6 +86,10 @@ def _records_forward(method, backward):
         if dtype is None:  # a gate's Routing: the dtype of its weights, for the gradient dict its backward takes
             dtype = getattr(getattr(out, "weight", None), "dtype", None)
         state[out_dtype] = dtype
+        # the shape backward's gradient must have (an array output only: a gate's Routing, a loss's float
+        # have none)
+        state[flag + "_shape"] = tuple(out.shape) if hasattr(out, "dtype") and isinstance(
+            getattr(out, "shape", None), tuple) else None
         return out
 
     forward._pass_checked = True
@@ -92,18 +97,20 @@ def _records_forward(method, backward):
 
 
 def _other_float(a, dtype):
-    """True for an array of a float dtype other than ``dtype``."""
+    """True for an array of a real dtype (float or integer) other than ``dtype``, the forward output's float."""
     given = getattr(a, "dtype", None)
-    return given is not None and given != dtype and given.kind == "f"
+    return given is not None and given != dtype and given.kind in "fiu"
 
 
 def _needs_forward(method):
-    """``method`` (a backward pass) that raises NoForwardPassError unless its forward pass has run, and that
-    converts an output gradient of another float dtype to the dtype of the forward's output (a float64 dy
-    given to a float32 model would otherwise make float64 gradients and a float64 dx)."""
+    """``method`` (a backward pass) that raises NoForwardPassError unless its forward pass has run, checks its
+    gradient against the shape of the forward's output (:func:`_check_grad`), and converts a gradient of another
+    real dtype to the dtype of the forward's output (a float64 dy given to a float32 model would otherwise make
+    float64 gradients and a float64 dx)."""
     name = method.__name__
     flag = "_ran_" + _FORWARD_OF[name]
     out_dtype = flag + "_dtype"
+    grad_name = next(iter(list(inspect.signature(method).parameters)[1:]), None)  # dy, dout, dlogits
 
     @functools.wraps(method)
     def backward(self, *args, **kwargs):
@@ -111,6 +118,9 @@ def _needs_forward(method):
         if not state.get(flag):
             raise NoForwardPassError(f"{type(self).__name__}.{name} called before {_FORWARD_OF[name]}: it needs a "
                                      "forward pass first (none has run, or the last one raised)")
+        shape = state.get(flag + "_shape")
+        if name == "backward" and shape is not None and (args or grad_name in kwargs):
+            args, kwargs = _check_grad(self, args, kwargs, grad_name, shape)
         dtype = state.get(out_dtype)
         if args and dtype is not None:
             dy = args[0]
@@ -123,6 +133,24 @@ def _needs_forward(method):
 
     backward._pass_checked = True
     return backward
+
+
+def _check_grad(module, args, kwargs, grad_name, shape):
+    """``args, kwargs`` of ``module.backward`` with its gradient checked against the output's ``shape``: a
+    gradient of another shape would broadcast into wrong parameter gradients (dy (N, 1) for (N, D)) or fail
+    deep inside; one that is not a real array would fail there with an AttributeError."""
+    dy = args[0] if args else kwargs[grad_name]
+    if not (hasattr(dy, "dtype") and isinstance(getattr(dy, "shape", None), tuple)):
+        dy = asarray(dy)  # a nested list of the right shape is a gradient too
+    if dy.dtype.kind not in "fiu":
+        raise TypeError(f"{grad_name} has dtype {dy.dtype}; expected a real-valued array, the gradient of "
+                        f"{type(module).__name__}.forward's output")
+    if tuple(dy.shape) != shape:
+        raise ValueError(f"{grad_name} has shape {tuple(dy.shape)}; expected {shape}, the shape of "
+                         f"{type(module).__name__}.forward's output")
+    if args:
+        return (dy,) + args[1:], kwargs
+    return args, {**kwargs, grad_name: dy}
 
 
 def _copy_containers(value):
@@ -140,8 +168,10 @@ class Module:
 
     Every subclass's forward and backward passes are checked in one place (``__init_subclass__``): a
     backward called before its forward (or after a forward that raised) raises :class:`NoForwardPassError`
-    naming the class, instead of an AttributeError about a missing cache. The pairs are ``forward`` (or
-    ``__call__``, a balance loss's forward) / ``backward`` and ``forward_grouped`` / ``backward_grouped``.
+    naming the class, instead of an AttributeError about a missing cache; a ``backward`` whose forward
+    returned an array takes a real gradient of that array's shape only (TypeError / ValueError naming it
+    otherwise). The pairs are ``forward`` (or ``__call__``, a balance loss's forward) / ``backward`` and
+    ``forward_grouped`` / ``backward_grouped``.
     """
 
     def __init_subclass__(cls, **kwargs):
@@ -200,10 +230,11 @@ class Module:
         self.training = True
 
     def forward(self, x):
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} defines no forward pass")
 
     def backward(self, dy):
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} defines no backward pass (numpy_moe.classic.LocalExperts "
+                                  "trains by its own rules: fit_local_experts)")
 
     def __call__(self, x):
         return self.forward(x)
@@ -291,6 +322,7 @@ class Module:
                 m.grads[key] = p * 0
 
     def train(self, mode=True):
+        mode = check_bool(mode, "mode")  # train("eval") would have left every module training
         for m in self.modules():
             m.training = mode
         return self
@@ -328,7 +360,8 @@ def check_budget(shape, dtype):
     """Raise :class:`ParameterBudgetError` if a parameter of ``shape`` and ``dtype`` would not fit in what is
     left of the current :func:`parameter_budget` (if any), without charging it: for a constructor whose work
     before creating that parameter grows with its size. Returns its size in bytes."""
-    shape = (int(shape),) if isinstance(shape, int) else tuple(int(s) for s in shape)
+    # a size may be any integer (a NumPy integer from an array's shape, arithmetic on sizes): operator.index
+    shape = (operator.index(shape),) if hasattr(shape, "__index__") else tuple(int(s) for s in shape)
     n_bytes = math.prod(shape) * result_dtype(dtype).itemsize
     left = _budget.get()
     if left is not None and n_bytes > left[0]:
@@ -480,10 +513,16 @@ class MLP(Sequential):
     """
 
     def __init__(self, in_features, hidden, out_features, activation="relu", seed=None, dtype="float64"):
-        if activation not in _ACTIVATIONS:
+        if not isinstance(activation, str) or activation not in _ACTIVATIONS:  # a list: 'unhashable type'
             raise ValueError(f"activation={activation!r} must be one of {sorted(_ACTIVATIONS)}")
         act, init = _ACTIVATIONS[activation]
-        widths = (hidden,) if isinstance(hidden, int) else tuple(hidden)
+        if hasattr(hidden, "__index__"):  # an int, a NumPy integer (a bool too: refused below, by name)
+            widths = (hidden,)
+        elif isinstance(hidden, (str, bytes, dict)) or not hasattr(hidden, "__iter__"):
+            raise TypeError(f"hidden={hidden!r} must be an integer >= 1 or a list or tuple of them")
+        else:
+            widths = tuple(hidden)
+        widths = tuple(check_positive_int(h, "hidden") for h in widths)
         rng = default_rng(seed)
         sizes = (in_features,) + widths + (out_features,)
         layers = []

@@ -26,6 +26,8 @@ class Optimizer:
         self.t = 0
 
     def step(self, model):
+        if not (callable(getattr(model, "named_parameters", None)) and callable(getattr(model, "named_grads", None))):
+            raise TypeError(f"model={model!r:.80} must be a numpy_moe Module (named_parameters, named_grads)")
         grads = dict(model.named_grads())
         params = list(model.named_parameters())
         self._check_shapes(params, grads)

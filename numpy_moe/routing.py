@@ -23,19 +23,26 @@ assignment contributes zero to its sample's output. :class:`Capacity` configures
 order or DeepSpeed's (by position only, or by the assignment's logit / probability), a minimum capacity,
 and renormalising the kept weights after dropping (fairseq, DeepSpeed; MATH.md §4.4).
 """
+import math
 from functools import partial
 from typing import NamedTuple
 
 from .backend import combine_rows, get_array_module, to_numpy
 from .gates.expert_choice import capacity_ceil
-from .validation import check_real
+from .validation import check_positive_int, check_real
 from .workers import n_threads, run_blocks
 
 
 def expert_capacity(n_samples, top_k, n_experts, capacity_factor):
     """C = ceil(N K capacity_factor / E), the most assignments one expert accepts (the product read as the
     decimal factor means it: :func:`~numpy_moe.gates.expert_choice.capacity_ceil`)."""
-    return capacity_ceil(n_samples * top_k * capacity_factor / n_experts)
+    n_samples = check_positive_int(n_samples, "n_samples", minimum=0)  # public: n_experts=0 divided by zero,
+    top_k, n_experts = check_positive_int(top_k, "top_k"), check_positive_int(n_experts, "n_experts")  # 2.7 ran
+    capacity_factor = check_real(capacity_factor, "capacity_factor", 0, low_open=True)
+    capacity = n_samples * top_k * capacity_factor / n_experts
+    # a finite factor near 1e308 overflows the product to inf, which no int holds: the capacity is then
+    # N K, which no expert can exceed either (it gets at most every assignment)
+    return n_samples * top_k if math.isinf(capacity) else capacity_ceil(capacity)
 
 
 def apply_capacity(routing, capacity, batch_priority=False):
@@ -131,8 +138,7 @@ class Capacity:
         self.factor = check_real(factor, "factor", 0, low_open=True)
         if policy not in POLICIES:
             raise ValueError(f"policy={policy!r} must be one of {POLICIES}")
-        if isinstance(min_capacity, bool) or not isinstance(min_capacity, int) or min_capacity < 0:
-            raise ValueError(f"min_capacity={min_capacity!r} must be an integer >= 0")
+        min_capacity = check_positive_int(min_capacity, "min_capacity", minimum=0)  # np.int64 too, stored as int
         if renormalize not in (True, False):
             raise TypeError(f"renormalize={renormalize!r} must be True or False")
         self.policy, self.min_capacity, self.renormalize = policy, min_capacity, bool(renormalize)

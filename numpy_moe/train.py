@@ -51,8 +51,16 @@ def _check_targets(y, loss, n_outputs, n_samples, dtype, name="y"):
     return y
 
 
+def _check_model(model):
+    """A model is a numpy_moe Module (or anything with its forward, backward, eval and named_parameters)."""
+    if not all(callable(getattr(model, m, None)) for m in ("forward", "backward", "eval", "named_parameters")):
+        raise TypeError(f"model={model!r:.80} must be a numpy_moe Module (forward, backward, eval, "
+                        "named_parameters)")
+
+
 def predict(model, X):
     """Forward ``X`` in evaluation mode (no noise), restoring the model's mode afterwards."""
+    _check_model(model)  # None raised "'NoneType' object has no attribute 'training'"
     was_training = model.training
     model.eval()
     try:
@@ -82,10 +90,11 @@ def fit(model, X, y, loss="cross_entropy", optimizer=None, epochs=10, batch_size
     -------
     History
     """
-    if loss not in LOSSES:
+    if not isinstance(loss, str) or loss not in LOSSES:  # a list: 'unhashable type'
         raise ValueError(f"loss={loss!r} must be one of {sorted(LOSSES)}")
     epochs = check_positive_int(epochs, "epochs")
     batch_size = check_positive_int(batch_size, "batch_size")
+    _check_model(model)
     X = check_input(X, None, model.dtype, "X", min_rows=1)  # the epoch's loss is a mean over the rows
     N = X.shape[0]
     loss_f, loss_b = LOSSES[loss]

@@ -98,6 +98,15 @@ def check_positive_int(value, name, minimum=1):
     return int(value)
 
 
+def check_bool(value, name):
+    """Return ``value`` if it is True or False (a NumPy bool too); TypeError naming ``name`` otherwise: a flag
+    read by its truth value would take "false", None, 0.5 or nan without a word."""
+    if isinstance(value, bool) or (getattr(value, "dtype", None) is not None and value.dtype.kind == "b"
+                                   and value.ndim == 0):
+        return bool(value)
+    raise TypeError(f"{name}={value!r} must be True or False")
+
+
 def check_real(value, name, low=None, high=None, low_open=False, high_open=False):
     """Return ``value`` as a finite float in the given range; TypeError / ValueError naming ``name`` otherwise.
 

@@ -150,7 +150,7 @@ def test_routing_backward_wrt_logits_clean_and_sigma(convention, rng):
     (dict(top_k=5), ValueError, "top_k=5 must be between 1 and n_experts=4"),
     (dict(top_k=0), ValueError, "top_k=0 must be an integer >= 1"),
     (dict(top_k=1.5), TypeError, "top_k=1.5 must be an integer"),
-    (dict(convention="topk"), ValueError, "gate='topk' must be one of"),
+    (dict(convention="topk"), ValueError, "convention='topk' must be one of"),
     (dict(noise="gauss"), ValueError, "noise='gauss' must be one of"),
     (dict(noise="vmoe", noise_std=0.0), ValueError, "noise_std=0.0 must be a finite number > 0"),
     (dict(noise="vmoe", noise_std=float("inf")), ValueError, "noise_std=inf must be a finite number > 0"),

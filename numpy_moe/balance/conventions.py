@@ -20,6 +20,7 @@ averages it over layers (``MultiLayer(loss, "mean")``), HuggingFace concatenates
 """
 from .. import functional as F
 from ..backend import get_array_module
+from ..validation import check_bool
 from .losses import BalanceLoss, ZLoss
 
 CONVENTIONS = {"hf": ("all", False), "gshard": ("first", False), "deepspeed_topk": ("all", True),
@@ -49,9 +50,9 @@ class FrameworkBalance(BalanceLoss):
 
     def __init__(self, weight=0.01, convention="hf", double_softmax=False):
         super().__init__(weight)
-        if convention not in CONVENTIONS:
+        if not isinstance(convention, str) or convention not in CONVENTIONS:  # a list: 'unhashable type'
             raise ValueError(f"convention={convention!r} must be one of {tuple(CONVENTIONS)}")
-        self.convention, self.double_softmax = convention, bool(double_softmax)
+        self.convention, self.double_softmax = convention, check_bool(double_softmax, "double_softmax")
 
     def __call__(self, routing):
         xp = get_array_module(routing.logits)

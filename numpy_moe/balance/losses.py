@@ -31,7 +31,7 @@ from .. import functional as F
 from ..backend import get_array_module, ndtr
 from ..gates.base import topk_indices
 from ..layers import Module
-from ..validation import check_real
+from ..validation import check_bool, check_real
 
 
 class BalanceLoss(Module):
@@ -333,7 +333,7 @@ class SequenceBalance(BalanceLoss):
 
     def __init__(self, weight=1e-3, per_sequence=True, counts="chosen"):
         super().__init__(weight)
-        self.per_sequence = bool(per_sequence)
+        self.per_sequence = check_bool(per_sequence, "per_sequence")
         if counts not in self.COUNTS:
             raise ValueError(f"counts={counts!r} must be one of {self.COUNTS}")
         self.counts = counts

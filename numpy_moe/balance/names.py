@@ -22,6 +22,9 @@ def from_names(balance, convention, noise):
             else:
                 raise ValueError(f"balance has unknown loss {name!r}; expected names from {NAMES}")
         return losses
+    if isinstance(balance, (str, bytes)) or not hasattr(balance, "__iter__"):  # "switch" read as 's', 'w', ...
+        raise TypeError(f"balance={balance!r} must be None, a dict name -> weight (names from {NAMES}) or a list "
+                        "of numpy_moe.balance loss objects")
     losses = list(balance)
     for loss in losses:
         if not isinstance(loss, BalanceLoss):

@@ -37,7 +37,7 @@ from ..backend import to_numpy
 from ..balance import FrameworkBalance, MultiLayer, select_samples
 from ..gates import topk_indices
 from ..io.archive import replace_together
-from ..validation import check_positive_int
+from ..validation import check_positive_int, check_real
 
 FORMAT = 1
 TOLERANCE = {"output": 1e-5, "aux": 1e-5, "grad": 1e-5, "router_logits": 1e-5, "routing/weights": 1e-5}
@@ -81,6 +81,8 @@ def _shape(preset):
 
 def make_fixture(preset, seed=0):
     """(arrays, manifest entry) of one preset's fixture."""
+    if not isinstance(preset, str) or preset not in CONFIGS:  # a KeyError naming only the value before
+        raise ValueError(f"preset={preset!r} must be one of {sorted(CONFIGS)}")
     cfg = CONFIGS[preset]
     rng = np.random.default_rng(seed)
     moe = P.build(preset, cfg, seed=seed)
@@ -192,7 +194,16 @@ def _by_expert(experts, values):
 
 
 def compare(fixture, results, tolerance=TOLERANCE):
-    """Rows (key, error, tolerance, ok) for every fixture key that ``results`` also holds."""
+    """Rows (key, error, tolerance, ok) for every fixture key that ``results`` also holds.
+
+    ``tolerance`` maps keys of TOLERANCE (a fixture key or its part before "/") to finite relative errors >= 0.
+    """
+    if not isinstance(results, dict):  # a string was searched for keys as a substring
+        raise TypeError(f"results must be a dict name -> array; got {type(results).__name__}")
+    if not isinstance(tolerance, dict) or set(tolerance) - set(TOLERANCE):  # a misspelt key was ignored
+        raise ValueError(f"tolerance={tolerance!r:.200} must be a dict with keys among {sorted(TOLERANCE)}")
+    for key, value in tolerance.items():  # a negative or NaN tolerance failed every comparison, naming nothing
+        check_real(value, f"tolerance[{key!r}]", 0)
     rows = []
     for key, want in fixture.items():
         if key not in results or key.startswith(("weights/", "layer2/")) or key in ("input", "mask", "projection"):

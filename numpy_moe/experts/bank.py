@@ -24,9 +24,9 @@ This module holds the bank (its parameters) and the dense pair; the grouped pair
 :mod:`numpy_moe.experts.grouped`, the gated-linear experts' passes :mod:`numpy_moe.experts.gated`.
 """
 from .. import functional as F
-from ..backend import default_rng
+from ..backend import asarray, default_rng
 from ..layers import Module, init_weight, zeros_param
-from ..validation import check_positive_int, check_real, to_dtype
+from ..validation import check_input, check_positive_int, check_real, to_dtype
 from .gated import GatedLinearPasses
 from .grouped import GroupedPasses
 
@@ -122,10 +122,10 @@ class ExpertBank(GroupedPasses, GatedLinearPasses, Module):
         return h
 
     # dense: every expert on every sample ------------------------------------------------------
-    def forward(self, x):
+    def forward(self, x, *, checked=False):
         """x (N, D) -> out (E, N, O), out[e] = E_e(x); or x (E, C, D), a batch per expert (the sparse layer's
         padded dispatch) -> out (E, C, O), out[e] = E_e(x[e])."""
-        x = to_dtype(x, self.dtype)  # float64 x into float32 experts: float32 outputs and grads
+        x = to_dtype(x, self.dtype) if checked else self._check_x(x)  # MoE checked x
         if self.glu:
             return self._glu_forward(x)
         self.x = x
@@ -137,6 +137,16 @@ class ExpertBank(GroupedPasses, GatedLinearPasses, Module):
                 h = F.relu(h)
             h = self._add_bias(h @ self.params[w], b)  # (E, N, ·)
         return h
+
+    def _check_x(self, x):
+        """x (N, D) or (E, C, D) checked as validation.check_input checks a batch, cast to the experts' dtype."""
+        x = asarray(x)
+        E, D = self.n_experts, self.in_features
+        if x.ndim == 3 and x.shape[0] == E and x.shape[2] == D:
+            return check_input(x.reshape(-1, D), D, self.dtype).reshape(x.shape)
+        if x.ndim != 2:
+            raise ValueError(f"x has shape {tuple(x.shape)}; expected (N, {D}) or, a batch per expert, (E={E}, C, {D})")
+        return check_input(x, D, self.dtype)
 
     def backward(self, dout):
         """dout (E, N, O) -> dx (N, D), summed over the experts; after a forward of per-expert batches x

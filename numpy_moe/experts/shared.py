@@ -6,7 +6,7 @@ expert scaled by sigmoid(x w).
 from .. import functional as F
 from ..backend import default_rng
 from ..layers import Module, init_weight
-from ..validation import check_input, check_positive_int
+from ..validation import check_bool, check_input, check_positive_int, to_dtype
 from .bank import ExpertBank
 
 
@@ -38,14 +38,15 @@ class SharedExpert(Module):
         rng = default_rng(seed)
         self.mlp = ExpertBank(1, in_features, out_features, hidden, seed=rng, dtype=dtype, activation=activation,
                               bias=bias)
-        self.gated = bool(gated)
+        self.gated = check_bool(gated, "gated")
         if self.gated:
             self.params["w"] = init_weight(rng, in_features, 1, (in_features, 1), "glorot", self.dtype)
         self.zero_grad()
 
-    def forward(self, x):
-        """x (N, D) -> (N, O), of the expert's dtype."""
-        x = self.x = check_input(x, self.in_features, self.dtype)
+    def forward(self, x, *, checked=False):
+        """x (N, D) -> (N, O), of the expert's dtype. checked : True when x has passed validation.check_input for
+        this expert already (as MoE passes it): it is then only converted to the expert's dtype."""
+        x = self.x = to_dtype(x, self.dtype) if checked else check_input(x, self.in_features, self.dtype)
         self.y = self.mlp.forward(x)[0]  # (N, O)
         if not self.gated:
             return self.y

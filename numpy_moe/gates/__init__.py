@@ -13,6 +13,11 @@
 
 Soft MoE mixes tokens into slots rather than choosing experts: it is a layer, numpy_moe.soft_moe.
 
+Every gate checks its input x (validation.check_input: a 2-D float array of D columns, finite, converted to
+the gate's dtype). ``forward(x, ..., checked=True)`` skips that check for an x that has passed it already
+and only converts the dtype: MoE passes it, having checked x itself (as it does for ExpertBank and
+SharedExpert).
+
 ``numpy_moe.gates.sinkhorn`` is the function :func:`sinkhorn`. Its module is ``numpy_moe.gates.sinkhorn_gate``:
 while it was called ``sinkhorn`` too, the function hid it (``import numpy_moe.gates.sinkhorn as m`` gave
 the function). Code that imports from the old module name (``from numpy_moe.gates.sinkhorn import

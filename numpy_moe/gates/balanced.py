@@ -10,7 +10,7 @@ the combine weight is sigmoid(h_{n,e}) (this gate) and the residual is ``MoE(...
 from .. import functional as F
 from ..backend import asarray, default_rng, get_array_module, linear_sum_assignment, to_numpy
 from ..layers import Module, init_weight
-from ..validation import check_positive_int, to_dtype
+from ..validation import check_input, check_positive_int, to_dtype
 from .base import Routing, expert_major_logits, fixed_selection_backward, topk_indices, weight_grad
 
 
@@ -89,10 +89,10 @@ class BaseGate(Module):
         self.params["W"] = init_weight(default_rng(seed), D, E, (D, E), "glorot", self.dtype)
         self.zero_grad()
 
-    def forward(self, x, mask=None):
+    def forward(self, x, mask=None, *, checked=False):
         """x (N, D) -> Routing (one expert per sample). ``mask`` (N,) bool: the samples that count; the
         balanced assignment is over those alone, the others (padding) take their greedy choice."""
-        x = to_dtype(x, self.dtype)  # float64 x into a float32 gate: a float32 routing and float32 grads
+        x = to_dtype(x, self.dtype) if checked else check_input(x, self.in_features, self.dtype)  # MoE checked x
         xp = get_array_module(x)
         N = x.shape[0]
         self.x = x

@@ -1,11 +1,11 @@
 """Expert-choice routing: each expert picks its C best samples (Zhou et al. 2022, "Mixture-of-experts
 with expert choice routing"; MATH.md §4.3)."""
-from math import ceil
+from math import ceil, isinf
 
 from .. import functional as F
 from ..backend import default_rng, get_array_module
 from ..layers import Module, init_weight, zeros_param
-from ..validation import check_positive_int, check_real, to_dtype
+from ..validation import check_input, check_positive_int, check_real, to_dtype
 from .base import Routing, expert_major_logits, routing_backward, weight_grad
 
 
@@ -21,7 +21,8 @@ def capacity_ceil(x):
 
 def expert_choice_capacity(n_samples, n_experts, capacity_factor):
     """Samples each expert takes in expert-choice routing: min(N, ceil(N * capacity_factor / E))."""
-    return min(n_samples, capacity_ceil(n_samples * capacity_factor / n_experts))
+    capacity = n_samples * capacity_factor / n_experts
+    return n_samples if isinf(capacity) else min(n_samples, capacity_ceil(capacity))  # inf: a factor near 1e308
 
 
 class ExpertChoiceGate(Module):
@@ -51,9 +52,9 @@ class ExpertChoiceGate(Module):
         self.params["b"] = zeros_param(E, self.dtype)
         self.zero_grad()
 
-    def forward(self, x):
+    def forward(self, x, *, checked=False):
         """x (N, D) -> Routing."""
-        x = to_dtype(x, self.dtype)  # float64 x into a float32 gate: a float32 routing and float32 grads
+        x = to_dtype(x, self.dtype) if checked else check_input(x, self.in_features, self.dtype)  # MoE checked x
         xp = get_array_module(x)
         N, E = x.shape[0], self.n_experts
         self.x = x

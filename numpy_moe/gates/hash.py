@@ -4,7 +4,7 @@ import heapq
 
 from ..backend import asarray, default_rng, get_array_module, to_numpy
 from ..layers import Module, zeros_param
-from ..validation import check_positive_int
+from ..validation import check_input, check_positive_int, to_dtype
 from .base import Routing
 
 HASHES = ("random", "balanced")
@@ -87,8 +87,9 @@ class HashGate(Module):
         if not bool(((t == xp.floor(t)) & (t >= 0) & (t < self.n_experts)).all()):
             raise ValueError(f"HashGate table holds values that are not expert ids in [0, {self.n_experts})")
 
-    def forward(self, x, keys=None):
+    def forward(self, x, keys=None, *, checked=False):
         """x (N, D), keys (N,) ints -> Routing."""
+        x = to_dtype(x, self.dtype) if checked else check_input(x, self.in_features, self.dtype)  # MoE checked x
         xp = get_array_module(x)
         N, E = x.shape[0], self.n_experts
         keys = self.check_keys(keys, N)

@@ -24,7 +24,7 @@ mean-centred update.
 from .. import functional as F
 from ..backend import asarray, default_rng, get_array_module
 from ..layers import Module, init_weight, zeros_param
-from ..validation import check_positive_int, check_real, to_dtype
+from ..validation import check_bool, check_input, check_positive_int, check_real, to_dtype
 from .base import Routing, expert_major_logits, topk_indices, weight_grad
 
 SCORES = ("softmax", "sigmoid")
@@ -96,8 +96,9 @@ class ScoreGate(Module):
         bias_update = check_real(bias_update, "bias_update", 0)
         jitter = check_real(jitter, "jitter", 0, 1, high_open=True)
         norm_eps = check_real(norm_eps, "norm_eps", 0)
-        self.score, self.normalize, self.group_score = score, bool(normalize), group_score
-        self.scale, self.bias_update, self.bias_centered = scale, bias_update, bool(bias_centered)
+        self.score, self.normalize, self.group_score = score, check_bool(normalize, "normalize"), group_score
+        self.scale, self.bias_update = scale, bias_update
+        self.bias_centered = check_bool(bias_centered, "bias_centered")
         self.jitter, self.norm_eps = jitter, norm_eps
         self.rng = default_rng(seed)
         self.params["W"] = init_weight(self.rng, D, E, (D, E), "glorot", self.dtype)
@@ -118,9 +119,9 @@ class ScoreGate(Module):
             c = xp.where(keep[:, :, None], cg, -xp.inf).reshape(N, E)
         return topk_indices(c, self.top_k)
 
-    def forward(self, x, mask=None):
+    def forward(self, x, mask=None, *, checked=False):
         """x (N, D) -> Routing. ``mask`` (N,) bool: samples that count in the load (None: all)."""
-        x = to_dtype(x, self.dtype)  # float64 x into a float32 gate: a float32 routing and float32 grads
+        x = to_dtype(x, self.dtype) if checked else check_input(x, self.in_features, self.dtype)  # MoE checked x
         xp = get_array_module(x)
         N, E, K = x.shape[0], self.n_experts, self.top_k
         self.u = None

@@ -5,9 +5,9 @@ import warnings
 from typing import NamedTuple
 
 from .. import functional as F
-from ..backend import default_rng, get_array_module
+from ..backend import asarray, default_rng, get_array_module, is_floating_dtype
 from ..layers import Module, init_weight
-from ..validation import check_positive_int, check_real, to_dtype
+from ..validation import check_input, check_positive_int, check_real, to_dtype
 from .base import Routing, expert_major_logits, fixed_selection_backward, topk_indices, weight_grad
 
 SINKHORN_EPS = 1e-8  # Megatron-core's eps in the two divisions
@@ -56,6 +56,9 @@ def sinkhorn(logits, tol=1e-4, max_iter=1000):
     holds a 1 (only eps's relative size changes, as for the shift above). A row or column that is -inf
     throughout has no plan (ValueError). Ordinary logits never take this branch.
     """
+    logits = _check_logits(asarray(logits))  # a public function: NaN logits gave a NaN plan
+    tol = check_real(tol, "tol", 0, low_open=True)  # tol=inf returned exp(logits), unscaled, as converged
+    max_iter = check_positive_int(max_iter, "max_iter")  # 2.7 ran 3 iterations, True one
     xp = get_array_module(logits)
     N, E = logits.shape
     c = xp.exp(logits - max(0.0, float(logits.max()) - MAX_EXP))
@@ -73,6 +76,20 @@ def sinkhorn(logits, tol=1e-4, max_iter=1000):
         warnings.warn(f"sinkhorn did not converge in max_iter={max_iter} iterations (mean change of d1 "
                       f"{error:.2e} > tol={tol:.0e}); routing on the last iterate", RuntimeWarning, stacklevel=2)
     return SinkhornResult(d0[:, None] * c * d1, d0, d1, it, converged)
+
+
+def _check_logits(logits):
+    """logits (N, E), a 2-D float array whose entries are finite or -inf (an excluded sample-expert pair, see
+    :func:`sinkhorn`); TypeError / ValueError otherwise."""
+    if logits.ndim != 2:
+        raise ValueError(f"logits has ndim={logits.ndim} (shape {tuple(logits.shape)}); expected a 2-D array (N, E)")
+    if not is_floating_dtype(logits.dtype):
+        raise TypeError(f"logits has dtype {logits.dtype}; expected a floating dtype (float32 or float64)")
+    xp = get_array_module(logits)
+    if bool(xp.isnan(logits).any()) or bool((logits == xp.inf).any()):
+        raise ValueError("logits contains NaN or inf (+inf); expected finite values, or -inf for a sample-expert "
+                         "pair that is excluded")
+    return logits
 
 
 def _rescaled_exp(logits):
@@ -126,10 +143,10 @@ class SinkhornGate(Module):
         self.sinkhorn_iterations, self.sinkhorn_converged = 0, None
         self.zero_grad()
 
-    def forward(self, x, mask=None):
+    def forward(self, x, mask=None, *, checked=False):
         """x (N, D) -> Routing. ``mask`` (N,) bool: the samples that count; Sinkhorn balances those alone,
         the others (padding) take their plain top-k."""
-        x = to_dtype(x, self.dtype)  # float64 x into a float32 gate: a float32 routing and float32 grads
+        x = to_dtype(x, self.dtype) if checked else check_input(x, self.in_features, self.dtype)  # MoE checked x
         xp = get_array_module(x)
         N, K = x.shape[0], self.top_k
         self.x = x

@@ -9,7 +9,7 @@
 from .. import functional as F
 from ..backend import asarray, default_rng, get_array_module
 from ..layers import Module, init_weight, zeros_param
-from ..validation import check_positive_int, check_real, to_dtype
+from ..validation import check_input, check_positive_int, check_real, to_dtype
 from ..workers import n_threads, run_blocks
 from .base import Routing, expert_major_logits, pick_pairs, routing_backward, topk_indices, weight_grad
 
@@ -41,8 +41,9 @@ class SoftmaxGate(Module):
         self.params["b"] = zeros_param(n_experts, self.dtype)
         self.zero_grad()
 
-    def forward(self, x):
-        self.x = x = to_dtype(x, self.dtype)  # float64 x into a float32 gate: float32 weights and grads
+    def forward(self, x, *, checked=False):
+        x = to_dtype(x, self.dtype) if checked else check_input(x, self.in_features, self.dtype)  # MoE checked x
+        self.x = x
         self.g = F.softmax(x @ self.params["W"] + self.params["b"])  # (N, E)
         return self.g
 
@@ -145,7 +146,7 @@ class TopKGate(Module):
         if self.top_k > E:
             raise ValueError(f"top_k={top_k} must be between 1 and n_experts={E}")
         if convention not in CONVENTIONS:
-            raise ValueError(f"gate={convention!r} must be one of {CONVENTIONS}")
+            raise ValueError(f"convention={convention!r} must be one of {CONVENTIONS}")
         if noise not in NOISES:
             raise ValueError(f"noise={noise!r} must be one of {NOISES}")
         self.convention, self.noise = convention, noise
@@ -157,10 +158,11 @@ class TopKGate(Module):
             self.params["W_noise"] = zeros_param((D, E), self.dtype)
         self.zero_grad()
 
-    def forward(self, x):
+    def forward(self, x, *, checked=False):
         """x (N, D) -> Routing."""
+        x = to_dtype(x, self.dtype) if checked else check_input(x, self.in_features, self.dtype)  # MoE checked x
         xp = get_array_module(x)
-        self.x = x = to_dtype(x, self.dtype)
+        self.x = x
         threads = n_threads() if xp.__name__ == "numpy" and x.shape[0] * self.n_experts >= SPLIT_ROUTE else 1
         if self.noise is None and threads > 1:
             self.routing = route_topk_blocks(x, self.params["W"], self.params["b"], self.top_k, self.convention,

@@ -136,9 +136,9 @@ class _open:
 
     def __init__(self, path, max_bytes):
         _check_path(path)
-        if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1:
+        if isinstance(max_bytes, bool) or not hasattr(max_bytes, "__index__") or max_bytes < 1:  # np.int64 too
             raise TypeError(f"max_bytes={max_bytes!r} must be a positive int")
-        self.path, self.max_bytes = path, max_bytes
+        self.path, self.max_bytes = path, int(max_bytes)
 
     def __enter__(self):
         self.archive = Archive(self.path, self.max_bytes)

@@ -46,9 +46,11 @@ class ImageMoEClassifier(Module):
         super().__init__(dtype)
         self.in_channels = check_positive_int(in_channels, "in_channels")
         self.image_size = check_positive_int(image_size, "image_size", minimum=4)
-        if len(channels) != 2:
+        if not hasattr(channels, "__len__") or len(channels) != 2:  # 64 raised "object of type 'int' has no len()"
             raise ValueError(f"channels={channels!r} must be a pair (c1, c2)")
         c1, c2 = (check_positive_int(c, "channels") for c in channels)
+        hidden = check_positive_int(hidden, "hidden")  # named here, not as the out_features of a layer built below
+        n_classes = check_positive_int(n_classes, "n_classes")
         if balance not in BALANCES:
             raise ValueError(f"balance={balance!r} must be one of {BALANCES}")
         rng = default_rng(seed)

@@ -185,6 +185,8 @@ class SparseMLP(Module):
             raise ValueError(f"sparse_blocks={self.sparse_blocks} must be block indices (ints) in [0, {depth - 1}]")
         S1 = 2 * S if tokens1 is None else check_positive_int(tokens1, "tokens1")
         C1 = max(1, C // 2) if channels1 is None else check_positive_int(channels1, "channels1")
+        token_hidden = check_positive_int(token_hidden, "token_hidden")  # not as a layer's out_features below
+        channel_hidden = check_positive_int(channel_hidden, "channel_hidden")
         rng = default_rng(seed)
         moe = dict(top_k=top_k, noise="vmoe", noise_std=noise_std,
                    balance={"importance": balance_weight, "load": balance_weight})

@@ -25,7 +25,7 @@ LAYOUTS = ("per_expert", "fused")
 
 
 def _check_preset(preset):
-    if preset not in BUILDERS:
+    if not isinstance(preset, str) or preset not in BUILDERS:  # a list: 'unhashable type'
         raise ValueError(f"preset={preset!r} must be one of {PRESETS}")
 
 

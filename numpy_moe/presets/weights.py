@@ -175,10 +175,20 @@ def import_weights(preset, moe, state_dict, prefix=""):
 
 def export_weights(preset, moe, layout="per_expert", prefix=""):
     """The framework's state dict (name -> NumPy array) of ``moe``'s weights, in ``layout``."""
+    if not callable(getattr(moe, "named_parameters", None)) or not hasattr(moe, "experts"):
+        raise TypeError(f"moe={moe!r:.80} must be a numpy_moe MoE built by presets.build({preset!r}, ...)")
     values = {k: to_numpy(v) for k, v in moe.named_parameters()}
     values.update({k: to_numpy(v) for k, v in moe.named_buffers()})
+    rules = _rules(preset, moe, layout)
+    # another preset's block raised a KeyError below, or lost the parameters the rules do not name without a
+    # word (a buffer, the selection bias, may be the layer's own and is not exported)
+    named = {path for _, path, _, _ in rules}
+    missing, unnamed = sorted(named - values.keys()), sorted({k for k, _ in moe.named_parameters()} - named)
+    if missing or unnamed:
+        raise ValueError(f"moe is not a {preset!r} block (presets.build({preset!r}, ...)): it lacks {missing}, "
+                         f"and the preset has no name for its {unnamed}")
     out = {}
-    for keys, path, _, to_theirs in _rules(preset, moe, layout):
+    for keys, path, _, to_theirs in rules:
         if to_theirs is None:  # the fused gate_up_proj (and gpt-oss's bias), written once from both halves
             if preset == "gpt_oss":
                 kind = "experts.b_" if keys[0].endswith("_bias") else "experts.W_"

@@ -10,6 +10,7 @@ from ... import functional as F
 from ...backend import default_rng, get_array_module
 from ...layers import Linear, Module
 from ...validation import check_positive_int
+from .embedding import check_states
 
 
 class CausalSelfAttention(Module):
@@ -42,9 +43,8 @@ class CausalSelfAttention(Module):
         self.proj = Linear(D, D, seed=rng, dtype=dtype)
 
     def forward(self, x):
+        x = check_states(x, self.d_model, self.dtype)
         xp = get_array_module(x)
-        if x.ndim != 3 or x.shape[2] != self.d_model:
-            raise ValueError(f"x has shape {tuple(x.shape)}; expected (B, T, {self.d_model})")
         B, T, D = x.shape
         if T == 0:  # a softmax over no position is undefined
             raise ValueError(f"x has T=0 positions (shape {tuple(x.shape)}); expected at least 1")

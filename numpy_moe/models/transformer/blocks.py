@@ -14,12 +14,7 @@ from ...layers import Linear, Module, ReLU, Sequential
 from ...moe import MoE
 from ...validation import check_positive_int, to_dtype
 from .attention import CausalSelfAttention
-
-
-def _check_tokens3(x, D):
-    if x.ndim != 3 or x.shape[2] != D:
-        raise ValueError(f"x has shape {tuple(x.shape)}; expected (B, T, {D})")
-    return x.shape
+from .embedding import check_states
 
 
 class DenseFeedForward(Module):
@@ -51,7 +46,8 @@ class DenseFeedForward(Module):
         self.net = Sequential(Linear(D, H, init="he", seed=rng, dtype=dtype), act, Linear(H, D, seed=rng, dtype=dtype))
 
     def forward(self, x, mask=None, tokens=None):
-        B, T, D = _check_tokens3(x, self.d_model)
+        x = check_states(x, self.d_model, self.dtype)
+        B, T, D = x.shape
         return self.net.forward(x.reshape(B * T, D)).reshape(B, T, D)
 
     def backward(self, dy):
@@ -89,7 +85,8 @@ class MoEFeedForward(Module):
         self.d_model = moe.in_features
 
     def forward(self, x, mask=None, tokens=None):
-        B, T, D = _check_tokens3(x, self.d_model)
+        x = check_states(x, self.d_model, self.dtype)
+        B, T, D = x.shape
         keys = None if tokens is None or not isinstance(self.moe.gate, HashGate) else tokens.reshape(-1)
         if isinstance(self.moe.gate, HashGate) and keys is None:
             raise ValueError("a HashGate routes on token ids: pass tokens=(B, T) ids")

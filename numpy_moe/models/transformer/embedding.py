@@ -7,7 +7,7 @@ position that read row v (MATH.md §15.1).
 """
 from ...backend import asarray, default_rng, get_array_module
 from ...layers import Module, normal_param
-from ...validation import check_positive_int, check_real, to_dtype
+from ...validation import check_input, check_positive_int, check_real
 
 
 def check_tokens(tokens, vocab_size, name="tokens"):
@@ -22,6 +22,16 @@ def check_tokens(tokens, vocab_size, name="tokens"):
                          f"[0, {vocab_size}), the vocabulary")
     return tokens
 
+
+
+def check_states(x, D, dtype, name="x"):
+    """Token states x (B, T, D), an array or nested lists, checked as :func:`numpy_moe.validation.check_input`
+    checks a batch (floating, finite) and returned as an array of ``dtype``."""
+    x = asarray(x)
+    if x.ndim != 3 or x.shape[2] != D:
+        raise ValueError(f"{name} has shape {tuple(x.shape)}; expected (B, T, {D})")
+    B, T, _ = x.shape
+    return check_input(x.reshape(B * T, D), D, dtype, name=name).reshape(B, T, D)
 
 class Embedding(Module):
     """A table of V learned vectors: token id v -> W[v].
@@ -84,9 +94,7 @@ class PositionEmbedding(Module):
         self.zero_grad()
 
     def forward(self, x):
-        x = to_dtype(x, self.dtype)  # float64 x: a float32 table adds in float32; integer x is refused
-        if x.ndim != 3 or x.shape[2] != self.dim:
-            raise ValueError(f"x has shape {tuple(x.shape)}; expected (B, T, {self.dim})")
+        x = check_states(x, self.dim, self.dtype)
         if x.shape[1] > self.max_len:
             raise ValueError(f"x has T={x.shape[1]} positions; this table holds max_len={self.max_len}")
         self.T = x.shape[1]

@@ -17,7 +17,7 @@ from ...backend import asarray, default_rng
 from ...image_layers import LayerNorm
 from ...layers import Linear, Module
 from ...moe import MoE
-from ...validation import check_positive_int
+from ...validation import check_bool, check_positive_int
 from .blocks import DenseFeedForward, MoEFeedForward, TransformerBlock
 from .embedding import Embedding, PositionEmbedding, check_tokens
 
@@ -71,7 +71,7 @@ class TransformerLM(Module):
                    else MoEFeedForward(layer))
             self.blocks.append(TransformerBlock(D, n_heads, ffn, seed=rng, dtype=dtype))
         self.norm = LayerNorm(D, dtype=dtype)
-        self.tied = bool(tied)
+        self.tied = check_bool(tied, "tied")
         self.head = None if self.tied else Linear(D, V, seed=rng, dtype=dtype)
 
     @staticmethod
