@@ -518,3 +518,57 @@ def test_conformance_compare_checks_its_arguments(kwargs, error, match):
     fixture = conformance.make_fixture("mixtral")[0]
     with pytest.raises(error, match=match):
         conformance.compare(fixture, **{"results": fixture, **kwargs})
+
+
+# ----- x is checked once per layer: MoE checks it, its parts only convert it ---------------------------------------
+@pytest.mark.parametrize("build", [
+    lambda: MoE(6, 3, 4, hidden=5, seed=0, top_k=2),
+    lambda: MoE(6, 3, 4, hidden=5, seed=0),  # dense: the gate and ExpertBank.forward
+    lambda: MoE(6, 3, 4, hidden=5, seed=0, top_k=2, dispatch="dense"),
+    lambda: MoE(gate=ScoreGate(6, 4, top_k=2, score="sigmoid"), experts=ExpertBank(4, 6, 3, 5, seed=0),
+                shared=SharedExpert(6, 3, 5, seed=0)),
+])
+def test_moe_checks_its_input_once_and_its_parts_do_not_check_it_again(build, monkeypatch):
+    """A second finiteness pass over x in the gate (or ExpertBank, SharedExpert) costs 0.3-0.7 ms a step at the
+    benchmark's second configuration: MoE passes checked=True to the parts whose forward takes it."""
+    from numpy_moe import validation
+    calls = []
+    real = validation.check_input
+
+    def counting(x, *args, **kwargs):
+        calls.append(tuple(np.shape(x)))
+        return real(x, *args, **kwargs)
+
+    import numpy_moe.experts.bank, numpy_moe.experts.shared, numpy_moe.gates.scored, numpy_moe.gates.softmax
+    import numpy_moe.moe
+    for module in (numpy_moe.moe, numpy_moe.gates.softmax, numpy_moe.gates.scored, numpy_moe.experts.bank,
+                   numpy_moe.experts.shared):
+        monkeypatch.setattr(module, "check_input", counting)
+    layer = build()
+    x = np.random.default_rng(0).standard_normal((7, 6))
+    layer.forward(x)
+    assert calls == [(7, 6)]  # the layer's own check only
+    calls.clear()
+    layer.gate.forward(x)  # called on its own, a part checks x itself
+    assert calls == [(7, 6)]
+
+
+def test_moe_runs_a_gate_subclass_whose_forward_does_not_take_checked():
+    """A user's subclass that overrides forward(self, x) keeps working inside MoE (no checked= passed to it)."""
+    class MyGate(TopKGate):
+        def forward(self, x):
+            return super().forward(x)
+
+    layer = MoE(gate=MyGate(6, 4, top_k=2, seed=0), experts=ExpertBank(4, 6, 3, 5, seed=0))
+    x = np.random.default_rng(1).standard_normal((5, 6))
+    ref = MoE(gate=TopKGate(6, 4, top_k=2, seed=0), experts=ExpertBank(4, 6, 3, 5, seed=0))
+    np.testing.assert_array_equal(layer.forward(x), ref.forward(x))
+
+
+def test_sinkhorn_takes_minus_inf_for_an_excluded_pair():
+    """-inf logits mark a sample-expert pair that gets no mass; NaN and +inf are refused (above)."""
+    h = np.random.default_rng(2).standard_normal((6, 3))
+    h[2, 1] = -np.inf
+    plan = sinkhorn(h).plan
+    assert plan[2, 1] == 0 and np.isfinite(plan).all()
+    np.testing.assert_allclose(plan.sum(axis=0), 1 / 3, rtol=1e-3)

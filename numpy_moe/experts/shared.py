@@ -47,7 +47,7 @@ class SharedExpert(Module):
         """x (N, D) -> (N, O), of the expert's dtype. checked : True when x has passed validation.check_input for
         this expert already (as MoE passes it): it is then only converted to the expert's dtype."""
         x = self.x = to_dtype(x, self.dtype) if checked else check_input(x, self.in_features, self.dtype)
-        self.y = self.mlp.forward(x)[0]  # (N, O)
+        self.y = self.mlp.forward(x, checked=True)[0]  # (N, O); x is checked above
         if not self.gated:
             return self.y
         self.g = F.sigmoid(x @ self.params["w"])  # (N, 1)
