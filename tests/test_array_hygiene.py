@@ -2,7 +2,7 @@
 never written, returned arrays never overwritten by a later call.
 
 Each case builds one module of a registered class in float32 or float64 and draws its input; the cases cover
-every Module class that numpy_moe.io registers (tested below). The Module contract in numpy_moe/layers.py
+every Module class that numpy_moe.io registers (tested below). The Module contract in numpy_moe/layers/__init__.py
 says what the tests hold the layers to.
 """
 import numpy as np
