@@ -13,11 +13,11 @@ class Optimizer:
     """Base: ``step(model)`` calls ``update(name, param, grad)`` for every parameter.
 
     ``step`` checks every gradient and every piece of per-parameter state (the dicts named in ``_state``)
-    against its parameter's shape before it changes anything: a shape that does not fit raises ValueError with
-    the model and the optimiser as they were. An update that refuses its gradient (Adam's and FTRL's
-    overflow checks: FloatingPointError) leaves its own parameter, its state and the step count unchanged; the
-    parameters updated before it in the walk stay updated, and the training loops put the whole step back
-    (:mod:`numpy_moe.divergence`).
+    against its parameter's shape, and asks ``check_update(name, param, grad)`` whether the update would
+    overflow the optimiser's state (Adam, FTRL: FloatingPointError naming the parameter), all before it changes
+    anything: a step that raises leaves the model, the optimiser's state and the step count as they were.
+    ``update`` itself does not check (the classic trainer's batch-size-1 pass calls it once per sample and
+    checks the weights at the end of its pass).
     """
     _state = ()  # the attributes holding per-parameter state: dicts parameter name -> array
 
@@ -31,13 +31,15 @@ class Optimizer:
         grads = dict(model.named_grads())
         params = list(model.named_parameters())
         self._check_shapes(params, grads)
+        for name, p in params:
+            self.check_update(name, p, grads[name])
         self.t += 1
-        try:
-            for name, p in params:
-                self.update(name, p, grads[name])
-        except FloatingPointError:  # an update refused (see Adam, FTRL): the step count stays that of the steps taken
-            self.t -= 1
-            raise
+        for name, p in params:
+            self.update(name, p, grads[name])
+
+    def check_update(self, name, p, g):
+        """Raise FloatingPointError, naming the parameter, if updating ``p`` with ``g`` would overflow this
+        optimiser's state for it; the base class's updates cannot."""
 
     def _check_shapes(self, params, grads=None):
         """ValueError naming the parameter when a gradient (of ``grads``, when given), or this optimiser's state
@@ -103,7 +105,7 @@ class Adam(Optimizer):
     A gradient entry whose square exceeds the dtype's range (|g| > 1.8e19 in float32, 1.3e154 in float64) can
     make v overflow to inf, after which that weight's update is m / inf = 0 at this step and every later one:
     the weight would freeze without a word. The step then raises FloatingPointError naming the parameter
-    before changing it (the training loops put the previous state back). Below that bound v cannot overflow
+    before changing any (``check_update``; the training loops report a divergence). Below that bound v cannot overflow
     (v_new <= max(v, g²)), so the check is one BLAS dot of g with itself: a finite sum of squares within the
     range bounds every g²; only a sum beyond it (or NaN) looks at the entries.
     """
@@ -117,16 +119,21 @@ class Adam(Optimizer):
         self.eps = check_real(eps, "eps", 0, low_open=True)
         self.m, self.v = {}, {}
 
+    def check_update(self, name, p, g):
+        xp = get_array_module(p)
+        top = float(xp.finfo(p.dtype).max)
+        if not _sum_squares(g) <= top:  # else every g² fits, and v_new <= max(v, g²)
+            # v_new = b2 v + (1 - b2) g² overflows where |g| sqrt(1 - b2) > sqrt(max - b2 v)
+            v = self.v.get(name)
+            _check_moment(name, "Adam's second moment v", g, xp.abs(g) * (1 - self.beta2) ** 0.5,
+                          xp.sqrt(top - self.beta2 * v) if v is not None else top ** 0.5,
+                          "frozen (an update of m / inf = 0, now and at every later step)")
+
     def update(self, name, p, g):
         xp = get_array_module(p)
         if name not in self.m:
             self.m[name], self.v[name] = xp.zeros_like(p), xp.zeros_like(p)
         m, v = self.m[name], self.v[name]
-        if not _sum_squares(g) <= float(xp.finfo(p.dtype).max):  # else every g² fits, and v_new <= max(v, g²)
-            # v_new = b2 v + (1 - b2) g² overflows where |g| sqrt(1 - b2) > sqrt(max - b2 v)
-            _check_moment(name, "Adam's second moment v", g, xp.abs(g) * (1 - self.beta2) ** 0.5,
-                          xp.sqrt(float(xp.finfo(p.dtype).max) - self.beta2 * v),
-                          "frozen (an update of m / inf = 0, now and at every later step)")
         parts = [(p, g, m, v)]
         if p.size > self.chunk and xp.__name__ == "numpy" and all(a.flags.c_contiguous for a in (p, m, v)):
             flat = [a.reshape(-1) for a in (p, g, m, v)]  # views of p, m, v (contiguous), so updates land
@@ -175,7 +182,7 @@ class FTRL(Optimizer):
     denominator is 0 there and the weight is the paper's w = 0 (|z| <= λ1), computed without dividing 0 by 0
     (which warned, or raised under ``numpy.seterr(all="raise")``).
     A gradient whose square overflows n (|g| > 1.8e19 in float32) would make the weight NaN: the step raises
-    FloatingPointError naming the parameter before changing it.
+    FloatingPointError naming the parameter before changing any (``check_update``).
     """
     _state = ("z", "n")
 
@@ -193,6 +200,14 @@ class FTRL(Optimizer):
     def alpha(self, value):
         self.lr = check_real(value, "alpha", 0, low_open=True)
 
+    def check_update(self, name, p, g):
+        xp = get_array_module(p)
+        top, n = float(xp.finfo(p.dtype).max), self.n.get(name)
+        # below this bound n + g² <= max(n) + max(g)² fits
+        if not _sum_squares(g) <= top - (float(n.max()) if n is not None and n.size else 0.0):
+            _check_moment(name, "FTRL's sum of squared gradients n", g, xp.abs(g),
+                          xp.sqrt(top - n) if n is not None else top ** 0.5, "NaN")
+
     def update(self, name, p, g):
         xp = get_array_module(p)
         if name not in self.z:
@@ -201,10 +216,6 @@ class FTRL(Optimizer):
         z, n = self.z[name], self.n[name]
         # The formulas of the docstring, computed in place and with the exact no-ops skipped (x / 1 and
         # x + 0 for alpha = 1 and l2 = 0; z - sign(z) 0 for l1 = 0), so every bit is that of the formulas.
-        top = float(xp.finfo(p.dtype).max)
-        # below this bound n + g² <= max(n) + max(g)² fits
-        if not _sum_squares(g) <= top - (float(n.max()) if n.size else 0.0):
-            _check_moment(name, "FTRL's sum of squared gradients n", g, xp.abs(g), xp.sqrt(top - n), "NaN")
         g2 = g * g
         sigma = xp.sqrt(n + g2)
         sigma -= xp.sqrt(n)
@@ -258,5 +269,5 @@ def _check_moment(name, what, g, size, room, effect):
     else:
         return
     raise FloatingPointError(f"optimiser step on {name!r}: {cause}, which would leave the weight {effect}. "
-                             "This parameter and its state were left as they were (the training loops put back the "
-                             "whole step), scale the loss down or clip the gradients")
+                             "No parameter, state or step count was changed; scale the loss down or clip the "
+                             "gradients")

@@ -141,14 +141,14 @@ def adam_reference(w, grads, lr, beta1=0.9, beta2=0.999, eps=1e-8):
 def test_adam_refuses_a_gradient_whose_square_overflows_its_second_moment():
     """float32 |g| = 1e21: (1 - β2) g² = 1e39 is past float32's range, so v = inf and the update m / inf = 0, at
     this step and (v staying inf) at every later one: the old Adam left the weight frozen without a word. It
-    now raises, naming the parameter, with the weight and its moments as they were."""
+    now raises, naming the parameter, with the weight, its moments and the step count as they were."""
     from numpy_moe.optim import Adam
     w = np.array([1.0, -2.0], dtype=np.float32)
     model, opt = OneTensor(w, np.array([1e21, 1.0], dtype=np.float32)), Adam(0.1)
     with pytest.raises(FloatingPointError, match="'w'.*second moment.*overflow float32"):
         opt.step(model)
     np.testing.assert_array_equal(w, [1.0, -2.0])
-    assert not opt.v["w"].any() and not opt.m["w"].any()
+    assert opt.t == 0 and "w" not in opt.v and "w" not in opt.m  # refused before any state was made
     model.g[...] = 1.0  # an ordinary step afterwards moves the weights as a first step
     opt.step(model)
     np.testing.assert_allclose(w, [0.9, -2.1], rtol=1e-6)
@@ -400,3 +400,26 @@ def test_the_overflow_checks_work_under_numpy_seterr_raise():
             model.g[0] = g
             opt.step(model)
     assert w[0] == pytest.approx(adam_reference(1.0, grads, 0.1), rel=1e-6)
+
+
+def test_a_refused_step_changes_no_parameter_before_the_one_it_refuses():
+    """Optimizer.step asks every parameter's check_update before it updates any: a gradient that would overflow
+    Adam's v in the second parameter leaves the first one, its moments and the step count untouched."""
+    from numpy_moe.optim import Adam
+
+    class TwoTensors:
+        def __init__(self):
+            self.p = {"a": np.ones(3, dtype=np.float32), "b": np.ones(2, dtype=np.float32)}
+            self.g = {"a": np.full(3, 0.5, dtype=np.float32), "b": np.array([1e21, 0.0], dtype=np.float32)}
+
+        def named_parameters(self):
+            return iter(self.p.items())
+
+        def named_grads(self):
+            return iter(self.g.items())
+
+    model, opt = TwoTensors(), Adam(0.1)
+    with pytest.raises(FloatingPointError, match="'b'"):
+        opt.step(model)
+    np.testing.assert_array_equal(model.p["a"], 1.0)
+    assert opt.t == 0 and not opt.m and not opt.v
