@@ -25,7 +25,6 @@ def check_input(x, n_features, dtype, name="x", min_rows=0):
         raise TypeError(f"{name} is a sparse matrix ({type(x).__name__}); numpy_moe layers take dense arrays: "
                         f"pass {name}.toarray()")
     x = asarray(x)  # onto the current backend (a NumPy array is copied to the GPU under CuPy)
-    xp = get_array_module(x)
     if x.dtype.kind == "O":
         raise TypeError(f"{name} has dtype object; expected a floating dtype (float32 or float64)")
     if not is_floating_dtype(x.dtype):
@@ -37,18 +36,7 @@ def check_input(x, n_features, dtype, name="x", min_rows=0):
                          f"expected {n_features}")
     if x.shape[0] < min_rows:
         raise ValueError(f"{name} has {x.shape[0]} rows (shape {tuple(x.shape)}); expected at least {min_rows}")
-    if x.dtype == dtype:  # nothing to cast (the common case inside training loops)
-        cast = x
-    else:
-        errstate = getattr(xp, "errstate", None)  # the overflow is reported below, not as a RuntimeWarning
-        with errstate(over="ignore", invalid="ignore") if errstate else contextlib.nullcontext():
-            cast = xp.asarray(x, dtype=dtype)
-    if not bool(xp.isfinite(cast).all()):  # checked after the cast: 1e39 is finite in float64, inf in float32
-        if bool(xp.isfinite(x).all()):
-            raise ValueError(f"{name} has values up to {float(xp.abs(x).max()):.3g} that overflow the layer's "
-                             f"dtype {xp.dtype(dtype).name}; rescale the inputs or use float64")
-        raise ValueError(f"{name} contains NaN or inf; expected finite values")
-    return cast
+    return cast_finite(x, dtype, name)  # no cast when x has dtype already (the common case in training loops)
 
 
 def cast_finite(x, dtype, name="x"):
