@@ -10,6 +10,7 @@ Choose CuPy with ``set_backend("cupy")`` or by exporting ``NUMPY_MOE_BACKEND=cup
 Random draws always come from a ``numpy.random.Generator`` (seedable, identical on every backend) and
 are moved to the device with :func:`asarray`.
 """
+import contextlib
 import os
 
 import numpy
@@ -217,3 +218,11 @@ if _env:
         raise ValueError(f"the environment variable NUMPY_MOE_BACKEND={_env!r} must be one of {_BACKENDS} "
                          "(lower case), or unset for NumPy")
     set_backend(_env)
+
+
+def quiet_overflow(xp=None):
+    """A context in which the array module ``xp`` (default: the current backend's) neither warns about nor raises
+    on overflow and invalid operations, for code that checks its results itself (an inf it then reports);
+    a no-op context where the module has no ``errstate`` (CuPy does not flag them)."""
+    errstate = getattr(xp or get_array_module(), "errstate", None)
+    return errstate(over="ignore", invalid="ignore") if errstate else contextlib.nullcontext()

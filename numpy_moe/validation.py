@@ -2,11 +2,10 @@
 
 Layers call :func:`check_input` on what a user hands them; internal calls between modules skip it.
 """
-import contextlib
 import math
 import numbers
 
-from .backend import asarray, get_array_module, is_floating_dtype, is_sparse
+from .backend import asarray, get_array_module, is_floating_dtype, is_sparse, quiet_overflow
 
 
 def check_input(x, n_features, dtype, name="x", min_rows=0):
@@ -48,8 +47,7 @@ def cast_finite(x, dtype, name="x"):
     if dtype is None or x.dtype == dtype:
         cast = x
     else:
-        errstate = getattr(xp, "errstate", None)  # the overflow is reported below, not as a RuntimeWarning
-        with errstate(over="ignore", invalid="ignore") if errstate else contextlib.nullcontext():
+        with quiet_overflow(xp):  # the overflow is reported below, not as a RuntimeWarning
             cast = xp.asarray(x, dtype=dtype)
     if not bool(xp.isfinite(cast).all()):
         if bool(xp.isfinite(x).all()):

@@ -371,7 +371,11 @@ def test_divergence_checks_see_every_non_finite_entry_and_pass_huge_finite_ones(
     """divergence's finiteness test first takes one self-dot: a finite sum of squares means finite entries, and an
     inf or NaN anywhere makes it inf or NaN. Entries whose squares overflow (|a| ~ sqrt(max)) are finite: the sum
     is inf there, and the entries decide. Checked on contiguous and strided arrays against isfinite."""
-    from numpy_moe.divergence import _finite
+    from numpy_moe.divergence import _non_finite
+
+    def _finite(a):
+        return not _non_finite([("a", a)])
+
     big = float(np.sqrt(np.finfo(dtype).max)) * 4
     base = np.linspace(-1, 1, 60, dtype=dtype).reshape(6, 10)
     for value, expected in [(None, True), (big, True), (-big, True), (np.inf, False), (-np.inf, False),
@@ -388,14 +392,14 @@ def test_divergence_checks_see_every_non_finite_entry_and_pass_huge_finite_ones(
 def test_the_overflow_checks_work_under_numpy_seterr_raise():
     """Under numpy.seterr(all="raise") the self-dot of huge finite entries raises instead of returning inf: the
     checks must then look at the entries rather than report divergence (or refuse a step) that is not there."""
-    from numpy_moe.divergence import _finite
+    from numpy_moe.divergence import _non_finite
     from numpy_moe.optim import Adam
     a = np.array([1e20, 1.0], dtype=np.float32)  # a @ a overflows float32; the entries are finite
     w = np.array([1.0], dtype=np.float32)
     grads = [1e20, -3e20]
     model, opt = OneTensor(w, np.zeros(1, dtype=np.float32)), Adam(0.1)
     with np.errstate(all="raise"):
-        assert _finite(a)
+        assert _non_finite([("a", a)]) == []
         for g in grads:
             model.g[0] = g
             opt.step(model)
