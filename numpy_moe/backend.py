@@ -212,6 +212,14 @@ def result_dtype(dtype):
     return dt
 
 
+def quiet_overflow(xp=None):
+    """A context in which the array module ``xp`` (default: the current backend's) neither warns about nor raises
+    on overflow and invalid operations, for code that checks its results itself (an inf it then reports);
+    a no-op context where the module has no ``errstate`` (CuPy does not flag them)."""
+    errstate = getattr(xp or get_array_module(), "errstate", None)
+    return errstate(over="ignore", invalid="ignore") if errstate else contextlib.nullcontext()
+
+
 _env = os.environ.get("NUMPY_MOE_BACKEND")
 if _env:
     if _env not in _BACKENDS:
@@ -219,10 +227,3 @@ if _env:
                          "(lower case), or unset for NumPy")
     set_backend(_env)
 
-
-def quiet_overflow(xp=None):
-    """A context in which the array module ``xp`` (default: the current backend's) neither warns about nor raises
-    on overflow and invalid operations, for code that checks its results itself (an inf it then reports);
-    a no-op context where the module has no ``errstate`` (CuPy does not flag them)."""
-    errstate = getattr(xp or get_array_module(), "errstate", None)
-    return errstate(over="ignore", invalid="ignore") if errstate else contextlib.nullcontext()
