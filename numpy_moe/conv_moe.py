@@ -96,6 +96,7 @@ class _ConvMoE(Module):
         saved = {k: v for k, v in vars(self).items() if k in ("x_shape", "out_shape", "cols", "Y", "g")}
         saved["_ran_forward"] = vars(self).get("_ran_forward", False)  # what backward may differentiate (layers.Module)
         saved["_ran_forward_shape"] = vars(self).get("_ran_forward_shape")  # and the shape of its gradient
+        saved["_ran_forward_dtype"] = vars(self).get("_ran_forward_dtype")  # and the dtype it converts one to
         try:
             self.forward(x)
             E = self.n_experts
