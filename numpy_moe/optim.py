@@ -59,6 +59,11 @@ class Optimizer:
     def update(self, name, p, g):
         raise NotImplementedError
 
+    def get_config(self):
+        """The constructor's arguments as they stand now (a schedule's ``lr``, not the first one): with ``t``
+        and the state dicts of ``_state``, all an optimiser needs to continue (``io.save_checkpoint``)."""
+        raise NotImplementedError(f"{type(self).__name__} does not define get_config")
+
     def end_epoch(self):
         """Called by the training loop after each epoch; schedules live here."""
 
@@ -77,6 +82,9 @@ class SGD(Optimizer):
         self.momentum = check_real(momentum, "momentum", 0, 1, high_open=True)
         self.decay = check_real(decay, "decay", 0, 1, low_open=True)
         self.velocity = {}
+
+    def get_config(self):
+        return {"lr": self.lr, "momentum": self.momentum, "decay": self.decay}
 
     def update(self, name, p, g):
         if self.momentum:
@@ -119,6 +127,9 @@ class Adam(Optimizer):
         self.beta2 = check_real(beta2, "beta2", 0, 1, high_open=True)
         self.eps = check_real(eps, "eps", 0, low_open=True)
         self.m, self.v = {}, {}
+
+    def get_config(self):
+        return {"lr": self.lr, "beta1": self.beta1, "beta2": self.beta2, "eps": self.eps}
 
     def check_update(self, name, p, g):
         xp = get_array_module(p)
@@ -200,6 +211,9 @@ class FTRL(Optimizer):
     @alpha.setter
     def alpha(self, value):
         self.lr = check_real(value, "alpha", 0, low_open=True)
+
+    def get_config(self):
+        return {"alpha": self.alpha, "beta": self.beta, "l1": self.l1, "l2": self.l2}
 
     def check_update(self, name, p, g):
         xp = get_array_module(p)

@@ -27,9 +27,11 @@ gate draws from a fresh, unseeded generator (assign a seeded one to its ``rng`` 
 the mode: a loaded module is in training mode, as a newly built one is; call ``eval()`` before
 predicting with a noisy gate. Training state that is not a parameter or a buffer (an optimiser's
 moments) is not saved: ``partial_fit`` after loading starts a fresh optimiser, and a fresh generator
-from ``random_state`` for the shuffling and the gate's noise. To resume training bit for bit, keep the
-model, the optimiser and the generators together (``copy.deepcopy``, or pickle into a file only you
-write: a pickle runs code when loaded). Version 1 files (no buffers) still load.
+from ``random_state`` for the shuffling and the gate's noise. To resume the training of a Module bit for
+bit, ``save_checkpoint(path, model, optimizer, {"shuffle": rng})`` also stores the training flags, the
+gates' generators, the optimiser's state and your generators, and ``load_checkpoint(path)`` gives them
+back (:mod:`numpy_moe.io.checkpoint`); for an estimator, keep it with ``copy.deepcopy`` or pickle it into a
+file only you write (a pickle runs code when loaded). Version 1 files (no buffers) still load.
 
 Loading a file from someone else
 --------------------------------
@@ -62,7 +64,8 @@ from .archive import Archive, FileError, write_atomic
 from .records import Builder, assign, check_object, encode_estimator, encode_module, non_finite_weights
 from .registry import MOVED, register, registered
 
-__all__ = ["save", "load", "load_into", "register", "registered", "FileError", "DEFAULT_MAX_BYTES"]
+__all__ = ["save", "load", "load_into", "save_checkpoint", "load_checkpoint", "Checkpoint", "register", "registered",
+           "FileError", "DEFAULT_MAX_BYTES"]
 
 FORMAT, VERSION, READABLE_VERSIONS = "numpy-moe", 2, (1, 2)
 DEFAULT_MAX_BYTES = 2 * 2 ** 30
@@ -187,3 +190,6 @@ def _untuple(value):
 def _check_path(path):
     if not isinstance(path, (str, bytes, os.PathLike)):
         raise TypeError(f"path={path!r} must be a file name (str or os.PathLike)")
+
+
+from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint  # noqa: E402  (it uses _open above)

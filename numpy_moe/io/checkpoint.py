@@ -1,0 +1,299 @@
+"""Training checkpoints: a model with everything its training needs to continue bit for bit, never pickle.
+
+``save_checkpoint(path, model, optimizer=None, generators=None)`` writes one ``.npz`` file (atomically, as
+:func:`numpy_moe.io.save` does) holding
+
+- the model, as :func:`numpy_moe.io.save` stores it, its parameters under the prefix ``model/`` (so
+  ``io.load(path)`` reads a checkpoint's model too);
+- the training flag of every module (``model.modules()`` order) and the state of every generator a module
+  holds (the noise of ``TopKGate(noise=...)`` and ``ScoreGate(jitter=...)``), by module index and attribute;
+- the optimiser (SGD, Adam or FTRL): its class, its hyperparameters as they stand (a decayed ``lr``), its
+  step count ``t`` and its per-parameter state (SGD's velocity, Adam's m and v, FTRL's z and n), each array
+  under ``optimizer/<slot>/<parameter name>``;
+- generators of your own by name (``{"shuffle": rng}``: the Generator ``train.fit(seed=rng)`` shuffles with).
+
+``load_checkpoint(path)`` returns ``Checkpoint(model, optimizer, generators)``; training continued from it
+gives the same numbers, bit for bit, as training that was never stopped (tested for the three optimisers,
+noisy gates, float32 and float64). Generators are stored as their bit generator's state; only PCG64 and
+PCG64DXSM (``numpy.random.default_rng``'s) can be saved, because NumPy's state setters trust what they are
+given (an MT19937 state with an out-of-range position crashes the interpreter) and these two states are
+integers whose ranges are checked before NumPy sees them.
+
+A checkpoint from someone else is checked as a model file is (:mod:`numpy_moe.io`): the model record
+first; then the optimiser's class against SGD, Adam and FTRL (subclasses and your own optimisers are
+refused at saving), its hyperparameters by its constructor, every state array's parameter name, shape,
+dtype and finiteness against the rebuilt model (Adam's v and FTRL's n, sums of squares, must not be
+negative; a parameter has all of its optimiser's slots or none), every generator state against its
+ranges, and every module index and attribute against the rebuilt model (a file can only set the state of
+a generator the module already has). Any failure is a ``ValueError`` (:class:`FileError`) naming the file,
+raised before anything is returned.
+"""
+import json
+from collections import namedtuple
+
+import numpy
+
+from ..backend import asarray, to_numpy
+from ..layers import Module
+from ..optim import FTRL, SGD, Adam
+from . import DEFAULT_MAX_BYTES, FORMAT, VERSION, _check_path, _open
+from .archive import FileError, write_atomic
+from .records import Builder, encode_module, non_finite_weights
+
+__all__ = ["Checkpoint", "save_checkpoint", "load_checkpoint"]
+
+Checkpoint = namedtuple("Checkpoint", ["model", "optimizer", "generators"])
+Checkpoint.__doc__ = """What :func:`load_checkpoint` returns: the model (its training flags and its modules'
+generators as saved), the optimiser (None when none was saved) and ``{name: numpy Generator}``."""
+
+OPTIMIZERS = {"SGD": SGD, "Adam": Adam, "FTRL": FTRL}
+SQUARES = {"Adam": "v", "FTRL": "n"}  # state that sums squares: never negative
+BIT_GENERATORS = {"PCG64": numpy.random.PCG64, "PCG64DXSM": numpy.random.PCG64DXSM}
+MODEL_PREFIX, OPTIMIZER_PREFIX = "model/", "optimizer/"
+MAX_GENERATORS = 1000
+
+
+def save_checkpoint(path, model, optimizer=None, generators=None):
+    """Write ``model``, its training flags and its modules' generators, ``optimizer``'s state and
+    ``generators`` to ``path``, atomically; returns ``path``.
+
+    Parameters
+    ----------
+    path : the file name (used as given). model : a numpy_moe Module (as :func:`numpy_moe.io.save` takes).
+    optimizer : None or the SGD, Adam or FTRL instance training ``model``.
+    generators : None or ``{name: numpy.random.Generator}`` (PCG64 or PCG64DXSM), names non-empty strings.
+
+    Raises TypeError for anything of another kind, ValueError for NaN or inf in a weight or the optimiser's
+    state, or state of another model (other parameter names or shapes); ``path`` is untouched then, and
+    whenever writing fails.
+    """
+    _check_path(path)
+    if not isinstance(model, Module):
+        raise TypeError(f"model is a {type(model).__name__}; save_checkpoint takes a numpy_moe Module (save a "
+                        "fitted estimator with io.save)")
+    generators = {} if generators is None else generators
+    if not isinstance(generators, dict):
+        raise TypeError(f"generators is a {type(generators).__name__}; expected None or a dict name -> Generator")
+    arrays = {}
+    modules = list(model.modules())
+    model_generators = []
+    for i, m in enumerate(modules):
+        for attribute, value in vars(m).items():
+            if isinstance(value, numpy.random.Generator):
+                model_generators.append({"module": i, "attribute": attribute,
+                                         "state": _generator_state(value, f"{type(m).__name__}.{attribute}")})
+    own = {}
+    for name, g in generators.items():
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"generator name {name!r} must be a non-empty str")
+        if not isinstance(g, numpy.random.Generator):
+            raise TypeError(f"generators[{name!r}] is a {type(g).__name__}, not a numpy.random.Generator")
+        own[name] = _generator_state(g, f"generators[{name!r}]")
+    record = {"object": encode_module(model, arrays, MODEL_PREFIX),
+              "training": [bool(m.training) for m in modules], "model_generators": model_generators,
+              "optimizer": None if optimizer is None else _encode_optimizer(optimizer, model, arrays),
+              "generators": own}
+    bad = non_finite_weights(arrays)
+    if bad:
+        raise ValueError(f"refusing to save a checkpoint of {type(model).__name__}: {bad[:5]} contain NaN or inf "
+                         "(a diverged model); nothing was written")
+    meta = json.dumps({"format": FORMAT, "version": VERSION, "object": record.pop("object"), "checkpoint": record})
+    write_atomic(path, {"__meta__": numpy.array(meta), **arrays})
+    return path
+
+
+def load_checkpoint(path, *, max_bytes=DEFAULT_MAX_BYTES):
+    """The :class:`Checkpoint` (model, optimizer, generators) saved in ``path`` by :func:`save_checkpoint`.
+
+    max_bytes : the most memory the file's arrays may take (default 2 GiB), checked before reading them.
+    Raises ValueError (:class:`FileError`) naming the file for anything wrong with it (a model file without
+    a checkpoint too: read it with ``io.load``), FileNotFoundError when it does not exist.
+    """
+    with _open(path, max_bytes) as (archive, record):
+        meta = json.loads(archive.read_meta())  # _open has parsed and checked it; only "checkpoint" is new here
+        state = meta.get("checkpoint")
+        if not isinstance(state, dict):
+            raise FileError(f"{path} holds a model but no checkpoint (no optimiser or generator state): read it "
+                            "with numpy_moe.io.load")
+        _check_keys(state, {"training", "model_generators", "optimizer", "generators"}, "checkpoint", path)
+        if "config" not in record:
+            raise FileError(f"{path}: a checkpoint's object must be a module, not an estimator ({record['class']})")
+        model = Builder(path, archive).object(record)
+        modules = list(model.modules())
+        training = state["training"]
+        if not (isinstance(training, list) and len(training) == len(modules)
+                and all(isinstance(t, bool) for t in training)):
+            raise FileError(f"{path}: checkpoint.training must be a list of {len(modules)} booleans, one per module "
+                            f"of the {type(model).__name__}")
+        settings = _module_generators(state["model_generators"], modules, path)
+        optimizer = None if state["optimizer"] is None else _decode_optimizer(state["optimizer"], model, archive, path)
+        generators = _own_generators(state["generators"], path)
+        for m, flag in zip(modules, training):  # everything is checked: now set the model's state
+            m.training = flag
+        for m, attribute, bit_generator in settings:
+            setattr(m, attribute, numpy.random.Generator(bit_generator))
+        return Checkpoint(model, optimizer, generators)
+
+
+# ----- optimiser ----------------------------------------------------------------------------------
+def _encode_optimizer(optimizer, model, arrays):
+    name = type(optimizer).__name__
+    if OPTIMIZERS.get(name) is not type(optimizer):
+        raise TypeError(f"cannot checkpoint a {name} optimiser: only {sorted(OPTIMIZERS)} (not subclasses), whose "
+                        "state a file can be checked against")
+    params = list(model.named_parameters())
+    optimizer._check_shapes(params)  # ValueError for state kept from another model with the same names
+    names = {n for n, _ in params}
+    state = {}
+    for slot in optimizer._state:
+        entries = {}
+        for pname, a in getattr(optimizer, slot).items():
+            if pname not in names:
+                raise ValueError(f"this {name} holds state {slot!r} for {pname!r}, which {type(model).__name__} "
+                                 "has no parameter of: it trained another model")
+            entry = f"{OPTIMIZER_PREFIX}{slot}/{pname}"
+            arrays[entry] = to_numpy(a)
+            entries[pname] = entry
+        state[slot] = entries
+    return {"class": name, "config": optimizer.get_config(), "t": int(optimizer.t), "state": state}
+
+
+def _decode_optimizer(record, model, archive, path):
+    def fail(what):
+        return FileError(f"{path}: checkpoint.optimizer: {what}")
+
+    if not isinstance(record, dict):
+        raise fail(f"expected an object, found {type(record).__name__}")
+    _check_keys(record, {"class", "config", "t", "state"}, "checkpoint.optimizer", path)
+    cls = OPTIMIZERS.get(record["class"]) if isinstance(record["class"], str) else None
+    if cls is None:
+        raise fail(f"class {record['class']!r} is not one of {sorted(OPTIMIZERS)}")
+    config, t, state = record["config"], record["t"], record["state"]
+    expected = set(cls().get_config())
+    if not isinstance(config, dict) or set(config) != expected:
+        raise fail(f"config must hold exactly {sorted(expected)}, found "
+                   f"{sorted(config) if isinstance(config, dict) else type(config).__name__}")
+    try:
+        optimizer = cls(**config)
+    except (TypeError, ValueError) as err:
+        raise fail(f"config {config}: {err}") from err
+    if isinstance(t, bool) or not isinstance(t, int) or t < 0:
+        raise fail(f"t={t!r} must be an int >= 0 (the number of steps taken)")
+    optimizer.t = t
+    params = dict(model.named_parameters())
+    if not isinstance(state, dict) or set(state) != set(cls._state):
+        raise fail(f"state must hold exactly the slots {list(cls._state)}, found "
+                   f"{sorted(state) if isinstance(state, dict) else type(state).__name__}")
+    holders = []
+    for slot in cls._state:
+        entries = state[slot]
+        if not isinstance(entries, dict):
+            raise fail(f"state[{slot!r}] must be an object parameter name -> array entry")
+        unknown = sorted(set(entries) - set(params))
+        if unknown:
+            raise fail(f"state[{slot!r}] names {unknown[:5]}, which are not parameters of the "
+                       f"{type(model).__name__}")
+        holders.append(set(entries))
+    if any(h != holders[0] for h in holders):
+        raise fail(f"every parameter needs all of {list(cls._state)} or none; they hold state for different "
+                   "parameters")
+    values = {}
+    for slot in cls._state:
+        for pname, entry in state[slot].items():
+            p = params[pname]
+            if entry != f"{OPTIMIZER_PREFIX}{slot}/{pname}" or entry not in archive.headers:
+                raise fail(f"state[{slot!r}][{pname!r}] refers to {entry!r}, not the file's array "
+                           f"{OPTIMIZER_PREFIX}{slot}/{pname}")
+            shape, dtype = archive.headers[entry]
+            if shape != tuple(p.shape) or dtype != p.dtype:
+                raise fail(f"state[{slot!r}][{pname!r}] is {dtype}{list(shape)}; the parameter is "
+                           f"{p.dtype}{list(p.shape)}")
+            a = archive.read(entry)
+            if not numpy.isfinite(a).all():
+                raise fail(f"state[{slot!r}][{pname!r}] holds NaN or inf")
+            if slot == SQUARES.get(record["class"]) and a.size and a.min() < 0:
+                raise fail(f"state[{slot!r}][{pname!r}] holds negative values ({a.min():.3g}), but it is a sum "
+                           "of squared gradients")
+            values[slot, pname] = asarray(a)  # on the backend the model's parameters live on, as io.load puts them
+    for (slot, pname), a in values.items():
+        getattr(optimizer, slot)[pname] = a
+    return optimizer
+
+
+# ----- generators ---------------------------------------------------------------------------------
+def _generator_state(g, what):
+    """The JSON form of ``g``'s bit generator state; TypeError for a bit generator that cannot be saved."""
+    name = type(g.bit_generator).__name__
+    if BIT_GENERATORS.get(name) is not type(g.bit_generator):
+        raise TypeError(f"{what} uses the bit generator {name}; a checkpoint holds {sorted(BIT_GENERATORS)} "
+                        "(numpy.random.default_rng's PCG64), whose states it can check when loading")
+    s = g.bit_generator.state
+    return {"bit_generator": name, "state": {"state": int(s["state"]["state"]), "inc": int(s["state"]["inc"])},
+            "has_uint32": int(s["has_uint32"]), "uinteger": int(s["uinteger"])}
+
+
+def _bit_generator(state, where, path):
+    """A bit generator set to ``state``, every field checked against its range before NumPy reads it."""
+    def fail(what):
+        return FileError(f"{path}: {where}: {what}")
+
+    def integer(value, bits, field):
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2 ** bits:
+            raise fail(f"{field}={value!r:.60} must be an int in [0, 2**{bits})")
+        return value
+
+    if not isinstance(state, dict):
+        raise fail(f"expected a generator state object, found {type(state).__name__}")
+    _check_keys(state, {"bit_generator", "state", "has_uint32", "uinteger"}, where, path)
+    name = state["bit_generator"]
+    cls = BIT_GENERATORS.get(name) if isinstance(name, str) else None
+    if cls is None:
+        raise fail(f"bit generator {name!r} is not one of {sorted(BIT_GENERATORS)}")
+    inner = state["state"]
+    if not isinstance(inner, dict):
+        raise fail("state.state must be an object {state, inc}")
+    _check_keys(inner, {"state", "inc"}, where + ".state", path)
+    value = {"bit_generator": name, "state": {"state": integer(inner["state"], 128, "state"),
+                                              "inc": integer(inner["inc"], 128, "inc")},
+             "has_uint32": integer(state["has_uint32"], 1, "has_uint32"),
+             "uinteger": integer(state["uinteger"], 32, "uinteger")}
+    bit_generator = cls()
+    bit_generator.state = value
+    return bit_generator
+
+
+def _module_generators(entries, modules, path):
+    """[(module, attribute, bit generator)] for the checked generator states of the model's modules."""
+    if not isinstance(entries, list) or len(entries) > MAX_GENERATORS:
+        raise FileError(f"{path}: checkpoint.model_generators must be a list of at most {MAX_GENERATORS}")
+    settings, seen = [], set()
+    for k, entry in enumerate(entries):
+        where = f"checkpoint.model_generators[{k}]"
+        if not isinstance(entry, dict):
+            raise FileError(f"{path}: {where}: expected an object, found {type(entry).__name__}")
+        _check_keys(entry, {"module", "attribute", "state"}, where, path)
+        i, attribute = entry["module"], entry["attribute"]
+        if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < len(modules):
+            raise FileError(f"{path}: {where}: module={i!r} must be an index below {len(modules)}")
+        if not isinstance(attribute, str) or not isinstance(vars(modules[i]).get(attribute), numpy.random.Generator):
+            raise FileError(f"{path}: {where}: the {type(modules[i]).__name__} (module {i}) has no generator "
+                            f"{attribute!r:.60}; a checkpoint only sets the state of generators a module has")
+        if (i, attribute) in seen:
+            raise FileError(f"{path}: {where}: generator {attribute!r} of module {i} appears twice")
+        seen.add((i, attribute))
+        settings.append((modules[i], attribute, _bit_generator(entry["state"], where, path)))
+    return settings
+
+
+def _own_generators(entries, path):
+    if not isinstance(entries, dict) or len(entries) > MAX_GENERATORS:
+        raise FileError(f"{path}: checkpoint.generators must be an object name -> state of at most "
+                        f"{MAX_GENERATORS} generators")
+    return {name: numpy.random.Generator(_bit_generator(state, f"checkpoint.generators[{name!r:.60}]", path))
+            for name, state in entries.items()}
+
+
+def _check_keys(record, keys, where, path):
+    if set(record) != keys:
+        raise FileError(f"{path}: {where} must hold exactly {sorted(keys)}, found {sorted(record)[:10]}")
+
