@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from numpy_moe import io
-from numpy_moe.layers import MLP
+from numpy_moe.layers import MLP, Sequential
 from numpy_moe.moe import MoE
 from numpy_moe.optim import FTRL, SGD, Adam
 from numpy_moe.train import fit
@@ -80,6 +80,29 @@ def test_the_resume_test_can_fail(tmp_path):
             opt2 = Adam(0.01)
         fit(model2, X, y, optimizer=opt2, epochs=1, batch_size=16, seed=ck.generators["shuffle"])
         assert not all(np.array_equal(a, b) for a, b in zip(reference, (p for _, p in model2.named_parameters())))
+
+
+def test_shared_generators_stay_shared(tmp_path):
+    """Two layers built from one Generator draw their noise from it in turn, and fit may shuffle with it
+    too: after loading they still share one generator, and training continues bit for bit."""
+    X, y = data()
+    rng = np.random.default_rng(11)
+    model = Sequential(MoE(5, 6, n_experts=3, hidden=4, top_k=2, noise="shazeer", seed=rng),
+                       MoE(6, 3, n_experts=3, hidden=4, top_k=2, noise="vmoe", seed=rng))
+    optimizer = Adam(0.01)
+    fit(model, X, y, optimizer=optimizer, epochs=1, batch_size=16, seed=rng)
+    path = io.save_checkpoint(str(tmp_path / "c.npz"), model, optimizer, {"shuffle": rng})
+    fit(model, X, y, optimizer=optimizer, epochs=2, batch_size=16, seed=rng)
+    uninterrupted = state(model, optimizer, rng)
+
+    ck = io.load_checkpoint(path)
+    first, second = (m for m in ck.model.modules() if isinstance(m, MoE))
+    assert first.gate.rng is second.gate.rng is ck.generators["shuffle"]
+    with open(path, "rb") as f, zipfile.ZipFile(f) as z:
+        meta = json.loads(str(np.load(z.open("__meta__.npy"), allow_pickle=False)))
+    assert len(meta["checkpoint"]["generator_states"]) == 1  # one state, three references
+    fit(ck.model, X, y, optimizer=ck.optimizer, epochs=2, batch_size=16, seed=ck.generators["shuffle"])
+    assert_same(state(ck.model, ck.optimizer, ck.generators["shuffle"]), uninterrupted)
 
 
 def test_training_flags_generators_and_plain_load(tmp_path):
@@ -162,7 +185,7 @@ def set_in(path, value):
 
 
 OPT = ("checkpoint", "optimizer")
-GEN = ("checkpoint", "generators", "shuffle")
+GEN = ("checkpoint", "generator_states", 0)
 CRAFTED = {
     "unknown optimiser": (set_in(OPT + ("class",), "os.system"), None, "not one of"),
     "optimiser config key": (set_in(OPT + ("config", "momentum"), 0.9), None, "exactly"),
@@ -188,7 +211,11 @@ CRAFTED = {
     "negative inc": (set_in(GEN + ("state", "inc"), -3), None, "inc"),
     "has_uint32 2": (set_in(GEN + ("has_uint32",), 2), None, "has_uint32"),
     "extra state key": (set_in(GEN + ("extra",), 1), None, "exactly"),
-    "generator list": (set_in(("checkpoint", "generators"), [1]), None, "generators"),
+    "states not a list": (set_in(("checkpoint", "generator_states"), {}), None, "generator_states"),
+    "named index": (set_in(("checkpoint", "named_generators", "shuffle"), 5), None, "index below"),
+    "named bool": (set_in(("checkpoint", "named_generators", "shuffle"), True), None, "index below"),
+    "module generator index": (lambda m: m["checkpoint"]["model_generators"][0].update({"generator": -1}), None,
+                               "index below"),
     "module index": (lambda m: m["checkpoint"]["model_generators"][0].update({"module": 99}), None, "index"),
     "not a generator": (lambda m: m["checkpoint"]["model_generators"][0].update({"attribute": "training"}), None,
                         "no generator"),

@@ -12,6 +12,10 @@
   under ``optimizer/<slot>/<parameter name>``;
 - generators of your own by name (``{"shuffle": rng}``: the Generator ``train.fit(seed=rng)`` shuffles with).
 
+Generators are stored once per Generator object and referred to by index, so what shared one before
+saving shares one after loading (layers built from one ``seed=rng`` draw their noise from it in turn, and
+``fit(seed=rng)`` may shuffle with it too); copies would replay each other's draws instead.
+
 ``load_checkpoint(path)`` returns ``Checkpoint(model, optimizer, generators)``; training continued from it
 gives the same numbers, bit for bit, as training that was never stopped (tested for the three optimisers,
 noisy gates, float32 and float64). Generators are stored as their bit generator's state; only PCG64 and
@@ -76,23 +80,29 @@ def save_checkpoint(path, model, optimizer=None, generators=None):
         raise TypeError(f"generators is a {type(generators).__name__}; expected None or a dict name -> Generator")
     arrays = {}
     modules = list(model.modules())
-    model_generators = []
-    for i, m in enumerate(modules):
-        for attribute, value in vars(m).items():
-            if isinstance(value, numpy.random.Generator):
-                model_generators.append({"module": i, "attribute": attribute,
-                                         "state": _generator_state(value, f"{type(m).__name__}.{attribute}")})
-    own = {}
+    states, index = [], {}  # one state per distinct Generator object: the places that share one keep sharing it
+
+    def generator(g, what):
+        if id(g) not in index:
+            index[id(g)] = len(states)
+            states.append(_generator_state(g, what))
+        return index[id(g)]
+
+    model_generators = [{"module": i, "attribute": attribute,
+                         "generator": generator(value, f"{type(m).__name__}.{attribute}")}
+                        for i, m in enumerate(modules) for attribute, value in vars(m).items()
+                        if isinstance(value, numpy.random.Generator)]
+    named = {}
     for name, g in generators.items():
         if not isinstance(name, str) or not name:
             raise TypeError(f"generator name {name!r} must be a non-empty str")
         if not isinstance(g, numpy.random.Generator):
             raise TypeError(f"generators[{name!r}] is a {type(g).__name__}, not a numpy.random.Generator")
-        own[name] = _generator_state(g, f"generators[{name!r}]")
+        named[name] = generator(g, f"generators[{name!r}]")
     record = {"object": encode_module(model, arrays, MODEL_PREFIX),
-              "training": [bool(m.training) for m in modules], "model_generators": model_generators,
-              "optimizer": None if optimizer is None else _encode_optimizer(optimizer, model, arrays),
-              "generators": own}
+              "training": [bool(m.training) for m in modules], "generator_states": states,
+              "model_generators": model_generators, "named_generators": named,
+              "optimizer": None if optimizer is None else _encode_optimizer(optimizer, model, arrays)}
     bad = non_finite_weights(arrays)
     if bad:
         raise ValueError(f"refusing to save a checkpoint of {type(model).__name__}: {bad[:5]} contain NaN or inf "
@@ -115,7 +125,8 @@ def load_checkpoint(path, *, max_bytes=DEFAULT_MAX_BYTES):
         if not isinstance(state, dict):
             raise FileError(f"{path} holds a model but no checkpoint (no optimiser or generator state): read it "
                             "with numpy_moe.io.load")
-        _check_keys(state, {"training", "model_generators", "optimizer", "generators"}, "checkpoint", path)
+        _check_keys(state, {"training", "generator_states", "model_generators", "named_generators", "optimizer"},
+                    "checkpoint", path)
         if "config" not in record:
             raise FileError(f"{path}: a checkpoint's object must be a module, not an estimator ({record['class']})")
         model = Builder(path, archive).object(record)
@@ -125,14 +136,15 @@ def load_checkpoint(path, *, max_bytes=DEFAULT_MAX_BYTES):
                 and all(isinstance(t, bool) for t in training)):
             raise FileError(f"{path}: checkpoint.training must be a list of {len(modules)} booleans, one per module "
                             f"of the {type(model).__name__}")
-        settings = _module_generators(state["model_generators"], modules, path)
+        shared = _generators(state["generator_states"], path)
+        settings = _module_generators(state["model_generators"], modules, shared, path)
+        named = _named_generators(state["named_generators"], shared, path)
         optimizer = None if state["optimizer"] is None else _decode_optimizer(state["optimizer"], model, archive, path)
-        generators = _own_generators(state["generators"], path)
         for m, flag in zip(modules, training):  # everything is checked: now set the model's state
             m.training = flag
-        for m, attribute, bit_generator in settings:
-            setattr(m, attribute, numpy.random.Generator(bit_generator))
-        return Checkpoint(model, optimizer, generators)
+        for m, attribute, g in settings:
+            setattr(m, attribute, g)
+        return Checkpoint(model, optimizer, named)
 
 
 # ----- optimiser ----------------------------------------------------------------------------------
@@ -262,8 +274,23 @@ def _bit_generator(state, where, path):
     return bit_generator
 
 
-def _module_generators(entries, modules, path):
-    """[(module, attribute, bit generator)] for the checked generator states of the model's modules."""
+def _generators(states, path):
+    """One Generator per stored state (shared by every place that names its index)."""
+    if not isinstance(states, list) or len(states) > MAX_GENERATORS:
+        raise FileError(f"{path}: checkpoint.generator_states must be a list of at most {MAX_GENERATORS} states")
+    return [numpy.random.Generator(_bit_generator(s, f"checkpoint.generator_states[{k}]", path))
+            for k, s in enumerate(states)]
+
+
+def _generator_index(k, shared, where, path):
+    if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k < len(shared):
+        raise FileError(f"{path}: {where}: generator={k!r:.60} must be an index below {len(shared)} (the number of "
+                        "generator states)")
+    return shared[k]
+
+
+def _module_generators(entries, modules, shared, path):
+    """[(module, attribute, Generator)] for the checked references of the model's modules to generators."""
     if not isinstance(entries, list) or len(entries) > MAX_GENERATORS:
         raise FileError(f"{path}: checkpoint.model_generators must be a list of at most {MAX_GENERATORS}")
     settings, seen = [], set()
@@ -271,26 +298,25 @@ def _module_generators(entries, modules, path):
         where = f"checkpoint.model_generators[{k}]"
         if not isinstance(entry, dict):
             raise FileError(f"{path}: {where}: expected an object, found {type(entry).__name__}")
-        _check_keys(entry, {"module", "attribute", "state"}, where, path)
+        _check_keys(entry, {"module", "attribute", "generator"}, where, path)
         i, attribute = entry["module"], entry["attribute"]
         if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < len(modules):
-            raise FileError(f"{path}: {where}: module={i!r} must be an index below {len(modules)}")
+            raise FileError(f"{path}: {where}: module={i!r:.60} must be an index below {len(modules)}")
         if not isinstance(attribute, str) or not isinstance(vars(modules[i]).get(attribute), numpy.random.Generator):
             raise FileError(f"{path}: {where}: the {type(modules[i]).__name__} (module {i}) has no generator "
                             f"{attribute!r:.60}; a checkpoint only sets the state of generators a module has")
         if (i, attribute) in seen:
             raise FileError(f"{path}: {where}: generator {attribute!r} of module {i} appears twice")
         seen.add((i, attribute))
-        settings.append((modules[i], attribute, _bit_generator(entry["state"], where, path)))
+        settings.append((modules[i], attribute, _generator_index(entry["generator"], shared, where, path)))
     return settings
 
 
-def _own_generators(entries, path):
-    if not isinstance(entries, dict) or len(entries) > MAX_GENERATORS:
-        raise FileError(f"{path}: checkpoint.generators must be an object name -> state of at most "
-                        f"{MAX_GENERATORS} generators")
-    return {name: numpy.random.Generator(_bit_generator(state, f"checkpoint.generators[{name!r:.60}]", path))
-            for name, state in entries.items()}
+def _named_generators(entries, shared, path):
+    if not isinstance(entries, dict):
+        raise FileError(f"{path}: checkpoint.named_generators must be an object name -> generator index")
+    return {name: _generator_index(k, shared, f"checkpoint.named_generators[{name!r:.60}]", path)
+            for name, k in entries.items()}
 
 
 def _check_keys(record, keys, where, path):
