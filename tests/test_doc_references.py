@@ -312,3 +312,28 @@ def test_every_python_block_of_a_docs_page_runs(path, tmp_path, monkeypatch):
     for i, block in enumerate(blocks, 1):
         exec(compile(block, f"{path.name} python block {i}", "exec"), {"__name__": "__docs__"})
     assert not os.listdir(tmp_path), f"a python block of {path.name} leaves files in the folder it runs in"
+
+
+def test_every_recipe_of_the_moe_docstring_builds_a_layer_that_runs_forward_and_backward():
+    # numpy_moe.moe's docstring shows how to build each variant, with D, O, E, H, V as placeholders and
+    # "..." for what the reader fills in (experts=..., MoE(..., balance=...))
+    import numpy as np
+
+    from numpy_moe import balance, gates, moe
+    from numpy_moe.experts import ExpertBank, SharedExpert
+
+    recipes = []
+    for block in re.findall(r"::\n\n(.*?)\n\n(?! )", moe.__doc__, flags=re.S):
+        code = re.sub(r"#[^\n]*", "", block)
+        recipes += [" ".join(part.split()) for part in re.split(r"\n(?= *MoE\()", code) if part.strip()]
+    names = dict(vars(gates), **vars(balance), MoE=moe.MoE, ExpertBank=ExpertBank, SharedExpert=SharedExpert,
+                 D=6, O=6, E=4, H=5, V=10)
+    x = np.random.default_rng(0).standard_normal((16, 6))
+    for recipe in recipes:
+        code = recipe.replace("experts=...", "experts=ExpertBank(E, D, D, H)").replace("MoE(...,", "MoE(D, O, E, top_k=2,")
+        layer = eval(code, names)
+        keys = {"keys": np.arange(16) % 10} if isinstance(layer.gate, gates.HashGate) else {}
+        y = layer.forward(x, **keys)
+        assert y.shape == (16, 6), recipe
+        assert layer.backward(np.ones_like(y)).shape == x.shape, recipe
+    assert len(recipes) >= 14
