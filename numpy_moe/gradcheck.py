@@ -116,6 +116,13 @@ def check_module(module, x, h=1e-6, tol=1e-7, seed=0, forward=None, check_input=
     if not hasattr(x, "dtype"):  # perturbed in place: an array (a list raised an AttributeError midway)
         raise TypeError(f"x is a {type(x).__name__}; check_module perturbs x in place, so it must be a float64 "
                         "array")
+    # every array the check differentiates must be float64, refused here, before a single forward, naming it
+    # (numerical_gradient refuses it too, but only once the input's differences have run, in float32, and
+    # calling a float32 parameter "x")
+    for name, a in [("x", x)] * bool(check_input) + [(f"parameter {n}", p) for n, p in module.named_parameters()]:
+        if a.dtype.kind != "f" or a.dtype.itemsize != 8:
+            raise TypeError(f"{name} has dtype {a.dtype}; finite differences need float64 (MATH.md §8: in float32 "
+                            "the step h = 1e-6 is rounded by percents): build the module with dtype='float64'")
     fwd = forward or module.forward
     xp = get_array_module(x)
     if not (x.flags.c_contiguous and getattr(x.flags, "writeable", True)):  # numerical_gradient perturbs it in place

@@ -106,5 +106,19 @@ def test_numerical_gradient_refuses_arrays_that_are_not_float64(dtype):
     # check_module on a correct float32 layer reported FAIL
     with pytest.raises(TypeError, match=f"x has dtype {np.dtype(dtype)}; finite differences need a float64"):
         numerical_gradient(lambda v: float((v.astype(float) ** 2).sum()), np.array([1, 2, 3], dtype=dtype))
-    with pytest.raises(TypeError, match="finite differences need a float64"):
+    with pytest.raises(TypeError, match="finite differences need"):
         check_module(Linear(4, 3, seed=0, dtype="float32"), np.ones((2, 4), dtype=np.float32))
+
+
+def test_check_module_refuses_a_float32_model_before_any_forward_naming_the_parameter():
+    # Before: with float64 x, the input's differences ran first through the float32 layer (2 N D + 2 forwards,
+    # float32 rounding), then numerical_gradient refused the parameter W as "x has dtype float32"
+    layer, calls = Linear(4, 3, seed=0, dtype="float32"), []
+
+    def forward(z):
+        calls.append(1)
+        return layer.forward(z)
+
+    with pytest.raises(TypeError, match="parameter W has dtype float32; finite differences need float64"):
+        check_module(layer, np.ones((2, 4)), forward=forward)
+    assert not calls
