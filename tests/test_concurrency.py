@@ -1,8 +1,126 @@
-"""Reproducibility: the same seeds give the same bits in separate processes, whatever PYTHONHASHSEED."""
+"""One module used from several threads of your own: it refuses a second thread while it is in a pass (it
+keeps its forward pass on itself), and separate models on separate threads compute what they compute one
+after the other, bit for bit. And the same seeds give the same bits in separate processes, whatever
+PYTHONHASHSEED."""
+import copy
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
+
+import numpy as np
+import pytest
+
+from numpy_moe.layers import Linear
+from numpy_moe.moe import MoE
+from numpy_moe.optim import Adam
+
+
+class _Held(Linear):
+    """A Linear whose forward waits inside its pass until ``release`` is set (``inside`` tells it is there)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.inside, self.release = threading.Event(), threading.Event()
+
+    def forward(self, x):
+        self.inside.set()
+        self.release.wait(timeout=10)
+        return super().forward(x)
+
+
+def _in_thread(fn):
+    """Start fn in a thread; returns (thread, box) where box gets 'value' or 'error'."""
+    box = {}
+
+    def run():
+        try:
+            box["value"] = fn()
+        except BaseException as err:  # noqa: BLE001 - handed to the test
+            box["error"] = err
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, box
+
+
+def test_a_module_in_a_pass_in_another_thread_refuses_with_a_clear_error_and_is_free_again_after(rng):
+    layer = _Held(4, 3, seed=0)
+    x1, x2 = rng.standard_normal((5, 4)), rng.standard_normal((6, 4))
+    thread, box = _in_thread(lambda: layer.forward(x1))
+    assert layer.inside.wait(timeout=10)
+    try:  # before: this call ran too and each thread's backward could read the other's input
+        with pytest.raises(RuntimeError, match=r"_Held is in a forward or backward pass in another thread.*copy"):
+            layer.forward(x2)
+        with pytest.raises(RuntimeError, match="another thread"):
+            layer.backward(np.ones((5, 3)))
+    finally:
+        layer.release.set()
+        thread.join()
+    np.testing.assert_array_equal(box["value"], x1 @ layer.params["W"] + layer.params["b"])
+    # the first pass is over: this thread may run the backward of that thread's forward, and passes of its own
+    dx = layer.backward(np.ones((5, 3)))
+    np.testing.assert_array_equal(dx, np.ones((5, 3)) @ layer.params["W"].T)
+    np.testing.assert_array_equal(layer.forward(x2), x2 @ layer.params["W"] + layer.params["b"])
+
+
+def test_a_pass_that_raised_in_another_thread_leaves_the_module_free():
+    layer = Linear(4, 3, seed=0)
+    thread, box = _in_thread(lambda: layer.forward(np.ones((2, 5))))  # wrong width: ValueError
+    thread.join()
+    assert isinstance(box["error"], ValueError)
+    assert layer.forward(np.ones((2, 4))).shape == (2, 3)
+
+
+def test_one_moe_layer_from_two_threads_at_once_never_returns_another_threads_result():
+    # before: about 40% of the outputs were another input's mixture, and some calls raised TypeError
+    layer = MoE(16, 8, 4, hidden=32, top_k=2, seed=0).eval()
+    xs = [np.random.default_rng(i).standard_normal((512, 16)) for i in range(2)]
+    expected = [copy.deepcopy(layer).forward(x) for x in xs]
+    start, wrong, refused = threading.Barrier(2), [], []
+
+    def use(i):
+        start.wait()
+        for _ in range(30):
+            try:
+                wrong.append(not np.array_equal(layer.forward(xs[i]), expected[i]))
+            except RuntimeError as err:
+                refused.append("another thread" in str(err))
+
+    threads = [threading.Thread(target=use, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not any(wrong) and all(refused) and len(wrong) + len(refused) == 60
+
+
+def test_separate_models_trained_on_two_threads_at_once_equal_the_serial_runs_bit_for_bit(monkeypatch):
+    # each thread's layer runs its experts on numpy_moe's threads too (2 x 2), sharing one BLAS hold
+    monkeypatch.setenv("NUMPY_MOE_THREADS", "2")
+
+    def train(seed):
+        layer = MoE(32, 32, 8, hidden=32, top_k=2, seed=seed, noise="shazeer", balance={"importance": 0.01},
+                    dispatch="sparse")
+        opt, data, out = Adam(lr=1e-3), np.random.default_rng(seed), []
+        for _ in range(3):
+            x = data.standard_normal((2048, 32))
+            y = layer.forward(x)
+            out += [y, layer.backward(data.standard_normal(y.shape))]
+            opt.step(layer)
+            layer.end_step()
+        return out + [p for _, p in layer.named_parameters()]
+
+    serial = [train(seed) for seed in (0, 1)]
+    found = [None, None]
+    threads = [threading.Thread(target=lambda i=i: found.__setitem__(i, train(i))) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for got, want in zip(found, serial):
+        assert len(got) == len(want) and all(np.array_equal(a, b) for a, b in zip(got, want))
 
 
 _DIGESTS = """
