@@ -1,7 +1,7 @@
-"""One module used from several threads of your own: it refuses a second thread while it is in a pass (it
-keeps its forward pass on itself), and separate models on separate threads compute what they compute one
-after the other, bit for bit. And the same seeds give the same bits in separate processes, whatever
-PYTHONHASHSEED."""
+"""One module or estimator used from several threads of your own: a module refuses a second thread while it
+is in a pass (it keeps its forward pass on itself), an estimator's predictions take turns, and separate
+models on separate threads compute what they compute one after the other, bit for bit. And the same seeds
+give the same bits in separate processes, whatever PYTHONHASHSEED."""
 import copy
 import os
 import subprocess
@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from numpy_moe.estimators import HMEClassifier, LocalExpertsClassifier, MoEClassifier, MoERegressor
 from numpy_moe.layers import Linear
 from numpy_moe.moe import MoE
 from numpy_moe.optim import Adam
@@ -94,6 +95,47 @@ def test_one_moe_layer_from_two_threads_at_once_never_returns_another_threads_re
     for t in threads:
         t.join()
     assert not any(wrong) and all(refused) and len(wrong) + len(refused) == 60
+
+
+@pytest.mark.parametrize("make, y_of", [
+    (lambda: MoEClassifier(random_state=0, epochs=2, top_k=2, noise="shazeer"), lambda X: (X[:, 0] > 0).astype(int)),
+    (lambda: MoERegressor(random_state=0, epochs=2), lambda X: X[:, 0]),
+    (lambda: LocalExpertsClassifier(random_state=0, epochs=2), lambda X: (X[:, 0] > 0).astype(int)),
+    (lambda: HMEClassifier(random_state=0, max_iter=3), lambda X: (X[:, 0] > 0).astype(int)),
+])
+def test_an_estimator_predicting_from_two_threads_at_once_takes_turns_and_gives_each_its_own(make, y_of, rng):
+    X = rng.standard_normal((200, 4))
+    est = make().fit(X, y_of(X))
+    predict = est.predict_proba if hasattr(est, "predict_proba") else est.predict
+    xs = [rng.standard_normal((300, 4)) for _ in range(2)]
+    expected = [predict(x) for x in xs]
+    model, forward, inside, most = est.model_, est.model_.forward, [0], [0]
+    meet = threading.Event()
+
+    def watched(*args, **kwargs):  # counts the threads inside the model's forward; the first waits for a second
+        inside[0] += 1
+        most[0] = max(most[0], inside[0])
+        if inside[0] == 1:
+            meet.wait(timeout=0.3)  # with the lock the second thread cannot come in: this times out
+        meet.set()  # the second thread, here at once or after the first, does not wait
+        try:
+            return forward(*args, **kwargs)
+        finally:
+            inside[0] -= 1
+
+    model.forward = watched
+    try:
+        found = [None, None]
+        threads = [threading.Thread(target=lambda i=i: found.__setitem__(i, predict(xs[i]))) for i in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        del model.forward
+    assert most[0] == 1, "two predictions were inside the model at once"
+    for got, want in zip(found, expected):
+        np.testing.assert_array_equal(got, want)
 
 
 def test_separate_models_trained_on_two_threads_at_once_equal_the_serial_runs_bit_for_bit(monkeypatch):
