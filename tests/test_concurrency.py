@@ -193,3 +193,34 @@ def test_every_registered_class_computes_the_same_bits_in_two_processes_with_oth
         runs.append(dict(line.rsplit(" ", 1) for line in done.stdout.splitlines()))
     assert len(runs[0]) >= 50
     assert runs[0] == runs[1], sorted(k for k in runs[0] if runs[0][k] != runs[1].get(k))
+
+
+def test_an_error_in_an_experts_block_on_a_worker_thread_reaches_the_caller_as_itself_and_leaves_nothing(monkeypatch):
+    # the expert blocks of a forward run on numpy_moe's threads; the block of expert 3 raises on whichever runs it
+    monkeypatch.setenv("NUMPY_MOE_THREADS", "2")
+    from numpy_moe import workers
+    from numpy_moe.experts import ExpertBank
+    layer = MoE(32, 32, 8, hidden=64, top_k=2, seed=0, dispatch="sparse")
+    x = np.random.default_rng(0).standard_normal((2048, 32))
+    expected = copy.deepcopy(layer).forward(x)
+    blas = [c.num_threads for c in workers._blas_controllers()]
+    chunk, raised = ExpertBank._mlp_forward_chunk, []
+
+    def failing(self, c, *args):
+        if c == 3:
+            raised.append(KeyError(f"expert block {c} in {threading.current_thread().name}"))
+            raise raised[-1]
+        return chunk(self, c, *args)
+
+    monkeypatch.setattr(ExpertBank, "_mlp_forward_chunk", failing)
+    alive = threading.active_count()
+    for _ in range(3):
+        with pytest.raises(KeyError) as info:
+            layer.forward(x)
+        assert info.value is raised[-1]  # the block's own exception, not a wrapper
+    assert threading.active_count() <= alive + 1  # at most the one pool thread, started once
+    assert [c.num_threads for c in workers._blas_controllers()] == blas and workers._held["count"] == 0
+    monkeypatch.setattr(ExpertBank, "_mlp_forward_chunk", chunk)
+    thread, box = _in_thread(lambda: layer.forward(x))  # no pass mark left behind: another thread may use it
+    thread.join()
+    np.testing.assert_array_equal(box["value"], expected)
