@@ -224,3 +224,34 @@ def test_an_error_in_an_experts_block_on_a_worker_thread_reaches_the_caller_as_i
     thread, box = _in_thread(lambda: layer.forward(x))  # no pass mark left behind: another thread may use it
     thread.join()
     np.testing.assert_array_equal(box["value"], expected)
+
+
+def _forward_in_child(layer, x, queue):
+    """In a forked child: a forward of ``layer``, which a thread of the parent was inside when it forked."""
+    layer.release.set()  # the child's copy of the event: its own forward does not wait
+    try:
+        queue.put(("value", layer.forward(x)))
+    except Exception as err:  # noqa: BLE001 - reported to the parent
+        queue.put(("error", repr(err)))
+
+
+def test_a_child_forked_while_another_thread_is_in_a_pass_can_use_the_module(rng):
+    import multiprocessing
+    if "fork" not in multiprocessing.get_all_start_methods():
+        pytest.skip("no fork on this platform")
+    ctx = multiprocessing.get_context("fork")
+    layer = _Held(4, 3, seed=0)
+    x = rng.standard_normal((5, 4))
+    thread, _ = _in_thread(lambda: layer.forward(x))
+    assert layer.inside.wait(timeout=10)
+    try:  # the parent's thread is inside the pass when it forks; the child has no such thread
+        queue = ctx.Queue()
+        child = ctx.Process(target=_forward_in_child, args=(layer, x, queue))
+        child.start()
+        kind, value = queue.get(timeout=60)
+        child.join(60)
+    finally:
+        layer.release.set()
+        thread.join()
+    assert kind == "value", value
+    np.testing.assert_array_equal(value, x @ layer.params["W"] + layer.params["b"])
