@@ -46,7 +46,7 @@ def _predicting(est):
     with _predict_locks_lock:
         lock = _predict_locks.get(est)
         if lock is None:
-            lock = _predict_locks[est] = threading.Lock()
+            lock = _predict_locks[est] = threading.RLock()  # reentrant: a nested call in one thread never hangs
     return lock
 
 
