@@ -231,7 +231,7 @@ def _transformer_examples():
         lambda: tr.TransformerBlock(4, 2, tr.DenseFeedForward(4, 6, seed=1), seed=0),
         lambda: tr.TransformerLM(7, d_model=4, n_heads=2, n_layers=2, max_len=5, hidden=6, seed=0, tied=False,
                                  moe=[MoE(gate=ScoreGate(4, 3, top_k=2, seed=1), experts=None, out_features=4,
-                                          hidden=5, balance=[B.SequenceBalance(0.01)]), None]),
+                                          hidden=5, balance=[B.SequenceBalance(0.01)], seed=2), None]),
     ]
 
 

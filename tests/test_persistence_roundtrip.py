@@ -65,7 +65,7 @@ def _stateful_examples():
         "TransformerLM tied, ScoreGate bias_update": lambda: TransformerLM(
             7, d_model=4, n_heads=2, n_layers=1, max_len=5, hidden=6, seed=0, tied=True,
             moe=[MoE(gate=ScoreGate(4, 3, top_k=2, bias_update=0.05, jitter=0.1, seed=1), experts=None,
-                     out_features=4, hidden=5)]),
+                     out_features=4, hidden=5, seed=2)]),
     }
 
 

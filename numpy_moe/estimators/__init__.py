@@ -32,6 +32,14 @@ the best validation epoch are kept: on small noisy data this both prevents overf
 With ``early_stopping=False`` the training loss is watched and the last weights are kept.
 Save a fitted estimator with :func:`numpy_moe.io.save`.
 
+``random_state`` takes None, an int, a RandomState or a numpy Generator. None draws fresh entropy from the
+operating system, not from NumPy's global RandomState as scikit-learn's own estimators do
+(``check_random_state(None)``; numpy_moe never uses the global generator), so ``np.random.seed`` does not
+make a fit repeatable: pass an int. An int gives the same fit, bit for bit, every time (``clone`` too); a
+RandomState or Generator is drawn from, so two fits with the same object differ, as in scikit-learn.
+``predict``, ``predict_proba`` and ``score`` may be called from several threads at once: they take turns
+on the fitted model, which keeps its forward pass on itself (numpy_moe.layers).
+
 Modules: :mod:`.base` (the training loop, transactions, the task mixins), :mod:`.moe`, :mod:`.local`,
 :mod:`.hme` (HMERegressor / HMEClassifier, the EM-fitted hierarchical mixtures).
 """

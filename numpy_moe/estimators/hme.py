@@ -30,7 +30,7 @@ from ..hme import HierarchicalMoE, fit_em, init_responsibilities, parse_tree
 from ..optim import Adam
 from ..validation import check_real
 from .base import (_check_fitted_names, _check_number_list, _check_sizes, _check_usage_and_names, _fitted_names,
-                   _generator, _Transaction)
+                   _generator, _predicting, _Transaction)
 
 SOLVERS = ("em", "adam")
 
@@ -180,7 +180,8 @@ class HMERegressor(RegressorMixin, _HMEEstimator):
     def predict(self, X):
         """(N,) mixture means, or (N, O) for O > 1 outputs."""
         X = self._checked(X)
-        out = to_numpy(self.model_.forward(X))
+        with _predicting(self):  # the model keeps its forward pass on itself
+            out = to_numpy(self.model_.forward(X))
         return out.ravel() if self.n_outputs_ == 1 else out
 
     def __sklearn_tags__(self):
@@ -209,7 +210,8 @@ class HMEClassifier(ClassifierMixin, _HMEEstimator):
     def predict_proba(self, X):
         """(N, C) the mixture's class probabilities, columns in the order of ``classes_``."""
         X = self._checked(X)
-        return numpy.exp(to_numpy(self.model_.forward(X)))
+        with _predicting(self):  # the model keeps its forward pass on itself
+            return numpy.exp(to_numpy(self.model_.forward(X)))
 
     def predict(self, X):
         """(N,) the most probable class of each row."""

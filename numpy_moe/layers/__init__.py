@@ -31,6 +31,13 @@ PositionEmbedding's backward return views of what they are given, as NumPy's res
 layout (views, negative strides, Fortran order, ``np.broadcast_to``) gives the contiguous input's result,
 up to the order in which a matrix product sums (rounding).
 
+Threads. Because ``forward`` keeps its arrays on the module for ``backward``, a module serves one thread
+at a time: a pass that starts while another thread is inside one of the module's passes raises
+RuntimeError (:mod:`.module`), and a forward from another thread between a forward and its backward makes
+the backward differentiate that other pass, which no check can see. Give each thread its own copy
+(``copy.deepcopy``). Passes from different threads one after the other are fine (numpy_moe's own worker
+threads run a gate's backward whose forward ran in the calling thread).
+
 Dtypes. A module with parameters computes in its ``dtype``: an input of another float dtype is converted
 to it (check_input, or ``to_dtype`` for the layers other layers call unchecked), integer input is refused,
 and ``backward`` converts an output gradient of another float dtype to the dtype of the forward's output,

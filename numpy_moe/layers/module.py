@@ -1,8 +1,10 @@
 """The Module base class: parameters, children, modes, construction config, and the checks that wrap
 every forward and backward pass (a backward needs its forward; a gradient of another float dtype is
-converted). The contract itself is in :mod:`numpy_moe.layers`."""
+converted; a module is in one thread's pass at a time). The contract itself is in :mod:`numpy_moe.layers`."""
 import functools
 import inspect
+import os
+import threading
 
 from ..backend import asarray, result_dtype
 from ..validation import check_bool
@@ -18,14 +20,66 @@ _PASSES = {"forward": "backward", "__call__": "backward", "forward_grouped": "ba
 _FORWARD_OF = {"backward": "forward", "backward_grouped": "forward_grouped"}
 
 
+# id(module) -> [thread, depth] while a thread is inside one of the module's checked passes (_enter_pass); the
+# entry is removed when its outermost pass returns or raises
+_in_pass = {}
+_in_pass_lock = threading.Lock()
+
+
+def _enter_pass(module):
+    """Mark ``module`` as in a pass of this thread (nested passes of the thread count up); returns its key for
+    :func:`_leave_pass`. RuntimeError when another thread is inside one of ``module``'s passes.
+
+    A module keeps its forward pass's arrays on itself for the backward (and a composite one reads back what
+    its children kept), so two threads in one module at once read each other's: an MoE layer used from two
+    threads returned another input's output in about 40% of the calls, without an error, and raised
+    TypeError or IndexError in others. Passes from different threads one after the other are allowed
+    (numpy_moe's own threads run a gate's backward whose forward ran in the calling thread).
+    """
+    key, me = id(module), threading.get_ident()
+    with _in_pass_lock:
+        entry = _in_pass.get(key)
+        if entry is None:
+            _in_pass[key] = [me, 1]
+            return key
+        if entry[0] == me:
+            entry[1] += 1
+            return key
+    raise RuntimeError(f"{type(module).__name__} is in a forward or backward pass in another thread: a module "
+                       "keeps its last forward pass for its backward, so one module serves one thread at a "
+                       "time; give each thread its own copy (copy.deepcopy(model)), or take turns with a lock")
+
+
+def _leave_pass(key):
+    """End one :func:`_enter_pass`; the outermost removes the mark."""
+    with _in_pass_lock:
+        entry = _in_pass.get(key)
+        if entry is not None:
+            entry[1] -= 1
+            if entry[1] <= 0:
+                del _in_pass[key]
+
+
+def _forget_other_threads_passes():
+    """In a child made by fork, only the forking thread exists: forget the passes of the parent's others."""
+    global _in_pass_lock
+    _in_pass_lock = threading.Lock()
+    me = threading.get_ident()
+    for key in [k for k, (thread, _) in _in_pass.items() if thread != me]:
+        del _in_pass[key]
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_other_threads_passes)
+
+
 def _records_forward(method, backward):
     """``method`` (a forward pass) that records in the module whether it ran to the end, and the dtype and shape of
     what it returned (the dtype of a Routing's weights; None for a float), for ``backward``."""
     flag = "_ran_" + _FORWARD_OF[backward]
     out_dtype = flag + "_dtype"
 
-    @functools.wraps(method)
-    def forward(self, *args, **kwargs):
+    def run(self, *args, **kwargs):
         state = self.__dict__
         state[flag] = False  # until it returns: a forward that raises may have replaced part of the cache
         try:
@@ -45,6 +99,14 @@ def _records_forward(method, backward):
         state[flag + "_shape"] = tuple(out.shape) if hasattr(out, "dtype") and isinstance(
             getattr(out, "shape", None), tuple) else None
         return out
+
+    @functools.wraps(method)
+    def forward(self, *args, **kwargs):
+        key = _enter_pass(self)
+        try:
+            return run(self, *args, **kwargs)
+        finally:
+            _leave_pass(key)
 
     forward._pass_checked = True
     return forward
@@ -66,8 +128,7 @@ def _needs_forward(method):
     out_dtype = flag + "_dtype"
     grad_name = next(iter(list(inspect.signature(method).parameters)[1:]), None)  # dy, dout, dlogits
 
-    @functools.wraps(method)
-    def backward(self, *args, **kwargs):
+    def run(self, *args, **kwargs):
         state = self.__dict__
         if not state.get(flag):
             raise NoForwardPassError(f"{type(self).__name__}.{name} called before {_FORWARD_OF[name]}: it needs a "
@@ -84,6 +145,14 @@ def _needs_forward(method):
             elif _other_float(dy, dtype):
                 args = (dy.astype(dtype),) + args[1:]
         return method(self, *args, **kwargs)
+
+    @functools.wraps(method)
+    def backward(self, *args, **kwargs):
+        key = _enter_pass(self)
+        try:
+            return run(self, *args, **kwargs)
+        finally:
+            _leave_pass(key)
 
     backward._pass_checked = True
     return backward
