@@ -29,18 +29,22 @@ So :func:`n_threads` decides:
 
 - ``NUMPY_MOE_THREADS=T`` in the environment: T threads (T >= 1), whatever the BLAS;
 - otherwise, when every BLAS loaded is OpenBLAS with its own (pthreads) threads and its threads stop
-  spinning within 2**20 cycles (:func:`blas_spin_exponent`): as many threads as BLAS uses now (so
+  spinning within 2**20 cycles (:func:`blas_spin_exponent`): as many threads as BLAS uses, read before
+  numpy_moe's own hold of BLAS at one thread while another call's blocks run (so
   ``threadpoolctl.threadpool_limits(1)`` or ``OPENBLAS_NUM_THREADS=1`` also means one thread here);
 - otherwise 1: blocks run one after the other in the calling thread, each with BLAS's own threads.
 
 On CuPy, or with one thread, blocks run one after the other in the calling thread. Results on threads are
 identical to the blocks run in order with BLAS on one thread, as each block's BLAS runs: each block writes
-only its own rows and its own expert's gradients, and every block computes exactly what it computes alone
-(a row's logits from a product over a block of rows are the row of the whole product: OpenBLAS does not
-split the sum over D by rows; tested bit for bit). Against blocks run in order with BLAS on several
-threads, a weight gradient Xᵀ D summed over many rows can differ in its last bits, as OpenBLAS's threads
-sum it in another order (measured at N = 8192, D = 64, H = 32, E = 16, float32: relative 1.5e-7 and
-1.9e-7 on the experts' two weight gradients; outputs, dx and the gate's gradients identical). A block that calls
+only its own rows and its own expert's gradients, and every block computes exactly what it computes alone. A
+step split into blocks of rows is another matter when the split changes a product's shape: the top-k gate's
+logits from a block of rows are the rows of the whole product x W unless OpenBLAS picks another kernel for
+the block's row count, and then every row differs in its last bits (measured with BLAS on one thread: 6 of
+864 shapes and splits, all float32 with E = 8, e.g. D = 33, N = 16384 on 7 threads, up to 2.2e-7 relative; 2
+and 4 threads and D = 64, E = 16 gave the same bits). Against blocks run in order with BLAS on several
+threads, a weight gradient Xᵀ D summed over many rows can differ in its last bits, as OpenBLAS's threads sum
+it in another order (measured at N = 8192, D = 64, H = 32, E = 16, float32: relative 1.5e-7 and 1.9e-7 on
+the experts' two weight gradients; outputs, dx and the gate's gradients identical). A block that calls
 ``run_blocks`` itself runs that call's blocks in order in its own thread: the others are busy with its
 siblings, and a call handed to them would wait for a thread that waits for it.
 
@@ -194,17 +198,32 @@ def n_threads():
     spin = blas_spin_exponent()
     if spin is None or spin > SHORT_SPIN:
         return 1
-    return max(1, min(c.num_threads for c in _blas_controllers()))
+    with _held_lock:  # while run_blocks calls hold BLAS at one thread, its count is the one they saved
+        counts = list(_held["saved"]) if _held["count"] else [c.num_threads for c in _blas_controllers()]
+    return max(1, min(counts, default=1))
 
 
 def _pool(size):
     with _lock:
-        if _state["size"] < size:
-            if _state["pool"] is not None:
-                _state["pool"].shutdown(wait=False)
-            _state["pool"] = ThreadPoolExecutor(max_workers=size, thread_name_prefix="numpy_moe")
-            _state["size"] = size
-        return _state["pool"]
+        return _grown(size)
+
+
+def _grown(size):
+    """The pool, replaced by one of ``size`` threads if it has fewer (call with ``_lock`` held)."""
+    if _state["size"] < size:
+        if _state["pool"] is not None:
+            _state["pool"].shutdown(wait=False)  # what was submitted to it still runs
+        _state["pool"] = ThreadPoolExecutor(max_workers=size, thread_name_prefix="numpy_moe")
+        _state["size"] = size
+    return _state["pool"]
+
+
+def _submit(fn, count):
+    """Submit ``fn`` ``count`` times to a pool of at least ``count`` threads. Under the lock: another call that
+    grows the pool shuts the old one down, and a submit to it after that raises RuntimeError."""
+    with _lock:
+        pool = _grown(count)
+        return [pool.submit(fn) for _ in range(count)]
 
 
 def run_blocks(work, costs=None, like=None, serial_below=0):
@@ -251,7 +270,7 @@ def run_blocks(work, costs=None, like=None, serial_below=0):
 
     _hold_blas()
     try:
-        futures = [_pool(threads - 1).submit(worker) for _ in range(threads - 1)]
+        futures = _submit(worker, threads - 1)
         error = None
         try:
             worker()  # the calling thread is one of the workers

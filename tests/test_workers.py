@@ -376,3 +376,52 @@ def test_set_blas_spin_refuses_while_blocks_run(monkeypatch):
     monkeypatch.setitem(workers._held, "count", 1)  # as while a run_blocks call holds BLAS at one thread
     with pytest.raises(RuntimeError, match="run_blocks"):
         workers.set_blas_spin(20)
+
+
+def test_a_pool_grown_by_another_call_meanwhile_does_not_break_a_call_submitting_to_it(monkeypatch):
+    # Another thread's run_blocks with more threads (NUMPY_MOE_THREADS changed, or BLAS's count in auto mode)
+    # replaces the pool, shutting the old one down, between this call's _pool() and its submit(): before,
+    # this call then raised "RuntimeError: cannot schedule new futures after shutdown".
+    monkeypatch.setenv("NUMPY_MOE_THREADS", "2")
+    workers._pool(1)
+    pool = workers._state["pool"]
+    real_submit = pool.submit
+
+    def submit(fn, *args, **kwargs):
+        grow = threading.Thread(target=workers._pool, args=(workers._state["size"] + 1,))
+        grow.start()
+        grow.join(timeout=0.5)  # with submission under the pool's lock it waits for this submit instead
+        return real_submit(fn, *args, **kwargs)
+
+    monkeypatch.setattr(pool, "submit", submit)
+    done = []
+    workers.run_blocks([lambda: done.append(1), lambda: done.append(2)])
+    assert sorted(done) == [1, 2]
+
+
+def test_auto_threads_do_not_drop_to_one_while_another_call_holds_blas(monkeypatch):
+    # Before: n_threads() read BLAS's current count, which another thread's run_blocks holds at 1, so a layer
+    # started then ran its experts in order (with BLAS at 1 or at its own count, depending on timing): two models
+    # trained on two threads at once in auto mode (OPENBLAS_THREAD_TIMEOUT=20, 2 BLAS threads) then differed
+    # from their serial runs and from run to run (up to 5.6e-16 relative in float64).
+    monkeypatch.delenv("NUMPY_MOE_THREADS", raising=False)
+    blas = _FakeBlas(2)
+    monkeypatch.setattr(workers, "blas_spin_exponent", lambda: 20)
+    monkeypatch.setattr(workers, "_blas_controllers", lambda: [blas])
+    monkeypatch.setattr(workers, "_set_threads", lambda c, n: setattr(c, "num_threads", n))
+    assert workers.n_threads() == 2
+    inside, leave, seen = threading.Event(), threading.Event(), []
+
+    def holding():  # a block of another call: BLAS is held at one thread while it runs
+        inside.set()
+        leave.wait(timeout=10)
+
+    other = threading.Thread(target=workers.run_blocks, args=([holding, lambda: None],))
+    other.start()
+    try:
+        assert inside.wait(timeout=10) and blas.num_threads == 1
+        seen.append(workers.n_threads())
+    finally:
+        leave.set()
+        other.join()
+    assert seen == [2] and blas.num_threads == 2
