@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "numpy_moe"
 # files, data loading) and may import numpy; everything else must ask the backend.
 EDGE_MODULES = {"backend.py", "datasets.py", "data_images.py", "data_text.py", "plotting.py", "estimators/__init__.py", "estimators/base.py", "estimators/moe.py",
                 "estimators/local.py", "estimators/hme.py",
-                "io/__init__.py", "io/archive.py", "io/records.py", "io/registry.py", "io/checkpoint.py",
+                "io/__init__.py", "io/archive.py", "io/records.py", "io/registry.py", "io/checkpoint.py", "io/state.py",
                 "presets/weights.py", "conformance/__init__.py"}  # framework state dicts and fixture files are NumPy
 
 

@@ -37,12 +37,11 @@ from collections import namedtuple
 
 import numpy
 
-from ..backend import asarray, to_numpy
 from ..layers import Module
-from ..optim import FTRL, SGD, Adam
 from . import DEFAULT_MAX_BYTES, FORMAT, VERSION, _check_path, _open
 from .archive import FileError, write_atomic
 from .records import Builder, encode_module, non_finite_weights
+from .state import bit_generator, check_keys, decode_optimizer, encode_optimizer, generator_state
 
 __all__ = ["Checkpoint", "save_checkpoint", "load_checkpoint"]
 
@@ -50,9 +49,6 @@ Checkpoint = namedtuple("Checkpoint", ["model", "optimizer", "generators"])
 Checkpoint.__doc__ = """What :func:`load_checkpoint` returns: the model (its training flags and its modules'
 generators as saved), the optimiser (None when none was saved) and ``{name: numpy Generator}``."""
 
-OPTIMIZERS = {"SGD": SGD, "Adam": Adam, "FTRL": FTRL}
-SQUARES = {"Adam": "v", "FTRL": "n"}  # state that sums squares: never negative
-BIT_GENERATORS = {"PCG64": numpy.random.PCG64, "PCG64DXSM": numpy.random.PCG64DXSM}
 MODEL_PREFIX, OPTIMIZER_PREFIX = "model/", "optimizer/"
 MAX_GENERATORS = 1000
 
@@ -85,7 +81,7 @@ def save_checkpoint(path, model, optimizer=None, generators=None):
     def generator(g, what):
         if id(g) not in index:
             index[id(g)] = len(states)
-            states.append(_generator_state(g, what))
+            states.append(generator_state(g, what))
         return index[id(g)]
 
     model_generators = [{"module": i, "attribute": attribute,
@@ -102,7 +98,7 @@ def save_checkpoint(path, model, optimizer=None, generators=None):
     record = {"object": encode_module(model, arrays, MODEL_PREFIX),
               "training": [bool(m.training) for m in modules], "generator_states": states,
               "model_generators": model_generators, "named_generators": named,
-              "optimizer": None if optimizer is None else _encode_optimizer(optimizer, model, arrays)}
+              "optimizer": None if optimizer is None else encode_optimizer(optimizer, model, arrays, OPTIMIZER_PREFIX)}
     bad = non_finite_weights(arrays)
     if bad:
         raise ValueError(f"refusing to save a checkpoint of {type(model).__name__}: {bad[:5]} contain NaN or inf "
@@ -125,7 +121,7 @@ def load_checkpoint(path, *, max_bytes=DEFAULT_MAX_BYTES):
         if not isinstance(state, dict):
             raise FileError(f"{path} holds a model but no checkpoint (no optimiser or generator state): read it "
                             "with numpy_moe.io.load")
-        _check_keys(state, {"training", "generator_states", "model_generators", "named_generators", "optimizer"},
+        check_keys(state, {"training", "generator_states", "model_generators", "named_generators", "optimizer"},
                     "checkpoint", path)
         if "config" not in record:
             raise FileError(f"{path}: a checkpoint's object must be a module, not an estimator ({record['class']})")
@@ -139,7 +135,8 @@ def load_checkpoint(path, *, max_bytes=DEFAULT_MAX_BYTES):
         shared = _generators(state["generator_states"], path)
         settings = _module_generators(state["model_generators"], modules, shared, path)
         named = _named_generators(state["named_generators"], shared, path)
-        optimizer = None if state["optimizer"] is None else _decode_optimizer(state["optimizer"], model, archive, path)
+        optimizer = None if state["optimizer"] is None else decode_optimizer(state["optimizer"], model, archive, path,
+                                                                    "checkpoint.optimizer", OPTIMIZER_PREFIX)
         for m, flag in zip(modules, training):  # everything is checked: now set the model's state
             m.training = flag
         for m, attribute, g in settings:
@@ -147,138 +144,12 @@ def load_checkpoint(path, *, max_bytes=DEFAULT_MAX_BYTES):
         return Checkpoint(model, optimizer, named)
 
 
-# ----- optimiser ----------------------------------------------------------------------------------
-def _encode_optimizer(optimizer, model, arrays):
-    name = type(optimizer).__name__
-    if OPTIMIZERS.get(name) is not type(optimizer):
-        raise TypeError(f"cannot checkpoint a {name} optimiser: only {sorted(OPTIMIZERS)} (not subclasses), whose "
-                        "state a file can be checked against")
-    params = list(model.named_parameters())
-    optimizer._check_shapes(params)  # ValueError for state kept from another model with the same names
-    names = {n for n, _ in params}
-    state = {}
-    for slot in optimizer._state:
-        entries = {}
-        for pname, a in getattr(optimizer, slot).items():
-            if pname not in names:
-                raise ValueError(f"this {name} holds state {slot!r} for {pname!r}, which {type(model).__name__} "
-                                 "has no parameter of: it trained another model")
-            entry = f"{OPTIMIZER_PREFIX}{slot}/{pname}"
-            arrays[entry] = to_numpy(a)
-            entries[pname] = entry
-        state[slot] = entries
-    return {"class": name, "config": optimizer.get_config(), "t": int(optimizer.t), "state": state}
-
-
-def _decode_optimizer(record, model, archive, path):
-    def fail(what):
-        return FileError(f"{path}: checkpoint.optimizer: {what}")
-
-    if not isinstance(record, dict):
-        raise fail(f"expected an object, found {type(record).__name__}")
-    _check_keys(record, {"class", "config", "t", "state"}, "checkpoint.optimizer", path)
-    cls = OPTIMIZERS.get(record["class"]) if isinstance(record["class"], str) else None
-    if cls is None:
-        raise fail(f"class {record['class']!r} is not one of {sorted(OPTIMIZERS)}")
-    config, t, state = record["config"], record["t"], record["state"]
-    expected = set(cls().get_config())
-    if not isinstance(config, dict) or set(config) != expected:
-        raise fail(f"config must hold exactly {sorted(expected)}, found "
-                   f"{sorted(config) if isinstance(config, dict) else type(config).__name__}")
-    try:
-        optimizer = cls(**config)
-    except (TypeError, ValueError) as err:
-        raise fail(f"config {config}: {err}") from err
-    if isinstance(t, bool) or not isinstance(t, int) or t < 0:
-        raise fail(f"t={t!r} must be an int >= 0 (the number of steps taken)")
-    optimizer.t = t
-    params = dict(model.named_parameters())
-    if not isinstance(state, dict) or set(state) != set(cls._state):
-        raise fail(f"state must hold exactly the slots {list(cls._state)}, found "
-                   f"{sorted(state) if isinstance(state, dict) else type(state).__name__}")
-    holders = []
-    for slot in cls._state:
-        entries = state[slot]
-        if not isinstance(entries, dict):
-            raise fail(f"state[{slot!r}] must be an object parameter name -> array entry")
-        unknown = sorted(set(entries) - set(params))
-        if unknown:
-            raise fail(f"state[{slot!r}] names {unknown[:5]}, which are not parameters of the "
-                       f"{type(model).__name__}")
-        holders.append(set(entries))
-    if any(h != holders[0] for h in holders):
-        raise fail(f"every parameter needs all of {list(cls._state)} or none; they hold state for different "
-                   "parameters")
-    values = {}
-    for slot in cls._state:
-        for pname, entry in state[slot].items():
-            p = params[pname]
-            if entry != f"{OPTIMIZER_PREFIX}{slot}/{pname}" or entry not in archive.headers:
-                raise fail(f"state[{slot!r}][{pname!r}] refers to {entry!r}, not the file's array "
-                           f"{OPTIMIZER_PREFIX}{slot}/{pname}")
-            shape, dtype = archive.headers[entry]
-            if shape != tuple(p.shape) or dtype != p.dtype:
-                raise fail(f"state[{slot!r}][{pname!r}] is {dtype}{list(shape)}; the parameter is "
-                           f"{p.dtype}{list(p.shape)}")
-            a = archive.read(entry)
-            if not numpy.isfinite(a).all():
-                raise fail(f"state[{slot!r}][{pname!r}] holds NaN or inf")
-            if slot == SQUARES.get(record["class"]) and a.size and a.min() < 0:
-                raise fail(f"state[{slot!r}][{pname!r}] holds negative values ({a.min():.3g}), but it is a sum "
-                           "of squared gradients")
-            values[slot, pname] = asarray(a)  # on the backend the model's parameters live on, as io.load puts them
-    for (slot, pname), a in values.items():
-        getattr(optimizer, slot)[pname] = a
-    return optimizer
-
-
 # ----- generators ---------------------------------------------------------------------------------
-def _generator_state(g, what):
-    """The JSON form of ``g``'s bit generator state; TypeError for a bit generator that cannot be saved."""
-    name = type(g.bit_generator).__name__
-    if BIT_GENERATORS.get(name) is not type(g.bit_generator):
-        raise TypeError(f"{what} uses the bit generator {name}; a checkpoint holds {sorted(BIT_GENERATORS)} "
-                        "(numpy.random.default_rng's PCG64), whose states it can check when loading")
-    s = g.bit_generator.state
-    return {"bit_generator": name, "state": {"state": int(s["state"]["state"]), "inc": int(s["state"]["inc"])},
-            "has_uint32": int(s["has_uint32"]), "uinteger": int(s["uinteger"])}
-
-
-def _bit_generator(state, where, path):
-    """A bit generator set to ``state``, every field checked against its range before NumPy reads it."""
-    def fail(what):
-        return FileError(f"{path}: {where}: {what}")
-
-    def integer(value, bits, field):
-        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2 ** bits:
-            raise fail(f"{field}={value!r:.60} must be an int in [0, 2**{bits})")
-        return value
-
-    if not isinstance(state, dict):
-        raise fail(f"expected a generator state object, found {type(state).__name__}")
-    _check_keys(state, {"bit_generator", "state", "has_uint32", "uinteger"}, where, path)
-    name = state["bit_generator"]
-    cls = BIT_GENERATORS.get(name) if isinstance(name, str) else None
-    if cls is None:
-        raise fail(f"bit generator {name!r} is not one of {sorted(BIT_GENERATORS)}")
-    inner = state["state"]
-    if not isinstance(inner, dict):
-        raise fail("state.state must be an object {state, inc}")
-    _check_keys(inner, {"state", "inc"}, where + ".state", path)
-    value = {"bit_generator": name, "state": {"state": integer(inner["state"], 128, "state"),
-                                              "inc": integer(inner["inc"], 128, "inc")},
-             "has_uint32": integer(state["has_uint32"], 1, "has_uint32"),
-             "uinteger": integer(state["uinteger"], 32, "uinteger")}
-    bit_generator = cls()
-    bit_generator.state = value
-    return bit_generator
-
-
 def _generators(states, path):
     """One Generator per stored state (shared by every place that names its index)."""
     if not isinstance(states, list) or len(states) > MAX_GENERATORS:
         raise FileError(f"{path}: checkpoint.generator_states must be a list of at most {MAX_GENERATORS} states")
-    return [numpy.random.Generator(_bit_generator(s, f"checkpoint.generator_states[{k}]", path))
+    return [numpy.random.Generator(bit_generator(s, f"checkpoint.generator_states[{k}]", path))
             for k, s in enumerate(states)]
 
 
@@ -298,7 +169,7 @@ def _module_generators(entries, modules, shared, path):
         where = f"checkpoint.model_generators[{k}]"
         if not isinstance(entry, dict):
             raise FileError(f"{path}: {where}: expected an object, found {type(entry).__name__}")
-        _check_keys(entry, {"module", "attribute", "generator"}, where, path)
+        check_keys(entry, {"module", "attribute", "generator"}, where, path)
         i, attribute = entry["module"], entry["attribute"]
         if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < len(modules):
             raise FileError(f"{path}: {where}: module={i!r:.60} must be an index below {len(modules)}")
@@ -317,9 +188,3 @@ def _named_generators(entries, shared, path):
         raise FileError(f"{path}: checkpoint.named_generators must be an object name -> generator index")
     return {name: _generator_index(k, shared, f"checkpoint.named_generators[{name!r:.60}]", path)
             for name, k in entries.items()}
-
-
-def _check_keys(record, keys, where, path):
-    if set(record) != keys:
-        raise FileError(f"{path}: {where} must hold exactly {sorted(keys)}, found {sorted(record)[:10]}")
-
