@@ -31,7 +31,7 @@ import math
 import numbers
 
 from . import functional as F
-from .backend import asarray, default_rng, get_array_module
+from .backend import asarray, default_rng, get_array_module, sum_rows
 from .em import irls_softmax, weighted_least_squares
 from .layers import Module, check_budget, normal_param, zeros_param
 from .validation import check_input, check_labels, check_positive_int, check_real
@@ -280,7 +280,7 @@ class HierarchicalMoE(Module):
             var = xp.exp(self.params["log_var"])
             resid = y[:, None, :] - W  # (N, E, O)
             dW = h[:, :, None] * resid / var[:, None]
-            self.grads["log_var"] = -(h * (0.5 * (resid ** 2).sum(axis=2) / var - 0.5 * self.n_outputs)).sum(axis=0) / N
+            self.grads["log_var"] = -sum_rows(h * (0.5 * (resid ** 2).sum(axis=2) / var - 0.5 * self.n_outputs)) / N
         self._param_grads(x1, g, -h / N, -dW / N)
         return -float(F.logsumexp(joint).sum()) / N
 

@@ -48,7 +48,7 @@ from the same weights up to rounding. He init (std sqrt(2 / fan_in)) for layers 
 Glorot (std sqrt(2 / (fan_in + fan_out))) otherwise.
 """
 from .. import functional as F
-from ..backend import default_rng
+from ..backend import default_rng, sum_rows
 from ..validation import check_input, check_positive_int
 from .module import NoForwardPassError, Module
 from .params import (ParameterBudgetError, check_budget, init_weight, normal_param, ones_param,
@@ -90,7 +90,7 @@ class Linear(Module):
 
     def backward(self, dy):
         self.grads["W"] = self.x.T @ dy  # (D, O)
-        self.grads["b"] = dy.sum(axis=0)  # (O,)
+        self.grads["b"] = sum_rows(dy)  # (O,)
         return dy @ self.params["W"].T  # (N, D)
 
 

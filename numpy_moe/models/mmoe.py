@@ -14,7 +14,7 @@ experts and gates by one ReLU layer that every tower reads. Outputs of the T tas
 (N, T O), so ``train.fit(loss="mse")`` trains all tasks with equal weight on (N, T O) targets.
 """
 from .. import functional as F
-from ..backend import default_rng, get_array_module
+from ..backend import default_rng, get_array_module, sum_rows
 from ..layers import MLP, Linear, Module, ReLU, init_weight, zeros_param
 from ..validation import check_input, check_positive_int, to_dtype
 
@@ -102,7 +102,7 @@ class MMoE(Module):
         da = F.softmax_backward(dg, g, axis=2)  # gate logits
         dz = xp.einsum("gne,gnh->neh", g, df) * (z > 0)  # (N, E, H)
         self.grads["W"] = xp.einsum("nd,neh->edh", x, dz)
-        self.grads["b"] = dz.sum(axis=0)
+        self.grads["b"] = sum_rows(dz.reshape(dz.shape[0], -1)).reshape(dz.shape[1:])  # (E, H)
         self.grads["Wg"] = xp.einsum("nd,gne->gde", x, da)
         return xp.einsum("neh,edh->nd", dz, self.params["W"]) + xp.einsum("gne,gde->nd", da, self.params["Wg"])
 
