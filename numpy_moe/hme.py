@@ -121,8 +121,9 @@ class HierarchicalMoE(Module):
         D = self.n_features = check_positive_int(n_features, "n_features")
         O = self.n_outputs = check_positive_int(n_outputs, "n_outputs", 2 if expert == "softmax" else 1)
         self.tree = tree
-        # parse_tree builds a list entry per leaf: bound the leaves by V's size in the parameter budget first
-        # (numpy_moe.io builds from files under one; tree=10**9 in a file would otherwise take ~100 GB)
+        # parse_tree builds a list entry per leaf: bound the leaves by V's size first, against the parameter
+        # budget (numpy_moe.io builds from files under one) and the machine's memory (tree=[10**12, 2] would
+        # otherwise build lists until memory ran out)
         check_budget((_count_leaves(tree), D + 1, O), self.dtype)
         self.gates, E = parse_tree(tree)
         self.n_experts = E

@@ -40,7 +40,9 @@ Unflatten, MaxPool2d) compute in the float32 or float64 they are given, whatever
 Every parameter is created through :func:`init_weight`, :func:`zeros_param`, :func:`ones_param` or
 :func:`normal_param`. Each checks its size against the budget of :func:`parameter_budget` *before* it
 allocates anything, so numpy_moe.io can build a model from an untrusted configuration without a huge
-``hidden`` exhausting memory first.
+``hidden`` exhausting memory first; budget or not, a parameter larger than the machine's physical memory is
+refused the same way (:class:`ParameterBudgetError`, a ValueError). A constructor that builds one
+sub-module per count (towers per task, blocks per depth) calls :func:`check_budget` on their total first.
 
 Initialisation is seeded: each layer takes ``seed`` (int or numpy Generator) and draws its weights
 in float64 from it, then casts to ``dtype``, so float32 and float64 models from the same seed start
