@@ -181,6 +181,7 @@ class HMERegressor(RegressorMixin, _HMEEstimator):
         """(N,) mixture means, or (N, O) for O > 1 outputs."""
         X = self._checked(X)
         out = to_numpy(self.model_.forward(X))
+        self.model_.drop_caches()  # the batch's arrays: a pickled estimator holds its parameters only
         return out.ravel() if self.n_outputs_ == 1 else out
 
     def __sklearn_tags__(self):
@@ -209,7 +210,9 @@ class HMEClassifier(ClassifierMixin, _HMEEstimator):
     def predict_proba(self, X):
         """(N, C) the mixture's class probabilities, columns in the order of ``classes_``."""
         X = self._checked(X)
-        return numpy.exp(to_numpy(self.model_.forward(X)))
+        out = numpy.exp(to_numpy(self.model_.forward(X)))
+        self.model_.drop_caches()
+        return out
 
     def predict(self, X):
         """(N,) the most probable class of each row."""

@@ -26,7 +26,9 @@ mask, keys or token ids it was given) and, in some layers, the array it returned
 gate's Routing). Do not modify them in place between a forward and its backward (copy first, or write
 ``y = y + b`` rather than ``y += b``): the backward would differentiate the modified values without a word.
 The other way round is safe: no layer writes an array it is given (read-only arrays work) or reuses an
-array it returned in a later call, so y, dx and the ``grads`` entries can be kept. Flatten, Unflatten and
+array it returned in a later call, so y, dx and the ``grads`` entries can be kept. ``drop_caches()`` forgets
+what the passes kept (the estimators call it after fit and predict, so a pickled estimator does not carry
+its last batch); a copy or pickle of a Module itself keeps them, so its backward still runs. Flatten, Unflatten and
 PositionEmbedding's backward return views of what they are given, as NumPy's reshape does. Any memory
 layout (views, negative strides, Fortran order, ``np.broadcast_to``) gives the contiguous input's result,
 up to the order in which a matrix product sums (rounding).
