@@ -11,6 +11,7 @@ Random draws always come from a ``numpy.random.Generator`` (seedable, identical 
 are moved to the device with :func:`asarray`.
 """
 import contextlib
+import math
 import os
 
 import numpy
@@ -168,6 +169,36 @@ def take_rows(a, index, out=None):
     if xp is numpy:
         return numpy.take(a, index, axis=0, out=out, mode="clip")
     return xp.take(a, index, axis=0, out=out)
+
+
+SUM_ROWS_PLAIN_BELOW = 512  # rows below which sum_rows is a.sum(axis=-2): as fast there, and its error small
+
+
+def sum_rows(a, out=None):
+    """The sum over the rows, a (..., N, H) -> (..., H) (into ``out`` when given): a bias gradient sum_n dy[n].
+
+    NumPy's ``a.sum(axis=-2)`` over a C-ordered array adds the rows one after the other (its pairwise
+    summation runs only along the contiguous axis), so in float32 its rounding error grows like N: about
+    4e-6 of sum |a| at N = 16384 and 2e-5 at N = 1e6 for rows of mean 1. Here the N = nb B + r rows
+    (B = isqrt(N)) are summed in two such sums of about sqrt(N) terms each: the nb blocks of B rows added
+    one after the other as rows of B H values, ``(nb, B H) -> (B H,)``, then the B rows of that,
+    ``(B, H) -> (H,)``, plus the r rows left: 3e-7 and 8e-7 at those sizes (MATH.md §1.1). The long rows
+    also make it as fast as the plain sum or faster (20 times for 16 columns), with no BLAS call, so on any
+    number of threads. Below SUM_ROWS_PLAIN_BELOW rows, and where the rows are the contiguous axis (a 2-D
+    array in Fortran order, which NumPy sums pairwise), it is ``a.sum(axis=-2)``. The result is that sum
+    up to rounding.
+    """
+    *lead, N, H = a.shape
+    if N < SUM_ROWS_PLAIN_BELOW or a.ndim == 2 and a.T.flags.c_contiguous and not a.flags.c_contiguous:
+        return a.sum(axis=-2, out=out)
+    B = math.isqrt(N)
+    nb = N // B
+    n = nb * B
+    blocks = a[..., :n, :].reshape(*lead, nb, B * H).sum(axis=-2)  # (..., B H): row r of every block, summed
+    s = blocks.reshape(*lead, B, H).sum(axis=-2, out=out)  # (..., H)
+    if n < N:
+        s += a[..., n:, :].sum(axis=-2)
+    return s
 
 
 def check_rows(index, n_rows, name="rows"):

@@ -13,9 +13,41 @@ the E-step computed (posterior probabilities), and solve their weighted problem 
 experts that own almost no samples and for gates whose classes the data separate (the unpenalised
 logit optimum then lies at infinity). It is the objective the solvers maximise and the tests check them
 against (scipy.optimize.minimize of the same function).
+
+The three functions are public (MATH.md §11 and the README's layout name them) and check their arguments:
+float, finite arrays of matching shapes, weights and soft counts >= 0, ``ridge``, ``var_floor`` and ``tol``
+finite and >= 0, ``max_iter`` an integer >= 0; a bad one is a ValueError or TypeError that names it.
 """
 from . import functional as F
-from .backend import get_array_module
+from .backend import asarray, get_array_module
+from .validation import check_input, check_positive_int, check_real
+
+
+def _check_design(X1, other, other_name):
+    """X1 (N, P) and ``other`` (N, ·) float and finite, with the same N; returns both as arrays of X1's dtype."""
+    X1 = check_input(X1, None, None, name="X1")
+    other = check_input(other, None, X1.dtype, name=other_name)
+    if other.shape[0] != X1.shape[0]:
+        raise ValueError(f"{other_name} has {other.shape[0]} rows (shape {tuple(other.shape)}); X1 has "
+                         f"{X1.shape[0]}: expected one row per sample")
+    return X1, other
+
+
+def _check_nonnegative(a, name):
+    if a.size and float(a.min()) < 0:
+        raise ValueError(f"{name} has a negative entry ({float(a.min()):.3g}); expected values >= 0")
+    return a
+
+
+def _check_softmax_problem(X1, T, W, ridge):
+    """The arguments of softmax_objective / irls_softmax, checked and cast to X1's dtype."""
+    X1, T = _check_design(X1, T, "T")
+    _check_nonnegative(T, "T")
+    P, K = X1.shape[1], T.shape[1]
+    W = check_input(W, None, X1.dtype, name="W")
+    if W.shape != (P, K):
+        raise ValueError(f"W has shape {tuple(W.shape)}; expected (P, K) = ({P}, {K}) from X1 (N, P) and T (N, K)")
+    return X1, T, W, check_real(ridge, "ridge", 0)
 
 
 def weighted_least_squares(X1, Y, w, ridge=0.0, var_floor=0.0):
@@ -32,6 +64,12 @@ def weighted_least_squares(X1, Y, w, ridge=0.0, var_floor=0.0):
         and fewer weighted samples than P), the one of least norm.
     var : float, Σ_n w_n ‖Y_n - X1_n β‖² / (O Σ_n w_n), at least var_floor (the MLE of σ² given β).
     """
+    X1, Y = _check_design(X1, Y, "Y")
+    w = asarray(w)
+    if w.shape != (X1.shape[0],):
+        raise ValueError(f"w has shape {tuple(w.shape)}; expected ({X1.shape[0]},), one weight per row of X1")
+    w = _check_nonnegative(check_input(w[:, None], 1, X1.dtype, name="w")[:, 0], "w")
+    ridge, var_floor = check_real(ridge, "ridge", 0), check_real(var_floor, "var_floor", 0)
     xp = get_array_module(X1)
     P, O = X1.shape[1], Y.shape[1]
     A = X1.T @ (w[:, None] * X1) + ridge * xp.eye(P, dtype=X1.dtype)  # (P, P)
@@ -52,6 +90,11 @@ def softmax_objective(X1, T, W, ridge=0.0):
     is on the logit differences to the last column, so the objective, like the softmax, is unchanged by
     adding one vector to every column of W.
     """
+    return _objective(*_check_softmax_problem(X1, T, W, ridge))
+
+
+def _objective(X1, T, W, ridge):
+    """softmax_objective on checked arguments (irls_softmax's line search calls it many times)."""
     free = W[:, :-1] - W[:, -1:]
     return float((T * F.log_softmax(X1 @ W)).sum()) - 0.5 * ridge * float((free ** 2).sum())
 
@@ -81,11 +124,13 @@ def irls_softmax(X1, T, W, ridge=0.0, max_iter=50, tol=1e-10):
     The Newton step is θ - H⁻¹ g; it is halved until the objective does not decrease (H is negative
     semi-definite, so the step is an ascent direction and a small enough fraction of it increases f).
     """
+    X1, T, W, ridge = _check_softmax_problem(X1, T, W, ridge)
+    max_iter, tol = check_positive_int(max_iter, "max_iter", minimum=0), check_real(tol, "tol", 0)
     xp = get_array_module(X1)
     P, K = W.shape
     W = W - W[:, -1:]  # same softmax, reference column 0
     s = T.sum(axis=1)  # (N,)
-    f = softmax_objective(X1, T, W, ridge)
+    f = _objective(X1, T, W, ridge)
     eye = xp.eye(P * (K - 1), dtype=X1.dtype)
     n_iter = 0
     for n_iter in range(1, max_iter + 1):
@@ -97,7 +142,7 @@ def irls_softmax(X1, T, W, ridge=0.0, max_iter=50, tol=1e-10):
         t = 1.0
         for _ in range(40):
             W_new = xp.concatenate([W[:, :-1] + t * step, W[:, -1:]], axis=1)
-            f_new = softmax_objective(X1, T, W_new, ridge)
+            f_new = _objective(X1, T, W_new, ridge)
             if f_new >= f:
                 break
             t *= 0.5

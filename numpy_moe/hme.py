@@ -31,7 +31,7 @@ import math
 import numbers
 
 from . import functional as F
-from .backend import asarray, default_rng, get_array_module
+from .backend import asarray, default_rng, get_array_module, sum_rows
 from .em import irls_softmax, weighted_least_squares
 from .layers import Module, check_budget, normal_param, zeros_param
 from .validation import check_input, check_labels, check_positive_int, check_real
@@ -121,8 +121,9 @@ class HierarchicalMoE(Module):
         D = self.n_features = check_positive_int(n_features, "n_features")
         O = self.n_outputs = check_positive_int(n_outputs, "n_outputs", 2 if expert == "softmax" else 1)
         self.tree = tree
-        # parse_tree builds a list entry per leaf: bound the leaves by V's size in the parameter budget first
-        # (numpy_moe.io builds from files under one; tree=10**9 in a file would otherwise take ~100 GB)
+        # parse_tree builds a list entry per leaf: bound the leaves by V's size first, against the parameter
+        # budget (numpy_moe.io builds from files under one) and the machine's memory (tree=[10**12, 2] would
+        # otherwise build lists until memory ran out)
         check_budget((_count_leaves(tree), D + 1, O), self.dtype)
         self.gates, E = parse_tree(tree)
         self.n_experts = E
@@ -280,7 +281,7 @@ class HierarchicalMoE(Module):
             var = xp.exp(self.params["log_var"])
             resid = y[:, None, :] - W  # (N, E, O)
             dW = h[:, :, None] * resid / var[:, None]
-            self.grads["log_var"] = -(h * (0.5 * (resid ** 2).sum(axis=2) / var - 0.5 * self.n_outputs)).sum(axis=0) / N
+            self.grads["log_var"] = -sum_rows(h * (0.5 * (resid ** 2).sum(axis=2) / var - 0.5 * self.n_outputs)) / N
         self._param_grads(x1, g, -h / N, -dW / N)
         return -float(F.logsumexp(joint).sum()) / N
 

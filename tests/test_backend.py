@@ -191,3 +191,39 @@ def test_grouped_experts_refuse_rows_outside_the_input_rather_than_clip_them():
     for bad in (-1, 5):
         with pytest.raises(IndexError, match="the array has 5 rows"):
             bank.forward_grouped(x, [0, 2, 3], rows=np.array([0, 1, bad]))
+
+
+@pytest.mark.parametrize("shape", [(0, 3), (1, 3), (511, 4), (512, 4), (1000, 7), (2055, 3), (2, 3, 700, 5)])
+@pytest.mark.parametrize("layout", ["C", "F", "strided"])
+def test_sum_rows_is_the_sum_over_the_rows_for_every_shape_and_layout(shape, layout):
+    # float64 values, so any order of summation agrees with NumPy's sum to 1e-12
+    a = np.random.default_rng(0).standard_normal(shape)
+    if layout == "F":
+        a = np.asfortranarray(a)
+    elif layout == "strided":
+        a = np.repeat(a, 2, axis=-1)[..., ::2]  # the same values, every other column of a wider array
+    expected = a.sum(axis=-2)
+    np.testing.assert_allclose(backend.sum_rows(a), expected, rtol=1e-12, atol=1e-12)
+    out = np.full(expected.shape, np.nan)
+    assert backend.sum_rows(a, out=out) is out
+    np.testing.assert_allclose(out, expected, rtol=1e-12, atol=1e-12)
+
+
+def f32_rows(N, H, seed=0):
+    """(N, H) float32 rows of mean 1: their sum is large against each entry, so adding the rows one after the
+    other rounds at every step (NumPy's ``sum(axis=0)`` over a C-ordered array does)."""
+    return (np.random.default_rng(seed).random((N, H)) + 0.5).astype(np.float32)
+
+
+def relative_error(got, rows):
+    """max over columns of |got - the float64 sum| / sum |rows|; float32 rounding of the result alone is 3e-8."""
+    rows = np.asarray(rows, dtype=np.float64)
+    return float(np.max(np.abs(np.asarray(got, dtype=np.float64) - rows.sum(axis=-2)) / np.abs(rows).sum(axis=-2)))
+
+
+def test_sum_rows_float32_error_does_not_grow_with_the_rows():
+    # measured over seeds 0-4: 3e-7 to 7e-7 against 6e-6 to 8e-6 for NumPy's sum(axis=0), which adds the rows one
+    # after the other (at N = 1e6, not run here: 8e-7 against 2e-5); 1e-6 = 17 float32 epsilons
+    a = f32_rows(1 << 16, 16)
+    assert relative_error(backend.sum_rows(a), a) < 1e-6
+    assert relative_error(backend.sum_rows(a.reshape(4, -1, 16)), a.reshape(4, -1, 16)) < 1e-6

@@ -6,6 +6,7 @@ hand-worked posterior; central differences (h = 1e-6, float64, tol 1e-7 as for o
 for the gradient-trained variant; and R's mixtools::hmeEM on its NOdata example (tests/fixtures).
 """
 import json
+import re
 import shutil
 import subprocess
 from itertools import permutations
@@ -79,6 +80,44 @@ def test_weighted_least_squares_is_the_minimiser_of_the_weighted_error(rng):
     resid = ((Y - X1 @ beta) ** 2).sum(axis=1)
     assert var == pytest.approx((w * resid).sum() / (O * w.sum()), rel=1e-12)
     assert weighted_least_squares(X1, Y, np.zeros(N), ridge=1.0, var_floor=1e-3)[1] == 1e-3
+
+
+@pytest.mark.parametrize("key,bad,error,words", [
+    ("T", lambda X1, T: T[:5], ValueError, "T has 5 rows"), ("W", lambda X1, T: np.zeros((2, 3)), ValueError,
+                                                           "W has shape (2, 3)"),
+    ("W", lambda X1, T: np.zeros((3, 2)), ValueError, "W has shape (3, 2)"),
+    ("T", lambda X1, T: -T, ValueError, "T has a negative entry"),
+    ("T", lambda X1, T: np.where(T > 0.5, np.nan, T), ValueError, "T contains NaN"),
+    ("X1", lambda X1, T: np.where(X1 > 1, np.inf, X1), ValueError, "X1 contains NaN or inf"),
+    ("X1", lambda X1, T: X1[:, 0], ValueError, "X1 has ndim=1"),
+    ("X1", lambda X1, T: X1.astype(int), TypeError, "X1 has dtype int"),
+    ("ridge", lambda X1, T: -1.0, ValueError, "ridge=-1.0"), ("ridge", lambda X1, T: np.nan, ValueError, "ridge=nan"),
+    ("max_iter", lambda X1, T: -3, ValueError, "max_iter=-3"), ("max_iter", lambda X1, T: 2.5, TypeError, "max_iter=2.5"),
+    ("tol", lambda X1, T: -1.0, ValueError, "tol=-1.0")])
+def test_irls_softmax_refuses_bad_arguments_by_name(key, bad, error, words):
+    """Before, these gave a shape error from inside NumPy, LAPACK's 'SVD did not converge' after its own
+    warnings, or an answer without a word: negative counts or a negative ridge returned weights (zeros, or
+    a stationary point of a function that is no longer concave), max_iter=-3 returned the start."""
+    rng = np.random.default_rng(0)
+    X1, T = design(rng, 20, 2), rng.dirichlet(np.ones(3), 20)
+    args = {"X1": X1, "T": T, "W": np.zeros((3, 3)), "ridge": 0.0, "max_iter": 50, "tol": 1e-10}
+    args[key] = bad(X1, T)
+    with pytest.raises(error, match=re.escape(words)):
+        irls_softmax(**args)
+    if key not in ("max_iter", "tol"):  # the objective takes the other four
+        with pytest.raises(error, match=re.escape(words)):
+            softmax_objective(args["X1"], args["T"], args["W"], args["ridge"])
+
+
+@pytest.mark.parametrize("change,error,words", [
+    ({"Y": np.zeros((5, 2))}, ValueError, "Y has 5 rows"), ({"w": np.ones(5)}, ValueError, "w has shape (5,)"),
+    ({"w": -np.ones(20)}, ValueError, "w has a negative entry"), ({"w": np.full(20, np.nan)}, ValueError, "w contains"),
+    ({"ridge": -0.5}, ValueError, "ridge=-0.5"), ({"var_floor": -1.0}, ValueError, "var_floor=-1.0")])
+def test_weighted_least_squares_refuses_bad_arguments_by_name(change, error, words):
+    rng = np.random.default_rng(0)
+    args = {"X1": design(rng, 20, 2), "Y": rng.standard_normal((20, 2)), "w": rng.uniform(0, 1, 20), **change}
+    with pytest.raises(error, match=re.escape(words)):
+        weighted_least_squares(**args)
 
 
 def test_weighted_least_squares_without_ridge_on_too_few_samples_is_the_minimum_norm_minimiser(rng):

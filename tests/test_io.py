@@ -443,3 +443,80 @@ def test_a_file_written_before_the_experts_and_image_layers_became_packages_load
     fresh = type(model).from_config(model.get_config())
     io.load_into(fresh, path)
     np.testing.assert_allclose(fresh.eval().forward(x), y, rtol=1e-12, atol=0)
+
+
+# ----- sizes no machine can hold: refused before anything is built (layers.params.check_budget) -------------
+
+def _positive_int_paths(config, path=()):
+    """The paths to every integer >= 1 in a config (seeds aside), where a size or a count may sit."""
+    if isinstance(config, bool):
+        return
+    if isinstance(config, int) and config >= 1 and path[-1:] != ("seed",):
+        yield path
+    elif isinstance(config, dict):
+        for key, value in config.items():
+            yield from _positive_int_paths(value, path + (key,))
+    elif isinstance(config, list):
+        for i, value in enumerate(config):
+            yield from _positive_int_paths(value, path + (i,))
+
+
+def test_every_registered_class_refuses_a_huge_size_at_once_by_name():
+    """Each integer argument of each registered class set to 10**12, outside any parameter_budget: the
+    constructor builds (the argument is no size: a stride, max_iter), refuses it by name (top_k > n_experts),
+    or raises ParameterBudgetError before allocating or looping. Before, 83 of the 116 cases raised NumPy's
+    MemoryError or 'array is too big', and HierarchicalMoE(tree=[10**12, 2]) and SharedBottom(n_tasks=10**12)
+    built for minutes until memory ran out (here a 5 s alarm)."""
+    import signal
+    import time
+
+    from numpy_moe.layers import ParameterBudgetError
+
+    def alarm(signum, frame):
+        raise TimeoutError("still building after 5 s")
+
+    previous = signal.signal(signal.SIGALRM, alarm)
+    failures, refused = [], 0
+    try:
+        for name, model in _examples().items():
+            for path in _positive_int_paths(model.get_config()):
+                config = model.get_config()
+                node = config
+                for key in path[:-1]:
+                    node = node[key]
+                node[path[-1]] = 10 ** 12
+                start = time.perf_counter()
+                signal.alarm(5)
+                try:
+                    type(model).from_config(config)
+                except ParameterBudgetError as err:
+                    refused += 1
+                    if "cannot be allocated" not in str(err):
+                        failures.append(f"{name} {path}: {err}")
+                except (ValueError, TypeError) as err:  # refused by its own check: the message names the value
+                    if "1000000000000" not in str(err):
+                        failures.append(f"{name} {path}: {type(err).__name__}: {err}")
+                except (MemoryError, TimeoutError) as err:
+                    failures.append(f"{name} {path}: {type(err).__name__}: {err}")
+                finally:
+                    signal.alarm(0)
+                if time.perf_counter() - start > 1:
+                    failures.append(f"{name} {path}: took {time.perf_counter() - start:.1f} s")
+    finally:
+        signal.signal(signal.SIGALRM, previous)
+    assert not failures, "\n".join(failures)
+    assert refused >= 80  # the sizes; the rest are no sizes or are refused by another rule
+
+
+def test_a_budget_of_exactly_the_model_builds_it_and_one_byte_less_refuses_before_the_first_tower():
+    """MMoE and SharedBottom count every parameter up front (experts, gates, towers): the count is exact."""
+    from numpy_moe.layers import ParameterBudgetError, parameter_budget
+    from numpy_moe.models.mmoe import MMoE, SharedBottom
+    for make in (lambda: MMoE(4, n_tasks=3, n_experts=2, expert_hidden=5, tower_hidden=3, n_outputs=2, seed=0),
+                 lambda: MMoE(4, n_tasks=3, n_experts=2, gates="one", seed=0),
+                 lambda: SharedBottom(4, n_tasks=3, bottom=6, tower_hidden=2, n_outputs=3, seed=0)):
+        n_bytes = make().n_parameters() * 8
+        with parameter_budget(n_bytes):
+            make()
+        with parameter_budget(n_bytes - 1), pytest.raises(ParameterBudgetError, match=r"\(n_tasks=3\)'s"):
+            make()

@@ -427,3 +427,87 @@ def test_a_refused_step_changes_no_parameter_before_the_one_it_refuses():
         opt.step(model)
     np.testing.assert_array_equal(model.p["a"], 1.0)
     assert opt.t == 0 and not opt.m and not opt.v
+
+
+# ----- float32 bias gradients over many rows: summed with backend.sum_rows, not row after row ----------------
+
+def _rows(shape, seed=1):
+    """float32 output gradients of mean 1 (their sum is large against each entry: adding the rows one after the
+    other rounds at every step)."""
+    return (np.random.default_rng(seed).random(shape) + 0.5).astype(np.float32)
+
+
+def _bias_cases():
+    """(name, run) pairs; run() -> (the float32 bias gradient, the float32 rows whose float64 sum it must be,
+    the axes of those rows to sum over). Each case has >= 16384 rows."""
+    from numpy_moe.experts import ExpertBank
+    from numpy_moe.image_layers import Conv2d, LayerNorm
+    from numpy_moe.layers import Linear
+    from numpy_moe.models.transformer.embedding import PositionEmbedding
+    N, rng = 1 << 15, np.random.default_rng(0)
+
+    def linear():
+        layer = Linear(3, 8, seed=0, dtype="float32")
+        layer.forward(rng.standard_normal((N, 3)))
+        dy = _rows((N, 8))
+        layer.backward(dy)
+        return layer.grads["b"], dy, (0,)
+
+    def bank_dense(activation):
+        def run():
+            bank = ExpertBank(2, 3, 8, hidden=4, seed=0, dtype="float32", activation=activation, bias=True)
+            bank.forward(rng.standard_normal((N, 3)))
+            dout = _rows((2, N, 8))
+            bank.backward(dout)
+            return bank.grads["b_down" if activation != "relu" else "b2"], dout, (1,)
+        return run
+
+    def bank_grouped(activation):
+        def run():  # expert 1 gets all N rows (above grouped.TWO_LEVEL_FROM), expert 0 none
+            bank = ExpertBank(2, 3, 8, hidden=4, seed=0, dtype="float32", activation=activation, bias=True)
+            bank.forward_grouped(rng.standard_normal((N, 3)), [0, 0, N])
+            dout = _rows((N, 8))
+            bank.backward_grouped(dout)
+            return bank.grads["b_down" if activation != "relu" else "b2"][1], dout, (0,)
+        return run
+
+    def conv():
+        layer = Conv2d(1, 4, 1, seed=0, dtype="float32")
+        layer.forward(rng.standard_normal((N // 2, 1, 2, 2)))  # 2 N rows of dY (N Ho Wo, F)
+        dy = _rows((N // 2, 4, 2, 2))
+        layer.backward(dy)
+        return layer.grads["b"], dy, (0, 2, 3)
+
+    def layer_norm():
+        layer = LayerNorm(8, dtype="float32")
+        layer.forward(rng.standard_normal((N, 8)))
+        dy = _rows((N, 8))
+        layer.backward(dy)
+        return layer.grads["beta"], dy, (0,)
+
+    def positions():
+        layer = PositionEmbedding(4, 8, seed=0, dtype="float32")
+        layer.forward(rng.standard_normal((N, 2, 8)))
+        dy = _rows((N, 2, 8))
+        layer.backward(dy)
+        return layer.grads["P"][:2], dy, (0,)
+
+    return [("Linear", linear), ("ExpertBank relu dense", bank_dense("relu")),
+            ("ExpertBank gptoss dense", bank_dense("gptoss_swiglu")),
+            ("ExpertBank relu grouped", bank_grouped("relu")),
+            ("ExpertBank gptoss grouped", bank_grouped("gptoss_swiglu")), ("Conv2d", conv),
+            ("LayerNorm", layer_norm), ("PositionEmbedding", positions)]
+
+
+@pytest.mark.parametrize("name,run", _bias_cases(), ids=[name for name, _ in _bias_cases()])
+def test_float32_bias_gradients_over_many_rows_keep_float32_accuracy(name, run):
+    """A bias gradient is a sum over N rows; in float32 NumPy's ``dy.sum(axis=0)`` adds them one after the other,
+    an error of about 5e-6 of sum |dy| at N = 32768 (measured here before the fix: 5.3e-6 to 6.6e-6; 1.2e-6 for
+    the grouped ReLU experts' one GEMV of a ones vector). backend.sum_rows keeps it at 3e-7 to 4e-7;
+    1e-6 = 17 float32 epsilons. (The gates' bias gradients, sums of rows that add up to zero, were already
+    within 4e-8: not tested here.)"""
+    got, rows, axes = run()
+    rows = rows.astype(np.float64)
+    expected = rows.sum(axis=axes)
+    error = np.max(np.abs(got.astype(np.float64) - expected) / np.abs(rows).sum(axis=axes))
+    assert got.dtype == np.float32 and error < 1e-6, f"{name}: relative error {error:.2e}"

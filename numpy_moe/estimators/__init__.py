@@ -16,13 +16,16 @@ and returns ``self``, fitted attributes end in ``_``, ``partial_fit`` trains one
 ``predict_proba`` columns follow ``classes_``. Standardise the inputs yourself (a ``StandardScaler`` in
 a ``Pipeline``): the defaults are tuned for standardised features. Every fitted estimator has:
 
-- ``model_``: the trained numpy_moe Module (``model_.gate``, ``model_.experts``, ...);
+- ``model_``: the trained numpy_moe Module (``model_.gate``, ``model_.experts``, ...), without the arrays of
+  its last batch: fit, partial_fit and predict end with ``model_.drop_caches()``, so a pickled or copied
+  estimator holds its parameters, gradients and optimiser state only (run ``model_.forward(X)`` before
+  reading what a forward leaves, such as ``model_.diagnostics``);
 - ``loss_curve_``: the training loss of each epoch; ``validation_loss_curve_`` with early stopping;
 - ``n_iter_``: epochs run; ``n_features_in_`` (and ``feature_names_in_`` for DataFrames);
 - ``expert_usage_``: (E,) the top-1 share: the fraction of the training samples whose largest gate weight
   is expert e (sums to 1 whatever top_k; a collapsed gate shows as one entry near 1). It is not the
   share of the N K assignments of a top-k layer, which ``model_.diagnostics["samples_per_expert"]``
-  counts (every sample's K experts, so those counts sum to N K);
+  counts after a ``model_.forward(X)`` (every sample's K experts, so those counts sum to N K);
 - ``classes_`` (classifiers) or ``n_outputs_`` (regressors).
 
 Training stops when the watched loss has not improved by ``tol`` for ``n_iter_no_change`` epochs, as in

@@ -289,6 +289,7 @@ class _Estimator(BaseEstimator):
                 p[...] = best_params[k]
         self.expert_usage_ = numpy.bincount(self._gate_scores(X).argmax(axis=1),
                                             minlength=self.n_experts) / X.shape[0]
+        self.model_.drop_caches()  # the last batch's arrays: a pickled estimator holds its parameters only
         return self
 
     def _split(self, X, y):
@@ -307,7 +308,9 @@ class _Estimator(BaseEstimator):
         check_is_fitted(self, "model_")
         X = validate_data(self, X, reset=False, dtype=numpy.float64)
         with _predicting(self):
-            return self._output(X)
+            out = self._output(X)
+            self.model_.drop_caches()  # the batch's arrays: a pickled estimator holds its parameters only
+            return out
 
 
 class _Classifier(ClassifierMixin):

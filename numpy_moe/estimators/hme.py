@@ -182,6 +182,7 @@ class HMERegressor(RegressorMixin, _HMEEstimator):
         X = self._checked(X)
         with _predicting(self):  # the model keeps its forward pass on itself
             out = to_numpy(self.model_.forward(X))
+            self.model_.drop_caches()  # the batch's arrays: a pickled estimator holds its parameters only
         return out.ravel() if self.n_outputs_ == 1 else out
 
     def __sklearn_tags__(self):
@@ -211,7 +212,9 @@ class HMEClassifier(ClassifierMixin, _HMEEstimator):
         """(N, C) the mixture's class probabilities, columns in the order of ``classes_``."""
         X = self._checked(X)
         with _predicting(self):  # the model keeps its forward pass on itself
-            return numpy.exp(to_numpy(self.model_.forward(X)))
+            out = numpy.exp(to_numpy(self.model_.forward(X)))
+            self.model_.drop_caches()
+            return out
 
     def predict(self, X):
         """(N,) the most probable class of each row."""

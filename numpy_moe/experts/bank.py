@@ -24,7 +24,7 @@ This module holds the bank (its parameters) and the dense pair; the grouped pair
 :mod:`numpy_moe.experts.grouped`, the gated-linear experts' passes :mod:`numpy_moe.experts.gated`.
 """
 from .. import functional as F
-from ..backend import asarray, default_rng
+from ..backend import asarray, default_rng, sum_rows
 from ..layers import Module, init_weight, zeros_param
 from ..validation import check_input, check_positive_int, check_real, to_dtype
 from .gated import GatedLinearPasses
@@ -158,7 +158,7 @@ class ExpertBank(GroupedPasses, GatedLinearPasses, Module):
         for i, (w, b) in reversed(list(enumerate(self._layers))):
             inp = self.x if i == 0 else F.relu(self.acts[i - 1])
             if b is not None:
-                self.grads[b] = d.sum(axis=1)  # (E, ·)
+                self.grads[b] = sum_rows(d)  # (E, ·)
             if i == 0 and self.x.ndim == 3:  # a batch per expert
                 self.grads[w] = self.x.transpose(0, 2, 1) @ d  # (E, D, ·)
                 return d @ self.params[w].transpose(0, 2, 1)  # (E, C, D)

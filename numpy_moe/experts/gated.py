@@ -7,7 +7,7 @@ dense (every expert on every sample, or a batch per expert) and in chunks of the
 parameters.
 """
 from .. import functional as F
-from ..backend import get_array_module
+from ..backend import get_array_module, sum_rows
 
 
 class GatedLinearPasses:
@@ -33,7 +33,7 @@ class GatedLinearPasses:
         xT = self.x.T if self.x.ndim == 2 else self.x.transpose(0, 2, 1)  # the same x for every expert, or its own
         g["W_gate"], g["W_up"] = xT @ dG, xT @ dU  # (E, D, H)
         if self.bias:
-            g["b_down"], g["b_gate"], g["b_up"] = dout.sum(axis=1), dG.sum(axis=1), dU.sum(axis=1)
+            g["b_down"], g["b_gate"], g["b_up"] = sum_rows(dout), sum_rows(dG), sum_rows(dU)
         dx = dG @ p["W_gate"].transpose(0, 2, 1) + dU @ p["W_up"].transpose(0, 2, 1)  # (E, ·, D)
         return dx.sum(axis=0) if self.x.ndim == 2 else dx
 
@@ -92,7 +92,7 @@ class GatedLinearPasses:
             xp.matmul(A[lo - c_lo:hi - c_lo].T, d, out=g["W_down"][e])
             xp.matmul(d, p["W_down"][e].T, out=dA[lo - c_lo:hi - c_lo])
             if self.bias:
-                g["b_down"][e] = d.sum(axis=0)
+                sum_rows(d, out=g["b_down"][e])
         dGU = xp.empty((c_hi - c_lo, 2 * H), dtype=dout.dtype)
         xp.multiply(dA, act, out=dGU[:, H:])  # dU = dA ⊙ act(G) [⊙ up'(U)]
         if dup is not None:
@@ -106,4 +106,4 @@ class GatedLinearPasses:
             g["W_gate"][e], g["W_up"][e] = dW_in[:, :H], dW_in[:, H:]
             xp.matmul(d, self.W_in[e].transpose(1, 0), out=self.dbuf[0][lo:hi])
             if self.bias:
-                g["b_gate"][e], g["b_up"][e] = d[:, :H].sum(axis=0), d[:, H:].sum(axis=0)
+                g["b_gate"][e], g["b_up"][e] = sum_rows(d).reshape(2, H)  # d (rows, 2H) C-ordered: one sum

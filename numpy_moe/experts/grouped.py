@@ -7,11 +7,12 @@ gradient. The experts run in chunks of consecutive experts, in order or on the C
 in :mod:`numpy_moe.experts.gated`. :class:`GroupedPasses` is a base class of
 :class:`numpy_moe.experts.ExpertBank`, not a module of its own: it reads the bank's parameters.
 """
-from ..backend import check_rows, get_array_module, take_rows
+from ..backend import check_rows, get_array_module, sum_rows, take_rows
 from ..validation import to_dtype
 from ..workers import n_threads, run_blocks
 
 SERIAL_BELOW = 1 << 16  # grouped rows x widest layer below which the experts run in order, not on threads
+TWO_LEVEL_FROM = 8192  # an expert's rows from which its bias gradient is backend.sum_rows, not one GEMV
 
 
 class GroupedPasses:
@@ -142,8 +143,10 @@ class GroupedPasses:
             for i, (w, b) in reversed(list(enumerate(self._layers))):
                 inp = self.hs[i][lo:hi]
                 xp.matmul(inp.T, d, out=self.grads[w][e])  # (·, ·)
-                if b is not None:
+                if b is not None and hi - lo < TWO_LEVEL_FROM:
                     xp.matmul(self._ones[: hi - lo], d, out=self.grads[b][e])  # sum over rows as a GEMV
+                elif b is not None:  # one GEMV adds the rows one after the other: its error grows with them
+                    sum_rows(d, out=self.grads[b][e])
                 dinp = self.dbuf[i][lo:hi]
                 xp.matmul(d, self.params[w][e].T, out=dinp)
                 if i:

@@ -3,7 +3,7 @@ with expert choice routing"; MATH.md §4.3)."""
 from math import ceil, isinf
 
 from .. import functional as F
-from ..backend import default_rng, get_array_module
+from ..backend import default_rng, get_array_module, sum_rows
 from ..layers import Module, init_weight, zeros_param
 from ..validation import check_input, check_positive_int, check_real, to_dtype
 from .base import Routing, expert_major_logits, routing_backward, weight_grad
@@ -77,5 +77,5 @@ class ExpertChoiceGate(Module):
         """grad: dict, a gradient of the routing -> dx (N, D)."""
         dclean, _ = routing_backward(self.routing, grad)
         self.grads["W"] = weight_grad(self.x, dclean)
-        self.grads["b"] = dclean.sum(axis=0)
+        self.grads["b"] = sum_rows(dclean)
         return dclean @ self.params["W"].T

@@ -7,7 +7,7 @@
   post 004 summarises), in either convention, with optional noise on the logits.
 """
 from .. import functional as F
-from ..backend import asarray, default_rng, get_array_module
+from ..backend import asarray, default_rng, get_array_module, sum_rows
 from ..layers import Module, init_weight, zeros_param
 from ..validation import check_input, check_positive_int, check_real, to_dtype
 from ..workers import n_threads, run_blocks
@@ -50,7 +50,7 @@ class SoftmaxGate(Module):
     def backward(self, dg):
         dh = F.softmax_backward(dg, self.g)  # (N, E)
         self.grads["W"] = weight_grad(self.x, dh)
-        self.grads["b"] = dh.sum(axis=0)
+        self.grads["b"] = sum_rows(dh)
         return dh @ self.params["W"].T  # (N, D)
 
 
@@ -189,7 +189,7 @@ class TopKGate(Module):
         """grad: dict, a gradient of the routing (see :class:`Routing`) -> dx (N, D)."""
         dclean, dsigma = routing_backward(self.routing, grad)
         self.grads["W"] = weight_grad(self.x, dclean)  # (D, E)
-        self.grads["b"] = dclean.sum(axis=0)
+        self.grads["b"] = sum_rows(dclean)
         dx = dclean @ self.params["W"].T  # (N, D)
         if self.noise == "shazeer":
             dn = F.softplus_backward(dsigma, self.noise_in)  # (N, E)

@@ -15,7 +15,7 @@ adds its terms differs (rounding).
 """
 import math
 
-from ..backend import default_rng, get_array_module
+from ..backend import default_rng, get_array_module, sum_rows
 from ..layers import Module, init_weight, zeros_param
 from ..validation import check_positive_int
 from .checks import check_image_size, check_images
@@ -80,7 +80,7 @@ class Conv2d(Module):
         dY = dy.transpose(0, 2, 3, 1).reshape(-1, Fo)  # (N Ho Wo, F), a view when dy is in NHWC memory
         dWr = (dY.T @ self.rows).reshape(Fo, k, k, C)
         self.grads["W"] = xp.ascontiguousarray(dWr.transpose(0, 3, 1, 2))  # (F, C, k, k)
-        self.grads["b"] = dY.sum(axis=0)  # (F,)
+        self.grads["b"] = sum_rows(dY)  # (F,)
         drows = (dY @ self.Wr).reshape(N, Ho, Wo, k, k, C)
         N, C, H, W = self.x_shape
         dx = row2im(drows, (N, H, W, C), k, self.stride, self.padding)  # (N, H, W, C)

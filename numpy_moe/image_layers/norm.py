@@ -1,6 +1,6 @@
 """LayerNorm and GELU: the normalisation and the activation of MLP-Mixer and the transformer (post 004)."""
 from .. import functional as F
-from ..backend import asarray, is_floating_dtype
+from ..backend import asarray, is_floating_dtype, sum_rows
 from ..layers import Module, ones_param, zeros_param
 from ..validation import check_positive_int, check_real
 from .checks import cast_finite
@@ -45,8 +45,8 @@ class LayerNorm(Module):
 
     def backward(self, dy):
         D = self.n_features
-        self.grads["gamma"] = (dy * self.xhat).reshape(-1, D).sum(axis=0)
-        self.grads["beta"] = dy.reshape(-1, D).sum(axis=0)
+        self.grads["gamma"] = sum_rows((dy * self.xhat).reshape(-1, D))
+        self.grads["beta"] = sum_rows(dy.reshape(-1, D))
         g = dy * self.params["gamma"]
         return (g - g.mean(axis=-1, keepdims=True)
                 - self.xhat * (g * self.xhat).mean(axis=-1, keepdims=True)) * self.inv_std

@@ -26,7 +26,9 @@ mask, keys or token ids it was given) and, in some layers, the array it returned
 gate's Routing). Do not modify them in place between a forward and its backward (copy first, or write
 ``y = y + b`` rather than ``y += b``): the backward would differentiate the modified values without a word.
 The other way round is safe: no layer writes an array it is given (read-only arrays work) or reuses an
-array it returned in a later call, so y, dx and the ``grads`` entries can be kept. Flatten, Unflatten and
+array it returned in a later call, so y, dx and the ``grads`` entries can be kept. ``drop_caches()`` forgets
+what the passes kept (the estimators call it after fit and predict, so a pickled estimator does not carry
+its last batch); a copy or pickle of a Module itself keeps them, so its backward still runs. Flatten, Unflatten and
 PositionEmbedding's backward return views of what they are given, as NumPy's reshape does. Any memory
 layout (views, negative strides, Fortran order, ``np.broadcast_to``) gives the contiguous input's result,
 up to the order in which a matrix product sums (rounding).
@@ -47,7 +49,9 @@ Unflatten, MaxPool2d) compute in the float32 or float64 they are given, whatever
 Every parameter is created through :func:`init_weight`, :func:`zeros_param`, :func:`ones_param` or
 :func:`normal_param`. Each checks its size against the budget of :func:`parameter_budget` *before* it
 allocates anything, so numpy_moe.io can build a model from an untrusted configuration without a huge
-``hidden`` exhausting memory first.
+``hidden`` exhausting memory first; budget or not, a parameter larger than the machine's physical memory is
+refused the same way (:class:`ParameterBudgetError`, a ValueError). A constructor that builds one
+sub-module per count (towers per task, blocks per depth) calls :func:`check_budget` on their total first.
 
 Initialisation is seeded: each layer takes ``seed`` (int or numpy Generator) and draws its weights
 in float64 from it, then casts to ``dtype``, so float32 and float64 models from the same seed start
@@ -55,7 +59,7 @@ from the same weights up to rounding. He init (std sqrt(2 / fan_in)) for layers 
 Glorot (std sqrt(2 / (fan_in + fan_out))) otherwise.
 """
 from .. import functional as F
-from ..backend import default_rng
+from ..backend import default_rng, sum_rows
 from ..validation import check_input, check_positive_int
 from .module import NoForwardPassError, Module
 from .params import (ParameterBudgetError, check_budget, init_weight, normal_param, ones_param,
@@ -97,7 +101,7 @@ class Linear(Module):
 
     def backward(self, dy):
         self.grads["W"] = self.x.T @ dy  # (D, O)
-        self.grads["b"] = dy.sum(axis=0)  # (O,)
+        self.grads["b"] = sum_rows(dy)  # (O,)
         return dy @ self.params["W"].T  # (N, D)
 
 

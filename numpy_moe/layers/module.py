@@ -81,6 +81,8 @@ def _records_forward(method, backward):
 
     def run(self, *args, **kwargs):
         state = self.__dict__
+        if "_constructed" not in state:  # the attributes before any pass: what Module.drop_caches keeps
+            state["_constructed"] = frozenset(state) | {"_constructed"}
         state[flag] = False  # until it returns: a forward that raises may have replaced part of the cache
         try:
             out = method(self, *args, **kwargs)
@@ -355,3 +357,19 @@ class Module:
 
     def n_parameters(self):
         return sum(int(p.size) for _, p in self.named_parameters())
+
+    def drop_caches(self):
+        """Forget what the passes kept for their backward (the input, activations, routings, and the records that
+        let a backward run), in this module and every descendant; returns self.
+
+        Kept: every attribute the module had before its first pass (parameters, gradients, buffers, settings,
+        children, a gate's generator). For a model done with its batch: the estimators call it after fit,
+        partial_fit and predict, so that a pickled or copied estimator holds its parameters, not arrays of its
+        last batch. A backward then needs a new forward (NoForwardPassError otherwise)."""
+        for m in list(self.modules()):
+            constructed = m.__dict__.get("_constructed")
+            if constructed is not None:
+                for name in [name for name in m.__dict__ if name not in constructed]:
+                    del m.__dict__[name]
+                m.__dict__["_child_names"] = None  # it may list a deleted attribute (a list of arrays)
+        return self

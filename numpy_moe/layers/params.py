@@ -1,10 +1,16 @@
 """Parameter constructors and the parameter budget: every parameter is created here, its size checked
 against the budget of :func:`parameter_budget` before anything is allocated (numpy_moe.io builds models
-from untrusted files this way)."""
+from untrusted files this way), and, budget or not, against this machine's physical memory
+(:func:`machine_memory`): a size no machine here can hold is a :class:`ParameterBudgetError` (a ValueError)
+at once, not a MemoryError, an "array is too big" from NumPy, or a constructor that loops or fills memory
+first. Constructors that build many sub-modules from one count (towers per task, blocks per depth) call
+:func:`check_budget` on their total before the first."""
 import contextlib
 import contextvars
+import functools
 import math
 import operator
+import os
 
 from ..backend import asarray, get_array_module, result_dtype
 
@@ -30,17 +36,34 @@ def parameter_budget(n_bytes):
         _budget.reset(token)
 
 
-def check_budget(shape, dtype):
+@functools.cache
+def machine_memory():
+    """This machine's physical memory in bytes (``os.sysconf``), or None where the platform does not say."""
+    try:
+        n_bytes = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # no sysconf (Windows), or no such name
+        return None
+    return n_bytes if n_bytes > 0 else None
+
+
+def check_budget(shape, dtype, what=None):
     """Raise :class:`ParameterBudgetError` if a parameter of ``shape`` and ``dtype`` would not fit in what is
-    left of the current :func:`parameter_budget` (if any), without charging it: for a constructor whose work
-    before creating that parameter grows with its size. Returns its size in bytes."""
+    left of the current :func:`parameter_budget` (if any) or is larger than this machine's physical memory,
+    without charging it: for a constructor whose work before creating that parameter, or those parameters,
+    grows with their size. ``what`` names them in the message (default: "a parameter of shape ...").
+    Returns the size in bytes."""
     # a size may be any integer (a NumPy integer from an array's shape, arithmetic on sizes): operator.index
     shape = (operator.index(shape),) if hasattr(shape, "__index__") else tuple(int(s) for s in shape)
     n_bytes = math.prod(shape) * result_dtype(dtype).itemsize
+    what = what or f"a parameter of shape {shape}"
     left = _budget.get()
     if left is not None and n_bytes > left[0]:
-        raise ParameterBudgetError(f"a parameter of shape {shape} ({n_bytes} bytes) does "
-                                   f"not fit in the {left[0]} bytes of parameters left in the budget")
+        raise ParameterBudgetError(f"{what} ({n_bytes} bytes) does not fit in the {left[0]} bytes of parameters "
+                                   "left in the budget")
+    memory = machine_memory()
+    if memory is not None and n_bytes > memory:
+        raise ParameterBudgetError(f"{what} ({n_bytes} bytes) cannot be allocated: this machine has {memory} "
+                                   "bytes of physical memory")
     return n_bytes
 
 

@@ -14,8 +14,8 @@ experts and gates by one ReLU layer that every tower reads. Outputs of the T tas
 (N, T O), so ``train.fit(loss="mse")`` trains all tasks with equal weight on (N, T O) targets.
 """
 from .. import functional as F
-from ..backend import default_rng, get_array_module
-from ..layers import MLP, Linear, Module, ReLU, init_weight, zeros_param
+from ..backend import default_rng, get_array_module, sum_rows
+from ..layers import MLP, Linear, Module, ReLU, check_budget, init_weight, zeros_param
 from ..validation import check_input, check_positive_int, to_dtype
 
 GATES = ("multi", "one")
@@ -23,6 +23,14 @@ GATES = ("multi", "one")
 
 def _towers(n_tasks, hidden, tower_hidden, n_outputs, rng, dtype):
     return [MLP(hidden, tower_hidden, n_outputs, seed=rng, dtype=dtype) for _ in range(n_tasks)]
+
+
+def _check_size(model, own, n_tasks, hidden, tower_hidden, n_outputs):
+    """Count the model's parameters, its ``own`` plus n_tasks towers, against the budget (layers.check_budget)
+    before any is built: n_tasks=10**12 would otherwise loop over towers until memory runs out."""
+    tower = hidden * tower_hidden + tower_hidden + tower_hidden * n_outputs + n_outputs
+    check_budget((own + n_tasks * tower,), model.dtype, what=f"{type(model).__name__}(n_tasks={n_tasks})'s "
+                                                            f"{own + n_tasks * tower} parameters")
 
 
 def _towers_forward(towers, inputs):
@@ -70,6 +78,7 @@ class MMoE(Module):
         check_positive_int(tower_hidden, "tower_hidden")
         check_positive_int(n_outputs, "n_outputs")
         self.gates = gates
+        _check_size(self, E * D * H + E * H + (T if gates == "multi" else 1) * D * E, T, H, tower_hidden, n_outputs)
         rng = default_rng(seed)
         self.params["W"] = init_weight(rng, D, H, (E, D, H), "he", self.dtype)
         self.params["b"] = zeros_param((E, H), self.dtype)
@@ -102,7 +111,7 @@ class MMoE(Module):
         da = F.softmax_backward(dg, g, axis=2)  # gate logits
         dz = xp.einsum("gne,gnh->neh", g, df) * (z > 0)  # (N, E, H)
         self.grads["W"] = xp.einsum("nd,neh->edh", x, dz)
-        self.grads["b"] = dz.sum(axis=0)
+        self.grads["b"] = sum_rows(dz.reshape(dz.shape[0], -1)).reshape(dz.shape[1:])  # (E, H)
         self.grads["Wg"] = xp.einsum("nd,gne->gde", x, da)
         return xp.einsum("neh,edh->nd", dz, self.params["W"]) + xp.einsum("gne,gde->nd", da, self.params["Wg"])
 
@@ -124,11 +133,13 @@ class SharedBottom(Module):
         self.n_features = check_positive_int(n_features, "n_features")
         self.n_tasks = check_positive_int(n_tasks, "n_tasks")
         bottom = check_positive_int(bottom, "bottom")
+        tower_hidden = check_positive_int(tower_hidden, "tower_hidden")
+        n_outputs = check_positive_int(n_outputs, "n_outputs")
+        _check_size(self, self.n_features * bottom + bottom, self.n_tasks, bottom, tower_hidden, n_outputs)
         rng = default_rng(seed)
         self.bottom = Linear(n_features, bottom, init="he", seed=rng, dtype=dtype)
         self.act = ReLU(dtype)
-        self.towers = _towers(self.n_tasks, bottom, check_positive_int(tower_hidden, "tower_hidden"),
-                              check_positive_int(n_outputs, "n_outputs"), rng, dtype)
+        self.towers = _towers(self.n_tasks, bottom, tower_hidden, n_outputs, rng, dtype)
 
     def forward(self, x):
         h = self.act.forward(self.bottom.forward(x))

@@ -20,7 +20,7 @@ import numbers
 
 from ..backend import default_rng, get_array_module
 from ..image_layers import GELU, Conv2d, LayerNorm, check_images
-from ..layers import Linear, Module, Sequential
+from ..layers import Linear, Module, Sequential, check_budget
 from ..moe import MoE
 from ..validation import check_positive_int, to_dtype
 
@@ -179,14 +179,18 @@ class SparseMLP(Module):
         C = check_positive_int(channels, "channels")
         depth = check_positive_int(depth, "depth")
         S = (image_size // patch_size) ** 2
+        token_hidden = check_positive_int(token_hidden, "token_hidden")  # not as a layer's out_features below
+        channel_hidden = check_positive_int(channel_hidden, "channel_hidden")
+        # every block holds at least its two LayerNorms and a channel mixer C -> channel_hidden -> C (an MoE's
+        # experts hold one or more): refuse a depth no memory holds before the loop over blocks
+        block = 4 * C + 2 * C * channel_hidden + channel_hidden + C
+        check_budget((depth, block), self.dtype, what=f"depth={depth} blocks of at least {block} parameters each")
         self.sparse_blocks = tuple(range(depth // 2, depth) if sparse_blocks is None else _indices(sparse_blocks))
         if any(isinstance(b, bool) or not isinstance(b, numbers.Integral) or not 0 <= b < depth
                for b in self.sparse_blocks):  # 1.5 would match no block: a model with no MoE, silently
             raise ValueError(f"sparse_blocks={self.sparse_blocks} must be block indices (ints) in [0, {depth - 1}]")
         S1 = 2 * S if tokens1 is None else check_positive_int(tokens1, "tokens1")
         C1 = max(1, C // 2) if channels1 is None else check_positive_int(channels1, "channels1")
-        token_hidden = check_positive_int(token_hidden, "token_hidden")  # not as a layer's out_features below
-        channel_hidden = check_positive_int(channel_hidden, "channel_hidden")
         rng = default_rng(seed)
         moe = dict(top_k=top_k, noise="vmoe", noise_std=noise_std,
                    balance={"importance": balance_weight, "load": balance_weight})

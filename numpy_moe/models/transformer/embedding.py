@@ -5,7 +5,7 @@ Letters: B sequences, T positions, D model width, V vocabulary size, L the longe
 position table holds. A lookup's backward is a scatter-add: row v of dW sums the gradients of every
 position that read row v (MATH.md §15.1).
 """
-from ...backend import asarray, default_rng, get_array_module
+from ...backend import asarray, default_rng, get_array_module, sum_rows
 from ...layers import Module, normal_param
 from ...validation import check_input, check_positive_int, check_real
 
@@ -103,6 +103,6 @@ class PositionEmbedding(Module):
     def backward(self, dy):
         xp = get_array_module(dy)
         dP = xp.zeros_like(self.params["P"])
-        dP[:self.T] = dy.sum(axis=0)  # (T, D)
+        dP[:self.T] = sum_rows(dy.reshape(dy.shape[0], -1)).reshape(dy.shape[1:])  # (T, D)
         self.grads["P"] = dP
         return dy

@@ -15,7 +15,7 @@ import numbers
 from ... import functional as F
 from ...backend import asarray, default_rng
 from ...image_layers import LayerNorm
-from ...layers import Linear, Module
+from ...layers import Linear, Module, check_budget
 from ...moe import MoE
 from ...validation import check_bool, check_positive_int
 from .blocks import DenseFeedForward, MoEFeedForward, TransformerBlock
@@ -61,6 +61,10 @@ class TransformerLM(Module):
         L = check_positive_int(n_layers, "n_layers")
         self.max_len = check_positive_int(max_len, "max_len")
         hidden = check_positive_int(hidden, "hidden")
+        # every block holds at least its two LayerNorms and its attention's qkv (D, 3D) and proj (D, D) with
+        # biases: refuse a depth no memory holds before the lists and the loop over blocks
+        block = 4 * D * D + 8 * D
+        check_budget((L, block), self.dtype, what=f"n_layers={L} blocks of at least {block} parameters each")
         rng = default_rng(seed)
         self.embed = Embedding(V, D, seed=rng, dtype=dtype)
         self.pos = PositionEmbedding(self.max_len, D, seed=rng, dtype=dtype)
