@@ -103,36 +103,36 @@ def test_one_moe_layer_from_two_threads_at_once_never_returns_another_threads_re
     (lambda: LocalExpertsClassifier(random_state=0, epochs=2), lambda X: (X[:, 0] > 0).astype(int)),
     (lambda: HMEClassifier(random_state=0, max_iter=3), lambda X: (X[:, 0] > 0).astype(int)),
 ])
-def test_an_estimator_predicting_from_two_threads_at_once_takes_turns_and_gives_each_its_own(make, y_of, rng):
+def test_an_estimator_predicting_from_two_threads_at_once_takes_turns_and_gives_each_its_own(make, y_of, rng,
+                                                                                       monkeypatch):
     X = rng.standard_normal((200, 4))
     est = make().fit(X, y_of(X))
     predict = est.predict_proba if hasattr(est, "predict_proba") else est.predict
     xs = [rng.standard_normal((300, 4)) for _ in range(2)]
     expected = [predict(x) for x in xs]
-    model, forward, inside, most = est.model_, est.model_.forward, [0], [0]
+    model, inside, most = est.model_, [0], [0]
+    forward = type(model).forward
     meet = threading.Event()
 
-    def watched(*args, **kwargs):  # counts the threads inside the model's forward; the first waits for a second
+    def watched(self, *args, **kwargs):  # counts the threads inside the model's forward; the first waits for another
         inside[0] += 1
         most[0] = max(most[0], inside[0])
         if inside[0] == 1:
             meet.wait(timeout=0.3)  # with the lock the second thread cannot come in: this times out
         meet.set()  # the second thread, here at once or after the first, does not wait
         try:
-            return forward(*args, **kwargs)
+            return forward(self, *args, **kwargs)
         finally:
             inside[0] -= 1
 
-    model.forward = watched
-    try:
-        found = [None, None]
-        threads = [threading.Thread(target=lambda i=i: found.__setitem__(i, predict(xs[i]))) for i in range(2)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-    finally:
-        del model.forward
+    # on the class, not the instance: predict ends with drop_caches, which removes what the instance gained
+    monkeypatch.setattr(type(model), "forward", watched)
+    found = [None, None]
+    threads = [threading.Thread(target=lambda i=i: found.__setitem__(i, predict(xs[i]))) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
     assert most[0] == 1, "two predictions were inside the model at once"
     for got, want in zip(found, expected):
         np.testing.assert_array_equal(got, want)
