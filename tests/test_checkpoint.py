@@ -253,3 +253,104 @@ def test_every_optimiser_state_is_checked_against_the_model(tmp_path, opt):
     with pytest.raises(ValueError, match="the parameter is"):
         io.load_checkpoint(bad)
     assert os.path.getsize(path) > 0
+
+
+# ----- estimators: io.save keeps the optimiser and the generator that partial_fit goes on with ---------------
+def _estimators():
+    from numpy_moe.estimators import LocalExpertsClassifier, LocalExpertsRegressor, MoEClassifier, MoERegressor
+    return {
+        "MoEClassifier adam, noise": (lambda: MoEClassifier(top_k=2, noise="vmoe", epochs=2, random_state=0), True),
+        "MoERegressor sgd, shazeer": (lambda: MoERegressor(top_k=2, noise="shazeer", optimizer="sgd", epochs=2,
+                                                           random_state=0), False),
+        "MoEClassifier ftrl": (lambda: MoEClassifier(optimizer="ftrl", epochs=2, random_state=0), True),
+        "LocalExpertsClassifier": (lambda: LocalExpertsClassifier(epochs=2, random_state=0), True),
+        "LocalExpertsRegressor": (lambda: LocalExpertsRegressor(mode="cooperative", epochs=2, random_state=0), False),
+    }
+
+
+def _fitted(name, tmp_path):
+    make, classes = _estimators()[name]
+    rng = np.random.default_rng(5)
+    X = rng.standard_normal((48, 4))
+    y = np.arange(48) % 3 if classes else X[:, 0] - 0.5 * X[:, 1]
+    est = make().fit(X, y)
+    return est, X, y, io.save(est, str(tmp_path / "est.npz"))
+
+
+def _model_state(est):
+    return [p.copy() for _, p in est.model_.named_parameters()]
+
+
+@pytest.mark.parametrize("name", sorted(_estimators()))
+def test_a_loaded_estimator_goes_on_as_the_saved_one_would(tmp_path, name):
+    est, X, y, path = _fitted(name, tmp_path)
+    loaded = io.load(path)
+    assert loaded._optimizer.t == est._optimizer.t and loaded._optimizer.get_config() == est._optimizer.get_config()
+    for est_ in (est, loaded):
+        est_.partial_fit(X, y)
+        est_.partial_fit(X, y)
+    assert all(np.array_equal(a, b) for a, b in zip(_model_state(loaded), _model_state(est)))
+    assert loaded._rng.bit_generator.state == est._rng.bit_generator.state
+    for m in loaded.model_.modules():  # the noisy gates draw from the estimator's generator, as after fit
+        if isinstance(getattr(m, "rng", None), np.random.Generator):
+            assert m.rng is loaded._rng
+
+
+@pytest.mark.parametrize("name", ["MoEClassifier adam, noise", "LocalExpertsRegressor"])
+def test_a_file_without_training_state_starts_afresh_and_differs(tmp_path, name):
+    """Files written before estimators kept their training state still load; their partial_fit starts a fresh
+    optimiser, so it does not continue the run: the test above can tell."""
+    est, X, y, path = _fitted(name, tmp_path)
+    old = rewrite(path, tmp_path / "old.npz", lambda m: m["object"].pop("training"),
+                  lambda a: [a.pop(k) for k in list(a) if k.startswith("training/")])
+    loaded = io.load(old)
+    assert not hasattr(loaded, "_optimizer")
+    loaded.partial_fit(X, y)
+    est.partial_fit(X, y)
+    assert not all(np.array_equal(a, b) for a, b in zip(_model_state(loaded), _model_state(est)))
+
+
+def _set_training(key, value):
+    def edit(meta):
+        meta["object"]["training"][key] = value
+    return edit
+
+
+ESTIMATOR_CRAFTED = {
+    "another optimiser": (lambda m: m["object"]["training"]["optimizer"].update(
+        {"class": "SGD", "config": {"lr": 0.1, "momentum": 0.0, "decay": 1.0},
+         "state": {"velocity": {}}}), None, "trains with Adam"),
+    "prefix over the model": (_set_training("prefix", "model_/"), None, "refers to"),
+    "missing array": (lambda m: m["object"]["training"]["optimizer"]["state"]["m"].update({"gate.W": "nope"}),
+                      None, "does not hold"),
+    "a model array": (lambda m: m["object"]["training"]["optimizer"]["state"]["m"].update(
+        {"gate.W": "model_/gate.W"}), None, "belongs to one record"),
+    "wrong shape": (None, lambda a: a.update({k: a[k][..., :1] for k in a if k.startswith("training/optimizer/v/")}),
+                    "the parameter is"),
+    "negative v": (None, lambda a: a.update({k: -1 - a[k] for k in a if k.startswith("training/optimizer/v/")}),
+                   "negative"),
+    "generator": (_set_training("rng", {"bit_generator": "MT19937", "state": {}, "has_uint32": 0,
+                                        "uinteger": 0}), None, "not one of"),
+    "extra key": (_set_training("pickle", 1), None, "unexpected"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ESTIMATOR_CRAFTED))
+def test_an_estimator_file_with_crafted_training_state_is_refused(tmp_path, case):
+    edit_meta, edit_arrays, message = ESTIMATOR_CRAFTED[case]
+    _, _, _, path = _fitted("MoEClassifier adam, noise", tmp_path)
+    bad = rewrite(path, tmp_path / "bad.npz", edit_meta, edit_arrays)
+    with pytest.raises(ValueError, match=message) as err:
+        io.load(bad)
+    assert "bad.npz" in str(err.value)
+
+
+def test_an_estimator_without_training_state_refuses_one(tmp_path):
+    from numpy_moe.estimators import HMERegressor
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((40, 3))
+    path = io.save(HMERegressor(tree=[2], max_iter=2, random_state=0).fit(X, X[:, 0]), str(tmp_path / "h.npz"))
+    bad = rewrite(path, tmp_path / "bad.npz", lambda m: m["object"].update(
+        {"training": {"prefix": "training/", "optimizer": {"state": {}}, "rng": {}}}))
+    with pytest.raises(ValueError, match="keeps no training state"):
+        io.load(bad)

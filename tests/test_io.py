@@ -198,7 +198,7 @@ def test_fitted_estimator_round_trip(make, y, tmp_path, rng):
     if hasattr(est, "classes_"):
         np.testing.assert_array_equal(loaded.classes_, est.classes_)
         np.testing.assert_array_equal(loaded.predict_proba(X), est.predict_proba(X))
-    loaded.partial_fit(X, y)  # training continues (with a fresh optimiser)
+    loaded.partial_fit(X, y)  # training continues (with the saved optimiser: tests/test_checkpoint.py)
     assert loaded.n_iter_ == est.n_iter_ + 1
 
 

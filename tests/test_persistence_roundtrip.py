@@ -293,9 +293,10 @@ def test_training_resumed_from_a_copy_ends_where_uninterrupted_training_ends(how
     (lambda: MoERegressor(top_k=2, noise="shazeer", epochs=2, random_state=0), np.linspace(-1, 1, 40)),
 ])
 def test_a_loaded_noisy_estimator_continues_training_reproducibly_from_its_random_state(make, y, tmp_path, rng):
-    # The file holds no generator: partial_fit after loading starts a fresh one from random_state for the
-    # shuffling, but the gate's noise came from the generator the loaded model was rebuilt with, an
-    # unseeded one. Two loads of one file then trained to different models despite random_state=0.
+    # Once, the file held no generator and partial_fit after loading started a fresh one from random_state for
+    # the shuffling, but the gate's noise came from the generator the loaded model was rebuilt with, an
+    # unseeded one: two loads of one file then trained to different models despite random_state=0. Now the
+    # file holds the estimator's generator, which the noisy gates share again after loading.
     X = rng.standard_normal((40, 4))
     path = io.save(make().fit(X, y), tmp_path / "est.npz")
     first, second = io.load(path).partial_fit(X, y), io.load(path).partial_fit(X, y)

@@ -190,10 +190,28 @@ class _Estimator(BaseEstimator):
                 self._check_params()
             X, y = validate_data(self, X, y, reset=first, dtype=numpy.float64, **self._y_checks)
             y = self._start(X, y, classes) if first else self._targets(y, False, classes)[0]
-            if not hasattr(self, "_optimizer"):  # a loaded estimator: optimiser state is not saved
+            if not hasattr(self, "_optimizer"):  # loaded from a file without training state (see _training_state)
                 self._rng, self._optimizer = _generator(self.random_state), self._new_optimizer()
                 _share_generator(self.model_, self._rng)
             return self._train(X, y, 1, stop=False)
+
+    def _training_state(self):
+        """(optimiser, generator) that ``partial_fit`` goes on with, for numpy_moe.io to save; None before the
+        first fit (and for an estimator loaded from a file without them, until its first partial_fit)."""
+        if not hasattr(self, "model_") or not hasattr(self, "_optimizer"):
+            return None
+        return self._optimizer, self._rng
+
+    def _restore_training_state(self, optimizer, rng):
+        """Go on from a file's training state (numpy_moe.io, after it checked ``optimizer`` against ``model_``):
+        the optimiser, and the generator of shuffling, validation splits and gate noise, which the model's noisy
+        gates share as they do after fit. TypeError for an optimiser of another class than this estimator's."""
+        if type(optimizer) is not type(self._new_optimizer()):
+            raise TypeError(f"the stored optimiser is a {type(optimizer).__name__}; this {type(self).__name__} "
+                            f"(optimizer={getattr(self, 'optimizer', None)!r}) trains with "
+                            f"{type(self._new_optimizer()).__name__}")
+        self._optimizer, self._rng = optimizer, rng
+        _share_generator(self.model_, rng)
 
     def _transaction(self):
         return _Transaction(self)

@@ -25,13 +25,16 @@ which the stored ones replace, and it seeded the generator a noisy gate draws it
 (``TopKGate(noise=...)``, ``ScoreGate(jitter=...)``), whose state a file does not hold either: a loaded
 gate draws from a fresh, unseeded generator (assign a seeded one to its ``rng`` to replay a run). Nor is
 the mode: a loaded module is in training mode, as a newly built one is; call ``eval()`` before
-predicting with a noisy gate. Training state that is not a parameter or a buffer (an optimiser's
-moments) is not saved: ``partial_fit`` after loading starts a fresh optimiser, and a fresh generator
-from ``random_state`` for the shuffling and the gate's noise. To resume the training of a Module bit for
-bit, ``save_checkpoint(path, model, optimizer, {"shuffle": rng})`` also stores the training flags, the
-gates' generators, the optimiser's state and your generators, and ``load_checkpoint(path)`` gives them
-back (:mod:`numpy_moe.io.checkpoint`); for an estimator, keep it with ``copy.deepcopy`` or pickle it into a
-file only you write (a pickle runs code when loaded). Version 1 files (no buffers) still load.
+predicting with a noisy gate. A Module's training state that is not a parameter or a buffer (an
+optimiser's moments) is not in its file: to resume the training of a Module bit for bit,
+``save_checkpoint(path, model, optimizer, {"shuffle": rng})`` also stores the training flags, the gates'
+generators, the optimiser's state and your generators, and ``load_checkpoint(path)`` gives them back
+(:mod:`numpy_moe.io.checkpoint`). A fitted numpy_moe estimator's record holds its training state itself:
+``"training": {"prefix": "<prefix>training/", "optimizer": {...}, "rng": {...}}`` (the records of
+:mod:`numpy_moe.io.state`, arrays under ``<prefix>training/optimizer/``), so ``partial_fit`` after loading
+goes on bit for bit; a file without it (an earlier version's, or an estimator whose ``random_state`` is a
+Generator of another bit generator than PCG64) loads too, and ``partial_fit`` then starts a fresh optimiser
+and a fresh generator from ``random_state``. Version 1 files (no buffers) still load.
 
 Loading a file from someone else
 --------------------------------

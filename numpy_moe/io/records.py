@@ -20,9 +20,11 @@ from ..backend import asarray, to_numpy
 from ..layers import Module, ParameterBudgetError, parameter_budget
 from .archive import FileError
 from .registry import UNSAVABLE, class_name, lookup
+from .state import BIT_GENERATORS, bit_generator, decode_optimizer, encode_optimizer, generator_state
 
 MAX_DEPTH = 64
 BUFFER_TAG = "buffer:"
+TRAINING_TAG = "training/"  # an estimator's optimiser state: "<prefix>training/optimizer/<slot>/<parameter>"
 _ATTRIBUTE = re.compile(r"[A-Za-z][A-Za-z0-9_]*_\Z")  # fitted attributes: public names ending in "_"
 _TAGS = ("__module__", "__estimator__", "__array__", "__strings__", "__tuple__")
 
@@ -54,9 +56,20 @@ def encode_estimator(est, arrays, prefix):
                          "cache directory (a file may not choose where a refit writes); set memory=None before "
                          "saving and set it again after loading")
     fitted = {k: v for k, v in vars(est).items() if k.endswith("_") and not k.startswith("_")}
-    return {"class": class_name(type(est)),
-            "estimator": encode(est.get_params(deep=False), "parameters", arrays, f"{prefix}params/"),
-            "attributes": {k: encode(v, k, arrays, f"{prefix}{k}/") for k, v in fitted.items()}}
+    record = {"class": class_name(type(est)),
+              "estimator": encode(est.get_params(deep=False), "parameters", arrays, f"{prefix}params/"),
+              "attributes": {k: encode(v, k, arrays, f"{prefix}{k}/") for k, v in fitted.items()}}
+    hook = getattr(est, "_training_state", None)
+    state = hook() if callable(hook) and arrays is not None else None
+    if state is not None and type(state[1].bit_generator).__name__ in BIT_GENERATORS:
+        # a numpy_moe estimator's optimiser and generator, so that partial_fit after loading goes on bit for bit;
+        # a generator of another kind (random_state=Generator(MT19937(...))) cannot be checked when read: then
+        # the file holds none, and partial_fit after loading starts afresh from random_state
+        optimizer, rng = state
+        base = f"{prefix}{TRAINING_TAG}"
+        record["training"] = {"prefix": base, "rng": generator_state(rng, "random state"),
+                              "optimizer": encode_optimizer(optimizer, est.model_, arrays, base + "optimizer/")}
+    return record
 
 
 def encode(value, name, arrays, prefix):
@@ -159,7 +172,9 @@ class _Checker:
         else:
             if kind == "module":
                 raise self.fail(where, f"{name} is an estimator where a Module is expected")
-            self.keys(record, where, {"class", "estimator", "attributes"}, set())
+            self.keys(record, where, {"class", "estimator", "attributes"}, {"training"})
+            if "training" in record:
+                self.training(record["training"], f"{where}.training", cls)
             params, attributes = record["estimator"], record["attributes"]
             if not isinstance(params, dict) or not isinstance(attributes, dict):
                 raise self.fail(where, "estimator parameters and attributes must be JSON objects, found "
@@ -172,6 +187,27 @@ class _Checker:
                 if not _ATTRIBUTE.match(attr):
                     raise self.fail(where, f"{attr!r} is not a fitted attribute name (a public name ending in _)")
                 self.value(v, f"{where}.{attr}", depth + 1, _TAGS if with_arrays else ())
+
+    def training(self, record, where, cls):
+        """An estimator's training state: its shape here, and its arrays claimed (each array of a file belongs to
+        one record); the values are checked against the rebuilt model when it is read (Builder.estimator)."""
+        if not callable(getattr(cls, "_restore_training_state", None)):
+            raise self.fail(where, f"{cls.__name__} keeps no training state")
+        if not isinstance(record, dict):
+            raise self.fail(where, f"expected a JSON object, found {type(record).__name__}")
+        self.keys(record, where, {"prefix", "optimizer", "rng"}, set())
+        optimizer = record["optimizer"]
+        if not isinstance(record["prefix"], str) or not isinstance(optimizer, dict):
+            raise self.fail(where, "prefix must be a string and optimizer a JSON object")
+        state = optimizer.get("state")
+        if not isinstance(state, dict) or not all(isinstance(v, dict) for v in state.values()):
+            raise self.fail(where, "optimizer.state must map each slot to an object parameter name -> array entry")
+        for slot, entries in state.items():
+            for name, entry in entries.items():
+                if not isinstance(entry, str) or entry == "__meta__" or entry not in self.archive.headers:
+                    raise self.fail(where, f"optimizer.state[{slot!r:.40}][{name!r:.80}] refers to array "
+                                           f"{entry!r:.80}, which the file does not hold")
+                self.entries.append((entry, where))
 
     def keys(self, record, where, required, optional):
         missing, extra = required - set(record), set(record) - required - optional
@@ -262,12 +298,25 @@ class Builder:
             for k, v in record["attributes"].items():
                 setattr(est, k, self.value(v))
             check_fitted_state(est, self.archive.max_bytes)
+            if "training" in record:
+                self.training(est, record)
         except FileError:
             raise
         except Exception as err:
             raise FileError(f"{self.path}: the stored {record['class']} is inconsistent: "
                             f"{type(err).__name__}: {err}") from err
         return est
+
+    def training(self, est, record):
+        """Give a loaded estimator its stored optimiser and generator, checked against its model."""
+        training, where = record["training"], f"{record['class']}.training"
+        model = getattr(est, "model_", None)
+        if not isinstance(model, Module):
+            raise FileError(f"{self.path}: {where}: the estimator holds training state but no fitted model_")
+        optimizer = decode_optimizer(training["optimizer"], model, self.archive, self.path, where + ".optimizer",
+                                     training["prefix"] + "optimizer/")
+        rng = numpy.random.Generator(bit_generator(training["rng"], where + ".rng", self.path))
+        est._restore_training_state(optimizer, rng)
 
     def value(self, v):
         if isinstance(v, list):
