@@ -63,20 +63,58 @@ def get_backend():
 
 
 def get_array_module(*arrays):
-    """The array module (numpy or cupy) for ``arrays``; the current backend when none is given.
+    """The array module (numpy or cupy) for ``arrays``: the module of the arrays given, as CuPy's own
+    ``get_array_module`` answers; the current backend when none of them is an array (nothing given, None,
+    Python numbers or lists).
 
-    A CuPy array among ``arrays`` selects CuPy whatever the current backend is.
+    A CuPy array among ``arrays`` selects CuPy whatever the current backend is, and a NumPy array (with no
+    CuPy one) selects NumPy: arithmetic on host arrays stays on the host under the CuPy backend too, where
+    CuPy would refuse them ("Unsupported type numpy.ndarray"). Layers move their inputs onto the backend
+    first (:func:`numpy_moe.validation.check_input`, and the backward passes' gradients), so a model on the
+    GPU takes NumPy arrays as well.
     """
+    host = False
     for a in arrays:
-        if type(a).__module__.split(".")[0] == "cupy":
+        module = type(a).__module__
+        if module.startswith("cupy"):
             import cupy
             return cupy
-    return _state["xp"]
+        if module == "numpy":  # numpy.ndarray (and its subclasses there) and NumPy's scalar types
+            host = True
+    return numpy if host else _state["xp"]
 
 
 def asarray(a, dtype=None):
-    """``a`` as an array of the current backend (a no-op for arrays already there)."""
-    return _state["xp"].asarray(a, dtype=dtype)
+    """``a`` as an array of the current backend (a no-op for arrays already there).
+
+    Under CuPy, anything that is not a CuPy array (a NumPy array, a list, a pandas object) is read by
+    ``numpy.asarray`` first and then copied to the GPU.
+    """
+    xp = _state["xp"]
+    if xp is not numpy and not type(a).__module__.startswith("cupy"):
+        a = numpy.asarray(a)
+    return xp.asarray(a, dtype=dtype)
+
+
+def device_inputs(args):
+    """``args`` (a forward pass's positional arguments) with every NumPy array moved to the GPU under the
+    CuPy backend, so that a model there takes NumPy inputs whatever its first layer is; ``args`` itself,
+    untouched, under NumPy."""
+    xp = _state["xp"]
+    if xp is numpy:
+        return args
+    return tuple(xp.asarray(a) if isinstance(a, numpy.ndarray) else a for a in args)
+
+
+def on_backend(a):
+    """``a`` moved onto the current backend unless it is already a CuPy array (then it is returned as is).
+
+    For a gradient or target given to a model on the GPU as a NumPy array; on the NumPy backend a
+    NumPy array is returned as is, and a list becomes an array.
+    """
+    if type(a).__module__.startswith("cupy"):
+        return a
+    return asarray(a)
 
 
 def to_numpy(a):

@@ -22,7 +22,7 @@ epoch, and records per-epoch log-loss (base 2, as the post plots) or MSE; ``trai
 """
 from . import divergence
 from . import functional as F
-from .backend import asarray, default_rng, get_array_module
+from .backend import asarray, default_rng, get_array_module, on_backend
 from .layers import Module, normal_param
 from .optim import FTRL, SGD, Adam
 from .validation import check_input, check_labels, check_positive_int, check_real
@@ -139,8 +139,9 @@ class LocalExperts(Module):
 
     def forward(self, x):
         """The mode's prediction (N, O): softmax(Σ g_e w_e) cooperative, Σ g_e y_e competitive."""
-        xp = get_array_module(x)
-        h, w = self._parts(self._with_bias(x))
+        x1 = self._with_bias(x)
+        xp = get_array_module(x1)
+        h, w = self._parts(x1)
         g = F.softmax(h)
         if self.mode == "cooperative":
             return self._blend(g, w)[1]
@@ -183,9 +184,9 @@ class LocalExperts(Module):
         -------
         dict with "V": ΔV (E, D+1, O) and "M": ΔM (D+1, E).
         """
-        xp = get_array_module(x)
         lr = check_real(lr, "lr", 0, low_open=True)  # as SGD's lr: NaN made every direction NaN without a word
         x1 = self._with_bias(x, min_rows=1)
+        xp = get_array_module(x1)
         N = x1.shape[0]
         R = self._targets(r, N)
         h, w = self._parts(x1)
@@ -212,9 +213,9 @@ class LocalExperts(Module):
         if self.mode != "cooperative":
             raise ValueError(f"seed_cooperative_update needs mode='cooperative'; "
                              f"this model has mode={self.mode!r}")
-        xp = get_array_module(x)
         lr = check_real(lr, "lr", 0, low_open=True)
         x1 = self._with_bias(x, min_rows=1)
+        xp = get_array_module(x1)
         N = x1.shape[0]
         R = self._targets(r, N)
         h, w = self._parts(x1)
@@ -231,8 +232,8 @@ class LocalExperts(Module):
 
 def evaluate(model, X, y):
     """Mean log-loss in bits, -mean log2 o_{n, y_n} (classification), or the MSE (regression)."""
-    xp = get_array_module(X)
     out = model.forward(check_input(X, model.n_features, model.dtype, "X", min_rows=1))  # a mean: N >= 1
+    xp = get_array_module(out)
     R = model._targets(y, out.shape[0])
     if model.task == "classification":
         return float(-(R * xp.log2(xp.maximum(out, xp.finfo(out.dtype).tiny))).sum(axis=1).mean())
@@ -265,7 +266,7 @@ def train_epoch(model, X, y, optimizer, batch_size=1, seed=None, epoch=1):
     batch_size = check_positive_int(batch_size, "batch_size")
     X = check_input(X, model.n_features, model.dtype, "X", min_rows=1)
     N = X.shape[0]
-    y = y if hasattr(y, "ndim") else asarray(y)
+    y = on_backend(y)  # labels or targets beside X: a NumPy y goes to the GPU with X under CuPy
     R = model._targets(y, N)  # validate once, before any step
     order = asarray(default_rng(seed).permutation(N))
     xp = get_array_module(X)

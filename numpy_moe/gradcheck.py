@@ -128,7 +128,8 @@ def check_module(module, x, h=1e-6, tol=1e-7, seed=0, forward=None, check_input=
     if not (x.flags.c_contiguous and getattr(x.flags, "writeable", True)):  # numerical_gradient perturbs it in place
         x = xp.array(x, order="C", copy=True)
     y = fwd(x)
-    R = xp.asarray(default_rng(seed).standard_normal(y.shape), dtype=y.dtype)
+    # R where y is: a NumPy x given to a model on the GPU gives a CuPy y
+    R = get_array_module(y).asarray(default_rng(seed).standard_normal(y.shape), dtype=y.dtype)
 
     def loss(_):
         return float((R * fwd(x)).sum()) + float(module.aux_loss)

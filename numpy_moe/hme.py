@@ -194,14 +194,13 @@ class HierarchicalMoE(Module):
 
     def gate(self, x):
         """π(x) (N, E): each expert's prior weight, the product of the gates on its path."""
-        xp = get_array_module(x)
-        x1 = self._with_bias(x)
-        return xp.exp(self._log_prior(x1))
+        x1 = self._with_bias(x)  # on the backend: its module, not the caller's x's, computes
+        return get_array_module(x1).exp(self._log_prior(x1))
 
     def expert_outputs(self, x):
         """x̃ V_e (N, E, O): each expert's mean (gaussian) or logits (softmax)."""
-        xp = get_array_module(x)
-        return xp.einsum("nd,edo->neo", self._with_bias(x), self.params["V"])
+        x1 = self._with_bias(x)
+        return get_array_module(x1).einsum("nd,edo->neo", x1, self.params["V"])
 
     def log_likelihood(self, x, y):
         """Σ_n log p(y_n | x_n), the total log-likelihood (natural log)."""
@@ -217,8 +216,8 @@ class HierarchicalMoE(Module):
 
     # ----- prediction and its gradient -----------------------------------------------------------
     def forward(self, x):
-        xp = get_array_module(x)
         x1 = self._with_bias(x)
+        xp = get_array_module(x1)
         g = self._gate_probs(x1)
         log_prior = self._log_prior(x1)  # (N, E)
         W = xp.einsum("nd,edo->neo", x1, self.params["V"])  # (N, E, O)
@@ -266,8 +265,8 @@ class HierarchicalMoE(Module):
         ∂ℓ/∂log p_e = h_e, so ∂ℓ/∂W_e = h_e (y - W_e)/σ_e² (gaussian) or h_e (onehot(y) - softmax(W_e)),
         ∂ℓ/∂log_var_e = h_e (‖y - W_e‖² / (2σ_e²) - O/2), and u = h for the gates.
         """
-        xp = get_array_module(x)
         x1 = self._with_bias(x, min_rows=1)  # a mean over the samples
+        xp = get_array_module(x1)
         N = x1.shape[0]
         y = self._targets(y, N)
         g = self._gate_probs(x1)
@@ -299,8 +298,8 @@ class HierarchicalMoE(Module):
         """
         ridge = check_real(ridge, "ridge", 0)
         var_floor = check_real(var_floor, "var_floor", 0, low_open=True)  # log σ² must stay finite
-        xp = get_array_module(x)
         x1 = self._with_bias(x)
+        xp = get_array_module(x1)  # the backend's (check_input moved x there), not the caller's x's
         y = self._targets(y, x1.shape[0])
         h = asarray(h)
         if tuple(h.shape) != (x1.shape[0], self.n_experts):

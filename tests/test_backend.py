@@ -227,3 +227,48 @@ def test_sum_rows_float32_error_does_not_grow_with_the_rows():
     a = f32_rows(1 << 16, 16)
     assert relative_error(backend.sum_rows(a), a) < 1e-6
     assert relative_error(backend.sum_rows(a.reshape(4, -1, 16)), a.reshape(4, -1, 16)) < 1e-6
+
+
+class _FakeBackend:
+    """A stand-in for CuPy's module (this machine may have no GPU): its asarray records what it is given."""
+    __name__ = "fake_cupy"
+
+    def __init__(self):
+        self.moved = []
+
+    def asarray(self, a, dtype=None):
+        self.moved.append(type(a).__name__ + str(getattr(a, "shape", "")))
+        return np.asarray(a, dtype=dtype)
+
+
+def test_numpy_arrays_select_numpy_under_another_backend_and_non_arrays_the_backend(monkeypatch):
+    fake = _FakeBackend()
+    monkeypatch.setitem(backend._state, "xp", fake)
+    assert backend.get_array_module(np.zeros(2)) is np  # CuPy's get_array_module answers so too
+    assert backend.get_array_module(None, np.float64(1.0)) is np
+    assert backend.get_array_module() is fake
+    assert backend.get_array_module(None, 3.0, [1.0]) is fake
+
+
+def test_on_backend_moves_host_arrays_and_lists_and_keeps_device_arrays(monkeypatch):
+    fake = _FakeBackend()
+    monkeypatch.setitem(backend._state, "xp", fake)
+    device = type("ndarray", (), {"__module__": "cupy._core.core"})()  # what a CuPy array's type looks like
+    assert backend.on_backend(device) is device and fake.moved == []
+    out = backend.on_backend([[1.0, 2.0]])
+    assert isinstance(out, np.ndarray) and out.shape == (1, 2) and fake.moved == ["ndarray(1, 2)"]  # via the host
+
+
+def test_a_backward_pass_moves_a_numpy_gradient_onto_the_backend_as_forward_moves_x(monkeypatch):
+    # Under CuPy, forward copies a NumPy x to the GPU (check_input); a NumPy dy must go there too, or the
+    # backward products mix a host and a device array and CuPy refuses them ("Unsupported type").
+    from numpy_moe.gates import TopKGate
+    from numpy_moe.layers import Linear
+    layer, gate = Linear(3, 2, seed=0), TopKGate(3, 3, 2, seed=0)
+    layer.forward(np.ones((4, 3)))
+    routing = gate.forward(np.ones((4, 3)))
+    fake = _FakeBackend()
+    monkeypatch.setitem(backend._state, "xp", fake)
+    layer.backward(np.ones((4, 2)))
+    gate.backward({"weight": np.ones(routing.weight.shape)})  # a routing gradient: its arrays go there too
+    assert fake.moved == ["ndarray(4, 2)", f"ndarray{routing.weight.shape}"]

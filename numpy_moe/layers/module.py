@@ -6,7 +6,7 @@ import inspect
 import os
 import threading
 
-from ..backend import asarray, result_dtype
+from ..backend import device_inputs, on_backend, result_dtype, to_numpy
 from ..validation import check_bool
 
 
@@ -84,6 +84,7 @@ def _records_forward(method, backward):
         if "_constructed" not in state:  # the attributes before any pass: what Module.drop_caches keeps
             state["_constructed"] = frozenset(state) | {"_constructed"}
         state[flag] = False  # until it returns: a forward that raises may have replaced part of the cache
+        args = device_inputs(args)  # under CuPy, NumPy inputs go to the GPU (a no-op under NumPy)
         try:
             out = method(self, *args, **kwargs)
         except BaseException:
@@ -139,6 +140,8 @@ def _needs_forward(method):
         if name == "backward" and shape is not None and (args or grad_name in kwargs):
             args, kwargs = _check_grad(self, args, kwargs, grad_name, shape)
         dtype = state.get(out_dtype)
+        if args and isinstance(args[0], dict):  # a routing gradient: NumPy arrays go to the GPU under CuPy
+            args = ({k: g if g is None else on_backend(g) for k, g in args[0].items()},) + args[1:]
         if args and dtype is not None:
             dy = args[0]
             if isinstance(dy, dict):  # a routing gradient: "weight", "logits", ... arrays
@@ -166,13 +169,14 @@ def _check_grad(module, args, kwargs, grad_name, shape):
     deep inside; one that is not a real array would fail there with an AttributeError."""
     dy = args[0] if args else kwargs[grad_name]
     if not (hasattr(dy, "dtype") and isinstance(getattr(dy, "shape", None), tuple)):
-        dy = asarray(dy)  # a nested list of the right shape is a gradient too
+        dy = to_numpy(dy)  # a nested list of the right shape is a gradient too (checked on the host first)
     if dy.dtype.kind not in "fiu":
         raise TypeError(f"{grad_name} has dtype {dy.dtype}; expected a real-valued array, the gradient of "
                         f"{type(module).__name__}.forward's output")
     if tuple(dy.shape) != shape:
         raise ValueError(f"{grad_name} has shape {tuple(dy.shape)}; expected {shape}, the shape of "
                          f"{type(module).__name__}.forward's output")
+    dy = on_backend(dy)  # a NumPy gradient for a model on the GPU is copied there, as forward copies x
     if args:
         return (dy,) + args[1:], kwargs
     return args, {**kwargs, grad_name: dy}

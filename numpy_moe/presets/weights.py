@@ -28,7 +28,7 @@ modules/moe/top2gate.py (``Top2Gate.wg``), megablocks layers/mlp.py (``MLP``, ``
 """
 import numpy as np  # the edge: framework arrays arrive and leave as NumPy
 
-from ..backend import to_numpy
+from ..backend import get_array_module, to_numpy
 
 
 def _rules(preset, moe, layout):
@@ -165,7 +165,7 @@ def import_weights(preset, moe, state_dict, prefix=""):
                                  f"that overflow the block's dtype {np.dtype(target.dtype).name} (inf weights); "
                                  "build the block with dtype='float64'")
             value = cast
-        target[...] = value
+        target[...] = get_array_module(target).asarray(value)  # onto the GPU for a block built under CuPy
         used.update(prefix + k for k in keys)
     unused = sorted(k for k in state_dict if k.startswith(prefix) and k not in used)
     if unused:
