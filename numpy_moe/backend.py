@@ -87,11 +87,12 @@ def get_array_module(*arrays):
 def asarray(a, dtype=None):
     """``a`` as an array of the current backend (a no-op for arrays already there).
 
-    Under CuPy, anything that is not a CuPy array (a NumPy array, a list, a pandas object) is read by
-    ``numpy.asarray`` first and then copied to the GPU.
+    Under CuPy, anything that is neither a CuPy array nor already on the GPU (an object with
+    ``__cuda_array_interface__``, such as a PyTorch CUDA tensor, which CuPy takes without a copy) is read
+    by ``numpy.asarray`` first (a NumPy array, a list, a pandas object) and then copied to the GPU.
     """
     xp = _state["xp"]
-    if xp is not numpy and not type(a).__module__.startswith("cupy"):
+    if xp is not numpy and not type(a).__module__.startswith("cupy") and not hasattr(a, "__cuda_array_interface__"):
         a = numpy.asarray(a)
     return xp.asarray(a, dtype=dtype)
 

@@ -238,7 +238,7 @@ class _FakeBackend:
 
     def asarray(self, a, dtype=None):
         self.moved.append(type(a).__name__ + str(getattr(a, "shape", "")))
-        return np.asarray(a, dtype=dtype)
+        return a if hasattr(a, "__cuda_array_interface__") else np.asarray(a, dtype=dtype)
 
 
 def test_numpy_arrays_select_numpy_under_another_backend_and_non_arrays_the_backend(monkeypatch):
@@ -257,6 +257,15 @@ def test_on_backend_moves_host_arrays_and_lists_and_keeps_device_arrays(monkeypa
     assert backend.on_backend(device) is device and fake.moved == []
     out = backend.on_backend([[1.0, 2.0]])
     assert isinstance(out, np.ndarray) and out.shape == (1, 2) and fake.moved == ["ndarray(1, 2)"]  # via the host
+
+    class CudaTensor:  # already on the GPU (a torch CUDA tensor, say): CuPy takes it as it is, not via the host
+        __cuda_array_interface__ = {"shape": (2,), "typestr": "<f4", "data": (0, False), "version": 3}
+
+        def __array__(self, dtype=None, copy=None):
+            raise AssertionError("copied through the host")
+    fake.moved.clear()
+    backend.on_backend(CudaTensor())
+    assert fake.moved == ["CudaTensor"]
 
 
 def test_a_backward_pass_moves_a_numpy_gradient_onto_the_backend_as_forward_moves_x(monkeypatch):
