@@ -1,0 +1,1 @@
+"""The fake CuPy's cupyx (tests only): see tests/fakecupy/cupy/__init__.py."""
