@@ -97,14 +97,17 @@ def asarray(a, dtype=None):
     return xp.asarray(a, dtype=dtype)
 
 
-def device_inputs(args):
-    """``args`` (a forward pass's positional arguments) with every NumPy array moved to the GPU under the
-    CuPy backend, so that a model there takes NumPy inputs whatever its first layer is; ``args`` itself,
-    untouched, under NumPy."""
+def device_inputs(args, kwargs=None):
+    """``args`` (a pass's positional arguments), or ``(args, kwargs)`` when ``kwargs`` is given, with every
+    NumPy array moved to the GPU under the CuPy backend, so that a model there takes NumPy inputs, masks,
+    keys and gradients whatever its first layer is; returned as they are, untouched, under NumPy."""
     xp = _state["xp"]
     if xp is numpy:
+        return args if kwargs is None else (args, kwargs)
+    args = tuple(xp.asarray(a) if isinstance(a, numpy.ndarray) else a for a in args)
+    if kwargs is None:
         return args
-    return tuple(xp.asarray(a) if isinstance(a, numpy.ndarray) else a for a in args)
+    return args, {k: xp.asarray(v) if isinstance(v, numpy.ndarray) else v for k, v in kwargs.items()}
 
 
 def on_backend(a):

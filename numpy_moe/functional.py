@@ -160,9 +160,16 @@ def cv_squared_backward(dout, v):
     return dout * (2 * (v - m) / (E * d) - s * 2 * m / (E * d * d))
 
 
+def _beside(a, like):
+    """``a`` (a target or a mask) as an array of ``like``'s module: a NumPy target given with predictions on
+    the GPU is copied there, as a model's forward copies its input; None stays None."""
+    return None if a is None else get_array_module(like).asarray(a)
+
+
 def _target_probs(logits, target):
     """Integer labels (N,) or one-hot / probability rows (N, C) as (N, C) probabilities."""
     xp = get_array_module(logits)
+    target = _beside(target, logits)
     if target.ndim == 1:
         probs = xp.zeros_like(logits)
         probs[xp.arange(logits.shape[0]), target] = 1
@@ -211,6 +218,7 @@ def token_cross_entropy(logits, target, mask=None):
     float: -(1/n) sum over counted tokens of log softmax(logits)[target], n the number counted.
     """
     xp = get_array_module(logits)
+    target, mask = _beside(target, logits), _beside(mask, logits)
     logp = log_softmax(logits)
     picked = xp.take_along_axis(logp, target[..., None], axis=-1)[..., 0]  # (...)
     n = _n_counted(target, mask)
@@ -223,6 +231,7 @@ def token_cross_entropy_backward(logits, target, mask=None):
     """dlogits = (softmax(logits) - onehot(target)) m / n, m the mask (1 everywhere for None), n = sum m;
     of the dtype of ``logits``."""
     xp = get_array_module(logits)
+    target, mask = _beside(target, logits), _beside(mask, logits)
     d = softmax(logits) - (xp.arange(logits.shape[-1]) == target[..., None])  # (..., C)
     n = _n_counted(target, mask)
     if mask is None:
@@ -245,9 +254,9 @@ def _n_counted(target, mask):
 
 def mse(pred, target):
     """Mean squared error over every element: mean((pred - target)²)."""
-    return float(((pred - target) ** 2).mean())
+    return float(((pred - _beside(target, pred)) ** 2).mean())
 
 
 def mse_backward(pred, target):
     """dpred = 2 (pred - target) / pred.size."""
-    return 2 * (pred - target) / pred.size
+    return 2 * (pred - _beside(target, pred)) / pred.size

@@ -258,3 +258,42 @@ def test_the_benchmark_runs_the_layer_on_the_gpu_and_gives_the_backend_back(caps
     out = capsys.readouterr().out
     assert "backend cupy" in out and "sparse/floor" in out, out[-2000:]
     assert targets == [] and "not judged against them" in out, out[-2000:]  # issue 17's targets are the CPU's
+
+
+def test_numpy_masks_targets_and_grouped_gradients_reach_the_gpu_too():
+    """Keyword arrays of a forward (a padding mask), the gradient of a grouped pass, and the targets of the
+    losses, given as NumPy arrays, give what they give on NumPy."""
+    from numpy_moe import functional as F
+    from numpy_moe.experts import ExpertBank
+    from numpy_moe.gates import BaseGate, SinkhornGate
+    rng = np.random.default_rng(0)
+    x, mask = rng.standard_normal((12, 4)), np.arange(12) % 4 != 3
+    dout, logits, labels = rng.standard_normal((6, 3)), rng.standard_normal((12, 5)), rng.integers(0, 5, 12)
+    results = {}
+    for where in ("numpy", "cupy"):
+        with _backend(where):
+            got = []
+            for gate in (BaseGate(4, 3, seed=0), SinkhornGate(4, 3, top_k=2, seed=0)):
+                got += _host(gate.forward(x, mask=mask))
+            bank = ExpertBank(3, 4, 3, hidden=5, seed=0)
+            got += _host(bank.forward_grouped(x[:6], [0, 2, 4, 6]))
+            got += _host(bank.backward_grouped(dout)) + [backend.to_numpy(g) for _, g in bank.named_grads()]
+            device_logits = backend.asarray(logits)
+            got += [np.asarray(F.cross_entropy(device_logits, labels)), np.asarray(F.mse(device_logits, logits)),
+                    backend.to_numpy(F.cross_entropy_backward(device_logits, labels)),
+                    backend.to_numpy(F.mse_backward(device_logits, 2 * logits)),
+                    np.asarray(F.token_cross_entropy(device_logits, labels, mask)),
+                    backend.to_numpy(F.token_cross_entropy_backward(device_logits, labels, mask))]
+            results[where] = got
+    _close(results["cupy"], results["numpy"], "masks, grouped gradients, losses")
+
+
+def test_a_conformance_fixture_made_on_the_gpu_is_the_numpy_one():
+    from numpy_moe import conformance
+    with _backend("numpy"):
+        want, entry = conformance.make_fixture("qwen2_moe")
+    with _backend("cupy"):
+        got, entry_gpu = conformance.make_fixture("qwen2_moe")
+    assert entry_gpu == entry and sorted(got) == sorted(want)
+    assert all(type(v) is np.ndarray for v in got.values())  # the file's arrays are NumPy's
+    _close([got[k] for k in sorted(want)], [want[k] for k in sorted(want)], "qwen2_moe fixture")

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np  # the edge: fixtures are files of NumPy arrays
 
 from .. import presets as P
-from ..backend import to_numpy
+from ..backend import get_array_module, to_numpy
 from ..balance import FrameworkBalance, MultiLayer, select_samples
 from ..gates import topk_indices
 from ..io.archive import replace_together
@@ -105,18 +105,19 @@ def make_fixture(preset, seed=0):
     losses = []
     for i, loss in enumerate(moe.losses):
         name = f"{loss.name}" if sum(type(m) is type(loss) for m in moe.losses) == 1 else f"{loss.name}{i}"
-        arrays["aux/" + name] = np.array(loss(moe.counted))
+        arrays["aux/" + name] = to_numpy(loss(moe.counted))
         losses.append({"name": name, "class": type(loss).__name__, "weight": loss.weight,
                        **({"convention": loss.convention} if hasattr(loss, "convention") else {})})
     fb = [loss for loss in moe.losses if isinstance(loss, FrameworkBalance)]
     if fb:
-        logits2 = 3 * rng.standard_normal(r.logits.shape)  # a second layer's router logits
+        # a second layer's router logits, where the first layer's routing is (the GPU under CuPy)
+        logits2 = get_array_module(r.logits).asarray(3 * rng.standard_normal(r.logits.shape))
         idx2 = topk_indices(logits2, K)
         r2 = r._replace(expert=idx2.reshape(-1), logits=logits2, clean=logits2, probs=None, scores=None)
         mode = "concat" if fb[0].convention == "hf" else "mean"
         both = MultiLayer(FrameworkBalance(fb[0].weight, fb[0].convention), mode)(
-            [moe.counted, select_samples(r2, mask.reshape(-1))[0]])
-        arrays.update({"layer2/router_logits": logits2, "aux/two_layers": np.array(both)})
+            [moe.counted, select_samples(r2, get_array_module(logits2).asarray(mask.reshape(-1)))[0]])
+        arrays.update({"layer2/router_logits": logits2, "aux/two_layers": both})
         losses.append({"name": "two_layers", "class": "MultiLayer", "mode": mode, "weight": fb[0].weight,
                        "convention": fb[0].convention})
     layout = "fused" if preset in FUSED else "per_expert"
@@ -135,6 +136,7 @@ def make_fixture(preset, seed=0):
     for k, v in P.to_state_dict(preset, moe, layout=layout).items():
         if "e_score_correction_bias" not in k:  # a buffer: no gradient
             arrays["grad/" + k] = v
+    arrays = {k: to_numpy(v) for k, v in arrays.items()}  # a fixture file holds NumPy arrays, whatever the backend
     entry = {"file": f"{preset}.npz", "config": cfg, "input_shape": [b, s, D], "top_k": int(K),
              "losses": losses, "weight_layout": layout, "note": NOTES.get(preset, "")}
     return arrays, entry

@@ -84,7 +84,7 @@ def _records_forward(method, backward):
         if "_constructed" not in state:  # the attributes before any pass: what Module.drop_caches keeps
             state["_constructed"] = frozenset(state) | {"_constructed"}
         state[flag] = False  # until it returns: a forward that raises may have replaced part of the cache
-        args = device_inputs(args)  # under CuPy, NumPy inputs go to the GPU (a no-op under NumPy)
+        args, kwargs = device_inputs(args, kwargs)  # under CuPy, NumPy inputs go to the GPU (a no-op under NumPy)
         try:
             out = method(self, *args, **kwargs)
         except BaseException:
@@ -137,11 +137,12 @@ def _needs_forward(method):
             raise NoForwardPassError(f"{type(self).__name__}.{name} called before {_FORWARD_OF[name]}: it needs a "
                                      "forward pass first (none has run, or the last one raised)")
         shape = state.get(flag + "_shape")
+        args, kwargs = device_inputs(args, kwargs)  # a NumPy gradient goes to the GPU under CuPy, as forward's x
         if name == "backward" and shape is not None and (args or grad_name in kwargs):
             args, kwargs = _check_grad(self, args, kwargs, grad_name, shape)
         dtype = state.get(out_dtype)
         if args and isinstance(args[0], dict):  # a routing gradient: NumPy arrays go to the GPU under CuPy
-            args = ({k: g if g is None else on_backend(g) for k, g in args[0].items()},) + args[1:]
+            args = (device_inputs((), args[0])[1],) + args[1:]
         if args and dtype is not None:
             dy = args[0]
             if isinstance(dy, dict):  # a routing gradient: "weight", "logits", ... arrays
