@@ -4,8 +4,8 @@ CI has no GPU, so test_cupy.py skips there, and a change that mixes host and dev
 taking its array module from the caller's NumPy input, a backward leaving a NumPy gradient on the host)
 would pass CI and fail on the first GPU. The stand-in computes with NumPy and refuses what CuPy refuses: a
 NumPy array given to a CuPy function, ufunc or operator, or assigned into a CuPy array. On the code before
-the CuPy fixes of 2026-11-30 (5270cf4) it fails 46 of test_cupy's 63 tests; on an H200 that code failed
-928 tests of the suite for the same reasons.
+the CuPy fixes of 2026-11-30 (5270cf4) it failed 46 of the 63 tests test_cupy.py then had; on an H200 that
+code failed 928 tests of the suite for the same reasons.
 """
 import os
 import subprocess
