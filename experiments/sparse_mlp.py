@@ -156,7 +156,7 @@ def plot_digits(runs, params, names, seeds, args):
     low = min(a.mean() - 3 * a.std() for a in acc.values())
     ax.set_ylim(0.9 if low > 0.92 else max(0.0, low - 0.05), 1.0)  # the end of training, where they differ
     ax.set_title(f"test accuracy (mean ± std, {len(seeds)} seeds)")
-    ax.legend(fontsize=10, loc="lower right", title="time: busy 2-core machine", title_fontsize=10)
+    ax.legend(fontsize=10, loc="lower right", title="time: the shared 2-core machine", title_fontsize=10)
     for i, (name, usage) in enumerate(zip(names, runs[SPARSE][0]["usage"].transpose(1, 0, 2))):
         panel = fig.add_subplot(grid[i % 2, 1 + i // 2])
         panel.set_prop_cycle(color=EXPERT_COLORS)  # plot_usage draws expert e in the e-th colour of the cycle
