@@ -29,7 +29,9 @@ each measurement is the median of ``--repeats`` (7) interleaved repeats after a 
 2. Batch sizes 16 to 16384: time per sample of the top-k layer (K < E) against the dense layer
    (``top_k=None``, every expert weighted by a full softmax) of the same shapes, for the shapes of the
    second configuration and of ``MoEClassifier``'s default layer on the digits; figure
-   ``plots/bench_batch.png``.
+   ``plots/bench_batch.png``. With torch, PyTorch's own dense and top-k layers of the same shapes are timed
+   beside them (experiments/_torch_sweep.py, once per round; its top-k is the faster of its sparse and
+   dense dispatch): a reference for what the same layers cost in a framework, not a target.
 3. The post models, when their modules are present: post 000's image model against the post's PyTorch
    code (experiments/_bench_images.py) and the classic local experts at batch size 1 against post 003's
    NumPy loop (experiments/_bench_classic.py).
@@ -335,14 +337,30 @@ def layer_section(args, xp, sync, threads, torch_python, rounds, repeats):
     return targets
 
 
-def sweep_section(args, rounds, out):
-    """Top-k against dense at batch sizes 16..16384: time per sample; returns the targets."""
+def torch_sweep_round(shapes, sizes, repeats, threads, torch_python):
+    """PyTorch's dense and top-k layers (both dispatches) across the batch sizes: µs per sample, one subprocess
+    (experiments/_torch_sweep.py); returns its {"us": {"S/N": {...}}, "threads", "torch"}."""
+    with tempfile.TemporaryDirectory() as tmp:
+        spec = {"shapes": [list(s[:5]) for s in shapes], "sizes": list(sizes), "repeats": repeats, "threads": threads}
+        (Path(tmp) / "in.json").write_text(json.dumps(spec))
+        script = Path(__file__).resolve().parent / "_torch_sweep.py"
+        done = subprocess.run([torch_python, str(script), str(Path(tmp) / "in.json"), str(Path(tmp) / "out.json")],
+                              capture_output=True, text=True)
+        if done.returncode:
+            raise RuntimeError(f"the torch sweep failed:\n{done.stderr}")
+        return json.loads((Path(tmp) / "out.json").read_text())
+
+
+def sweep_section(args, rounds, out, threads=1, torch_python=None):
+    """Top-k against dense at batch sizes 16..16384: time per sample; returns the targets. With torch, PyTorch's
+    own dense and top-k layers of the same shapes are timed beside (a reference, not a target)."""
     import matplotlib.pyplot as plt
 
     sizes = [16, 64, 256] if args.quick else SWEEP_N
     shapes = SWEEP_SHAPES
     progress = Progress(rounds * len(shapes) * len(sizes), what="bench sweep", every=5.0, file=sys.stderr)
     per_sample = {(s, kind, n): [] for s in range(len(shapes)) for kind in ("topk", "dense") for n in sizes}
+    torch_us = []  # per round, torch_sweep_round's answer
     for r in range(rounds):
         for s, (D, H, O, E, K, label) in enumerate(shapes):
             layers = {"topk": MoE(D, O, E, hidden=H, seed=0, dtype="float32", top_k=K),
@@ -366,19 +384,30 @@ def sweep_section(args, rounds, out):
                         samples[kind].append((time.perf_counter() - t0) / (inner * n))
                 for kind in layers:
                     per_sample[(s, kind, n)].append(1e6 * float(np.median(samples[kind])))
+        if torch_python:
+            print(f"[bench sweep] torch's layers, round {r + 1}", file=sys.stderr, flush=True)
+            torch_us.append(torch_sweep_round(shapes, sizes, max(3, args.repeats or 7), threads, torch_python))
     print(f"\n2. Batch sizes: µs per sample, forward + backward, float32, median over {rounds} rounds; "
-          "top-k / dense per round, median [min-max]")
+          "top-k / dense per round, median [min-max]"
+          + ("; torch: its dense layer and its top-k layer, the faster of its sparse and dense dispatch per round "
+             "(a reference, not a target)" if torch_us else ""))
     targets = []
     fig, axes = plt.subplots(1, len(shapes), figsize=(6 * len(shapes), 4.5), squeeze=False)
     for s, (D, H, O, E, K, label) in enumerate(shapes):
         print(f"{label}")
-        print(f"{'N':>6} | {'dense µs':>9} {'top-k µs':>9} | {'top-k/dense':>17}")
+        cols = f" | {'torch dense':>11} {'torch top-k':>11} | {'torch top-k/dense':>17}" if torch_us else ""
+        print(f"{'N':>6} | {'dense µs':>9} {'top-k µs':>9} | {'top-k/dense':>17}" + cols)
         worst = []
         for n in sizes:
             d, t = per_sample[(s, "dense", n)], per_sample[(s, "topk", n)]
             ratio = [b / a for a, b in zip(d, t)]
             worst.append((float(np.median(ratio)), n, ratio))
-            print(f"{n:>6} | {np.median(d):>9.2f} {np.median(t):>9.2f} | {summary(ratio):>17}")
+            line = f"{n:>6} | {np.median(d):>9.2f} {np.median(t):>9.2f} | {summary(ratio):>17}"
+            if torch_us:
+                td, tt = torch_sweep_series(torch_us, s, n)
+                line += (f" | {np.median(td):>11.2f} {np.median(tt):>11.2f} | "
+                         f"{summary([b / a for a, b in zip(td, tt)]):>17}")
+            print(line)
         m, n_worst, ratio = max(worst)
         targets.append((f"sweep {label}: top-k / dense <= 1.0 at every N (worst N={n_worst})", ratio, 1.0))
         ax = axes[0, s]
@@ -389,6 +418,12 @@ def sweep_section(args, rounds, out):
             hi = [max(per_sample[(s, kind, n)]) for n in sizes]
             ax.plot(sizes, med, "o-", color=color, label=name)
             ax.fill_between(sizes, lo, hi, color=color, alpha=0.2)
+        if torch_us:
+            series = [torch_sweep_series(torch_us, s, n) for n in sizes]
+            for j, (color, name) in enumerate((("#555555", "torch dense layer"),
+                                               ("#e41a1c", f"torch top-{K} (its faster dispatch)"))):
+                ax.plot(sizes, [float(np.median(v[j])) for v in series], "s--", color=color, alpha=0.7,
+                        label=name)
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel("batch size N")
@@ -397,11 +432,17 @@ def sweep_section(args, rounds, out):
         ax.legend()
         ax.grid(alpha=0.3, which="both")
     fig.suptitle("16 experts of 128 units: top-k beats the dense layer at every batch size (padded dispatch for "
-                 "small ones);\n4 experts of 16 units: only from N of about 2048, below which its routing costs more "
-                 "than the products it saves")
+                 "small ones);\n4 experts of 16 units: only at the largest batches, below which its routing costs more "
+                 "than the products it saves" + (" (PyTorch's top-k too)" if torch_us else ""))
     fig.tight_layout()
     savefig(fig, out, "bench_batch.png")
     return targets
+
+
+def torch_sweep_series(torch_us, s, n):
+    """Per round: torch's dense layer and its top-k layer (the faster of its two dispatches), µs per sample."""
+    rows = [round_["us"][f"{s}/{n}"] for round_ in torch_us]
+    return [r["dense"] for r in rows], [min(r["topk_sparse"], r["topk_dense"]) for r in rows]
 
 
 def models_section(args, rounds, threads, torch_python):
@@ -489,7 +530,7 @@ def _run(args, xp, sync, threads, rounds, repeats, torch_python, workers, spin, 
     finally:
         backend.set_backend("numpy")  # the sweep and the models sections run on NumPy (main puts the caller's back)
     if args.backend == "numpy" and args.only in (None, "sweep"):
-        targets += sweep_section(args, rounds, args)
+        targets += sweep_section(args, rounds, args, threads, torch_python)
     if args.backend == "numpy" and args.only in (None, "models"):
         targets += models_section(args, rounds, threads, torch_python)
     if args.backend == "cupy":  # the floor is the GPU's GEMMs there, and the targets were set for one CPU core pair
