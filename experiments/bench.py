@@ -428,15 +428,31 @@ def sweep_section(args, rounds, out, threads=1, torch_python=None):
         ax.set_yscale("log")
         ax.set_xlabel("batch size N")
         ax.set_ylabel("µs per sample (forward + backward)")
-        ax.set_title(label, fontsize=11)
+        wins = [f"numpy_moe {faster_from(sizes, [ratio for _, _, ratio in worst])}"]
+        if torch_us:
+            torch_ratios = [[b / a for a, b in zip(*torch_sweep_series(torch_us, s, n))] for n in sizes]
+            wins.append(f"torch {faster_from(sizes, torch_ratios)}")
+        ax.set_title(f"{label}\ntop-k faster than dense: " + ", ".join(wins), fontsize=10)
         ax.legend()
         ax.grid(alpha=0.3, which="both")
-    fig.suptitle("16 experts of 128 units: top-k beats the dense layer at every batch size (padded dispatch for "
-                 "small ones);\n4 experts of 16 units: only at the largest batches, below which its routing costs more "
-                 "than the products it saves" + (" (PyTorch's top-k too)" if torch_us else ""))
+    fig.suptitle("Where top-k pays: with 16 experts of 128 units it skips enough products to beat the dense layer "
+                 "at small batches too;\nwith 4 experts of 16 units the products it skips cost less than choosing "
+                 "them, except at the largest batches")
     fig.tight_layout()
     savefig(fig, out, "bench_batch.png")
     return targets
+
+
+def faster_from(sizes, ratios):
+    """'from N = n' for the smallest n from which every median of ``ratios`` (top-k / dense per round, one list
+    per size) is below 1, 'at every N' when that is the first size, 'at no N' when the last is not."""
+    below = [float(np.median(r)) < 1 for r in ratios]
+    if not below[-1]:
+        return "at no N"
+    first = len(below) - 1
+    while first > 0 and below[first - 1]:
+        first -= 1
+    return "at every N" if first == 0 else f"from N = {sizes[first]}"
 
 
 def torch_sweep_series(torch_us, s, n):

@@ -4,6 +4,7 @@ import ast
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from experiments import bench
 from experiments._common import parse_args
@@ -56,3 +57,33 @@ def test_torch_sweep_worker_imports_only_torch_numpy_and_the_standard_library():
                 for alias in node.names}
     imported |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
     assert imported == {"json", "statistics", "sys", "time", "numpy", "torch"}
+
+
+def test_faster_from_names_the_batch_size_from_which_top_k_stays_faster():
+    sizes = [16, 64, 256, 1024]
+    assert bench.faster_from(sizes, [[0.5, 0.7]] * 4) == "at every N"
+    assert bench.faster_from(sizes, [[1.5], [0.9], [0.5], [0.4]]) == "from N = 64"
+    assert bench.faster_from(sizes, [[0.5], [1.2], [0.9], [0.8]]) == "from N = 256"  # it must stay below 1
+    assert bench.faster_from(sizes, [[0.5], [0.5], [0.5], [1.1]]) == "at no N"  # slower at the largest N
+    assert bench.faster_from(sizes, [[0.9, 1.3, 1.2]] + [[0.5]] * 3) == "from N = 64"  # medians, not single rounds
+
+
+@pytest.mark.auto_dispatch  # the real choice of dispatch: the bound's layer runs by dense dispatch at N = 16
+def test_selection_bound_times_the_layers_own_selection():
+    from experiments import _selection_bound as sb
+    from numpy_moe.gates.softmax import route_topk
+
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal((33, 4)).astype(np.float32)
+    logits[5] = [0.5, 1.5, 0.5, 1.5]  # ties: the lower index first, as numpy_moe's top-k
+    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    dg = rng.standard_normal((33, 4)).astype(np.float32)
+    g, dweight = sb.selection(logits, probs, dg, 2)
+    r = route_topk(logits, 2, "softmax_then_topk")
+    want = np.zeros_like(probs)
+    want[r.sample, r.expert] = probs[r.sample, r.expert]
+    np.testing.assert_array_equal(g, want)
+    np.testing.assert_array_equal(dweight.reshape(-1), dg[r.sample, r.expert])
+    out = sb.measure(sizes=(16,), repeats=1, calls=4)
+    assert set(out[16]) == {"selection", "dense", "topk", "dispatch"} and out[16]["dispatch"] == "dense"
+    assert min(out[16][k] for k in ("selection", "dense", "topk")) > 0
