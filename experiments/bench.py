@@ -256,12 +256,18 @@ def torch_round(configs, repeats, threads, torch_python):
                            f"{c}/W1": p["experts.W1"], f"{c}/b1": p["experts.b1"], f"{c}/W2": p["experts.W2"],
                            f"{c}/b2": p["experts.b2"]})
         np.savez(Path(tmp) / "in.npz", **arrays)
-        script = Path(__file__).resolve().parent / "_torch_moe.py"
-        done = subprocess.run([torch_python, str(script), str(Path(tmp) / "in.npz"), str(Path(tmp) / "out.json")],
-                              capture_output=True, text=True)
-        if done.returncode:
-            raise RuntimeError(f"the torch benchmark failed:\n{done.stderr}")
-        return json.loads((Path(tmp) / "out.json").read_text())
+        return run_torch_worker(torch_python, "_torch_moe.py", Path(tmp) / "in.npz", "the torch benchmark")
+
+
+def run_torch_worker(torch_python, script, path_in, what):
+    """Run experiments/``script`` with ``torch_python`` on ``path_in`` (its output goes beside it, out.json);
+    returns what it wrote. RuntimeError with its stderr when it fails."""
+    path_out = Path(path_in).parent / "out.json"
+    done = subprocess.run([torch_python, str(Path(__file__).resolve().parent / script), str(path_in), str(path_out)],
+                          capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"{what} failed:\n{done.stderr}")
+    return json.loads(path_out.read_text())
 
 
 def summary(values):
@@ -343,12 +349,7 @@ def torch_sweep_round(shapes, sizes, repeats, threads, torch_python):
     with tempfile.TemporaryDirectory() as tmp:
         spec = {"shapes": [list(s[:5]) for s in shapes], "sizes": list(sizes), "repeats": repeats, "threads": threads}
         (Path(tmp) / "in.json").write_text(json.dumps(spec))
-        script = Path(__file__).resolve().parent / "_torch_sweep.py"
-        done = subprocess.run([torch_python, str(script), str(Path(tmp) / "in.json"), str(Path(tmp) / "out.json")],
-                              capture_output=True, text=True)
-        if done.returncode:
-            raise RuntimeError(f"the torch sweep failed:\n{done.stderr}")
-        return json.loads((Path(tmp) / "out.json").read_text())
+        return run_torch_worker(torch_python, "_torch_sweep.py", Path(tmp) / "in.json", "the torch sweep")
 
 
 def sweep_section(args, rounds, out, threads=1, torch_python=None):

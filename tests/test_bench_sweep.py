@@ -87,3 +87,12 @@ def test_selection_bound_times_the_layers_own_selection():
     out = sb.measure(sizes=(16,), repeats=1, calls=4)
     assert set(out[16]) == {"selection", "dense", "topk", "dispatch"} and out[16]["dispatch"] == "dense"
     assert min(out[16][k] for k in ("selection", "dense", "topk")) > 0
+
+
+def test_a_failing_torch_worker_raises_with_its_stderr(tmp_path):
+    import sys
+
+    (tmp_path / "in.json").write_text("{}")
+    with pytest.raises(RuntimeError, match="the torch sweep failed:(.|\n)*_torch_sweep.py"):
+        # without torch the worker's import fails, with torch its empty spec does: the traceback is the message
+        bench.run_torch_worker(sys.executable, "_torch_sweep.py", tmp_path / "in.json", "the torch sweep")
